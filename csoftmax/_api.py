@@ -1,0 +1,405 @@
+"""The public functions, written once over a kernel module.
+
+``Frontend(kernels)`` binds the public API to one set of row kernels: the
+compiled ``csoftmax._kernels*`` modules or the NumPy twin
+``csoftmax._numpy_backend``.  Both kernel sets take the same arguments
+(C-contiguous 2-D float32/float64 arrays, already validated), so validation,
+axis handling, dtype rules, ``out=`` and reductions live here once, and the
+two backends differ only in how a row is computed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _threads
+from ._validation import (
+    CrossEntropyArgs,
+    RowLayout,
+    aliases_exactly,
+    as_compute_array,
+    check_num_threads,
+    check_out,
+    check_same_shape,
+)
+
+# Below this many elements a call runs on one thread: waking a thread team
+# (~1 us) costs more than it saves (measured with bench/, see README).
+SMALL_WORK = 1 << 15
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _threads_for(n_rows, n, num_threads):
+    """Thread count of one call: explicit, else the default unless the work is small."""
+    if num_threads is None:
+        if n_rows * n < SMALL_WORK:
+            return 1
+        num_threads = _threads.get_num_threads()
+    else:
+        num_threads = check_num_threads(num_threads)
+    return max(1, min(num_threads, n_rows))
+
+
+class Frontend:
+    """The public API over one kernel module (see the module docstring)."""
+
+    def __init__(self, kernels, name):
+        self.kernels = kernels
+        self.name = name
+
+    # -- shared plumbing ---------------------------------------------------
+
+    def _rowwise(self, kernel, x, axis, out, num_threads):
+        """Run a shape-preserving row kernel over ``axis`` of x."""
+        xc, compute, result = as_compute_array(x, "x")
+        layout = RowLayout(xc.shape, axis)
+        if out is not None:
+            check_out(out, xc.shape, result)
+        x2 = layout.rows(xc)
+        direct = (
+            out is not None
+            and result == compute
+            and layout.trailing
+            and (not np.may_share_memory(out, xc) or aliases_exactly(out, xc))
+        )
+        r2 = out.reshape(x2.shape) if direct else np.empty(x2.shape, compute)
+        if x2.size:
+            kernel(x2, r2, _threads_for(layout.n_rows, layout.n, num_threads))
+        if direct:
+            return out
+        r = layout.restore(r2)
+        if out is not None:
+            np.copyto(out, r, casting="unsafe")
+            return out
+        return r if result == compute else r.astype(result)
+
+    def _fast_rows(self, x, axis, out, num_threads):
+        """The common call (a C-contiguous float array, last axis, nothing
+        else) validated in a few attribute reads: it sets the call overhead."""
+        if (
+            type(x) is np.ndarray
+            and axis == -1
+            and out is None
+            and num_threads is None
+            and x.dtype in _NATIVE
+            and x.ndim == 2
+            and x.flags.c_contiguous
+            and x.size
+        ):
+            return x
+        return None
+
+    # -- softmax family ----------------------------------------------------
+
+    def softmax(self, x, axis=-1, *, out=None, num_threads=None):
+        """Softmax over ``axis``: ``exp(x - max) / sum(exp(x - max))``.
+
+        Parameters
+        ----------
+        x : array_like
+            Input of any shape; float32/float64 computed natively, float16 in
+            float32, integers and bool as float64.
+        axis : int, tuple of int or None, default -1
+            Axis (or axes) to normalise over; None means all elements.
+        out : ndarray, optional
+            C-contiguous writeable array of x's shape and result dtype; may be
+            ``x`` itself (computed in place).
+        num_threads : int, optional
+            OpenMP threads; default :func:`csoftmax.get_num_threads` (small
+            inputs always run on one thread).
+
+        Returns
+        -------
+        ndarray
+            C-contiguous, x's shape and dtype.  A row holding NaN or +inf, or
+            all -inf, is NaN; other -inf entries give 0.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> csoftmax.softmax(np.array([[1.0, 2.0, 3.0]])).round(4)
+        array([[0.09  , 0.2447, 0.6652]])
+        """
+        x2 = self._fast_rows(x, axis, out, num_threads)
+        if x2 is not None:
+            r = np.empty_like(x2)
+            self.kernels.softmax_rows(x2, r, _threads_for(x2.shape[0], x2.shape[1], None))
+            return r
+        return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads)
+
+    def log_softmax(self, x, axis=-1, *, out=None, num_threads=None):
+        """Log-softmax over ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
+
+        Parameters and results as for :func:`softmax`.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> csoftmax.log_softmax(np.array([0.0, 0.0])).round(4)
+        array([-0.6931, -0.6931])
+        """
+        x2 = self._fast_rows(x, axis, out, num_threads)
+        if x2 is not None:
+            r = np.empty_like(x2)
+            self.kernels.log_softmax_rows(x2, r, _threads_for(x2.shape[0], x2.shape[1], None))
+            return r
+        return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads)
+
+    def logsumexp(self, x, axis=-1, *, num_threads=None):
+        """``log(sum(exp(x)))`` over ``axis``, computed without overflow.
+
+        Parameters
+        ----------
+        x : array_like
+            As for :func:`softmax`.
+        axis : int, tuple of int or None, default -1
+            Axis (or axes) reduced; None reduces all elements.
+        num_threads : int, optional
+            As for :func:`softmax`.
+
+        Returns
+        -------
+        ndarray or scalar
+            x's shape without the reduced axes (a NumPy scalar when nothing is
+            left), in x's dtype.  As in SciPy and PyTorch: an empty or all -inf
+            slice gives -inf, a slice holding +inf (and no NaN) +inf, NaN NaN.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> float(csoftmax.logsumexp(np.array([0.0, 0.0])).round(6))
+        0.693147
+        """
+        xc, compute, result = as_compute_array(x, "x")
+        layout = RowLayout(xc.shape, axis)
+        x2 = layout.rows(xc)
+        r = np.empty(layout.n_rows, compute)
+        self.kernels.logsumexp_rows(x2, r, _threads_for(layout.n_rows, layout.n, num_threads))
+        r = r.reshape(layout.reduced_shape).astype(result, copy=False)
+        return r[()] if r.ndim == 0 else r
+
+    def _backward(self, kernel, grad_output, output, axis, out, num_threads):
+        g, g_compute, g_result = as_compute_array(grad_output, "grad_output")
+        a, compute, result = as_compute_array(output, "output")
+        check_same_shape(g, a, "grad_output", "output")
+        if g_compute != compute:  # compute in the wider of the two
+            compute = result = np.promote_types(g_result, result)
+            g = g.astype(compute, copy=False)
+            a = a.astype(compute, copy=False)
+        layout = RowLayout(a.shape, axis)
+        if out is not None:
+            check_out(out, a.shape, result)
+        g2, a2 = layout.rows(g), layout.rows(a)
+        direct = (
+            out is not None
+            and result == compute
+            and layout.trailing
+            and all(
+                not np.may_share_memory(out, v) or aliases_exactly(out, v) for v in (g, a)
+            )
+        )
+        r2 = out.reshape(a2.shape) if direct else np.empty(a2.shape, compute)
+        if a2.size:
+            kernel(g2, a2, r2, _threads_for(layout.n_rows, layout.n, num_threads))
+        if direct:
+            return out
+        r = layout.restore(r2)
+        if out is not None:
+            np.copyto(out, r, casting="unsafe")
+            return out
+        return r if result == compute else r.astype(result)
+
+    def softmax_backward(self, grad_output, output, axis=-1, *, out=None, num_threads=None):
+        """Gradient through softmax: ``a * (g - sum(g * a))`` over ``axis``.
+
+        Parameters
+        ----------
+        grad_output : array_like
+            ``dL/da``, the upstream gradient, of ``output``'s shape.
+        output : array_like
+            ``a = softmax(x, axis)``.
+        axis, out, num_threads
+            As for :func:`softmax`; ``out`` may be ``grad_output`` or ``output``.
+
+        Returns
+        -------
+        ndarray
+            ``dL/dx``, C-contiguous, of output's shape.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> a = csoftmax.softmax(np.array([1.0, 2.0]))
+        >>> csoftmax.softmax_backward(np.array([1.0, 0.0]), a).round(4)
+        array([ 0.1966, -0.1966])
+        """
+        return self._backward(
+            self.kernels.softmax_backward_rows, grad_output, output, axis, out, num_threads
+        )
+
+    def log_softmax_backward(self, grad_output, output, axis=-1, *, out=None, num_threads=None):
+        """Gradient through log-softmax: ``g - exp(o) * sum(g)`` over ``axis``.
+
+        Parameters
+        ----------
+        grad_output : array_like
+            ``dL/d(log a)``, of ``output``'s shape.
+        output : array_like
+            ``o = log_softmax(x, axis)``.
+        axis, out, num_threads
+            As for :func:`softmax`; ``out`` may be ``grad_output`` or ``output``.
+
+        Returns
+        -------
+        ndarray
+            ``dL/dx``, C-contiguous, of output's shape.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> o = csoftmax.log_softmax(np.array([0.0, 0.0]))
+        >>> csoftmax.log_softmax_backward(np.array([-1.0, 0.0]), o)
+        array([-0.5,  0.5])
+        """
+        return self._backward(
+            self.kernels.log_softmax_backward_rows, grad_output, output, axis, out, num_threads
+        )
+
+    # -- cross-entropy -----------------------------------------------------
+
+    def _cross_entropy(self, args, grad, num_threads):
+        """Row losses (float64) and the gradient into ``grad`` (or none);
+        returns the reduced loss in the result dtype."""
+        k = self.kernels
+        n_rows, n_classes = args.n_rows, args.n_classes
+        threads = _threads_for(n_rows, n_classes, num_threads)
+        row_loss = np.empty(n_rows, np.float64)
+        if args.labels is not None:
+            w64 = None if args.weight is None else args.weight.astype(np.float64)
+            bad, total = k.label_summary(args.labels, n_classes, args.ignore_index, w64)
+            if bad >= 0:
+                raise args.bad_label(bad)
+        else:
+            total = float(n_rows)
+        if args.reduction == "mean":
+            # PyTorch: divide by the summed weight of the counted rows (their
+            # number without weights; N for probability targets).  Zero counted
+            # weight gives nan, and nan gradients on rows that were counted.
+            scale = 1.0 / total if total != 0.0 else float("nan")
+        else:
+            scale = 1.0
+        if n_rows:
+            if args.labels is not None:
+                k.cross_entropy_index_rows(
+                    args.logits, args.labels, args.weight, args.ignore_index,
+                    args.label_smoothing, scale, row_loss, grad, threads,
+                )
+            else:
+                k.cross_entropy_prob_rows(
+                    args.logits, args.probs, args.weight, args.label_smoothing,
+                    scale, row_loss, grad, threads,
+                )
+        if args.reduction == "none":
+            loss = row_loss.astype(args.result)
+            return loss[0] if args.one_sample else loss
+        total_loss = float(np.add.reduce(row_loss))  # fixed order, in double
+        if args.reduction == "mean":
+            total_loss = total_loss / total if total != 0.0 else float("nan")
+        return args.result.type(total_loss)
+
+    def cross_entropy(self, logits, target, *, weight=None, ignore_index=-100,
+                      reduction="mean", label_smoothing=0.0, num_threads=None):
+        """Cross-entropy of softmax(logits) against ``target``, as
+        ``torch.nn.functional.cross_entropy`` on ``(N, C)`` input.
+
+        Parameters
+        ----------
+        logits : array_like, shape (N, C) or (C,)
+            Unnormalised scores.
+        target : array_like
+            Class indices, shape (N,) (a scalar for (C,) logits), any integer
+            dtype; or class probabilities of the logits' shape, floating dtype
+            (soft labels; they need not sum to one).
+        weight : array_like, shape (C,), optional
+            Per-class weights.
+        ignore_index : int, default -100
+            Class-index rows with this target count 0 and have a zero gradient,
+            whatever their logits.  Must be negative with probability targets.
+        reduction : {"mean", "sum", "none"}
+            "mean" divides by the summed weight of the counted rows (N for
+            probability targets); over zero rows it is nan.
+        label_smoothing : float in [0, 1]
+            Mixes the target with the uniform distribution, as PyTorch does.
+        num_threads : int, optional
+            As for :func:`softmax`.
+
+        Returns
+        -------
+        scalar or ndarray
+            A NumPy scalar of the logits' dtype ("none": shape (N,)).
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> x = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+        >>> float(csoftmax.cross_entropy(x, np.array([0, 2])).round(4))
+        0.7938
+        """
+        args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing)
+        return self._cross_entropy(args, None, num_threads)
+
+    def cross_entropy_with_grad(self, logits, target, *, weight=None, ignore_index=-100,
+                                reduction="mean", label_smoothing=0.0, out=None,
+                                num_threads=None):
+        """Cross-entropy and its gradient with respect to the logits, in one pass.
+
+        The gradient of the row loss ``-sum(y' log a)`` is ``a * sum(y') - y'``
+        where ``y'`` is the weighted, smoothed target (``a - y`` only when
+        ``y'`` sums to one), times the reduction's factor; PyTorch's
+        ``loss.backward()`` with upstream gradient 1 gives the same.
+
+        Parameters
+        ----------
+        logits, target, weight, ignore_index, reduction, label_smoothing
+            As for :func:`cross_entropy`.
+        out : ndarray, optional
+            Where to write the gradient: C-contiguous, writeable, the logits'
+            shape and dtype.  ``out=logits`` computes in place.
+        num_threads : int, optional
+            As for :func:`softmax`.
+
+        Returns
+        -------
+        loss : scalar or ndarray
+            As :func:`cross_entropy` returns it.
+        grad : ndarray
+            ``d loss / d logits``, the logits' shape and dtype.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> loss, grad = csoftmax.cross_entropy_with_grad(np.zeros((1, 2)), np.array([1]))
+        >>> float(loss.round(4)), grad
+        (0.6931, array([[ 0.5, -0.5]]))
+        """
+        args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing)
+        if out is not None:
+            args.check_out(out)
+        x = args.logits
+        direct = (
+            out is not None
+            and args.result == args.compute
+            and (not np.may_share_memory(out, x) or aliases_exactly(out, x))
+        )
+        if direct:
+            grad = out.reshape(x.shape)
+        else:
+            grad = np.empty(x.shape, args.compute)
+        loss = self._cross_entropy(args, grad, num_threads)
+        if direct:
+            return loss, out
+        grad = grad.reshape(args.shape)
+        if out is not None:
+            np.copyto(out, grad, casting="unsafe")
+            return loss, out
+        return loss, (grad if args.result == args.compute else grad.astype(args.result))

@@ -1,0 +1,83 @@
+"""Choose the kernels: compiled (the fastest instruction set this CPU runs) or
+the NumPy twin.
+
+``CSOFTMAX_BACKEND=numpy`` forces the twin; ``CSOFTMAX_CPU=baseline|avx2|avx512``
+forces one compiled variant (an unsupported or missing one is an error, so a
+forced choice is never silently ignored).  When the extension cannot be
+imported at all the twin is used with a ``RuntimeWarning``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+from . import _numpy_backend, _threads
+from ._api import Frontend
+
+VARIANTS = {"baseline": "_kernels", "avx2": "_kernels_avx2", "avx512": "_kernels_avx512"}
+
+
+def _load_variant(name):
+    return importlib.import_module(f"csoftmax.{VARIANTS[name]}")
+
+
+def available_cpu_paths():
+    """Compiled variants that exist and that this CPU can run, slowest first."""
+    try:
+        base = _load_variant("baseline")
+    except ImportError:
+        return []
+    features = base.cpu_features()
+    paths = ["baseline"]
+    for name in ("avx2", "avx512"):
+        if features[name]:
+            try:
+                _load_variant(name)
+            except ImportError:
+                continue
+            paths.append(name)
+    return paths
+
+
+def _select():
+    """(backend name, kernels, cpu path, reason the compiled kernels are absent)."""
+    if os.environ.get("CSOFTMAX_BACKEND", "").lower() == "numpy":
+        return "numpy", _numpy_backend, None, "CSOFTMAX_BACKEND=numpy"
+    try:
+        _load_variant("baseline")
+    except ImportError as exc:
+        warnings.warn(
+            f"csoftmax: compiled kernels unavailable ({exc}); using the NumPy fallback",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "numpy", _numpy_backend, None, str(exc)
+    paths = available_cpu_paths()
+    forced = os.environ.get("CSOFTMAX_CPU", "").lower()
+    if forced:
+        if forced not in VARIANTS:
+            raise ImportError(f"CSOFTMAX_CPU={forced!r}: expected one of {sorted(VARIANTS)}")
+        if forced not in paths:
+            raise ImportError(f"CSOFTMAX_CPU={forced!r} is not built or not supported here")
+        path = forced
+    else:
+        path = paths[-1]
+    return "cython", _load_variant(path), path, None
+
+
+BACKEND, KERNELS, CPU_PATH, FALLBACK_REASON = _select()
+if BACKEND == "cython":
+    _threads._default_source = KERNELS.default_threads
+
+#: Every usable frontend, by name, for tests and benchmarks that compare them.
+FRONTENDS = {"numpy": Frontend(_numpy_backend, "numpy")}
+if BACKEND == "cython":
+    FRONTENDS["cython"] = Frontend(KERNELS, "cython")
+ACTIVE = FRONTENDS[BACKEND]
+
+
+def cpu_frontends():
+    """One frontend per compiled instruction-set variant this CPU runs."""
+    return {p: Frontend(_load_variant(p), f"cython-{p}") for p in available_cpu_paths()}

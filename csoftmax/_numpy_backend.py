@@ -1,0 +1,165 @@
+"""The NumPy twin of the compiled kernels.
+
+The row kernels below take exactly the arguments of those in
+``src/kernels.pxi`` and compute the same mathematics with NumPy (sums in
+float64, the same special cases), so that:
+
+* csoftmax works, with the same results, where the extension is missing
+  (or with ``CSOFTMAX_BACKEND=numpy``);
+* the tests run both on the same inputs, holding the fast path to the slow one.
+
+The public functions at the bottom (``softmax`` ... ``cross_entropy_with_grad``)
+are the public API bound to these kernels, with the public signatures.
+``n_threads`` is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ._api import Frontend
+from ._validation import env_num_threads
+
+
+def build_info():
+    return {"openmp": False, "simd": "numpy"}
+
+
+def cpu_features():
+    return {"avx2": False, "avx512": False}
+
+
+def default_threads():
+    return env_num_threads()
+
+
+def _exp_shifted(x):
+    """``(x - max, exp(x - max), sum in float64)`` per row."""
+    m = x.max(axis=1, keepdims=True)
+    shifted = x - m
+    e = np.exp(shifted)
+    return m, shifted, e, e.sum(axis=1, dtype=np.float64)
+
+
+def softmax_rows(x, out, n_threads):
+    if x.size == 0:
+        return
+    with np.errstate(all="ignore"):
+        _, _, e, s = _exp_shifted(x)
+        np.multiply(e, (1.0 / s).astype(x.dtype)[:, None], out=out)
+
+
+def log_softmax_rows(x, out, n_threads):
+    if x.size == 0:
+        return
+    with np.errstate(all="ignore"):
+        _, shifted, _, s = _exp_shifted(x)
+        np.subtract(shifted, np.log(s).astype(x.dtype)[:, None], out=out)
+
+
+def logsumexp_rows(x, out, n_threads):
+    if x.shape[0] == 0:
+        return
+    if x.shape[1] == 0:
+        out[:] = -np.inf
+        return
+    with np.errstate(all="ignore"):
+        m, _, _, s = _exp_shifted(x)
+        m = m[:, 0]
+        r = m + np.log(s)
+        # a max of +-inf: the row is all -inf, or holds +inf; NaN wins over both
+        special = np.isinf(m)
+        if special.any():
+            has_nan = np.isnan(x[special]).any(axis=1)
+            r[special] = np.where(has_nan, np.nan, m[special])
+    out[:] = r
+
+
+def softmax_backward_rows(grad_output, output, out, n_threads):
+    if output.size == 0:
+        return
+    dot = np.einsum("ij,ij->i", grad_output.astype(np.float64), output.astype(np.float64))
+    with np.errstate(all="ignore"):
+        np.multiply(output, grad_output - dot.astype(output.dtype)[:, None], out=out)
+
+
+def log_softmax_backward_rows(grad_output, output, out, n_threads):
+    if output.size == 0:
+        return
+    gsum = grad_output.sum(axis=1, dtype=np.float64).astype(output.dtype)
+    with np.errstate(all="ignore"):
+        np.subtract(grad_output, np.exp(output) * gsum[:, None], out=out)
+
+
+def label_summary(target, n_classes, ignore_index, weight=None):
+    counted = target != ignore_index
+    bad = counted & ((target < 0) | (target >= n_classes))
+    if bad.any():
+        return int(np.argmax(bad)), float("nan")
+    labels = target[counted]
+    if weight is None:
+        return -1, float(labels.size)
+    return -1, float(np.add.reduce(weight[labels]))
+
+
+def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
+                             grad_scale, row_loss, grad, n_threads):
+    n_classes = logits.shape[1]
+    alpha = 1.0 - label_smoothing
+    beta = label_smoothing / n_classes
+    counted = np.flatnonzero(target != ignore_index)
+    labels = target[counted]
+    x = logits[counted]  # a copy, so grad may be logits
+    with np.errstate(all="ignore"):
+        m, shifted, e, s = _exp_shifted(x)
+        lse = np.log(s)
+        w_t = np.ones(len(counted)) if weight is None else weight[labels].astype(np.float64)
+        w_total = float(n_classes) if weight is None else float(weight.sum(dtype=np.float64))
+        x_t = x[np.arange(len(counted)), labels].astype(np.float64) - m[:, 0].astype(np.float64)
+        loss = alpha * w_t * (lse - x_t)
+        if beta != 0.0:
+            d = x.astype(np.float64) - m.astype(np.float64)
+            smooth = d.sum(axis=1) if weight is None else d @ weight.astype(np.float64)
+            loss = loss + beta * (w_total * lse - smooth)
+        row_loss[:] = 0.0
+        row_loss[counted] = loss
+        if grad is None:
+            return
+        y_sum = alpha * w_t + beta * w_total
+        g = e * (y_sum / s * grad_scale).astype(x.dtype)[:, None]
+        if beta != 0.0:
+            w = np.ones(n_classes, x.dtype) if weight is None else weight
+            g -= x.dtype.type(beta * grad_scale) * w
+        g[np.arange(len(counted)), labels] -= (alpha * w_t * grad_scale).astype(x.dtype)
+    grad[:] = 0
+    grad[counted] = g
+
+
+def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
+                            row_loss, grad, n_threads):
+    n_classes = logits.shape[1]
+    alpha = 1.0 - label_smoothing
+    beta = label_smoothing / n_classes
+    with np.errstate(all="ignore"):
+        m, _, e, s = _exp_shifted(logits)
+        y = alpha * target.astype(np.float64) + beta
+        if weight is not None:
+            y = y * weight.astype(np.float64)
+        d = logits.astype(np.float64) - m.astype(np.float64)
+        y_sum = y.sum(axis=1)
+        row_loss[:] = y_sum * np.log(s) - np.einsum("ij,ij->i", y, d)
+        if grad is not None:
+            g = e * (y_sum / s * grad_scale).astype(logits.dtype)[:, None]
+            grad[:] = g - (y * grad_scale).astype(logits.dtype)
+
+
+_frontend = Frontend(sys.modules[__name__], "numpy")
+softmax = _frontend.softmax
+log_softmax = _frontend.log_softmax
+logsumexp = _frontend.logsumexp
+softmax_backward = _frontend.softmax_backward
+log_softmax_backward = _frontend.log_softmax_backward
+cross_entropy = _frontend.cross_entropy
+cross_entropy_with_grad = _frontend.cross_entropy_with_grad

@@ -1,0 +1,309 @@
+"""Input checks and conversions: the one place where csoftmax validates.
+
+Every public function passes its arguments through here before any kernel
+runs, so the compiled kernels and the NumPy twin only ever see C-contiguous,
+native-endian float32/float64 arrays of consistent shapes, and every message
+about bad input is written once.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+
+import numpy as np
+
+try:  # NumPy >= 1.25
+    from numpy.exceptions import AxisError
+except ImportError:  # pragma: no cover - older NumPy
+    from numpy import AxisError
+
+FLOAT32 = np.dtype(np.float32)
+FLOAT64 = np.dtype(np.float64)
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+_NATIVE_LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---------------------------------------------------------------------------
+# arrays and dtypes
+
+def as_ndarray(x, name):
+    """Any array-like (lists, ``__array__``, ``__dlpack__``) as a NumPy array."""
+    if isinstance(x, np.ndarray):
+        return x
+    if not hasattr(x, "__array__") and hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+            raise TypeError(f"{name}: cannot read {type(x).__name__} via DLPack: {exc}") from exc
+    try:
+        return np.asarray(x)
+    except RuntimeError as exc:  # e.g. a torch.Tensor that requires grad
+        raise TypeError(f"{name}: cannot convert {type(x).__name__} to an array: {exc}") from exc
+
+
+def float_dtypes(dtype, name):
+    """The dtype to compute in and the dtype to return, for an input dtype.
+
+    float32/float64 compute natively; float16 computes in float32 and longdouble
+    in float64, both returned in their own dtype; integers and bool become
+    float64, as in NumPy and SciPy.  Anything else is a ``TypeError``.
+    """
+    kind = dtype.kind
+    if kind == "f":
+        size = dtype.itemsize
+        native = dtype.newbyteorder("=")
+        if size <= 4:
+            return FLOAT32, native
+        return FLOAT64, native
+    if kind in "iub":
+        return FLOAT64, FLOAT64
+    raise TypeError(
+        f"{name} has dtype {dtype}: expected a real floating, integer or bool array"
+    )
+
+
+def as_compute_array(x, name):
+    """``(array, compute dtype, result dtype)`` with array C-contiguous in the compute dtype."""
+    x = as_ndarray(x, name)
+    compute, result = float_dtypes(x.dtype, name)
+    return np.ascontiguousarray(x, dtype=compute), compute, result
+
+
+def check_num_threads(num_threads):
+    """``None`` or an int >= 1."""
+    if num_threads is None:
+        return None
+    try:
+        n = operator.index(num_threads)
+    except TypeError:
+        raise TypeError(
+            f"num_threads must be an int or None, not {type(num_threads).__name__}"
+        ) from None
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    return n
+
+
+def env_num_threads():
+    """``OMP_NUM_THREADS`` (its first entry) where set and valid, else usable cores."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------
+# axes
+
+def normalize_axes(axis, ndim, shape):
+    """``axis`` (int, tuple of ints or None) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    result = []
+    for a in axes:
+        try:
+            a = operator.index(a)
+        except TypeError:
+            raise TypeError(f"axis must be an int, a tuple of ints or None, not {axis!r}") from None
+        if not -ndim <= a < ndim:
+            raise AxisError(f"axis {a} is out of range for an array of shape {shape}")
+        result.append(a % ndim)
+    if len(set(result)) != len(result):
+        raise ValueError(f"repeated axis in {axis!r}")
+    return tuple(sorted(result))
+
+
+class RowLayout:
+    """How an N-D array maps to the 2-D ``(rows, n)`` arrays the kernels take.
+
+    The reduced axes are moved last and flattened into one, the others into
+    the rows.  ``rows`` makes a C-contiguous 2-D array (a view when the reduced
+    axes are already the trailing ones and the array is contiguous);
+    ``restore`` turns a 2-D result back into the input's shape and order;
+    ``reduced_shape`` is the shape of a reduction's result.
+    """
+
+    def __init__(self, shape, axis):
+        ndim = len(shape)
+        self.shape = shape
+        self.axes = normalize_axes(axis, ndim, shape)
+        self.kept = tuple(a for a in range(ndim) if a not in self.axes)
+        self.trailing = self.axes == tuple(range(ndim - len(self.axes), ndim))
+        self.n = int(np.prod([shape[a] for a in self.axes], dtype=np.int64))
+        self.reduced_shape = tuple(shape[a] for a in self.kept)
+        self.n_rows = int(np.prod(self.reduced_shape, dtype=np.int64))
+        self.moved_shape = self.reduced_shape + tuple(shape[a] for a in self.axes)
+
+    def rows(self, x):
+        if not self.trailing:
+            x = np.ascontiguousarray(np.transpose(x, self.kept + self.axes))
+        return x.reshape(self.n_rows, self.n)
+
+    def restore(self, r):
+        r = r.reshape(self.moved_shape)
+        if self.trailing:
+            return r
+        return np.ascontiguousarray(np.transpose(r, np.argsort(self.kept + self.axes)))
+
+
+# ---------------------------------------------------------------------------
+# out=
+
+def check_out(out, shape, dtype, name="out"):
+    """``out`` must be a writeable C-contiguous ndarray of this shape and dtype."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, not {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
+    if out.dtype != dtype:
+        raise ValueError(f"{name} has dtype {out.dtype}, expected {dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def aliases_exactly(a, b):
+    """True when a and b are the same C-contiguous memory (an in-place call)."""
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.size == b.size
+        and a.dtype == b.dtype
+    )
+
+
+# ---------------------------------------------------------------------------
+# backward passes
+
+def check_same_shape(a, b, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}")
+
+
+# ---------------------------------------------------------------------------
+# cross-entropy
+
+class CrossEntropyArgs:
+    """Validated cross-entropy arguments, ready for the kernels.
+
+    Attributes: ``logits`` (2-D, compute dtype, C-contiguous), ``compute`` and
+    ``result`` dtypes, ``one_sample`` (the input was ``(C,)``), ``labels`` (1-D
+    int32/int64, for class-index targets) or ``probs`` (2-D, compute dtype),
+    ``labels_in`` (the caller's labels, for messages), ``weight`` (1-D compute
+    dtype, or None), ``ignore_index``, ``reduction``, ``label_smoothing``.
+    """
+
+    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        try:
+            eps = float(label_smoothing)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"label_smoothing must be a float, not {type(label_smoothing).__name__}"
+            ) from None
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        try:
+            ignore_index = operator.index(ignore_index)
+        except TypeError:
+            raise TypeError(
+                f"ignore_index must be an int, not {type(ignore_index).__name__}"
+            ) from None
+        if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+            raise ValueError(f"ignore_index {ignore_index} does not fit in int64")
+        self.reduction = reduction
+        self.label_smoothing = eps
+        self.ignore_index = ignore_index
+
+        x = as_ndarray(logits, "logits")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"logits must be 2-D (N, C) or 1-D (C,), got shape {x.shape}")
+        self.compute, self.result = float_dtypes(x.dtype, "logits")
+        self.one_sample = x.ndim == 1
+        self.shape = x.shape
+        x2 = x.reshape(1, -1) if self.one_sample else x
+        n_rows, n_classes = x2.shape
+        if n_classes == 0 and n_rows > 0:
+            raise ValueError(f"logits of shape {x.shape} has no classes (C = 0)")
+        self.logits = np.ascontiguousarray(x2, dtype=self.compute)
+        self.n_rows, self.n_classes = n_rows, n_classes
+
+        y = as_ndarray(target, "target")
+        self.labels = self.probs = None
+        if y.dtype.kind in "iu":
+            expected = () if self.one_sample else (n_rows,)
+            if y.shape != expected:
+                raise ValueError(
+                    f"class-index target has shape {y.shape}, expected {expected} "
+                    f"for logits of shape {x.shape}"
+                )
+            self.labels_in = y.reshape(n_rows)
+            self.labels = _as_label_array(self.labels_in, ignore_index)
+        elif y.dtype.kind == "f":
+            if y.shape != x.shape:
+                raise ValueError(
+                    f"probability target has shape {y.shape}, expected the logits' "
+                    f"shape {x.shape}"
+                )
+            if ignore_index >= 0:
+                raise ValueError(
+                    f"ignore_index={ignore_index} is not supported with probability "
+                    "targets (it must be negative)"
+                )
+            self.probs = np.ascontiguousarray(y.reshape(n_rows, n_classes), dtype=self.compute)
+        else:
+            raise TypeError(
+                f"target has dtype {y.dtype}: expected integer class indices or "
+                "floating class probabilities"
+            )
+
+        self.weight = None
+        if weight is not None:
+            w = as_ndarray(weight, "weight")
+            float_dtypes(w.dtype, "weight")
+            if w.shape != (n_classes,):
+                raise ValueError(
+                    f"weight has shape {w.shape}, expected ({n_classes},) for logits "
+                    f"of shape {x.shape}"
+                )
+            self.weight = np.ascontiguousarray(w, dtype=self.compute)
+
+    def check_out(self, out):
+        out = check_out(out, self.shape, self.result)
+        for other, name in ((self.probs, "target"), (self.weight, "weight")):
+            if other is not None and np.may_share_memory(out, other):
+                raise ValueError(f"out must not overlap {name}")
+        return out
+
+    def bad_label(self, row):
+        value = self.labels_in[row]
+        return ValueError(
+            f"target[{row}] = {value} is not a class index in [0, {self.n_classes}) "
+            f"nor ignore_index ({self.ignore_index})"
+        )
+
+
+def _as_label_array(y, ignore_index):
+    """Labels as native int32/int64 for the kernels.
+
+    uint64 values that int64 cannot hold (>= 2**63) become a negative label
+    that is not ``ignore_index``, so the kernels' check still reports that row
+    (the message quotes the caller's original value)."""
+    if y.dtype in _NATIVE_LABEL_DTYPES:
+        return np.ascontiguousarray(y)
+    if y.dtype.kind == "u" and y.dtype.itemsize == 8:
+        too_big = y > _INT64_MAX
+        if too_big.any():
+            labels = np.where(too_big, np.uint64(0), y).astype(np.int64)
+            labels[too_big] = -1 if ignore_index != -1 else -2
+            return labels
+    return np.ascontiguousarray(y, dtype=np.int64)

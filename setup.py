@@ -1,0 +1,137 @@
+"""Build of csoftmax's compiled kernels.
+
+One Cython source (src/kernels.pxi) is compiled three times, for the baseline
+instruction set of the target and, on x86-64, for AVX2+FMA and for AVX-512; the
+package picks the fastest one the CPU supports at import (CSOFTMAX_CPU
+overrides).  OpenMP is probed by compiling a tiny program; without it the
+build still succeeds and the kernels run on one thread, unless
+CSOFTMAX_REQUIRE_OPENMP=1 (wheel builds) turns that into an error.
+
+Never -march=native (wheels must run anywhere) and never -ffast-math (softmax
+needs inf and NaN semantics; it can also set flush-to-zero process-wide).
+"""
+
+import os
+import platform
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+OPENMP_TEST = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return omp_get_max_threads() > 0 && n > 0 ? 0 : 1;
+    }
+    """
+)
+
+# Extra flags per instruction-set variant (GCC / Clang on x86-64).
+X86_VARIANTS = {
+    "": [],
+    "_avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "_avx512": [
+        "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+        "-mavx2", "-mfma", "-mf16c", "-mprefer-vector-width=512",
+    ],
+}
+
+
+def _is_x86_64():
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _openmp_flags(compiler):
+    """(compile flags, link flags) that enable OpenMP, or None if it fails."""
+    if compiler.compiler_type == "msvc":
+        candidates = [(["/openmp"], [])]
+    elif sys.platform == "darwin":
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    for cflags, lflags in candidates:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "omp_probe.c")
+            with open(src, "w") as f:
+                f.write(OPENMP_TEST)
+            try:
+                objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+                compiler.link_executable(
+                    objs, "omp_probe", output_dir=tmp, extra_postargs=lflags
+                )
+            except Exception:  # any compile/link failure means "no OpenMP"
+                continue
+            return cflags, lflags
+    return None
+
+
+class BuildExt(build_ext):
+    """Adds OpenMP and per-compiler optimisation flags once the compiler is known."""
+
+    def build_extensions(self):
+        omp = _openmp_flags(self.compiler)
+        if omp is None:
+            if os.environ.get("CSOFTMAX_REQUIRE_OPENMP", "0") == "1":
+                raise RuntimeError(
+                    "CSOFTMAX_REQUIRE_OPENMP=1 but the compiler cannot build OpenMP code"
+                )
+            print("csoftmax: OpenMP not found, building serial kernels", file=sys.stderr)
+        msvc = self.compiler.compiler_type == "msvc"
+        if msvc:
+            base = ["/O2", "/fp:precise"]
+        else:
+            base = [
+                "-O3",
+                "-fno-math-errno",      # lets exp/log/sqrt be inlined and vectorised
+                "-fno-trapping-math",   # lets the clamps of exp_poly be if-converted
+                "-fopenmp-simd",        # honours `omp simd` even in a serial build
+                "-Wno-unused-function",
+            ]
+            if os.environ.get("CSOFTMAX_SANITIZE"):
+                base += ["-fsanitize=" + os.environ["CSOFTMAX_SANITIZE"], "-g", "-O1"]
+        for ext in self.extensions:
+            ext.extra_compile_args = base + ext.extra_compile_args
+            if omp is not None:
+                ext.extra_compile_args = ext.extra_compile_args + omp[0]
+                ext.extra_link_args = ext.extra_link_args + omp[1]
+            if os.environ.get("CSOFTMAX_SANITIZE") and not msvc:
+                ext.extra_link_args = ext.extra_link_args + [
+                    "-fsanitize=" + os.environ["CSOFTMAX_SANITIZE"]
+                ]
+        super().build_extensions()
+
+
+def _extensions():
+    variants = X86_VARIANTS if _is_x86_64() and sys.platform != "win32" else {"": []}
+    if os.environ.get("CSOFTMAX_BASELINE_ONLY") == "1":
+        variants = {"": []}
+    return [
+        Extension(
+            f"csoftmax._kernels{suffix}",
+            [f"src/_kernels{suffix}.pyx"],
+            include_dirs=["src", np.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+            extra_compile_args=list(flags),
+            language="c++",
+        )
+        for suffix, flags in variants.items()
+    ]
+
+
+checks = os.environ.get("CSOFTMAX_BOUNDSCHECK") == "1"
+setup(
+    ext_modules=cythonize(
+        _extensions(),
+        compiler_directives={"boundscheck": checks, "wraparound": checks},
+        include_path=["src"],
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,0 +1,307 @@
+/*
+ * rowops.hpp -- the vectorised one-row primitives that the Cython kernels in
+ * _kernels.pyx are built from.
+ *
+ * Each helper does one job over one contiguous row of n elements and is a
+ * template over float/double, so the .pyx calls one name for both dtypes.
+ * Reductions use `#pragma omp simd reduction(...)`: it lets GCC reorder the
+ * additions of that one loop into vector lanes (it never does so for floating
+ * point without -ffast-math, which this package must not use), and it needs
+ * only -fopenmp-simd, so the serial build vectorises too.  Sums are kept in
+ * double whatever the element type.
+ *
+ * exp_poly is a polynomial exp with range reduction, written so that GCC turns
+ * it into SIMD code under -fno-math-errno -fno-trapping-math (libm's exp is
+ * never vectorised without -ffast-math).  It keeps IEEE semantics:
+ * exp(-inf) = 0, exp(+inf) = +inf, overflow gives +inf, underflow gives
+ * (correctly scaled) subnormals and then 0, and NaN propagates.
+ */
+#ifndef CSOFTMAX_ROWOPS_HPP
+#define CSOFTMAX_ROWOPS_HPP
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace csoftmax {
+
+typedef ptrdiff_t idx_t;
+
+/* ---- build facts, read by show_config() ------------------------------- */
+
+static inline int have_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static inline int omp_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static inline const char *simd_level(void) {
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+    return "avx2";
+#elif defined(__SSE2__) || defined(_M_X64)
+    return "sse2";
+#elif defined(__ARM_NEON)
+    return "neon";
+#else
+    return "scalar";
+#endif
+}
+
+/* Which instruction sets the running CPU (and OS) supports: the Python layer
+ * loads the fastest kernel module built for one of them. */
+static inline int cpu_has_avx2(void) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+static inline int cpu_has_avx512(void) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+/* ---- exp ---------------------------------------------------------------- */
+
+static inline float bits_as_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+static inline uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+static inline double bits_as_double(uint64_t u) { double d; memcpy(&d, &u, sizeof d); return d; }
+static inline uint64_t double_bits(double d) { uint64_t u; memcpy(&u, &d, sizeof u); return u; }
+
+/* exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2)/2.
+ * n is found by adding a "shifter" (1.5 * 2^mantissa_bits): the sum's low
+ * mantissa bits then hold n, read without a float->int conversion (which is
+ * undefined for NaN).  2^n is applied as two factors 2^(n/2) * 2^(n - n/2),
+ * both normal numbers, so results that are subnormal or that overflow are
+ * rounded once, correctly.  The clamps keep n in range; NaN passes through
+ * them (every comparison with NaN is false) and poisons r, hence the result. */
+static inline float exp_poly(float x) {
+    const float shifter = 12582912.0f;                /* 1.5 * 2^23 */
+    float xc = x > 88.8f ? 88.8f : x;                  /* e^88.8 > FLT_MAX */
+    xc = xc < -104.0f ? -104.0f : xc;                 /* e^-104 < FLT_TRUE_MIN/2 */
+    float t = xc * 1.44269504088896341f + shifter;
+    float n = t - shifter;
+    int32_t ni = (int32_t)(float_bits(t) - float_bits(shifter));
+    float r = xc - n * 0.693359375f;                   /* Cody-Waite ln2 split */
+    r = r - n * -2.12194440e-4f;
+    /* Cephes expf minimax polynomial, relative error < 1 ulp on |r| <= ln2/2 */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * (r * r) + r + 1.0f;
+    int32_t n1 = ni >> 1;
+    int32_t n2 = ni - n1;
+    float s1 = bits_as_float((uint32_t)(n1 + 127) << 23);
+    float s2 = bits_as_float((uint32_t)(n2 + 127) << 23);
+    return (y * s1) * s2;
+}
+
+static inline double exp_poly(double x) {
+    const double shifter = 6755399441055744.0;         /* 1.5 * 2^52 */
+    double xc = x > 709.9 ? 709.9 : x;                 /* e^709.9 > DBL_MAX */
+    xc = xc < -746.0 ? -746.0 : xc;                   /* e^-746 < DBL_TRUE_MIN/2 */
+    double t = xc * 1.4426950408889634074 + shifter;
+    double n = t - shifter;
+    int64_t ni = (int64_t)(double_bits(t) - double_bits(shifter));
+    double r = xc - n * 6.93145751953125e-1;           /* Cody-Waite ln2 split */
+    r = r - n * 1.42860682030941723212e-6;
+    /* Taylor series to degree 13: truncation error < 5e-18 on |r| <= ln2/2 */
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    double y = p * (r * r) + r + 1.0;
+    int64_t n1 = ni >> 1;
+    int64_t n2 = ni - n1;
+    double s1 = bits_as_double((uint64_t)(n1 + 1023) << 52);
+    double s2 = bits_as_double((uint64_t)(n2 + 1023) << 52);
+    return (y * s1) * s2;
+}
+
+/* ---- reductions over one row -------------------------------------------- */
+
+/* max_k x_k; -inf for n == 0.  NaN handling is left to the callers: a NaN in
+ * the row makes x - max NaN somewhere, and the exp-sum carries it to every
+ * output of the row. */
+template <typename T> static inline T row_max(const T *x, idx_t n) {
+    T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (idx_t k = 0; k < n; ++k) m = x[k] > m ? x[k] : m;
+    return m;
+}
+
+/* 1 if the row holds a NaN; used only on the rare rows whose max is +-inf. */
+template <typename T> static inline int row_has_nan(const T *x, idx_t n) {
+    for (idx_t k = 0; k < n; ++k)
+        if (x[k] != x[k]) return 1;
+    return 0;
+}
+
+/* sum_k exp(x_k - shift), in double. */
+template <typename T> static inline double row_exp_sum(const T *x, idx_t n, T shift) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (idx_t k = 0; k < n; ++k) s += (double)exp_poly((T)(x[k] - shift));
+    return s;
+}
+
+/* e_k = exp(x_k - shift) and returns sum_k e_k in double.  e may be x. */
+template <typename T> static inline double row_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (idx_t k = 0; k < n; ++k) {
+        T v = exp_poly((T)(x[k] - shift));
+        e[k] = v;
+        s += (double)v;
+    }
+    return s;
+}
+
+/* sum_k a_k * b_k in double. */
+template <typename T> static inline double row_dot(const T *a, const T *b, idx_t n) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (idx_t k = 0; k < n; ++k) s += (double)a[k] * (double)b[k];
+    return s;
+}
+
+/* sum_k a_k in double. */
+template <typename T> static inline double row_sum(const T *a, idx_t n) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (idx_t k = 0; k < n; ++k) s += (double)a[k];
+    return s;
+}
+
+/* sum_k w_k (x_k - m) in double, w == NULL meaning all ones: the smoothing
+ * term of cross-entropy with integer targets. */
+template <typename T> static inline double row_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m) {
+    double s = 0.0;
+    if (w == NULL) {
+#pragma omp simd reduction(+ : s)
+        for (idx_t k = 0; k < n; ++k) s += (double)x[k] - (double)m;
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (idx_t k = 0; k < n; ++k) s += (double)w[k] * ((double)x[k] - (double)m);
+    }
+    return s;
+}
+
+/* For probability targets: y'_k = w_k (alpha y_k + beta).  Returns
+ * sum_k y'_k and stores sum_k y'_k (x_k - m) in *ydot; w == NULL is all ones. */
+template <typename T>
+static inline double row_soft_target_sums(const T *x, const T *y, const T *w, idx_t n, T m,
+                                          double alpha, double beta, double *ydot) {
+    double sy = 0.0, sd = 0.0;
+    if (w == NULL) {
+#pragma omp simd reduction(+ : sy, sd)
+        for (idx_t k = 0; k < n; ++k) {
+            double yk = alpha * (double)y[k] + beta;
+            sy += yk;
+            sd += yk * ((double)x[k] - (double)m);
+        }
+    } else {
+#pragma omp simd reduction(+ : sy, sd)
+        for (idx_t k = 0; k < n; ++k) {
+            double yk = (double)w[k] * (alpha * (double)y[k] + beta);
+            sy += yk;
+            sd += yk * ((double)x[k] - (double)m);
+        }
+    }
+    *ydot = sd;
+    return sy;
+}
+
+/* ---- elementwise maps over one row -------------------------------------- */
+
+/* e_k *= c */
+template <typename T> static inline void row_scale(T *e, idx_t n, T c) {
+#pragma omp simd
+    for (idx_t k = 0; k < n; ++k) e[k] = e[k] * c;
+}
+
+/* out_k = (x_k - m) - lse: this order is the accurate one for log_softmax. */
+template <typename T> static inline void row_log_softmax_from(const T *x, T *out, idx_t n, T m, T lse) {
+#pragma omp simd
+    for (idx_t k = 0; k < n; ++k) out[k] = (x[k] - m) - lse;
+}
+
+/* softmax backward: out_k = a_k (g_k - dot).  out may be g or a. */
+template <typename T> static inline void row_softmax_backward(const T *g, const T *a, T *out, idx_t n, T dot) {
+#pragma omp simd
+    for (idx_t k = 0; k < n; ++k) out[k] = a[k] * (g[k] - dot);
+}
+
+/* log_softmax backward: out_k = g_k - exp(o_k) * gsum.  out may be g or o. */
+template <typename T> static inline void row_log_softmax_backward(const T *g, const T *o, T *out, idx_t n, T gsum) {
+#pragma omp simd
+    for (idx_t k = 0; k < n; ++k) out[k] = g[k] - exp_poly(o[k]) * gsum;
+}
+
+/* Cross-entropy gradient from the stored exponentials (in place):
+ * g_k = e_k * c1 - c2 * w_k  (w == NULL: all ones). */
+template <typename T> static inline void row_grad_affine(T *e, const T *w, idx_t n, T c1, T c2) {
+    if (w == NULL) {
+#pragma omp simd
+        for (idx_t k = 0; k < n; ++k) e[k] = e[k] * c1 - c2;
+    } else {
+#pragma omp simd
+        for (idx_t k = 0; k < n; ++k) e[k] = e[k] * c1 - c2 * w[k];
+    }
+}
+
+/* Probability targets: g_k = e_k * c1 - w_k (a2 y_k + b2)  (w == NULL: ones). */
+template <typename T> static inline void row_grad_soft(T *e, const T *y, const T *w, idx_t n, T c1, T a2, T b2) {
+    if (w == NULL) {
+#pragma omp simd
+        for (idx_t k = 0; k < n; ++k) e[k] = e[k] * c1 - (a2 * y[k] + b2);
+    } else {
+#pragma omp simd
+        for (idx_t k = 0; k < n; ++k) e[k] = e[k] * c1 - w[k] * (a2 * y[k] + b2);
+    }
+}
+
+template <typename T> static inline void row_zero(T *out, idx_t n) {
+    memset(out, 0, (size_t)n * sizeof(T));
+}
+
+}  // namespace csoftmax
+
+#endif
