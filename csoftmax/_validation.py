@@ -8,6 +8,7 @@ about bad input is written once.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 
@@ -136,9 +137,9 @@ class RowLayout:
         self.axes = normalize_axes(axis, ndim, shape)
         self.kept = tuple(a for a in range(ndim) if a not in self.axes)
         self.trailing = self.axes == tuple(range(ndim - len(self.axes), ndim))
-        self.n = int(np.prod([shape[a] for a in self.axes], dtype=np.int64))
+        self.n = math.prod(shape[a] for a in self.axes)
         self.reduced_shape = tuple(shape[a] for a in self.kept)
-        self.n_rows = int(np.prod(self.reduced_shape, dtype=np.int64))
+        self.n_rows = math.prod(self.reduced_shape)
         self.moved_shape = self.reduced_shape + tuple(shape[a] for a in self.axes)
 
     def rows(self, x):

@@ -64,6 +64,9 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
     void row_grad_soft[T](
         T *e, const T *y, const T *w, Py_ssize_t n, T c1, T a2, T b2) noexcept
     void row_zero[T](T *out, Py_ssize_t n) noexcept
+    void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
+    void tile_exp_shifted[T](
+        const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
 
 
 # ---------------------------------------------------------------------------
@@ -88,7 +91,27 @@ def default_threads():
 
 
 # ---------------------------------------------------------------------------
-# one row of each operation
+# sizes
+
+cdef enum:
+    # Rows narrower than this are computed a tile of rows at a time (see
+    # tile_exp_shifted in rowops.hpp); the choice depends on the width only,
+    # so every row of a given width always takes the same arithmetic path.
+    SHORT_ROW = 32
+    # Elements of one tile: the tile's scratch lives on each thread's stack.
+    TILE = 1024
+
+
+cdef inline Py_ssize_t _tile_rows(Py_ssize_t n) noexcept nogil:
+    return TILE // n
+
+
+cdef inline Py_ssize_t _n_tiles(Py_ssize_t n_rows, Py_ssize_t n) noexcept nogil:
+    return (n_rows + _tile_rows(n) - 1) // _tile_rows(n)
+
+
+# ---------------------------------------------------------------------------
+# softmax, log_softmax, logsumexp: one row, or one tile of short rows
 
 cdef inline void _softmax_row(
     const floating *x, floating *out, Py_ssize_t n
@@ -96,6 +119,18 @@ cdef inline void _softmax_row(
     cdef floating m = row_max(x, n)
     cdef double s = row_exp_store_sum(x, out, n, m)
     row_scale(out, n, <floating>(1.0 / s))
+
+
+cdef inline void _softmax_tile(
+    const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
+) noexcept nogil:
+    cdef floating m[TILE]
+    cdef double s[TILE]
+    cdef Py_ssize_t r
+    tile_max(x, rows, n, m)
+    tile_exp_shifted(x, out, rows, n, m, s)
+    for r in range(rows):
+        row_scale(out + r * n, n, <floating>(1.0 / s[r]))
 
 
 cdef inline void _log_softmax_row(
@@ -106,49 +141,135 @@ cdef inline void _log_softmax_row(
     row_log_softmax_from(x, out, n, m, <floating>lse)
 
 
-cdef inline double _logsumexp_row(const floating *x, Py_ssize_t n) noexcept nogil:
-    cdef floating m = row_max(x, n)
+cdef inline void _log_softmax_tile(
+    const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
+) noexcept nogil:
+    cdef floating m[TILE]
+    cdef floating e[TILE]
+    cdef double s[TILE]
+    cdef Py_ssize_t r
+    tile_max(x, rows, n, m)
+    tile_exp_shifted(x, e, rows, n, m, s)
+    for r in range(rows):
+        row_log_softmax_from(x + r * n, out + r * n, n, m[r], <floating>log(s[r]))
+
+
+cdef inline double _logsumexp_finish(
+    const floating *x, Py_ssize_t n, floating m, double s
+) noexcept nogil:
     if m == INFINITY or m == -INFINITY:
         # all -inf (or empty) gives -inf, +inf gives +inf: unless a NaN is there
         return NAN if row_has_nan(x, n) else m
-    return m + log(row_exp_sum(x, n, m))
+    return m + log(s)
+
+
+cdef inline void _logsumexp_tile(
+    const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
+) noexcept nogil:
+    cdef floating m[TILE]
+    cdef floating e[TILE]
+    cdef double s[TILE]
+    cdef Py_ssize_t r
+    tile_max(x, rows, n, m)
+    tile_exp_shifted(x, e, rows, n, m, s)
+    for r in range(rows):
+        out[r] = <floating>_logsumexp_finish(x + r * n, n, m[r], s[r])
+
+
+# ---------------------------------------------------------------------------
+# cross-entropy.  The target of a row is y' (weighted and smoothed):
+#   class index t:  y'_k = alpha w_t [k == t] + beta w_k
+#   probabilities:  y'_k = w_k (alpha y_k + beta)
+# with alpha = 1 - eps, beta = eps / C and w = 1 without weights.  With
+# e_k = exp(x_k - m), s = sum(e), lse = log(s):
+#   loss = sum(y') lse - sum(y'_k (x_k - m)),  grad = e sum(y') / s - y'.
+# A row's statistics (m, x_t - m, smoothing sums) are read from x before the
+# exponentials are written, so grad may be x (in place).
+
+cdef inline double _cross_entropy_index_finish(
+    floating *grad, Py_ssize_t n, Py_ssize_t t, const floating *w,
+    double w_total, double alpha, double beta,
+    double x_t, double smooth, double s, double scale,
+) noexcept nogil:
+    """Row loss; turns the exponentials in grad (if not NULL) into the
+    gradient times scale."""
+    cdef double w_t = 1.0 if w == NULL else w[t]
+    cdef double lse = log(s)
+    cdef double c1
+    if grad != NULL:
+        c1 = (alpha * w_t + beta * w_total) / s * scale
+        if beta != 0.0:
+            row_grad_affine(grad, w, n, <floating>c1, <floating>(beta * scale))
+        else:
+            row_scale(grad, n, <floating>c1)
+        grad[t] = grad[t] - <floating>(alpha * w_t * scale)
+    return alpha * w_t * (lse - x_t) + beta * (w_total * lse - smooth)
 
 
 cdef inline double _cross_entropy_index_row(
     const floating *x, Py_ssize_t n, Py_ssize_t t, const floating *w,
     double w_total, double alpha, double beta, floating *grad, double scale,
 ) noexcept nogil:
-    """Loss of one row with class index t; writes the scaled gradient when
-    grad is not NULL (grad may be x).  The target is
-    y'_k = alpha w_t [k == t] + beta w_k, with alpha = 1 - eps, beta = eps / C."""
     cdef floating m = row_max(x, n)
-    cdef double w_t = 1.0 if w == NULL else w[t]
-    cdef double x_t = <double>x[t] - <double>m   # read before grad overwrites x
-    cdef double smooth = 0.0
-    cdef double s, lse, y_sum
-    if beta != 0.0:
-        smooth = row_weighted_shifted_sum(x, w, n, m)
+    cdef double x_t = <double>x[t] - <double>m
+    cdef double smooth = row_weighted_shifted_sum(x, w, n, m) if beta != 0.0 else 0.0
+    cdef double s
     if grad == NULL:
         s = row_exp_sum(x, n, m)
     else:
         s = row_exp_store_sum(x, grad, n, m)
-    lse = log(s)
-    if grad != NULL:
-        y_sum = alpha * w_t + beta * w_total
-        if beta != 0.0:
-            row_grad_affine(grad, w, n, <floating>(y_sum / s * scale),
-                            <floating>(beta * scale))
+    return _cross_entropy_index_finish(
+        grad, n, t, w, w_total, alpha, beta, x_t, smooth, s, scale)
+
+
+cdef inline void _cross_entropy_index_tile(
+    const floating *x, const label_t *target, Py_ssize_t rows, Py_ssize_t n,
+    Py_ssize_t ignore_index, const floating *w, double w_total, double alpha,
+    double beta, double *loss, floating *grad, double scale,
+) noexcept nogil:
+    cdef floating m[TILE]
+    cdef floating scratch[TILE]
+    cdef double s[TILE]
+    cdef double x_t[TILE]
+    cdef double smooth[TILE]
+    cdef Py_ssize_t r, t
+    cdef floating *e = grad
+    if e == NULL:
+        e = &scratch[0]
+    tile_max(x, rows, n, m)
+    for r in range(rows):
+        t = target[r]
+        if t != ignore_index:
+            x_t[r] = <double>x[r * n + t] - <double>m[r]
+            smooth[r] = (row_weighted_shifted_sum(x + r * n, w, n, m[r])
+                         if beta != 0.0 else 0.0)
+    tile_exp_shifted(x, e, rows, n, m, s)
+    for r in range(rows):
+        t = target[r]
+        if t == ignore_index:
+            loss[r] = 0.0
+            if grad != NULL:
+                row_zero(grad + r * n, n)
         else:
-            row_scale(grad, n, <floating>(y_sum / s * scale))
-        grad[t] = grad[t] - <floating>(alpha * w_t * scale)
-    return alpha * w_t * (lse - x_t) + beta * (w_total * lse - smooth)
+            loss[r] = _cross_entropy_index_finish(
+                grad if grad == NULL else grad + r * n, n, t, w, w_total,
+                alpha, beta, x_t[r], smooth[r], s[r], scale)
+
+
+cdef inline double _cross_entropy_prob_finish(
+    floating *grad, const floating *y, Py_ssize_t n, const floating *w,
+    double alpha, double beta, double y_sum, double y_dot, double s, double scale,
+) noexcept nogil:
+    if grad != NULL:
+        row_grad_soft(grad, y, w, n, <floating>(y_sum / s * scale),
+                      <floating>(alpha * scale), <floating>(beta * scale))
+    return y_sum * log(s) - y_dot
 
 
 cdef inline double _cross_entropy_prob_row(
     const floating *x, const floating *y, Py_ssize_t n, const floating *w,
     double alpha, double beta, floating *grad, double scale,
 ) noexcept nogil:
-    """Loss of one row with probability target y; y'_k = w_k (alpha y_k + beta)."""
     cdef floating m = row_max(x, n)
     cdef double y_dot
     cdef double y_sum = row_soft_target_sums(x, y, w, n, m, alpha, beta, &y_dot)
@@ -157,13 +278,136 @@ cdef inline double _cross_entropy_prob_row(
         s = row_exp_sum(x, n, m)
     else:
         s = row_exp_store_sum(x, grad, n, m)
-        row_grad_soft(grad, y, w, n, <floating>(y_sum / s * scale),
-                      <floating>(alpha * scale), <floating>(beta * scale))
-    return y_sum * log(s) - y_dot
+    return _cross_entropy_prob_finish(grad, y, n, w, alpha, beta, y_sum, y_dot, s, scale)
+
+
+cdef inline void _cross_entropy_prob_tile(
+    const floating *x, const floating *y, Py_ssize_t rows, Py_ssize_t n,
+    const floating *w, double alpha, double beta, double *loss, floating *grad,
+    double scale,
+) noexcept nogil:
+    cdef floating m[TILE]
+    cdef floating scratch[TILE]
+    cdef double s[TILE]
+    cdef double y_sum[TILE]
+    cdef double y_dot[TILE]
+    cdef Py_ssize_t r
+    cdef floating *e = grad
+    if e == NULL:
+        e = &scratch[0]
+    tile_max(x, rows, n, m)
+    for r in range(rows):
+        y_sum[r] = row_soft_target_sums(
+            x + r * n, y + r * n, w, n, m[r], alpha, beta, &y_dot[r])
+    tile_exp_shifted(x, e, rows, n, m, s)
+    for r in range(rows):
+        loss[r] = _cross_entropy_prob_finish(
+            grad if grad == NULL else grad + r * n, y + r * n, n, w, alpha, beta,
+            y_sum[r], y_dot[r], s[r], scale)
 
 
 # ---------------------------------------------------------------------------
-# row loops
+# the kernels: loops over rows (or tiles of short rows) spread over threads
+
+# ---------------------------------------------------------------------------
+# work units.  A unit is one row, or one tile of short rows.  Each kernel runs
+# its units in a plain loop when n_threads == 1 (an OpenMP region costs about
+# 1 us, as much as a whole 1x1000 softmax) and over a static prange otherwise;
+# a unit's arithmetic is the same either way.
+
+cdef inline Py_ssize_t _n_units(Py_ssize_t n_rows, Py_ssize_t n) noexcept nogil:
+    return _n_tiles(n_rows, n) if n < SHORT_ROW else n_rows
+
+
+cdef inline void _softmax_unit(
+    const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t i
+) noexcept nogil:
+    cdef Py_ssize_t r0 = i * _tile_rows(n)
+    if n < SHORT_ROW:
+        _softmax_tile(x + r0 * n, out + r0 * n, min(_tile_rows(n), n_rows - r0), n)
+    else:
+        _softmax_row(x + i * n, out + i * n, n)
+
+
+cdef inline void _log_softmax_unit(
+    const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t i
+) noexcept nogil:
+    cdef Py_ssize_t r0 = i * _tile_rows(n)
+    if n < SHORT_ROW:
+        _log_softmax_tile(x + r0 * n, out + r0 * n, min(_tile_rows(n), n_rows - r0), n)
+    else:
+        _log_softmax_row(x + i * n, out + i * n, n)
+
+
+cdef inline void _logsumexp_unit(
+    const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t i
+) noexcept nogil:
+    cdef Py_ssize_t r0 = i * _tile_rows(n)
+    cdef floating m
+    if n < SHORT_ROW:
+        _logsumexp_tile(x + r0 * n, out + r0, min(_tile_rows(n), n_rows - r0), n)
+    else:
+        m = row_max(x + i * n, n)
+        out[i] = <floating>_logsumexp_finish(x + i * n, n, m, row_exp_sum(x + i * n, n, m))
+
+
+cdef inline void _softmax_backward_unit(
+    const floating *g, const floating *a, floating *out, Py_ssize_t n, Py_ssize_t i
+) noexcept nogil:
+    cdef Py_ssize_t r = i * n
+    row_softmax_backward(g + r, a + r, out + r, n, <floating>row_dot(g + r, a + r, n))
+
+
+cdef inline void _log_softmax_backward_unit(
+    const floating *g, const floating *o, floating *out, Py_ssize_t n, Py_ssize_t i
+) noexcept nogil:
+    cdef Py_ssize_t r = i * n
+    row_log_softmax_backward(g + r, o + r, out + r, n, <floating>row_sum(g + r, n))
+
+
+cdef inline void _cross_entropy_index_unit(
+    const floating *x, const label_t *target, Py_ssize_t n_rows, Py_ssize_t n,
+    Py_ssize_t ignore_index, const floating *w, double w_total, double alpha,
+    double beta, double *loss, floating *grad, double scale, Py_ssize_t i,
+) noexcept nogil:
+    cdef Py_ssize_t r0 = i * _tile_rows(n)
+    cdef Py_ssize_t t
+    if n < SHORT_ROW:
+        _cross_entropy_index_tile(
+            x + r0 * n, target + r0, min(_tile_rows(n), n_rows - r0), n, ignore_index,
+            w, w_total, alpha, beta, loss + r0, grad if grad == NULL else grad + r0 * n,
+            scale)
+        return
+    t = target[i]
+    if t == ignore_index:
+        # padding rows may hold anything: they count 0 and get a 0 gradient
+        loss[i] = 0.0
+        if grad != NULL:
+            row_zero(grad + i * n, n)
+    else:
+        loss[i] = _cross_entropy_index_row(
+            x + i * n, n, t, w, w_total, alpha, beta,
+            grad if grad == NULL else grad + i * n, scale)
+
+
+cdef inline void _cross_entropy_prob_unit(
+    const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
+    const floating *w, double alpha, double beta, double *loss, floating *grad,
+    double scale, Py_ssize_t i,
+) noexcept nogil:
+    cdef Py_ssize_t r0 = i * _tile_rows(n)
+    if n < SHORT_ROW:
+        _cross_entropy_prob_tile(
+            x + r0 * n, y + r0 * n, min(_tile_rows(n), n_rows - r0), n, w, alpha, beta,
+            loss + r0, grad if grad == NULL else grad + r0 * n, scale)
+    else:
+        loss[i] = _cross_entropy_prob_row(
+            x + i * n, y + i * n, n, w, alpha, beta,
+            grad if grad == NULL else grad + i * n, scale)
+
+
+# ---------------------------------------------------------------------------
+# the kernels
 
 def softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int n_threads):
     """out[i] = softmax(x[i]) for every row; out may be x."""
@@ -172,8 +416,14 @@ def softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int n_threads):
         return
     cdef const floating *xp = &x[0, 0]
     cdef floating *op = &out[0, 0]
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        _softmax_row(xp + i * n, op + i * n, n)
+    if n_threads == 1:
+        with nogil:
+            for i in range(_n_units(n_rows, n)):
+                _softmax_unit(xp, op, n_rows, n, i)
+    else:
+        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            _softmax_unit(xp, op, n_rows, n, i)
 
 
 def log_softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int n_threads):
@@ -183,12 +433,18 @@ def log_softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int n_threa
         return
     cdef const floating *xp = &x[0, 0]
     cdef floating *op = &out[0, 0]
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        _log_softmax_row(xp + i * n, op + i * n, n)
+    if n_threads == 1:
+        with nogil:
+            for i in range(_n_units(n_rows, n)):
+                _log_softmax_unit(xp, op, n_rows, n, i)
+    else:
+        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            _log_softmax_unit(xp, op, n_rows, n, i)
 
 
 def logsumexp_rows(const floating[:, ::1] x, floating[::1] out, int n_threads):
-    """out[i] = log(sum(exp(x[i]))) for every row."""
+    """out[i] = log(sum(exp(x[i]))) for every row (-inf for empty rows)."""
     cdef Py_ssize_t i, n_rows = x.shape[0], n = x.shape[1]
     if n_rows == 0:
         return
@@ -196,8 +452,15 @@ def logsumexp_rows(const floating[:, ::1] x, floating[::1] out, int n_threads):
         out[:] = -INFINITY
         return
     cdef const floating *xp = &x[0, 0]
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        out[i] = <floating>_logsumexp_row(xp + i * n, n)
+    cdef floating *op = &out[0]
+    if n_threads == 1:
+        with nogil:
+            for i in range(_n_units(n_rows, n)):
+                _logsumexp_unit(xp, op, n_rows, n, i)
+    else:
+        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            _logsumexp_unit(xp, op, n_rows, n, i)
 
 
 def softmax_backward_rows(const floating[:, ::1] grad_output,
@@ -210,11 +473,13 @@ def softmax_backward_rows(const floating[:, ::1] grad_output,
     cdef const floating *gp = &grad_output[0, 0]
     cdef const floating *ap = &output[0, 0]
     cdef floating *op = &out[0, 0]
-    cdef Py_ssize_t r
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        r = i * n
-        row_softmax_backward(gp + r, ap + r, op + r, n,
-                             <floating>row_dot(gp + r, ap + r, n))
+    if n_threads == 1:
+        with nogil:
+            for i in range(n_rows):
+                _softmax_backward_unit(gp, ap, op, n, i)
+    else:
+        for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+            _softmax_backward_unit(gp, ap, op, n, i)
 
 
 def log_softmax_backward_rows(const floating[:, ::1] grad_output,
@@ -225,13 +490,15 @@ def log_softmax_backward_rows(const floating[:, ::1] grad_output,
     if n_rows == 0 or n == 0:
         return
     cdef const floating *gp = &grad_output[0, 0]
-    cdef const floating *op_ = &output[0, 0]
+    cdef const floating *lp = &output[0, 0]
     cdef floating *op = &out[0, 0]
-    cdef Py_ssize_t r
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        r = i * n
-        row_log_softmax_backward(gp + r, op_ + r, op + r, n,
-                                 <floating>row_sum(gp + r, n))
+    if n_threads == 1:
+        with nogil:
+            for i in range(n_rows):
+                _log_softmax_backward_unit(gp, lp, op, n, i)
+    else:
+        for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+            _log_softmax_backward_unit(gp, lp, op, n, i)
 
 
 def label_summary(const label_t[::1] target, Py_ssize_t n_classes,
@@ -270,10 +537,12 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
     """Per-row cross-entropy with class indices; the gradient (times
     grad_scale) into grad when grad is not None.  Labels must have been
     checked with label_summary.  weight may be None; grad may be logits."""
-    cdef Py_ssize_t i, t, n_rows = logits.shape[0], n = logits.shape[1]
+    cdef Py_ssize_t i, n_rows = logits.shape[0], n = logits.shape[1]
     if n_rows == 0:
         return
     cdef const floating *xp = &logits[0, 0]
+    cdef const label_t *tp = &target[0]
+    cdef double *lp = &row_loss[0]
     cdef const floating *wp = NULL
     cdef floating *gp = NULL
     cdef double w_total = <double>n
@@ -284,17 +553,16 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
         w_total = row_sum(wp, n)
     if grad is not None:
         gp = &grad[0, 0]
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        t = target[i]
-        if t == ignore_index:
-            # padding rows may hold anything: they count 0 and get a 0 gradient
-            row_loss[i] = 0.0
-            if gp != NULL:
-                row_zero(gp + i * n, n)
-        else:
-            row_loss[i] = _cross_entropy_index_row(
-                xp + i * n, n, t, wp, w_total, alpha, beta,
-                gp if gp == NULL else gp + i * n, grad_scale)
+    if n_threads == 1:
+        with nogil:
+            for i in range(_n_units(n_rows, n)):
+                _cross_entropy_index_unit(xp, tp, n_rows, n, ignore_index, wp, w_total,
+                                          alpha, beta, lp, gp, grad_scale, i)
+    else:
+        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            _cross_entropy_index_unit(xp, tp, n_rows, n, ignore_index, wp, w_total,
+                                      alpha, beta, lp, gp, grad_scale, i)
 
 
 def cross_entropy_prob_rows(const floating[:, ::1] logits,
@@ -313,6 +581,7 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
         return
     cdef const floating *xp = &logits[0, 0]
     cdef const floating *yp = &target[0, 0]
+    cdef double *lp = &row_loss[0]
     cdef const floating *wp = NULL
     cdef floating *gp = NULL
     cdef double alpha = 1.0 - label_smoothing
@@ -321,7 +590,13 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
         wp = &weight[0]
     if grad is not None:
         gp = &grad[0, 0]
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        row_loss[i] = _cross_entropy_prob_row(
-            xp + i * n, yp + i * n, n, wp, alpha, beta,
-            gp if gp == NULL else gp + i * n, grad_scale)
+    if n_threads == 1:
+        with nogil:
+            for i in range(_n_units(n_rows, n)):
+                _cross_entropy_prob_unit(xp, yp, n_rows, n, wp, alpha, beta, lp, gp,
+                                         grad_scale, i)
+    else:
+        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            _cross_entropy_prob_unit(xp, yp, n_rows, n, wp, alpha, beta, lp, gp,
+                                     grad_scale, i)

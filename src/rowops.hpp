@@ -174,22 +174,52 @@ template <typename T> static inline int row_has_nan(const T *x, idx_t n) {
     return 0;
 }
 
+/* exp(x_l - shift) for the last r < EXP_TAIL elements of a row, into buf
+ * (zeros past r).  The vector loops below stop at a multiple of EXP_TAIL and
+ * hand the rest here: one fixed-length vector loop instead of a scalar exp
+ * per element, which on short rows (C = 2 .. 30) costs more than the rest. */
+enum { EXP_TAIL = 16 };
+
+template <typename T> static inline void exp_tail(const T *x, idx_t r, T shift, T *buf) {
+    for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = (T)-INFINITY;
+    for (idx_t l = 0; l < r; ++l) buf[l] = x[l] - shift;
+#pragma omp simd
+    for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = exp_poly(buf[l]);
+}
+
+static inline idx_t vector_part(idx_t n) { return n - n % EXP_TAIL; }
+
 /* sum_k exp(x_k - shift), in double. */
 template <typename T> static inline double row_exp_sum(const T *x, idx_t n, T shift) {
     double s = 0.0;
+    idx_t nv = vector_part(n);
 #pragma omp simd reduction(+ : s)
-    for (idx_t k = 0; k < n; ++k) s += (double)exp_poly((T)(x[k] - shift));
+    for (idx_t k = 0; k < nv; ++k) s += (double)exp_poly((T)(x[k] - shift));
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        exp_tail(x + nv, n - nv, shift, buf);
+        for (idx_t l = 0; l < n - nv; ++l) s += (double)buf[l];
+    }
     return s;
 }
 
 /* e_k = exp(x_k - shift) and returns sum_k e_k in double.  e may be x. */
 template <typename T> static inline double row_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
     double s = 0.0;
+    idx_t nv = vector_part(n);
 #pragma omp simd reduction(+ : s)
-    for (idx_t k = 0; k < n; ++k) {
+    for (idx_t k = 0; k < nv; ++k) {
         T v = exp_poly((T)(x[k] - shift));
         e[k] = v;
         s += (double)v;
+    }
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        exp_tail(x + nv, n - nv, shift, buf);
+        for (idx_t l = 0; l < n - nv; ++l) {
+            e[nv + l] = buf[l];
+            s += (double)buf[l];
+        }
     }
     return s;
 }
@@ -249,6 +279,43 @@ static inline double row_soft_target_sums(const T *x, const T *y, const T *w, id
     return sy;
 }
 
+/* ---- tiles of short rows ------------------------------------------------
+ * For rows shorter than a vector or two, per-row loops spend their time on
+ * loop set-up and horizontal reductions.  These helpers take a tile of `rows`
+ * consecutive rows of width n and do the expensive part, the exp, as one flat
+ * vector loop over the whole tile. */
+
+/* m[r] = max of row r, for each row of the tile. */
+template <typename T> static inline void tile_max(const T *x, idx_t rows, idx_t n, T *m) {
+    for (idx_t r = 0; r < rows; ++r) {
+        const T *xr = x + r * n;
+        T v = -INFINITY;
+        for (idx_t k = 0; k < n; ++k) v = xr[k] > v ? xr[k] : v;
+        m[r] = v;
+    }
+}
+
+/* e = exp(x - m[row]) over the tile, s[r] = sum of row r of e in double.
+ * e may be x. */
+template <typename T>
+static inline void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n, const T *m, double *s) {
+    for (idx_t r = 0; r < rows; ++r)
+        for (idx_t k = 0; k < n; ++k) e[r * n + k] = x[r * n + k] - m[r];
+    idx_t total = rows * n, nv = vector_part(total);
+#pragma omp simd
+    for (idx_t k = 0; k < nv; ++k) e[k] = exp_poly(e[k]);
+    if (nv < total) {
+        T buf[EXP_TAIL];
+        exp_tail(e + nv, total - nv, (T)0, buf);
+        for (idx_t l = 0; l < total - nv; ++l) e[nv + l] = buf[l];
+    }
+    for (idx_t r = 0; r < rows; ++r) {
+        double v = 0.0;
+        for (idx_t k = 0; k < n; ++k) v += (double)e[r * n + k];
+        s[r] = v;
+    }
+}
+
 /* ---- elementwise maps over one row -------------------------------------- */
 
 /* e_k *= c */
@@ -271,8 +338,14 @@ template <typename T> static inline void row_softmax_backward(const T *g, const 
 
 /* log_softmax backward: out_k = g_k - exp(o_k) * gsum.  out may be g or o. */
 template <typename T> static inline void row_log_softmax_backward(const T *g, const T *o, T *out, idx_t n, T gsum) {
+    idx_t nv = vector_part(n);
 #pragma omp simd
-    for (idx_t k = 0; k < n; ++k) out[k] = g[k] - exp_poly(o[k]) * gsum;
+    for (idx_t k = 0; k < nv; ++k) out[k] = g[k] - exp_poly(o[k]) * gsum;
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        exp_tail(o + nv, n - nv, (T)0, buf);
+        for (idx_t l = 0; l < n - nv; ++l) out[nv + l] = g[nv + l] - buf[l] * gsum;
+    }
 }
 
 /* Cross-entropy gradient from the stored exponentials (in place):
