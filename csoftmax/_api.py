@@ -40,12 +40,25 @@ def _threads_for(n_rows, n, num_threads):
     return max(1, min(num_threads, n_rows))
 
 
+def _specialisations(kernel):
+    """{dtype: callable} of a kernel fused over float/double."""
+    sigs = getattr(kernel, "__signatures__", None)
+    if sigs is None:  # the NumPy twin
+        return dict.fromkeys(_NATIVE, kernel)
+    return {np.dtype(np.float32): sigs["float"], np.dtype(np.float64): sigs["double"]}
+
+
 class Frontend:
     """The public API over one kernel module (see the module docstring)."""
 
     def __init__(self, kernels, name):
         self.kernels = kernels
         self.name = name
+        # the fused kernels' float/double specialisations, to skip Cython's
+        # run-time dispatch on the fast path
+        self._by_dtype = {
+            op: _specialisations(getattr(kernels, op)) for op in ("softmax_rows", "log_softmax_rows")
+        }
 
     # -- shared plumbing ---------------------------------------------------
 
@@ -73,20 +86,26 @@ class Frontend:
             return out
         return r if result == compute else r.astype(result)
 
-    def _fast_rows(self, x, axis, out, num_threads):
-        """The common call (a C-contiguous float array, last axis, nothing
-        else) validated in a few attribute reads: it sets the call overhead."""
+    def _fast_rows(self, name, x, axis, out, num_threads):
+        """The common call -- a C-contiguous float32/float64 ndarray, the last
+        axis, no options -- checked in a few attribute reads, since this sets
+        the overhead of small calls.  Returns None for anything else."""
         if (
             type(x) is np.ndarray
-            and axis == -1
             and out is None
             and num_threads is None
-            and x.dtype in _NATIVE
-            and x.ndim == 2
+            and axis == -1
+            and x.ndim
             and x.flags.c_contiguous
             and x.size
         ):
-            return x
+            kernel = self._by_dtype[name].get(x.dtype)
+            if kernel is not None:
+                x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+                r = np.empty(x.shape, x.dtype)
+                kernel(x2, r if x.ndim == 2 else r.reshape(x2.shape),
+                       _threads_for(x2.shape[0], x2.shape[1], None))
+                return r
         return None
 
     # -- softmax family ----------------------------------------------------
@@ -120,10 +139,8 @@ class Frontend:
         >>> csoftmax.softmax(np.array([[1.0, 2.0, 3.0]])).round(4)
         array([[0.09  , 0.2447, 0.6652]])
         """
-        x2 = self._fast_rows(x, axis, out, num_threads)
-        if x2 is not None:
-            r = np.empty_like(x2)
-            self.kernels.softmax_rows(x2, r, _threads_for(x2.shape[0], x2.shape[1], None))
+        r = self._fast_rows("softmax_rows", x, axis, out, num_threads)
+        if r is not None:
             return r
         return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads)
 
@@ -138,10 +155,8 @@ class Frontend:
         >>> csoftmax.log_softmax(np.array([0.0, 0.0])).round(4)
         array([-0.6931, -0.6931])
         """
-        x2 = self._fast_rows(x, axis, out, num_threads)
-        if x2 is not None:
-            r = np.empty_like(x2)
-            self.kernels.log_softmax_rows(x2, r, _threads_for(x2.shape[0], x2.shape[1], None))
+        r = self._fast_rows("log_softmax_rows", x, axis, out, num_threads)
+        if r is not None:
             return r
         return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads)
 
