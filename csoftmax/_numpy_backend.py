@@ -35,6 +35,38 @@ def default_threads():
     return env_num_threads()
 
 
+_BLOCK = 1 << 13  # elements per block of rows: bounds the twin's temporaries
+
+
+def _row_blocks(n_rows, n):
+    """Slices of rows of about _BLOCK elements, so that NumPy's temporaries
+    stay small (and out=x in place allocates nothing of the input's size)."""
+    step = max(1, _BLOCK // max(n, 1))
+    return [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
+
+
+def blockwise(*row_args):
+    """Decorator: run a row kernel block by block of rows.  ``row_args`` are
+    the positions of the arguments that hold one entry per row (None allowed)."""
+
+    def wrap(kernel):
+        def run(*args):
+            x = args[0]
+            blocks = _row_blocks(x.shape[0], x.shape[1])
+            if len(blocks) <= 1:
+                return kernel(*args)
+            for b in blocks:
+                kernel(*(a[b] if i in row_args and a is not None else a
+                         for i, a in enumerate(args)))
+            return None
+
+        run.__name__ = kernel.__name__
+        run.__doc__ = kernel.__doc__
+        return run
+
+    return wrap
+
+
 def _exp_shifted(x):
     """``(x - max, exp(x - max), sum in float64)`` per row."""
     m = x.max(axis=1, keepdims=True)
@@ -43,6 +75,7 @@ def _exp_shifted(x):
     return m, shifted, e, e.sum(axis=1, dtype=np.float64)
 
 
+@blockwise(0, 1)
 def softmax_rows(x, out, n_threads):
     if x.size == 0:
         return
@@ -51,6 +84,7 @@ def softmax_rows(x, out, n_threads):
         np.multiply(e, (1.0 / s).astype(x.dtype)[:, None], out=out)
 
 
+@blockwise(0, 1)
 def log_softmax_rows(x, out, n_threads):
     if x.size == 0:
         return
@@ -59,6 +93,7 @@ def log_softmax_rows(x, out, n_threads):
         np.subtract(shifted, np.log(s).astype(x.dtype)[:, None], out=out)
 
 
+@blockwise(0, 1)
 def logsumexp_rows(x, out, n_threads):
     if x.shape[0] == 0:
         return
@@ -77,6 +112,7 @@ def logsumexp_rows(x, out, n_threads):
     out[:] = r
 
 
+@blockwise(0, 1, 2)
 def softmax_backward_rows(grad_output, output, out, n_threads):
     if output.size == 0:
         return
@@ -85,6 +121,7 @@ def softmax_backward_rows(grad_output, output, out, n_threads):
         np.multiply(output, grad_output - dot.astype(output.dtype)[:, None], out=out)
 
 
+@blockwise(0, 1, 2)
 def log_softmax_backward_rows(grad_output, output, out, n_threads):
     if output.size == 0:
         return
@@ -104,6 +141,7 @@ def label_summary(target, n_classes, ignore_index, weight=None):
     return -1, float(np.add.reduce(weight[labels]))
 
 
+@blockwise(0, 1, 6, 7)
 def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
                              grad_scale, row_loss, grad, n_threads):
     n_classes = logits.shape[1]
@@ -137,6 +175,7 @@ def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothi
     grad[counted] = g
 
 
+@blockwise(0, 1, 5, 6)
 def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
                             row_loss, grad, n_threads):
     n_classes = logits.shape[1]

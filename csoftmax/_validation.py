@@ -70,7 +70,8 @@ def as_compute_array(x, name):
     """``(array, compute dtype, result dtype)`` with array C-contiguous in the compute dtype."""
     x = as_ndarray(x, name)
     compute, result = float_dtypes(x.dtype, name)
-    return np.ascontiguousarray(x, dtype=compute), compute, result
+    # np.asarray, not ascontiguousarray: the latter turns 0-d input into 1-d
+    return np.asarray(x, dtype=compute, order="C"), compute, result
 
 
 def check_num_threads(num_threads):

@@ -1,0 +1,269 @@
+"""PyTorch autograd functions over the csoftmax kernels (CPU tensors).
+
+``cross_entropy``, ``softmax`` and ``log_softmax`` behave as their
+``torch.nn.functional`` namesakes on CPU tensors and take part in autograd.
+Tensors cross to NumPy without copies (``tensor.detach().numpy()`` and
+``torch.from_numpy``); non-contiguous input is made contiguous first.
+
+``cross_entropy`` computes its gradient in the forward pass, in the same sweep
+over the logits as the loss (:func:`csoftmax.cross_entropy_with_grad`), and
+keeps only that gradient for the backward pass, which scales it by the upstream
+gradient.  No ``log_softmax`` or ``softmax`` tensor of the logits' size is kept.
+
+Limits: CPU tensors of dtype float16, float32 or float64 only (a CUDA tensor
+is a ``ValueError``: use ``torch.nn.functional`` there); ``cross_entropy``
+takes ``(N, C)`` or ``(C,)`` input and differentiates with respect to the input
+only (not ``target`` nor ``weight``); double backward is not supported (the
+backward passes are ``once_differentiable``: differentiating a gradient raises
+a ``RuntimeError``).
+
+This module needs PyTorch (``pip install "csoftmax[torch]"``); ``import
+csoftmax`` alone never imports torch.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch
+    from torch.autograd.function import once_differentiable
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "csoftmax.torch needs PyTorch, which is not installed: "
+        'pip install "csoftmax[torch]" (or install torch), or use the NumPy functions '
+        "in csoftmax directly"
+    ) from exc
+
+import numpy as np
+
+import csoftmax as _cs
+
+__all__ = ["CrossEntropy", "LogSoftmax", "Softmax", "cross_entropy", "log_softmax", "softmax"]
+
+_FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def _check_cpu(t, name):
+    """A clear error for tensors csoftmax cannot read (non-CPU devices)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"csoftmax.torch computes on CPU tensors only, but {name} is on device "
+            f"'{t.device}': use torch.nn.functional on that device, or move the "
+            f"tensor with .cpu()"
+        )
+
+
+def _as_numpy(t, name):
+    """A NumPy view of a CPU tensor (a copy only when it is not contiguous)."""
+    _check_cpu(t, name)
+    return t.detach().contiguous().numpy()
+
+
+def _check_input(t, name="input"):
+    _check_cpu(t, name)
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} has dtype {t.dtype}: csoftmax.torch takes float16, float32 or float64 "
+            f"tensors"
+        )
+
+
+def _scalar_tensor(value):
+    """A 0-d tensor from the NumPy scalar (or 0-d array) csoftmax returns."""
+    return torch.from_numpy(np.array(value))
+
+
+class CrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy`` whose forward also computes the gradient (see the module doc).
+
+    Use :func:`cross_entropy`; ``CrossEntropy.apply`` takes the same arguments
+    positionally.
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
+        _check_input(input)
+        if input.dim() not in (1, 2):
+            raise ValueError(
+                f"csoftmax.torch.cross_entropy takes (N, C) or (C,) input, got shape "
+                f"{tuple(input.shape)}; for (N, C, d1, ...) move the class axis last and "
+                f"flatten to (N * d1 * ..., C)"
+            )
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            which = "target" if ctx.needs_input_grad[1] else "weight"
+            raise NotImplementedError(
+                f"csoftmax.torch.cross_entropy differentiates with respect to input only, "
+                f"but {which} requires grad: detach it, or use "
+                f"torch.nn.functional.cross_entropy"
+            )
+        x = _as_numpy(input, "input")
+        t = _as_numpy(target, "target")
+        w = None if weight is None else _as_numpy(weight, "weight")
+        options = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
+                       label_smoothing=label_smoothing)
+        ctx.reduction = reduction
+        if ctx.needs_input_grad[0]:
+            loss, grad = _cs.cross_entropy_with_grad(x, t, **options)
+            ctx.save_for_backward(torch.from_numpy(grad))
+        else:
+            loss = _cs.cross_entropy(x, t, **options)
+        return _scalar_tensor(loss) if np.ndim(loss) == 0 else torch.from_numpy(loss)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if ctx.reduction == "none" and grad_output.dim():
+            # per-row losses: the saved gradient is per row with factor 1
+            grad_output = grad_output.unsqueeze(-1)
+        # a new tensor: the saved gradient stays intact for retain_graph=True
+        return grad * grad_output.to(grad.dtype), None, None, None, None, None
+
+
+class _RowFunction(torch.autograd.Function):
+    """Shared forward/backward of Softmax and LogSoftmax."""
+
+    _forward = _backward = None  # csoftmax functions, set by subclasses
+
+    @classmethod
+    def _run_forward(cls, ctx, input, dim):
+        _check_input(input)
+        if not isinstance(dim, int) or isinstance(dim, bool):
+            raise TypeError(f"dim must be an int, not {type(dim).__name__}")
+        out = torch.from_numpy(cls._forward(_as_numpy(input, "input"), axis=dim))
+        ctx.dim = dim
+        ctx.save_for_backward(out)
+        return out
+
+    @classmethod
+    def _run_backward(cls, ctx, grad_output):
+        (out,) = ctx.saved_tensors
+        g = _as_numpy(grad_output.to(out.dtype), "grad_output")
+        a = _as_numpy(out, "output")
+        return torch.from_numpy(cls._backward(g, a, axis=ctx.dim)), None
+
+
+class Softmax(_RowFunction):
+    """``F.softmax`` over csoftmax's kernels; use :func:`softmax`."""
+
+    _forward = staticmethod(_cs.softmax)
+    _backward = staticmethod(_cs.softmax_backward)
+
+    @staticmethod
+    def forward(ctx, input, dim):
+        return Softmax._run_forward(ctx, input, dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        return Softmax._run_backward(ctx, grad_output)
+
+
+class LogSoftmax(_RowFunction):
+    """``F.log_softmax`` over csoftmax's kernels; use :func:`log_softmax`."""
+
+    _forward = staticmethod(_cs.log_softmax)
+    _backward = staticmethod(_cs.log_softmax_backward)
+
+    @staticmethod
+    def forward(ctx, input, dim):
+        return LogSoftmax._run_forward(ctx, input, dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        return LogSoftmax._run_backward(ctx, grad_output)
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0):
+    """``torch.nn.functional.cross_entropy`` on CPU tensors, with the gradient fused
+    into the forward pass.
+
+    Parameters
+    ----------
+    input : Tensor, shape (N, C) or (C,)
+        Logits (float16, float32 or float64, on the CPU); may require grad.
+    target : Tensor
+        Class indices, shape (N,) (a 0-d tensor for (C,) input), any integer
+        dtype; or class probabilities of the input's shape (need not sum to one).
+    weight : Tensor, shape (C,), optional
+        Per-class weights.
+    ignore_index : int, default -100
+        Rows with this class index count 0 and get a zero gradient.
+    reduction : {"mean", "sum", "none"}
+        As in PyTorch: "mean" divides by the summed weight of the counted rows.
+    label_smoothing : float in [0, 1]
+        As in PyTorch.
+
+    Returns
+    -------
+    Tensor
+        The loss: 0-d, or shape (N,) for ``reduction="none"``; the input's dtype.
+        Its backward pass scales the gradient saved by the forward pass; it
+        cannot be differentiated twice.
+
+    Examples
+    --------
+    >>> import torch, csoftmax.torch as ct
+    >>> x = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    >>> loss = ct.cross_entropy(x, torch.tensor([0, 2]))
+    >>> loss.backward()
+    >>> round(loss.item(), 4)
+    1.0986
+    >>> x.grad
+    tensor([[-0.3333,  0.1667,  0.1667],
+            [ 0.1667,  0.1667, -0.3333]], dtype=torch.float64)
+    """
+    return CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
+
+
+def softmax(input, dim):
+    """``torch.nn.functional.softmax(input, dim)`` on CPU tensors.
+
+    Parameters
+    ----------
+    input : Tensor
+        Any shape; float16, float32 or float64, on the CPU.
+    dim : int
+        The dimension normalised over.
+
+    Returns
+    -------
+    Tensor
+        The input's shape and dtype.  Backward: ``a * (g - sum(g * a))``; not
+        differentiable twice.
+
+    Examples
+    --------
+    >>> import torch, csoftmax.torch as ct
+    >>> ct.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=1)
+    tensor([[0.0900, 0.2447, 0.6652]])
+    """
+    return Softmax.apply(input, dim)
+
+
+def log_softmax(input, dim):
+    """``torch.nn.functional.log_softmax(input, dim)`` on CPU tensors.
+
+    Parameters
+    ----------
+    input : Tensor
+        Any shape; float16, float32 or float64, on the CPU.
+    dim : int
+        The dimension normalised over.
+
+    Returns
+    -------
+    Tensor
+        The input's shape and dtype.  Backward: ``g - exp(out) * sum(g)``; not
+        differentiable twice.
+
+    Examples
+    --------
+    >>> import torch, csoftmax.torch as ct
+    >>> ct.log_softmax(torch.tensor([0.0, 0.0]), dim=0)
+    tensor([-0.6931, -0.6931])
+    """
+    return LogSoftmax.apply(input, dim)
