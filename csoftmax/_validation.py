@@ -281,7 +281,11 @@ class CrossEntropyArgs:
 
     def check_out(self, out):
         out = check_out(out, self.shape, self.result)
-        for other, name in ((self.probs, "target"), (self.weight, "weight")):
+        # the kernels read labels, probabilities and weights while writing
+        # out: an overlap would feed them half-written values (or, for labels,
+        # out-of-range indices), so it is refused
+        for other, name in ((self.labels, "target"), (self.probs, "target"),
+                            (self.weight, "weight")):
             if other is not None and np.may_share_memory(out, other):
                 raise ValueError(f"out must not overlap {name}")
         return out

@@ -14,14 +14,16 @@ Limits: CPU tensors of dtype float16, float32 or float64 only (a CUDA tensor
 is a ``ValueError``: use ``torch.nn.functional`` there); ``cross_entropy``
 takes ``(N, C)`` or ``(C,)`` input and differentiates with respect to the input
 only (not ``target`` nor ``weight``); double backward is not supported (the
-backward passes are ``once_differentiable``: differentiating a gradient raises
-a ``RuntimeError``).
+backward passes are first-order only: ``create_graph=True`` through them
+raises a ``RuntimeError``).
 
 This module needs PyTorch (``pip install "csoftmax[torch]"``); ``import
 csoftmax`` alone never imports torch.
 """
 
 from __future__ import annotations
+
+import functools
 
 try:
     import torch
@@ -69,6 +71,29 @@ def _check_input(t, name="input"):
         )
 
 
+def _first_order_only(backward):
+    """Wrap a backward pass: no double backward, with a clear error.
+
+    ``once_differentiable`` raises only when the upstream gradient itself
+    requires grad; with ``create_graph=True`` and a constant upstream gradient
+    it would return a gradient that silently lacks its dependence on the input.
+    So any attempt to build a graph of the backward pass is refused here.
+    """
+    once = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grad_outputs):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"csoftmax.torch.{ctx.name}: double backward is not supported "
+                f"(backward was called with create_graph=True); use "
+                f"torch.nn.functional.{ctx.name} for higher-order gradients"
+            )
+        return once(ctx, *grad_outputs)
+
+    return wrapper
+
+
 def _scalar_tensor(value):
     """A 0-d tensor from the NumPy scalar (or 0-d array) csoftmax returns."""
     return torch.from_numpy(np.array(value))
@@ -103,6 +128,7 @@ class CrossEntropy(torch.autograd.Function):
         options = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
                        label_smoothing=label_smoothing)
         ctx.reduction = reduction
+        ctx.name = "cross_entropy"
         if ctx.needs_input_grad[0]:
             loss, grad = _cs.cross_entropy_with_grad(x, t, **options)
             ctx.save_for_backward(torch.from_numpy(grad))
@@ -111,7 +137,7 @@ class CrossEntropy(torch.autograd.Function):
         return _scalar_tensor(loss) if np.ndim(loss) == 0 else torch.from_numpy(loss)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         if ctx.reduction == "none" and grad_output.dim():
@@ -133,6 +159,7 @@ class _RowFunction(torch.autograd.Function):
             raise TypeError(f"dim must be an int, not {type(dim).__name__}")
         out = torch.from_numpy(cls._forward(_as_numpy(input, "input"), axis=dim))
         ctx.dim = dim
+        ctx.name = cls._name
         ctx.save_for_backward(out)
         return out
 
@@ -147,6 +174,7 @@ class _RowFunction(torch.autograd.Function):
 class Softmax(_RowFunction):
     """``F.softmax`` over csoftmax's kernels; use :func:`softmax`."""
 
+    _name = "softmax"
     _forward = staticmethod(_cs.softmax)
     _backward = staticmethod(_cs.softmax_backward)
 
@@ -155,7 +183,7 @@ class Softmax(_RowFunction):
         return Softmax._run_forward(ctx, input, dim)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, grad_output):
         return Softmax._run_backward(ctx, grad_output)
 
@@ -163,6 +191,7 @@ class Softmax(_RowFunction):
 class LogSoftmax(_RowFunction):
     """``F.log_softmax`` over csoftmax's kernels; use :func:`log_softmax`."""
 
+    _name = "log_softmax"
     _forward = staticmethod(_cs.log_softmax)
     _backward = staticmethod(_cs.log_softmax_backward)
 
@@ -171,7 +200,7 @@ class LogSoftmax(_RowFunction):
         return LogSoftmax._run_forward(ctx, input, dim)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, grad_output):
         return LogSoftmax._run_backward(ctx, grad_output)
 

@@ -159,11 +159,20 @@ static inline double exp_poly(double x) {
 
 /* max_k x_k; -inf for n == 0.  NaN handling is left to the callers: a NaN in
  * the row makes x - max NaN somewhere, and the exp-sum carries it to every
- * output of the row. */
+ * output of the row.  Independent partial maxima (four vectors of
+ * AVX-512; 256 bytes of lanes) hide the latency of the max instruction; the
+ * compiler keeps the fixed-size lane array in registers. */
 template <typename T> static inline T row_max(const T *x, idx_t n) {
-    T m = -INFINITY;
+    enum { L = 256 / (int)sizeof(T) };
+    T acc[L];
+    for (int l = 0; l < L; ++l) acc[l] = (T)-INFINITY;
+    idx_t nb = n - n % L;
+    for (idx_t b = 0; b < nb; b += L)
+        for (int l = 0; l < L; ++l) acc[l] = x[b + l] > acc[l] ? x[b + l] : acc[l];
+    T m = (T)-INFINITY;
+    for (int l = 0; l < L; ++l) m = acc[l] > m ? acc[l] : m;
 #pragma omp simd reduction(max : m)
-    for (idx_t k = 0; k < n; ++k) m = x[k] > m ? x[k] : m;
+    for (idx_t k = nb; k < n; ++k) m = x[k] > m ? x[k] : m;
     return m;
 }
 

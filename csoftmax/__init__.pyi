@@ -1,0 +1,202 @@
+# Type stubs of csoftmax's public API (the functions are bound methods of a runtime-chosen
+# backend, so they are declared here).  Checked by `mypy --strict` on examples/typed_usage.py
+# and against the runtime by `python -m mypy.stubtest csoftmax` (tools/check_wheel.sh).
+#
+# Result dtypes: a floating input keeps its dtype (float16 and longdouble included), integer
+# and bool input gives float64; `out=` is returned as given.  Reductions to no axis give a
+# NumPy scalar, otherwise an array, hence the unions where the shape decides.
+
+from typing import Any, Literal, SupportsIndex, TypeVar, overload
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "BACKEND",
+    "__version__",
+    "config",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "get_num_threads",
+    "log_softmax",
+    "log_softmax_backward",
+    "logsumexp",
+    "set_num_threads",
+    "show_config",
+    "softmax",
+    "softmax_backward",
+]
+
+__version__: str
+BACKEND: Literal["cython", "numpy"]
+
+_FloatT = TypeVar("_FloatT", bound=np.floating[Any])
+_ArrayT = TypeVar("_ArrayT", bound=np.ndarray[Any, Any])
+
+_Axis = SupportsIndex | tuple[SupportsIndex, ...] | None
+_IntOrBoolArray = NDArray[np.integer[Any] | np.bool_]
+_Reduced = Literal["mean", "sum"]
+
+# -- softmax, log_softmax ----------------------------------------------------------------
+
+@overload
+def softmax(
+    x: ArrayLike, axis: _Axis = -1, *, out: _ArrayT, num_threads: SupportsIndex | None = None
+) -> _ArrayT: ...
+@overload
+def softmax(
+    x: NDArray[_FloatT], axis: _Axis = -1, *, out: None = None,
+    num_threads: SupportsIndex | None = None,
+) -> NDArray[_FloatT]: ...
+@overload
+def softmax(
+    x: _IntOrBoolArray, axis: _Axis = -1, *, out: None = None,
+    num_threads: SupportsIndex | None = None,
+) -> NDArray[np.float64]: ...
+@overload
+def softmax(
+    x: ArrayLike, axis: _Axis = -1, *, out: None = None,
+    num_threads: SupportsIndex | None = None,
+) -> NDArray[np.floating[Any]]: ...
+@overload
+def log_softmax(
+    x: ArrayLike, axis: _Axis = -1, *, out: _ArrayT, num_threads: SupportsIndex | None = None
+) -> _ArrayT: ...
+@overload
+def log_softmax(
+    x: NDArray[_FloatT], axis: _Axis = -1, *, out: None = None,
+    num_threads: SupportsIndex | None = None,
+) -> NDArray[_FloatT]: ...
+@overload
+def log_softmax(
+    x: _IntOrBoolArray, axis: _Axis = -1, *, out: None = None,
+    num_threads: SupportsIndex | None = None,
+) -> NDArray[np.float64]: ...
+@overload
+def log_softmax(
+    x: ArrayLike, axis: _Axis = -1, *, out: None = None,
+    num_threads: SupportsIndex | None = None,
+) -> NDArray[np.floating[Any]]: ...
+
+# -- logsumexp: a scalar when every axis is reduced ----------------------------------------
+
+@overload
+def logsumexp(
+    x: NDArray[_FloatT], axis: None, *, num_threads: SupportsIndex | None = None
+) -> _FloatT: ...
+@overload
+def logsumexp(
+    x: NDArray[_FloatT], axis: _Axis = -1, *, num_threads: SupportsIndex | None = None
+) -> NDArray[_FloatT] | _FloatT: ...
+@overload
+def logsumexp(
+    x: _IntOrBoolArray, axis: None, *, num_threads: SupportsIndex | None = None
+) -> np.float64: ...
+@overload
+def logsumexp(
+    x: _IntOrBoolArray, axis: _Axis = -1, *, num_threads: SupportsIndex | None = None
+) -> NDArray[np.float64] | np.float64: ...
+@overload
+def logsumexp(
+    x: ArrayLike, axis: None, *, num_threads: SupportsIndex | None = None
+) -> np.floating[Any]: ...
+@overload
+def logsumexp(
+    x: ArrayLike, axis: _Axis = -1, *, num_threads: SupportsIndex | None = None
+) -> NDArray[np.floating[Any]] | np.floating[Any]: ...
+
+# -- backward passes: computed in the wider dtype of the two inputs --------------------------
+
+@overload
+def softmax_backward(
+    grad_output: ArrayLike, output: ArrayLike, axis: _Axis = -1, *, out: _ArrayT,
+    num_threads: SupportsIndex | None = None,
+) -> _ArrayT: ...
+@overload
+def softmax_backward(
+    grad_output: NDArray[_FloatT], output: NDArray[_FloatT], axis: _Axis = -1, *,
+    out: None = None, num_threads: SupportsIndex | None = None,
+) -> NDArray[_FloatT]: ...
+@overload
+def softmax_backward(
+    grad_output: ArrayLike, output: ArrayLike, axis: _Axis = -1, *, out: None = None,
+    num_threads: SupportsIndex | None = None,
+) -> NDArray[np.floating[Any]]: ...
+@overload
+def log_softmax_backward(
+    grad_output: ArrayLike, output: ArrayLike, axis: _Axis = -1, *, out: _ArrayT,
+    num_threads: SupportsIndex | None = None,
+) -> _ArrayT: ...
+@overload
+def log_softmax_backward(
+    grad_output: NDArray[_FloatT], output: NDArray[_FloatT], axis: _Axis = -1, *,
+    out: None = None, num_threads: SupportsIndex | None = None,
+) -> NDArray[_FloatT]: ...
+@overload
+def log_softmax_backward(
+    grad_output: ArrayLike, output: ArrayLike, axis: _Axis = -1, *, out: None = None,
+    num_threads: SupportsIndex | None = None,
+) -> NDArray[np.floating[Any]]: ...
+
+# -- cross-entropy: "mean"/"sum" give a scalar of the logits' dtype; "none" gives one loss per
+# -- row (an array for (N, C) logits, a scalar for (C,) logits) -------------------------------
+
+@overload
+def cross_entropy(
+    logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: _Reduced = "mean",
+    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+) -> _FloatT: ...
+@overload
+def cross_entropy(
+    logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str,
+    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+) -> NDArray[_FloatT] | _FloatT: ...
+@overload
+def cross_entropy(
+    logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: _Reduced = "mean",
+    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+) -> np.floating[Any]: ...
+@overload
+def cross_entropy(
+    logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str,
+    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+) -> NDArray[np.floating[Any]] | np.floating[Any]: ...
+@overload
+def cross_entropy_with_grad(
+    logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: _Reduced = "mean",
+    label_smoothing: float = 0.0, out: NDArray[_FloatT] | None = None,
+    num_threads: SupportsIndex | None = None,
+) -> tuple[_FloatT, NDArray[_FloatT]]: ...
+@overload
+def cross_entropy_with_grad(
+    logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str,
+    label_smoothing: float = 0.0, out: NDArray[_FloatT] | None = None,
+    num_threads: SupportsIndex | None = None,
+) -> tuple[NDArray[_FloatT] | _FloatT, NDArray[_FloatT]]: ...
+@overload
+def cross_entropy_with_grad(
+    logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: _Reduced = "mean",
+    label_smoothing: float = 0.0, out: NDArray[Any] | None = None,
+    num_threads: SupportsIndex | None = None,
+) -> tuple[np.floating[Any], NDArray[np.floating[Any]]]: ...
+@overload
+def cross_entropy_with_grad(
+    logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str,
+    label_smoothing: float = 0.0, out: NDArray[Any] | None = None,
+    num_threads: SupportsIndex | None = None,
+) -> tuple[NDArray[np.floating[Any]] | np.floating[Any], NDArray[np.floating[Any]]]: ...
+
+# -- threads and configuration --------------------------------------------------------------
+
+def set_num_threads(n: SupportsIndex | None) -> None: ...
+def get_num_threads() -> int: ...
+def config() -> dict[str, Any]: ...
+def show_config() -> None: ...

@@ -1,0 +1,424 @@
+"""csoftmax kernels over dask arrays chunked along rows.
+
+Each chunk is computed by the in-memory csoftmax function, so a chunk must
+hold whole rows: the class axis (``axis`` of :func:`softmax`, the last axis of
+the logits in :func:`cross_entropy`) must be a single chunk.  An array chunked
+along it is **rechunked** to one chunk there, with a
+``dask.array.PerformanceWarning`` (the chunks then hold every class of their
+rows: rechunk yourself, e.g. ``x.rechunk({0: "auto", 1: -1})``, to choose
+their size and silence the warning).  Targets are rechunked to the logits'
+rows without a warning; NumPy targets and weights are accepted.
+
+Everything is lazy.  :func:`cross_entropy` reduces across chunks exactly as
+the in-memory function does: every chunk contributes its summed loss, and
+``"mean"`` divides the global sum by the global denominator -- the summed
+class weight of the non-ignored rows (their number without weights), ``N``
+for probability targets, ``nan`` when zero -- not by per-chunk means.
+:func:`cross_entropy_with_grad` returns ``(loss, grad)`` computed in one task
+per chunk (compute both at once, ``dask.compute(loss, grad)``, so that each
+chunk is read once); for ``"mean"`` the chunks' gradients are scaled by the
+global denominator, which only needs the targets.
+
+Options (``weight``, ``ignore_index``, ``reduction``, ``label_smoothing``,
+dtypes, shapes) are checked when the graph is built; class indices out of
+range are found when a chunk is computed: a ``ValueError`` naming the row of
+the whole array.
+
+Threads: each chunk runs on ``num_threads`` OpenMP threads (default
+:func:`csoftmax.get_num_threads`).  With the threaded scheduler, which already
+runs one chunk per core, pass ``num_threads=1`` to avoid oversubscription;
+``dask.distributed`` workers set ``OMP_NUM_THREADS=1`` themselves.
+
+This module needs dask (``pip install "csoftmax[dask]"``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "csoftmax.dask needs dask, which is not installed: "
+        'pip install "csoftmax[dask]" (or "dask[array]")'
+    ) from exc
+
+import numpy as np
+
+import csoftmax as _cs
+from csoftmax._validation import normalize_axes
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "logsumexp",
+    "softmax",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# chunks
+
+
+def _as_dask(x, whole_axes=()):
+    """A dask array; non-dask input is chunked "auto" with ``whole_axes`` in one chunk."""
+    if isinstance(x, da.Array):
+        return x
+    x = np.asarray(x)
+    return da.from_array(x, chunks={i: (-1 if i in whole_axes else "auto") for i in range(x.ndim)})
+
+
+def _whole_along(x, axes, what):
+    """``x`` with each of ``axes`` in a single chunk (rechunked with a warning)."""
+    split = [a for a in axes if len(x.chunks[a]) > 1]
+    if not split:
+        return x
+    warnings.warn(
+        f"csoftmax.dask: {what} is chunked along axis {split} (chunks {x.chunks}); every chunk "
+        f"must hold whole rows, so it is rechunked to one chunk along that axis. Rechunk it "
+        f"yourself, e.g. x.rechunk({{{split[0]}: -1}}), to choose the chunk sizes and silence "
+        f"this warning",
+        da.PerformanceWarning,
+        stacklevel=3,
+    )
+    return x.rechunk(dict.fromkeys(split, -1))
+
+
+def _row_chunks(logits):
+    rows = logits.chunks[0]
+    if any(np.isnan(r) for r in rows):
+        raise ValueError(
+            "csoftmax.dask: the logits have unknown chunk sizes; call "
+            "logits.compute_chunk_sizes() first"
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax family
+
+
+def _result_dtype(fn, dtype, ndim, axis, num_threads):
+    """What ``fn`` returns for input of ``dtype`` (its errors for these arguments, raised now)."""
+    return np.asarray(fn(np.zeros((1,) * ndim, dtype), axis=axis, num_threads=num_threads)).dtype
+
+
+def _rowwise(fn, x, axis, num_threads):
+    x = _as_dask(x, whole_axes=normalize_axes(axis, np.ndim(x), np.shape(x)))
+    axes = normalize_axes(axis, x.ndim, x.shape)
+    x = _whole_along(x, axes, "x")
+    dtype = _result_dtype(fn, x.dtype, x.ndim, axis, num_threads)
+    return x, axes, dtype
+
+
+def softmax(x, axis=-1, *, num_threads=None):
+    """Lazy :func:`csoftmax.softmax` of a dask array, chunk by chunk.
+
+    Parameters
+    ----------
+    x : dask.array.Array or array_like
+        Any shape; ``axis`` must be (or is rechunked to) one chunk.
+    axis : int, tuple of int or None, default -1
+        As for :func:`csoftmax.softmax`.
+    num_threads : int, optional
+        OpenMP threads of each chunk's call.
+
+    Returns
+    -------
+    dask.array.Array
+        x's shape and chunks, the dtype :func:`csoftmax.softmax` returns.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, csoftmax.dask as cd
+    >>> x = da.from_array(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]), chunks=(1, 3))
+    >>> cd.softmax(x).compute().round(4)
+    array([[0.09  , 0.2447, 0.6652],
+           [0.3333, 0.3333, 0.3333]])
+    """
+    x, _, dtype = _rowwise(_cs.softmax, x, axis, num_threads)
+    return x.map_blocks(_cs.softmax, axis=axis, num_threads=num_threads, dtype=dtype,
+                        meta=np.empty((0,) * x.ndim, dtype))
+
+
+def log_softmax(x, axis=-1, *, num_threads=None):
+    """Lazy :func:`csoftmax.log_softmax` of a dask array, chunk by chunk.
+
+    Parameters and results as for :func:`softmax`.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, csoftmax.dask as cd
+    >>> cd.log_softmax(da.zeros((4, 2), chunks=(2, 2))).compute().round(4)
+    array([[-0.6931, -0.6931],
+           [-0.6931, -0.6931],
+           [-0.6931, -0.6931],
+           [-0.6931, -0.6931]])
+    """
+    x, _, dtype = _rowwise(_cs.log_softmax, x, axis, num_threads)
+    return x.map_blocks(_cs.log_softmax, axis=axis, num_threads=num_threads, dtype=dtype,
+                        meta=np.empty((0,) * x.ndim, dtype))
+
+
+def logsumexp(x, axis=-1, *, num_threads=None):
+    """Lazy :func:`csoftmax.logsumexp` of a dask array over whole-chunk axes.
+
+    Parameters
+    ----------
+    x, axis, num_threads
+        As for :func:`softmax`.
+
+    Returns
+    -------
+    dask.array.Array
+        x's shape without ``axis``, x's chunks along the other axes.
+
+    Examples
+    --------
+    >>> import dask.array as da, csoftmax.dask as cd
+    >>> cd.logsumexp(da.zeros((4, 2), chunks=(2, 2))).compute().round(4)
+    array([0.6931, 0.6931, 0.6931, 0.6931])
+    """
+    x, axes, dtype = _rowwise(_cs.logsumexp, x, axis, num_threads)
+    kept = x.ndim - len(axes)
+    if kept == 0:  # one chunk holds everything
+        return da.from_delayed(
+            dask.delayed(_cs.logsumexp, pure=True)(x, axis=axis, num_threads=num_threads),
+            shape=(), dtype=dtype, meta=np.empty((), dtype))
+    return x.map_blocks(_lse_block, axis=axis, num_threads=num_threads, drop_axis=axes,
+                        dtype=dtype, meta=np.empty((0,) * kept, dtype))
+
+
+def _lse_block(b, *, axis, num_threads):
+    return np.asarray(_cs.logsumexp(b, axis=axis, num_threads=num_threads))
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-entropy
+
+_ROW = re.compile(r"^target\[(\d+)\]")
+
+
+def _in_rows(fn, start, stop, *args, **kwargs):
+    """Call ``fn``, naming the rows of the whole array in a bad-label error."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        message = _ROW.sub(lambda m: f"target[{start + int(m.group(1))}]", str(exc))
+        raise ValueError(f"{message} (in the chunk of rows {start}:{stop})") from exc
+
+
+class _Problem:
+    """The logits and target aligned by rows, the options checked, the result dtype known."""
+
+    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
+                 num_threads):
+        logits = _as_dask(logits, whole_axes=(1,))
+        if logits.ndim != 2:
+            raise ValueError(
+                f"csoftmax.dask: logits must be 2-D (N, C), got shape {logits.shape}")
+        logits = _whole_along(logits, (1,), "logits")
+        rows = _row_chunks(logits)
+        n, c = logits.shape
+        t_shape = np.shape(target)
+        if t_shape not in ((n,), (n, c)):
+            raise ValueError(
+                f"csoftmax.dask: target has shape {t_shape}; expected ({n},) class indices or "
+                f"{(n, c)} probabilities for logits of shape {(n, c)}")
+        self.labels = len(t_shape) == 1
+        chunks = (rows,) if self.labels else (rows, (c,))
+        if isinstance(target, da.Array):
+            target = target.rechunk(chunks) if target.chunks != chunks else target
+        else:
+            target = da.from_array(np.asarray(target), chunks=chunks)
+        self.weight = None if weight is None else np.asarray(weight)
+        self.options = dict(weight=self.weight, ignore_index=ignore_index,
+                            label_smoothing=label_smoothing)
+        self.reduction = reduction
+        self.num_threads = num_threads
+        # every option, shape and dtype rule of csoftmax, checked now on an empty chunk
+        empty = _cs.cross_entropy(np.empty((0, c), logits.dtype),
+                                  np.empty((0,) + t_shape[1:], target.dtype),
+                                  reduction=reduction, num_threads=num_threads, **self.options)
+        self.dtype = np.asarray(empty).dtype
+        self.logits, self.target, self.n, self.c = logits, target, n, c
+        self.bounds = np.concatenate([[0], np.cumsum(rows)]).astype(int).tolist()
+
+    def starts(self):
+        return self.bounds[:-1], self.bounds[1:]
+
+    # -- the global denominator of "mean" --------------------------------------------------
+
+    def total(self):
+        """A 0-d float64 dask array: the summed weight of the counted rows (N for probs)."""
+        if not self.labels:
+            return da.from_array(np.float64(self.n))
+        starts, _ = self.starts()
+        parts = da.blockwise(
+            _count_block, "i", self.target, "i", da.from_array(np.array(starts), chunks=1), "i",
+            weight=self.weight, ignore_index=self.options["ignore_index"], n_classes=self.c,
+            adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True, align_arrays=False,
+            meta=np.empty((0,), np.float64))
+        return parts.sum()
+
+    def _target_index(self):
+        return "i" if self.labels else "ij"
+
+
+def _count_block(t, start, *, weight, ignore_index, n_classes):
+    """The counted weight of one chunk of class indices (its "mean" denominator)."""
+    start = int(start[0])
+    t = t.astype(np.int64, copy=False)
+    counted = t != ignore_index
+    labels = t[counted]
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        row = int(np.flatnonzero(counted)[np.argmax(bad)])
+        raise ValueError(
+            f"target[{start + row}] = {int(t[row])} is not a class index in [0, {n_classes}) "
+            f"nor ignore_index ({ignore_index}) (in the chunk of rows {start}:{start + len(t)})")
+    if weight is None:
+        return np.array([labels.size], np.float64)
+    return np.array([np.add.reduce(weight.astype(np.float64)[labels])], np.float64)
+
+
+def _loss_block(x, t, start, stop, *, reduction, options, num_threads):
+    start, stop = int(start[0]), int(stop[0])  # one-element blocks
+    loss = _in_rows(_cs.cross_entropy, start, stop, x, t, reduction=reduction,
+                    num_threads=num_threads, **options)
+    return loss if reduction == "none" else np.array([loss], np.float64)
+
+
+def _grad_block(x, t, total, start, stop, *, reduction, options, num_threads):
+    """(row losses, or the chunk's summed loss; gradient) of one chunk."""
+    if reduction == "none":
+        return _in_rows(_cs.cross_entropy_with_grad, start, stop, x, t, reduction="none",
+                        num_threads=num_threads, **options)
+    loss, grad = _in_rows(_cs.cross_entropy_with_grad, start, stop, x, t, reduction="sum",
+                          num_threads=num_threads, **options)
+    if reduction == "mean":
+        if total != 0.0:
+            grad *= grad.dtype.type(1.0 / total)
+        else:  # as in memory: nan on counted rows, ignored rows stay 0
+            counted = np.ones(len(grad), bool) if t.ndim == 2 else t != options["ignore_index"]
+            grad[counted] = np.nan
+    return np.float64(loss), grad
+
+
+def _finish(parts, total, dtype):
+    """The loss from the chunks' sums: ``sum`` (total None) or ``sum / total``."""
+    s = float(np.add.reduce(np.asarray(parts, np.float64)))
+    if total is not None:
+        total = float(total)
+        s = s / total if total != 0.0 else float("nan")
+    return np.asarray(s, dtype)
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, num_threads=None):
+    """Lazy :func:`csoftmax.cross_entropy` over logits chunked along rows.
+
+    Parameters
+    ----------
+    logits : dask.array.Array or array_like, shape (N, C)
+        Chunked along rows; the class axis must be (or is rechunked to) one chunk.
+    target : dask.array.Array or array_like
+        Class indices (N,) or probabilities (N, C), rechunked to the logits' rows.
+    weight, ignore_index, reduction, label_smoothing, num_threads
+        As for :func:`csoftmax.cross_entropy` (``num_threads`` per chunk).
+
+    Returns
+    -------
+    dask.array.Array
+        0-d for "mean" and "sum" (reduced over all chunks: "mean" divides the
+        global sum by the global denominator), shape (N,) for "none"; the
+        logits' dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, csoftmax, csoftmax.dask as cd
+    >>> x = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    >>> t = np.array([0, 2, -100])
+    >>> w = np.array([1.0, 2.0, 3.0])
+    >>> loss = cd.cross_entropy(da.from_array(x, chunks=(2, 3)), t, weight=w)
+    >>> bool(np.isclose(loss.compute(), csoftmax.cross_entropy(x, t, weight=w)))
+    True
+    """
+    p = _Problem(logits, target, weight, ignore_index, reduction, label_smoothing, num_threads)
+    starts, stops = p.starts()
+    kwargs = dict(reduction="none" if reduction == "none" else "sum", options=p.options,
+                  num_threads=num_threads)
+    start_a = da.from_array(np.array(starts), chunks=1)
+    stop_a = da.from_array(np.array(stops), chunks=1)
+    if reduction == "none":
+        return da.blockwise(
+            _loss_block, "i", p.logits, "ij", p.target, p._target_index(), start_a, "i",
+            stop_a, "i", dtype=p.dtype, concatenate=True, align_arrays=False,
+            meta=np.empty((0,), p.dtype),
+            **kwargs)
+    sums = da.blockwise(
+        _loss_block, "i", p.logits, "ij", p.target, p._target_index(), start_a, "i", stop_a, "i",
+        adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True, align_arrays=False,
+        meta=np.empty((0,), np.float64), **kwargs)
+    total = p.total() if reduction == "mean" else None
+    loss = dask.delayed(_finish, pure=True)(sums, total, p.dtype)
+    return da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype))
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, num_threads=None):
+    """Lazy :func:`csoftmax.cross_entropy_with_grad`: loss and gradient, one task per chunk.
+
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, reduction, label_smoothing, num_threads
+        As for :func:`cross_entropy`.
+
+    Returns
+    -------
+    loss : dask.array.Array
+        As :func:`cross_entropy` returns it.
+    grad : dask.array.Array
+        ``d loss / d logits``: the logits' shape, row chunks and dtype.  For
+        "mean" every chunk is scaled by the global denominator.
+
+    Examples
+    --------
+    >>> import numpy as np, dask, dask.array as da, csoftmax.dask as cd
+    >>> x = da.zeros((4, 2), chunks=(2, 2))
+    >>> loss, grad = cd.cross_entropy_with_grad(x, np.array([0, 1, 1, 1]))
+    >>> loss, grad = dask.compute(loss, grad)
+    >>> float(loss.round(4)), grad
+    (0.6931, array([[-0.125,  0.125],
+           [ 0.125, -0.125],
+           [ 0.125, -0.125],
+           [ 0.125, -0.125]]))
+    """
+    p = _Problem(logits, target, weight, ignore_index, reduction, label_smoothing, num_threads)
+    total = p.total() if reduction == "mean" else None
+    total_d = None if total is None else total.to_delayed(optimize_graph=False)[()]
+    x_blocks = p.logits.to_delayed(optimize_graph=False).ravel()
+    t_blocks = p.target.to_delayed(optimize_graph=False).ravel()
+    block = dask.delayed(_grad_block, pure=True, nout=2)
+    grads, parts = [], []
+    for xb, tb, start, stop in zip(x_blocks, t_blocks, *p.starts()):
+        loss_d, grad_d = block(xb, tb, total_d, start, stop, reduction=reduction,
+                               options=p.options, num_threads=num_threads)
+        grads.append(da.from_delayed(grad_d, shape=(stop - start, p.c), dtype=p.dtype,
+                                     meta=np.empty((0, 0), p.dtype)))
+        parts.append(da.from_delayed(loss_d, shape=(stop - start,), dtype=p.dtype,
+                                     meta=np.empty((0,), p.dtype))
+                     if reduction == "none" else loss_d)
+    if not grads:  # no rows
+        grad = da.zeros((0, p.c), dtype=p.dtype)
+        parts = [np.empty(0, p.dtype) if reduction == "none" else 0.0]
+    else:
+        grad = da.concatenate(grads, axis=0)
+    if reduction == "none":
+        return da.concatenate([da.asarray(q) for q in parts]), grad
+    loss = dask.delayed(_finish, pure=True)(parts, total_d, p.dtype)
+    return da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype)), grad
