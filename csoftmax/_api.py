@@ -160,7 +160,8 @@ class Frontend:
             return r
         return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads)
 
-    def logsumexp(self, x, axis=-1, *, num_threads=None):
+    def logsumexp(self, x, axis=-1, *, keepdims=False, b=None, return_sign=False,
+                  num_threads=None):
         """``log(sum(exp(x)))`` over ``axis``, computed without overflow.
 
         Parameters
@@ -169,6 +170,15 @@ class Frontend:
             As for :func:`softmax`.
         axis : int, tuple of int or None, default -1
             Axis (or axes) reduced; None reduces all elements.
+        keepdims : bool, default False
+            Keep the reduced axes as dimensions of length one (as in SciPy).
+        b : array_like, optional
+            Factors of ``exp(x)``, broadcastable to x, possibly negative or zero:
+            the result is ``log(sum(b * exp(x)))`` (as in SciPy; zero factors
+            drop their term whatever x holds).
+        return_sign : bool, default False
+            Also return the sign of the sum (+1, 0 or -1); otherwise a negative
+            sum gives NaN (as in SciPy).
         num_threads : int, optional
             As for :func:`softmax`.
 
@@ -178,20 +188,62 @@ class Frontend:
             x's shape without the reduced axes (a NumPy scalar when nothing is
             left), in x's dtype.  As in SciPy and PyTorch: an empty or all -inf
             slice gives -inf, a slice holding +inf (and no NaN) +inf, NaN NaN.
+            With ``return_sign``, the pair ``(result, sign)``.
 
         Examples
         --------
         >>> import numpy as np, csoftmax
         >>> float(csoftmax.logsumexp(np.array([0.0, 0.0])).round(6))
         0.693147
+        >>> csoftmax.logsumexp(np.array([0.0, 0.0]), b=np.array([1.0, -2.0]), return_sign=True)
+        (np.float64(0.0), np.float64(-1.0))
         """
+        if b is not None:
+            return self._logsumexp_scaled(x, b, axis, keepdims, return_sign, num_threads)
         xc, compute, result = as_compute_array(x, "x")
         layout = RowLayout(xc.shape, axis)
         x2 = layout.rows(xc)
         r = np.empty(layout.n_rows, compute)
         self.kernels.logsumexp_rows(x2, r, _threads_for(layout.n_rows, layout.n, num_threads))
-        r = r.reshape(layout.reduced_shape).astype(result, copy=False)
-        return r[()] if r.ndim == 0 else r
+        r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
+        r = r.astype(result, copy=False)
+        if r.ndim == 0:
+            r = r[()]
+        if return_sign:
+            with np.errstate(invalid="ignore"):
+                sign = np.where(np.isnan(r), np.nan, np.where(r == -np.inf, 0.0, 1.0))
+            return r, sign.astype(result)[()]
+        return r
+
+    def _logsumexp_scaled(self, x, b, axis, keepdims, return_sign, num_threads):
+        """``log|sum(b exp(x))|`` as a difference of two unscaled logsumexps:
+        of ``x + log b`` where b > 0 and of ``x + log(-b)`` where b < 0."""
+        xc, _, result = as_compute_array(x, "x")
+        bc, _, b_result = as_compute_array(b, "b")
+        result = np.promote_types(result, b_result)
+        try:
+            xc, bc = np.broadcast_arrays(xc.astype(result), bc.astype(result))
+        except ValueError:
+            raise ValueError(
+                f"b of shape {bc.shape} does not broadcast to x of shape {xc.shape}"
+            ) from None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_b = np.log(np.abs(bc))
+            pos = np.where(bc > 0, xc + log_b, -np.inf)
+            neg = np.where(bc < 0, xc + log_b, -np.inf)
+            nan = np.isnan(bc) | np.isnan(xc)
+            pos[nan] = np.nan
+            lp = np.asarray(self.logsumexp(pos, axis, keepdims=keepdims, num_threads=num_threads))
+            ln = np.asarray(self.logsumexp(neg, axis, keepdims=keepdims, num_threads=num_threads))
+            big, small = np.maximum(lp, ln), np.minimum(lp, ln)
+            r = big + np.log1p(-np.exp(small - big))
+            r = np.where(lp == ln, np.where(np.isnan(lp), np.nan, -np.inf), r)
+            sign = np.where(lp > ln, 1.0, np.where(lp < ln, -1.0, 0.0))
+            sign = np.where(np.isnan(r), np.nan, sign)
+        r = r.astype(result)
+        if return_sign:
+            return r[()], sign.astype(result)[()]
+        return np.where(sign < 0, np.nan, r).astype(result)[()]
 
     def _backward(self, kernel, grad_output, output, axis, out, num_threads):
         g, g_compute, g_result = as_compute_array(grad_output, "grad_output")

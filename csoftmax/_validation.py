@@ -140,6 +140,7 @@ class RowLayout:
         self.trailing = self.axes == tuple(range(ndim - len(self.axes), ndim))
         self.n = math.prod(shape[a] for a in self.axes)
         self.reduced_shape = tuple(shape[a] for a in self.kept)
+        self.kept_shape = tuple(1 if a in self.axes else shape[a] for a in range(ndim))
         self.n_rows = math.prod(self.reduced_shape)
         self.moved_shape = self.reduced_shape + tuple(shape[a] for a in self.axes)
 

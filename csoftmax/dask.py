@@ -107,6 +107,18 @@ def _result_dtype(fn, dtype, ndim, axis, num_threads):
     return np.asarray(fn(np.zeros((1,) * ndim, dtype), axis=axis, num_threads=num_threads)).dtype
 
 
+# The tasks call csoftmax's functions through module-level functions: the public
+# functions are bound methods of an object holding the kernel module, which
+# pickle cannot send to dask.distributed workers.
+
+def _softmax_block(b, *, axis, num_threads):
+    return _cs.softmax(b, axis=axis, num_threads=num_threads)
+
+
+def _log_softmax_block(b, *, axis, num_threads):
+    return _cs.log_softmax(b, axis=axis, num_threads=num_threads)
+
+
 def _rowwise(fn, x, axis, num_threads):
     x = _as_dask(x, whole_axes=normalize_axes(axis, np.ndim(x), np.shape(x)))
     axes = normalize_axes(axis, x.ndim, x.shape)
@@ -141,7 +153,7 @@ def softmax(x, axis=-1, *, num_threads=None):
            [0.3333, 0.3333, 0.3333]])
     """
     x, _, dtype = _rowwise(_cs.softmax, x, axis, num_threads)
-    return x.map_blocks(_cs.softmax, axis=axis, num_threads=num_threads, dtype=dtype,
+    return x.map_blocks(_softmax_block, axis=axis, num_threads=num_threads, dtype=dtype,
                         meta=np.empty((0,) * x.ndim, dtype))
 
 
@@ -160,7 +172,7 @@ def log_softmax(x, axis=-1, *, num_threads=None):
            [-0.6931, -0.6931]])
     """
     x, _, dtype = _rowwise(_cs.log_softmax, x, axis, num_threads)
-    return x.map_blocks(_cs.log_softmax, axis=axis, num_threads=num_threads, dtype=dtype,
+    return x.map_blocks(_log_softmax_block, axis=axis, num_threads=num_threads, dtype=dtype,
                         meta=np.empty((0,) * x.ndim, dtype))
 
 
@@ -187,7 +199,7 @@ def logsumexp(x, axis=-1, *, num_threads=None):
     kept = x.ndim - len(axes)
     if kept == 0:  # one chunk holds everything
         return da.from_delayed(
-            dask.delayed(_cs.logsumexp, pure=True)(x, axis=axis, num_threads=num_threads),
+            dask.delayed(_lse_block, pure=True)(x, axis=axis, num_threads=num_threads),
             shape=(), dtype=dtype, meta=np.empty((), dtype))
     return x.map_blocks(_lse_block, axis=axis, num_threads=num_threads, drop_axis=axes,
                         dtype=dtype, meta=np.empty((0,) * kept, dtype))
