@@ -10,6 +10,8 @@ two backends differ only in how a row is computed.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import _threads
@@ -26,6 +28,9 @@ from ._validation import (
 # Below this many elements a call runs on one thread: waking a thread team
 # (~1 us) costs more than it saves (measured with bench/, see README).
 SMALL_WORK = 1 << 15
+# A cap on the team size, so that num_threads=10**6 cannot make OpenMP try to
+# start a million threads; results do not depend on the thread count.
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -37,7 +42,7 @@ def _threads_for(n_rows, n, num_threads):
         num_threads = _threads.get_num_threads()
     else:
         num_threads = check_num_threads(num_threads)
-    return max(1, min(num_threads, n_rows))
+    return max(1, min(num_threads, n_rows, MAX_THREADS))
 
 
 def _specialisations(kernel):
