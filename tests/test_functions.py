@@ -1,0 +1,749 @@
+"""Every public function on every frontend against the extended-precision reference.
+
+Dtypes, memory layouts, axes (negative, ``None``, N-D), result dtype and contiguity, ``out=``
+(also in place), empty inputs and the inf/NaN rules of API.md.  Every call also checks that
+its inputs were not modified.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+import reference as ref
+from arrays import (
+    ALL_NAMES,
+    CASES,
+    FLOAT_DTYPES,
+    FLOAT_IDS,
+    FORWARD_FUNCS,
+    FUNC_IDS,
+    FUNCS,
+    LAYOUTS,
+    OUT_FUNCS,
+    ArrayOnly,
+    Case,
+    DLPackOnly,
+    assert_bitwise_equal,
+    assert_close,
+    call_unmodified,
+    ce_inputs,
+    make_rng,
+    normal,
+    row_scale,
+)
+
+import csoftmax
+from csoftmax._dispatch import FRONTENDS
+
+float_dtypes = pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def scale_for(func, args, expected, axis):
+    """The absolute-error unit per row: 1 for softmax / log_softmax (no cancellation), the
+    largest |x| for logsumexp (m + log s may cancel), |g| and |dx| for the backward passes."""
+    if func.name in ("softmax", "log_softmax"):
+        return 1.0
+    if func.reduces:
+        return row_scale(args, axis, keepdims=False)
+    return row_scale([args[0], expected], axis)
+
+
+def check_array(result, expected, dtype, scale=1.0, what="result", factor=1.0):
+    """A C-contiguous ndarray (or NumPy scalar for 0-d) of ``dtype`` close to ``expected``."""
+    dtype = np.dtype(dtype)
+    expected = np.asarray(expected)
+    if expected.ndim == 0:
+        assert isinstance(result, (np.ndarray, np.generic)), type(result)
+    else:
+        assert isinstance(result, np.ndarray), type(result)
+        assert result.flags.c_contiguous, f"{what} is not C-contiguous"
+    assert result.dtype == dtype, f"{what} dtype {result.dtype}, expected {dtype}"
+    assert np.shape(result) == expected.shape, f"{what} shape {np.shape(result)}"
+    assert_close(result, expected, dtype, scale, what=what, factor=factor)
+
+
+def run_func(frontend, func, case, dtype, rng, layout="C"):
+    x = case.values(rng)
+    args = tuple(LAYOUTS[layout](a.astype(dtype)) for a in func.inputs(x, case.axis, rng))
+    result = call_unmodified(getattr(frontend, func.name), *args, axis=case.axis)
+    expected = func.expected(args, case.axis)
+    check_array(result, expected, dtype, scale_for(func, args, expected, case.axis))
+    assert np.shape(result) == func.result_shape(x.shape, case.axis)
+
+
+def check_loss(loss, expected, dtype, reduction, what="loss"):
+    """mean/sum: a NumPy scalar of the logits' dtype; none: an ndarray."""
+    dtype = np.dtype(dtype)
+    if reduction != "none":
+        assert isinstance(loss, np.generic), f"{what}: {type(loss)} is not a NumPy scalar"
+    check_array(loss, expected, dtype, what=what)
+
+
+# ---------------------------------------------------------------------------------------------
+# The module surface
+
+
+def _api_signatures():
+    def softmax(x, axis=-1, *, out=None, num_threads=None): ...
+    def logsumexp(x, axis=-1, *, num_threads=None): ...
+    def softmax_backward(grad_output, output, axis=-1, *, out=None, num_threads=None): ...
+    def cross_entropy(
+        logits,
+        target,
+        *,
+        weight=None,
+        ignore_index=-100,
+        reduction="mean",
+        label_smoothing=0.0,
+        num_threads=None,
+    ): ...
+    def cross_entropy_with_grad(
+        logits,
+        target,
+        *,
+        weight=None,
+        ignore_index=-100,
+        reduction="mean",
+        label_smoothing=0.0,
+        out=None,
+        num_threads=None,
+    ): ...
+
+    sigs = {
+        "softmax": softmax,
+        "log_softmax": softmax,
+        "logsumexp": logsumexp,
+        "softmax_backward": softmax_backward,
+        "log_softmax_backward": softmax_backward,
+        "cross_entropy": cross_entropy,
+        "cross_entropy_with_grad": cross_entropy_with_grad,
+    }
+    return {name: _params(fn) for name, fn in sigs.items()}
+
+
+def _params(fn):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+API_SIGNATURES = _api_signatures()
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_signatures(name, frontend):
+    """The API.md signature (extra keyword-only options with defaults may follow it), the
+    same for the public function, every frontend and the NumPy twin."""
+    public = _params(getattr(csoftmax, name))
+    assert _params(getattr(frontend, name)) == public
+    assert _params(getattr(csoftmax._numpy_backend, name)) == public
+    api = API_SIGNATURES[name]
+    assert [p for p in public if p[0] in {a[0] for a in api}] == api, public
+    extras = [p for p in public if p not in api]
+    assert all(kind == inspect.Parameter.KEYWORD_ONLY for _, kind, _ in extras), extras
+    assert all(default is not inspect.Parameter.empty for *_, default in extras), extras
+
+
+def test_module_surface():
+    assert isinstance(csoftmax.__version__, str) and csoftmax.__version__
+    assert csoftmax.BACKEND in ("cython", "numpy")
+    assert csoftmax.BACKEND in FRONTENDS
+    for name in ("set_num_threads", "get_num_threads", "show_config", *ALL_NAMES):
+        assert callable(getattr(csoftmax, name)), name
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_public_functions_use_the_active_backend(name, rng):
+    logits, target, _ = ce_inputs(6, 5, rng)
+    grad = rng.standard_normal((6, 5))
+    args = {
+        "softmax_backward": (grad, ref.softmax(logits).astype(np.float64)),
+        "log_softmax_backward": (grad, ref.log_softmax(logits).astype(np.float64)),
+        "cross_entropy": (logits, target),
+        "cross_entropy_with_grad": (logits, target),
+    }.get(name, (logits,))
+    public = getattr(csoftmax, name)(*args)
+    active = getattr(FRONTENDS[csoftmax.BACKEND], name)(*args)
+    if not isinstance(public, tuple):
+        public, active = (public,), (active,)
+    for p, a in zip(public, active):
+        assert_bitwise_equal(p, a, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The softmax family against the reference
+
+_FAMILY_PARAMS = [
+    pytest.param(f, c, id=f"{f.name}-{c.id}")
+    for f, c in itertools.product(FUNCS, CASES)
+    if c.finite or not f.backward  # API.md gives no inf/NaN rules for the backward passes
+]
+
+
+@pytest.mark.parametrize(("func", "case"), _FAMILY_PARAMS)
+@float_dtypes
+def test_matches_reference(frontend, func, case, dtype, rng):
+    run_func(frontend, func, case, dtype, rng)
+
+
+_LAYOUT_CASES = [
+    Case("2d", (6, 7), -1),
+    Case("2d-axis0", (6, 7), 0),
+    Case("3d", (3, 4, 5), 1),
+    Case("2d-special", (8, 5), -1, "special"),
+]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize(
+    ("func", "case"),
+    [
+        pytest.param(f, c, id=f"{f.name}-{c.id}")
+        for f, c in itertools.product(FUNCS, _LAYOUT_CASES)
+        if c.finite or not f.backward
+    ],
+)
+@float_dtypes
+def test_layouts(frontend, func, case, layout, dtype, rng):
+    run_func(frontend, func, case, dtype, rng, layout)
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+def test_float16_computed_in_float32(frontend, func, rng):
+    case = Case("2d", (5, 9), -1)
+    x = case.values(rng)
+    args = tuple(a.astype(np.float16) for a in func.inputs(x, -1, rng))
+    result = call_unmodified(getattr(frontend, func.name), *args)
+    expected = func.expected(args, -1)
+    check_array(result, expected, np.float16, scale_for(func, args, expected, -1))
+
+
+@pytest.mark.parametrize("func", FORWARD_FUNCS, ids=[f.name for f in FORWARD_FUNCS])
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_])
+def test_integer_and_bool_become_float64(frontend, func, dtype, rng):
+    x = rng.integers(0, 6, size=(4, 5)).astype(dtype)
+    result = call_unmodified(getattr(frontend, func.name), x, axis=-1)
+    expected = func.expected((x,), -1)
+    check_array(result, expected, np.float64, scale_for(func, (x,), expected, -1))
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+@pytest.mark.parametrize(
+    "wrap", [list, ArrayOnly, DLPackOnly], ids=["list", "__array__", "__dlpack__"]
+)
+def test_array_likes(frontend, func, wrap, rng):
+    x = Case("2d", (4, 6), -1).values(rng)
+    args = func.inputs(x, -1, rng)
+    wrapped = [a.tolist() if wrap is list else wrap(a) for a in args]
+    result = getattr(frontend, func.name)(*wrapped)
+    expected = func.expected(args, -1)
+    check_array(result, expected, np.float64, scale_for(func, args, expected, -1))
+
+
+@pytest.mark.parametrize("func", FORWARD_FUNCS, ids=[f.name for f in FORWARD_FUNCS])
+def test_special_values_follow_api(frontend, func):
+    """The inf/NaN rules of API.md, spelt out row by row (the reference encodes the same)."""
+    inf, nan = np.inf, np.nan
+    x = np.array(
+        [
+            [1.0, -inf, 2.0, -inf],  # masked classes: probability 0
+            [-inf, -inf, -inf, -inf],  # softmax NaN, logsumexp -inf
+            [1.0, inf, 2.0, 3.0],  # softmax NaN, logsumexp +inf
+            [1.0, nan, 2.0, 3.0],  # NaN everywhere
+            [inf, -inf, 0.0, 1.0],  # softmax NaN, logsumexp +inf
+            [inf, nan, 0.0, 1.0],  # NaN (NaN wins over +inf)
+            [-inf, 0.5, -inf, -inf],  # one survivor: probability 1
+        ]
+    )
+    result = call_unmodified(getattr(frontend, func.name), x)
+    if func.name == "logsumexp":
+        np.testing.assert_array_equal(result[1:], [-inf, inf, nan, inf, nan, 0.5])
+        assert np.isclose(result[0], np.log(np.exp(1.0) + np.exp(2.0)), rtol=1e-14)
+        return
+    p = result if func.name == "softmax" else np.exp(result)
+    assert np.all(np.isnan(result[1:6]))
+    np.testing.assert_array_equal(p[0, [1, 3]], 0.0)
+    np.testing.assert_allclose(p[0].sum(), 1.0, rtol=1e-14)
+    np.testing.assert_array_equal(p[6], [0.0, 1.0, 0.0, 0.0])
+    if func.name == "log_softmax":
+        np.testing.assert_array_equal(result[0, [1, 3]], -inf)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0, 0), (2, 0, 3)])
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+@float_dtypes
+def test_empty(frontend, func, shape, dtype):
+    x = np.zeros(shape, dtype=dtype)
+    args = (x, x) if func.backward else (x,)
+    result = getattr(frontend, func.name)(*args)
+    expect_shape = func.result_shape(shape, -1)
+    assert result.shape == expect_shape and result.dtype == dtype
+    if func.reduces:  # logsumexp over an empty axis is -inf
+        assert np.all(result == -np.inf) if shape[-1] == 0 else result.size == 0
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+@pytest.mark.parametrize("axis", [-1, 0, None])
+def test_zero_dimensional(frontend, func, axis):
+    """A 0-d x has no axis to run along: either a ValueError, or (as SciPy and PyTorch do)
+    the one-element answer -- with x's shape ``()``, never a reshaped array."""
+    x = np.array(0.75)
+    args = (np.array(2.0), np.array(1.0)) if func.backward else (x,)
+    try:
+        result = getattr(frontend, func.name)(*args, axis=axis)
+    except ValueError:
+        return
+    expected = func.expected(tuple(a.reshape(1) for a in args), -1)
+    assert np.shape(result) == (), f"{func.name} of a 0-d array gave shape {np.shape(result)}"
+    np.testing.assert_allclose(result, np.reshape(expected, ()), rtol=1e-15)
+
+
+_SCIPY_PARAMS = [
+    pytest.param(name, c, id=f"{name}-{c.id}")
+    for name in ("softmax", "log_softmax", "logsumexp")
+    for c in CASES
+    # SciPy's softmax has no NaN-row rule for +inf, and SciPy fails on some empty inputs
+    if (c.finite or name == "logsumexp") and 0 not in c.shape
+]
+
+
+@pytest.mark.parametrize(("name", "case"), _SCIPY_PARAMS)
+def test_like_scipy(frontend, name, case, rng):
+    """softmax / log_softmax / logsumexp as ``scipy.special`` computes them (axis=None too)."""
+    special = pytest.importorskip("scipy.special")
+    x = case.values(rng)
+    with np.errstate(all="ignore"):
+        theirs = getattr(special, name)(x, axis=case.axis)
+    ours = getattr(frontend, name)(x, axis=case.axis)
+    scale = row_scale([x], case.axis, keepdims=False) if name == "logsumexp" else 1.0
+    assert_close(ours, theirs, np.float64, scale, what=name, factor=4.0)
+
+
+# Row lengths around every SIMD width and tile size, on every instruction-set variant
+SWEEP_C = [*range(1, 41), 47, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1025, 4099]
+
+
+def sweep_values(n, c, rng):
+    """Normal rows, some masked (-inf) entries, and (for n > 2) a NaN row and an all -inf row."""
+    x = normal((n, c), rng)
+    x[rng.random((n, c)) < 0.05] = -np.inf
+    x[:, rng.integers(0, c)] = rng.standard_normal(n)  # keep a finite entry in every row
+    if n > 2:
+        x[1, rng.integers(0, c)] = np.nan
+        x[2] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("func", FUNCS, ids=FUNC_IDS)
+@float_dtypes
+def test_row_length_sweep(kernel_frontend, func, dtype):
+    for c, n in itertools.product(SWEEP_C, (1, 5, 37)):
+        rng = make_rng("sweep", func.name, c, n)
+        x = sweep_values(n, c, rng) if not func.backward else normal((n, c), rng)
+        args = tuple(a.astype(dtype) for a in func.inputs(x, -1, rng))
+        result = getattr(kernel_frontend, func.name)(*args)
+        expected = func.expected(args, -1)
+        check_array(
+            result,
+            expected,
+            dtype,
+            scale_for(func, args, expected, -1),
+            what=f"{func.name} ({n}, {c})",
+        )
+
+
+@pytest.mark.parametrize("kind", ["int", "prob"])
+@float_dtypes
+def test_cross_entropy_row_length_sweep(kernel_frontend, kind, dtype):
+    for c, n in itertools.product(SWEEP_C, (1, 5, 37)):
+        rng = make_rng("ce-sweep", kind, c, n)
+        logits, target, w = ce_inputs(
+            n, c, rng, kind=kind, weight=c % 2 == 0, ignore_index=-100 if kind == "int" else None
+        )
+        logits = logits.astype(dtype)
+        target = target.astype(dtype) if kind == "prob" else target
+        w = None if w is None else w.astype(dtype)
+        for reduction, smoothing in (("mean", 0.0), ("none", 0.15)):
+            kw = dict(weight=w, reduction=reduction, label_smoothing=smoothing)
+            exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, **kw)
+            loss, grad = kernel_frontend.cross_entropy_with_grad(logits, target, **kw)
+            what = f"({n}, {c}) {reduction} {smoothing}"
+            check_loss(loss, exp_loss, dtype, reduction, what=f"loss {what}")
+            check_array(grad, exp_grad, dtype, what=f"grad {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# out=
+
+_OUT_CASES = [
+    Case("2d", (5, 7), -1),
+    Case("3d-axis1", (3, 4, 5), 1),
+    Case("2d-axisNone", (5, 7), None),
+    Case("empty-rows", (0, 5), -1),
+    Case("special", (8, 5), -1, "special"),
+]
+
+
+@pytest.mark.parametrize(
+    ("func", "case"),
+    [
+        pytest.param(f, c, id=f"{f.name}-{c.id}")
+        for f, c in itertools.product(OUT_FUNCS, _OUT_CASES)
+        if c.finite or not f.backward
+    ],
+)
+@float_dtypes
+def test_out(frontend, func, case, dtype, rng):
+    x = case.values(rng)
+    args = tuple(a.astype(dtype) for a in func.inputs(x, case.axis, rng))
+    out = np.full(x.shape, 12345.0, dtype=dtype)
+    result = call_unmodified(getattr(frontend, func.name), *args, axis=case.axis, out=out)
+    assert result is out
+    expected = func.expected(args, case.axis)
+    check_array(out, expected, dtype, scale_for(func, args, expected, case.axis))
+
+
+@pytest.mark.parametrize(
+    "func", [f for f in OUT_FUNCS if not f.backward], ids=["softmax", "log_softmax"]
+)
+@pytest.mark.parametrize("axis", [-1, 0, 1, None])
+@pytest.mark.parametrize("kind", ["normal", "special"])
+@float_dtypes
+def test_out_in_place(frontend, func, axis, kind, dtype, rng):
+    case = Case("in-place", (9, 6), axis, kind)
+    x = np.ascontiguousarray(case.values(rng), dtype=dtype)
+    expected = func.expected((x,), axis)
+    result = getattr(frontend, func.name)(x, axis, out=x)
+    assert result is x
+    check_array(x, expected, dtype)
+
+
+@pytest.mark.parametrize("func", OUT_FUNCS, ids=[f.name for f in OUT_FUNCS])
+def test_out_float16(frontend, func, rng):
+    x = Case("2d", (3, 5), -1).values(rng)
+    args = tuple(a.astype(np.float16) for a in func.inputs(x, -1, rng))
+    out = np.empty((3, 5), dtype=np.float16)
+    assert getattr(frontend, func.name)(*args, out=out) is out
+    expected = func.expected(args, -1)
+    check_array(out, expected, np.float16, scale_for(func, args, expected, -1))
+
+
+def _peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["softmax", "log_softmax", "cross_entropy_with_grad-int", "cross_entropy_with_grad-prob"],
+)
+@float_dtypes
+def test_in_place_allocates_nothing_of_input_size(frontend, name, dtype, rng):
+    """``out=x`` / ``out=logits`` work in place "with no other array of that size allocated"."""
+    n, c = 2000, 300
+    kind = name.rsplit("-", 1)[-1]
+    logits, target, _ = ce_inputs(n, c, rng, kind="prob" if kind == "prob" else "int")
+    x = logits.astype(dtype)
+    target = target.astype(dtype) if kind == "prob" else target
+    if name.startswith("cross_entropy"):
+
+        def call():
+            frontend.cross_entropy_with_grad(x, target, out=x)
+    else:
+
+        def call():
+            getattr(frontend, name)(x, out=x)
+
+    call()  # warm up any lazy imports or caches
+    peak = _peak_bytes(call)
+    assert peak < x.nbytes // 4, f"peak {peak} bytes traced for a {x.nbytes}-byte input"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-entropy against the reference
+
+_CE_OPTIONS = list(
+    itertools.product(("int", "prob"), (False, True), ("none", "hit"), REDUCTIONS, (0.0, 0.1, 1.0))
+)
+
+
+def _ce_ignore_index(kind, ignore):
+    if ignore == "none":
+        return -100
+    return 1 if kind == "int" else -1  # an in-range class; negative (no effect) for probs
+
+
+@pytest.mark.parametrize(
+    ("kind", "weighted", "ignore", "reduction", "smoothing"),
+    _CE_OPTIONS,
+    ids=["-".join(map(str, o)) for o in _CE_OPTIONS],
+)
+@float_dtypes
+def test_cross_entropy_matches_reference(
+    frontend, kind, weighted, ignore, reduction, smoothing, dtype, rng
+):
+    n, c = 13, 6
+    ignore_index = _ce_ignore_index(kind, ignore)
+    logits, target, w = ce_inputs(
+        n,
+        c,
+        rng,
+        kind=kind,
+        weight=weighted,
+        ignore_index=ignore_index if ignore == "hit" else None,
+    )
+    logits = logits.astype(dtype)
+    target = target.astype(dtype) if kind == "prob" else target
+    w = None if w is None else w.astype(dtype)
+    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, **kw)
+    loss, grad = call_unmodified(frontend.cross_entropy_with_grad, logits, target, **kw)
+    check_loss(loss, exp_loss, dtype, reduction)
+    check_array(grad, exp_grad, dtype, what="grad")
+    loss_only = call_unmodified(frontend.cross_entropy, logits, target, **kw)
+    check_loss(loss_only, exp_loss, dtype, reduction, what="cross_entropy loss")
+    if ignore == "hit" and kind == "int":
+        assert np.all(grad[::4] == 0)
+        if reduction == "none":
+            assert np.all(loss[::4] == 0)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("kind", ["int", "prob"])
+@float_dtypes
+def test_cross_entropy_layouts(frontend, layout, kind, dtype, rng):
+    n, c = 11, 7
+    logits, target, w = ce_inputs(
+        n, c, rng, kind=kind, weight=True, ignore_index=-100 if kind == "int" else None
+    )
+    logits = logits.astype(dtype)
+    target = target.astype(dtype) if kind == "prob" else target
+    w = w.astype(dtype)
+    args = [LAYOUTS[layout](a) for a in (logits, target, w)]
+    for reduction in REDUCTIONS:
+        kw = dict(weight=args[2], reduction=reduction, label_smoothing=0.05)
+        exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, **kw)
+        loss, grad = call_unmodified(frontend.cross_entropy_with_grad, args[0], args[1], **kw)
+        check_loss(loss, exp_loss, dtype, reduction)
+        check_array(grad, exp_grad, dtype, what="grad")
+        check_loss(
+            call_unmodified(frontend.cross_entropy, args[0], args[1], **kw),
+            exp_loss,
+            dtype,
+            reduction,
+        )
+
+
+INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+@pytest.mark.parametrize("tdtype", INT_DTYPES, ids=[np.dtype(t).name for t in INT_DTYPES])
+def test_cross_entropy_integer_target_dtypes(frontend, tdtype, rng):
+    signed = np.dtype(tdtype).kind == "i"
+    logits, target, _ = ce_inputs(10, 5, rng, ignore_index=-100 if signed else None)
+    target = target.astype(tdtype)
+    for reduction in REDUCTIONS:
+        exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, reduction=reduction)
+        loss, grad = call_unmodified(
+            frontend.cross_entropy_with_grad, logits, target, reduction=reduction
+        )
+        check_loss(loss, exp_loss, np.float64, reduction)
+        check_array(grad, exp_grad, np.float64, what="grad")
+
+
+@pytest.mark.parametrize("kind", ["int", "prob"])
+@pytest.mark.parametrize(
+    "wrap",
+    [lambda a: a.tolist(), ArrayOnly, DLPackOnly],
+    ids=["list", "__array__", "__dlpack__"],
+)
+def test_cross_entropy_array_likes(frontend, kind, wrap, rng):
+    logits, target, w = ce_inputs(6, 4, rng, kind=kind, weight=True)
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, weight=w)
+    loss, grad = frontend.cross_entropy_with_grad(wrap(logits), wrap(target), weight=wrap(w))
+    check_loss(loss, exp_loss, np.float64, "mean")
+    check_array(grad, exp_grad, np.float64, what="grad")
+
+
+@pytest.mark.parametrize("kind", ["int", "prob"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_float32_loss_sums_in_double(frontend, kind, reduction, rng):
+    """ "sums are accumulated in double precision": over 200,000 float32 rows the reduced loss
+    is still within a couple of float32 ulps of the exact value."""
+    logits, target, _ = ce_inputs(200_000, 4, rng, kind=kind)
+    logits = logits.astype(np.float32)
+    target = target.astype(np.float32) if kind == "prob" else target
+    exact = ref.cross_entropy(logits, target, reduction=reduction)
+    loss = frontend.cross_entropy(logits, target, reduction=reduction)
+    assert loss.dtype == np.float32
+    np.testing.assert_allclose(float(loss), float(exact), rtol=3e-7)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [3, np.int64(3), np.int32(3), np.array(3), "prob"],
+    ids=["int", "np.int64", "np.int32", "0-d array", "prob"],
+)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@float_dtypes
+def test_cross_entropy_single_sample(frontend, target, reduction, dtype, rng):
+    c = 6
+    logits = (rng.standard_normal(c) * 2).astype(dtype)
+    if isinstance(target, str):
+        target = rng.random(c).astype(dtype)
+    kw = dict(
+        weight=np.linspace(0.5, 1.5, c).astype(dtype), reduction=reduction, label_smoothing=0.1
+    )
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, **kw)
+    loss, grad = call_unmodified(frontend.cross_entropy_with_grad, logits, target, **kw)
+    assert np.shape(loss) == ()
+    check_array(loss, exp_loss, dtype, what="loss")
+    check_array(grad, exp_grad, dtype, what="grad")
+    assert grad.shape == (c,)
+    check_array(frontend.cross_entropy(logits, target, **kw), exp_loss, dtype, what="loss")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@float_dtypes
+def test_cross_entropy_special_values(frontend, smoothing, dtype):
+    inf, nan = np.inf, np.nan
+    logits = np.array(
+        [
+            [1.0, -inf, 0.5, -inf, 2.0],  # masked classes, target not masked: finite
+            [1.0, 0.0, 0.5, -inf, 2.0],  # the target class itself masked: +inf loss
+            [1.0, nan, 0.5, 0.0, 2.0],  # NaN row
+            [1.0, inf, 0.5, 0.0, 2.0],  # +inf row
+            [-inf, -inf, -inf, -inf, -inf],  # all -inf
+            [nan, nan, inf, -inf, 0.0],  # ignored garbage rows: exactly 0 loss and grad
+            [inf, inf, inf, inf, inf],
+            [-inf, -inf, -inf, -inf, -inf],
+            [0.3, -1.0, 0.2, 0.1, 0.0],  # plain
+        ],
+        dtype=dtype,
+    )
+    target = np.array([4, 3, 0, 0, 0, -100, -100, -100, 2])
+    kw = dict(reduction="none", label_smoothing=smoothing)
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, **kw)
+    loss, grad = call_unmodified(frontend.cross_entropy_with_grad, logits, target, **kw)
+    check_array(loss, exp_loss, dtype, what="loss")
+    check_array(grad, exp_grad, dtype, what="grad")
+    # A masked class has probability 0, so zero gradient; with smoothing it is also a (tiny)
+    # target, so the loss is +inf, as in PyTorch.
+    np.testing.assert_allclose(grad[0, [1, 3]], -smoothing / 5, rtol=1e-6)  # a_k = 0: -y'_k
+    assert np.isfinite(loss[0]) if smoothing == 0 else loss[0] == inf
+    assert loss[1] == inf and np.all(np.isfinite(grad[1]))
+    assert np.all(np.isnan(loss[2:5])) and np.all(np.isnan(grad[2:5]))
+    assert np.all(loss[5:8] == 0) and np.all(grad[5:8] == 0)
+    assert not np.any(np.signbit(grad[5:8])), "ignored rows must be +0"
+    # Reductions over finite rows stay finite whatever garbage the ignored rows hold.
+    keep = [0, 5, 6, 7, 8] if smoothing == 0 else [5, 6, 7, 8]
+    for reduction in ("mean", "sum"):
+        kw = dict(reduction=reduction, label_smoothing=smoothing)
+        exp_loss, exp_grad = ref.cross_entropy_with_grad(logits[keep], target[keep], **kw)
+        loss, grad = frontend.cross_entropy_with_grad(logits[keep], target[keep], **kw)
+        assert np.isfinite(loss)
+        check_loss(loss, exp_loss, dtype, reduction)
+        check_array(grad, exp_grad, dtype, what="grad")
+        check_loss(
+            frontend.cross_entropy(logits[keep], target[keep], **kw), exp_loss, dtype, reduction
+        )
+
+
+@pytest.mark.parametrize("kind", ["int", "prob"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@float_dtypes
+def test_cross_entropy_no_rows(frontend, kind, reduction, dtype):
+    logits = np.zeros((0, 4), dtype=dtype)
+    target = np.zeros(0, dtype=np.int64) if kind == "int" else np.zeros((0, 4), dtype=dtype)
+    loss, grad = frontend.cross_entropy_with_grad(logits, target, reduction=reduction)
+    assert grad.shape == (0, 4) and grad.dtype == dtype
+    loss2 = frontend.cross_entropy(logits, target, reduction=reduction)
+    for value in (loss, loss2):
+        assert value.dtype == dtype
+        if reduction == "mean":
+            assert isinstance(value, np.generic) and np.isnan(value)
+        elif reduction == "sum":
+            assert isinstance(value, np.generic) and value == 0
+        else:
+            assert isinstance(value, np.ndarray) and value.shape == (0,)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_all_rows_ignored(frontend, weighted, reduction, rng):
+    logits, _, w = ce_inputs(5, 3, rng, weight=weighted)
+    target = np.full(5, -100)
+    loss, grad = frontend.cross_entropy_with_grad(
+        logits, target, weight=w, reduction=reduction, label_smoothing=0.1
+    )
+    assert np.all(grad == 0)
+    if reduction == "mean":
+        assert np.isnan(loss)  # a mean over zero counted rows, as in PyTorch
+    else:
+        assert np.all(loss == 0)
+
+
+@pytest.mark.parametrize("kind", ["int", "prob"])
+def test_cross_entropy_dtype_rules(frontend, kind, rng):
+    """The logits' dtype governs: float16 is computed in float32 and returned as float16,
+    integers become float64; target and weight dtypes do not change the result dtype."""
+    logits, target, w = ce_inputs(8, 5, rng, kind=kind, weight=True)
+    combos = [  # (logits dtype, target/weight float dtype, result dtype)
+        (np.float16, np.float16, np.float16),
+        (np.float16, np.float64, np.float16),
+        (np.float32, np.float64, np.float32),
+        (np.float64, np.float32, np.float64),
+        (np.int64, np.float64, np.float64),
+        (np.int32, np.float32, np.float64),
+    ]
+    for ldtype, tdtype, rdtype in combos:
+        lg = (
+            logits.astype(ldtype)
+            if np.dtype(ldtype).kind == "f"
+            else np.round(logits).astype(ldtype)
+        )
+        tg = target.astype(tdtype) if kind == "prob" else target
+        wg = w.astype(tdtype)
+        for reduction in REDUCTIONS:
+            exp_loss, exp_grad = ref.cross_entropy_with_grad(lg, tg, weight=wg, reduction=reduction)
+            loss, grad = call_unmodified(
+                frontend.cross_entropy_with_grad, lg, tg, weight=wg, reduction=reduction
+            )
+            what = f"{np.dtype(ldtype)} logits, {np.dtype(tdtype)} target/weight, {reduction}"
+            check_loss(loss, exp_loss, rdtype, reduction, what=f"loss ({what})")
+            check_array(grad, exp_grad, rdtype, what=f"grad ({what})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-entropy out=
+
+
+@pytest.mark.parametrize("kind", ["int", "prob"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "out=logits"])
+@float_dtypes
+def test_cross_entropy_out(frontend, kind, reduction, in_place, dtype, rng):
+    logits, target, w = ce_inputs(
+        9, 5, rng, kind=kind, weight=True, ignore_index=-100 if kind == "int" else None
+    )
+    logits = logits.astype(dtype)
+    target = target.astype(dtype) if kind == "prob" else target
+    kw = dict(weight=w.astype(dtype), reduction=reduction, label_smoothing=0.1)
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, **kw)
+    out = logits if in_place else np.full_like(logits, 777.0)
+    loss, grad = call_unmodified(frontend.cross_entropy_with_grad, logits, target, out=out, **kw)
+    assert grad is out
+    check_array(out, exp_grad, dtype, what="grad")
+    check_loss(loss, exp_loss, dtype, reduction)

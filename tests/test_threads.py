@@ -1,0 +1,203 @@
+"""Threads: bitwise-identical results at every thread count, concurrent calls from several
+Python threads, and the thread setting (set/get, defaults, threadpoolctl)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from arrays import FLOAT_DTYPES, FLOAT_IDS, HAVE_CYTHON, assert_bitwise_equal, make_rng
+
+import csoftmax
+from csoftmax._dispatch import FRONTENDS
+
+needs_cython = pytest.mark.skipif(not HAVE_CYTHON, reason="threads run in the compiled kernels")
+
+THREADS = (1, 2, 3, 8)
+#: Large enough to pass any small-work threshold: many rows, a few very wide rows, a middle.
+SHAPES = {"tall": (4000, 96), "wide": (3, 250_000), "one-row": (1, 600_000), "mid": (96, 2000)}
+
+
+@functools.cache
+def problem(shape_id, dtype):
+    """Inputs for every kernel: logits with masked (-inf) classes, labels with ignored rows."""
+    n, c = SHAPES[shape_id]
+    rng = make_rng("threads", shape_id, np.dtype(dtype).name)
+    x = (rng.standard_normal((n, c)) * 4).astype(dtype)
+    labels = rng.integers(0, c, size=n)
+    labels[::7] = -100
+    masked = rng.random((n, c)) < 0.01
+    masked[np.arange(n), np.maximum(labels, 0)] = False
+    x[masked] = -np.inf
+    probs = rng.random((n, c)).astype(dtype)
+    weight = rng.uniform(0.5, 2, size=c).astype(dtype)
+    g = rng.standard_normal((n, c)).astype(dtype)
+    soft = FRONTENDS["numpy"].softmax(x)
+    log_soft = FRONTENDS["numpy"].log_softmax(x)
+    for a in (x, labels, probs, weight, g, soft, log_soft):
+        a.flags.writeable = False
+    return dict(x=x, labels=labels, probs=probs, weight=weight, g=g, soft=soft, log_soft=log_soft)
+
+
+#: kernel id -> f(frontend, inputs, num_threads) -> array or tuple of arrays
+KERNELS = {
+    "softmax": lambda fe, p, t: fe.softmax(p["x"], num_threads=t),
+    "softmax-axis0": lambda fe, p, t: fe.softmax(p["x"], axis=0, num_threads=t),
+    "log_softmax": lambda fe, p, t: fe.log_softmax(p["x"], num_threads=t),
+    "logsumexp": lambda fe, p, t: fe.logsumexp(p["x"], num_threads=t),
+    "logsumexp-axisNone": lambda fe, p, t: fe.logsumexp(p["x"], axis=None, num_threads=t),
+    "softmax_backward": lambda fe, p, t: fe.softmax_backward(p["g"], p["soft"], num_threads=t),
+    "log_softmax_backward": lambda fe, p, t: fe.log_softmax_backward(
+        p["g"], p["log_soft"], num_threads=t
+    ),
+    "ce-int-mean": lambda fe, p, t: fe.cross_entropy(
+        p["x"], p["labels"], weight=p["weight"], label_smoothing=0.1, num_threads=t
+    ),
+    "ce-prob-sum": lambda fe, p, t: fe.cross_entropy(
+        p["x"], p["probs"], reduction="sum", num_threads=t
+    ),
+    "ce_grad-int-mean": lambda fe, p, t: fe.cross_entropy_with_grad(
+        p["x"], p["labels"], weight=p["weight"], label_smoothing=0.1, num_threads=t
+    ),
+    "ce_grad-int-none": lambda fe, p, t: fe.cross_entropy_with_grad(
+        p["x"], p["labels"], reduction="none", num_threads=t
+    ),
+    "ce_grad-prob-mean": lambda fe, p, t: fe.cross_entropy_with_grad(
+        p["x"], p["probs"], weight=p["weight"], label_smoothing=0.2, num_threads=t
+    ),
+}
+
+
+def as_tuple(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+def assert_same_results(a, b, what):
+    for i, (x, y) in enumerate(zip(as_tuple(a), as_tuple(b))):
+        assert_bitwise_equal(x, y, f"{what}[{i}]")
+
+
+@needs_cython
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("shape_id", list(SHAPES))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
+def test_bitwise_identical_at_every_thread_count(kernel, shape_id, dtype):
+    fe, p = FRONTENDS["cython"], problem(shape_id, dtype)
+    first = KERNELS[kernel](fe, p, THREADS[0])
+    for t in THREADS[1:]:
+        assert_same_results(KERNELS[kernel](fe, p, t), first, f"{kernel} at {t} threads")
+
+
+@needs_cython
+def test_in_place_bitwise_identical_at_every_thread_count():
+    fe, p = FRONTENDS["cython"], problem("tall", np.float32)
+    expected = fe.softmax(p["x"], num_threads=1)
+    for t in THREADS:
+        x = p["x"].copy()
+        fe.softmax(x, out=x, num_threads=t)
+        assert_bitwise_equal(x, expected, f"in-place softmax at {t} threads")
+        x = p["x"].copy()
+        loss, grad = fe.cross_entropy_with_grad(x, p["labels"], out=x, num_threads=t)
+        e_loss, e_grad = fe.cross_entropy_with_grad(p["x"], p["labels"], num_threads=1)
+        assert_bitwise_equal(grad, e_grad, f"in-place grad at {t} threads")
+        assert_bitwise_equal(loss, e_loss, f"in-place loss at {t} threads")
+
+
+@needs_cython
+def test_concurrent_calls_from_python_threads():
+    """Calls release the GIL and run at once from several Python threads: each must still get
+    exactly its own answer."""
+    fe = FRONTENDS["cython"]
+    jobs = [
+        (k, s, d, t) for k in KERNELS for s in ("tall", "mid") for d in FLOAT_DTYPES for t in (1, 2)
+    ]
+    expected = {job: KERNELS[job[0]](fe, problem(job[1], job[2]), 1) for job in jobs}
+
+    def run(job):
+        return job, KERNELS[job[0]](fe, problem(job[1], job[2]), job[3])
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for job, result in pool.map(run, jobs * 2):
+            assert_same_results(result, expected[job], f"{job} from a Python thread")
+
+
+# ---------------------------------------------------------------------------------------------
+# The thread setting
+
+
+@pytest.fixture
+def restore_threads():
+    before = csoftmax.get_num_threads()
+    yield before
+    csoftmax.set_num_threads(before)
+
+
+def test_set_get_round_trip(restore_threads):
+    for n in (1, 3, 2, 8, 1):
+        csoftmax.set_num_threads(n)
+        assert csoftmax.get_num_threads() == n
+
+
+@pytest.mark.parametrize("n", [0, -1, -8])
+def test_set_num_threads_below_one(restore_threads, n):
+    with pytest.raises(ValueError):
+        csoftmax.set_num_threads(n)
+    assert csoftmax.get_num_threads() == restore_threads
+
+
+def test_default_threads_is_used(restore_threads, frontend):
+    p = problem("mid", np.float64)
+    expected = KERNELS["ce_grad-int-mean"](frontend, p, 1)
+    for n in (1, 3):
+        csoftmax.set_num_threads(n)
+        assert_same_results(KERNELS["ce_grad-int-mean"](frontend, p, None), expected, f"{n}")
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count()
+
+
+def _child(code, **env_updates):
+    """Run ``code`` in a fresh interpreter that imports this csoftmax; its stripped stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(env_updates)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(csoftmax.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+PRINT_THREADS = "import csoftmax; print(csoftmax.get_num_threads())"
+
+
+def test_default_threads_from_omp_num_threads():
+    assert _child(PRINT_THREADS, OMP_NUM_THREADS="3") == "3"
+
+
+def test_default_threads_is_usable_cores():
+    assert _child(PRINT_THREADS) == str(_usable_cores())
+
+
+@needs_cython
+def test_threadpoolctl_limits_are_honoured():
+    pytest.importorskip("threadpoolctl")
+    code = (
+        "import csoftmax, threadpoolctl\n"
+        "before = csoftmax.get_num_threads()\n"
+        "with threadpoolctl.threadpool_limits(limits=1):\n"
+        "    inside = csoftmax.get_num_threads()\n"
+        "print(before, inside, csoftmax.get_num_threads())\n"
+    )
+    before, inside, after = _child(code, OMP_NUM_THREADS="2").split()
+    assert (before, inside, after) == ("2", "1", "2")
