@@ -35,13 +35,15 @@ _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _threads_for(n_rows, n, num_threads):
-    """Thread count of one call: explicit, else the default unless the work is small."""
-    if num_threads is None:
-        if n_rows * n < SMALL_WORK:
-            return 1
-        num_threads = _threads.get_num_threads()
-    else:
+    """Thread count of one call: explicit or the default, but one for small
+    work whatever was asked (a thread team costs more than it saves there,
+    and on a busy machine a 2-thread region can stall for milliseconds)."""
+    if num_threads is not None:
         num_threads = check_num_threads(num_threads)
+    if n_rows * n < SMALL_WORK:
+        return 1
+    if num_threads is None:
+        num_threads = _threads.get_num_threads()
     return max(1, min(num_threads, n_rows, MAX_THREADS))
 
 
