@@ -6,6 +6,7 @@ package picks the fastest one the CPU supports at import (CSOFTMAX_CPU
 overrides).  OpenMP is probed by compiling a tiny program; without it the
 build still succeeds and the kernels run on one thread, unless
 CSOFTMAX_REQUIRE_OPENMP=1 (wheel builds) turns that into an error.
+CSOFTMAX_DISABLE_OPENMP=1 builds the serial kernels on purpose (to test them).
 
 Never -march=native (wheels must run anywhere) and never -ffast-math (softmax
 needs inf and NaN semantics; it can also set flush-to-zero process-wide).
@@ -77,7 +78,7 @@ class BuildExt(build_ext):
     """Adds OpenMP and per-compiler optimisation flags once the compiler is known."""
 
     def build_extensions(self):
-        omp = _openmp_flags(self.compiler)
+        omp = None if os.environ.get("CSOFTMAX_DISABLE_OPENMP") == "1" else _openmp_flags(self.compiler)
         if omp is None:
             if os.environ.get("CSOFTMAX_REQUIRE_OPENMP", "0") == "1":
                 raise RuntimeError(

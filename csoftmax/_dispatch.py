@@ -68,7 +68,9 @@ def _select():
 
 
 BACKEND, KERNELS, CPU_PATH, FALLBACK_REASON = _select()
-if BACKEND == "cython":
+if BACKEND == "cython" and KERNELS.build_info()["openmp"]:
+    # OpenMP's own default follows OMP_NUM_THREADS, the CPU affinity and
+    # threadpoolctl.threadpool_limits (which calls omp_set_num_threads)
     _threads._default_source = KERNELS.default_threads
 
 #: Every usable frontend, by name, for tests and benchmarks that compare them.
