@@ -134,7 +134,7 @@ def test_concurrent_calls_from_python_threads():
 def restore_threads():
     before = csoftmax.get_num_threads()
     yield before
-    csoftmax.set_num_threads(before)
+    csoftmax.set_num_threads(None)  # back to the default, not a fixed count
 
 
 def test_set_get_round_trip(restore_threads):

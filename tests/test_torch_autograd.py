@@ -1,0 +1,287 @@
+"""csoftmax.torch: autograd functions against torch.nn.functional (values, gradients,
+gradcheck, a few SGD steps), and their errors (devices, dtypes, double backward)."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import csoftmax
+
+torch = pytest.importorskip("torch")
+ct = pytest.importorskip("csoftmax.torch")
+F = torch.nn.functional
+
+REDUCTIONS = ("mean", "sum", "none")
+TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-11, atol=1e-13)}
+
+
+def make_case(kind, weighted, ignore, dtype, n=9, c=6, seed=0):
+    """(logits, target, weight) tensors: integer or probability targets, optionally weighted,
+    with two rows at ignore_index when ``ignore``."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, c, generator=g, dtype=torch.float64) * 3).to(dtype)
+    if kind == "int":
+        t = torch.randint(0, c, (n,), generator=g)
+        if ignore:
+            t[1] = t[n - 2] = -100
+    else:  # soft labels that do not sum to one
+        t = torch.rand(n, c, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.rand(c, generator=g, dtype=torch.float64).to(dtype) + 0.5 if weighted else None
+    return x, t, w
+
+
+_CE = [o for o in itertools.product(("int", "prob"), (False, True), (False, True), REDUCTIONS,
+                                    (0.0, 0.25)) if not (o[0] == "prob" and o[2])]
+_CE_IDS = ["-".join(map(str, o)) for o in _CE]
+
+
+# ---------------------------------------------------------------------------------------------
+# values and gradients equal to torch.nn.functional
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("kind", "weighted", "ignore", "reduction", "smoothing"), _CE, ids=_CE_IDS)
+def test_cross_entropy_like_torch(kind, weighted, ignore, reduction, smoothing, dtype):
+    x, t, w = make_case(kind, weighted, ignore, dtype)
+    options = dict(weight=w, reduction=reduction, label_smoothing=smoothing)
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = ct.cross_entropy(ours_x, t, **options)
+    ref = F.cross_entropy(ref_x, t, **options)
+    assert ours.dtype == ref.dtype == dtype and ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, **TOL[dtype])
+    # a non-trivial upstream gradient (per row for "none")
+    up = torch.linspace(0.5, 2.0, ref.numel(), dtype=dtype).reshape(ref.shape)
+    ours.backward(up)
+    ref.backward(up)
+    torch.testing.assert_close(ours_x.grad, ref_x.grad, **TOL[dtype])
+
+
+def test_cross_entropy_ignore_index_other_value():
+    x, t, w = make_case("int", True, False, torch.float64)
+    t[0] = t[3] = 2
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ct.cross_entropy(ours_x, t, weight=w, ignore_index=2).backward()
+    F.cross_entropy(ref_x, t, weight=w, ignore_index=2).backward()
+    torch.testing.assert_close(ours_x.grad, ref_x.grad, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_single_sample(reduction):
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    t = torch.tensor(1)
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = ct.cross_entropy(ours_x, t, reduction=reduction)
+    ref = F.cross_entropy(ref_x, t, reduction=reduction)
+    assert ours.shape == ref.shape == ()
+    torch.testing.assert_close(ours, ref)
+    (ours * 3).backward()
+    (ref * 3).backward()
+    torch.testing.assert_close(ours_x.grad, ref_x.grad)
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("shape", "dim"), [((7, 5), 1), ((7, 5), 0), ((3, 4, 5), -1),
+                                            ((3, 4, 5), 1), ((6,), 0)])
+def test_softmax_like_torch(fn, dtype, shape, dim):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) * 4
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = getattr(ct, fn)(ours_x, dim)
+    ref = getattr(F, fn)(ref_x, dim)
+    assert ours.dtype == dtype and ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, **TOL[dtype])
+    up = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    ours.backward(up)
+    ref.backward(up)
+    torch.testing.assert_close(ours_x.grad, ref_x.grad, **TOL[dtype])
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax", "cross_entropy"])
+def test_non_contiguous_input(fn):
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    ours_x = base.clone().requires_grad_()
+    ref_x = base.clone().requires_grad_()
+    xo, xr = ours_x.t()[::2], ref_x.t()[::2]  # (5, 6), strided
+    assert not xo.is_contiguous()
+    if fn == "cross_entropy":
+        t = torch.tensor([0, 5, 2, 3, 1])
+        ours, ref = ct.cross_entropy(xo, t), F.cross_entropy(xr, t)
+    else:
+        ours, ref = getattr(ct, fn)(xo, 1), getattr(F, fn)(xr, 1)
+    torch.testing.assert_close(ours, ref)
+    ours.sum().backward()  # an expanded (zero-stride) upstream gradient
+    ref.sum().backward()
+    torch.testing.assert_close(ours_x.grad, ref_x.grad)
+
+
+def test_inputs_not_modified():
+    x, t, w = make_case("prob", True, False, torch.float64)
+    x0, t0, w0 = x.clone(), t.clone(), w.clone()
+    xg = x.requires_grad_()
+    ct.cross_entropy(xg, t, weight=w, label_smoothing=0.1).backward()
+    ct.softmax(xg, 1).sum().backward()
+    assert torch.equal(x.detach(), x0) and torch.equal(t, t0) and torch.equal(w, w0)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck (float64, finite differences)
+
+_GRADCHECK = [o for o in _CE if o[4] == 0.25 or o[3] == "mean"]
+
+
+@pytest.mark.parametrize(("kind", "weighted", "ignore", "reduction", "smoothing"), _GRADCHECK,
+                         ids=["-".join(map(str, o)) for o in _GRADCHECK])
+def test_gradcheck_cross_entropy(kind, weighted, ignore, reduction, smoothing):
+    x, t, w = make_case(kind, weighted, ignore, torch.float64, n=5, c=4)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: ct.cross_entropy(x, t, weight=w, reduction=reduction,
+                                   label_smoothing=smoothing), (x,))
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_gradcheck_softmax(fn, dim):
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: getattr(ct, fn)(x, dim), (x,))
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _train(loss_fn, steps=6):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(20, 7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(steps):
+        x = torch.randn(32, 20, generator=g)
+        y = torch.randint(0, 7, (32,), generator=g)
+        opt.zero_grad()
+        loss = loss_fn(model(x), y, label_smoothing=0.1)
+        loss.backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()], loss.item()
+
+
+def test_training_matches_functional():
+    ours, ours_loss = _train(ct.cross_entropy)
+    ref, ref_loss = _train(F.cross_entropy)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert ours_loss == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_retain_graph_backward_twice():
+    x, t, _ = make_case("int", False, False, torch.float64)
+    x.requires_grad_()
+    loss = ct.cross_entropy(x, t, reduction="sum")
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+
+
+def test_no_grad_forward_matches():
+    x, t, w = make_case("int", True, True, torch.float64)
+    with torch.no_grad():
+        ours = ct.cross_entropy(x.requires_grad_(), t, weight=w)
+    assert ours.grad_fn is None
+    torch.testing.assert_close(ours, F.cross_entropy(x.detach(), t, weight=w))
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def _on_meta(t):
+    return t.to("meta")
+
+
+@pytest.mark.parametrize("where", ["input", "target", "weight"])
+def test_non_cpu_tensor_is_a_clear_error(where):
+    # no CUDA here: a tensor on the "meta" device takes the same path as a CUDA one
+    x, t, w = make_case("int", True, False, torch.float32)
+    args = {"input": x, "target": t, "weight": w}
+    args[where] = _on_meta(args[where])
+    with pytest.raises(ValueError, match=rf"CPU tensors only.*{where} is on device 'meta'"):
+        ct.cross_entropy(args["input"], args["target"], weight=args["weight"])
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+def test_non_cpu_tensor_softmax(fn):
+    with pytest.raises(ValueError, match=r"CPU tensors only.*\.cpu\(\)"):
+        getattr(ct, fn)(torch.zeros(2, 3, device="meta"), 1)
+
+
+def test_cuda_device_message(monkeypatch):
+    """The check reads ``tensor.device``: a tensor reporting a CUDA device is refused before
+    any data is touched."""
+
+    class FakeCuda(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda", 0)
+
+    x = torch.zeros(2, 3).as_subclass(FakeCuda)
+    with pytest.raises(ValueError, match=r"device 'cuda:0'.*torch\.nn\.functional"):
+        ct.cross_entropy(x, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("fn", ["softmax", "cross_entropy"])
+def test_double_backward_is_refused(fn):
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    y = ct.softmax(x, 1).sum() if fn == "softmax" else ct.cross_entropy(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(y, x, create_graph=True)
+
+
+def test_grad_of_target_or_weight_is_refused():
+    x, t, w = make_case("prob", True, False, torch.float64)
+    with pytest.raises(NotImplementedError, match="target requires grad"):
+        ct.cross_entropy(x, t.requires_grad_())
+    with pytest.raises(NotImplementedError, match="weight requires grad"):
+        ct.cross_entropy(x, t.detach(), weight=w.requires_grad_())
+
+
+def test_bad_dtype_and_shape():
+    with pytest.raises(TypeError, match="float16, float32 or float64"):
+        ct.softmax(torch.zeros(2, 3, dtype=torch.int64), 1)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        ct.softmax(np.zeros((2, 3)), 1)
+    with pytest.raises(ValueError, match=r"\(N, C\) or \(C,\)"):
+        ct.cross_entropy(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.int64))
+    with pytest.raises(ValueError):  # csoftmax's own checks come through
+        ct.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError):
+        ct.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), reduction="avg")
+
+
+# ---------------------------------------------------------------------------------------------
+# imports
+
+
+def test_import_csoftmax_does_not_import_torch():
+    code = "import sys, csoftmax; assert 'torch' not in sys.modules, 'torch was imported'"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(csoftmax.__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=root)
+    assert done.returncode == 0, done.stderr
+
+
+def test_import_without_torch_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" raises ImportError
+    monkeypatch.delitem(sys.modules, "csoftmax.torch")
+    with pytest.raises(ImportError, match=r"csoftmax\.torch needs PyTorch.*pip install"):
+        importlib.import_module("csoftmax.torch")
