@@ -110,12 +110,11 @@ class Frontend:
 
     def _fast_rows(self, name, x, axis, out, num_threads):
         """The common call -- a C-contiguous float32/float64 ndarray, the last
-        axis, no options -- checked in a few attribute reads, since this sets
+        axis, no out= -- checked in a few attribute reads, since this sets
         the overhead of small calls.  Returns None for anything else."""
         if (
             type(x) is np.ndarray
             and out is None
-            and num_threads is None
             and axis == -1
             and x.ndim
             and x.flags.c_contiguous
@@ -126,7 +125,7 @@ class Frontend:
                 x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
                 r = np.empty(x.shape, x.dtype)
                 kernel(x2, r if x.ndim == 2 else r.reshape(x2.shape),
-                       _threads_for(x2.shape[0], x2.shape[1], None))
+                       _threads_for(x2.shape[0], x2.shape[1], num_threads))
                 return r
         return None
 

@@ -1,0 +1,212 @@
+"""Command line of ``python -m bench``.
+
+Examples
+--------
+``python -m bench --quick``
+    A tour of every operation on a few shapes, under a minute.
+``python -m bench --ops softmax,cross_entropy_with_grad --shapes 8192x1000,tiny``
+    Selected operations and shapes, both dtypes, 1 thread and all cores.
+``python -m bench --targets``
+    The cases of the performance targets, then their PASS/FAIL table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import sys
+import time
+from pathlib import Path
+
+from . import report, targets
+from .ops import OPS, SHAPE_GROUPS, parse_shapes, shape_label
+from .peers import PEER_NAMES, all_peers
+from .runner import Case, Settings, run_plan
+
+RESULTS_DIR = Path(__file__).parent / "results"
+DTYPES = {"float32": "float32", "f32": "float32", "32": "float32",
+          "float64": "float64", "f64": "float64", "64": "float64"}
+#: Defaults of ``--quick``: a few shapes, float32, all cores, small budgets.
+QUICK = {"shapes": "1x1000,32x1000,8192x1000,65536x10", "dtypes": "float32",
+         "threads": "all", "budget": 0.1, "min_rounds": 3, "min_sample": 2e-4,
+         "stat": "median"}
+FULL = {"shapes": "all", "dtypes": "float32,float64", "threads": "1,all", "budget": 0.5,
+        "min_rounds": 5, "min_sample": 1e-3, "stat": "median"}
+TARGETS = {**FULL, "threads": "all", "budget": 1.0, "stat": "min"}
+
+
+def _split(text):
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _parse_ops(text):
+    names = list(OPS) if text == "all" else _split(text)
+    unknown = [n for n in names if n not in OPS]
+    if unknown:
+        raise ValueError(f"unknown op(s) {unknown}; choose from {list(OPS)}")
+    return [OPS[n] for n in names]
+
+
+def _parse_dtypes(text):
+    try:
+        return list(dict.fromkeys(DTYPES[d] for d in _split(text)))
+    except KeyError as exc:
+        raise ValueError(f"unknown dtype {exc.args[0]!r}; use float32, float64") from None
+
+
+def _parse_threads(text, cores):
+    values = [cores if t == "all" else int(t) for t in _split(text)]
+    if any(t < 1 for t in values):
+        raise ValueError("thread counts must be >= 1")
+    return list(dict.fromkeys(values))
+
+
+def _parse_peers(text):
+    names = _split(text)
+    unknown = [n for n in names if n not in PEER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown peer(s) {unknown}; choose from {PEER_NAMES}")
+    return ["csoftmax", *names]
+
+
+def build_parser():
+    """Return the argument parser of ``python -m bench``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"ops: {', '.join(OPS)}\nshape groups: "
+               + "; ".join(f"{g}: {','.join(map(shape_label, s))}"
+                           for g, s in SHAPE_GROUPS.items())
+               + f"\npeers: {', '.join(PEER_NAMES)}")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a short run (shapes {QUICK['shapes']}, {QUICK['dtypes']}, "
+                             f"all cores, budget {QUICK['budget']} s)")
+    parser.add_argument("--targets", action="store_true",
+                        help="run the cases of the performance targets and print the "
+                             "PASS/FAIL table (ignores --ops and --shapes)")
+    parser.add_argument("--ops", default="all", help="comma-separated ops (default: all)")
+    parser.add_argument("--shapes", help="comma-separated NxC shapes or shape groups "
+                                         f"(default: all; --quick: {QUICK['shapes']})")
+    parser.add_argument("--dtypes", help="float32,float64 (default: both; --quick: float32)")
+    parser.add_argument("--threads", help="comma-separated thread counts, 'all' = usable "
+                                          "cores (default: 1,all; --quick/--targets: all)")
+    parser.add_argument("--peers", help="restrict the peers timed beside csoftmax "
+                                        "(default: every installed one)")
+    parser.add_argument("--budget", type=float,
+                        help="seconds of interleaved timing per case (default: "
+                             f"{FULL['budget']}; --quick: {QUICK['budget']}; --targets: "
+                             f"{TARGETS['budget']})")
+    parser.add_argument("--stat", choices=["median", "min"],
+                        help="statistic shown and used for ratios and targets: median of "
+                             "the uncontended samples (default) or minimum (default of "
+                             "--targets, whose verdicts should not flap with the load)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs")
+    parser.add_argument("--json", type=Path,
+                        help=f"JSON output (default: {RESULTS_DIR}/<mode>.json)")
+    parser.add_argument("--plot", type=Path,
+                        help=f"PNG plot, needs matplotlib (default: {RESULTS_DIR}/<mode>.png)")
+    return parser
+
+
+def _plan(args, parser):
+    """Resolve the arguments into the cases to run and their settings."""
+    defaults = {**(TARGETS if args.targets else FULL), **(QUICK if args.quick else {})}
+    if args.targets and args.quick:
+        defaults.update(dtypes=TARGETS["dtypes"], stat=TARGETS["stat"])
+    try:
+        dtypes = _parse_dtypes(args.dtypes or defaults["dtypes"])
+        threads = _parse_threads(args.threads or defaults["threads"], report.usable_cores())
+        ops = _parse_ops(args.ops)
+        shapes = parse_shapes(args.shapes or defaults["shapes"])
+    except ValueError as exc:
+        parser.error(str(exc))
+    settings = Settings(budget=args.budget if args.budget is not None else defaults["budget"],
+                        min_rounds=defaults["min_rounds"], min_sample=defaults["min_sample"],
+                        seed=args.seed, stat=args.stat or defaults["stat"])
+    if args.targets:
+        if args.shapes or args.ops != "all":
+            print("note: --targets runs its own ops and shapes", file=sys.stderr)
+        cases = targets.plan(dtypes, max(threads))
+    else:
+        cases = [Case(*key) for key in itertools.product(ops, shapes, dtypes, threads)]
+    return cases, settings, dtypes, threads
+
+
+def _load_peers(wanted):
+    """Import the wanted peers; return the usable ones and why others are skipped."""
+    peers, skipped = [], {}
+    for peer in all_peers():
+        if peer.name in wanted:
+            why = peer.load()
+            if why is None:
+                peers.append(peer)
+            else:
+                skipped[peer.name] = why
+    return peers, skipped
+
+
+def main(argv=None):
+    """Run the benchmark.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0; 1 when a result disagreed or a call failed; 2 on a usage error or
+        when csoftmax does not import.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    mode = "targets" if args.targets else "quick" if args.quick else "full"
+    cases, settings, dtypes, threads = _plan(args, parser)
+    try:
+        wanted = _parse_peers(args.peers) if args.peers else PEER_NAMES
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        csoftmax = importlib.import_module("csoftmax")
+    except Exception as exc:  # noqa: BLE001 - any failure means nothing to benchmark
+        print(f"error: csoftmax does not import: {type(exc).__name__}: {exc}\n"
+              "(build it in place first, and run from the repository root)", file=sys.stderr)
+        return 2
+    peers, skipped = _load_peers(wanted)
+    if "csoftmax" in skipped:
+        print(f"error: {skipped['csoftmax']}", file=sys.stderr)
+        return 2
+
+    info = report.machine_info(peers, csoftmax)
+    print("\n".join(report.header_lines(info, skipped, settings)))
+    table = report.Table(peers)
+    table.header()
+    started = time.time()
+    results = run_plan(cases, peers, settings, on_result=table.row)
+
+    problems = report.problems(results)
+    if problems:
+        print(f"\n## !! {len(problems)} MISMATCH / ERROR(S) !!\n")
+        print("\n".join(f"- {p}" for p in problems))
+    payload = {
+        "schema": "csoftmax-bench/1", "mode": mode,
+        "command": ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "settings": {**vars(settings), "dtypes": dtypes, "threads": threads,
+                     "ops": list(dict.fromkeys(c.op.name for c in cases)),
+                     "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
+        "machine": info, "peers": [p.name for p in peers], "skipped": skipped,
+        "cases": results, "problems": problems, "targets": None,
+    }
+    if args.targets:
+        payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads))
+        print("\n" + "\n".join(targets.table_lines(rows, dtypes, max(threads))))
+    json_path = args.json or RESULTS_DIR / f"{mode}.json"
+    report.write_json(json_path, payload)
+    plot_path = args.plot or RESULTS_DIR / f"{mode}.png"
+    why_not = report.plot(plot_path, results)
+    print(f"JSON: {json_path}\nplot: {why_not or plot_path}", file=sys.stderr)
+    return 1 if problems else 0

@@ -1,0 +1,264 @@
+"""The implementations timed: csoftmax and its peers.
+
+A :class:`Peer` turns an operation (:class:`bench.ops.Op`) and its inputs into
+a :class:`Prepared` call with no arguments, made once per case outside the
+timed region, or returns None when it has no equivalent of the operation.
+Optional libraries are imported lazily; a peer whose library is missing is
+reported as skipped, never as an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .ops import IGNORE_INDEX, LABEL_SMOOTHING, call_args
+
+
+def to_arrays(result):
+    """Return a result (array, tensor, scalar or tuple of them) as NumPy arrays.
+
+    Parameters
+    ----------
+    result : object
+        What an implementation returned.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+    """
+    items = result if isinstance(result, (tuple, list)) else (result,)
+    arrays = []
+    for item in items:
+        if hasattr(item, "detach"):  # a torch.Tensor
+            item = item.detach().cpu().numpy()
+        arrays.append(np.asarray(item))
+    return tuple(arrays)
+
+
+@dataclass
+class Prepared:
+    """A call ready to time.
+
+    Attributes
+    ----------
+    call : callable
+        Runs the operation once; takes no argument.
+    normalize : callable
+        Turns what ``call`` returns into the csoftmax outputs (a tuple of
+        arrays) for verification; never timed.
+    verify : bool
+        False for calls with no comparable result (the memory floor).
+    own : bool
+        Whether this is the package's own code (csoftmax, its ``out=`` variant,
+        its NumPy twin): the outputs must then keep the input's dtype and are
+        checked against the float64 reference; other peers are checked against
+        csoftmax.
+    """
+
+    call: Callable[[], Any]
+    normalize: Callable[[Any], tuple] = to_arrays
+    verify: bool = True
+    own: bool = False
+
+
+@dataclass
+class Peer:
+    """Base class of an implementation.
+
+    Attributes
+    ----------
+    name : str
+        Key in the results.
+    label : str
+        Column header.
+    module : str
+        Module that must import for the peer to be available.
+    threaded : bool
+        Whether the peer honours the case's thread count (else it runs on one
+        thread).
+    """
+
+    name: str
+    label: str
+    module: str
+    threaded: bool = True
+    _mod: Any = field(default=None, init=False, repr=False)
+    _why: str | None = field(default=None, init=False, repr=False)
+
+    def load(self):
+        """Import the peer's module.
+
+        Returns
+        -------
+        str or None
+            Why the peer is unavailable, or None when it is usable.
+        """
+        try:
+            self._mod = importlib.import_module(self.module)
+        except Exception as exc:  # noqa: BLE001 - any import failure means "skip"
+            self._why = f"{self.module} not importable ({type(exc).__name__}: {exc})"
+        return self._why
+
+    @property
+    def version(self):
+        """Version of the peer's library."""
+        top = importlib.import_module(self.module.split(".")[0]) if self._mod else None
+        return getattr(top, "__version__", None)
+
+    def info(self):
+        """Return the peer's thread settings and build facts worth recording."""
+        return {}
+
+    def prepare(self, op, inputs, threads):
+        """Prepare the call of ``op`` on ``inputs`` at ``threads`` threads.
+
+        Parameters
+        ----------
+        op : bench.ops.Op
+        inputs : dict
+            As made by :func:`bench.ops.make_inputs`.
+        threads : int
+
+        Returns
+        -------
+        Prepared or None
+            None when the peer has no equivalent of ``op``.
+        """
+        raise NotImplementedError
+
+
+@dataclass
+class Csoftmax(Peer):
+    """csoftmax, or its NumPy twin; optionally writing into a preallocated ``out``."""
+
+    out: bool = False
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        func = getattr(self._mod, op.func, None)
+        if func is None or (self.out and not op.has_out):
+            return None
+        args, kwargs = call_args(op, inputs)
+        kwargs["num_threads"] = threads
+        if self.out:
+            kwargs["out"] = np.empty_like(args[0])
+        return Prepared(lambda: func(*args, **kwargs), own=True)
+
+
+@dataclass
+class Scipy(Peer):
+    """``scipy.special.softmax``, ``log_softmax`` and ``logsumexp``."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        if op.func not in {"softmax", "log_softmax", "logsumexp"}:
+            return None
+        func = getattr(self._mod, op.func)
+        x = inputs["x"]
+        return Prepared(lambda: func(x, axis=-1))
+
+
+@dataclass
+class Sklearn(Peer):
+    """``HalfMultinomialLoss.loss`` / ``loss_gradient`` (integer targets only).
+
+    scikit-learn returns per-row losses and un-averaged gradients; they are
+    brought to the mean reduction for verification only (not timed).
+    """
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        if op.target != "index" or op.weighted:
+            return None
+        x = inputs["x"]
+        n, c = x.shape
+        loss = self._mod.HalfMultinomialLoss(n_classes=c)
+        y_true = inputs["target"].astype(x.dtype)
+        if op.with_grad:
+            return Prepared(
+                lambda: loss.loss_gradient(y_true=y_true, raw_prediction=x,
+                                           n_threads=threads),
+                normalize=lambda r: (np.mean(r[0], dtype=np.float64), r[1] / n))
+        return Prepared(
+            lambda: loss.loss(y_true=y_true, raw_prediction=x, n_threads=threads),
+            normalize=lambda r: (np.mean(r, dtype=np.float64),))
+
+
+@dataclass
+class Torch(Peer):
+    """PyTorch on the CPU, with ``torch.set_num_threads`` matched to the case.
+
+    Cross-entropy with gradient runs forward and backward through autograd.
+    """
+
+    def info(self):  # noqa: D102
+        torch = self._mod
+        return {"default_num_threads": torch.get_num_threads(),
+                "parallel_info": torch.__config__.parallel_info()}
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        torch = self._mod
+        torch.set_num_threads(threads)
+        x = torch.from_numpy(inputs["x"])
+        if op.func in {"softmax", "log_softmax", "logsumexp"}:
+            func = getattr(torch, op.func)
+            return Prepared(lambda: func(x, -1))
+        if op.func == "softmax_backward":
+            grad = torch.from_numpy(inputs["grad_output"])
+            out = torch.from_numpy(inputs["output"])
+            return Prepared(
+                lambda: torch._softmax_backward_data(grad, out, -1, out.dtype))
+        return self._cross_entropy(op, inputs, x)
+
+    def _cross_entropy(self, op, inputs, x):
+        torch = self._mod
+        func = torch.nn.functional.cross_entropy
+        target = torch.from_numpy(inputs["target"])
+        kwargs = {}
+        if op.weighted:
+            kwargs = {"weight": torch.from_numpy(inputs["weight"]),
+                      "ignore_index": IGNORE_INDEX, "label_smoothing": LABEL_SMOOTHING}
+        if not op.with_grad:
+            return Prepared(lambda: func(x, target, **kwargs))
+        leaf = x.detach().requires_grad_(True)
+
+        def forward_backward():
+            leaf.grad = None
+            loss = func(leaf, target, **kwargs)
+            loss.backward()
+            return loss, leaf.grad
+
+        return Prepared(forward_backward)
+
+
+@dataclass
+class Copyto(Peer):
+    """The memory floor: ``np.copyto`` of the logits into a preallocated array."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        src = inputs["x"]
+        dst = np.empty_like(src)
+        copyto = self._mod.copyto
+        return Prepared(lambda: copyto(dst, src), verify=False)
+
+
+def all_peers():
+    """Return fresh instances of every implementation, in table order.
+
+    Returns
+    -------
+    list of Peer
+    """
+    return [
+        Csoftmax("csoftmax", "csoftmax", "csoftmax"),
+        Csoftmax("csoftmax_out", "csoftmax out=", "csoftmax", out=True),
+        Csoftmax("numpy_twin", "NumPy twin", "csoftmax._numpy_backend", threaded=False),
+        Scipy("scipy", "SciPy", "scipy.special", threaded=False),
+        Sklearn("sklearn", "sklearn", "sklearn._loss.loss"),
+        Torch("torch", "PyTorch", "torch"),
+        Copyto("copyto", "np.copyto", "numpy", threaded=False),
+    ]
+
+
+PEER_NAMES = [p.name for p in all_peers()]

@@ -1,0 +1,271 @@
+"""The performance targets of csoftmax, the cases they need, and their verdicts.
+
+Every target is a :class:`Target`: a row of the table printed by
+``python -m bench --targets``, measured once per dtype. Speed targets are
+judged at all usable cores (PyTorch and scikit-learn at the same thread count),
+thread scaling at 1 against 2 threads, accuracy on every float32 case. A target
+whose csoftmax result disagrees with the float64 reference fails whatever the
+timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ops import OPS
+from .report import copy_ratio
+from .runner import Case
+
+CE = "cross_entropy_with_grad"
+LARGE = [(8192, 1000), (1024, 32000), (4096, 4096)]
+TALL = [(65536, 10), (262144, 2)]
+WIDE = [(16, 131072), (4, 262144)]
+#: Float32 error within this (relative to the output's scale) counts as a tie.
+ERROR_FLOOR = 2.0 ** -24
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the targets table.
+
+    Attributes
+    ----------
+    group : str
+        What is measured (first column).
+    op : str
+        Operation name (see :data:`bench.ops.OPS`).
+    shape : tuple of int or None
+        None for targets over every case (accuracy).
+    kind : {"faster", "floor", "relative", "scaling", "accuracy"}
+        ``faster``: ``peer time / csoftmax time >= bound``; ``floor``:
+        ``csoftmax time / np.copyto time <= bound``; ``relative``:
+        ``csoftmax time / csoftmax time of op other <= bound``; ``scaling``:
+        ``1-thread time / 2-thread time >= bound``; ``accuracy``: float32 error
+        of the full-size output against the float64 reference no larger than
+        PyTorch's.
+    bound : float
+    peer : str, optional
+        Peer of ``faster``; other operation of ``relative``.
+    """
+
+    group: str
+    op: str
+    shape: tuple | None
+    kind: str
+    bound: float = 1.0
+    peer: str | None = None
+
+    @property
+    def criterion(self):
+        """The criterion in words."""
+        return {
+            "faster": f"no slower than {self.peer}" if self.bound == 1
+            else f">= {self.bound:g}x faster than {self.peer}",
+            "floor": f"<= {self.bound:g}x np.copyto time",
+            "relative": f"<= {self.bound:g}x csoftmax {self.peer} time",
+            "scaling": f"2 threads >= {self.bound:g}x faster than 1",
+            "accuracy": "float32 error <= PyTorch's",
+        }[self.kind]
+
+
+def _rows():
+    fused = "fused CE loss+grad, int targets, mean"
+    rows = []
+    for shape in LARGE:
+        rows += [Target(fused, CE, shape, "floor", 1.3),
+                 Target(fused, CE, shape, "faster", 3, "torch")]
+    for shape in TALL:
+        rows += [Target(fused, CE, shape, "faster", 10, "torch"),
+                 Target(fused, CE, shape, "faster", 2, "sklearn")]
+    rows += [Target(fused, CE, shape, "faster", 2, "torch") for shape in WIDE]
+    rows.append(Target("prob targets loss+grad", "cross_entropy_with_grad_prob",
+                       (8192, 1000), "faster", 5, "torch"))
+    rows.append(Target("weight+ignore_index+label_smoothing",
+                       "cross_entropy_with_grad_weighted", (8192, 1000), "relative",
+                       1.2, CE))
+    for op in ("softmax", "log_softmax"):
+        for shape in LARGE + TALL + WIDE:
+            rows.append(Target(op, op, shape, "faster", 1.3, "torch"))
+            if shape in LARGE:
+                rows.append(Target(op, op, shape, "floor", 1.3))
+    rows += [Target("call overhead", "softmax", (1, 1000), "faster", 1.0, "torch"),
+             Target("call overhead", CE, (32, 1000), "faster", 3, "torch"),
+             Target("thread scaling", CE, (8192, 1000), "scaling", 1.7),
+             Target("accuracy", "all", None, "accuracy")]
+    return rows
+
+
+TARGETS = _rows()
+
+
+def plan(dtypes, threads):
+    """List the cases the targets need.
+
+    Parameters
+    ----------
+    dtypes : list of str
+    threads : int
+        Thread count at which speed targets are judged (all usable cores).
+
+    Returns
+    -------
+    list of bench.runner.Case
+        Ordered by operation, shape, dtype, threads.
+    """
+    keys = set()
+    for t in TARGETS:
+        if t.shape is None:
+            continue
+        keys.add((t.op, t.shape, threads))
+        if t.kind == "relative":
+            keys.add((t.peer, t.shape, threads))
+        if t.kind == "scaling" and threads >= 2:
+            keys.update({(t.op, t.shape, 1), (t.op, t.shape, 2)})
+    order = list(OPS)
+    cases = [Case(OPS[op], shape, dtype, thr) for op, shape, thr in keys for dtype in dtypes]
+    return sorted(cases, key=lambda c: (order.index(c.op.name), c.shape, c.dtype, c.threads))
+
+
+class _Index:
+    """Case results looked up by ``(op, shape, dtype, threads)``."""
+
+    def __init__(self, results):
+        self.by_key = {(r["op"], tuple(r["shape"]), r["dtype"], r["threads"]): r
+                       for r in results}
+
+    def get(self, op, shape, dtype, threads):
+        return self.by_key.get((op, tuple(shape), dtype, threads))
+
+
+def _time(result, name):
+    entry = (result or {}).get("results", {}).get(name) or {}
+    return entry.get("time")
+
+
+def _status(result, name):
+    return ((result or {}).get("results", {}).get(name) or {}).get("status")
+
+
+def evaluate(target, index, dtype, threads):
+    """Measure one target for one dtype.
+
+    Parameters
+    ----------
+    target : Target
+    index : _Index
+    dtype : str
+    threads : int
+        Thread count of the speed targets.
+
+    Returns
+    -------
+    dict
+        ``value`` (float or None), ``passed`` (bool or None when not
+        measurable) and ``note``.
+    """
+    if target.kind == "accuracy":
+        return _accuracy(index, dtype)
+    result = index.get(target.op, target.shape, dtype,
+                       1 if target.kind == "scaling" else threads)
+    if result is None:
+        return {"value": None, "passed": None, "note": "not measured"}
+    if _status(result, "csoftmax") != "ok":
+        return {"value": None, "passed": False,
+                "note": f"csoftmax {_status(result, 'csoftmax') or 'missing'}"}
+    cs = _time(result, "csoftmax")
+    note = ""
+    if target.kind == "faster":
+        other = _time(result, target.peer)
+        value = other / cs if other else None
+        if _status(result, target.peer) == "mismatch":
+            note = f"{target.peer} MISMATCH"
+        elif other is None:
+            note = f"{target.peer} not timed"
+        passed = None if value is None else value >= target.bound
+    elif target.kind == "floor":
+        value = copy_ratio(result)
+        passed = None if value is None else value <= target.bound
+    elif target.kind == "relative":
+        base = _time(index.get(target.peer, target.shape, dtype, threads), "csoftmax")
+        value = cs / base if base else None
+        passed = None if value is None else value <= target.bound
+    else:  # scaling
+        two = index.get(target.op, target.shape, dtype, 2)
+        fast = _time(two, "csoftmax")
+        value = cs / fast if fast else None
+        passed = None if value is None else value >= target.bound
+        if value is None:
+            note = "needs 2 usable cores"
+    return {"value": value, "passed": passed, "note": note}
+
+
+def _accuracy(index, dtype):
+    if dtype != "float32":
+        return {"value": None, "passed": None, "note": "float32 only"}
+    worst, where, passed = None, "", None
+    for (op, shape, dt, thr), result in index.by_key.items():
+        cs = result["results"].get("csoftmax", {}).get("err_primary")
+        torch = result["results"].get("torch", {}).get("err_primary")
+        if dt != dtype or cs is None or torch is None:
+            continue
+        ok = cs <= torch + ERROR_FLOOR
+        passed = ok if passed is None else passed and ok
+        ratio = cs / max(torch, ERROR_FLOOR)
+        if worst is None or ratio > worst:
+            worst, where = ratio, f"worst: {op} {'x'.join(map(str, shape))} t={thr}"
+    return {"value": worst, "passed": passed,
+            "note": where if worst is not None else "no case with PyTorch"}
+
+
+def evaluate_all(results, dtypes, threads):
+    """Measure every target.
+
+    Parameters
+    ----------
+    results : list of dict
+        Case results (see :func:`bench.runner.run_case`).
+    dtypes : list of str
+    threads : int
+
+    Returns
+    -------
+    list of dict
+        Per target: ``group``, ``op``, ``shape``, ``criterion``, ``by_dtype``
+        (dtype to the dict of :func:`evaluate`) and ``verdict`` (``PASS``,
+        ``FAIL`` or ``n/a``).
+    """
+    index = _Index(results)
+    rows = []
+    for target in TARGETS:
+        by_dtype = {dt: evaluate(target, index, dt, threads) for dt in dtypes}
+        verdicts = [m["passed"] for m in by_dtype.values() if m["passed"] is not None]
+        verdict = "n/a" if not verdicts else "PASS" if all(verdicts) else "FAIL"
+        rows.append({"group": target.group, "op": target.op,
+                     "shape": list(target.shape) if target.shape else "all",
+                     "criterion": target.criterion, "by_dtype": by_dtype,
+                     "verdict": verdict})
+    return rows
+
+
+def table_lines(rows, dtypes, threads):
+    """Return the Markdown lines of the targets table."""
+    lines = [f"## performance targets (speed at {threads} thread(s); values are "
+             "ratios as in the criterion)", "",
+             "| target | op | shape | criterion | " + " | ".join(dtypes) + " | result |",
+             "| --- | --- | --- | --- | " + " | ".join("---:" for _ in dtypes) + " | --- |"]
+    for row in rows:
+        shape = row["shape"] if row["shape"] == "all" else "x".join(map(str, row["shape"]))
+        cells = []
+        for dt in dtypes:
+            m = row["by_dtype"][dt]
+            text = "—" if m["value"] is None else f"{m['value']:.2f}x"
+            if m["passed"] is not None:
+                text += " ok" if m["passed"] else " FAIL"
+            if m["note"]:
+                text += f" ({m['note']})"
+            cells.append(text)
+        lines.append(f"| {row['group']} | {row['op']} | {shape} | {row['criterion']} | "
+                     + " | ".join(cells) + f" | **{row['verdict']}** |")
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("PASS", "FAIL", "n/a")}
+    lines += ["", ", ".join(f"{n} {v}" for v, n in counts.items())]
+    return lines
