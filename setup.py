@@ -14,6 +14,7 @@ needs inf and NaN semantics; it can also set flush-to-zero process-wide).
 
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import textwrap
@@ -58,6 +59,10 @@ def _openmp_flags(compiler):
         candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
     else:
         candidates = [(["-fopenmp"], ["-fopenmp"])]
+    # distutils links executables without $LDFLAGS (only the extensions get
+    # them): pass them to the probe too, so it finds a libomp outside the
+    # default paths (macOS wheels)
+    env_ldflags = shlex.split(os.environ.get("LDFLAGS", ""))
     for cflags, lflags in candidates:
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "omp_probe.c")
@@ -66,7 +71,7 @@ def _openmp_flags(compiler):
             try:
                 objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
                 compiler.link_executable(
-                    objs, "omp_probe", output_dir=tmp, extra_postargs=lflags
+                    objs, "omp_probe", output_dir=tmp, extra_postargs=lflags + env_ldflags
                 )
             except Exception:  # any compile/link failure means "no OpenMP"
                 continue
@@ -78,7 +83,9 @@ class BuildExt(build_ext):
     """Adds OpenMP and per-compiler optimisation flags once the compiler is known."""
 
     def build_extensions(self):
-        omp = None if os.environ.get("CSOFTMAX_DISABLE_OPENMP") == "1" else _openmp_flags(self.compiler)
+        omp = None
+        if os.environ.get("CSOFTMAX_DISABLE_OPENMP") != "1":
+            omp = _openmp_flags(self.compiler)
         if omp is None:
             if os.environ.get("CSOFTMAX_REQUIRE_OPENMP", "0") == "1":
                 raise RuntimeError(

@@ -35,7 +35,9 @@ _ArrayT = TypeVar("_ArrayT", bound=np.ndarray[Any, Any])
 
 _Axis = SupportsIndex | tuple[SupportsIndex, ...] | None
 _IntOrBoolArray = NDArray[np.integer[Any] | np.bool_]
-_Reduced = Literal["mean", "sum"]
+# a reduction's result when the shape decides between an array and a scalar
+_Reduced = NDArray[np.floating[Any]] | np.floating[Any]
+_MeanOrSum = Literal["mean", "sum"]
 
 # -- softmax, log_softmax ----------------------------------------------------------------
 
@@ -78,32 +80,44 @@ def log_softmax(
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[np.floating[Any]]: ...
 
-# -- logsumexp: a scalar when every axis is reduced ----------------------------------------
+# -- logsumexp: a scalar when every axis is reduced (without keepdims); with return_sign, the
+# -- pair (result, sign); with b, computed in the promoted dtype of x and b ------------------
 
 @overload
 def logsumexp(
-    x: NDArray[_FloatT], axis: None, *, num_threads: SupportsIndex | None = None
+    x: NDArray[_FloatT], axis: None, *, keepdims: Literal[False] = False, b: None = None,
+    return_sign: Literal[False] = False, num_threads: SupportsIndex | None = None,
 ) -> _FloatT: ...
 @overload
 def logsumexp(
-    x: NDArray[_FloatT], axis: _Axis = -1, *, num_threads: SupportsIndex | None = None
+    x: NDArray[_FloatT], axis: _Axis = -1, *, keepdims: bool = False, b: None = None,
+    return_sign: Literal[False] = False, num_threads: SupportsIndex | None = None,
 ) -> NDArray[_FloatT] | _FloatT: ...
 @overload
 def logsumexp(
-    x: _IntOrBoolArray, axis: None, *, num_threads: SupportsIndex | None = None
-) -> np.float64: ...
+    x: NDArray[_FloatT], axis: _Axis = -1, *, keepdims: bool = False, b: None = None,
+    return_sign: Literal[True], num_threads: SupportsIndex | None = None,
+) -> tuple[NDArray[_FloatT] | _FloatT, NDArray[_FloatT] | _FloatT]: ...
 @overload
 def logsumexp(
-    x: _IntOrBoolArray, axis: _Axis = -1, *, num_threads: SupportsIndex | None = None
-) -> NDArray[np.float64] | np.float64: ...
-@overload
-def logsumexp(
-    x: ArrayLike, axis: None, *, num_threads: SupportsIndex | None = None
+    x: ArrayLike, axis: None, *, keepdims: Literal[False] = False, b: ArrayLike | None = None,
+    return_sign: Literal[False] = False, num_threads: SupportsIndex | None = None,
 ) -> np.floating[Any]: ...
 @overload
 def logsumexp(
-    x: ArrayLike, axis: _Axis = -1, *, num_threads: SupportsIndex | None = None
-) -> NDArray[np.floating[Any]] | np.floating[Any]: ...
+    x: ArrayLike, axis: _Axis = -1, *, keepdims: bool = False, b: ArrayLike | None = None,
+    return_sign: Literal[False] = False, num_threads: SupportsIndex | None = None,
+) -> _Reduced: ...
+@overload
+def logsumexp(
+    x: ArrayLike, axis: _Axis = -1, *, keepdims: bool = False, b: ArrayLike | None = None,
+    return_sign: Literal[True], num_threads: SupportsIndex | None = None,
+) -> tuple[_Reduced, _Reduced]: ...
+@overload
+def logsumexp(
+    x: ArrayLike, axis: _Axis = -1, *, keepdims: bool = False, b: ArrayLike | None = None,
+    return_sign: bool, num_threads: SupportsIndex | None = None,
+) -> _Reduced | tuple[_Reduced, _Reduced]: ...
 
 # -- backward passes: computed in the wider dtype of the two inputs --------------------------
 
@@ -144,7 +158,7 @@ def log_softmax_backward(
 @overload
 def cross_entropy(
     logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
-    ignore_index: SupportsIndex = -100, reduction: _Reduced = "mean",
+    ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
     label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
 ) -> _FloatT: ...
 @overload
@@ -156,7 +170,7 @@ def cross_entropy(
 @overload
 def cross_entropy(
     logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
-    ignore_index: SupportsIndex = -100, reduction: _Reduced = "mean",
+    ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
     label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
 ) -> np.floating[Any]: ...
 @overload
@@ -164,11 +178,11 @@ def cross_entropy(
     logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
     label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
-) -> NDArray[np.floating[Any]] | np.floating[Any]: ...
+) -> _Reduced: ...
 @overload
 def cross_entropy_with_grad(
     logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
-    ignore_index: SupportsIndex = -100, reduction: _Reduced = "mean",
+    ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
     label_smoothing: float = 0.0, out: NDArray[_FloatT] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[_FloatT, NDArray[_FloatT]]: ...
@@ -182,7 +196,7 @@ def cross_entropy_with_grad(
 @overload
 def cross_entropy_with_grad(
     logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
-    ignore_index: SupportsIndex = -100, reduction: _Reduced = "mean",
+    ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
     label_smoothing: float = 0.0, out: NDArray[Any] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[np.floating[Any], NDArray[np.floating[Any]]]: ...
@@ -192,7 +206,7 @@ def cross_entropy_with_grad(
     ignore_index: SupportsIndex = -100, reduction: str,
     label_smoothing: float = 0.0, out: NDArray[Any] | None = None,
     num_threads: SupportsIndex | None = None,
-) -> tuple[NDArray[np.floating[Any]] | np.floating[Any], NDArray[np.floating[Any]]]: ...
+) -> tuple[_Reduced, NDArray[np.floating[Any]]]: ...
 
 # -- threads and configuration --------------------------------------------------------------
 

@@ -386,7 +386,9 @@ class ArrayOnly:
         self._a = a
 
     def __array__(self, dtype=None, copy=None):
-        return np.array(self._a, dtype=dtype, copy=True if copy else None)
+        if copy:
+            return np.array(self._a, dtype=dtype, copy=True)
+        return np.asarray(self._a, dtype=dtype)
 
 
 class DLPackOnly:

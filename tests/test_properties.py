@@ -49,7 +49,9 @@ def cross_entropy_problems(draw, dtype=np.float64, bound=5.0, valid=True):
     kind = draw(st.sampled_from(["int", "prob"]))
     reduction = draw(st.sampled_from(["mean", "sum", "none"]))
     smoothing = draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0)))
-    weight = draw(st.one_of(st.none(), hnp.arrays(dtype, c, elements=st.floats(0.1, 3.0))))
+    width = np.dtype(dtype).itemsize * 8
+    weight = draw(st.one_of(st.none(), hnp.arrays(
+        dtype, c, elements=st.floats(0.125, 3.0, width=width))))
     if kind == "int":
         ignore_index = draw(st.sampled_from([-100, -1, 0, c - 1]))
         low, high = (0, c - 1) if valid else (-2, c + 1)
@@ -60,7 +62,8 @@ def cross_entropy_problems(draw, dtype=np.float64, bound=5.0, valid=True):
         )
     else:
         ignore_index = draw(st.sampled_from([-100, -1]))
-        target = draw(hnp.arrays(dtype, (n, c), elements=st.floats(0.0, 2.0)))
+        target = draw(hnp.arrays(dtype, (n, c), elements=st.floats(
+            0.0, 2.0, width=np.dtype(dtype).itemsize * 8)))
     if single:
         logits, target = logits[0], target[0]
     options = dict(
