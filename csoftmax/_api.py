@@ -47,6 +47,37 @@ def _threads_for(n_rows, n, num_threads):
     return max(1, min(num_threads, n_rows, MAX_THREADS))
 
 
+def _run_rows(kernel, inputs, compute, result, axis, out, num_threads):
+    """Run ``kernel(*rows_of_inputs, rows_of_result, n_threads)`` over ``axis``.
+
+    ``inputs`` are C-contiguous arrays of one shape in the compute dtype.  The
+    kernel writes straight into ``out`` when it can (same dtype, reduced axes
+    last, and out either separate from the inputs or exactly one of them: in
+    place); otherwise into a fresh array, copied into ``out`` if given.
+    """
+    shape = inputs[0].shape
+    layout = RowLayout(shape, axis)
+    if out is not None:
+        check_out(out, shape, result)
+    rows = [layout.rows(v) for v in inputs]
+    direct = (
+        out is not None
+        and result == compute
+        and layout.trailing
+        and all(not np.may_share_memory(out, v) or aliases_exactly(out, v) for v in inputs)
+    )
+    r2 = out.reshape(rows[0].shape) if direct else np.empty(rows[0].shape, compute)
+    if r2.size:
+        kernel(*rows, r2, _threads_for(layout.n_rows, layout.n, num_threads))
+    if direct:
+        return out
+    r = layout.restore(r2)
+    if out is not None:
+        np.copyto(out, r, casting="unsafe")
+        return out
+    return r if result == compute else r.astype(result)
+
+
 def _specialisations(kernel):
     """{dtype: callable} of a kernel fused over float/double."""
     sigs = getattr(kernel, "__signatures__", None)
@@ -87,26 +118,7 @@ class Frontend:
     def _rowwise(self, kernel, x, axis, out, num_threads):
         """Run a shape-preserving row kernel over ``axis`` of x."""
         xc, compute, result = as_compute_array(x, "x")
-        layout = RowLayout(xc.shape, axis)
-        if out is not None:
-            check_out(out, xc.shape, result)
-        x2 = layout.rows(xc)
-        direct = (
-            out is not None
-            and result == compute
-            and layout.trailing
-            and (not np.may_share_memory(out, xc) or aliases_exactly(out, xc))
-        )
-        r2 = out.reshape(x2.shape) if direct else np.empty(x2.shape, compute)
-        if x2.size:
-            kernel(x2, r2, _threads_for(layout.n_rows, layout.n, num_threads))
-        if direct:
-            return out
-        r = layout.restore(r2)
-        if out is not None:
-            np.copyto(out, r, casting="unsafe")
-            return out
-        return r if result == compute else r.astype(result)
+        return _run_rows(kernel, (xc,), compute, result, axis, out, num_threads)
 
     def _fast_rows(self, name, x, axis, out, num_threads):
         """The common call -- a C-contiguous float32/float64 ndarray, the last
@@ -274,28 +286,7 @@ class Frontend:
             compute = result = np.promote_types(g_result, result)
             g = g.astype(compute, copy=False)
             a = a.astype(compute, copy=False)
-        layout = RowLayout(a.shape, axis)
-        if out is not None:
-            check_out(out, a.shape, result)
-        g2, a2 = layout.rows(g), layout.rows(a)
-        direct = (
-            out is not None
-            and result == compute
-            and layout.trailing
-            and all(
-                not np.may_share_memory(out, v) or aliases_exactly(out, v) for v in (g, a)
-            )
-        )
-        r2 = out.reshape(a2.shape) if direct else np.empty(a2.shape, compute)
-        if a2.size:
-            kernel(g2, a2, r2, _threads_for(layout.n_rows, layout.n, num_threads))
-        if direct:
-            return out
-        r = layout.restore(r2)
-        if out is not None:
-            np.copyto(out, r, casting="unsafe")
-            return out
-        return r if result == compute else r.astype(result)
+        return _run_rows(kernel, (g, a), compute, result, axis, out, num_threads)
 
     def softmax_backward(self, grad_output, output, axis=-1, *, out=None, num_threads=None):
         """Gradient through softmax: ``a * (g - sum(g * a))`` over ``axis``.
