@@ -46,6 +46,11 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
     int row_has_nan[T](const T *x, Py_ssize_t n) noexcept
     double row_exp_sum[T](const T *x, Py_ssize_t n, T shift) noexcept
     double row_exp_store_sum[T](const T *x, T *e, Py_ssize_t n, T shift) noexcept
+    double row_exp_store_sum_smooth[T](
+        const T *x, T *e, const T *w, Py_ssize_t n, T shift, double *smooth) noexcept
+    double row_exp_store_sum_soft[T](
+        const T *x, const T *y, const T *w, T *e, Py_ssize_t n, T shift, T alpha, T beta,
+        double *y_sum, double *y_dot) noexcept
     double row_dot[T](const T *a, const T *b, Py_ssize_t n) noexcept
     double row_sum[T](const T *a, Py_ssize_t n) noexcept
     double row_weighted_shifted_sum[T](
@@ -212,10 +217,14 @@ cdef inline double _cross_entropy_index_row(
 ) noexcept nogil:
     cdef floating m = row_max(x, n)
     cdef double x_t = <double>x[t] - <double>m
-    cdef double smooth = row_weighted_shifted_sum(x, w, n, m) if beta != 0.0 else 0.0
+    cdef double smooth = 0.0
     cdef double s
     if grad == NULL:
+        if beta != 0.0:
+            smooth = row_weighted_shifted_sum(x, w, n, m)
         s = row_exp_sum(x, n, m)
+    elif beta != 0.0:
+        s = row_exp_store_sum_smooth(x, grad, w, n, m, &smooth)
     else:
         s = row_exp_store_sum(x, grad, n, m)
     return _cross_entropy_index_finish(
@@ -271,13 +280,13 @@ cdef inline double _cross_entropy_prob_row(
     double alpha, double beta, floating *grad, double scale,
 ) noexcept nogil:
     cdef floating m = row_max(x, n)
-    cdef double y_dot
-    cdef double y_sum = row_soft_target_sums(x, y, w, n, m, alpha, beta, &y_dot)
-    cdef double s
+    cdef double y_dot, y_sum, s
     if grad == NULL:
+        y_sum = row_soft_target_sums(x, y, w, n, m, alpha, beta, &y_dot)
         s = row_exp_sum(x, n, m)
     else:
-        s = row_exp_store_sum(x, grad, n, m)
+        s = row_exp_store_sum_soft(x, y, w, grad, n, m, <floating>alpha, <floating>beta,
+                                   &y_sum, &y_dot)
     return _cross_entropy_prob_finish(grad, y, n, w, alpha, beta, y_sum, y_dot, s, scale)
 
 

@@ -32,6 +32,17 @@ namespace csoftmax {
 
 typedef ptrdiff_t idx_t;
 
+/* The reductions over a row are kept out of line: a kernel calls them from a
+ * serial loop and from an OpenMP region, and an inlined copy in each could be
+ * vectorised differently (another order of the additions), which would make
+ * results depend on the thread count.  One compiled copy per dtype and
+ * instruction set keeps them bitwise identical; the call costs nanoseconds. */
+#if defined(_MSC_VER)
+#define CS_REDUCTION __declspec(noinline)
+#else
+#define CS_REDUCTION __attribute__((noinline))
+#endif
+
 /* ---- build facts, read by show_config() ------------------------------- */
 
 static inline int have_openmp(void) {
@@ -162,7 +173,7 @@ static inline double exp_poly(double x) {
  * output of the row.  Independent partial maxima (four vectors of
  * AVX-512; 256 bytes of lanes) hide the latency of the max instruction; the
  * compiler keeps the fixed-size lane array in registers. */
-template <typename T> static inline T row_max(const T *x, idx_t n) {
+template <typename T> static CS_REDUCTION T row_max(const T *x, idx_t n) {
     enum { L = 256 / (int)sizeof(T) };
     T acc[L];
     for (int l = 0; l < L; ++l) acc[l] = (T)-INFINITY;
@@ -177,7 +188,7 @@ template <typename T> static inline T row_max(const T *x, idx_t n) {
 }
 
 /* 1 if the row holds a NaN; used only on the rare rows whose max is +-inf. */
-template <typename T> static inline int row_has_nan(const T *x, idx_t n) {
+template <typename T> static CS_REDUCTION int row_has_nan(const T *x, idx_t n) {
     for (idx_t k = 0; k < n; ++k)
         if (x[k] != x[k]) return 1;
     return 0;
@@ -199,7 +210,7 @@ template <typename T> static inline void exp_tail(const T *x, idx_t r, T shift, 
 static inline idx_t vector_part(idx_t n) { return n - n % EXP_TAIL; }
 
 /* sum_k exp(x_k - shift), in double. */
-template <typename T> static inline double row_exp_sum(const T *x, idx_t n, T shift) {
+template <typename T> static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift) {
     double s = 0.0;
     idx_t nv = vector_part(n);
 #pragma omp simd reduction(+ : s)
@@ -213,7 +224,7 @@ template <typename T> static inline double row_exp_sum(const T *x, idx_t n, T sh
 }
 
 /* e_k = exp(x_k - shift) and returns sum_k e_k in double.  e may be x. */
-template <typename T> static inline double row_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
+template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
     double s = 0.0;
     idx_t nv = vector_part(n);
 #pragma omp simd reduction(+ : s)
@@ -233,8 +244,99 @@ template <typename T> static inline double row_exp_store_sum(const T *x, T *e, i
     return s;
 }
 
+/* row_exp_store_sum that also returns, in *smooth, sum_k w_k (x_k - shift)
+ * (w == NULL: all ones): the label-smoothing term of cross-entropy with class
+ * indices, in the same pass over the row.  The product is formed in T and
+ * accumulated in double.  e may be x. */
+template <typename T>
+static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w, idx_t n, T shift,
+                                              double *smooth) {
+    double s = 0.0, a = 0.0;
+    idx_t nv = vector_part(n);
+    if (w == NULL) {
+#pragma omp simd reduction(+ : s, a)
+        for (idx_t k = 0; k < nv; ++k) {
+            T d = x[k] - shift;
+            T v = exp_poly(d);
+            e[k] = v;
+            s += (double)v;
+            a += (double)d;
+        }
+    } else {
+#pragma omp simd reduction(+ : s, a)
+        for (idx_t k = 0; k < nv; ++k) {
+            T d = x[k] - shift;
+            T v = exp_poly(d);
+            e[k] = v;
+            s += (double)v;
+            a += (double)(w[k] * d);
+        }
+    }
+    for (idx_t k = nv; k < n; ++k) a += (double)((w == NULL ? (T)1 : w[k]) * (x[k] - shift));
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        exp_tail(x + nv, n - nv, shift, buf);
+        for (idx_t l = 0; l < n - nv; ++l) {
+            e[nv + l] = buf[l];
+            s += (double)buf[l];
+        }
+    }
+    *smooth = a;
+    return s;
+}
+
+/* row_exp_store_sum for probability targets: also returns sum_k y'_k in *y_sum
+ * and sum_k y'_k (x_k - shift) in *y_dot, y'_k = w_k (alpha y_k + beta)
+ * (w == NULL: ones), in the same pass.  e may be x, not y. */
+template <typename T>
+static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const T *w, T *e, idx_t n,
+                                            T shift, T alpha, T beta, double *y_sum,
+                                            double *y_dot) {
+    double s = 0.0, sy = 0.0, sd = 0.0;
+    idx_t nv = vector_part(n);
+    for (idx_t k = nv; k < n; ++k) {  /* the tail first: e may be x */
+        T yk = (w == NULL ? (T)1 : w[k]) * (alpha * y[k] + beta);
+        sy += (double)yk;
+        sd += (double)(yk * (x[k] - shift));
+    }
+    if (w == NULL) {
+#pragma omp simd reduction(+ : s, sy, sd)
+        for (idx_t k = 0; k < nv; ++k) {
+            T d = x[k] - shift;
+            T yk = alpha * y[k] + beta;
+            T v = exp_poly(d);
+            e[k] = v;
+            s += (double)v;
+            sy += (double)yk;
+            sd += (double)(yk * d);
+        }
+    } else {
+#pragma omp simd reduction(+ : s, sy, sd)
+        for (idx_t k = 0; k < nv; ++k) {
+            T d = x[k] - shift;
+            T yk = w[k] * (alpha * y[k] + beta);
+            T v = exp_poly(d);
+            e[k] = v;
+            s += (double)v;
+            sy += (double)yk;
+            sd += (double)(yk * d);
+        }
+    }
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        exp_tail(x + nv, n - nv, shift, buf);
+        for (idx_t l = 0; l < n - nv; ++l) {
+            e[nv + l] = buf[l];
+            s += (double)buf[l];
+        }
+    }
+    *y_sum = sy;
+    *y_dot = sd;
+    return s;
+}
+
 /* sum_k a_k * b_k in double. */
-template <typename T> static inline double row_dot(const T *a, const T *b, idx_t n) {
+template <typename T> static CS_REDUCTION double row_dot(const T *a, const T *b, idx_t n) {
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (idx_t k = 0; k < n; ++k) s += (double)a[k] * (double)b[k];
@@ -242,7 +344,7 @@ template <typename T> static inline double row_dot(const T *a, const T *b, idx_t
 }
 
 /* sum_k a_k in double. */
-template <typename T> static inline double row_sum(const T *a, idx_t n) {
+template <typename T> static CS_REDUCTION double row_sum(const T *a, idx_t n) {
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (idx_t k = 0; k < n; ++k) s += (double)a[k];
@@ -251,7 +353,7 @@ template <typename T> static inline double row_sum(const T *a, idx_t n) {
 
 /* sum_k w_k (x_k - m) in double, w == NULL meaning all ones: the smoothing
  * term of cross-entropy with integer targets. */
-template <typename T> static inline double row_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m) {
+template <typename T> static CS_REDUCTION double row_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m) {
     double s = 0.0;
     if (w == NULL) {
 #pragma omp simd reduction(+ : s)
@@ -266,7 +368,7 @@ template <typename T> static inline double row_weighted_shifted_sum(const T *x, 
 /* For probability targets: y'_k = w_k (alpha y_k + beta).  Returns
  * sum_k y'_k and stores sum_k y'_k (x_k - m) in *ydot; w == NULL is all ones. */
 template <typename T>
-static inline double row_soft_target_sums(const T *x, const T *y, const T *w, idx_t n, T m,
+static CS_REDUCTION double row_soft_target_sums(const T *x, const T *y, const T *w, idx_t n, T m,
                                           double alpha, double beta, double *ydot) {
     double sy = 0.0, sd = 0.0;
     if (w == NULL) {
@@ -295,7 +397,7 @@ static inline double row_soft_target_sums(const T *x, const T *y, const T *w, id
  * vector loop over the whole tile. */
 
 /* m[r] = max of row r, for each row of the tile. */
-template <typename T> static inline void tile_max(const T *x, idx_t rows, idx_t n, T *m) {
+template <typename T> static CS_REDUCTION void tile_max(const T *x, idx_t rows, idx_t n, T *m) {
     for (idx_t r = 0; r < rows; ++r) {
         const T *xr = x + r * n;
         T v = -INFINITY;
@@ -307,7 +409,7 @@ template <typename T> static inline void tile_max(const T *x, idx_t rows, idx_t 
 /* e = exp(x - m[row]) over the tile, s[r] = sum of row r of e in double.
  * e may be x. */
 template <typename T>
-static inline void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n, const T *m, double *s) {
+static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n, const T *m, double *s) {
     for (idx_t r = 0; r < rows; ++r)
         for (idx_t k = 0; k < n; ++k) e[r * n + k] = x[r * n + k] - m[r];
     idx_t total = rows * n, nv = vector_part(total);
