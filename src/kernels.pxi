@@ -69,6 +69,7 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
     void row_grad_soft[T](
         T *e, const T *y, const T *w, Py_ssize_t n, T c1, T a2, T b2) noexcept
     void row_zero[T](T *out, Py_ssize_t n) noexcept
+    void row_fill[T](T *out, Py_ssize_t n, T value) noexcept
     void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
     void tile_exp_shifted[T](
         const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
@@ -191,6 +192,20 @@ cdef inline void _logsumexp_tile(
 # A row's statistics (m, x_t - m, smoothing sums) are read from x before the
 # exponentials are written, so grad may be x (in place).
 
+cdef inline double _skipped_row(floating *grad, Py_ssize_t n, bint ignored) noexcept nogil:
+    """An ignored row (padding rows may hold anything: it counts 0 and gets a 0
+    gradient) or, defensively, a label out of range.  Labels are validated
+    before the kernel runs, and each is read once here, but a caller thread
+    rewriting them meanwhile must not make the kernel index out of bounds:
+    such a row gets a NaN loss and gradient instead."""
+    if grad != NULL:
+        if ignored:
+            row_zero(grad, n)
+        else:
+            row_fill(grad, n, <floating>NAN)
+    return 0.0 if ignored else NAN
+
+
 cdef inline double _cross_entropy_index_finish(
     floating *grad, Py_ssize_t n, Py_ssize_t t, const floating *w,
     double w_total, double alpha, double beta,
@@ -241,24 +256,24 @@ cdef inline void _cross_entropy_index_tile(
     cdef double s[TILE]
     cdef double x_t[TILE]
     cdef double smooth[TILE]
+    cdef Py_ssize_t labels[TILE]
     cdef Py_ssize_t r, t
     cdef floating *e = grad
     if e == NULL:
         e = &scratch[0]
     tile_max(x, rows, n, m)
     for r in range(rows):
-        t = target[r]
-        if t != ignore_index:
+        t = labels[r] = target[r]  # read once (see _cross_entropy_index_unit)
+        if t != ignore_index and 0 <= t < n:
             x_t[r] = <double>x[r * n + t] - <double>m[r]
             smooth[r] = (row_weighted_shifted_sum(x + r * n, w, n, m[r])
                          if beta != 0.0 else 0.0)
     tile_exp_shifted(x, e, rows, n, m, s)
     for r in range(rows):
-        t = target[r]
-        if t == ignore_index:
-            loss[r] = 0.0
-            if grad != NULL:
-                row_zero(grad + r * n, n)
+        t = labels[r]
+        if t == ignore_index or not 0 <= t < n:
+            loss[r] = _skipped_row(grad if grad == NULL else grad + r * n, n,
+                                   t == ignore_index)
         else:
             loss[r] = _cross_entropy_index_finish(
                 grad if grad == NULL else grad + r * n, n, t, w, w_total,
@@ -388,11 +403,9 @@ cdef inline void _cross_entropy_index_unit(
             scale)
         return
     t = target[i]
-    if t == ignore_index:
-        # padding rows may hold anything: they count 0 and get a 0 gradient
-        loss[i] = 0.0
-        if grad != NULL:
-            row_zero(grad + i * n, n)
+    if t == ignore_index or not 0 <= t < n:
+        loss[i] = _skipped_row(grad if grad == NULL else grad + i * n, n,
+                               t == ignore_index)
     else:
         loss[i] = _cross_entropy_index_row(
             x + i * n, n, t, w, w_total, alpha, beta,

@@ -482,6 +482,10 @@ template <typename T> static inline void row_grad_soft(T *e, const T *y, const T
     }
 }
 
+template <typename T> static inline void row_fill(T *out, idx_t n, T value) {
+    for (idx_t k = 0; k < n; ++k) out[k] = value;
+}
+
 template <typename T> static inline void row_zero(T *out, idx_t n) {
     memset(out, 0, (size_t)n * sizeof(T));
 }
