@@ -282,8 +282,10 @@ class Frontend:
         g, g_compute, g_result = as_compute_array(grad_output, "grad_output")
         a, compute, result = as_compute_array(output, "output")
         check_same_shape(g, a, "grad_output", "output")
-        if g_compute != compute:  # compute in the wider of the two
-            compute = result = np.promote_types(g_result, result)
+        if g_compute != compute or g_result != result:
+            # compute in the wider of the two compute dtypes, return the wider result
+            compute = np.promote_types(g_compute, compute)
+            result = np.promote_types(g_result, result)
             g = g.astype(compute, copy=False)
             a = a.astype(compute, copy=False)
         return _run_rows(kernel, (g, a), compute, result, axis, out, num_threads)

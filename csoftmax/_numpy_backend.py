@@ -165,7 +165,8 @@ def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothi
         row_loss[counted] = loss
         if grad is None:
             return
-        y_sum = alpha * w_t + beta * w_total
+        # the other classes' weights enter only with smoothing (as in PyTorch)
+        y_sum = alpha * w_t + beta * w_total if beta != 0.0 else alpha * w_t
         g = e * (y_sum / s * grad_scale).astype(x.dtype)[:, None]
         if beta != 0.0:
             w = np.ones(n_classes, x.dtype) if weight is None else weight

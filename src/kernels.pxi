@@ -215,15 +215,21 @@ cdef inline double _cross_entropy_index_finish(
     gradient times scale."""
     cdef double w_t = 1.0 if w == NULL else w[t]
     cdef double lse = log(s)
-    cdef double c1
+    cdef double loss = alpha * w_t * (lse - x_t)
+    cdef double y_sum = alpha * w_t
+    if beta != 0.0:
+        # only with smoothing do the other classes' weights enter (a NaN weight
+        # of an unused class must not reach the row otherwise, as in PyTorch)
+        loss += beta * (w_total * lse - smooth)
+        y_sum += beta * w_total
     if grad != NULL:
-        c1 = (alpha * w_t + beta * w_total) / s * scale
         if beta != 0.0:
-            row_grad_affine(grad, w, n, <floating>c1, <floating>(beta * scale))
+            row_grad_affine(grad, w, n, <floating>(y_sum / s * scale),
+                            <floating>(beta * scale))
         else:
-            row_scale(grad, n, <floating>c1)
+            row_scale(grad, n, <floating>(y_sum / s * scale))
         grad[t] = grad[t] - <floating>(alpha * w_t * scale)
-    return alpha * w_t * (lse - x_t) + beta * (w_total * lse - smooth)
+    return loss
 
 
 cdef inline double _cross_entropy_index_row(
