@@ -134,10 +134,15 @@ class Frontend:
         ):
             kernel = self._by_dtype[name].get(x.dtype)
             if kernel is not None:
-                x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
                 r = np.empty(x.shape, x.dtype)
-                kernel(x2, r if x.ndim == 2 else r.reshape(x2.shape),
-                       _threads_for(x2.shape[0], x2.shape[1], num_threads))
+                if x.size < SMALL_WORK and num_threads is None:
+                    n_threads = 1
+                else:
+                    n_threads = _threads_for(x.size // x.shape[-1], x.shape[-1], num_threads)
+                if x.ndim == 2:
+                    kernel(x, r, n_threads)
+                else:
+                    kernel(x.reshape(-1, x.shape[-1]), r.reshape(-1, x.shape[-1]), n_threads)
                 return r
         return None
 
