@@ -210,7 +210,9 @@ class CrossEntropyArgs:
         try:
             eps = float(label_smoothing)
         except OverflowError:  # a huge int: out of [0, 1] anyway
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}") from None
+            raise ValueError(
+                f"label_smoothing must be in [0, 1], got {label_smoothing!r}"
+            ) from None
         except (TypeError, ValueError):
             raise TypeError(
                 f"label_smoothing must be a float, not {type(label_smoothing).__name__}"
