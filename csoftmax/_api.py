@@ -64,6 +64,7 @@ def _run_rows(kernel, inputs, compute, result, axis, out, num_threads):
         out is not None
         and result == compute
         and layout.trailing
+        and out.flags.aligned
         and all(not np.may_share_memory(out, v) or aliases_exactly(out, v) for v in inputs)
     )
     r2 = out.reshape(rows[0].shape) if direct else np.empty(rows[0].shape, compute)
@@ -130,6 +131,7 @@ class Frontend:
             and axis == -1
             and x.ndim
             and x.flags.c_contiguous
+            and x.flags.aligned
             and x.size
         ):
             kernel = self._by_dtype[name].get(x.dtype)
@@ -475,6 +477,7 @@ class Frontend:
         direct = (
             out is not None
             and args.result == args.compute
+            and out.flags.aligned
             and (not np.may_share_memory(out, x) or aliases_exactly(out, x))
         )
         if direct:

@@ -66,12 +66,20 @@ def float_dtypes(dtype, name):
     )
 
 
+def contiguous(x, dtype=None):
+    """x as a C-contiguous, aligned, native array (a copy only if needed).
+
+    The kernels load whole elements, so a misaligned buffer (a view at an odd
+    byte offset) is copied too.  0-d input stays 0-d (unlike
+    ``np.ascontiguousarray``)."""
+    return np.require(x, dtype=dtype, requirements="CA")
+
+
 def as_compute_array(x, name):
     """``(array, compute dtype, result dtype)`` with array C-contiguous in the compute dtype."""
     x = as_ndarray(x, name)
     compute, result = float_dtypes(x.dtype, name)
-    # np.asarray, not ascontiguousarray: the latter turns 0-d input into 1-d
-    return np.asarray(x, dtype=compute, order="C"), compute, result
+    return contiguous(x, compute), compute, result
 
 
 def check_num_threads(num_threads):
@@ -175,9 +183,11 @@ def check_out(out, shape, dtype, name="out"):
 
 
 def aliases_exactly(a, b):
-    """True when a and b are the same C-contiguous memory (an in-place call)."""
+    """True when a and b are the same aligned C-contiguous memory (an in-place
+    call the kernels can take directly)."""
     return (
-        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        a.flags.aligned
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
         and a.size == b.size
         and a.dtype == b.dtype
     )
@@ -207,6 +217,8 @@ class CrossEntropyArgs:
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if isinstance(label_smoothing, (str, bytes)):
+            raise TypeError(f"label_smoothing must be a float, not {label_smoothing!r}")
         try:
             eps = float(label_smoothing)
         except OverflowError:  # a huge int: out of [0, 1] anyway
@@ -241,7 +253,7 @@ class CrossEntropyArgs:
         n_rows, n_classes = x2.shape
         if n_classes == 0 and n_rows > 0:
             raise ValueError(f"logits of shape {x.shape} has no classes (C = 0)")
-        self.logits = np.ascontiguousarray(x2, dtype=self.compute)
+        self.logits = contiguous(x2, self.compute)
         self.n_rows, self.n_classes = n_rows, n_classes
 
         y = as_ndarray(target, "target")
@@ -266,7 +278,7 @@ class CrossEntropyArgs:
                     f"ignore_index={ignore_index} is not supported with probability "
                     "targets (it must be negative)"
                 )
-            self.probs = np.ascontiguousarray(y.reshape(n_rows, n_classes), dtype=self.compute)
+            self.probs = contiguous(y.reshape(n_rows, n_classes), self.compute)
         else:
             raise TypeError(
                 f"target has dtype {y.dtype}: expected integer class indices or "
@@ -282,7 +294,7 @@ class CrossEntropyArgs:
                     f"weight has shape {w.shape}, expected ({n_classes},) for logits "
                     f"of shape {x.shape}"
                 )
-            self.weight = np.ascontiguousarray(w, dtype=self.compute)
+            self.weight = contiguous(w, self.compute)
 
     def check_out(self, out):
         out = check_out(out, self.shape, self.result)
@@ -310,11 +322,11 @@ def _as_label_array(y, ignore_index):
     that is not ``ignore_index``, so the kernels' check still reports that row
     (the message quotes the caller's original value)."""
     if y.dtype in _NATIVE_LABEL_DTYPES:
-        return np.ascontiguousarray(y)
+        return contiguous(y)
     if y.dtype.kind == "u" and y.dtype.itemsize == 8:
         too_big = y > _INT64_MAX
         if too_big.any():
             labels = np.where(too_big, np.uint64(0), y).astype(np.int64)
             labels[too_big] = -1 if ignore_index != -1 else -2
             return labels
-    return np.ascontiguousarray(y, dtype=np.int64)
+    return contiguous(y, np.int64)

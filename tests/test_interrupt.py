@@ -13,6 +13,7 @@ same process.  A process interrupted in a loop of calls stops at the end of the 
 from __future__ import annotations
 
 import _thread
+import gc
 import os
 import signal
 import subprocess
@@ -101,6 +102,8 @@ CALLS = {
 def _interrupted_call(call, mechanism, delay):
     """Run ``call()`` with an interrupt scheduled after ``delay`` s: (raised, seconds until
     the call returned or raised)."""
+    gc.collect()
+    gc.disable()  # a collection before the kernel starts could outlast the delay
     cancel = MECHANISMS[mechanism](delay)
     t0 = time.perf_counter()
     raised = False
@@ -115,6 +118,7 @@ def _interrupted_call(call, mechanism, delay):
         return raised, time.perf_counter() - t0
     finally:
         cancel()
+        gc.enable()
 
 
 @pytest.mark.parametrize(("name", "mechanism", "num_threads"), [
@@ -141,10 +145,12 @@ def test_interrupt_during_a_kernel(problem, name, mechanism, num_threads):
     raised, elapsed = _interrupted_call(lambda: call(x, labels, out, num_threads), mechanism,
                                         duration / 5)
     assert raised, "the KeyboardInterrupt was lost"
-    # the kernel was not cut short: the whole output is there, bit for bit (compared to a
-    # bool first: pytest's diff of two huge byte strings would take hours)
+    # the kernel was not cut short: the whole output is there, bit for bit -- or, if the
+    # interrupt came before the kernel started (the machine stalled the call), none of it
+    # (compared to a bool first: pytest's diff of two huge byte strings would take hours)
     complete = out.tobytes() == want.tobytes()
-    assert complete, "an interrupted call left a partial result"
+    untouched = out.tobytes() == x.tobytes()
+    assert complete or untouched, "an interrupted call left a partial result"
     assert elapsed < duration * 5 + 5, "the interrupt took far longer than the call"
 
     # and the package still works, with the same results, in every function
