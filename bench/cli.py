@@ -101,6 +101,9 @@ def build_parser():
                         help="statistic shown and used for ratios and targets: median of "
                              "the uncontended samples (default) or minimum (default of "
                              "--targets, whose verdicts should not flap with the load)")
+    parser.add_argument("--training", action="store_true",
+                        help="time a PyTorch training step with csoftmax.torch.cross_entropy "
+                             "vs F.cross_entropy (needs torch) and exit")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs")
     parser.add_argument("--json", type=Path,
                         help=f"JSON output (default: {RESULTS_DIR}/<mode>.json)")
@@ -162,6 +165,10 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.training:
+        from . import training
+
+        return training.main(max(_parse_threads(args.threads or "all", report.usable_cores())))
     mode = "targets" if args.targets else "quick" if args.quick else "full"
     cases, settings, dtypes, threads = _plan(args, parser)
     try:
