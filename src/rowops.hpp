@@ -209,18 +209,25 @@ template <typename T> static inline void exp_tail(const T *x, idx_t r, T shift, 
 
 static inline idx_t vector_part(idx_t n) { return n - n % EXP_TAIL; }
 
+/* The tail of an exp-and-sum loop: adds exp(x_l - shift), l < r < EXP_TAIL, to
+ * the running sum s (in order) and stores them in e unless e is NULL. */
+template <typename T> static inline double exp_tail_sum(const T *x, T *e, idx_t r, T shift, double s) {
+    T buf[EXP_TAIL];
+    exp_tail(x, r, shift, buf);
+    for (idx_t l = 0; l < r; ++l) {
+        if (e != NULL) e[l] = buf[l];
+        s += (double)buf[l];
+    }
+    return s;
+}
+
 /* sum_k exp(x_k - shift), in double. */
 template <typename T> static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift) {
     double s = 0.0;
     idx_t nv = vector_part(n);
 #pragma omp simd reduction(+ : s)
     for (idx_t k = 0; k < nv; ++k) s += (double)exp_poly((T)(x[k] - shift));
-    if (nv < n) {
-        T buf[EXP_TAIL];
-        exp_tail(x + nv, n - nv, shift, buf);
-        for (idx_t l = 0; l < n - nv; ++l) s += (double)buf[l];
-    }
-    return s;
+    return nv < n ? exp_tail_sum(x + nv, (T *)NULL, n - nv, shift, s) : s;
 }
 
 /* e_k = exp(x_k - shift) and returns sum_k e_k in double.  e may be x. */
@@ -233,14 +240,7 @@ template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T
         e[k] = v;
         s += (double)v;
     }
-    if (nv < n) {
-        T buf[EXP_TAIL];
-        exp_tail(x + nv, n - nv, shift, buf);
-        for (idx_t l = 0; l < n - nv; ++l) {
-            e[nv + l] = buf[l];
-            s += (double)buf[l];
-        }
-    }
+    if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
     return s;
 }
 
@@ -273,14 +273,7 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
         }
     }
     for (idx_t k = nv; k < n; ++k) a += (double)((w == NULL ? (T)1 : w[k]) * (x[k] - shift));
-    if (nv < n) {
-        T buf[EXP_TAIL];
-        exp_tail(x + nv, n - nv, shift, buf);
-        for (idx_t l = 0; l < n - nv; ++l) {
-            e[nv + l] = buf[l];
-            s += (double)buf[l];
-        }
-    }
+    if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
     *smooth = a;
     return s;
 }
@@ -322,14 +315,7 @@ static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const 
             sd += (double)(yk * d);
         }
     }
-    if (nv < n) {
-        T buf[EXP_TAIL];
-        exp_tail(x + nv, n - nv, shift, buf);
-        for (idx_t l = 0; l < n - nv; ++l) {
-            e[nv + l] = buf[l];
-            s += (double)buf[l];
-        }
-    }
+    if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
     *y_sum = sy;
     *y_dot = sd;
     return s;
