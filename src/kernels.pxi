@@ -73,6 +73,15 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
     void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
     void tile_exp_shifted[T](
         const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
+    void tile_cross_entropy_index[T, L](
+        const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
+        const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
+        double scale) noexcept
+    Py_ssize_t labels_count_bad[L](
+        const L *t, Py_ssize_t n, Py_ssize_t n_classes, Py_ssize_t ignore_index,
+        Py_ssize_t *kept) noexcept
+    # elements of a tile of short rows (its scratch lives on each thread's stack)
+    enum: TILE
 
 
 # ---------------------------------------------------------------------------
@@ -104,8 +113,6 @@ cdef enum:
     # tile_exp_shifted in rowops.hpp); the choice depends on the width only,
     # so every row of a given width always takes the same arithmetic path.
     SHORT_ROW = 32
-    # Elements of one tile: the tile's scratch lives on each thread's stack.
-    TILE = 1024
 
 
 cdef inline Py_ssize_t _tile_rows(Py_ssize_t n) noexcept nogil:
@@ -252,40 +259,6 @@ cdef inline double _cross_entropy_index_row(
         grad, n, t, w, w_total, alpha, beta, x_t, smooth, s, scale)
 
 
-cdef inline void _cross_entropy_index_tile(
-    const floating *x, const label_t *target, Py_ssize_t rows, Py_ssize_t n,
-    Py_ssize_t ignore_index, const floating *w, double w_total, double alpha,
-    double beta, double *loss, floating *grad, double scale,
-) noexcept nogil:
-    cdef floating m[TILE]
-    cdef floating scratch[TILE]
-    cdef double s[TILE]
-    cdef double x_t[TILE]
-    cdef double smooth[TILE]
-    cdef Py_ssize_t labels[TILE]
-    cdef Py_ssize_t r, t
-    cdef floating *e = grad
-    if e == NULL:
-        e = &scratch[0]
-    tile_max(x, rows, n, m)
-    for r in range(rows):
-        t = labels[r] = target[r]  # read once (see _cross_entropy_index_unit)
-        if t != ignore_index and 0 <= t < n:
-            x_t[r] = <double>x[r * n + t] - <double>m[r]
-            smooth[r] = (row_weighted_shifted_sum(x + r * n, w, n, m[r])
-                         if beta != 0.0 else 0.0)
-    tile_exp_shifted(x, e, rows, n, m, s)
-    for r in range(rows):
-        t = labels[r]
-        if t == ignore_index or not 0 <= t < n:
-            loss[r] = _skipped_row(grad if grad == NULL else grad + r * n, n,
-                                   t == ignore_index)
-        else:
-            loss[r] = _cross_entropy_index_finish(
-                grad if grad == NULL else grad + r * n, n, t, w, w_total,
-                alpha, beta, x_t[r], smooth[r], s[r], scale)
-
-
 cdef inline double _cross_entropy_prob_finish(
     floating *grad, const floating *y, Py_ssize_t n, const floating *w,
     double alpha, double beta, double y_sum, double y_dot, double s, double scale,
@@ -403,7 +376,7 @@ cdef inline void _cross_entropy_index_unit(
     cdef Py_ssize_t r0 = i * _tile_rows(n)
     cdef Py_ssize_t t
     if n < SHORT_ROW:
-        _cross_entropy_index_tile(
+        tile_cross_entropy_index(
             x + r0 * n, target + r0, min(_tile_rows(n), n_rows - r0), n, ignore_index,
             w, w_total, alpha, beta, loss + r0, grad if grad == NULL else grad + r0 * n,
             scale)
@@ -538,9 +511,17 @@ def label_summary(const label_t[::1] target, Py_ssize_t n_classes,
     of ``weight[t]`` (of 1 when weight is None) over the non-ignored rows,
     added in row order.
     """
-    cdef Py_ssize_t i, t, bad = -1, n_rows = target.shape[0]
+    cdef Py_ssize_t i, t, bad = -1, n_rows = target.shape[0], kept
     cdef double total = 0.0
     cdef bint weighted = weight is not None
+    if n_rows > 0 and not weighted:
+        # the common case as one vector pass; the scalar loop below finds the
+        # first bad row only when there is one
+        with nogil:
+            bad = labels_count_bad(&target[0], n_rows, n_classes, ignore_index, &kept)
+        if bad == 0:
+            return -1, <double>kept
+        bad = -1
     with nogil:
         for i in range(n_rows):
             t = target[i]

@@ -194,17 +194,71 @@ template <typename T> static CS_REDUCTION int row_has_nan(const T *x, idx_t n) {
     return 0;
 }
 
+/* exp(x) for x <= 0 (or NaN): the exponentials of a row shifted by its
+ * maximum.  Same reduction and polynomial as exp_poly, and the same correctly
+ * rounded result on this domain, with a cheaper scaling: n is in
+ * [-150, 0] (float) / [-1076, 0] (double), so 2^(n + K) is a normal number and
+ * y 2^(n + K) is exact; the constant factor 2^-K then rounds once, where the
+ * result is subnormal.  Four vector instructions fewer than exp_poly's two
+ * variable factors.  Inputs above 0 are clamped to 0. */
+static inline float exp_nonpositive(float x) {
+    const float shifter = 12582912.0f;                /* 1.5 * 2^23 */
+    float xc = x > 0.0f ? 0.0f : x;
+    xc = xc < -104.0f ? -104.0f : xc;                 /* e^-104 < FLT_TRUE_MIN/2 */
+    float t = xc * 1.44269504088896341f + shifter;
+    float n = t - shifter;
+    /* bits(t) - bits(shifter) = n; biased exponent of 2^(n + 25) */
+    uint32_t scale = (float_bits(t) - float_bits(shifter) + 127u + 25u) << 23;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * (r * r) + r + 1.0f;
+    return (y * bits_as_float(scale)) * 2.98023223876953125e-8f;      /* 2^-25 */
+}
+
+static inline double exp_nonpositive(double x) {
+    const double shifter = 6755399441055744.0;         /* 1.5 * 2^52 */
+    double xc = x > 0.0 ? 0.0 : x;
+    xc = xc < -746.0 ? -746.0 : xc;                   /* e^-746 < DBL_TRUE_MIN/2 */
+    double t = xc * 1.4426950408889634074 + shifter;
+    double n = t - shifter;
+    /* biased exponent of 2^(n + 55) */
+    uint64_t scale = (double_bits(t) - double_bits(shifter) + 1023u + 55u) << 52;
+    double r = xc - n * 6.93145751953125e-1;
+    r = r - n * 1.42860682030941723212e-6;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    double y = p * (r * r) + r + 1.0;
+    return (y * bits_as_double(scale)) * 2.7755575615628914e-17;      /* 2^-55 */
+}
+
 /* exp(x_l - shift) for the last r < EXP_TAIL elements of a row, into buf
  * (zeros past r).  The vector loops below stop at a multiple of EXP_TAIL and
  * hand the rest here: one fixed-length vector loop instead of a scalar exp
- * per element, which on short rows (C = 2 .. 30) costs more than the rest. */
+ * per element, which on short rows (C = 2 .. 30) costs more than the rest.
+ * Shifted: x_l - shift <= 0 (shift is the row maximum). */
 enum { EXP_TAIL = 16 };
 
-template <typename T> static inline void exp_tail(const T *x, idx_t r, T shift, T *buf) {
+template <bool Shifted, typename T> static inline void exp_tail(const T *x, idx_t r, T shift, T *buf) {
     for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = (T)-INFINITY;
     for (idx_t l = 0; l < r; ++l) buf[l] = x[l] - shift;
 #pragma omp simd
-    for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = exp_poly(buf[l]);
+    for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = Shifted ? exp_nonpositive(buf[l]) : exp_poly(buf[l]);
 }
 
 static inline idx_t vector_part(idx_t n) { return n - n % EXP_TAIL; }
@@ -213,7 +267,7 @@ static inline idx_t vector_part(idx_t n) { return n - n % EXP_TAIL; }
  * the running sum s (in order) and stores them in e unless e is NULL. */
 template <typename T> static inline double exp_tail_sum(const T *x, T *e, idx_t r, T shift, double s) {
     T buf[EXP_TAIL];
-    exp_tail(x, r, shift, buf);
+    exp_tail<true>(x, r, shift, buf);
     for (idx_t l = 0; l < r; ++l) {
         if (e != NULL) e[l] = buf[l];
         s += (double)buf[l];
@@ -221,24 +275,46 @@ template <typename T> static inline double exp_tail_sum(const T *x, T *e, idx_t 
     return s;
 }
 
-/* sum_k exp(x_k - shift), in double. */
+/* The sums over a row are accumulated in T within blocks of SUM_BLOCK
+ * elements and in double across blocks.  A single double accumulator would
+ * be latency-bound (each float vector is widened into two double vectors that
+ * are added one after the other: 6 cycles per 16 floats, as long as the whole
+ * exp); a float vector accumulator adds 16 lanes per add, and a block of 256
+ * puts at most 16 terms into a lane before the exact widening.  The block
+ * boundaries depend on the row length only, so results do not depend on the
+ * thread count. */
+enum { SUM_BLOCK = 256 };
+
+static inline idx_t block_end(idx_t k0, idx_t nv) { return nv - k0 > SUM_BLOCK ? k0 + SUM_BLOCK : nv; }
+
+/* sum_k exp(x_k - shift), shift = max_k x_k. */
 template <typename T> static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift) {
     double s = 0.0;
     idx_t nv = vector_part(n);
-#pragma omp simd reduction(+ : s)
-    for (idx_t k = 0; k < nv; ++k) s += (double)exp_poly((T)(x[k] - shift));
+    for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
+        idx_t k1 = block_end(k0, nv);
+        T bs = 0;
+#pragma omp simd reduction(+ : bs)
+        for (idx_t k = k0; k < k1; ++k) bs += exp_nonpositive((T)(x[k] - shift));
+        s += (double)bs;
+    }
     return nv < n ? exp_tail_sum(x + nv, (T *)NULL, n - nv, shift, s) : s;
 }
 
-/* e_k = exp(x_k - shift) and returns sum_k e_k in double.  e may be x. */
+/* e_k = exp(x_k - shift) and returns sum_k e_k, shift = max_k x_k.  e may be x. */
 template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
     double s = 0.0;
     idx_t nv = vector_part(n);
-#pragma omp simd reduction(+ : s)
-    for (idx_t k = 0; k < nv; ++k) {
-        T v = exp_poly((T)(x[k] - shift));
-        e[k] = v;
-        s += (double)v;
+    for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
+        idx_t k1 = block_end(k0, nv);
+        T bs = 0;
+#pragma omp simd reduction(+ : bs)
+        for (idx_t k = k0; k < k1; ++k) {
+            T v = exp_nonpositive((T)(x[k] - shift));
+            e[k] = v;
+            bs += v;
+        }
+        s += (double)bs;
     }
     if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
     return s;
@@ -246,33 +322,38 @@ template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T
 
 /* row_exp_store_sum that also returns, in *smooth, sum_k w_k (x_k - shift)
  * (w == NULL: all ones): the label-smoothing term of cross-entropy with class
- * indices, in the same pass over the row.  The product is formed in T and
- * accumulated in double.  e may be x. */
+ * indices, in the same pass over the row.  e may be x. */
 template <typename T>
 static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w, idx_t n, T shift,
                                               double *smooth) {
     double s = 0.0, a = 0.0;
     idx_t nv = vector_part(n);
-    if (w == NULL) {
-#pragma omp simd reduction(+ : s, a)
-        for (idx_t k = 0; k < nv; ++k) {
-            T d = x[k] - shift;
-            T v = exp_poly(d);
-            e[k] = v;
-            s += (double)v;
-            a += (double)d;
-        }
-    } else {
-#pragma omp simd reduction(+ : s, a)
-        for (idx_t k = 0; k < nv; ++k) {
-            T d = x[k] - shift;
-            T v = exp_poly(d);
-            e[k] = v;
-            s += (double)v;
-            a += (double)(w[k] * d);
-        }
-    }
     for (idx_t k = nv; k < n; ++k) a += (double)((w == NULL ? (T)1 : w[k]) * (x[k] - shift));
+    for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
+        idx_t k1 = block_end(k0, nv);
+        T bs = 0, ba = 0;
+        if (w == NULL) {
+#pragma omp simd reduction(+ : bs, ba)
+            for (idx_t k = k0; k < k1; ++k) {
+                T d = x[k] - shift;
+                T v = exp_nonpositive(d);
+                e[k] = v;
+                bs += v;
+                ba += d;
+            }
+        } else {
+#pragma omp simd reduction(+ : bs, ba)
+            for (idx_t k = k0; k < k1; ++k) {
+                T d = x[k] - shift;
+                T v = exp_nonpositive(d);
+                e[k] = v;
+                bs += v;
+                ba += w[k] * d;
+            }
+        }
+        s += (double)bs;
+        a += (double)ba;
+    }
     if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
     *smooth = a;
     return s;
@@ -292,28 +373,35 @@ static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const 
         sy += (double)yk;
         sd += (double)(yk * (x[k] - shift));
     }
-    if (w == NULL) {
-#pragma omp simd reduction(+ : s, sy, sd)
-        for (idx_t k = 0; k < nv; ++k) {
-            T d = x[k] - shift;
-            T yk = alpha * y[k] + beta;
-            T v = exp_poly(d);
-            e[k] = v;
-            s += (double)v;
-            sy += (double)yk;
-            sd += (double)(yk * d);
+    for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
+        idx_t k1 = block_end(k0, nv);
+        T bs = 0, by = 0, bd = 0;
+        if (w == NULL) {
+#pragma omp simd reduction(+ : bs, by, bd)
+            for (idx_t k = k0; k < k1; ++k) {
+                T d = x[k] - shift;
+                T yk = alpha * y[k] + beta;
+                T v = exp_nonpositive(d);
+                e[k] = v;
+                bs += v;
+                by += yk;
+                bd += yk * d;
+            }
+        } else {
+#pragma omp simd reduction(+ : bs, by, bd)
+            for (idx_t k = k0; k < k1; ++k) {
+                T d = x[k] - shift;
+                T yk = w[k] * (alpha * y[k] + beta);
+                T v = exp_nonpositive(d);
+                e[k] = v;
+                bs += v;
+                by += yk;
+                bd += yk * d;
+            }
         }
-    } else {
-#pragma omp simd reduction(+ : s, sy, sd)
-        for (idx_t k = 0; k < nv; ++k) {
-            T d = x[k] - shift;
-            T yk = w[k] * (alpha * y[k] + beta);
-            T v = exp_poly(d);
-            e[k] = v;
-            s += (double)v;
-            sy += (double)yk;
-            sd += (double)(yk * d);
-        }
+        s += (double)bs;
+        sy += (double)by;
+        sd += (double)bd;
     }
     if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
     *y_sum = sy;
@@ -400,10 +488,10 @@ static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n,
         for (idx_t k = 0; k < n; ++k) e[r * n + k] = x[r * n + k] - m[r];
     idx_t total = rows * n, nv = vector_part(total);
 #pragma omp simd
-    for (idx_t k = 0; k < nv; ++k) e[k] = exp_poly(e[k]);
+    for (idx_t k = 0; k < nv; ++k) e[k] = exp_nonpositive(e[k]);
     if (nv < total) {
         T buf[EXP_TAIL];
-        exp_tail(e + nv, total - nv, (T)0, buf);
+        exp_tail<true>(e + nv, total - nv, (T)0, buf);
         for (idx_t l = 0; l < total - nv; ++l) e[nv + l] = buf[l];
     }
     for (idx_t r = 0; r < rows; ++r) {
@@ -440,7 +528,7 @@ template <typename T> static inline void row_log_softmax_backward(const T *g, co
     for (idx_t k = 0; k < nv; ++k) out[k] = g[k] - exp_poly(o[k]) * gsum;
     if (nv < n) {
         T buf[EXP_TAIL];
-        exp_tail(o + nv, n - nv, (T)0, buf);
+        exp_tail<false>(o + nv, n - nv, (T)0, buf);
         for (idx_t l = 0; l < n - nv; ++l) out[nv + l] = g[nv + l] - buf[l] * gsum;
     }
 }
@@ -474,6 +562,223 @@ template <typename T> static inline void row_fill(T *out, idx_t n, T value) {
 
 template <typename T> static inline void row_zero(T *out, idx_t n) {
     memset(out, 0, (size_t)n * sizeof(T));
+}
+
+/* ---- cross-entropy over a tile of short rows ------------------------- */
+
+/* log(x) for x >= 1 (finite) or NaN: the log of a sum of exponentials shifted
+ * by the row maximum, whose largest term is exp(0) = 1.  fdlibm's e_log.c
+ * (error < 1 ulp) without its branches for zero, negative, subnormal and
+ * infinite arguments, so that it vectorises; NaN is passed through. */
+static inline double log_ge1(double x) {
+    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+    const double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
+                 Lg3 = 2.857142874366239149e-01, Lg4 = 2.222219843214978396e-01,
+                 Lg5 = 1.818357216161805012e-01, Lg6 = 1.531383769920937332e-01,
+                 Lg7 = 1.479819860511658591e-01;
+    uint64_t b = double_bits(x);
+    int64_t k = (int64_t)(b >> 52) - 1023;                      /* x >= 1: no sign bit */
+    double f = bits_as_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+    int big = f > 1.4142135623730951;                          /* f in [sqrt2/2, sqrt2) */
+    f = big ? 0.5 * f : f;
+    k = big ? k + 1 : k;
+    f = f - 1.0;
+    double dk = (double)k;
+    double hfsq = 0.5 * f * f;
+    double s = f / (2.0 + f);
+    double z = s * s, w = z * z;
+    double t1 = w * (Lg2 + w * (Lg4 + w * Lg6));
+    double t2 = z * (Lg1 + w * (Lg3 + w * (Lg5 + w * Lg7)));
+    double r = dk * ln2_hi - ((hfsq - (s * (hfsq + t1 + t2) + dk * ln2_lo)) - f);
+    return x == x ? r : x;
+}
+
+/* Cross-entropy with class indices over a tile of `rows` short rows (n < 32,
+ * rows * n <= TILE): the loss of each row into loss[r] and, unless grad is
+ * NULL, the gradient times `scale` into grad (which may be x).  Rows are the
+ * vector lanes here: the max, the target's logit, the smoothing sum, the sum
+ * of the exponentials and the finish (log, loss, gradient coefficients) are
+ * vector loops over rows, and exp and the gradient are flat vector loops over
+ * the tile, so no step costs a scalar loop per row but the placement of the
+ * target's term.  Per row the arithmetic (sums in k order, in double) matches
+ * _cross_entropy_index_row's formulas:
+ *   loss = alpha w_t (lse - x_t) [+ beta (W lse - sum_k w_k (x_k - m))]
+ *   grad = e (alpha w_t [+ beta W]) / s * scale [- beta scale w_k] - [k == t] alpha w_t scale
+ * with W = w_total.  Label t is read once; t == ignore_index gives loss 0 and
+ * a zero gradient row, any other label outside [0, n) a NaN loss and row. */
+enum { TILE = 1024 };
+
+/* row of element j of a tile of rows of width n, inv_n = 1/n in float: exact,
+ * as (j + 1/2)/n is at least 1/(2n) >= 1/64 away from an integer and the
+ * float error is below j 2^-23 < 1/64 for j < TILE. */
+static inline int32_t tile_row(int32_t j, float inv_n) { return (int32_t)(((float)j + 0.5f) * inv_n); }
+
+/* The gradient rows that a cross-entropy tile skips: zero where the label is
+ * ignore_index, NaN where it is outside [0, n). */
+template <typename T> static inline void tile_skipped_row(T *grad, idx_t n, int ignored) {
+    if (ignored)
+        row_zero(grad, n);
+    else
+        row_fill(grad, n, (T)NAN);
+}
+
+template <typename T, typename L>
+static inline void tile_cross_entropy_index_any(
+        const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+    T m[TILE], c1[TILE], ct[TILE], ebuf[TILE];
+    double s[TILE], xt[TILE], wt[TILE], smooth[TILE];
+    int32_t lab[TILE];                 /* the label, -1 ignored, -2 out of range */
+    T *e = grad != NULL ? grad : ebuf;
+    const int32_t total = (int32_t)(rows * n);
+    const float inv_n = 1.0f / (float)n;
+
+    for (idx_t r = 0; r < rows; ++r) m[r] = (T)-INFINITY;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t r = 0; r < rows; ++r) {
+            T v = x[r * n + k];
+            m[r] = v > m[r] ? v : m[r];
+        }
+    }
+#pragma omp simd
+    for (idx_t r = 0; r < rows; ++r) {
+        L t = target[r];
+        int valid = t != (L)ignore_index && t >= 0 && t < (L)n;
+        lab[r] = valid ? (int32_t)t : (t == (L)ignore_index ? -1 : -2);
+    }
+    for (idx_t r = 0; r < rows; ++r) {      /* loads at a data-dependent column */
+        int32_t tt = lab[r] >= 0 ? lab[r] : 0;
+        xt[r] = (double)x[r * n + tt] - (double)m[r];
+        wt[r] = w != NULL ? (double)w[tt] : 1.0;
+    }
+    for (idx_t r = 0; r < rows; ++r) smooth[r] = s[r] = 0.0;
+    if (beta != 0.0) {
+        for (idx_t k = 0; k < n; ++k) {
+            double wk = w != NULL ? (double)w[k] : 1.0;
+#pragma omp simd
+            for (idx_t r = 0; r < rows; ++r) smooth[r] += wk * ((double)x[r * n + k] - (double)m[r]);
+        }
+    }
+    /* x is read for the last time: from here e (= grad) may overwrite it */
+#pragma omp simd
+    for (int32_t j = 0; j < total; ++j) e[j] = exp_nonpositive((T)(x[j] - m[tile_row(j, inv_n)]));
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t r = 0; r < rows; ++r) s[r] += (double)e[r * n + k];
+    }
+    const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+    int special = 0;                   /* rows ignored or out of range */
+#pragma omp simd reduction(+ : special)
+    for (idx_t r = 0; r < rows; ++r) {
+        double lse = log_ge1(s[r]);
+        double aw = alpha * wt[r];
+        double l = aw * (lse - xt[r]);
+        if (beta != 0.0) l += beta * (w_total * lse - smooth[r]);
+        loss[r] = lab[r] >= 0 ? l : (lab[r] == -1 ? 0.0 : (double)NAN);
+        special += lab[r] < 0;
+        c1[r] = (T)((aw + y_extra) / s[r] * scale);
+        ct[r] = (T)(aw * scale);
+    }
+    if (grad == NULL) return;
+    if (beta != 0.0) {
+        const T cb = (T)(beta * scale);
+#pragma omp simd
+        for (int32_t j = 0; j < total; ++j) {
+            int32_t r = tile_row(j, inv_n);
+            T wk = w != NULL ? w[j - r * (int32_t)n] : (T)1;
+            grad[j] = grad[j] * c1[r] - cb * wk;
+        }
+    } else {
+#pragma omp simd
+        for (int32_t j = 0; j < total; ++j) grad[j] = grad[j] * c1[tile_row(j, inv_n)];
+    }
+    for (idx_t r = 0; r < rows; ++r)
+        if (lab[r] >= 0) grad[r * n + lab[r]] -= ct[r];
+    if (special > 0)
+        for (idx_t r = 0; r < rows; ++r)
+            if (lab[r] < 0) tile_skipped_row(grad + r * n, n, lab[r] == -1);
+}
+
+/* tile_cross_entropy_index for rows of two classes: one vector loop over the
+ * rows does everything, with the same formulas and order of operations. */
+template <bool Grad, typename T, typename L>
+static inline void tile_cross_entropy_binary(
+        const T *x, const L *target, idx_t rows, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+    const double w0 = w != NULL ? (double)w[0] : 1.0, w1 = w != NULL ? (double)w[1] : 1.0;
+    const T cb0 = (T)(beta * scale) * (w != NULL ? w[0] : (T)1);
+    const T cb1 = (T)(beta * scale) * (w != NULL ? w[1] : (T)1);
+    const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+    int special = 0;
+#pragma omp simd reduction(+ : special)
+    for (idx_t r = 0; r < rows; ++r) {
+        L t = target[r];
+        int valid = t != (L)ignore_index && t >= 0 && t < 2;
+        int is1 = t == 1;
+        T x0 = x[2 * r], x1 = x[2 * r + 1];
+        T m = x0 > (T)-INFINITY ? x0 : (T)-INFINITY;
+        m = x1 > m ? x1 : m;
+        T e0 = exp_nonpositive((T)(x0 - m)), e1 = exp_nonpositive((T)(x1 - m));
+        double s = (double)e0 + (double)e1;
+        double lse = log_ge1(s);
+        double aw = alpha * (is1 ? w1 : w0);
+        double l = aw * (lse - ((double)(is1 ? x1 : x0) - (double)m));
+        if (beta != 0.0)
+            l += beta * (w_total * lse - (w0 * ((double)x0 - (double)m) + w1 * ((double)x1 - (double)m)));
+        loss[r] = valid ? l : (t == (L)ignore_index ? 0.0 : (double)NAN);
+        special += !valid;
+        if (Grad) {
+            T c1 = (T)((aw + y_extra) / s * scale), ct = (T)(aw * scale);
+            T g0 = e0 * c1, g1 = e1 * c1;
+            if (beta != 0.0) {
+                g0 -= cb0;
+                g1 -= cb1;
+            }
+            grad[2 * r] = is1 ? g0 : g0 - ct;
+            grad[2 * r + 1] = is1 ? g1 - ct : g1;
+        }
+    }
+    if (Grad && special > 0)
+        for (idx_t r = 0; r < rows; ++r) {
+            L t = target[r];
+            if (!(t != (L)ignore_index && t >= 0 && t < 2))
+                tile_skipped_row(grad + 2 * r, 2, t == (L)ignore_index);
+        }
+}
+
+template <typename T, typename L>
+static CS_REDUCTION void tile_cross_entropy_index(
+        const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+    if (n == 2 && grad != NULL)  /* binary classification: the common short row */
+        tile_cross_entropy_binary<true>(x, target, rows, ignore_index, w, w_total, alpha, beta,
+                                        loss, grad, scale);
+    else if (n == 2)
+        tile_cross_entropy_binary<false>(x, target, rows, ignore_index, w, w_total, alpha, beta,
+                                         loss, grad, scale);
+    else
+        tile_cross_entropy_index_any(x, target, rows, n, ignore_index, w, w_total, alpha, beta,
+                                     loss, grad, scale);
+}
+
+/* ---- labels ------------------------------------------------------------ */
+
+/* The number of labels that are neither in [0, n_classes) nor ignore_index,
+ * and in *kept the number of labels that are not ignore_index: the checks
+ * and the "mean" divisor of unweighted cross-entropy, as one vector loop. */
+template <typename L>
+static inline idx_t labels_count_bad(const L *t, idx_t n, idx_t n_classes, idx_t ignore_index,
+                                     idx_t *kept) {
+    idx_t bad = 0, ignored = 0;
+#pragma omp simd reduction(+ : bad, ignored)
+    for (idx_t i = 0; i < n; ++i) {
+        int is_ignored = t[i] == (L)ignore_index;
+        ignored += is_ignored;
+        bad += !is_ignored && (t[i] < 0 || t[i] >= (L)n_classes);
+    }
+    *kept = n - ignored;
+    return bad;
 }
 
 }  // namespace csoftmax

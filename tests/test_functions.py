@@ -661,6 +661,46 @@ def test_cross_entropy_special_values(frontend, smoothing, dtype):
         )
 
 
+@pytest.mark.parametrize("c", [1, 2, 3, 10, 31])
+@pytest.mark.parametrize(("weighted", "smoothing"), [(False, 0.0), (True, 0.0), (True, 0.2)])
+@float_dtypes
+def test_cross_entropy_short_rows_over_tiles(kernel_frontend, c, weighted, smoothing, dtype):
+    """Short rows (C < 32) run a tile of rows at a time, with rows as vector lanes (and a
+    code path of its own for C = 2): several tiles plus a partial one, special rows in
+    the first and the last tile, ignored rows, in place and loss-only."""
+    n = 2 * (1024 // c) + 7
+    rng = make_rng("ce-short-tiles", c, weighted, smoothing)
+    logits, target, w = ce_inputs(n, c, rng, ignore_index=-100, weight=weighted)
+    for r in (1, n - 5):
+        target[r : r + 4] = np.maximum(target[r : r + 4], 0)
+        logits[r, rng.integers(0, c)] = np.nan
+        logits[r + 1, rng.integers(0, c)] = np.inf
+        logits[r + 2] = -np.inf
+        logits[r + 3, target[r + 3]] = -np.inf if c > 1 else 0.0  # target masked: +inf loss
+        logits[r + 4] = [np.nan, np.inf, -np.inf, 1.0][: c] + [0.0] * (c - 4)
+        target[r + 4] = -100  # ignored garbage: exactly zero loss and gradient
+    logits = logits.astype(dtype)
+    w = None if w is None else w.astype(dtype)
+    kw = dict(weight=w, reduction="none", label_smoothing=smoothing)
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, **kw)
+    loss, grad = call_unmodified(kernel_frontend.cross_entropy_with_grad, logits, target, **kw)
+    check_array(loss, exp_loss, dtype, what="loss")
+    check_array(grad, exp_grad, dtype, what="grad")
+    assert np.all(grad[target == -100] == 0) and np.all(loss[target == -100] == 0)
+    check_array(kernel_frontend.cross_entropy(logits, target, **kw), exp_loss, dtype, what="loss")
+    in_place = logits.copy()
+    loss2, grad2 = kernel_frontend.cross_entropy_with_grad(in_place, target, out=in_place, **kw)
+    assert grad2 is in_place
+    assert_bitwise_equal(grad2, grad)
+    assert_bitwise_equal(loss2, loss)
+    for reduction in ("mean", "sum"):
+        kw["reduction"] = reduction
+        finite = np.isfinite(exp_loss) | (target == -100)
+        exp_loss, _ = ref.cross_entropy_with_grad(logits[finite], target[finite], **kw)
+        loss, _ = kernel_frontend.cross_entropy_with_grad(logits[finite], target[finite], **kw)
+        check_loss(loss, exp_loss, dtype, reduction)
+
+
 @pytest.mark.parametrize("kind", ["int", "prob"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @float_dtypes
