@@ -26,12 +26,15 @@ from ._validation import (
 )
 
 # Below this many elements a call runs on one thread: waking a thread team
-# (~1 us) costs more than it saves (measured with bench/, see README).
-SMALL_WORK = 1 << 15
+# (~1-2 us) costs more than it saves.  Measured on 2 cores: fused cross-entropy
+# 16x1000 float32 14.4 us on one thread, 12.1 us on two; 8x1000 no gain.
+SMALL_WORK = 1 << 14
 # A cap on the team size, so that num_threads=10**6 cannot make OpenMP try to
 # start a million threads; results do not depend on the thread count.
 MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+# op codes of the kernels' small_rows
+_SMALL_OPS = {"softmax_rows": 0, "log_softmax_rows": 1}
 
 
 def _threads_for(n_rows, n, num_threads):
@@ -79,12 +82,21 @@ def _run_rows(kernel, inputs, compute, result, axis, out, num_threads):
     return r if result == compute else r.astype(result)
 
 
+_SIGNATURE_DTYPES = {
+    "float": np.dtype(np.float32), "double": np.dtype(np.float64),
+    "int32_t": np.dtype(np.int32), "int64_t": np.dtype(np.int64),
+}
+
+
 def _specialisations(kernel):
-    """{dtype: callable} of a kernel fused over float/double."""
-    sigs = getattr(kernel, "__signatures__", None)
-    if sigs is None:  # the NumPy twin
-        return dict.fromkeys(_NATIVE, kernel)
-    return {np.dtype(np.float32): sigs["float"], np.dtype(np.float64): sigs["double"]}
+    """{(dtype, ...): callable} of a Cython kernel fused over float/double (and
+    int32/int64 labels), keyed by the dtypes of its fused arguments; {} for a
+    plain function (the NumPy twin): the caller then calls the kernel itself."""
+    sigs = getattr(kernel, "__signatures__", None) or {}
+    return {
+        tuple(_SIGNATURE_DTYPES[part] for part in sig.split("|")): specialised
+        for sig, specialised in sigs.items()
+    }
 
 
 def _restore_frontend(name):
@@ -111,8 +123,14 @@ class Frontend:
         # run-time dispatch on the fast path
         self._by_dtype = {
             op: _specialisations(getattr(kernels, op))
-            for op in ("softmax_rows", "log_softmax_rows")
+            for op in ("softmax_rows", "log_softmax_rows", "label_summary",
+                       "cross_entropy_index_rows", "cross_entropy_prob_rows")
         }
+
+    def _kernel(self, op, *dtypes):
+        """The kernel ``op`` specialised for ``dtypes`` (the fused arguments'),
+        or the kernel itself, which then dispatches on its arguments."""
+        return self._by_dtype[op].get(dtypes) or getattr(self.kernels, op)
 
     # -- shared plumbing ---------------------------------------------------
 
@@ -124,7 +142,12 @@ class Frontend:
     def _fast_rows(self, name, x, axis, out, num_threads):
         """The common call -- a C-contiguous float32/float64 ndarray, the last
         axis, no out= -- checked in a few attribute reads, since this sets
-        the overhead of small calls.  Returns None for anything else."""
+        the overhead of small calls (below SMALL_WORK elements the kernel
+        module checks and allocates in C).  Returns None for anything else."""
+        if axis == -1 and out is None and num_threads is None:
+            r = self.kernels.small_rows(_SMALL_OPS[name], x, SMALL_WORK)
+            if r is not None:
+                return r
         if (
             type(x) is np.ndarray
             and out is None
@@ -134,8 +157,8 @@ class Frontend:
             and x.flags.aligned
             and x.size
         ):
-            kernel = self._by_dtype[name].get(x.dtype)
-            if kernel is not None:
+            if x.dtype in _NATIVE:
+                kernel = self._kernel(name, x.dtype)
                 r = np.empty(x.shape, x.dtype)
                 if x.size < SMALL_WORK and num_threads is None:
                     n_threads = 1
@@ -358,13 +381,13 @@ class Frontend:
     def _cross_entropy(self, args, grad, num_threads):
         """Row losses (float64) and the gradient into ``grad`` (or none);
         returns the reduced loss in the result dtype."""
-        k = self.kernels
         n_rows, n_classes = args.n_rows, args.n_classes
         threads = _threads_for(n_rows, n_classes, num_threads)
         row_loss = np.empty(n_rows, np.float64)
         if args.labels is not None:
             w64 = None if args.weight is None else args.weight.astype(np.float64)
-            bad, total = k.label_summary(args.labels, n_classes, args.ignore_index, w64)
+            bad, total = self._kernel("label_summary", args.labels.dtype)(
+                args.labels, n_classes, args.ignore_index, w64)
             if bad >= 0:
                 raise args.bad_label(bad)
         else:
@@ -378,12 +401,12 @@ class Frontend:
             scale = 1.0
         if n_rows:
             if args.labels is not None:
-                k.cross_entropy_index_rows(
+                self._kernel("cross_entropy_index_rows", args.compute, args.labels.dtype)(
                     args.logits, args.labels, args.weight, args.ignore_index,
                     args.label_smoothing, scale, row_loss, grad, threads,
                 )
             else:
-                k.cross_entropy_prob_rows(
+                self._kernel("cross_entropy_prob_rows", args.compute)(
                     args.logits, args.probs, args.weight, args.label_smoothing,
                     scale, row_loss, grad, threads,
                 )

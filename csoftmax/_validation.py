@@ -72,6 +72,13 @@ def contiguous(x, dtype=None):
     The kernels load whole elements, so a misaligned buffer (a view at an odd
     byte offset) is copied too.  0-d input stays 0-d (unlike
     ``np.ascontiguousarray``)."""
+    if (  # the common case, without np.require's ~1 us
+        type(x) is np.ndarray
+        and (dtype is None or x.dtype == dtype)
+        and x.flags.c_contiguous
+        and x.flags.aligned
+    ):
+        return x
     return np.require(x, dtype=dtype, requirements="CA")
 
 

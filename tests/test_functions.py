@@ -359,6 +359,41 @@ def test_row_length_sweep(kernel_frontend, func, dtype):
         )
 
 
+@pytest.mark.parametrize("op", [0, 1], ids=["softmax", "log_softmax"])
+def test_small_rows_shortcut(kernel_frontend, op):
+    """The kernels' C shortcut for small calls computes what the general path computes, and
+    declines (None) everything that is not a small, C-contiguous, aligned, native-order
+    float32/float64 ndarray: those calls take the general path."""
+    k = kernel_frontend.kernels
+    name = ("softmax_rows", "log_softmax_rows")[op]
+    rng = make_rng("small-rows", op)
+    for dtype, shape in itertools.product(FLOAT_DTYPES, [(7,), (3, 5), (2, 3, 40), (1, 1)]):
+        x = normal(shape, rng).astype(dtype)
+        r = k.small_rows(op, x, 1 << 14)
+        if k.__name__ == "csoftmax._numpy_backend":
+            assert r is None  # the NumPy twin has no shortcut
+            continue
+        general = np.empty_like(x)
+        getattr(k, name)(x.reshape(-1, shape[-1]), general.reshape(-1, shape[-1]), 1)
+        assert r.dtype == x.dtype and r.shape == x.shape and r.flags.c_contiguous
+        assert_bitwise_equal(r, general)
+    x = normal((4, 6), rng)
+    misaligned = np.frombuffer(np.zeros(x.nbytes + 1, np.uint8)[1:].data, np.float64).reshape(4, 6)
+    declined = [
+        x[:, ::2],  # not contiguous
+        misaligned,
+        x.astype(">f8"),  # byte-swapped
+        x.astype(np.float16),
+        np.float64(1.0),  # 0-d
+        np.zeros((3, 0)),  # empty
+        normal((200, 100), rng),  # not small
+        x.view(np.matrix),  # a subclass
+        x.tolist(),
+    ]
+    for value in declined:
+        assert k.small_rows(op, value, 1 << 14) is None
+
+
 @pytest.mark.parametrize("kind", ["int", "prob"])
 @float_dtypes
 def test_cross_entropy_row_length_sweep(kernel_frontend, kind, dtype):

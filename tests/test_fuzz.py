@@ -243,7 +243,7 @@ SHAPE = st.one_of(
     st.tuples(dim_size(), dim_size()),
     st.lists(st.integers(0, 6), min_size=0, max_size=4).map(tuple),
     st.tuples(st.integers(1, 3), dim_size(), st.integers(1, 40)),
-    st.tuples(st.integers(250, 400), st.integers(100, 160)),  # > 32768 elements: threads
+    st.tuples(st.integers(250, 400), st.integers(100, 160)),  # > 16384 elements: threads
 )
 
 

@@ -4,7 +4,7 @@ results bitwise identical at 1, 2, 3 and 8 (oversubscribed) OpenMP threads in ev
 every compiled instruction-set variant; absurd thread counts neither crash nor hang.
 
 The kernels release the GIL, so Python threads really run them at the same time, each
-starting its own OpenMP team.  Every input is >= 32768 elements (so the default thread count
+starting its own OpenMP team.  Every input is >= 16384 elements (so the default thread count
 applies) or the thread count is passed explicitly.
 """
 
