@@ -596,22 +596,18 @@ static inline double log_ge1(double x) {
 /* Cross-entropy with class indices over a tile of `rows` short rows (n < 32,
  * rows * n <= TILE): the loss of each row into loss[r] and, unless grad is
  * NULL, the gradient times `scale` into grad (which may be x).  Rows are the
- * vector lanes here: the max, the target's logit, the smoothing sum, the sum
- * of the exponentials and the finish (log, loss, gradient coefficients) are
- * vector loops over rows, and exp and the gradient are flat vector loops over
- * the tile, so no step costs a scalar loop per row but the placement of the
- * target's term.  Per row the arithmetic (sums in k order, in double) matches
+ * vector lanes here: the max, the labels, the smoothing sum, the sum of the
+ * exponentials and the finish (log, loss, gradient coefficients) are vector
+ * loops over rows, and exp is one flat vector loop over the tile; only the
+ * shift by the row's max, the gradient's affine map and the target's logit
+ * are loops per row (a vector gather of per-row values by element is not
+ * emitted by GCC for double).  Per row the arithmetic (sums in k order, in double) matches
  * _cross_entropy_index_row's formulas:
  *   loss = alpha w_t (lse - x_t) [+ beta (W lse - sum_k w_k (x_k - m))]
  *   grad = e (alpha w_t [+ beta W]) / s * scale [- beta scale w_k] - [k == t] alpha w_t scale
  * with W = w_total.  Label t is read once; t == ignore_index gives loss 0 and
  * a zero gradient row, any other label outside [0, n) a NaN loss and row. */
 enum { TILE = 1024 };
-
-/* row of element j of a tile of rows of width n, inv_n = 1/n in float: exact,
- * as (j + 1/2)/n is at least 1/(2n) >= 1/64 away from an integer and the
- * float error is below j 2^-23 < 1/64 for j < TILE. */
-static inline int32_t tile_row(int32_t j, float inv_n) { return (int32_t)(((float)j + 0.5f) * inv_n); }
 
 /* The gradient rows that a cross-entropy tile skips: zero where the label is
  * ignore_index, NaN where it is outside [0, n). */
@@ -630,8 +626,7 @@ static inline void tile_cross_entropy_index_any(
     double s[TILE], xt[TILE], wt[TILE], smooth[TILE];
     int32_t lab[TILE];                 /* the label, -1 ignored, -2 out of range */
     T *e = grad != NULL ? grad : ebuf;
-    const int32_t total = (int32_t)(rows * n);
-    const float inv_n = 1.0f / (float)n;
+    const idx_t total = rows * n;
 
     for (idx_t r = 0; r < rows; ++r) m[r] = (T)-INFINITY;
     for (idx_t k = 0; k < n; ++k) {
@@ -661,8 +656,10 @@ static inline void tile_cross_entropy_index_any(
         }
     }
     /* x is read for the last time: from here e (= grad) may overwrite it */
+    for (idx_t r = 0; r < rows; ++r)
+        for (idx_t k = 0; k < n; ++k) e[r * n + k] = x[r * n + k] - m[r];
 #pragma omp simd
-    for (int32_t j = 0; j < total; ++j) e[j] = exp_nonpositive((T)(x[j] - m[tile_row(j, inv_n)]));
+    for (idx_t j = 0; j < total; ++j) e[j] = exp_nonpositive(e[j]);
     for (idx_t k = 0; k < n; ++k) {
 #pragma omp simd
         for (idx_t r = 0; r < rows; ++r) s[r] += (double)e[r * n + k];
@@ -681,20 +678,15 @@ static inline void tile_cross_entropy_index_any(
         ct[r] = (T)(aw * scale);
     }
     if (grad == NULL) return;
-    if (beta != 0.0) {
-        const T cb = (T)(beta * scale);
-#pragma omp simd
-        for (int32_t j = 0; j < total; ++j) {
-            int32_t r = tile_row(j, inv_n);
-            T wk = w != NULL ? w[j - r * (int32_t)n] : (T)1;
-            grad[j] = grad[j] * c1[r] - cb * wk;
-        }
-    } else {
-#pragma omp simd
-        for (int32_t j = 0; j < total; ++j) grad[j] = grad[j] * c1[tile_row(j, inv_n)];
+    const T cb = (T)(beta * scale);
+    for (idx_t r = 0; r < rows; ++r) {
+        T *g = grad + r * n;
+        if (beta != 0.0)
+            row_grad_affine(g, w, n, c1[r], cb);
+        else
+            row_scale(g, n, c1[r]);
+        if (lab[r] >= 0) g[lab[r]] -= ct[r];
     }
-    for (idx_t r = 0; r < rows; ++r)
-        if (lab[r] >= 0) grad[r * n + lab[r]] -= ct[r];
     if (special > 0)
         for (idx_t r = 0; r < rows; ++r)
             if (lab[r] < 0) tile_skipped_row(grad + r * n, n, lab[r] == -1);
