@@ -594,6 +594,29 @@ static inline double log_ge1(double x) {
     return x == x ? r : x;
 }
 
+/* log_ge1 in float, for float32 logits, whose loss needs no more: FreeBSD's
+ * e_logf.c (error < 1 ulp of float) in the same branch-free form. */
+static inline float log_ge1(float x) {
+    const float ln2_hi = 6.9313812256e-01f, ln2_lo = 9.0580006145e-06f;
+    const float Lg1 = 0.66666662693f, Lg2 = 0.40000972152f, Lg3 = 0.28498786688f,
+                Lg4 = 0.24279078841f;
+    uint32_t b = float_bits(x);
+    int32_t k = (int32_t)(b >> 23) - 127;
+    float f = bits_as_float((b & 0x007fffffu) | 0x3f800000u);
+    int big = f > 1.41421356f;
+    f = big ? 0.5f * f : f;
+    k = big ? k + 1 : k;
+    f = f - 1.0f;
+    float dk = (float)k;
+    float hfsq = 0.5f * f * f;
+    float s = f / (2.0f + f);
+    float z = s * s, w = z * z;
+    float t1 = w * (Lg2 + w * Lg4);
+    float t2 = z * (Lg1 + w * Lg3);
+    float r = dk * ln2_hi - ((hfsq - (s * (hfsq + t1 + t2) + dk * ln2_lo)) - f);
+    return x == x ? r : x;
+}
+
 /* Cross-entropy with class indices over a tile of `rows` short rows (n < 32,
  * rows * n <= TILE): the loss of each row into loss[r] and, unless grad is
  * NULL, the gradient times `scale` into grad (which may be x).  Rows are the
@@ -669,7 +692,7 @@ static inline void tile_cross_entropy_index_any(
     int special = 0;                   /* rows ignored or out of range */
 #pragma omp simd reduction(+ : special)
     for (idx_t r = 0; r < rows; ++r) {
-        double lse = log_ge1(s[r]);
+        double lse = (double)log_ge1((T)s[r]);   /* the logits' precision */
         double aw = alpha * wt[r];
         double l = aw * (lse - xt[r]);
         if (beta != 0.0) l += beta * (w_total * lse - smooth[r]);
@@ -714,7 +737,7 @@ static inline void tile_cross_entropy_binary(
         m = x1 > m ? x1 : m;
         T e0 = exp_nonpositive((T)(x0 - m)), e1 = exp_nonpositive((T)(x1 - m));
         double s = (double)e0 + (double)e1;
-        double lse = log_ge1(s);
+        double lse = (double)log_ge1((T)s);
         double aw = alpha * (is1 ? w1 : w0);
         double l = aw * (lse - ((double)(is1 ? x1 : x0) - (double)m));
         if (beta != 0.0)
