@@ -108,19 +108,16 @@ static inline uint64_t double_bits(double d) { uint64_t u; memcpy(&u, &d, sizeof
 /* exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2)/2.
  * n is found by adding a "shifter" (1.5 * 2^mantissa_bits): the sum's low
  * mantissa bits then hold n, read without a float->int conversion (which is
- * undefined for NaN).  2^n is applied as two factors 2^(n/2) * 2^(n - n/2),
- * both normal numbers, so results that are subnormal or that overflow are
- * rounded once, correctly.  The clamps keep n in range; NaN passes through
- * them (every comparison with NaN is false) and poisons r, hence the result. */
-static inline float exp_poly(float x) {
-    const float shifter = 12582912.0f;                /* 1.5 * 2^23 */
-    float xc = x > 88.8f ? 88.8f : x;                  /* e^88.8 > FLT_MAX */
-    xc = xc < -104.0f ? -104.0f : xc;                 /* e^-104 < FLT_TRUE_MIN/2 */
+ * undefined for NaN).  exp_reduced returns exp(r) and n for an argument
+ * already clamped to the range where n fits; NaN passes through the clamps
+ * (every comparison with NaN is false) and poisons r, hence the result. */
+static inline float exp_reduced(float xc, int32_t *n) {
+    const float shifter = 12582912.0f;                 /* 1.5 * 2^23 */
     float t = xc * 1.44269504088896341f + shifter;
-    float n = t - shifter;
-    int32_t ni = (int32_t)(float_bits(t) - float_bits(shifter));
-    float r = xc - n * 0.693359375f;                   /* Cody-Waite ln2 split */
-    r = r - n * -2.12194440e-4f;
+    float nf = t - shifter;
+    *n = (int32_t)(float_bits(t) - float_bits(shifter));
+    float r = xc - nf * 0.693359375f;                  /* Cody-Waite ln2 split */
+    r = r - nf * -2.12194440e-4f;
     /* Cephes expf minimax polynomial, relative error < 1 ulp on |r| <= ln2/2 */
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -128,23 +125,16 @@ static inline float exp_poly(float x) {
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    float y = p * (r * r) + r + 1.0f;
-    int32_t n1 = ni >> 1;
-    int32_t n2 = ni - n1;
-    float s1 = bits_as_float((uint32_t)(n1 + 127) << 23);
-    float s2 = bits_as_float((uint32_t)(n2 + 127) << 23);
-    return (y * s1) * s2;
+    return p * (r * r) + r + 1.0f;
 }
 
-static inline double exp_poly(double x) {
-    const double shifter = 6755399441055744.0;         /* 1.5 * 2^52 */
-    double xc = x > 709.9 ? 709.9 : x;                 /* e^709.9 > DBL_MAX */
-    xc = xc < -746.0 ? -746.0 : xc;                   /* e^-746 < DBL_TRUE_MIN/2 */
+static inline double exp_reduced(double xc, int64_t *n) {
+    const double shifter = 6755399441055744.0;          /* 1.5 * 2^52 */
     double t = xc * 1.4426950408889634074 + shifter;
-    double n = t - shifter;
-    int64_t ni = (int64_t)(double_bits(t) - double_bits(shifter));
-    double r = xc - n * 6.93145751953125e-1;           /* Cody-Waite ln2 split */
-    r = r - n * 1.42860682030941723212e-6;
+    double nf = t - shifter;
+    *n = (int64_t)(double_bits(t) - double_bits(shifter));
+    double r = xc - nf * 6.93145751953125e-1;           /* Cody-Waite ln2 split */
+    r = r - nf * 1.42860682030941723212e-6;
     /* Taylor series to degree 13: truncation error < 5e-18 on |r| <= ln2/2 */
     double p = 1.0 / 6227020800.0;
     p = p * r + 1.0 / 479001600.0;
@@ -158,12 +148,59 @@ static inline double exp_poly(double x) {
     p = p * r + 1.0 / 24.0;
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
-    double y = p * (r * r) + r + 1.0;
-    int64_t n1 = ni >> 1;
-    int64_t n2 = ni - n1;
+    return p * (r * r) + r + 1.0;
+}
+
+/* exp(x) for any x.  2^n is applied as two factors 2^(n/2) * 2^(n - n/2),
+ * both normal numbers, so results that are subnormal or that overflow are
+ * rounded once, correctly. */
+static inline float exp_poly(float x) {
+    float xc = x > 88.8f ? 88.8f : x;                  /* e^88.8 > FLT_MAX */
+    xc = xc < -104.0f ? -104.0f : xc;                 /* e^-104 < FLT_TRUE_MIN/2 */
+    int32_t n;
+    float y = exp_reduced(xc, &n);
+    int32_t n1 = n >> 1;
+    int32_t n2 = n - n1;
+    float s1 = bits_as_float((uint32_t)(n1 + 127) << 23);
+    float s2 = bits_as_float((uint32_t)(n2 + 127) << 23);
+    return (y * s1) * s2;
+}
+
+static inline double exp_poly(double x) {
+    double xc = x > 709.9 ? 709.9 : x;                 /* e^709.9 > DBL_MAX */
+    xc = xc < -746.0 ? -746.0 : xc;                   /* e^-746 < DBL_TRUE_MIN/2 */
+    int64_t n;
+    double y = exp_reduced(xc, &n);
+    int64_t n1 = n >> 1;
+    int64_t n2 = n - n1;
     double s1 = bits_as_double((uint64_t)(n1 + 1023) << 52);
     double s2 = bits_as_double((uint64_t)(n2 + 1023) << 52);
     return (y * s1) * s2;
+}
+
+/* exp(x) for x <= 0 (or NaN): the exponentials of a row shifted by its
+ * maximum.  The same correctly rounded result as exp_poly on this domain,
+ * with a cheaper scaling: n is in [-150, 0] (float) / [-1076, 0] (double),
+ * so 2^(n + K) is a normal number and y 2^(n + K) is exact; the constant
+ * factor 2^-K then rounds once, where the result is subnormal.  Only x <= 0
+ * or NaN are valid: the callers pass x_k - max_k x_k, which IEEE subtraction
+ * keeps <= 0, and skipping a clamp from above (with the single factor: a
+ * sixth of the time) is the point (larger x give wrong values, never
+ * undefined behaviour). */
+static inline float exp_nonpositive(float x) {
+    float xc = x < -104.0f ? -104.0f : x;             /* e^-104 < FLT_TRUE_MIN/2 */
+    int32_t n;
+    float y = exp_reduced(xc, &n);
+    float scale = bits_as_float((uint32_t)(n + 127 + 25) << 23);       /* 2^(n + 25) */
+    return (y * scale) * 2.98023223876953125e-8f;                       /* 2^-25 */
+}
+
+static inline double exp_nonpositive(double x) {
+    double xc = x < -746.0 ? -746.0 : x;              /* e^-746 < DBL_TRUE_MIN/2 */
+    int64_t n;
+    double y = exp_reduced(xc, &n);
+    double scale = bits_as_double((uint64_t)(n + 1023 + 55) << 52);    /* 2^(n + 55) */
+    return (y * scale) * 2.7755575615628914e-17;                        /* 2^-55 */
 }
 
 /* ---- reductions over one row -------------------------------------------- */
@@ -192,60 +229,6 @@ template <typename T> static CS_REDUCTION int row_has_nan(const T *x, idx_t n) {
     for (idx_t k = 0; k < n; ++k)
         if (x[k] != x[k]) return 1;
     return 0;
-}
-
-/* exp(x) for x <= 0 (or NaN): the exponentials of a row shifted by its
- * maximum.  Same reduction and polynomial as exp_poly, and the same correctly
- * rounded result on this domain, with a cheaper scaling: n is in
- * [-150, 0] (float) / [-1076, 0] (double), so 2^(n + K) is a normal number and
- * y 2^(n + K) is exact; the constant factor 2^-K then rounds once, where the
- * result is subnormal.  Four vector instructions fewer than exp_poly's two
- * variable factors.  Only x <= 0 or NaN are valid: the callers pass
- * x_k - max_k x_k, which IEEE subtraction keeps <= 0, and skipping a clamp
- * from above saves a sixth of the time (larger x give wrong values, never
- * undefined behaviour). */
-static inline float exp_nonpositive(float x) {
-    const float shifter = 12582912.0f;                /* 1.5 * 2^23 */
-    float xc = x < -104.0f ? -104.0f : x;             /* e^-104 < FLT_TRUE_MIN/2 */
-    float t = xc * 1.44269504088896341f + shifter;
-    float n = t - shifter;
-    /* bits(t) - bits(shifter) = n; biased exponent of 2^(n + 25) */
-    uint32_t scale = (float_bits(t) - float_bits(shifter) + 127u + 25u) << 23;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * (r * r) + r + 1.0f;
-    return (y * bits_as_float(scale)) * 2.98023223876953125e-8f;      /* 2^-25 */
-}
-
-static inline double exp_nonpositive(double x) {
-    const double shifter = 6755399441055744.0;         /* 1.5 * 2^52 */
-    double xc = x < -746.0 ? -746.0 : x;              /* e^-746 < DBL_TRUE_MIN/2 */
-    double t = xc * 1.4426950408889634074 + shifter;
-    double n = t - shifter;
-    /* biased exponent of 2^(n + 55) */
-    uint64_t scale = (double_bits(t) - double_bits(shifter) + 1023u + 55u) << 52;
-    double r = xc - n * 6.93145751953125e-1;
-    r = r - n * 1.42860682030941723212e-6;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    double y = p * (r * r) + r + 1.0;
-    return (y * bits_as_double(scale)) * 2.7755575615628914e-17;      /* 2^-55 */
 }
 
 /* exp(x_l - shift) for the last r < EXP_TAIL elements of a row, into buf
