@@ -149,6 +149,23 @@ class Csoftmax(Peer):
 
 
 @dataclass
+class CsoftmaxPlain(Peer):
+    """csoftmax's plain integer-target call (no weight, ignore_index or
+    smoothing; ignored rows get class 0) on the weighted case's logits, with
+    ``out=``: the "relative" target compares the two timed interleaved, in one
+    case, rather than two cases timed minutes apart."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        if not op.weighted or not op.with_grad:
+            return None
+        func = self._mod.cross_entropy_with_grad
+        x = inputs["x"]
+        target = np.where(inputs["target"] == IGNORE_INDEX, 0, inputs["target"])
+        out = np.empty_like(x)
+        return Prepared(lambda: func(x, target, out=out, num_threads=threads), verify=False)
+
+
+@dataclass
 class Scipy(Peer):
     """``scipy.special.softmax``, ``log_softmax`` and ``logsumexp``."""
 
@@ -253,6 +270,7 @@ def all_peers():
     return [
         Csoftmax("csoftmax", "csoftmax", "csoftmax"),
         Csoftmax("csoftmax_out", "csoftmax out=", "csoftmax", out=True),
+        CsoftmaxPlain("csoftmax_plain", "csoftmax plain out=", "csoftmax"),
         Csoftmax("numpy_twin", "NumPy twin", "csoftmax._numpy_backend", threaded=False),
         Scipy("scipy", "SciPy", "scipy.special", threaded=False),
         Sklearn("sklearn", "sklearn", "sklearn._loss.loss"),

@@ -71,6 +71,7 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         T *e, const T *y, const T *w, Py_ssize_t n, T c1, T a2, T b2) noexcept
     void row_zero[T](T *out, Py_ssize_t n) noexcept
     void row_fill[T](T *out, Py_ssize_t n, T value) noexcept
+    void row_prefetch[T](const T *x, Py_ssize_t n) noexcept
     void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
     void tile_exp_shifted[T](
         const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
@@ -387,6 +388,7 @@ cdef inline void _cross_entropy_index_unit(
         return
     t = target[i]
     if t == ignore_index or not 0 <= t < n:
+        row_prefetch(x + i * n, n)
         loss[i] = _skipped_row(grad if grad == NULL else grad + i * n, n,
                                t == ignore_index)
     else:

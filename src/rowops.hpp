@@ -540,6 +540,13 @@ template <typename T> static inline void row_grad_soft(T *e, const T *y, const T
     }
 }
 
+/* Prefetches a row that is skipped (an ignored cross-entropy row): reading
+ * past it in memory order keeps the hardware prefetchers' streams going, and
+ * the next row arrives as fast as after a computed one. */
+template <typename T> static inline void row_prefetch(const T *x, idx_t n) {
+    for (idx_t k = 0; k < n; k += 64 / (idx_t)sizeof(T)) __builtin_prefetch(x + k);
+}
+
 template <typename T> static inline void row_fill(T *out, idx_t n, T value) {
     for (idx_t k = 0; k < n; ++k) out[k] = value;
 }
@@ -645,9 +652,9 @@ static inline void tile_cross_entropy_index_any(
     }
 #pragma omp simd
     for (idx_t r = 0; r < rows; ++r) {
-        L t = target[r];
-        int valid = t != (L)ignore_index && t >= 0 && t < (L)n;
-        lab[r] = valid ? (int32_t)t : (t == (L)ignore_index ? -1 : -2);
+        idx_t t = (idx_t)target[r];  /* compared in 64 bits: ignore_index need not fit in L */
+        int valid = t != ignore_index && t >= 0 && t < n;
+        lab[r] = valid ? (int32_t)t : (t == ignore_index ? -1 : -2);
     }
     for (idx_t r = 0; r < rows; ++r) {      /* loads at a data-dependent column */
         int32_t tt = lab[r] >= 0 ? lab[r] : 0;
@@ -712,8 +719,8 @@ static inline void tile_cross_entropy_binary(
     int special = 0;
 #pragma omp simd reduction(+ : special)
     for (idx_t r = 0; r < rows; ++r) {
-        L t = target[r];
-        int valid = t != (L)ignore_index && t >= 0 && t < 2;
+        idx_t t = (idx_t)target[r];  /* compared in 64 bits: ignore_index need not fit in L */
+        int valid = t != ignore_index && t >= 0 && t < 2;
         int is1 = t == 1;
         T x0 = x[2 * r], x1 = x[2 * r + 1];
         T m = x0 > (T)-INFINITY ? x0 : (T)-INFINITY;
@@ -725,7 +732,7 @@ static inline void tile_cross_entropy_binary(
         double l = aw * (lse - ((double)(is1 ? x1 : x0) - (double)m));
         if (beta != 0.0)
             l += beta * (w_total * lse - (w0 * ((double)x0 - (double)m) + w1 * ((double)x1 - (double)m)));
-        loss[r] = valid ? l : (t == (L)ignore_index ? 0.0 : (double)NAN);
+        loss[r] = valid ? l : (t == ignore_index ? 0.0 : (double)NAN);
         special += !valid;
         if (Grad) {
             T c1 = (T)((aw + y_extra) / s * scale), ct = (T)(aw * scale);
@@ -740,9 +747,9 @@ static inline void tile_cross_entropy_binary(
     }
     if (Grad && special > 0)
         for (idx_t r = 0; r < rows; ++r) {
-            L t = target[r];
-            if (!(t != (L)ignore_index && t >= 0 && t < 2))
-                tile_skipped_row(grad + 2 * r, 2, t == (L)ignore_index);
+            idx_t t = (idx_t)target[r];  /* compared in 64 bits: ignore_index need not fit in L */
+            if (!(t != ignore_index && t >= 0 && t < 2))
+                tile_skipped_row(grad + 2 * r, 2, t == ignore_index);
         }
 }
 
@@ -772,9 +779,10 @@ static inline idx_t labels_count_bad(const L *t, idx_t n, idx_t n_classes, idx_t
     idx_t bad = 0, ignored = 0;
 #pragma omp simd reduction(+ : bad, ignored)
     for (idx_t i = 0; i < n; ++i) {
-        int is_ignored = t[i] == (L)ignore_index;
+        idx_t ti = (idx_t)t[i];          /* in 64 bits: ignore_index need not fit in L */
+        int is_ignored = ti == ignore_index;
         ignored += is_ignored;
-        bad += !is_ignored && (t[i] < 0 || t[i] >= (L)n_classes);
+        bad += !is_ignored && (ti < 0 || ti >= n_classes);
     }
     *kept = n - ignored;
     return bad;

@@ -736,6 +736,23 @@ def test_cross_entropy_short_rows_over_tiles(kernel_frontend, c, weighted, smoot
         check_loss(loss, exp_loss, dtype, reduction)
 
 
+@pytest.mark.parametrize("c", [1, 2, 3, 40])
+@pytest.mark.parametrize("ignore_index", [-(2**63), 2**32, 2**31 - 1 + 2**32])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+def test_cross_entropy_ignore_index_beyond_label_dtype(kernel_frontend, c, ignore_index,
+                                                        label_dtype):
+    """An ignore_index that int32 labels cannot hold ignores nothing: it must not be
+    narrowed to the labels' dtype (-2**63 and 2**32 become 0, 2**31 - 1 + 2**32 becomes
+    -1 ... as int32), in the label check or in any kernel path."""
+    rng = make_rng("ce-ignore-wide", c, ignore_index)
+    logits = normal((50, c), rng)
+    target = (np.arange(50) % c).astype(label_dtype)
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target.astype(np.int64))
+    loss, grad = kernel_frontend.cross_entropy_with_grad(logits, target, ignore_index=ignore_index)
+    check_loss(loss, exp_loss, np.float64, "mean")
+    check_array(grad, exp_grad, np.float64, what="grad")
+
+
 @pytest.mark.parametrize("kind", ["int", "prob"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @float_dtypes
