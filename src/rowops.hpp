@@ -725,7 +725,11 @@ static inline void tile_cross_entropy_binary(
         T x0 = x[2 * r], x1 = x[2 * r + 1];
         T m = x0 > (T)-INFINITY ? x0 : (T)-INFINITY;
         m = x1 > m ? x1 : m;
-        T e0 = exp_nonpositive((T)(x0 - m)), e1 = exp_nonpositive((T)(x1 - m));
+        /* one of d0, d1 is 0 (exp = 1 exactly) unless NaN is about: one exp of
+         * their sum gives the other, and NaN still reaches both sums */
+        T d0 = x0 - m, d1 = x1 - m;
+        T ex = exp_nonpositive((T)(d0 + d1));
+        T e0 = d0 == (T)0 ? (T)1 : ex, e1 = d1 == (T)0 ? (T)1 : ex;
         double s = (double)e0 + (double)e1;
         double lse = (double)log_ge1((T)s);
         double aw = alpha * (is1 ? w1 : w0);
