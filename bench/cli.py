@@ -22,6 +22,10 @@ from pathlib import Path
 from . import report, targets
 from .ops import OPS, SHAPE_GROUPS, parse_shapes, shape_label
 from .peers import PEER_NAMES, all_peers
+
+#: The peers that the targets compare with (the NumPy twin and SciPy, slow and
+#: in no criterion, would take most of each case's timing budget).
+TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "sklearn", "torch", "copyto"]
 from .runner import Case, Settings, run_plan
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -92,7 +96,8 @@ def build_parser():
     parser.add_argument("--threads", help="comma-separated thread counts, 'all' = usable "
                                           "cores (default: 1,all; --quick/--targets: all)")
     parser.add_argument("--peers", help="restrict the peers timed beside csoftmax "
-                                        "(default: every installed one)")
+                                        "(default: every installed one; --targets: "
+                                        "those its criteria use)")
     parser.add_argument("--budget", type=float,
                         help="seconds of interleaved timing per case (default: "
                              f"{FULL['budget']}; --quick: {QUICK['budget']}; --targets: "
@@ -172,7 +177,8 @@ def main(argv=None):
     mode = "targets" if args.targets else "quick" if args.quick else "full"
     cases, settings, dtypes, threads = _plan(args, parser)
     try:
-        wanted = _parse_peers(args.peers) if args.peers else PEER_NAMES
+        wanted = (_parse_peers(args.peers) if args.peers
+                  else TARGET_PEERS if args.targets else PEER_NAMES)
     except ValueError as exc:
         parser.error(str(exc))
     try:
