@@ -22,13 +22,12 @@ from pathlib import Path
 from . import report, targets
 from .ops import OPS, SHAPE_GROUPS, parse_shapes, shape_label
 from .peers import PEER_NAMES, all_peers
-
-#: The peers that the targets compare with (the NumPy twin and SciPy, slow and
-#: in no criterion, would take most of each case's timing budget).
-TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "sklearn", "torch", "copyto"]
 from .runner import Case, Settings, run_plan
 
 RESULTS_DIR = Path(__file__).parent / "results"
+#: The peers that the targets compare with (the NumPy twin and SciPy, slow and
+#: in no criterion, would take most of each case's timing budget).
+TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "sklearn", "torch", "copyto"]
 DTYPES = {"float32": "float32", "f32": "float32", "32": "float32",
           "float64": "float64", "f64": "float64", "64": "float64"}
 #: Defaults of ``--quick``: a few shapes, float32, all cores, small budgets.

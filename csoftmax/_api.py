@@ -143,11 +143,12 @@ class Frontend:
         """The common call -- a C-contiguous float32/float64 ndarray, the last
         axis, no out= -- checked in a few attribute reads, since this sets
         the overhead of small calls (below SMALL_WORK elements the kernel
-        module checks and allocates in C).  Returns None for anything else."""
-        if axis == -1 and out is None and (
+        module checks, and allocates unless out= is given, in C).  Returns
+        None for anything else."""
+        if axis == -1 and (
             num_threads is None or (type(num_threads) is int and num_threads >= 1)
         ):  # small work runs on one thread whatever num_threads says
-            r = self.kernels.small_rows(_SMALL_OPS[name], x, SMALL_WORK)
+            r = self.kernels.small_rows(_SMALL_OPS[name], x, out, SMALL_WORK)
             if r is not None:
                 return r
         if (

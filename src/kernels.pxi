@@ -432,13 +432,34 @@ cdef inline void _small_rows_serial(
             _log_softmax_unit(x, out, n_rows, n, i)
 
 
-def small_rows(int op, object x, Py_ssize_t small_work):
-    """softmax (op 0) or log_softmax (op 1) over the last axis of x into a new
-    array, on one thread, when x is a C-contiguous, aligned, native-order
-    float32/float64 ndarray of 1 to small_work - 1 elements; None for anything
-    else (the caller takes the general path).  It exists for the overhead of
-    small calls: the checks are a few C reads, there is one allocation and no
-    memoryview (acquiring two costs ~0.6 us, as much as a 1x1000 softmax)."""
+cdef inline bint _small_array(object v, int nd, cnp.npy_intp *dims, int typenum,
+                              bint writeable) noexcept:
+    """v is an ndarray (not a subclass) of this shape and float type, C-contiguous,
+    aligned, native byte order (and writeable if asked)."""
+    if type(v) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>v
+    cdef int i
+    if (cnp.PyArray_NDIM(a) != nd or cnp.PyArray_TYPE(a) != typenum
+            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or (writeable and not cnp.PyArray_ISWRITEABLE(a))):
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIMS(a)[i] != dims[i]:
+            return False
+    return True
+
+
+def small_rows(int op, object x, object out, Py_ssize_t small_work):
+    """softmax (op 0) or log_softmax (op 1) over the last axis of x, on one
+    thread, into out (or a new array when out is None), when x is a
+    C-contiguous, aligned, native-order float32/float64 ndarray of 1 to
+    small_work - 1 elements and out such an array of x's shape and dtype,
+    writeable, either x itself or not overlapping it.  Returns the result, or
+    None for anything else (the caller takes the general path, which also
+    raises the errors).  It exists for the overhead of small calls: the checks
+    are a few C reads, there is at most one allocation and no memoryview
+    (acquiring two costs ~0.6 us, as much as a 1x1000 softmax)."""
     if type(x) is not cnp.ndarray:
         return None
     cdef cnp.ndarray a = <cnp.ndarray>x
@@ -447,10 +468,23 @@ def small_rows(int op, object x, Py_ssize_t small_work):
     cdef Py_ssize_t size = cnp.PyArray_SIZE(a)
     if (nd == 0 or size == 0 or size >= small_work
             or (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64)
-            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+            or not _small_array(a, nd, cnp.PyArray_DIMS(a), typenum, False)):
         return None
+    cdef cnp.ndarray r
+    cdef char *xb
+    cdef char *rb
+    cdef Py_ssize_t nbytes = size * cnp.PyArray_ITEMSIZE(a)
+    if out is None:
+        r = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
+    else:
+        if not _small_array(out, nd, cnp.PyArray_DIMS(a), typenum, True):
+            return None
+        r = <cnp.ndarray>out
+        xb = <char *>cnp.PyArray_DATA(a)
+        rb = <char *>cnp.PyArray_DATA(r)
+        if rb != xb and rb < xb + nbytes and xb < rb + nbytes:
+            return None  # a partial overlap: the general path refuses it
     cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[nd - 1]
-    cdef cnp.ndarray r = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _small_rows_serial(op, <const float *>cnp.PyArray_DATA(a),

@@ -369,7 +369,7 @@ def test_small_rows_shortcut(kernel_frontend, op):
     rng = make_rng("small-rows", op)
     for dtype, shape in itertools.product(FLOAT_DTYPES, [(7,), (3, 5), (2, 3, 40), (1, 1)]):
         x = normal(shape, rng).astype(dtype)
-        r = k.small_rows(op, x, 1 << 14)
+        r = k.small_rows(op, x, None, 1 << 14)
         if k.__name__ == "csoftmax._numpy_backend":
             assert r is None  # the NumPy twin has no shortcut
             continue
@@ -391,7 +391,28 @@ def test_small_rows_shortcut(kernel_frontend, op):
         x.tolist(),
     ]
     for value in declined:
-        assert k.small_rows(op, value, 1 << 14) is None
+        assert k.small_rows(op, value, None, 1 << 14) is None
+    if k.__name__ == "csoftmax._numpy_backend":
+        return
+    # out=: written in place of x, or into a separate array; declined where the general
+    # path has to decide (wrong shape/dtype/layout, read-only, partial overlap)
+    for dtype in FLOAT_DTYPES:
+        x = normal((6, 10), rng).astype(dtype)
+        expected = k.small_rows(op, x, None, 1 << 14)
+        out = np.full_like(x, 7.0)
+        assert k.small_rows(op, x, out, 1 << 14) is out
+        assert_bitwise_equal(out, expected)
+        y = x.copy()
+        assert k.small_rows(op, y, y, 1 << 14) is y
+        assert_bitwise_equal(y, expected)
+        buf = np.zeros(120, dtype)
+        readonly = np.zeros_like(x)
+        readonly.flags.writeable = False
+        for bad_out in [np.zeros((6, 11), dtype), np.zeros((6, 10), np.float16),
+                        np.zeros((10, 6), dtype).T, readonly,
+                        np.zeros((6, 10), dtype).view(np.matrix), buf[:60].reshape(6, 10)]:
+            src = buf[30:90].reshape(6, 10) if bad_out.base is buf else x
+            assert k.small_rows(op, src, bad_out, 1 << 14) is None
 
 
 @pytest.mark.parametrize("kind", ["int", "prob"])
