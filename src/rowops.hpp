@@ -264,7 +264,9 @@ template <typename T> static inline double exp_tail_sum(const T *x, T *e, idx_t 
  * be latency-bound (each float vector is widened into two double vectors that
  * are added one after the other: 6 cycles per 16 floats, as long as the whole
  * exp); a float vector accumulator adds 16 lanes per add, and a block of 256
- * puts at most 16 terms into a lane before the exact widening.  The block
+ * puts at most 16 terms into a lane before the exact widening.  Only sums of
+ * exponentials (each <= 1) are kept in T: other sums (smoothing, targets) are
+ * unbounded and stay in double.  The block
  * boundaries depend on the row length only, so results do not depend on the
  * thread count. */
 enum { SUM_BLOCK = 256 };
@@ -315,28 +317,29 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
     for (idx_t k = nv; k < n; ++k) a += (double)((w == NULL ? (T)1 : w[k]) * (x[k] - shift));
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
-        T bs = 0, ba = 0;
+        T bs = 0;
+        /* the smoothing sum stays in double: w_k (x_k - m) is unbounded and a
+         * float partial sum could overflow where the total does not */
         if (w == NULL) {
-#pragma omp simd reduction(+ : bs, ba)
+#pragma omp simd reduction(+ : bs, a)
             for (idx_t k = k0; k < k1; ++k) {
                 T d = x[k] - shift;
                 T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
-                ba += d;
+                a += (double)d;
             }
         } else {
-#pragma omp simd reduction(+ : bs, ba)
+#pragma omp simd reduction(+ : bs, a)
             for (idx_t k = k0; k < k1; ++k) {
                 T d = x[k] - shift;
                 T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
-                ba += w[k] * d;
+                a += (double)(w[k] * d);
             }
         }
         s += (double)bs;
-        a += (double)ba;
     }
     if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
     *smooth = a;
@@ -359,33 +362,33 @@ static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const 
     }
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
-        T bs = 0, by = 0, bd = 0;
+        T bs = 0;
+        /* the target sums stay in double: y'_k and y'_k (x_k - m) are
+         * unbounded and a float partial sum could overflow */
         if (w == NULL) {
-#pragma omp simd reduction(+ : bs, by, bd)
+#pragma omp simd reduction(+ : bs, sy, sd)
             for (idx_t k = k0; k < k1; ++k) {
                 T d = x[k] - shift;
                 T yk = alpha * y[k] + beta;
                 T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
-                by += yk;
-                bd += yk * d;
+                sy += (double)yk;
+                sd += (double)(yk * d);
             }
         } else {
-#pragma omp simd reduction(+ : bs, by, bd)
+#pragma omp simd reduction(+ : bs, sy, sd)
             for (idx_t k = k0; k < k1; ++k) {
                 T d = x[k] - shift;
                 T yk = w[k] * (alpha * y[k] + beta);
                 T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
-                by += yk;
-                bd += yk * d;
+                sy += (double)yk;
+                sd += (double)(yk * d);
             }
         }
         s += (double)bs;
-        sy += (double)by;
-        sd += (double)bd;
     }
     if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
     *y_sum = sy;
@@ -615,8 +618,8 @@ static inline float log_ge1(float x) {
  * loops over rows, and exp is one flat vector loop over the tile; only the
  * shift by the row's max, the gradient's affine map and the target's logit
  * are loops per row (a vector gather of per-row values by element is not
- * emitted by GCC for double).  Per row the arithmetic (sums in k order, in double) matches
- * _cross_entropy_index_row's formulas:
+ * emitted by GCC for double).  Per row the arithmetic (sums in k order, in
+ * double) matches _cross_entropy_index_row's formulas:
  *   loss = alpha w_t (lse - x_t) [+ beta (W lse - sum_k w_k (x_k - m))]
  *   grad = e (alpha w_t [+ beta W]) / s * scale [- beta scale w_k] - [k == t] alpha w_t scale
  * with W = w_total.  Label t is read once; t == ignore_index gives loss 0 and
@@ -706,8 +709,9 @@ static inline void tile_cross_entropy_index_any(
             if (lab[r] < 0) tile_skipped_row(grad + r * n, n, lab[r] == -1);
 }
 
-/* tile_cross_entropy_index for rows of two classes: one vector loop over the
- * rows does everything, with the same formulas and order of operations. */
+/* tile_cross_entropy_index for rows of two classes (rows <= TILE / 2): one
+ * vector loop over the rows does everything, with the same formulas and
+ * order of operations. */
 template <bool Grad, typename T, typename L>
 static inline void tile_cross_entropy_binary(
         const T *x, const L *target, idx_t rows, idx_t ignore_index, const T *w,
@@ -716,11 +720,13 @@ static inline void tile_cross_entropy_binary(
     const T cb0 = (T)(beta * scale) * (w != NULL ? w[0] : (T)1);
     const T cb1 = (T)(beta * scale) * (w != NULL ? w[1] : (T)1);
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+    int32_t skipped[TILE / 2];         /* 0 computed, 1 ignored, 2 label out of range */
     int special = 0;
 #pragma omp simd reduction(+ : special)
     for (idx_t r = 0; r < rows; ++r) {
         idx_t t = (idx_t)target[r];  /* compared in 64 bits: ignore_index need not fit in L */
         int valid = t != ignore_index && t >= 0 && t < 2;
+        skipped[r] = valid ? 0 : (t == ignore_index ? 1 : 2);
         int is1 = t == 1;
         T x0 = x[2 * r], x1 = x[2 * r + 1];
         T m = x0 > (T)-INFINITY ? x0 : (T)-INFINITY;
@@ -749,12 +755,9 @@ static inline void tile_cross_entropy_binary(
             grad[2 * r + 1] = is1 ? g1 - ct : g1;
         }
     }
-    if (Grad && special > 0)
-        for (idx_t r = 0; r < rows; ++r) {
-            idx_t t = (idx_t)target[r];  /* compared in 64 bits: ignore_index need not fit in L */
-            if (!(t != ignore_index && t >= 0 && t < 2))
-                tile_skipped_row(grad + 2 * r, 2, t == ignore_index);
-        }
+    if (Grad && special > 0)           /* the labels as read above: each is read once */
+        for (idx_t r = 0; r < rows; ++r)
+            if (skipped[r] != 0) tile_skipped_row(grad + 2 * r, 2, skipped[r] == 1);
 }
 
 template <typename T, typename L>

@@ -774,6 +774,32 @@ def test_cross_entropy_ignore_index_beyond_label_dtype(kernel_frontend, c, ignor
     check_array(grad, exp_grad, np.float64, what="grad")
 
 
+@pytest.mark.parametrize("c", [5, 40, 300])
+def test_cross_entropy_sums_beyond_float32_range(kernel_frontend, c):
+    """Sums of targets and of shifted logits that leave the float32 range while the results
+    do not: only the sums of exponentials (each <= 1) may be accumulated in float32."""
+    n = 4
+    # probability targets of 1e38 on (up to) 8 classes: sum(y) = 8e38 > FLT_MAX
+    logits = np.zeros((n, c), np.float32)
+    probs = np.zeros((n, c), np.float32)
+    probs[:, : min(8, c)] = 1e38
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, probs, reduction="mean")
+    with np.errstate(over="ignore"):  # the loss itself overflows float32: inf
+        loss, grad = kernel_frontend.cross_entropy_with_grad(logits, probs, reduction="mean")
+    assert np.all(np.isfinite(grad))
+    check_array(grad, exp_grad, np.float32, what="grad")
+    # label smoothing over logits of -1e37: sum_k (x_k - max) = -(c - 1) 1e37 < -FLT_MAX
+    logits = np.full((n, c), -1e37, np.float32)
+    logits[:, 0] = 0.0
+    target = np.zeros(n, np.int64)
+    kw = dict(label_smoothing=0.1, reduction="none")
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target, **kw)
+    loss, grad = kernel_frontend.cross_entropy_with_grad(logits, target, **kw)
+    assert np.all(np.isfinite(loss)) == np.all(np.isfinite(exp_loss.astype(np.float32)))
+    check_array(loss, exp_loss, np.float32, what="loss")
+    check_array(grad, exp_grad, np.float32, what="grad")
+
+
 @pytest.mark.parametrize("kind", ["int", "prob"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @float_dtypes
