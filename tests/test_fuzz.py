@@ -913,10 +913,14 @@ def build_ce(case):
 
 def ce_scales(fn_name, args, kwargs):
     """(loss unit, gradient unit): the loss adds, per row, terms of the size of the logits
-    (shifted by the row's max) times the weights and the targets."""
+    (shifted by the row's max) times the weights and the targets.  An infinite class weight
+    makes the loss inf or NaN by rounding alone (inf * log(s), where s = 1 + tiny terms rounds
+    to exactly 1 in one order of addition and not in another): the loss is then not compared."""
     x, y, w = _array(args[0]), _array(args[1]), _array(kwargs["weight"])
     if x is None:
         return 1.0, 1.0
+    if w is not None and w.dtype.kind in "fc" and np.isinf(w).any():
+        return np.inf, ce_scales(fn_name, args, {**kwargs, "weight": None})[1]
     n = x.shape[0] if x.ndim == 2 else 1
     c = x.shape[-1] if x.ndim else 1
     with np.errstate(all="ignore"):
