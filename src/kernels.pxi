@@ -50,8 +50,8 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
     double row_exp_store_sum_smooth[T](
         const T *x, T *e, const T *w, Py_ssize_t n, T shift, double *smooth) noexcept
     double row_exp_store_sum_soft[T](
-        const T *x, const T *y, const T *w, T *e, Py_ssize_t n, T shift, T alpha, T beta,
-        double *y_sum, double *y_dot) noexcept
+        const T *x, const T *y, const T *w, T *e, Py_ssize_t n, T shift, double alpha,
+        double beta, double *y_sum, double *y_dot) noexcept
     double row_dot[T](const T *a, const T *b, Py_ssize_t n) noexcept
     double row_sum[T](const T *a, Py_ssize_t n) noexcept
     double row_weighted_shifted_sum[T](
@@ -284,8 +284,7 @@ cdef inline double _cross_entropy_prob_row(
         y_sum = row_soft_target_sums(x, y, w, n, m, alpha, beta, &y_dot)
         s = row_exp_sum(x, n, m)
     else:
-        s = row_exp_store_sum_soft(x, y, w, grad, n, m, <floating>alpha, <floating>beta,
-                                   &y_sum, &y_dot)
+        s = row_exp_store_sum_soft(x, y, w, grad, n, m, alpha, beta, &y_sum, &y_dot)
     return _cross_entropy_prob_finish(grad, y, n, w, alpha, beta, y_sum, y_dot, s, scale)
 
 

@@ -314,12 +314,14 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
                                               double *smooth) {
     double s = 0.0, a = 0.0;
     idx_t nv = vector_part(n);
-    for (idx_t k = nv; k < n; ++k) a += (double)((w == NULL ? (T)1 : w[k]) * (x[k] - shift));
+    for (idx_t k = nv; k < n; ++k)
+        a += (w == NULL ? 1.0 : (double)w[k]) * ((double)x[k] - (double)shift);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
         T bs = 0;
-        /* the smoothing sum stays in double: w_k (x_k - m) is unbounded and a
-         * float partial sum could overflow where the total does not */
+        /* the smoothing sum is formed and summed in double (as in
+         * row_weighted_shifted_sum): w_k (x_k - m) is unbounded, and a float
+         * product or partial sum could overflow where the total does not */
         if (w == NULL) {
 #pragma omp simd reduction(+ : bs, a)
             for (idx_t k = k0; k < k1; ++k) {
@@ -327,7 +329,7 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
                 T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
-                a += (double)d;
+                a += (double)x[k] - (double)shift;
             }
         } else {
 #pragma omp simd reduction(+ : bs, a)
@@ -336,7 +338,7 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
                 T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
-                a += (double)(w[k] * d);
+                a += (double)w[k] * ((double)x[k] - (double)shift);
             }
         }
         s += (double)bs;
@@ -348,44 +350,43 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
 
 /* row_exp_store_sum for probability targets: also returns sum_k y'_k in *y_sum
  * and sum_k y'_k (x_k - shift) in *y_dot, y'_k = w_k (alpha y_k + beta)
- * (w == NULL: ones), in the same pass.  e may be x, not y. */
+ * (w == NULL: ones), in the same pass.  The targets' terms are formed and
+ * summed in double, as row_soft_target_sums does: y'_k and the products are
+ * unbounded, and a float product can overflow where the double sum is
+ * finite (+inf - inf = NaN where the loss is -inf).  e may be x, not y. */
 template <typename T>
 static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const T *w, T *e, idx_t n,
-                                            T shift, T alpha, T beta, double *y_sum,
+                                            T shift, double alpha, double beta, double *y_sum,
                                             double *y_dot) {
     double s = 0.0, sy = 0.0, sd = 0.0;
     idx_t nv = vector_part(n);
     for (idx_t k = nv; k < n; ++k) {  /* the tail first: e may be x */
-        T yk = (w == NULL ? (T)1 : w[k]) * (alpha * y[k] + beta);
-        sy += (double)yk;
-        sd += (double)(yk * (x[k] - shift));
+        double yk = (w == NULL ? 1.0 : (double)w[k]) * (alpha * (double)y[k] + beta);
+        sy += yk;
+        sd += yk * ((double)x[k] - (double)shift);
     }
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
         T bs = 0;
-        /* the target sums stay in double: y'_k and y'_k (x_k - m) are
-         * unbounded and a float partial sum could overflow */
         if (w == NULL) {
 #pragma omp simd reduction(+ : bs, sy, sd)
             for (idx_t k = k0; k < k1; ++k) {
-                T d = x[k] - shift;
-                T yk = alpha * y[k] + beta;
-                T v = exp_nonpositive(d);
+                double yk = alpha * (double)y[k] + beta;
+                sy += yk;
+                sd += yk * ((double)x[k] - (double)shift);
+                T v = exp_nonpositive((T)(x[k] - shift));
                 e[k] = v;
                 bs += v;
-                sy += (double)yk;
-                sd += (double)(yk * d);
             }
         } else {
 #pragma omp simd reduction(+ : bs, sy, sd)
             for (idx_t k = k0; k < k1; ++k) {
-                T d = x[k] - shift;
-                T yk = w[k] * (alpha * y[k] + beta);
-                T v = exp_nonpositive(d);
+                double yk = (double)w[k] * (alpha * (double)y[k] + beta);
+                sy += yk;
+                sd += yk * ((double)x[k] - (double)shift);
+                T v = exp_nonpositive((T)(x[k] - shift));
                 e[k] = v;
                 bs += v;
-                sy += (double)yk;
-                sd += (double)(yk * d);
             }
         }
         s += (double)bs;

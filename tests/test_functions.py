@@ -788,6 +788,17 @@ def test_cross_entropy_sums_beyond_float32_range(kernel_frontend, c):
         loss, grad = kernel_frontend.cross_entropy_with_grad(logits, probs, reduction="mean")
     assert np.all(np.isfinite(grad))
     check_array(grad, exp_grad, np.float32, what="grad")
+    # targets of 3e38 and -inf: y'_k (x_k - max) overflows float32 but not float64, where
+    # the loss is -inf (a float product made it inf - inf = NaN; found by the fuzz test)
+    probs = np.zeros((n, c), np.float32)
+    probs[:, :3] = [3e38, -np.inf, 3e38][: min(3, c)]
+    logits = make_rng("beyond-f32", c).standard_normal((n, c)).astype(np.float32) * 3
+    with np.errstate(all="ignore"):
+        exp_loss, _ = ref.cross_entropy_with_grad(logits, probs, reduction="none")
+        loss, _ = kernel_frontend.cross_entropy_with_grad(logits, probs, reduction="none")
+        loss_only = kernel_frontend.cross_entropy(logits, probs, reduction="none")
+    np.testing.assert_array_equal(loss, exp_loss.astype(np.float32))
+    np.testing.assert_array_equal(loss_only, exp_loss.astype(np.float32))
     # label smoothing over logits of -1e37: sum_k (x_k - max) = -(c - 1) 1e37 < -FLT_MAX
     logits = np.full((n, c), -1e37, np.float32)
     logits[:, 0] = 0.0
