@@ -325,20 +325,18 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
         if (w == NULL) {
 #pragma omp simd reduction(+ : bs, a)
             for (idx_t k = k0; k < k1; ++k) {
-                T d = x[k] - shift;
-                T v = exp_nonpositive(d);
+                a += (double)x[k] - (double)shift;  /* before e[k]: e may be x */
+                T v = exp_nonpositive((T)(x[k] - shift));
                 e[k] = v;
                 bs += v;
-                a += (double)x[k] - (double)shift;
             }
         } else {
 #pragma omp simd reduction(+ : bs, a)
             for (idx_t k = k0; k < k1; ++k) {
-                T d = x[k] - shift;
-                T v = exp_nonpositive(d);
+                a += (double)w[k] * ((double)x[k] - (double)shift);  /* before e[k] */
+                T v = exp_nonpositive((T)(x[k] - shift));
                 e[k] = v;
                 bs += v;
-                a += (double)w[k] * ((double)x[k] - (double)shift);
             }
         }
         s += (double)bs;

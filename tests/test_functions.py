@@ -880,13 +880,17 @@ def test_cross_entropy_dtype_rules(frontend, kind, rng):
 # Cross-entropy out=
 
 
+@pytest.mark.parametrize("c", [5, 40, 300])  # a tile of short rows; rows with a vector tail
 @pytest.mark.parametrize("kind", ["int", "prob"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("in_place", [False, True], ids=["out", "out=logits"])
 @float_dtypes
-def test_cross_entropy_out(frontend, kind, reduction, in_place, dtype, rng):
+def test_cross_entropy_out(kernel_frontend, kind, reduction, in_place, dtype, c, rng):
+    """out= and in place (out=logits): the row statistics (max, target logit, smoothing and
+    soft-target sums) must be read before the gradient overwrites the logits."""
+    frontend = kernel_frontend
     logits, target, w = ce_inputs(
-        9, 5, rng, kind=kind, weight=True, ignore_index=-100 if kind == "int" else None
+        9, c, rng, kind=kind, weight=True, ignore_index=-100 if kind == "int" else None
     )
     logits = logits.astype(dtype)
     target = target.astype(dtype) if kind == "prob" else target

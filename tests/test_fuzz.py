@@ -913,14 +913,13 @@ def build_ce(case):
 
 def ce_scales(fn_name, args, kwargs):
     """(loss unit, gradient unit): the loss adds, per row, terms of the size of the logits
-    (shifted by the row's max) times the weights and the targets.  An infinite class weight
-    makes the loss inf or NaN by rounding alone (inf * log(s), where s = 1 + tiny terms rounds
-    to exactly 1 in one order of addition and not in another): the loss is then not compared."""
+    (shifted by the row's max) times the weights and the targets.  An infinite class weight or
+    probability target makes the loss inf or NaN by rounding alone (inf * log(s), where
+    s = 1 + tiny terms rounds to exactly 1 in one order of addition -- or with float32 partial
+    sums -- and not in another): the loss is then not compared."""
     x, y, w = _array(args[0]), _array(args[1]), _array(kwargs["weight"])
     if x is None:
         return 1.0, 1.0
-    if w is not None and w.dtype.kind in "fc" and np.isinf(w).any():
-        return np.inf, ce_scales(fn_name, args, {**kwargs, "weight": None})[1]
     n = x.shape[0] if x.ndim == 2 else 1
     c = x.shape[-1] if x.ndim else 1
     with np.errstate(all="ignore"):
@@ -929,6 +928,8 @@ def ce_scales(fn_name, args, kwargs):
             else 1.0
         loss = 2 * _finite_max(x) * max(1.0, wsum) * ymax * c * max(1, n)
         grad = max(1.0, wsum) * ymax
+    if any(v is not None and v.dtype.kind in "fc" and np.isinf(v).any() for v in (w, y)):
+        return np.inf, min(grad, 1e300)
     return min(loss, 1e300), min(grad, 1e300)
 
 
