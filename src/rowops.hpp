@@ -306,6 +306,9 @@ template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T
     return s;
 }
 
+template <typename T>
+static CS_REDUCTION double row_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m);
+
 /* row_exp_store_sum that also returns, in *smooth, sum_k w_k (x_k - shift)
  * (w == NULL: all ones): the label-smoothing term of cross-entropy with class
  * indices, in the same pass over the row.  e may be x. */
@@ -318,27 +321,45 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
         a += (w == NULL ? 1.0 : (double)w[k]) * ((double)x[k] - (double)shift);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
-        T bs = 0;
-        /* the smoothing sum is formed and summed in double (as in
-         * row_weighted_shifted_sum): w_k (x_k - m) is unbounded, and a float
-         * product or partial sum could overflow where the total does not */
-        if (w == NULL) {
-#pragma omp simd reduction(+ : bs, a)
+        /* The smoothing terms w_k (x_k - m) are unbounded: in double (T) they
+         * are summed in the exp loop; in float a block sum could overflow
+         * where the total does not, so they are summed first in a loop of
+         * their own (e may be x) and a block whose float sum is not finite is
+         * summed again in double.  (A double accumulator in the float loop
+         * would be latency-bound, as for the exponentials.) */
+        const bool separate = sizeof(T) < sizeof(double);
+        T ba = 0, bs = 0;
+        if (separate) {
+            if (w == NULL) {
+#pragma omp simd reduction(+ : ba)
+                for (idx_t k = k0; k < k1; ++k) ba += x[k] - shift;
+            } else {
+#pragma omp simd reduction(+ : ba)
+                for (idx_t k = k0; k < k1; ++k) ba += w[k] * (x[k] - shift);
+            }
+            if (!isfinite(ba))
+                ba = (T)0, a += row_weighted_shifted_sum(x + k0, w == NULL ? w : w + k0, k1 - k0, shift);
+        }
+        if (separate || w == NULL) {
+#pragma omp simd reduction(+ : bs, ba)
             for (idx_t k = k0; k < k1; ++k) {
-                a += (double)x[k] - (double)shift;  /* before e[k]: e may be x */
-                T v = exp_nonpositive((T)(x[k] - shift));
+                T d = x[k] - shift;
+                if (!separate) ba += d;
+                T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
             }
         } else {
-#pragma omp simd reduction(+ : bs, a)
+#pragma omp simd reduction(+ : bs, ba)
             for (idx_t k = k0; k < k1; ++k) {
-                a += (double)w[k] * ((double)x[k] - (double)shift);  /* before e[k] */
-                T v = exp_nonpositive((T)(x[k] - shift));
+                T d = x[k] - shift;
+                ba += w[k] * d;
+                T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
             }
         }
+        a += (double)ba;
         s += (double)bs;
     }
     if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
