@@ -163,10 +163,7 @@ class Frontend:
             if x.dtype in _NATIVE:
                 kernel = self._kernel(name, x.dtype)
                 r = np.empty(x.shape, x.dtype)
-                if x.size < SMALL_WORK and num_threads is None:
-                    n_threads = 1
-                else:
-                    n_threads = _threads_for(x.size // x.shape[-1], x.shape[-1], num_threads)
+                n_threads = _threads_for(x.size // x.shape[-1], x.shape[-1], num_threads)
                 if x.ndim == 2:
                     kernel(x, r, n_threads)
                 else:

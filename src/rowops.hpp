@@ -151,31 +151,47 @@ static inline double exp_reduced(double xc, int64_t *n) {
     return p * (r * r) + r + 1.0;
 }
 
+/* The float/double facts that exp_poly and exp_nonpositive need: the
+ * exponent bias and mantissa width, the clamps (e^hi overflows, e^lo is below
+ * half the smallest subnormal), and K with 2^(n + K) normal for every n of
+ * exp_nonpositive's domain. */
+template <typename T> struct ExpFormat;
+template <> struct ExpFormat<float> {
+    typedef int32_t Int;
+    typedef uint32_t Bits;
+    enum { BIAS = 127, MANTISSA = 23, K = 25 };
+    static float hi() { return 88.8f; }
+    static float lo() { return -104.0f; }
+    static float two_minus_k() { return 2.98023223876953125e-8f; }       /* 2^-25 */
+    static float from_bits(Bits u) { return bits_as_float(u); }
+};
+template <> struct ExpFormat<double> {
+    typedef int64_t Int;
+    typedef uint64_t Bits;
+    enum { BIAS = 1023, MANTISSA = 52, K = 55 };
+    static double hi() { return 709.9; }
+    static double lo() { return -746.0; }
+    static double two_minus_k() { return 2.7755575615628914e-17; }      /* 2^-55 */
+    static double from_bits(Bits u) { return bits_as_double(u); }
+};
+
+/* 2^e for a biased exponent e + BIAS in [1, 2 BIAS] */
+template <typename T> static inline T pow2(typename ExpFormat<T>::Int e) {
+    typedef ExpFormat<T> F;
+    return F::from_bits((typename F::Bits)(e + (int)F::BIAS) << F::MANTISSA);
+}
+
 /* exp(x) for any x.  2^n is applied as two factors 2^(n/2) * 2^(n - n/2),
  * both normal numbers, so results that are subnormal or that overflow are
  * rounded once, correctly. */
-static inline float exp_poly(float x) {
-    float xc = x > 88.8f ? 88.8f : x;                  /* e^88.8 > FLT_MAX */
-    xc = xc < -104.0f ? -104.0f : xc;                 /* e^-104 < FLT_TRUE_MIN/2 */
-    int32_t n;
-    float y = exp_reduced(xc, &n);
-    int32_t n1 = n >> 1;
-    int32_t n2 = n - n1;
-    float s1 = bits_as_float((uint32_t)(n1 + 127) << 23);
-    float s2 = bits_as_float((uint32_t)(n2 + 127) << 23);
-    return (y * s1) * s2;
-}
-
-static inline double exp_poly(double x) {
-    double xc = x > 709.9 ? 709.9 : x;                 /* e^709.9 > DBL_MAX */
-    xc = xc < -746.0 ? -746.0 : xc;                   /* e^-746 < DBL_TRUE_MIN/2 */
-    int64_t n;
-    double y = exp_reduced(xc, &n);
-    int64_t n1 = n >> 1;
-    int64_t n2 = n - n1;
-    double s1 = bits_as_double((uint64_t)(n1 + 1023) << 52);
-    double s2 = bits_as_double((uint64_t)(n2 + 1023) << 52);
-    return (y * s1) * s2;
+template <typename T> static inline T exp_poly(T x) {
+    typedef ExpFormat<T> F;
+    T xc = x > F::hi() ? F::hi() : x;
+    xc = xc < F::lo() ? F::lo() : xc;
+    typename F::Int n;
+    T y = exp_reduced(xc, &n);
+    typename F::Int n1 = n >> 1;
+    return (y * pow2<T>(n1)) * pow2<T>(n - n1);
 }
 
 /* exp(x) for x <= 0 (or NaN): the exponentials of a row shifted by its
@@ -187,20 +203,12 @@ static inline double exp_poly(double x) {
  * keeps <= 0, and skipping a clamp from above (with the single factor: a
  * sixth of the time) is the point (larger x give wrong values, never
  * undefined behaviour). */
-static inline float exp_nonpositive(float x) {
-    float xc = x < -104.0f ? -104.0f : x;             /* e^-104 < FLT_TRUE_MIN/2 */
-    int32_t n;
-    float y = exp_reduced(xc, &n);
-    float scale = bits_as_float((uint32_t)(n + 127 + 25) << 23);       /* 2^(n + 25) */
-    return (y * scale) * 2.98023223876953125e-8f;                       /* 2^-25 */
-}
-
-static inline double exp_nonpositive(double x) {
-    double xc = x < -746.0 ? -746.0 : x;              /* e^-746 < DBL_TRUE_MIN/2 */
-    int64_t n;
-    double y = exp_reduced(xc, &n);
-    double scale = bits_as_double((uint64_t)(n + 1023 + 55) << 52);    /* 2^(n + 55) */
-    return (y * scale) * 2.7755575615628914e-17;                        /* 2^-55 */
+template <typename T> static inline T exp_nonpositive(T x) {
+    typedef ExpFormat<T> F;
+    T xc = x < F::lo() ? F::lo() : x;
+    typename F::Int n;
+    T y = exp_reduced(xc, &n);
+    return (y * pow2<T>(n + (int)F::K)) * F::two_minus_k();
 }
 
 /* ---- reductions over one row -------------------------------------------- */
@@ -477,18 +485,21 @@ static CS_REDUCTION double row_soft_target_sums(const T *x, const T *y, const T 
  * consecutive rows of width n and do the expensive part, the exp, as one flat
  * vector loop over the whole tile. */
 
-/* m[r] = max of row r, for each row of the tile. */
+/* m[r] = max of row r, for each row of the tile: rows are the vector lanes,
+ * columns the loop (strided loads, but no per-row loop set-up). */
 template <typename T> static CS_REDUCTION void tile_max(const T *x, idx_t rows, idx_t n, T *m) {
-    for (idx_t r = 0; r < rows; ++r) {
-        const T *xr = x + r * n;
-        T v = -INFINITY;
-        for (idx_t k = 0; k < n; ++k) v = xr[k] > v ? xr[k] : v;
-        m[r] = v;
+    for (idx_t r = 0; r < rows; ++r) m[r] = (T)-INFINITY;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t r = 0; r < rows; ++r) {
+            T v = x[r * n + k];
+            m[r] = v > m[r] ? v : m[r];
+        }
     }
 }
 
-/* e = exp(x - m[row]) over the tile, s[r] = sum of row r of e in double.
- * e may be x. */
+/* e = exp(x - m[row]) over the tile, s[r] = sum of row r of e in double (in
+ * column order, rows as the vector lanes).  e may be x. */
 template <typename T>
 static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n, const T *m, double *s) {
     for (idx_t r = 0; r < rows; ++r)
@@ -501,10 +512,10 @@ static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n,
         exp_tail<true>(e + nv, total - nv, (T)0, buf);
         for (idx_t l = 0; l < total - nv; ++l) e[nv + l] = buf[l];
     }
-    for (idx_t r = 0; r < rows; ++r) {
-        double v = 0.0;
-        for (idx_t k = 0; k < n; ++k) v += (double)e[r * n + k];
-        s[r] = v;
+    for (idx_t r = 0; r < rows; ++r) s[r] = 0.0;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t r = 0; r < rows; ++r) s[r] += (double)e[r * n + k];
     }
 }
 
@@ -633,9 +644,10 @@ static inline float log_ge1(float x) {
 /* Cross-entropy with class indices over a tile of `rows` short rows (n < 32,
  * rows * n <= TILE): the loss of each row into loss[r] and, unless grad is
  * NULL, the gradient times `scale` into grad (which may be x).  Rows are the
- * vector lanes here: the max, the labels, the smoothing sum, the sum of the
- * exponentials and the finish (log, loss, gradient coefficients) are vector
- * loops over rows, and exp is one flat vector loop over the tile; only the
+ * vector lanes here: the max (tile_max), the labels, the smoothing sum, the
+ * sum of the exponentials and the finish (log, loss, gradient coefficients)
+ * are vector loops over rows, and exp is one flat vector loop over the tile
+ * (tile_exp_shifted, shared with softmax and log_softmax); only the
  * shift by the row's max, the gradient's affine map and the target's logit
  * are loops per row (a vector gather of per-row values by element is not
  * emitted by GCC for double).  Per row the arithmetic (sums in k order, in
@@ -663,16 +675,8 @@ static inline void tile_cross_entropy_index_any(
     double s[TILE], xt[TILE], wt[TILE], smooth[TILE];
     int32_t lab[TILE];                 /* the label, -1 ignored, -2 out of range */
     T *e = grad != NULL ? grad : ebuf;
-    const idx_t total = rows * n;
 
-    for (idx_t r = 0; r < rows; ++r) m[r] = (T)-INFINITY;
-    for (idx_t k = 0; k < n; ++k) {
-#pragma omp simd
-        for (idx_t r = 0; r < rows; ++r) {
-            T v = x[r * n + k];
-            m[r] = v > m[r] ? v : m[r];
-        }
-    }
+    tile_max(x, rows, n, m);
 #pragma omp simd
     for (idx_t r = 0; r < rows; ++r) {
         idx_t t = (idx_t)target[r];  /* compared in 64 bits: ignore_index need not fit in L */
@@ -684,7 +688,7 @@ static inline void tile_cross_entropy_index_any(
         xt[r] = (double)x[r * n + tt] - (double)m[r];
         wt[r] = w != NULL ? (double)w[tt] : 1.0;
     }
-    for (idx_t r = 0; r < rows; ++r) smooth[r] = s[r] = 0.0;
+    for (idx_t r = 0; r < rows; ++r) smooth[r] = 0.0;
     if (beta != 0.0) {
         for (idx_t k = 0; k < n; ++k) {
             double wk = w != NULL ? (double)w[k] : 1.0;
@@ -693,14 +697,7 @@ static inline void tile_cross_entropy_index_any(
         }
     }
     /* x is read for the last time: from here e (= grad) may overwrite it */
-    for (idx_t r = 0; r < rows; ++r)
-        for (idx_t k = 0; k < n; ++k) e[r * n + k] = x[r * n + k] - m[r];
-#pragma omp simd
-    for (idx_t j = 0; j < total; ++j) e[j] = exp_nonpositive(e[j]);
-    for (idx_t k = 0; k < n; ++k) {
-#pragma omp simd
-        for (idx_t r = 0; r < rows; ++r) s[r] += (double)e[r * n + k];
-    }
+    tile_exp_shifted(x, e, rows, n, m, s);
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
     int special = 0;                   /* rows ignored or out of range */
 #pragma omp simd reduction(+ : special)
