@@ -33,6 +33,11 @@ SMALL_WORK = 1 << 14
 # start a million threads; results do not depend on the thread count.
 MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+# Columns per chunk of a row that the compiled kernels split over threads when
+# rows are fewer than two per thread (CHUNK in src/rowops.hpp, exported as
+# _kernels.COLUMN_CHUNK; a test checks they agree): a call may use as many
+# threads as it has chunks.
+COLUMN_CHUNK = 1 << 14
 # op codes of the kernels' small_rows
 _SMALL_OPS = {"softmax_rows": 0, "log_softmax_rows": 1}
 
@@ -47,7 +52,8 @@ def _threads_for(n_rows, n, num_threads):
         return 1
     if num_threads is None:
         num_threads = _threads.get_num_threads()
-    return max(1, min(num_threads, n_rows, MAX_THREADS))
+    units = n_rows * -(-n // COLUMN_CHUNK)  # rows, or chunks of long rows
+    return max(1, min(num_threads, units, MAX_THREADS))
 
 
 def _run_rows(kernel, inputs, compute, result, axis, out, num_threads):

@@ -9,9 +9,12 @@
 # type ``floating``), one row at a time: the Python layer has already validated
 # the inputs, moved the reduced axis last and made the arrays contiguous.  Rows
 # are spread over OpenMP threads with ``prange(schedule="static")``; each row is
-# computed by one thread from start to end, so results are bitwise identical at
-# every thread count.  Per-row losses are written to a float64 array and reduced
-# afterwards, in a fixed order, by the caller.
+# computed by one thread from start to end, except when rows are fewer than two
+# per thread: then each row's columns are split into fixed chunks spread over
+# the team (see "rows split over threads").  A row's sums are the same chunk
+# sums added in the same order either way, so results are bitwise identical at
+# every thread count.  Per-row losses are written to a float64 array and
+# reduced afterwards, in a fixed order, by the caller.
 #
 # The arithmetic of a row lives in small helpers of ``rowops.hpp`` (vectorised
 # max, exp-and-sum, dot, scale, ...); this file composes them.  Memory passes per
@@ -30,6 +33,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 cimport numpy as cnp
 from libc.math cimport log, INFINITY, NAN
+from libc.stdlib cimport calloc, free
 from libc.stdint cimport int32_t, int64_t
 
 ctypedef fused label_t:
@@ -72,6 +76,10 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
     void row_zero[T](T *out, Py_ssize_t n) noexcept
     void row_fill[T](T *out, Py_ssize_t n, T value) noexcept
     void row_prefetch[T](const T *x, Py_ssize_t n) noexcept
+    double cross_entropy_index_loss(
+        double w_t, double w_total, double alpha, double beta, double x_t, double smooth,
+        double s, double *y_sum) noexcept
+    double cross_entropy_prob_loss(double y_sum, double y_dot, double s) noexcept
     void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
     void tile_exp_shifted[T](
         const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
@@ -84,6 +92,8 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         Py_ssize_t *kept) noexcept
     # elements of a tile of short rows (its scratch lives on each thread's stack)
     enum: TILE
+    # columns of a chunk of a long row (the unit of a row split over threads)
+    enum: CHUNK
 
 
 cnp.import_array()
@@ -103,6 +113,11 @@ def build_info():
 def cpu_features():
     """Instruction sets of the running CPU that csoftmax has kernels for."""
     return {"avx2": bool(cpu_has_avx2()), "avx512": bool(cpu_has_avx512())}
+
+
+# columns per chunk of a row split over threads (the Python layer sizes a
+# call's team with it)
+COLUMN_CHUNK = CHUNK
 
 
 def default_threads():
@@ -218,30 +233,19 @@ cdef inline double _skipped_row(floating *grad, Py_ssize_t n, bint ignored) noex
     return 0.0 if ignored else NAN
 
 
-cdef inline double _cross_entropy_index_finish(
-    floating *grad, Py_ssize_t n, Py_ssize_t t, const floating *w,
-    double w_total, double alpha, double beta,
-    double x_t, double smooth, double s, double scale,
+cdef inline void _cross_entropy_index_grad(
+    floating *grad, Py_ssize_t n, Py_ssize_t t, const floating *w, double w_t,
+    double alpha, double beta, double y_sum, double s, double scale,
 ) noexcept nogil:
-    """Row loss; turns the exponentials in grad (if not NULL) into the
-    gradient times scale."""
-    cdef double w_t = 1.0 if w == NULL else w[t]
-    cdef double lse = log(s)
-    cdef double loss = alpha * w_t * (lse - x_t)
-    cdef double y_sum = alpha * w_t
+    """Turns the exponentials in grad (n columns, w their weights or NULL) into
+    the gradient times scale.  t is the label's column counted from grad: a
+    chunk of a split row holds it only if 0 <= t < n."""
     if beta != 0.0:
-        # only with smoothing do the other classes' weights enter (a NaN weight
-        # of an unused class must not reach the row otherwise, as in PyTorch)
-        loss += beta * (w_total * lse - smooth)
-        y_sum += beta * w_total
-    if grad != NULL:
-        if beta != 0.0:
-            row_grad_affine(grad, w, n, <floating>(y_sum / s * scale),
-                            <floating>(beta * scale))
-        else:
-            row_scale(grad, n, <floating>(y_sum / s * scale))
+        row_grad_affine(grad, w, n, <floating>(y_sum / s * scale), <floating>(beta * scale))
+    else:
+        row_scale(grad, n, <floating>(y_sum / s * scale))
+    if 0 <= t < n:
         grad[t] = grad[t] - <floating>(alpha * w_t * scale)
-    return loss
 
 
 cdef inline double _cross_entropy_index_row(
@@ -260,8 +264,13 @@ cdef inline double _cross_entropy_index_row(
         s = row_exp_store_sum_smooth(x, grad, w, n, m, &smooth)
     else:
         s = row_exp_store_sum(x, grad, n, m)
-    return _cross_entropy_index_finish(
-        grad, n, t, w, w_total, alpha, beta, x_t, smooth, s, scale)
+    cdef double w_t = 1.0 if w == NULL else w[t]
+    cdef double y_sum
+    cdef double loss = cross_entropy_index_loss(
+        w_t, w_total, alpha, beta, x_t, smooth, s, &y_sum)
+    if grad != NULL:
+        _cross_entropy_index_grad(grad, n, t, w, w_t, alpha, beta, y_sum, s, scale)
+    return loss
 
 
 cdef inline double _cross_entropy_prob_finish(
@@ -271,7 +280,7 @@ cdef inline double _cross_entropy_prob_finish(
     if grad != NULL:
         row_grad_soft(grad, y, w, n, <floating>(y_sum / s * scale),
                       <floating>(alpha * scale), <floating>(beta * scale))
-    return y_sum * log(s) - y_dot
+    return cross_entropy_prob_loss(y_sum, y_dot, s)
 
 
 cdef inline double _cross_entropy_prob_row(
@@ -413,11 +422,199 @@ cdef inline void _cross_entropy_prob_unit(
 
 
 # ---------------------------------------------------------------------------
+# rows split over threads.  With fewer rows than two per thread (16x131072 on
+# 16 threads, one wide row on two) whole rows leave threads idle, so each row's
+# columns are cut into chunks of CHUNK and the chunks spread over the team, in
+# up to three parallel passes with a serial step between them:
+#   1. the maximum of each chunk;           then each row's maximum (and label)
+#   2. each chunk's sums (exp, smoothing,   then each row's sums, in chunk
+#      targets), exponentials stored;            order, and its loss
+#   3. each chunk scaled into its output.
+# rowops.hpp reduces every long row by the same chunks, added in the same
+# order, whether or not the row is split: a row's result is the same bits at
+# every thread count (tested).  The chunks of a pass are dealt out statically
+# in the same order in every pass, so a thread finds its chunks in its own
+# cache in passes 2 and 3.
+
+cdef struct _ChunkSums:
+    double s        # sum of exponentials (pass 1: the chunk's maximum)
+    double a        # smoothing sum (indices) or sum of targets (probabilities)
+    double b        # sum of targets times shifted logits (probabilities)
+
+cdef struct _RowSums:
+    double m        # maximum
+    double s, a, b  # as _ChunkSums, over the row
+    double x_t      # indices: x_t - m
+    double w_t      # indices: the label's weight
+    double y_sum    # indices: sum of the row's target
+    Py_ssize_t t    # indices: the label
+    int state       # indices: 0 computed, 1 ignored, 2 label out of range
+
+cdef struct _Split:
+    Py_ssize_t n_rows, n, nc   # rows, columns, chunks per row
+    _RowSums *row
+    _ChunkSums *chunk          # n_rows * nc, chunk c of row r at r * nc + c
+
+cdef struct _CrossEntropyArgs:
+    Py_ssize_t ignore_index
+    double w_total, alpha, beta, scale
+    double *loss
+
+
+cdef inline bint _split_rows(Py_ssize_t n_rows, Py_ssize_t n, int n_threads) noexcept nogil:
+    return n_threads > 1 and n > CHUNK and n_rows < 2 * n_threads
+
+
+cdef int _split_alloc(_Split *sp, Py_ssize_t n_rows, Py_ssize_t n) except -1:
+    sp.n_rows = n_rows
+    sp.n = n
+    sp.nc = (n + CHUNK - 1) // CHUNK
+    sp.row = <_RowSums *>calloc(n_rows, sizeof(_RowSums))
+    sp.chunk = <_ChunkSums *>calloc(n_rows * sp.nc, sizeof(_ChunkSums))
+    if sp.row == NULL or sp.chunk == NULL:
+        free(sp.row)
+        free(sp.chunk)
+        raise MemoryError()
+    return 0
+
+
+cdef inline void _split_chunk(
+    int op, int step, const floating *x, const floating *y, const floating *w,
+    floating *out, const _CrossEntropyArgs *ce, _Split *sp, Py_ssize_t u,
+) noexcept nogil:
+    """Pass `step` (0, 1, 2) of op over chunk u."""
+    cdef Py_ssize_t r = u // sp.nc
+    cdef Py_ssize_t c0 = (u - r * sp.nc) * CHUNK
+    cdef Py_ssize_t k = min(<Py_ssize_t>CHUNK, sp.n - c0)
+    cdef Py_ssize_t o = r * sp.n + c0
+    cdef const floating *wc = w if w == NULL else w + c0
+    cdef _RowSums *row = &sp.row[r]
+    cdef _ChunkSums *part = &sp.chunk[u]
+    cdef floating m = <floating>row.m
+    if step == 0:
+        part.s = row_max(x + o, k)
+    elif op == OP_SOFTMAX:
+        if step == 1:
+            part.s = row_exp_store_sum(x + o, out + o, k, m)
+        else:
+            row_scale(out + o, k, <floating>(1.0 / row.s))
+    elif op == OP_LOG_SOFTMAX or op == OP_LOGSUMEXP:
+        if step == 1:
+            part.s = row_exp_sum(x + o, k, m)
+        else:
+            row_log_softmax_from(x + o, out + o, k, m, <floating>log(row.s))
+    elif op == OP_CROSS_ENTROPY_INDEX:
+        if row.state != 0:
+            if step == 2:
+                _skipped_row(out + o, k, row.state == 1)
+        elif step == 2:
+            _cross_entropy_index_grad(out + o, k, row.t - c0, wc, row.w_t, ce.alpha,
+                                      ce.beta, row.y_sum, row.s, ce.scale)
+        elif out == NULL:
+            if ce.beta != 0.0:
+                part.a = row_weighted_shifted_sum(x + o, wc, k, m)
+            part.s = row_exp_sum(x + o, k, m)
+        elif ce.beta != 0.0:
+            part.s = row_exp_store_sum_smooth(x + o, out + o, wc, k, m, &part.a)
+        else:
+            part.s = row_exp_store_sum(x + o, out + o, k, m)
+    elif step == 1:  # OP_CROSS_ENTROPY_PROB
+        if out == NULL:
+            part.a = row_soft_target_sums(x + o, y + o, wc, k, m, ce.alpha, ce.beta, &part.b)
+            part.s = row_exp_sum(x + o, k, m)
+        else:
+            part.s = row_exp_store_sum_soft(x + o, y + o, wc, out + o, k, m, ce.alpha,
+                                            ce.beta, &part.a, &part.b)
+    else:
+        _cross_entropy_prob_finish(out + o, y + o, k, wc, ce.alpha, ce.beta, row.a, row.b,
+                                   row.s, ce.scale)
+
+
+cdef inline void _split_rows_step(
+    int op, int step, const floating *x, const label_t *target, const floating *w,
+    floating *out, const _CrossEntropyArgs *ce, _Split *sp,
+) noexcept nogil:
+    """The serial step after pass `step` (0 or 1): the rows' maximum (the
+    largest chunk maximum: the same value as row_max; max(-0, +0) cannot
+    depend on the order as row_max returns +0 for either) and labels, or the
+    rows' sums (chunk sums added in chunk order, as rowops.hpp does) and what
+    follows from them."""
+    cdef Py_ssize_t r, c, t, nc = sp.nc, n = sp.n
+    cdef _RowSums *row
+    cdef const _ChunkSums *part
+    cdef double v
+    for r in range(sp.n_rows):
+        row = &sp.row[r]
+        part = &sp.chunk[r * nc]
+        if step == 0:
+            row.m = part[0].s
+            for c in range(1, nc):
+                v = part[c].s
+                row.m = v if v > row.m else row.m
+            if op == OP_CROSS_ENTROPY_INDEX:
+                # the label and x_t are read before pass 2 (out may be x)
+                t = target[r]
+                row.state = 1 if t == ce.ignore_index else (0 if 0 <= t < n else 2)
+                if row.state == 0:
+                    row.t = t
+                    row.x_t = <double>x[r * n + t] - <double><floating>row.m
+                    row.w_t = 1.0 if w == NULL else w[t]
+            continue
+        row.s = part[0].s
+        row.a = part[0].a
+        row.b = part[0].b
+        for c in range(1, nc):
+            row.s += part[c].s
+            row.a += part[c].a
+            row.b += part[c].b
+        if op == OP_LOGSUMEXP:
+            out[r] = <floating>_logsumexp_finish(x + r * n, n, <floating>row.m, row.s)
+        elif op == OP_CROSS_ENTROPY_INDEX:
+            if row.state != 0:
+                ce.loss[r] = _skipped_row(<floating *>NULL, 0, row.state == 1)
+            else:
+                ce.loss[r] = cross_entropy_index_loss(
+                    row.w_t, ce.w_total, ce.alpha, ce.beta, row.x_t, row.a, row.s, &row.y_sum)
+        elif op == OP_CROSS_ENTROPY_PROB:
+            ce.loss[r] = _cross_entropy_prob_finish(
+                <floating *>NULL, <const floating *>NULL, n, w, ce.alpha, ce.beta, row.a,
+                row.b, row.s, ce.scale)
+
+
+cdef int _split_columns(
+    int op, const floating *x, const floating *y, const label_t *target, const floating *w,
+    floating *out, const _CrossEntropyArgs *ce, Py_ssize_t n_rows, Py_ssize_t n,
+    int n_threads,
+) except -1:
+    """op over rows split into chunks (see above).  out: the result (softmax,
+    log_softmax, logsumexp) or the gradient (cross-entropy; NULL for the loss
+    alone, which ce.loss receives); y: probability targets; target: labels."""
+    cdef _Split sp
+    _split_alloc(&sp, n_rows, n)
+    cdef Py_ssize_t u, n_units = n_rows * sp.nc
+    cdef int step
+    cdef int n_steps = 2 if op == OP_LOGSUMEXP or out == NULL else 3
+    with nogil:
+        for step in range(n_steps):
+            for u in prange(n_units, schedule="static", num_threads=n_threads):
+                _split_chunk(op, step, x, y, w, out, ce, &sp, u)
+            if step < 2:
+                _split_rows_step(op, step, x, target, w, out, ce, &sp)
+    free(sp.row)
+    free(sp.chunk)
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # the kernels
 
 cdef enum:
-    SMALL_SOFTMAX = 0
-    SMALL_LOG_SOFTMAX = 1
+    # op codes of small_rows (the Python layer passes them) and _split_columns
+    OP_SOFTMAX = 0
+    OP_LOG_SOFTMAX = 1
+    OP_LOGSUMEXP = 2
+    OP_CROSS_ENTROPY_INDEX = 3
+    OP_CROSS_ENTROPY_PROB = 4
 
 
 cdef inline void _small_rows_serial(
@@ -425,7 +622,7 @@ cdef inline void _small_rows_serial(
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(_n_units(n_rows, n)):
-        if op == SMALL_SOFTMAX:
+        if op == OP_SOFTMAX:
             _softmax_unit(x, out, n_rows, n, i)
         else:
             _log_softmax_unit(x, out, n_rows, n, i)
@@ -501,6 +698,10 @@ def softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int n_threads):
         return
     cdef const floating *xp = &x[0, 0]
     cdef floating *op = &out[0, 0]
+    if _split_rows(n_rows, n, n_threads):
+        _split_columns(OP_SOFTMAX, xp, <const floating *>NULL, <const int32_t *>NULL,
+                       <const floating *>NULL, op, NULL, n_rows, n, n_threads)
+        return
     if n_threads == 1:
         with nogil:
             for i in range(_n_units(n_rows, n)):
@@ -518,6 +719,10 @@ def log_softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int n_threa
         return
     cdef const floating *xp = &x[0, 0]
     cdef floating *op = &out[0, 0]
+    if _split_rows(n_rows, n, n_threads):
+        _split_columns(OP_LOG_SOFTMAX, xp, <const floating *>NULL, <const int32_t *>NULL,
+                       <const floating *>NULL, op, NULL, n_rows, n, n_threads)
+        return
     if n_threads == 1:
         with nogil:
             for i in range(_n_units(n_rows, n)):
@@ -538,6 +743,10 @@ def logsumexp_rows(const floating[:, ::1] x, floating[::1] out, int n_threads):
         return
     cdef const floating *xp = &x[0, 0]
     cdef floating *op = &out[0]
+    if _split_rows(n_rows, n, n_threads):
+        _split_columns(OP_LOGSUMEXP, xp, <const floating *>NULL, <const int32_t *>NULL,
+                       <const floating *>NULL, op, NULL, n_rows, n, n_threads)
+        return
     if n_threads == 1:
         with nogil:
             for i in range(_n_units(n_rows, n)):
@@ -646,6 +855,12 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
         w_total = row_sum(wp, n)
     if grad is not None:
         gp = &grad[0, 0]
+    cdef _CrossEntropyArgs ce = _CrossEntropyArgs(
+        ignore_index, w_total, alpha, beta, grad_scale, lp)
+    if _split_rows(n_rows, n, n_threads):
+        _split_columns(OP_CROSS_ENTROPY_INDEX, xp, <const floating *>NULL, tp, wp, gp, &ce,
+                       n_rows, n, n_threads)
+        return
     if n_threads == 1:
         with nogil:
             for i in range(_n_units(n_rows, n)):
@@ -683,6 +898,11 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
         wp = &weight[0]
     if grad is not None:
         gp = &grad[0, 0]
+    cdef _CrossEntropyArgs ce = _CrossEntropyArgs(0, 0.0, alpha, beta, grad_scale, lp)
+    if _split_rows(n_rows, n, n_threads):
+        _split_columns(OP_CROSS_ENTROPY_PROB, xp, yp, <const int32_t *>NULL, wp, gp, &ce,
+                       n_rows, n, n_threads)
+        return
     if n_threads == 1:
         with nogil:
             for i in range(_n_units(n_rows, n)):

@@ -213,7 +213,7 @@ template <typename T> static inline T exp_nonpositive(T x) {
 
 /* ---- reductions over one row -------------------------------------------- */
 
-/* max_k x_k; -inf for n == 0.  NaN handling is left to the callers: a NaN in
+/* max_k x_k (+0 for a zero maximum); -inf for n == 0.  NaN handling is left to the callers: a NaN in
  * the row makes x - max NaN somewhere, and the exp-sum carries it to every
  * output of the row.  Independent partial maxima (four vectors of
  * AVX-512; 256 bytes of lanes) hide the latency of the max instruction; the
@@ -229,7 +229,7 @@ template <typename T> static CS_REDUCTION T row_max(const T *x, idx_t n) {
     for (int l = 0; l < L; ++l) m = acc[l] > m ? acc[l] : m;
 #pragma omp simd reduction(max : m)
     for (idx_t k = nb; k < n; ++k) m = x[k] > m ? x[k] : m;
-    return m;
+    return m + (T)0;  /* -0 as +0: which zero a tie keeps depends on the order */
 }
 
 /* 1 if the row holds a NaN; used only on the rare rows whose max is +-inf. */
@@ -281,8 +281,25 @@ enum { SUM_BLOCK = 256 };
 
 static inline idx_t block_end(idx_t k0, idx_t nv) { return nv - k0 > SUM_BLOCK ? k0 + SUM_BLOCK : nv; }
 
+/* Long rows are reduced by chunks of CHUNK columns: each row_* reduction
+ * below computes the sums of chunk 0, 1, ... (a chunk_* function, columns
+ * [c0, c0 + CHUNK)) and adds them in chunk order, the first one as it is.
+ * A kernel that splits a row's columns over threads (too few rows to keep
+ * the team busy) calls the same row_* function on each chunk and adds the
+ * results in the same order, so a row's result does not depend on whether,
+ * or over how many threads, it was split.  CHUNK is a multiple of SUM_BLOCK
+ * and of every vector width, so the blocks and vector loops of a chunk are
+ * those of the whole row; rows of at most CHUNK columns are one chunk. */
+enum { CHUNK = 16384 };
+
+static inline idx_t chunk_len(idx_t c0, idx_t n) { return n - c0 > CHUNK ? CHUNK : n - c0; }
+
+/* Adds chunk c's partial sum p to the running sum of a row (one compiled
+ * copy of a chunk's loop per row function: the loop below). */
+static inline double add_chunk(double s, double p, idx_t c0) { return c0 == 0 ? p : s + p; }
+
 /* sum_k exp(x_k - shift), shift = max_k x_k. */
-template <typename T> static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift) {
+template <typename T> static inline double chunk_exp_sum(const T *x, idx_t n, T shift) {
     double s = 0.0;
     idx_t nv = vector_part(n);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
@@ -296,7 +313,7 @@ template <typename T> static CS_REDUCTION double row_exp_sum(const T *x, idx_t n
 }
 
 /* e_k = exp(x_k - shift) and returns sum_k e_k, shift = max_k x_k.  e may be x. */
-template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
+template <typename T> static inline double chunk_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
     double s = 0.0;
     idx_t nv = vector_part(n);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
@@ -317,12 +334,12 @@ template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T
 template <typename T>
 static CS_REDUCTION double row_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m);
 
-/* row_exp_store_sum that also returns, in *smooth, sum_k w_k (x_k - shift)
+/* chunk_exp_store_sum that also returns, in *smooth, sum_k w_k (x_k - shift)
  * (w == NULL: all ones): the label-smoothing term of cross-entropy with class
  * indices, in the same pass over the row.  e may be x. */
 template <typename T>
-static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w, idx_t n, T shift,
-                                              double *smooth) {
+static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, idx_t n, T shift,
+                                                 double *smooth) {
     double s = 0.0, a = 0.0;
     idx_t nv = vector_part(n);
     for (idx_t k = nv; k < n; ++k)
@@ -375,16 +392,16 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
     return s;
 }
 
-/* row_exp_store_sum for probability targets: also returns sum_k y'_k in *y_sum
+/* chunk_exp_store_sum for probability targets: also returns sum_k y'_k in *y_sum
  * and sum_k y'_k (x_k - shift) in *y_dot, y'_k = w_k (alpha y_k + beta)
  * (w == NULL: ones), in the same pass.  The targets' terms are formed and
  * summed in double, as row_soft_target_sums does: y'_k and the products are
  * unbounded, and a float product can overflow where the double sum is
  * finite (+inf - inf = NaN where the loss is -inf).  e may be x, not y. */
 template <typename T>
-static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const T *w, T *e, idx_t n,
-                                            T shift, double alpha, double beta, double *y_sum,
-                                            double *y_dot) {
+static inline double chunk_exp_store_sum_soft(const T *x, const T *y, const T *w, T *e, idx_t n,
+                                               T shift, double alpha, double beta, double *y_sum,
+                                               double *y_dot) {
     double s = 0.0, sy = 0.0, sd = 0.0;
     idx_t nv = vector_part(n);
     for (idx_t k = nv; k < n; ++k) {  /* the tail first: e may be x */
@@ -442,7 +459,7 @@ template <typename T> static CS_REDUCTION double row_sum(const T *a, idx_t n) {
 
 /* sum_k w_k (x_k - m) in double, w == NULL meaning all ones: the smoothing
  * term of cross-entropy with integer targets. */
-template <typename T> static CS_REDUCTION double row_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m) {
+template <typename T> static inline double chunk_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m) {
     double s = 0.0;
     if (w == NULL) {
 #pragma omp simd reduction(+ : s)
@@ -457,8 +474,8 @@ template <typename T> static CS_REDUCTION double row_weighted_shifted_sum(const 
 /* For probability targets: y'_k = w_k (alpha y_k + beta).  Returns
  * sum_k y'_k and stores sum_k y'_k (x_k - m) in *ydot; w == NULL is all ones. */
 template <typename T>
-static CS_REDUCTION double row_soft_target_sums(const T *x, const T *y, const T *w, idx_t n, T m,
-                                          double alpha, double beta, double *ydot) {
+static inline double chunk_soft_target_sums(const T *x, const T *y, const T *w, idx_t n, T m,
+                                             double alpha, double beta, double *ydot) {
     double sy = 0.0, sd = 0.0;
     if (w == NULL) {
 #pragma omp simd reduction(+ : sy, sd)
@@ -477,6 +494,100 @@ static CS_REDUCTION double row_soft_target_sums(const T *x, const T *y, const T 
     }
     *ydot = sd;
     return sy;
+}
+
+/* ---- the row reductions: chunk sums added in chunk order (see CHUNK) ---- */
+
+template <typename T> static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift) {
+    double s = 0.0;
+    for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
+        s = add_chunk(s, chunk_exp_sum(x + c0, chunk_len(c0, n), shift), c0);
+    return s;
+}
+
+template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
+    double s = 0.0;
+    for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
+        s = add_chunk(s, chunk_exp_store_sum(x + c0, e + c0, chunk_len(c0, n), shift), c0);
+    return s;
+}
+
+template <typename T>
+static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w, idx_t n, T shift,
+                                                    double *smooth) {
+    double s = 0.0, a = 0.0, pa;
+    for (idx_t c0 = 0; c0 < n; c0 += CHUNK) {
+        s = add_chunk(s, chunk_exp_store_sum_smooth(x + c0, e + c0, w == NULL ? w : w + c0,
+                                                    chunk_len(c0, n), shift, &pa), c0);
+        a = add_chunk(a, pa, c0);
+    }
+    *smooth = a;
+    return s;
+}
+
+template <typename T>
+static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const T *w, T *e, idx_t n,
+                                                  T shift, double alpha, double beta, double *y_sum,
+                                                  double *y_dot) {
+    double s = 0.0, sy = 0.0, sd = 0.0, py, pd;
+    for (idx_t c0 = 0; c0 < n; c0 += CHUNK) {
+        s = add_chunk(s, chunk_exp_store_sum_soft(x + c0, y + c0, w == NULL ? w : w + c0, e + c0,
+                                                  chunk_len(c0, n), shift, alpha, beta, &py, &pd), c0);
+        sy = add_chunk(sy, py, c0);
+        sd = add_chunk(sd, pd, c0);
+    }
+    *y_sum = sy;
+    *y_dot = sd;
+    return s;
+}
+
+template <typename T> static CS_REDUCTION double row_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m) {
+    double s = 0.0;
+    for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
+        s = add_chunk(s, chunk_weighted_shifted_sum(x + c0, w == NULL ? w : w + c0, chunk_len(c0, n), m), c0);
+    return s;
+}
+
+template <typename T>
+static CS_REDUCTION double row_soft_target_sums(const T *x, const T *y, const T *w, idx_t n, T m,
+                                                double alpha, double beta, double *ydot) {
+    double sy = 0.0, sd = 0.0, pd;
+    for (idx_t c0 = 0; c0 < n; c0 += CHUNK) {
+        sy = add_chunk(sy, chunk_soft_target_sums(x + c0, y + c0, w == NULL ? w : w + c0,
+                                                  chunk_len(c0, n), m, alpha, beta, &pd), c0);
+        sd = add_chunk(sd, pd, c0);
+    }
+    *ydot = sd;
+    return sy;
+}
+
+/* ---- the scalar end of a row's cross-entropy ------------------------------
+ * Out of line for the reason the reductions are: GCC contracts a * b + c into
+ * an FMA (-ffp-contract=fast, its default) in each inlined copy on its own, and
+ * the copies in the whole-row kernel and in the serial step of a split row
+ * were contracted differently (the loss of a row one ulp apart).  One compiled
+ * copy gives a row the same bits on every path. */
+
+/* Loss of a row with class index t (weight w_t), from x_t - m, the smoothing
+ * sum and s = sum_k exp(x_k - m); sum(y') into *y_sum. */
+static CS_REDUCTION double cross_entropy_index_loss(double w_t, double w_total, double alpha, double beta,
+                                                    double x_t, double smooth, double s, double *y_sum) {
+    double lse = log(s);
+    double loss = alpha * w_t * (lse - x_t);
+    *y_sum = alpha * w_t;
+    if (beta != 0.0) {
+        /* only with smoothing do the other classes' weights enter (a NaN
+         * weight of an unused class must not reach the row otherwise, as in
+         * PyTorch) */
+        loss += beta * (w_total * lse - smooth);
+        *y_sum += beta * w_total;
+    }
+    return loss;
+}
+
+/* Loss of a row with probability targets: sum(y') log(s) - sum(y'_k (x_k - m)). */
+static CS_REDUCTION double cross_entropy_prob_loss(double y_sum, double y_dot, double s) {
+    return y_sum * log(s) - y_dot;
 }
 
 /* ---- tiles of short rows ------------------------------------------------

@@ -11,7 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from arrays import FLOAT_DTYPES, FLOAT_IDS, HAVE_CYTHON, assert_bitwise_equal, make_rng
+from arrays import (
+    FLOAT_DTYPES,
+    FLOAT_IDS,
+    HAVE_CYTHON,
+    assert_bitwise_equal,
+    assert_close,
+    make_rng,
+)
 
 import csoftmax
 from csoftmax._dispatch import FRONTENDS
@@ -20,7 +27,15 @@ needs_cython = pytest.mark.skipif(not HAVE_CYTHON, reason="threads run in the co
 
 THREADS = (1, 2, 3, 8)
 #: Large enough to pass any small-work threshold: many rows, a few very wide rows, a middle.
-SHAPES = {"tall": (4000, 96), "wide": (3, 250_000), "one-row": (1, 600_000), "mid": (96, 2000)}
+#: Rows fewer than two per thread are split into column chunks (wide, one-row; chunks at 3 and
+#: 8 threads but not at 2), the chunk count of "chunks" is 4 with a last chunk of 5 columns.
+SHAPES = {
+    "tall": (4000, 96),
+    "wide": (3, 250_000),
+    "one-row": (1, 600_000),
+    "chunks": (5, 3 * 16384 + 5),
+    "mid": (96, 2000),
+}
 
 
 @functools.cache
@@ -70,6 +85,20 @@ KERNELS = {
     "ce_grad-prob-mean": lambda fe, p, t: fe.cross_entropy_with_grad(
         p["x"], p["probs"], weight=p["weight"], label_smoothing=0.2, num_threads=t
     ),
+    # each kernel path of a row: smoothing with and without weights, loss alone or with grad
+    "ce-int-smooth-none": lambda fe, p, t: fe.cross_entropy(
+        p["x"], p["labels"], label_smoothing=0.1, reduction="none", num_threads=t
+    ),
+    "ce_grad-int-smooth-none": lambda fe, p, t: fe.cross_entropy_with_grad(
+        p["x"], p["labels"], label_smoothing=0.1, reduction="none", num_threads=t
+    ),
+    "ce-prob-weighted-none": lambda fe, p, t: fe.cross_entropy(
+        p["x"], p["probs"], weight=p["weight"], label_smoothing=0.2, reduction="none",
+        num_threads=t,
+    ),
+    "ce_grad-prob-none": lambda fe, p, t: fe.cross_entropy_with_grad(
+        p["x"], p["probs"], reduction="none", num_threads=t
+    ),
 }
 
 
@@ -94,18 +123,88 @@ def test_bitwise_identical_at_every_thread_count(kernel, shape_id, dtype):
 
 
 @needs_cython
-def test_in_place_bitwise_identical_at_every_thread_count():
-    fe, p = FRONTENDS["cython"], problem("tall", np.float32)
+@pytest.mark.parametrize("shape_id", ["tall", "chunks"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_in_place_bitwise_identical_at_every_thread_count(shape_id, smoothing):
+    fe, p = FRONTENDS["cython"], problem(shape_id, np.float32)
     expected = fe.softmax(p["x"], num_threads=1)
+    e_loss, e_grad = fe.cross_entropy_with_grad(
+        p["x"], p["labels"], label_smoothing=smoothing, num_threads=1
+    )
     for t in THREADS:
         x = p["x"].copy()
         fe.softmax(x, out=x, num_threads=t)
         assert_bitwise_equal(x, expected, f"in-place softmax at {t} threads")
         x = p["x"].copy()
-        loss, grad = fe.cross_entropy_with_grad(x, p["labels"], out=x, num_threads=t)
-        e_loss, e_grad = fe.cross_entropy_with_grad(p["x"], p["labels"], num_threads=1)
+        loss, grad = fe.cross_entropy_with_grad(
+            x, p["labels"], label_smoothing=smoothing, out=x, num_threads=t
+        )
         assert_bitwise_equal(grad, e_grad, f"in-place grad at {t} threads")
         assert_bitwise_equal(loss, e_loss, f"in-place loss at {t} threads")
+
+
+def _special_chunk_rows(dtype):
+    """Rows of 3 chunks and a bit, with special values in one chunk only: each row's result
+    hinges on combining the chunks (a NaN, +inf, -inf everywhere, the maximum 0 as -0 in one
+    chunk and +0 in another, huge values that underflow the rest)."""
+    n = 3 * 16384 + 7
+    rng = make_rng("special chunks", np.dtype(dtype).name)
+    x = (rng.standard_normal((7, n)) * 3).astype(dtype)
+    x[0, 20000] = np.nan
+    x[1, 40000] = np.inf
+    x[2] = -np.inf
+    x[3] = -np.abs(x[3]) - 1
+    x[3, 5] = -0.0
+    x[3, 30000] = 0.0
+    x[4, n - 1] = 1e4 if dtype == np.float64 else 1e3
+    x[5, 16384] = np.finfo(dtype).max
+    x[5, 16383] = -np.finfo(dtype).max
+    labels = np.array([1, 2, 3, 30000, n - 1, 16383, 0])
+    return x, labels
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
+@pytest.mark.parametrize("rows", [slice(None), slice(3, 5)], ids=["7rows", "2rows"])
+def test_split_rows_with_special_values(dtype, rows):
+    """Split at 8 threads (7 rows) or at 2, 3 and 8 (2 rows): the same bits as one thread,
+    and the NumPy backend's values."""
+    fe, ref = FRONTENDS["cython"], FRONTENDS["numpy"]
+    x, labels = _special_chunk_rows(dtype)
+    x, labels = x[rows], labels[rows]
+    with np.errstate(invalid="ignore"):  # NaN and inf give NaN targets: one more special row
+        probs = np.abs(x[::-1]) % 1
+    calls = {
+        "softmax": lambda f, t: f.softmax(x, num_threads=t),
+        "log_softmax": lambda f, t: f.log_softmax(x, num_threads=t),
+        "logsumexp": lambda f, t: f.logsumexp(x, num_threads=t),
+        "ce_grad": lambda f, t: f.cross_entropy_with_grad(
+            x, labels, label_smoothing=0.1, reduction="none", num_threads=t
+        ),
+        "ce_grad-prob": lambda f, t: f.cross_entropy_with_grad(
+            x, probs, reduction="none", num_threads=t
+        ),
+    }
+    with np.errstate(all="ignore"):
+        for name, call in calls.items():
+            first = call(fe, 1)
+            for t in (2, 3, 8):
+                assert_same_results(call(fe, t), first, f"{name} at {t} threads")
+            for got, want in zip(as_tuple(first), as_tuple(call(ref, 1))):
+                assert_close(got, want, dtype, what=f"{name} vs the NumPy backend")
+
+
+@needs_cython
+def test_team_size_counts_column_chunks():
+    from csoftmax import _api
+
+    for module in {fe.kernels for name, fe in FRONTENDS.items() if name != "numpy"}:
+        assert module.COLUMN_CHUNK == _api.COLUMN_CHUNK
+    chunk = _api.COLUMN_CHUNK
+    assert _api._threads_for(1, 4 * chunk, 8) == 4  # one row: as many threads as chunks
+    assert _api._threads_for(1, chunk, 8) == 1  # one chunk: one thread
+    assert _api._threads_for(3, chunk + 1, 8) == 6
+    assert _api._threads_for(1000, 1000, 8) == 8
 
 
 @needs_cython
