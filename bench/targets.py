@@ -91,6 +91,10 @@ def _rows():
     rows += [Target("call overhead", "softmax", (1, 1000), "faster", 1.0, "torch"),
              Target("call overhead", CE, (32, 1000), "faster", 3, "torch"),
              Target("thread scaling", CE, (8192, 1000), "scaling", 1.7),
+             # rows < 2 x threads: a row's columns split over the team keep both cores
+             # busy (16x131072 and 4x262144 split only from 9 and 3 threads on)
+             Target("column split, 1 row", CE, (1, 262144), "scaling", 1.5),
+             Target("column split, 1 row", "softmax", (1, 262144), "scaling", 1.5),
              Target("accuracy", "all", None, "accuracy")]
     return rows
 

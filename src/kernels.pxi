@@ -80,6 +80,7 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         double w_t, double w_total, double alpha, double beta, double x_t, double smooth,
         double s, double *y_sum) noexcept
     double cross_entropy_prob_loss(double y_sum, double y_dot, double s) noexcept
+    double add_chunk(double s, double p, Py_ssize_t c0) noexcept
     void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
     void tile_exp_shifted[T](
         const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
@@ -560,13 +561,10 @@ cdef inline void _split_rows_step(
                     row.x_t = <double>x[r * n + t] - <double><floating>row.m
                     row.w_t = 1.0 if w == NULL else w[t]
             continue
-        row.s = part[0].s
-        row.a = part[0].a
-        row.b = part[0].b
-        for c in range(1, nc):
-            row.s += part[c].s
-            row.a += part[c].a
-            row.b += part[c].b
+        for c in range(nc):
+            row.s = add_chunk(row.s, part[c].s, c * CHUNK)
+            row.a = add_chunk(row.a, part[c].a, c * CHUNK)
+            row.b = add_chunk(row.b, part[c].b, c * CHUNK)
         if op == OP_LOGSUMEXP:
             out[r] = <floating>_logsumexp_finish(x + r * n, n, <floating>row.m, row.s)
         elif op == OP_CROSS_ENTROPY_INDEX:

@@ -294,9 +294,12 @@ enum { CHUNK = 16384 };
 
 static inline idx_t chunk_len(idx_t c0, idx_t n) { return n - c0 > CHUNK ? CHUNK : n - c0; }
 
-/* Adds chunk c's partial sum p to the running sum of a row (one compiled
- * copy of a chunk's loop per row function: the loop below). */
-static inline double add_chunk(double s, double p, idx_t c0) { return c0 == 0 ? p : s + p; }
+/* Adds the partial sum p of the chunk at column c0 to the running sum s of a
+ * row.  Out of line, and called by the split kernels too: where both are NaN
+ * (a row with +inf in one chunk and a NaN in another) the sum keeps one
+ * operand's NaN, and an inlined copy may put the operands in either order
+ * (its sign bit would then depend on the thread count). */
+static CS_REDUCTION double add_chunk(double s, double p, idx_t c0) { return c0 == 0 ? p : s + p; }
 
 /* sum_k exp(x_k - shift), shift = max_k x_k. */
 template <typename T> static inline double chunk_exp_sum(const T *x, idx_t n, T shift) {

@@ -146,7 +146,8 @@ def test_in_place_bitwise_identical_at_every_thread_count(shape_id, smoothing):
 def _special_chunk_rows(dtype):
     """Rows of 3 chunks and a bit, with special values in one chunk only: each row's result
     hinges on combining the chunks (a NaN, +inf, -inf everywhere, the maximum 0 as -0 in one
-    chunk and +0 in another, huge values that underflow the rest)."""
+    chunk and +0 in another, huge values that underflow the rest).  NaN results must match in
+    their bits too: a sum of two NaNs keeps one of them, the same one on every path."""
     n = 3 * 16384 + 7
     rng = make_rng("special chunks", np.dtype(dtype).name)
     x = (rng.standard_normal((7, n)) * 3).astype(dtype)
@@ -159,13 +160,17 @@ def _special_chunk_rows(dtype):
     x[4, n - 1] = 1e4 if dtype == np.float64 else 1e3
     x[5, 16384] = np.finfo(dtype).max
     x[5, 16383] = -np.finfo(dtype).max
+    x[6, 3] = np.inf  # NaN everywhere, from inf - inf in one chunk and a NaN in another
+    x[6, 40000] = np.nan
     labels = np.array([1, 2, 3, 30000, n - 1, 16383, 0])
     return x, labels
 
 
 @needs_cython
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
-@pytest.mark.parametrize("rows", [slice(None), slice(3, 5)], ids=["7rows", "2rows"])
+@pytest.mark.parametrize(
+    "rows", [slice(None), slice(3, 5), slice(5, 7)], ids=["7rows", "rows3-4", "rows5-6"]
+)
 def test_split_rows_with_special_values(dtype, rows):
     """Split at 8 threads (7 rows) or at 2, 3 and 8 (2 rows): the same bits as one thread,
     and the NumPy backend's values."""
