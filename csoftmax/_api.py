@@ -393,7 +393,7 @@ class Frontend:
         if args.labels is not None:
             w64 = None if args.weight is None else args.weight.astype(np.float64)
             bad, total = self._kernel("label_summary", args.labels.dtype)(
-                args.labels, n_classes, args.ignore_index, w64)
+                args.labels, n_classes, args.ignore_index, w64, threads)
             if bad >= 0:
                 raise args.bad_label(bad)
         else:
@@ -405,21 +405,22 @@ class Frontend:
             scale = 1.0 / total if total != 0.0 else float("nan")
         else:
             scale = 1.0
+        total_loss = 0.0  # the kernels' sum of the row losses, in an order fixed by the shape
         if n_rows:
             if args.labels is not None:
-                self._kernel("cross_entropy_index_rows", args.compute, args.labels.dtype)(
+                total_loss = self._kernel(
+                    "cross_entropy_index_rows", args.compute, args.labels.dtype)(
                     args.logits, args.labels, args.weight, args.ignore_index,
                     args.label_smoothing, scale, row_loss, grad, threads,
                 )
             else:
-                self._kernel("cross_entropy_prob_rows", args.compute)(
+                total_loss = self._kernel("cross_entropy_prob_rows", args.compute)(
                     args.logits, args.probs, args.weight, args.label_smoothing,
                     scale, row_loss, grad, threads,
                 )
         if args.reduction == "none":
             loss = row_loss.astype(args.result)
             return loss[0] if args.one_sample else loss
-        total_loss = float(np.add.reduce(row_loss))  # fixed order, in double
         if args.reduction == "mean":
             total_loss = total_loss / total if total != 0.0 else float("nan")
         return args.result.type(total_loss)

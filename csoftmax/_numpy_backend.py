@@ -136,7 +136,7 @@ def log_softmax_backward_rows(grad_output, output, out, n_threads):
         np.subtract(grad_output, np.exp(output) * gsum[:, None], out=out)
 
 
-def label_summary(target, n_classes, ignore_index, weight=None):
+def label_summary(target, n_classes, ignore_index, weight=None, n_threads=1):
     counted = target != ignore_index
     bad = counted & ((target < 0) | (target >= n_classes))
     if bad.any():
@@ -148,8 +148,8 @@ def label_summary(target, n_classes, ignore_index, weight=None):
 
 
 @blockwise(0, 1, 6, 7)
-def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
-                             grad_scale, row_loss, grad, n_threads):
+def _cross_entropy_index_blocks(logits, target, weight, ignore_index, label_smoothing,
+                                grad_scale, row_loss, grad, n_threads):
     n_classes = logits.shape[1]
     alpha = 1.0 - label_smoothing
     beta = label_smoothing / n_classes
@@ -183,8 +183,8 @@ def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothi
 
 
 @blockwise(0, 1, 5, 6)
-def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
-                            row_loss, grad, n_threads):
+def _cross_entropy_prob_blocks(logits, target, weight, label_smoothing, grad_scale,
+                               row_loss, grad, n_threads):
     n_classes = logits.shape[1]
     alpha = 1.0 - label_smoothing
     beta = label_smoothing / n_classes
@@ -199,6 +199,20 @@ def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
         if grad is not None:
             g = e * (y_sum / s * grad_scale).astype(logits.dtype)[:, None]
             grad[:] = g - (y * grad_scale).astype(logits.dtype)
+
+
+def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
+                             grad_scale, row_loss, grad, n_threads):
+    _cross_entropy_index_blocks(logits, target, weight, ignore_index, label_smoothing,
+                                grad_scale, row_loss, grad, n_threads)
+    return float(np.add.reduce(row_loss))
+
+
+def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
+                            row_loss, grad, n_threads):
+    _cross_entropy_prob_blocks(logits, target, weight, label_smoothing, grad_scale,
+                               row_loss, grad, n_threads)
+    return float(np.add.reduce(row_loss))
 
 
 _frontend = Frontend(sys.modules[__name__], "numpy")

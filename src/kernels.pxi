@@ -33,7 +33,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 cimport numpy as cnp
 from libc.math cimport log, INFINITY, NAN
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.stdint cimport int32_t, int64_t
 
 ctypedef fused label_t:
@@ -385,15 +385,17 @@ cdef inline void _log_softmax_backward_unit(
 cdef inline void _cross_entropy_index_unit(
     const floating *x, const label_t *target, Py_ssize_t n_rows, Py_ssize_t n,
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha,
-    double beta, double *loss, floating *grad, double scale, Py_ssize_t i,
+    double beta, double *loss, double *tile_loss, floating *grad, double scale,
+    Py_ssize_t i,
 ) noexcept nogil:
     cdef Py_ssize_t r0 = i * _tile_rows(n)
+    cdef Py_ssize_t rows = min(_tile_rows(n), n_rows - r0)
     cdef Py_ssize_t t
     if n < SHORT_ROW:
         tile_cross_entropy_index(
-            x + r0 * n, target + r0, min(_tile_rows(n), n_rows - r0), n, ignore_index,
-            w, w_total, alpha, beta, loss + r0, grad if grad == NULL else grad + r0 * n,
-            scale)
+            x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
+            loss + r0, grad if grad == NULL else grad + r0 * n, scale)
+        tile_loss[i] = row_sum(loss + r0, rows)
         return
     t = target[i]
     if t == ignore_index or not 0 <= t < n:
@@ -408,18 +410,45 @@ cdef inline void _cross_entropy_index_unit(
 
 cdef inline void _cross_entropy_prob_unit(
     const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
-    const floating *w, double alpha, double beta, double *loss, floating *grad,
-    double scale, Py_ssize_t i,
+    const floating *w, double alpha, double beta, double *loss, double *tile_loss,
+    floating *grad, double scale, Py_ssize_t i,
 ) noexcept nogil:
     cdef Py_ssize_t r0 = i * _tile_rows(n)
+    cdef Py_ssize_t rows = min(_tile_rows(n), n_rows - r0)
     if n < SHORT_ROW:
         _cross_entropy_prob_tile(
-            x + r0 * n, y + r0 * n, min(_tile_rows(n), n_rows - r0), n, w, alpha, beta,
-            loss + r0, grad if grad == NULL else grad + r0 * n, scale)
+            x + r0 * n, y + r0 * n, rows, n, w, alpha, beta, loss + r0,
+            grad if grad == NULL else grad + r0 * n, scale)
+        tile_loss[i] = row_sum(loss + r0, rows)
     else:
         loss[i] = _cross_entropy_prob_row(
             x + i * n, y + i * n, n, w, alpha, beta,
             grad if grad == NULL else grad + i * n, scale)
+
+
+# ---------------------------------------------------------------------------
+# the sum of the row losses (for reduction="mean"/"sum"), in an order fixed by
+# the shape: the rows' losses, or for short rows each tile's sum (computed by
+# the thread that computed the tile, while it is in cache) and then the tiles'.
+# It replaces a pass over the row losses after the kernel (at 262144x2 that
+# pass cost as much as a tenth of the kernel).
+
+cdef double *_tile_loss_alloc(Py_ssize_t n_rows, Py_ssize_t n) except? NULL:
+    """Room for one loss sum per tile of short rows (NULL for long rows)."""
+    if n >= SHORT_ROW:
+        return NULL
+    cdef double *p = <double *>malloc(_n_tiles(n_rows, n) * sizeof(double))
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+cdef inline double _loss_total(
+    const double *loss, const double *tile_loss, Py_ssize_t n_rows, Py_ssize_t n
+) noexcept nogil:
+    if n < SHORT_ROW:
+        return row_sum(tile_loss, _n_tiles(n_rows, n))
+    return row_sum(loss, n_rows)
 
 
 # ---------------------------------------------------------------------------
@@ -793,8 +822,43 @@ def log_softmax_backward_rows(const floating[:, ::1] grad_output,
             _log_softmax_backward_unit(gp, lp, op, n, i)
 
 
+cdef enum:
+    LABEL_CHUNK = 65536  # labels per unit of the label check over threads
+
+
+cdef inline Py_ssize_t _labels_chunk_bad(
+    const label_t *t, Py_ssize_t n_rows, Py_ssize_t n_classes, Py_ssize_t ignore_index,
+    Py_ssize_t c, Py_ssize_t *kept,
+) noexcept nogil:
+    cdef Py_ssize_t k0 = c * LABEL_CHUNK
+    return labels_count_bad(t + k0, min(<Py_ssize_t>LABEL_CHUNK, n_rows - k0), n_classes,
+                            ignore_index, &kept[c])
+
+
+cdef Py_ssize_t _labels_count_bad(
+    const label_t *t, Py_ssize_t n_rows, Py_ssize_t n_classes, Py_ssize_t ignore_index,
+    Py_ssize_t *kept, int n_threads,
+) except -1:
+    """labels_count_bad, by chunks over the threads for many labels (counts:
+    exact in any order)."""
+    if n_threads == 1 or n_rows <= LABEL_CHUNK:
+        with nogil:
+            return labels_count_bad(t, n_rows, n_classes, ignore_index, kept)
+    cdef Py_ssize_t c, bad = 0, n_chunks = (n_rows + LABEL_CHUNK - 1) // LABEL_CHUNK
+    cdef Py_ssize_t *chunk_kept = <Py_ssize_t *>malloc(n_chunks * sizeof(Py_ssize_t))
+    if chunk_kept == NULL:
+        raise MemoryError()
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        bad += _labels_chunk_bad(t, n_rows, n_classes, ignore_index, c, chunk_kept)
+    kept[0] = 0
+    for c in range(n_chunks):
+        kept[0] += chunk_kept[c]
+    free(chunk_kept)
+    return bad
+
+
 def label_summary(const label_t[::1] target, Py_ssize_t n_classes,
-                  Py_ssize_t ignore_index, const double[::1] weight=None):
+                  Py_ssize_t ignore_index, const double[::1] weight=None, int n_threads=1):
     """Check class indices and total the weight that a "mean" divides by.
 
     Returns ``(first_bad_row, total)``: the first row whose label is neither in
@@ -808,8 +872,7 @@ def label_summary(const label_t[::1] target, Py_ssize_t n_classes,
     if n_rows > 0 and not weighted:
         # the common case as one vector pass; the scalar loop below finds the
         # first bad row only when there is one
-        with nogil:
-            bad = labels_count_bad(&target[0], n_rows, n_classes, ignore_index, &kept)
+        bad = _labels_count_bad(&target[0], n_rows, n_classes, ignore_index, &kept, n_threads)
         if bad == 0:
             return -1, <double>kept
         bad = -1
@@ -834,12 +897,13 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
                              double[::1] row_loss,
                              floating[:, ::1] grad,
                              int n_threads):
-    """Per-row cross-entropy with class indices; the gradient (times
-    grad_scale) into grad when grad is not None.  Labels must have been
-    checked with label_summary.  weight may be None; grad may be logits."""
+    """Per-row cross-entropy with class indices into row_loss, and returns
+    their sum (see _loss_total); the gradient (times grad_scale) into grad
+    when grad is not None.  Labels must have been checked with label_summary.
+    weight may be None; grad may be logits."""
     cdef Py_ssize_t i, n_rows = logits.shape[0], n = logits.shape[1]
     if n_rows == 0:
-        return
+        return 0.0
     cdef const floating *xp = &logits[0, 0]
     cdef const label_t *tp = &target[0]
     cdef double *lp = &row_loss[0]
@@ -858,17 +922,21 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
     if _split_rows(n_rows, n, n_threads):
         _split_columns(OP_CROSS_ENTROPY_INDEX, xp, <const floating *>NULL, tp, wp, gp, &ce,
                        n_rows, n, n_threads)
-        return
+        return _loss_total(lp, NULL, n_rows, n)
+    cdef double *tl = _tile_loss_alloc(n_rows, n)
     if n_threads == 1:
         with nogil:
             for i in range(_n_units(n_rows, n)):
                 _cross_entropy_index_unit(xp, tp, n_rows, n, ignore_index, wp, w_total,
-                                          alpha, beta, lp, gp, grad_scale, i)
+                                          alpha, beta, lp, tl, gp, grad_scale, i)
     else:
         for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
                         num_threads=n_threads):
             _cross_entropy_index_unit(xp, tp, n_rows, n, ignore_index, wp, w_total,
-                                      alpha, beta, lp, gp, grad_scale, i)
+                                      alpha, beta, lp, tl, gp, grad_scale, i)
+    cdef double total = _loss_total(lp, tl, n_rows, n)
+    free(tl)
+    return total
 
 
 def cross_entropy_prob_rows(const floating[:, ::1] logits,
@@ -880,11 +948,12 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
                             floating[:, ::1] grad,
                             int n_threads):
     """Per-row cross-entropy with probability targets (they need not sum to
-    one); the gradient (times grad_scale) into grad when grad is not None.
-    weight may be None; grad may be logits but not target."""
+    one) into row_loss, and returns their sum (see _loss_total); the gradient
+    (times grad_scale) into grad when grad is not None.  weight may be None;
+    grad may be logits but not target."""
     cdef Py_ssize_t i, n_rows = logits.shape[0], n = logits.shape[1]
     if n_rows == 0:
-        return
+        return 0.0
     cdef const floating *xp = &logits[0, 0]
     cdef const floating *yp = &target[0, 0]
     cdef double *lp = &row_loss[0]
@@ -900,14 +969,18 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
     if _split_rows(n_rows, n, n_threads):
         _split_columns(OP_CROSS_ENTROPY_PROB, xp, yp, <const int32_t *>NULL, wp, gp, &ce,
                        n_rows, n, n_threads)
-        return
+        return _loss_total(lp, NULL, n_rows, n)
+    cdef double *tl = _tile_loss_alloc(n_rows, n)
     if n_threads == 1:
         with nogil:
             for i in range(_n_units(n_rows, n)):
-                _cross_entropy_prob_unit(xp, yp, n_rows, n, wp, alpha, beta, lp, gp,
+                _cross_entropy_prob_unit(xp, yp, n_rows, n, wp, alpha, beta, lp, tl, gp,
                                          grad_scale, i)
     else:
         for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
                         num_threads=n_threads):
-            _cross_entropy_prob_unit(xp, yp, n_rows, n, wp, alpha, beta, lp, gp,
+            _cross_entropy_prob_unit(xp, yp, n_rows, n, wp, alpha, beta, lp, tl, gp,
                                      grad_scale, i)
+    cdef double total = _loss_total(lp, tl, n_rows, n)
+    free(tl)
+    return total

@@ -205,6 +205,9 @@ BAD_LABELS = [  # (id, n, C, target dtype, {row: label}, ignore_index, (bad valu
     ("int64-min", 9, 5, np.int64, {8: -(2**63)}, -100, (-(2**63), 8)),
     ("many-rows", 30000, 7, np.int64, {17345: 7, 29999: -1}, -100, (7, 17345)),
     ("last-row", 30000, 7, np.int32, {29999: 12}, -100, (12, 29999)),
+    # more labels than one unit of the label check over threads (65536)
+    ("chunks", 140000, 2, np.int64, {139999: 2, 70000: -5}, -100, (-5, 70000)),
+    ("chunks-last", 140000, 2, np.int32, {139999: 2}, -100, (2, 139999)),
 ]
 
 

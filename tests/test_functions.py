@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import tracemalloc
 
 import numpy as np
@@ -645,6 +646,33 @@ def test_float32_loss_sums_in_double(frontend, kind, reduction, rng):
     loss = frontend.cross_entropy(logits, target, reduction=reduction)
     assert loss.dtype == np.float32
     np.testing.assert_allclose(float(loss), float(exact), rtol=3e-7)
+
+
+@pytest.mark.parametrize("c", [2, 10, 40])
+@pytest.mark.parametrize("kind", ["int", "prob"])
+def test_cross_entropy_sum_of_row_losses(kernel_frontend, kind, c, rng):
+    """The kernels add up the row losses themselves (tile by tile for short rows, in an order
+    fixed by the shape): "sum" and "mean" agree with the "none" losses summed exactly, and a
+    NaN row makes them NaN, an ignored row counts 0."""
+    logits, target, _ = ce_inputs(5000, c, rng, kind=kind, ignore_index=-100)
+    none = kernel_frontend.cross_entropy(logits, target, reduction="none", ignore_index=-100)
+    total = kernel_frontend.cross_entropy(logits, target, reduction="sum", ignore_index=-100)
+    np.testing.assert_allclose(total, math.fsum(none), rtol=1e-13)
+    counted = np.sum(target != -100) if kind == "int" else len(target)
+    mean = kernel_frontend.cross_entropy(logits, target, ignore_index=-100)
+    np.testing.assert_allclose(mean, math.fsum(none) / counted, rtol=1e-13)
+    logits[1001, 1] = np.nan
+    assert np.isnan(kernel_frontend.cross_entropy(logits, target, reduction="sum"))
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+def test_cross_entropy_mean_counts_rows_over_threads(kernel_frontend, num_threads, rng):
+    """The label check counts the kept rows chunk by chunk over threads (200,000 labels)."""
+    logits, target, _ = ce_inputs(200_000, 2, rng, ignore_index=-100)
+    target[150_001::7] = -100
+    none = kernel_frontend.cross_entropy(logits, target, reduction="none", num_threads=num_threads)
+    mean = kernel_frontend.cross_entropy(logits, target, num_threads=num_threads)
+    np.testing.assert_allclose(mean, math.fsum(none) / np.sum(target != -100), rtol=1e-13)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ THREADS = (1, 2, 3, 8)
 #: 8 threads but not at 2), the chunk count of "chunks" is 4 with a last chunk of 5 columns.
 SHAPES = {
     "tall": (4000, 96),
+    "short": (30000, 10),  # tiles of short rows (and a loss summed tile by tile)
     "wide": (3, 250_000),
     "one-row": (1, 600_000),
     "chunks": (5, 3 * 16384 + 5),
