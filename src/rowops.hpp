@@ -349,30 +349,25 @@ static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, id
         a += (w == NULL ? 1.0 : (double)w[k]) * ((double)x[k] - (double)shift);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
-        /* The smoothing terms w_k (x_k - m) are unbounded: in double (T) they
-         * are summed in the exp loop; in float a block sum could overflow
-         * where the total does not, so they are summed first in a loop of
-         * their own (e may be x) and a block whose float sum is not finite is
-         * summed again in double.  (A double accumulator in the float loop
-         * would be latency-bound, as for the exponentials.) */
-        const bool separate = sizeof(T) < sizeof(double);
-        T ba = 0, bs = 0;
-        if (separate) {
-            if (w == NULL) {
-#pragma omp simd reduction(+ : ba)
-                for (idx_t k = k0; k < k1; ++k) ba += x[k] - shift;
-            } else {
-#pragma omp simd reduction(+ : ba)
-                for (idx_t k = k0; k < k1; ++k) ba += w[k] * (x[k] - shift);
-            }
-            if (!isfinite(ba))
-                ba = (T)0, a += row_weighted_shifted_sum(x + k0, w == NULL ? w : w + k0, k1 - k0, shift);
+        /* The smoothing terms w_k (x_k - m) are unbounded: they are summed
+         * in T in the exp loop, and in float a block sum can overflow where
+         * the total does not: a float block whose sum is not finite is
+         * summed again in double from x.  In place (e == x) the exp loop
+         * overwrites x, so the block is first copied aside (1 KiB, in L1).
+         * The exp loop is the same code in place or not: the same bits. */
+        const bool is_float = sizeof(T) < sizeof(double);
+        T saved[SUM_BLOCK];
+        const T *xs = x + k0;
+        if (is_float && (const T *)e == x) {
+            memcpy(saved, x + k0, (size_t)(k1 - k0) * sizeof(T));
+            xs = saved;
         }
-        if (separate || w == NULL) {
+        T ba = 0, bs = 0;
+        if (w == NULL) {
 #pragma omp simd reduction(+ : bs, ba)
             for (idx_t k = k0; k < k1; ++k) {
                 T d = x[k] - shift;
-                if (!separate) ba += d;
+                ba += d;
                 T v = exp_nonpositive(d);
                 e[k] = v;
                 bs += v;
@@ -387,6 +382,8 @@ static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, id
                 bs += v;
             }
         }
+        if (is_float && !isfinite(ba))
+            ba = (T)0, a += row_weighted_shifted_sum(xs, w == NULL ? w : w + k0, k1 - k0, shift);
         a += (double)ba;
         s += (double)bs;
     }

@@ -665,6 +665,27 @@ def test_cross_entropy_sum_of_row_losses(kernel_frontend, kind, c, rng):
     assert np.isnan(kernel_frontend.cross_entropy(logits, target, reduction="sum"))
 
 
+@pytest.mark.parametrize("c", [40, 1000, 20000])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@float_dtypes
+def test_cross_entropy_in_place_same_bits(kernel_frontend, c, weighted, dtype, rng):
+    """out=logits gives the bits of a separate out: the smoothing sums are computed by the same
+    loop either way, also where a float32 block sum overflows and is summed again in double."""
+    logits = (rng.standard_normal((6, c)) * 4).astype(dtype)
+    logits[1, : min(c, 600)] = np.finfo(dtype).max / 2  # terms whose float block sum overflows
+    logits[1, 3] = -np.finfo(dtype).max / 2
+    target = rng.integers(0, c, size=6)
+    w = rng.uniform(0.5, 2, size=c).astype(dtype) if weighted else None
+    kw = dict(weight=w, label_smoothing=0.1, reduction="none")
+    with np.errstate(all="ignore"):
+        loss, grad = kernel_frontend.cross_entropy_with_grad(logits, target, **kw)
+        x = logits.copy()
+        loss_in, grad_in = kernel_frontend.cross_entropy_with_grad(x, target, out=x, **kw)
+    assert_bitwise_equal(grad_in, grad, "in-place gradient")
+    assert_bitwise_equal(loss_in, loss, "in-place loss")
+    assert np.isfinite(loss[1]) or dtype == np.float64
+
+
 @pytest.mark.parametrize("num_threads", [1, 2, 3])
 def test_cross_entropy_mean_counts_rows_over_threads(kernel_frontend, num_threads, rng):
     """The label check counts the kept rows chunk by chunk over threads (200,000 labels)."""
