@@ -42,21 +42,23 @@ COLUMN_CHUNK = 1 << 14
 _SMALL_OPS = {"softmax_rows": 0, "log_softmax_rows": 1}
 
 
-def _threads_for(n_rows, n, num_threads):
+def _threads_for(n_rows, n, num_threads, split_rows=True):
     """Thread count of one call: explicit or the default, but one for small
     work whatever was asked (a thread team costs more than it saves there,
-    and on a busy machine a 2-thread region can stall for milliseconds)."""
+    and on a busy machine a 2-thread region can stall for milliseconds), and
+    no more than the rows, or the column chunks of a kernel that splits rows
+    (``split_rows``: softmax, log_softmax, logsumexp, cross-entropy)."""
     if num_threads is not None:
         num_threads = check_num_threads(num_threads)
     if n_rows * n < SMALL_WORK:
         return 1
     if num_threads is None:
         num_threads = _threads.get_num_threads()
-    units = n_rows * -(-n // COLUMN_CHUNK)  # rows, or chunks of long rows
+    units = n_rows * -(-n // COLUMN_CHUNK) if split_rows else n_rows
     return max(1, min(num_threads, units, MAX_THREADS))
 
 
-def _run_rows(kernel, inputs, compute, result, axis, out, num_threads):
+def _run_rows(kernel, inputs, compute, result, axis, out, num_threads, split_rows=True):
     """Run ``kernel(*rows_of_inputs, rows_of_result, n_threads)`` over ``axis``.
 
     ``inputs`` are C-contiguous arrays of one shape in the compute dtype.  The
@@ -78,7 +80,7 @@ def _run_rows(kernel, inputs, compute, result, axis, out, num_threads):
     )
     r2 = out.reshape(rows[0].shape) if direct else np.empty(rows[0].shape, compute)
     if r2.size:
-        kernel(*rows, r2, _threads_for(layout.n_rows, layout.n, num_threads))
+        kernel(*rows, r2, _threads_for(layout.n_rows, layout.n, num_threads, split_rows))
     if direct:
         return out
     r = layout.restore(r2)
@@ -324,7 +326,9 @@ class Frontend:
             result = np.promote_types(g_result, result)
             g = g.astype(compute, copy=False)
             a = a.astype(compute, copy=False)
-        return _run_rows(kernel, (g, a), compute, result, axis, out, num_threads)
+        # the backward kernels keep each row on one thread
+        return _run_rows(kernel, (g, a), compute, result, axis, out, num_threads,
+                         split_rows=False)
 
     def softmax_backward(self, grad_output, output, axis=-1, *, out=None, num_threads=None):
         """Gradient through softmax: ``a * (g - sum(g * a))`` over ``axis``.

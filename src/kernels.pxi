@@ -13,8 +13,8 @@
 # per thread: then each row's columns are split into fixed chunks spread over
 # the team (see "rows split over threads").  A row's sums are the same chunk
 # sums added in the same order either way, so results are bitwise identical at
-# every thread count.  Per-row losses are written to a float64 array and
-# reduced afterwards, in a fixed order, by the caller.
+# every thread count.  Per-row losses are written to a float64 array, and the
+# cross-entropy kernels return their sum, added in an order fixed by the shape.
 #
 # The arithmetic of a row lives in small helpers of ``rowops.hpp`` (vectorised
 # max, exp-and-sum, dot, scale, ...); this file composes them.  Memory passes per
@@ -58,6 +58,7 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         double beta, double *y_sum, double *y_dot) noexcept
     double row_dot[T](const T *a, const T *b, Py_ssize_t n) noexcept
     double row_sum[T](const T *a, Py_ssize_t n) noexcept
+    double pairwise_sum[T](const T *a, Py_ssize_t n) noexcept
     double row_weighted_shifted_sum[T](
         const T *x, const T *w, Py_ssize_t n, T m) noexcept
     double row_soft_target_sums[T](
@@ -428,8 +429,9 @@ cdef inline void _cross_entropy_prob_unit(
 
 # ---------------------------------------------------------------------------
 # the sum of the row losses (for reduction="mean"/"sum"), in an order fixed by
-# the shape: the rows' losses, or for short rows each tile's sum (computed by
-# the thread that computed the tile, while it is in cache) and then the tiles'.
+# the shape: the rows' losses pairwise, or for short rows each tile's sum
+# (computed by the thread that computed the tile, while it is in cache) and
+# then the tiles' pairwise.
 # It replaces a pass over the row losses after the kernel (at 262144x2 that
 # pass cost as much as a tenth of the kernel).
 
@@ -447,8 +449,8 @@ cdef inline double _loss_total(
     const double *loss, const double *tile_loss, Py_ssize_t n_rows, Py_ssize_t n
 ) noexcept nogil:
     if n < SHORT_ROW:
-        return row_sum(tile_loss, _n_tiles(n_rows, n))
-    return row_sum(loss, n_rows)
+        return pairwise_sum(tile_loss, _n_tiles(n_rows, n))
+    return pairwise_sum(loss, n_rows)
 
 
 # ---------------------------------------------------------------------------
@@ -531,7 +533,7 @@ cdef inline void _split_chunk(
     elif op == OP_LOG_SOFTMAX or op == OP_LOGSUMEXP:
         if step == 1:
             part.s = row_exp_sum(x + o, k, m)
-        else:
+        elif op == OP_LOG_SOFTMAX:  # (logsumexp has no pass 2: out holds one value per row)
             row_log_softmax_from(x + o, out + o, k, m, <floating>log(row.s))
     elif op == OP_CROSS_ENTROPY_INDEX:
         if row.state != 0:

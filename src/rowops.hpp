@@ -457,6 +457,15 @@ template <typename T> static CS_REDUCTION double row_sum(const T *a, idx_t n) {
     return s;
 }
 
+/* sum_k a_k in double, pairwise over halves down to blocks of 1024 (each a
+ * vector sum): the error grows with log(n), not n, as in NumPy's sum.  For
+ * the row losses of a whole call (millions of rows, float64 results). */
+template <typename T> static CS_REDUCTION double pairwise_sum(const T *a, idx_t n) {
+    if (n <= 1024) return row_sum(a, n);
+    idx_t h = (n / 2 + 1023) / 1024 * 1024;
+    return pairwise_sum(a, h) + pairwise_sum(a + h, n - h);
+}
+
 /* sum_k w_k (x_k - m) in double, w == NULL meaning all ones: the smoothing
  * term of cross-entropy with integer targets. */
 template <typename T> static inline double chunk_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m) {

@@ -211,6 +211,9 @@ def test_team_size_counts_column_chunks():
     assert _api._threads_for(1, chunk, 8) == 1  # one chunk: one thread
     assert _api._threads_for(3, chunk + 1, 8) == 6
     assert _api._threads_for(1000, 1000, 8) == 8
+    # the backward kernels do not split rows: no idle team for one wide row
+    assert _api._threads_for(1, 4 * chunk, 8, split_rows=False) == 1
+    assert _api._threads_for(3, 4 * chunk, 8, split_rows=False) == 3
 
 
 @needs_cython
