@@ -213,9 +213,9 @@ template <typename T> static inline T exp_nonpositive(T x) {
 
 /* ---- reductions over one row -------------------------------------------- */
 
-/* max_k x_k (+0 for a zero maximum); -inf for n == 0.  NaN handling is left to the callers: a NaN in
- * the row makes x - max NaN somewhere, and the exp-sum carries it to every
- * output of the row.  Independent partial maxima (four vectors of
+/* max_k x_k (+0 for a zero maximum); -inf for n == 0.  NaN handling is left
+ * to the callers: a NaN in the row makes x - max NaN somewhere, and the
+ * exp-sum carries it to every output of the row.  Independent partial maxima (four vectors of
  * AVX-512; 256 bytes of lanes) hide the latency of the max instruction; the
  * compiler keeps the fixed-size lane array in registers. */
 template <typename T> static CS_REDUCTION T row_max(const T *x, idx_t n) {
@@ -293,6 +293,9 @@ static inline idx_t block_end(idx_t k0, idx_t nv) { return nv - k0 > SUM_BLOCK ?
 enum { CHUNK = 16384 };
 
 static inline idx_t chunk_len(idx_t c0, idx_t n) { return n - c0 > CHUNK ? CHUNK : n - c0; }
+
+/* w + k for an optional array w (the class weights: NULL means all ones). */
+template <typename T> static inline const T *offset_or_null(const T *w, idx_t k) { return w == NULL ? w : w + k; }
 
 /* Adds the partial sum p of the chunk at column c0 to the running sum s of a
  * row.  Out of line, and called by the split kernels too: where both are NaN
@@ -383,7 +386,7 @@ static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, id
             }
         }
         if (is_float && !isfinite(ba))
-            ba = (T)0, a += row_weighted_shifted_sum(xs, w == NULL ? w : w + k0, k1 - k0, shift);
+            ba = (T)0, a += row_weighted_shifted_sum(xs, offset_or_null(w, k0), k1 - k0, shift);
         a += (double)ba;
         s += (double)bs;
     }
@@ -526,7 +529,7 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
                                                     double *smooth) {
     double s = 0.0, a = 0.0, pa;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK) {
-        s = add_chunk(s, chunk_exp_store_sum_smooth(x + c0, e + c0, w == NULL ? w : w + c0,
+        s = add_chunk(s, chunk_exp_store_sum_smooth(x + c0, e + c0, offset_or_null(w, c0),
                                                     chunk_len(c0, n), shift, &pa), c0);
         a = add_chunk(a, pa, c0);
     }
@@ -540,7 +543,7 @@ static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const 
                                                   double *y_dot) {
     double s = 0.0, sy = 0.0, sd = 0.0, py, pd;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK) {
-        s = add_chunk(s, chunk_exp_store_sum_soft(x + c0, y + c0, w == NULL ? w : w + c0, e + c0,
+        s = add_chunk(s, chunk_exp_store_sum_soft(x + c0, y + c0, offset_or_null(w, c0), e + c0,
                                                   chunk_len(c0, n), shift, alpha, beta, &py, &pd), c0);
         sy = add_chunk(sy, py, c0);
         sd = add_chunk(sd, pd, c0);
@@ -553,7 +556,7 @@ static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const 
 template <typename T> static CS_REDUCTION double row_weighted_shifted_sum(const T *x, const T *w, idx_t n, T m) {
     double s = 0.0;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
-        s = add_chunk(s, chunk_weighted_shifted_sum(x + c0, w == NULL ? w : w + c0, chunk_len(c0, n), m), c0);
+        s = add_chunk(s, chunk_weighted_shifted_sum(x + c0, offset_or_null(w, c0), chunk_len(c0, n), m), c0);
     return s;
 }
 
@@ -562,7 +565,7 @@ static CS_REDUCTION double row_soft_target_sums(const T *x, const T *y, const T 
                                                 double alpha, double beta, double *ydot) {
     double sy = 0.0, sd = 0.0, pd;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK) {
-        sy = add_chunk(sy, chunk_soft_target_sums(x + c0, y + c0, w == NULL ? w : w + c0,
+        sy = add_chunk(sy, chunk_soft_target_sums(x + c0, y + c0, offset_or_null(w, c0),
                                                   chunk_len(c0, n), m, alpha, beta, &pd), c0);
         sd = add_chunk(sd, pd, c0);
     }
