@@ -38,8 +38,13 @@ _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 # _kernels.COLUMN_CHUNK; a test checks they agree): a call may use as many
 # threads as it has chunks.
 COLUMN_CHUNK = 1 << 14
-# op codes of the kernels' small_rows
-_SMALL_OPS = {"softmax_rows": 0, "log_softmax_rows": 1}
+# op codes of the compiled fast path (OP_SOFTMAX, OP_LOG_SOFTMAX in src/kernels.pxi)
+_OP_SOFTMAX, _OP_LOG_SOFTMAX = 0, 1
+
+
+def _declined(*args):
+    """The fast path of a kernel set that has none: every call takes the full path."""
+    return None
 
 
 def _threads_for(n_rows, n, num_threads, split_rows=True):
@@ -124,16 +129,27 @@ class Frontend:
         # dask.distributed, joblib) pickles the frontend by name
         return _restore_frontend, (self.name,)
 
-    def __init__(self, kernels, name):
+    def __init__(self, kernels, name, fast=True):
         self.kernels = kernels
         self.name = name
         # the fused kernels' float/double specialisations, to skip Cython's
-        # run-time dispatch on the fast path
+        # run-time dispatch on the full path
         self._by_dtype = {
             op: _specialisations(getattr(kernels, op))
             for op in ("softmax_rows", "log_softmax_rows", "label_summary",
                        "cross_entropy_index_rows", "cross_entropy_prob_rows")
         }
+        # The compiled kernels' C fast path for the common call (see
+        # src/fastpath.pxi): it returns None for anything else, and the full
+        # path below runs.  fast=False leaves it out (tests compare the two).
+        self._fast_rows = self._fast_logsumexp = self._fast_backward = _declined
+        self._fast_cross_entropy = _declined
+        if fast and hasattr(kernels, "fast_rows"):
+            kernels.configure(SMALL_WORK, MAX_THREADS, _threads.get_num_threads)
+            self._fast_rows = kernels.fast_rows
+            self._fast_logsumexp = kernels.fast_logsumexp
+            self._fast_backward = kernels.fast_backward
+            self._fast_cross_entropy = kernels.fast_cross_entropy
 
     def _kernel(self, op, *dtypes):
         """The kernel ``op`` specialised for ``dtypes`` (the fused arguments'),
@@ -146,38 +162,6 @@ class Frontend:
         """Run a shape-preserving row kernel over ``axis`` of x."""
         xc, compute, result = as_compute_array(x, "x")
         return _run_rows(kernel, (xc,), compute, result, axis, out, num_threads)
-
-    def _fast_rows(self, name, x, axis, out, num_threads):
-        """The common call -- a C-contiguous float32/float64 ndarray, the last
-        axis, no out= -- checked in a few attribute reads, since this sets
-        the overhead of small calls (below SMALL_WORK elements the kernel
-        module checks, and allocates unless out= is given, in C).  Returns
-        None for anything else."""
-        if axis == -1 and (
-            num_threads is None or (type(num_threads) is int and num_threads >= 1)
-        ):  # small work runs on one thread whatever num_threads says
-            r = self.kernels.small_rows(_SMALL_OPS[name], x, out, SMALL_WORK)
-            if r is not None:
-                return r
-        if (
-            type(x) is np.ndarray
-            and out is None
-            and axis == -1
-            and x.ndim
-            and x.flags.c_contiguous
-            and x.flags.aligned
-            and x.size
-        ):
-            if x.dtype in _NATIVE:
-                kernel = self._kernel(name, x.dtype)
-                r = np.empty(x.shape, x.dtype)
-                n_threads = _threads_for(x.size // x.shape[-1], x.shape[-1], num_threads)
-                if x.ndim == 2:
-                    kernel(x, r, n_threads)
-                else:
-                    kernel(x.reshape(-1, x.shape[-1]), r.reshape(-1, x.shape[-1]), n_threads)
-                return r
-        return None
 
     # -- softmax family ----------------------------------------------------
 
@@ -210,7 +194,7 @@ class Frontend:
         >>> csoftmax.softmax(np.array([[1.0, 2.0, 3.0]])).round(4)
         array([[0.09  , 0.2447, 0.6652]])
         """
-        r = self._fast_rows("softmax_rows", x, axis, out, num_threads)
+        r = self._fast_rows(_OP_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
         return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads)
@@ -226,7 +210,7 @@ class Frontend:
         >>> csoftmax.log_softmax(np.array([0.0, 0.0])).round(4)
         array([-0.6931, -0.6931])
         """
-        r = self._fast_rows("log_softmax_rows", x, axis, out, num_threads)
+        r = self._fast_rows(_OP_LOG_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
         return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads)
@@ -269,6 +253,10 @@ class Frontend:
         >>> csoftmax.logsumexp(np.array([0.0, 0.0]), b=np.array([1.0, -2.0]), return_sign=True)
         (np.float64(0.0), np.float64(-1.0))
         """
+        if not (keepdims or return_sign) and b is None:
+            r = self._fast_logsumexp(x, axis, num_threads)
+            if r is not None:
+                return r
         if b is not None:
             return self._logsumexp_scaled(x, b, axis, keepdims, return_sign, num_threads)
         xc, compute, result = as_compute_array(x, "x")
@@ -354,6 +342,9 @@ class Frontend:
         >>> csoftmax.softmax_backward(np.array([1.0, 0.0]), a).round(4)
         array([ 0.1966, -0.1966])
         """
+        r = self._fast_backward(_OP_SOFTMAX, grad_output, output, axis, out, num_threads)
+        if r is not None:
+            return r
         return self._backward(
             self.kernels.softmax_backward_rows, grad_output, output, axis, out, num_threads
         )
@@ -382,6 +373,9 @@ class Frontend:
         >>> csoftmax.log_softmax_backward(np.array([-1.0, 0.0]), o)
         array([-0.5,  0.5])
         """
+        r = self._fast_backward(_OP_LOG_SOFTMAX, grad_output, output, axis, out, num_threads)
+        if r is not None:
+            return r
         return self._backward(
             self.kernels.log_softmax_backward_rows, grad_output, output, axis, out, num_threads
         )
@@ -467,6 +461,11 @@ class Frontend:
         >>> float(csoftmax.cross_entropy(x, np.array([0, 2])).round(4))
         0.6691
         """
+        if weight is None:
+            r = self._fast_cross_entropy(logits, target, ignore_index, reduction,
+                                         label_smoothing, num_threads, False, None)
+            if r is not None:
+                return r
         args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing)
         return self._cross_entropy(args, None, num_threads)
 
@@ -504,6 +503,11 @@ class Frontend:
         >>> float(loss.round(4)), grad
         (0.6931, array([[ 0.5, -0.5]]))
         """
+        if weight is None:
+            r = self._fast_cross_entropy(logits, target, ignore_index, reduction,
+                                         label_smoothing, num_threads, True, out)
+            if r is not None:
+                return r
         args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing)
         if out is not None:
             args.check_out(out)

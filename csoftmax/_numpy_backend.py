@@ -93,12 +93,6 @@ def log_softmax_rows(x, out, n_threads):
         np.subtract(shifted, np.log(s).astype(x.dtype)[:, None], out=out)
 
 
-def small_rows(op, x, out, small_work):
-    """The compiled kernels' shortcut for small softmax (op 0) / log_softmax
-    (op 1) calls; here always None: the general path is the only one."""
-    return None
-
-
 @blockwise(0, 1)
 def logsumexp_rows(x, out, n_threads):
     if x.shape[0] == 0:

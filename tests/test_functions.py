@@ -360,62 +360,6 @@ def test_row_length_sweep(kernel_frontend, func, dtype):
         )
 
 
-@pytest.mark.parametrize("op", [0, 1], ids=["softmax", "log_softmax"])
-def test_small_rows_shortcut(kernel_frontend, op):
-    """The kernels' C shortcut for small calls computes what the general path computes, and
-    declines (None) everything that is not a small, C-contiguous, aligned, native-order
-    float32/float64 ndarray: those calls take the general path."""
-    k = kernel_frontend.kernels
-    name = ("softmax_rows", "log_softmax_rows")[op]
-    rng = make_rng("small-rows", op)
-    for dtype, shape in itertools.product(FLOAT_DTYPES, [(7,), (3, 5), (2, 3, 40), (1, 1)]):
-        x = normal(shape, rng).astype(dtype)
-        r = k.small_rows(op, x, None, 1 << 14)
-        if k.__name__ == "csoftmax._numpy_backend":
-            assert r is None  # the NumPy twin has no shortcut
-            continue
-        general = np.empty_like(x)
-        getattr(k, name)(x.reshape(-1, shape[-1]), general.reshape(-1, shape[-1]), 1)
-        assert r.dtype == x.dtype and r.shape == x.shape and r.flags.c_contiguous
-        assert_bitwise_equal(r, general)
-    x = normal((4, 6), rng)
-    misaligned = np.frombuffer(np.zeros(x.nbytes + 1, np.uint8)[1:].data, np.float64).reshape(4, 6)
-    declined = [
-        x[:, ::2],  # not contiguous
-        misaligned,
-        x.astype(">f8"),  # byte-swapped
-        x.astype(np.float16),
-        np.float64(1.0),  # 0-d
-        np.zeros((3, 0)),  # empty
-        normal((200, 100), rng),  # not small
-        x.view(np.matrix),  # a subclass
-        x.tolist(),
-    ]
-    for value in declined:
-        assert k.small_rows(op, value, None, 1 << 14) is None
-    if k.__name__ == "csoftmax._numpy_backend":
-        return
-    # out=: written in place of x, or into a separate array; declined where the general
-    # path has to decide (wrong shape/dtype/layout, read-only, partial overlap)
-    for dtype in FLOAT_DTYPES:
-        x = normal((6, 10), rng).astype(dtype)
-        expected = k.small_rows(op, x, None, 1 << 14)
-        out = np.full_like(x, 7.0)
-        assert k.small_rows(op, x, out, 1 << 14) is out
-        assert_bitwise_equal(out, expected)
-        y = x.copy()
-        assert k.small_rows(op, y, y, 1 << 14) is y
-        assert_bitwise_equal(y, expected)
-        buf = np.zeros(120, dtype)
-        readonly = np.zeros_like(x)
-        readonly.flags.writeable = False
-        for bad_out in [np.zeros((6, 11), dtype), np.zeros((6, 10), np.float16),
-                        np.zeros((10, 6), dtype).T, readonly,
-                        np.zeros((6, 10), dtype).view(np.matrix), buf[:60].reshape(6, 10)]:
-            src = buf[30:90].reshape(6, 10) if bad_out.base is buf else x
-            assert k.small_rows(op, src, bad_out, 1 << 14) is None
-
-
 @pytest.mark.parametrize("kind", ["int", "prob"])
 @float_dtypes
 def test_cross_entropy_row_length_sweep(kernel_frontend, kind, dtype):

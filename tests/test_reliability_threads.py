@@ -28,7 +28,8 @@ needs_cython = pytest.mark.skipif(not HAVE_CYTHON, reason="threads run in the co
 
 THREADS = (1, 2, 3, 8)
 #: many rows; a few very wide rows; tiles of short rows; one row
-SHAPES = {"tall": (2048, 40), "wide": (4, 40_000), "short-rows": (12_000, 7), "row": (1, 70_000)}
+SHAPES = {"tall": (2048, 40), "wide": (4, 40_000), "short-rows": (12_000, 7), "row": (1, 70_000),
+          "small": (3, 50)}
 
 
 def _problem(shape, dtype):
@@ -71,6 +72,11 @@ KERNELS = {
         num_threads=t),
     "ce_grad-prob": lambda f, p, t: f.cross_entropy_with_grad(
         p["x"], p["probs"], weight=p["weight"], num_threads=t),
+    # without class weights: the C fast path
+    "ce-index-plain": lambda f, p, t: f.cross_entropy(p["x"], p["labels"], label_smoothing=0.1,
+                                                      num_threads=t),
+    "ce_grad-index-plain": lambda f, p, t: f.cross_entropy_with_grad(
+        p["x"], p["labels"], reduction="none", num_threads=t),
 }
 
 

@@ -1,0 +1,365 @@
+# The entry points of the compiled kernels (included by kernels.pxi).
+#
+# Each operation has one core, over raw pointers, that picks how the work runs
+# (rows split over threads, a static prange over rows, or one thread) and
+# whether the GIL is released.  Two kinds of entry point call the cores:
+#
+# * the *_rows kernels: typed memoryviews of arrays that the Python layer has
+#   already validated and laid out (the full path, for every input);
+# * the fast_* functions: the common call -- a C-contiguous, aligned,
+#   native-order float32/float64 ndarray over its last axis, native integer
+#   labels, default or simple options -- checked and allocated here in a few
+#   C reads, without a Python-level argument object or memoryviews.  Each
+#   returns None for anything else, bad input included, *before* it writes
+#   anything: the caller then takes the full path, which gives the same
+#   results (the same cores) and raises the same errors.
+#
+# The GIL: a call that runs on one thread keeps it below GIL_WORK elements.
+# Releasing it around a few microseconds of work costs more than the work when
+# several Python threads call at once (each release hands the GIL to a waiting
+# thread, and the caller waits to get it back: 8 threads calling a 1x1000
+# cross-entropy reached 0.42x the calls per second of one); above it the
+# kernel runs without the GIL, so that calling threads run in parallel.
+
+cdef enum:
+    GIL_WORK = 1 << 14
+
+
+# ---------------------------------------------------------------------------
+# softmax, log_softmax, logsumexp
+
+cdef inline void _rows_unit(
+    int op, const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t i
+) noexcept nogil:
+    if op == OP_SOFTMAX:
+        _softmax_unit(x, out, n_rows, n, i)
+    elif op == OP_LOG_SOFTMAX:
+        _log_softmax_unit(x, out, n_rows, n, i)
+    else:
+        _logsumexp_unit(x, out, n_rows, n, i)
+
+
+cdef void _rows_serial(
+    int op, const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n
+) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(_n_units(n_rows, n)):
+        _rows_unit(op, x, out, n_rows, n, i)
+
+
+cdef int _rows_core(
+    int op, const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n, int n_threads
+) except -1:
+    """op (softmax, log_softmax: out like x; logsumexp: one value per row) over
+    n_rows >= 1 rows of n >= 1 columns."""
+    cdef Py_ssize_t i
+    if _split_rows(n_rows, n, n_threads):
+        return _split_columns(op, x, <const floating *>NULL, <const int32_t *>NULL,
+                              <const floating *>NULL, out, NULL, n_rows, n, n_threads)
+    if n_threads > 1:
+        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            _rows_unit(op, x, out, n_rows, n, i)
+    elif n_rows * n < GIL_WORK:
+        _rows_serial(op, x, out, n_rows, n)
+    else:
+        with nogil:
+            _rows_serial(op, x, out, n_rows, n)
+    return 0
+
+
+def softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int n_threads):
+    """out[i] = softmax(x[i]) for every row; out may be x."""
+    if x.shape[0] and x.shape[1]:
+        _rows_core(OP_SOFTMAX, &x[0, 0], &out[0, 0], x.shape[0], x.shape[1], n_threads)
+
+
+def log_softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int n_threads):
+    """out[i] = log_softmax(x[i]) for every row; out may be x."""
+    if x.shape[0] and x.shape[1]:
+        _rows_core(OP_LOG_SOFTMAX, &x[0, 0], &out[0, 0], x.shape[0], x.shape[1], n_threads)
+
+
+def logsumexp_rows(const floating[:, ::1] x, floating[::1] out, int n_threads):
+    """out[i] = log(sum(exp(x[i]))) for every row (-inf for empty rows)."""
+    if x.shape[0] == 0:
+        return
+    if x.shape[1] == 0:
+        out[:] = -INFINITY
+        return
+    _rows_core(OP_LOGSUMEXP, &x[0, 0], &out[0], x.shape[0], x.shape[1], n_threads)
+
+
+# ---------------------------------------------------------------------------
+# the backward functions (each row on one thread)
+
+cdef inline void _backward_unit(
+    int op, const floating *g, const floating *a, floating *out, Py_ssize_t n, Py_ssize_t i
+) noexcept nogil:
+    if op == OP_SOFTMAX:
+        _softmax_backward_unit(g, a, out, n, i)
+    else:
+        _log_softmax_backward_unit(g, a, out, n, i)
+
+
+cdef void _backward_serial(
+    int op, const floating *g, const floating *a, floating *out, Py_ssize_t n_rows,
+    Py_ssize_t n
+) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        _backward_unit(op, g, a, out, n, i)
+
+
+cdef int _backward_core(
+    int op, const floating *g, const floating *a, floating *out, Py_ssize_t n_rows,
+    Py_ssize_t n, int n_threads
+) except -1:
+    """The gradient through softmax (op OP_SOFTMAX) or log_softmax; out may be
+    g or a."""
+    cdef Py_ssize_t i
+    if n_threads > 1:
+        for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+            _backward_unit(op, g, a, out, n, i)
+    elif n_rows * n < GIL_WORK:
+        _backward_serial(op, g, a, out, n_rows, n)
+    else:
+        with nogil:
+            _backward_serial(op, g, a, out, n_rows, n)
+    return 0
+
+
+def softmax_backward_rows(const floating[:, ::1] grad_output,
+                          const floating[:, ::1] output,
+                          floating[:, ::1] out, int n_threads):
+    """out[i] = a (g - <g, a>) with g = grad_output[i], a = output[i]."""
+    if output.shape[0] and output.shape[1]:
+        _backward_core(OP_SOFTMAX, &grad_output[0, 0], &output[0, 0], &out[0, 0],
+                       output.shape[0], output.shape[1], n_threads)
+
+
+def log_softmax_backward_rows(const floating[:, ::1] grad_output,
+                              const floating[:, ::1] output,
+                              floating[:, ::1] out, int n_threads):
+    """out[i] = g - exp(o) sum(g) with g = grad_output[i], o = output[i]."""
+    if output.shape[0] and output.shape[1]:
+        _backward_core(OP_LOG_SOFTMAX, &grad_output[0, 0], &output[0, 0], &out[0, 0],
+                       output.shape[0], output.shape[1], n_threads)
+
+
+# ---------------------------------------------------------------------------
+# labels
+
+cdef enum:
+    LABEL_CHUNK = 65536  # labels per unit of the label check over threads
+
+
+cdef inline Py_ssize_t _labels_chunk_bad(
+    const label_t *t, Py_ssize_t n_rows, Py_ssize_t n_classes, Py_ssize_t ignore_index,
+    Py_ssize_t c, Py_ssize_t *kept,
+) noexcept nogil:
+    cdef Py_ssize_t k0 = c * LABEL_CHUNK
+    return labels_count_bad(t + k0, min(<Py_ssize_t>LABEL_CHUNK, n_rows - k0), n_classes,
+                            ignore_index, &kept[c])
+
+
+cdef Py_ssize_t _labels_count_bad(
+    const label_t *t, Py_ssize_t n_rows, Py_ssize_t n_classes, Py_ssize_t ignore_index,
+    Py_ssize_t *kept, int n_threads,
+) except -1:
+    """labels_count_bad, by chunks over the threads for many labels (counts:
+    exact in any order)."""
+    if n_rows < GIL_WORK:
+        return labels_count_bad(t, n_rows, n_classes, ignore_index, kept)
+    if n_threads == 1 or n_rows <= LABEL_CHUNK:
+        with nogil:
+            return labels_count_bad(t, n_rows, n_classes, ignore_index, kept)
+    cdef Py_ssize_t c, bad = 0, n_chunks = (n_rows + LABEL_CHUNK - 1) // LABEL_CHUNK
+    cdef Py_ssize_t *chunk_kept = <Py_ssize_t *>malloc(n_chunks * sizeof(Py_ssize_t))
+    if chunk_kept == NULL:
+        raise MemoryError()
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        bad += _labels_chunk_bad(t, n_rows, n_classes, ignore_index, c, chunk_kept)
+    kept[0] = 0
+    for c in range(n_chunks):
+        kept[0] += chunk_kept[c]
+    free(chunk_kept)
+    return bad
+
+
+def label_summary(const label_t[::1] target, Py_ssize_t n_classes,
+                  Py_ssize_t ignore_index, const double[::1] weight=None, int n_threads=1):
+    """Check class indices and total the weight that a "mean" divides by.
+
+    Returns ``(first_bad_row, total)``: the first row whose label is neither in
+    ``[0, n_classes)`` nor ``ignore_index`` (-1 when all are valid), and the sum
+    of ``weight[t]`` (of 1 when weight is None) over the non-ignored rows,
+    added in row order.
+    """
+    cdef Py_ssize_t i, t, bad = -1, n_rows = target.shape[0], kept
+    cdef double total = 0.0
+    cdef bint weighted = weight is not None
+    if n_rows > 0 and not weighted:
+        # the common case as one vector pass; the scalar loop below finds the
+        # first bad row only when there is one
+        bad = _labels_count_bad(&target[0], n_rows, n_classes, ignore_index, &kept, n_threads)
+        if bad == 0:
+            return -1, <double>kept
+        bad = -1
+    with nogil:
+        for i in range(n_rows):
+            t = target[i]
+            if t == ignore_index:
+                continue
+            if t < 0 or t >= n_classes:
+                bad = i
+                break
+            total += weight[t] if weighted else 1.0
+    return bad, total
+
+
+# ---------------------------------------------------------------------------
+# cross-entropy
+
+cdef void _cross_entropy_index_serial(
+    const floating *x, const label_t *t, Py_ssize_t n_rows, Py_ssize_t n,
+    Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
+    double *loss, double *tile_loss, floating *grad, double scale,
+) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(_n_units(n_rows, n)):
+        _cross_entropy_index_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
+                                  loss, tile_loss, grad, scale, i)
+
+
+cdef double _cross_entropy_index_core(
+    const floating *x, const label_t *t, Py_ssize_t n_rows, Py_ssize_t n,
+    const floating *w, Py_ssize_t ignore_index, double label_smoothing, double scale,
+    double *loss, floating *grad, int n_threads,
+) except? -1:
+    """Row losses with class indices (checked) into loss, the gradient times
+    scale into grad unless NULL (grad may be x); returns the sum of the row
+    losses (see _loss_total).  n_rows >= 1."""
+    cdef Py_ssize_t i
+    cdef double w_total = <double>n if w == NULL else row_sum(w, n)
+    cdef double alpha = 1.0 - label_smoothing
+    cdef double beta = label_smoothing / n
+    cdef _CrossEntropyArgs ce = _CrossEntropyArgs(ignore_index, w_total, alpha, beta, scale,
+                                                  loss)
+    if _split_rows(n_rows, n, n_threads):
+        _split_columns(OP_CROSS_ENTROPY_INDEX, x, <const floating *>NULL, t, w, grad, &ce,
+                       n_rows, n, n_threads)
+        return _loss_total(loss, NULL, n_rows, n)
+    cdef double *tl = _tile_loss_alloc(n_rows, n)
+    if n_threads > 1:
+        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            _cross_entropy_index_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
+                                      loss, tl, grad, scale, i)
+    elif n_rows * n < GIL_WORK:
+        _cross_entropy_index_serial(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
+                                    loss, tl, grad, scale)
+    else:
+        with nogil:
+            _cross_entropy_index_serial(x, t, n_rows, n, ignore_index, w, w_total, alpha,
+                                        beta, loss, tl, grad, scale)
+    cdef double total = _loss_total(loss, tl, n_rows, n)
+    free(tl)
+    return total
+
+
+cdef void _cross_entropy_prob_serial(
+    const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
+    const floating *w, double alpha, double beta, double *loss, double *tile_loss,
+    floating *grad, double scale,
+) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(_n_units(n_rows, n)):
+        _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tile_loss, grad,
+                                 scale, i)
+
+
+cdef double _cross_entropy_prob_core(
+    const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
+    const floating *w, double label_smoothing, double scale, double *loss, floating *grad,
+    int n_threads,
+) except? -1:
+    """As _cross_entropy_index_core, with probability targets y (grad may be
+    x but not y)."""
+    cdef Py_ssize_t i
+    cdef double alpha = 1.0 - label_smoothing
+    cdef double beta = label_smoothing / n
+    cdef _CrossEntropyArgs ce = _CrossEntropyArgs(0, 0.0, alpha, beta, scale, loss)
+    if _split_rows(n_rows, n, n_threads):
+        _split_columns(OP_CROSS_ENTROPY_PROB, x, y, <const int32_t *>NULL, w, grad, &ce,
+                       n_rows, n, n_threads)
+        return _loss_total(loss, NULL, n_rows, n)
+    cdef double *tl = _tile_loss_alloc(n_rows, n)
+    if n_threads > 1:
+        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tl, grad,
+                                     scale, i)
+    elif n_rows * n < GIL_WORK:
+        _cross_entropy_prob_serial(x, y, n_rows, n, w, alpha, beta, loss, tl, grad, scale)
+    else:
+        with nogil:
+            _cross_entropy_prob_serial(x, y, n_rows, n, w, alpha, beta, loss, tl, grad,
+                                       scale)
+    cdef double total = _loss_total(loss, tl, n_rows, n)
+    free(tl)
+    return total
+
+
+def cross_entropy_index_rows(const floating[:, ::1] logits,
+                             const label_t[::1] target,
+                             const floating[::1] weight,
+                             Py_ssize_t ignore_index,
+                             double label_smoothing,
+                             double grad_scale,
+                             double[::1] row_loss,
+                             floating[:, ::1] grad,
+                             int n_threads):
+    """Per-row cross-entropy with class indices into row_loss, and returns
+    their sum (see _loss_total); the gradient (times grad_scale) into grad
+    when grad is not None.  Labels must have been checked with label_summary.
+    weight may be None; grad may be logits."""
+    if logits.shape[0] == 0:
+        return 0.0
+    cdef const floating *w = NULL
+    cdef floating *g = NULL
+    if weight is not None:
+        w = &weight[0]
+    if grad is not None:
+        g = &grad[0, 0]
+    return _cross_entropy_index_core(&logits[0, 0], &target[0], logits.shape[0],
+                                     logits.shape[1], w, ignore_index, label_smoothing,
+                                     grad_scale, &row_loss[0], g, n_threads)
+
+
+def cross_entropy_prob_rows(const floating[:, ::1] logits,
+                            const floating[:, ::1] target,
+                            const floating[::1] weight,
+                            double label_smoothing,
+                            double grad_scale,
+                            double[::1] row_loss,
+                            floating[:, ::1] grad,
+                            int n_threads):
+    """Per-row cross-entropy with probability targets (they need not sum to
+    one) into row_loss, and returns their sum (see _loss_total); the gradient
+    (times grad_scale) into grad when grad is not None.  weight may be None;
+    grad may be logits but not target."""
+    if logits.shape[0] == 0:
+        return 0.0
+    cdef const floating *w = NULL
+    cdef floating *g = NULL
+    if weight is not None:
+        w = &weight[0]
+    if grad is not None:
+        g = &grad[0, 0]
+    return _cross_entropy_prob_core(&logits[0, 0], &target[0, 0], logits.shape[0],
+                                    logits.shape[1], w, label_smoothing, grad_scale,
+                                    &row_loss[0], g, n_threads)
+
+
+include "fastpath.pxi"

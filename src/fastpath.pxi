@@ -1,0 +1,374 @@
+# The C fast path of every public function (included by calls.pxi; see its
+# header).  A fast_* function takes the public function's arguments as they
+# came, accepts only the common call, and returns None for anything else --
+# before it allocates or writes anything -- so that the caller takes the full
+# path (csoftmax/_api.py), which validates, raises and computes the same
+# results through the same cores.
+
+import numpy as np
+
+# Set by the Python layer (configure): the work below which a call runs on one
+# thread, the cap on a team's size, and the library's default thread count.
+cdef Py_ssize_t _small_work = 1 << 14
+cdef Py_ssize_t _max_threads = 64
+cdef object _default_threads = None
+cdef object _float32 = np.float32
+cdef object _float64 = np.float64
+
+cdef enum:
+    REDUCTION_NONE = 0
+    REDUCTION_MEAN = 1
+    REDUCTION_SUM = 2
+    # row losses of a call with a reduction kept on the stack up to this many rows
+    STACK_ROWS = 256
+
+
+def configure(Py_ssize_t small_work, Py_ssize_t max_threads, default_threads):
+    """The thread policy of the Python layer (csoftmax._api), for the fast
+    path: one thread below small_work elements, at most max_threads, and
+    default_threads() when num_threads is None."""
+    global _small_work, _max_threads, _default_threads
+    _small_work = small_work
+    _max_threads = max_threads
+    _default_threads = default_threads
+
+
+# ---------------------------------------------------------------------------
+# arguments
+
+cdef int _float_array(object v, bint writeable=False) noexcept:
+    """The type number of a float32/float64 ndarray (not a subclass) of at
+    least one dimension and one element, C-contiguous, aligned, native byte
+    order (writeable if asked); -1 for anything else."""
+    if type(v) is not cnp.ndarray:
+        return -1
+    cdef cnp.ndarray a = <cnp.ndarray>v
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    if ((typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64)
+            or cnp.PyArray_NDIM(a) == 0 or cnp.PyArray_SIZE(a) == 0
+            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or (writeable and not cnp.PyArray_ISWRITEABLE(a))):
+        return -1
+    return typenum
+
+
+cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef int i, nd = cnp.PyArray_NDIM(a)
+    if cnp.PyArray_NDIM(b) != nd:
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIMS(a)[i] != cnp.PyArray_DIMS(b)[i]:
+            return False
+    return True
+
+
+cdef bint _like(object v, cnp.ndarray x, int typenum, bint writeable) noexcept:
+    """v is an array that _float_array accepts, of x's shape and type typenum."""
+    return _float_array(v, writeable) == typenum and _same_shape(<cnp.ndarray>v, x)
+
+
+cdef bint _apart_or_same(cnp.ndarray out, cnp.ndarray x) noexcept:
+    """out (of x's shape and dtype, both C-contiguous) is x itself (in place)
+    or does not overlap it: anything in between the full path sorts out."""
+    cdef char *o = <char *>cnp.PyArray_DATA(out)
+    cdef char *p = <char *>cnp.PyArray_DATA(x)
+    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(x)
+    return o == p or o >= p + nbytes or p >= o + nbytes
+
+
+cdef bint _valid_out(object out, cnp.ndarray x, int typenum) noexcept:
+    return out is None or (_like(out, x, typenum, True) and _apart_or_same(out, x))
+
+
+cdef Py_ssize_t _requested_threads(object num_threads) noexcept:
+    """0 for None (the default), n for an int n >= 1, -1 for anything else."""
+    if num_threads is None:
+        return 0
+    if type(num_threads) is not int or num_threads < 1:
+        return -1
+    return <Py_ssize_t>min(num_threads, _max_threads)
+
+
+cdef int _call_threads(Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t requested,
+                       bint split) except -1:
+    """The team of one call, as csoftmax._api._threads_for chooses it."""
+    if n_rows * n < _small_work:
+        return 1
+    cdef Py_ssize_t threads = requested if requested > 0 else _default_threads()
+    cdef Py_ssize_t units = n_rows * ((n + CHUNK - 1) // CHUNK) if split else n_rows
+    return <int>max(1, min(threads, units, _max_threads))
+
+
+cdef int _last_axis(object axis, int nd) noexcept:
+    """axis is the int -1 or nd - 1."""
+    return type(axis) is int and (axis == -1 or axis == nd - 1)
+
+
+cdef Py_ssize_t _rows_of(cnp.ndarray x) noexcept:
+    cdef int nd = cnp.PyArray_NDIM(x)
+    return cnp.PyArray_SIZE(x) // cnp.PyArray_DIMS(x)[nd - 1]
+
+
+cdef object _scalar(double value, int typenum):
+    """A NumPy scalar of the result dtype, as the full path makes it."""
+    return _float32(value) if typenum == cnp.NPY_FLOAT32 else _float64(value)
+
+
+# ---------------------------------------------------------------------------
+# softmax, log_softmax, logsumexp, the backward functions
+
+def fast_rows(int op, object x, object axis, object out, object num_threads):
+    """softmax (op 0) or log_softmax (op 1) of x over its last axis, into out
+    or a new array; None when declined."""
+    cdef int typenum = _float_array(x)
+    if typenum < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef Py_ssize_t requested = _requested_threads(num_threads)
+    if requested < 0 or not _valid_out(out, a, typenum):
+        return None
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[cnp.PyArray_NDIM(a) - 1], n_rows = _rows_of(a)
+    cdef int threads = _call_threads(n_rows, n, requested, True)
+    cdef cnp.ndarray r
+    if out is None:
+        r = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), typenum, 0)
+    else:
+        r = <cnp.ndarray>out
+    if typenum == cnp.NPY_FLOAT32:
+        _rows_core(op, <const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(r),
+                   n_rows, n, threads)
+    else:
+        _rows_core(op, <const double *>cnp.PyArray_DATA(a), <double *>cnp.PyArray_DATA(r),
+                   n_rows, n, threads)
+    return r
+
+
+def fast_logsumexp(object x, object axis, object num_threads):
+    """logsumexp of x over its last axis (a NumPy scalar for 1-D x); None when
+    declined."""
+    cdef int typenum = _float_array(x)
+    if typenum < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef Py_ssize_t requested = _requested_threads(num_threads)
+    if requested < 0:
+        return None
+    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[nd - 1], n_rows = _rows_of(a)
+    cdef int threads = _call_threads(n_rows, n, requested, True)
+    cdef cnp.ndarray r = cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(a), typenum, 0)
+    if typenum == cnp.NPY_FLOAT32:
+        _rows_core(OP_LOGSUMEXP, <const float *>cnp.PyArray_DATA(a),
+                   <float *>cnp.PyArray_DATA(r), n_rows, n, threads)
+    else:
+        _rows_core(OP_LOGSUMEXP, <const double *>cnp.PyArray_DATA(a),
+                   <double *>cnp.PyArray_DATA(r), n_rows, n, threads)
+    return r[()] if nd == 1 else r
+
+
+def fast_backward(int op, object grad_output, object output, object axis, object out,
+                  object num_threads):
+    """The gradient through softmax (op 0) or log_softmax (op 1) over the last
+    axis, into out or a new array; None when declined."""
+    cdef int typenum = _float_array(output)
+    if typenum < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>output)):
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>output
+    if not _like(grad_output, a, typenum, False):
+        return None
+    cdef cnp.ndarray g = <cnp.ndarray>grad_output
+    cdef Py_ssize_t requested = _requested_threads(num_threads)
+    if requested < 0 or not (_valid_out(out, a, typenum) and _valid_out(out, g, typenum)):
+        return None
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[cnp.PyArray_NDIM(a) - 1], n_rows = _rows_of(a)
+    cdef int threads = _call_threads(n_rows, n, requested, False)
+    cdef cnp.ndarray r
+    if out is None:
+        r = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), typenum, 0)
+    else:
+        r = <cnp.ndarray>out
+    if typenum == cnp.NPY_FLOAT32:
+        _backward_core(op, <const float *>cnp.PyArray_DATA(g),
+                       <const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(r),
+                       n_rows, n, threads)
+    else:
+        _backward_core(op, <const double *>cnp.PyArray_DATA(g),
+                       <const double *>cnp.PyArray_DATA(a), <double *>cnp.PyArray_DATA(r),
+                       n_rows, n, threads)
+    return r
+
+
+# ---------------------------------------------------------------------------
+# cross-entropy
+
+cdef struct _FastCall:
+    Py_ssize_t n_rows, n
+    int typenum
+    int reduction
+    int threads
+    bint one_sample            # (C,) logits
+    Py_ssize_t ignore_index
+    double label_smoothing
+
+
+cdef object _reduced(_FastCall *c, double *row_loss, double total_loss, double count,
+                     object none_result):
+    """The loss as the full path returns it: the reduction of the row losses
+    (count: what "mean" divides by), or for "none" none_result (float64 row
+    losses) in the logits' dtype."""
+    cdef Py_ssize_t i
+    cdef cnp.ndarray r
+    cdef float *f
+    if c.reduction == REDUCTION_MEAN:
+        return _scalar(total_loss / count if count != 0.0 else NAN, c.typenum)
+    if c.reduction == REDUCTION_SUM:
+        return _scalar(total_loss, c.typenum)
+    if c.one_sample:
+        return _scalar(row_loss[0], c.typenum)
+    if c.typenum == cnp.NPY_FLOAT64:
+        return none_result
+    r = cnp.PyArray_EMPTY(1, <cnp.npy_intp *>&c.n_rows, cnp.NPY_FLOAT32, 0)
+    f = <float *>cnp.PyArray_DATA(r)
+    for i in range(c.n_rows):
+        f[i] = <float>row_loss[i]
+    return r
+
+
+cdef object _fast_cross_entropy_run(
+    _FastCall *c, const floating *x, const label_t *t, const floating *y, floating *grad,
+):
+    """The loss of a checked call with labels t (checked here: None when one is
+    out of range) or probability targets y; the gradient into grad unless
+    NULL."""
+    cdef Py_ssize_t kept = c.n_rows
+    if t != NULL and _labels_count_bad(t, c.n_rows, c.n, c.ignore_index, &kept,
+                                       c.threads) != 0:
+        return None  # the full path names the first bad label
+    cdef double count = <double>kept
+    cdef double scale = 1.0
+    if c.reduction == REDUCTION_MEAN:
+        scale = 1.0 / count if count != 0.0 else NAN
+    cdef double stack_loss[STACK_ROWS]
+    cdef double *loss = stack_loss
+    cdef object none_result = None
+    if c.reduction == REDUCTION_NONE:
+        none_result = cnp.PyArray_EMPTY(1, <cnp.npy_intp *>&c.n_rows, cnp.NPY_FLOAT64, 0)
+        loss = <double *>cnp.PyArray_DATA(<cnp.ndarray>none_result)
+    elif c.n_rows > STACK_ROWS:
+        loss = <double *>malloc(c.n_rows * sizeof(double))
+        if loss == NULL:
+            raise MemoryError()
+    cdef double total
+    try:
+        if t != NULL:
+            total = _cross_entropy_index_core(x, t, c.n_rows, c.n, <const floating *>NULL,
+                                              c.ignore_index, c.label_smoothing, scale, loss,
+                                              grad, c.threads)
+        else:
+            total = _cross_entropy_prob_core(x, y, c.n_rows, c.n, <const floating *>NULL,
+                                             c.label_smoothing, scale, loss, grad, c.threads)
+        return _reduced(c, loss, total, count, none_result)
+    finally:
+        if loss != stack_loss and none_result is None:
+            free(loss)
+
+
+cdef int _label_type(object v, Py_ssize_t n_rows) noexcept:
+    """The type number of 1-D labels of n_rows native int32/int64 values,
+    C-contiguous and aligned; -1 for anything else."""
+    if type(v) is not cnp.ndarray:
+        return -1
+    cdef cnp.ndarray a = <cnp.ndarray>v
+    cdef int size = cnp.PyArray_ITEMSIZE(a)
+    if (cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIMS(a)[0] != n_rows
+            or not cnp.PyArray_ISSIGNED(a) or (size != 4 and size != 8)
+            or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return -1
+    return size
+
+
+def fast_cross_entropy(object logits, object target, object ignore_index, object reduction,
+                       object label_smoothing, object num_threads, bint with_grad,
+                       object out):
+    """cross_entropy (with_grad False) or cross_entropy_with_grad without class
+    weights, for (N, C) or (C,) logits and native int32/int64 labels of shape
+    (N,) (a Python int for (C,) logits) or probability targets of the logits'
+    shape and dtype; None when declined."""
+    cdef _FastCall c
+    c.typenum = _float_array(logits)
+    if c.typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>logits) > 2:
+        return None
+    cdef cnp.ndarray x = <cnp.ndarray>logits
+    c.one_sample = cnp.PyArray_NDIM(x) == 1
+    c.n = cnp.PyArray_DIMS(x)[cnp.PyArray_NDIM(x) - 1]
+    c.n_rows = 1 if c.one_sample else cnp.PyArray_DIMS(x)[0]
+    if type(reduction) is not str:
+        return None
+    if reduction == "mean":
+        c.reduction = REDUCTION_MEAN
+    elif reduction == "sum":
+        c.reduction = REDUCTION_SUM
+    elif reduction == "none":
+        c.reduction = REDUCTION_NONE
+    else:
+        return None
+    if (type(ignore_index) is not int or not -(1 << 62) < ignore_index < (1 << 62)
+            or type(label_smoothing) not in (float, int)
+            or not 0.0 <= label_smoothing <= 1.0):
+        return None
+    c.ignore_index = ignore_index
+    c.label_smoothing = label_smoothing
+    cdef Py_ssize_t requested = _requested_threads(num_threads)
+    if requested < 0 or (with_grad and not _valid_out(out, x, c.typenum)):
+        return None
+    # the targets: labels (int32, int64, or one Python int) or probabilities
+    cdef int64_t one_label
+    cdef int label_size = -1
+    cdef cnp.ndarray y = None
+    if c.one_sample and type(target) is int:
+        if not -(1 << 62) < target < (1 << 62):
+            return None
+        one_label = target
+        label_size = 0
+    elif not c.one_sample:
+        label_size = _label_type(target, c.n_rows)
+    if label_size < 0:
+        if not _like(target, x, c.typenum, False) or c.ignore_index >= 0:
+            return None
+        y = <cnp.ndarray>target
+        if with_grad and out is not None and not _apart_or_same(y, <cnp.ndarray>out):
+            return None
+    c.threads = _call_threads(c.n_rows, c.n, requested, True)
+    cdef cnp.ndarray grad = None
+    if with_grad:
+        grad = (cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), c.typenum, 0)
+                if out is None else <cnp.ndarray>out)
+    cdef void *tp = NULL
+    cdef void *yp = NULL
+    cdef void *gp = NULL
+    cdef void *xp = cnp.PyArray_DATA(x)
+    if label_size == 0:
+        tp = &one_label
+    elif label_size > 0:
+        tp = cnp.PyArray_DATA(<cnp.ndarray>target)
+    else:
+        yp = cnp.PyArray_DATA(y)
+    if grad is not None:
+        gp = cnp.PyArray_DATA(grad)
+    if c.typenum == cnp.NPY_FLOAT32:
+        if label_size == 4:
+            loss = _fast_cross_entropy_run(&c, <const float *>xp, <const int32_t *>tp,
+                                           <const float *>NULL, <float *>gp)
+        else:
+            loss = _fast_cross_entropy_run(&c, <const float *>xp, <const int64_t *>tp,
+                                           <const float *>yp, <float *>gp)
+    else:
+        if label_size == 4:
+            loss = _fast_cross_entropy_run(&c, <const double *>xp, <const int32_t *>tp,
+                                           <const double *>NULL, <double *>gp)
+        else:
+            loss = _fast_cross_entropy_run(&c, <const double *>xp, <const int64_t *>tp,
+                                           <const double *>yp, <double *>gp)
+    if loss is None:
+        return None
+    return (loss, grad) if with_grad else loss

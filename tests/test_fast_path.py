@@ -1,0 +1,283 @@
+"""The compiled kernels' C fast path (src/fastpath.pxi) against the full path.
+
+Every public function has a fast path for its common call.  It must give bitwise the
+results of the full path on the same inputs (both dtypes, with and without ``out=``, on
+every instruction-set variant), decline (return None) everything else -- bad input
+included, before writing anything -- so that the full path raises its own exceptions, and
+really be taken for the calls it is meant for.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from arrays import FLOAT_DTYPES, HAVE_CYTHON, assert_bitwise_equal, make_rng
+
+from csoftmax import _api, _dispatch
+
+pytestmark = pytest.mark.skipif(not HAVE_CYTHON, reason="the fast path is in the compiled kernels")
+
+
+def _pairs():
+    """(fast frontend, full-path frontend) per compiled instruction-set variant."""
+    if not HAVE_CYTHON:
+        return {}
+    return {path: (fe, _api.Frontend(fe.kernels, f"full-{path}", fast=False))
+            for path, fe in _dispatch.cpu_frontends().items()}
+
+
+PAIRS = _pairs()
+VARIANTS = sorted(PAIRS)
+#: (rows, classes): one sample, short rows (tiles), the small-work bound, several threads,
+#: rows split over threads (> 16384 columns)
+SHAPES = [(1, 10), (1, 1000), (7, 3), (65, 2), (33, 17), (32, 1000), (300, 70), (2, 40_000)]
+
+
+def _results(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+def assert_same(fast, full, what):
+    fast, full = _results(fast), _results(full)
+    assert len(fast) == len(full), what
+    for a, b in zip(fast, full):
+        assert type(a) is type(b), f"{what}: {type(a)} vs {type(b)}"
+        assert_bitwise_equal(a, b, what)
+
+
+def _calls(n, c, dtype, rng):
+    """(name, fn(frontend) -> result, fast-path function, its arguments) of the common calls."""
+    x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    x[rng.random((n, c)) < 0.02] = -np.inf
+    labels = rng.integers(0, c, size=n)
+    labels[::4] = -100
+    x[np.arange(n), np.maximum(labels, 0)] = 0.5
+    probs = rng.random((n, c)).astype(dtype)
+    g = rng.standard_normal((n, c)).astype(dtype)
+    a = np.exp(x - x.max(axis=1, keepdims=True)).astype(dtype)
+    lab32 = labels.astype(np.int32)
+    calls = [
+        ("softmax", lambda f: f.softmax(x)),
+        ("softmax axis=1", lambda f: f.softmax(x, axis=1)),
+        ("log_softmax", lambda f: f.log_softmax(x, num_threads=2)),
+        ("logsumexp", lambda f: f.logsumexp(x)),
+        ("softmax_backward", lambda f: f.softmax_backward(g, a)),
+        ("log_softmax_backward", lambda f: f.log_softmax_backward(g, x, num_threads=2)),
+        ("cross_entropy", lambda f: f.cross_entropy(x, labels)),
+        ("cross_entropy int32 sum", lambda f: f.cross_entropy(x, lab32, reduction="sum")),
+        ("cross_entropy none smoothed", lambda f: f.cross_entropy(
+            x, labels, reduction="none", label_smoothing=0.25, num_threads=2)),
+        ("cross_entropy ignore_index", lambda f: f.cross_entropy(
+            x, np.maximum(labels, 0), ignore_index=0)),
+        ("cross_entropy prob", lambda f: f.cross_entropy(x, probs)),
+        ("cross_entropy_with_grad", lambda f: f.cross_entropy_with_grad(x, labels)),
+        ("cross_entropy_with_grad none", lambda f: f.cross_entropy_with_grad(
+            x, lab32, reduction="none", num_threads=2)),
+        ("cross_entropy_with_grad prob", lambda f: f.cross_entropy_with_grad(
+            x, probs, reduction="sum", label_smoothing=0.5)),
+    ]
+    if n == 1:
+        x1, g1, a1, p1 = x[0], g[0], a[0], probs[0]
+        t1 = int(max(labels[0], 0))
+        calls += [
+            ("softmax 1-D", lambda f: f.softmax(x1)),
+            ("logsumexp 1-D", lambda f: f.logsumexp(x1)),
+            ("softmax_backward 1-D", lambda f: f.softmax_backward(g1, a1)),
+            ("cross_entropy 1-D", lambda f: f.cross_entropy(x1, t1)),
+            ("cross_entropy 1-D none", lambda f: f.cross_entropy(x1, t1, reduction="none")),
+            ("cross_entropy 1-D prob", lambda f: f.cross_entropy(x1, p1)),
+            ("cross_entropy_with_grad 1-D", lambda f: f.cross_entropy_with_grad(x1, t1)),
+        ]
+    return calls
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{c}" for n, c in SHAPES])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_equals_full_path(variant, shape, dtype):
+    fast, full = PAIRS[variant]
+    rng = make_rng("fast-path", shape, np.dtype(dtype).name)
+    for name, call in _calls(*shape, dtype, rng):
+        assert_same(call(fast), call(full), f"{variant} {name} {shape}")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_out(variant, dtype):
+    """out=: a separate array or the input itself (in place), same bits as the full path."""
+    fast, full = PAIRS[variant]
+    rng = make_rng("fast-path-out", np.dtype(dtype).name)
+    for n, c in [(1, 10), (40, 30), (32, 1000)]:
+        x = rng.standard_normal((n, c)).astype(dtype)
+        g = rng.standard_normal((n, c)).astype(dtype)
+        labels = rng.integers(0, c, size=n)
+        for name in ("softmax", "log_softmax"):
+            want = getattr(full, name)(x)
+            out = np.full_like(x, 7.0)
+            assert getattr(fast, name)(x, out=out) is out
+            assert_bitwise_equal(out, want, name)
+            y = x.copy()
+            assert getattr(fast, name)(y, out=y) is y
+            assert_bitwise_equal(y, want, f"{name} in place")
+        for name in ("softmax_backward", "log_softmax_backward"):
+            want = getattr(full, name)(g, x)
+            for target in ("new", "g", "a"):
+                gg, aa = g.copy(), x.copy()
+                out = {"new": np.empty_like(x), "g": gg, "a": aa}[target]
+                assert getattr(fast, name)(gg, aa, out=out) is out
+                assert_bitwise_equal(out, want, f"{name} out={target}")
+        loss, grad = full.cross_entropy_with_grad(x, labels)
+        out = np.empty_like(x)
+        loss2, grad2 = fast.cross_entropy_with_grad(x, labels, out=out)
+        assert grad2 is out
+        assert_same((loss2, grad2), (loss, grad), "cross_entropy_with_grad out=")
+        y = x.copy()
+        loss3, grad3 = fast.cross_entropy_with_grad(y, labels, out=y)
+        assert grad3 is y
+        assert_same((loss3, grad3), (loss, grad), "cross_entropy_with_grad in place")
+
+
+def _fast_calls(k, x, labels):
+    """The kernels' fast-path functions on the common call: each must accept it."""
+    return {
+        "fast_rows": lambda: k.fast_rows(0, x, -1, None, None),
+        "fast_logsumexp": lambda: k.fast_logsumexp(x, -1, None),
+        "fast_backward": lambda: k.fast_backward(1, x, x, -1, None, None),
+        "fast_cross_entropy": lambda: k.fast_cross_entropy(
+            x, labels, -100, "mean", 0.0, None, False, None),
+    }
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_common_calls_take_the_fast_path(variant):
+    k = PAIRS[variant][0].kernels
+    rng = make_rng("fast-taken")
+    for dtype, (n, c) in itertools.product(FLOAT_DTYPES, SHAPES):
+        x = rng.standard_normal((n, c)).astype(dtype)
+        labels = rng.integers(0, c, size=n)
+        for name, call in _fast_calls(k, x, labels).items():
+            assert call() is not None, f"{name} declined {np.dtype(dtype).name} {(n, c)}"
+
+
+def _declined_inputs(rng):
+    """Inputs the fast path leaves to the full path: (description, function, args, kwargs)."""
+    x = rng.standard_normal((6, 5))
+    labels = rng.integers(0, 5, size=6)
+    misaligned = np.frombuffer(np.zeros(x.nbytes + 1, np.uint8)[1:].data,
+                               np.float64).reshape(6, 5)
+    readonly = np.zeros_like(x)
+    readonly.flags.writeable = False
+    return [
+        ("strided", "softmax", (x[:, ::2],), {}),
+        ("Fortran order", "log_softmax", (np.asfortranarray(x),), {}),
+        ("misaligned", "softmax", (misaligned,), {}),
+        ("byte-swapped", "logsumexp", (x.astype(">f8"),), {}),
+        ("float16", "softmax", (x.astype(np.float16),), {}),
+        ("int", "softmax", (np.arange(6).reshape(2, 3),), {}),
+        ("0-d", "softmax", (np.float64(1.0),), {}),
+        ("empty", "softmax", (np.zeros((3, 0)),), {}),
+        ("subclass", "softmax", (x.view(np.matrix),), {}),
+        ("list", "cross_entropy", (x.tolist(), labels), {}),
+        ("axis 0", "softmax", (x,), {"axis": 0}),
+        ("axis None", "logsumexp", (x,), {"axis": None}),
+        ("keepdims", "logsumexp", (x,), {"keepdims": True}),
+        ("weight", "cross_entropy", (x, labels), {"weight": np.ones(5)}),
+        ("int16 labels", "cross_entropy", (x, labels.astype(np.int16)), {}),
+        ("uint64 labels", "cross_entropy", (x, labels.astype(np.uint64)), {}),
+        ("3-D logits", "cross_entropy", (x.reshape(2, 3, 5), labels[:2]), {}),
+        ("numpy int target", "cross_entropy", (x[0], np.int64(2)), {}),
+        ("float32 probs for float64 logits", "cross_entropy",
+         (x, np.abs(x).astype(np.float32)), {}),
+        ("mixed dtypes", "softmax_backward", (x.astype(np.float32), x), {}),
+        ("numpy num_threads", "softmax", (x,), {"num_threads": np.int64(2)}),
+        ("label_smoothing numpy", "cross_entropy", (x, labels),
+         {"label_smoothing": np.float64(0.1)}),
+        ("huge ignore_index", "cross_entropy", (x, labels), {"ignore_index": 2 ** 70}),
+    ] + _bad_inputs(x, labels, readonly)
+
+
+def _bad_inputs(x, labels, readonly):
+    """Bad input: the full path raises; the fast path must decline and leave it so."""
+    bad_label = labels.copy()
+    bad_label[3] = 5
+    return [
+        ("label out of range", "cross_entropy", (x, bad_label), {}),
+        ("negative label", "cross_entropy_with_grad", (x, -labels - 1), {}),
+        ("1-D label out of range", "cross_entropy", (x[0], 7), {}),
+        ("target length", "cross_entropy", (x, labels[:4]), {}),
+        ("reduction", "cross_entropy", (x, labels), {"reduction": "avg"}),
+        ("label_smoothing > 1", "cross_entropy", (x, labels), {"label_smoothing": 1.5}),
+        ("label_smoothing nan", "cross_entropy", (x, labels), {"label_smoothing": float("nan")}),
+        ("num_threads 0", "cross_entropy", (x, labels), {"num_threads": 0}),
+        ("num_threads -1", "softmax", (x,), {"num_threads": -1}),
+        ("num_threads float", "logsumexp", (x,), {"num_threads": 2.0}),
+        ("num_threads bool", "softmax", (x,), {"num_threads": True}),
+        ("axis out of range", "softmax", (x,), {"axis": 2}),
+        ("prob target, ignore_index >= 0", "cross_entropy", (x, np.abs(x)), {"ignore_index": 1}),
+        ("out shape", "softmax", (x,), {"out": np.empty((5, 6))}),
+        ("out dtype", "log_softmax", (x,), {"out": np.empty((6, 5), np.float32)}),
+        ("out read-only", "softmax", (x,), {"out": readonly}),
+        ("out of cross_entropy_with_grad", "cross_entropy_with_grad", (x, labels),
+         {"out": np.empty((6, 4))}),
+        ("backward shapes", "softmax_backward", (x, x[:3]), {}),
+        ("complex", "softmax", (x.astype(complex),), {}),
+        ("1-D logits, array target", "cross_entropy", (x[0], labels), {}),
+    ]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_declined_inputs_same_outcome(variant):
+    """Declined calls (unusual layouts, options, bad input) give what the full path gives:
+    the same result, or the same exception with the same message, and change nothing."""
+    fast, full = PAIRS[variant]
+    rng = make_rng("fast-declined")
+    for what, name, args, kwargs in _declined_inputs(rng):
+        outcomes = []
+        for frontend in (fast, full):
+            kw = dict(kwargs)
+            if isinstance(kw.get("out"), np.ndarray) and kw["out"].flags.writeable:
+                kw["out"] = kw["out"].copy() if kw["out"].base is None else kw["out"]
+            before = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]
+            try:
+                outcomes.append(("ok", getattr(frontend, name)(*args, **kw)))
+            except Exception as exc:  # noqa: BLE001 - compared below
+                outcomes.append(("error", (type(exc), str(exc))))
+            for a, b in zip(args, before):
+                if isinstance(a, np.ndarray):
+                    assert_bitwise_equal(a, b, f"{what}: input modified")
+        (kind_fast, fast_value), (kind_full, full_value) = outcomes
+        assert kind_fast == kind_full, f"{what}: {outcomes}"
+        if kind_fast == "error":
+            assert fast_value == full_value, what
+        else:
+            assert_same(fast_value, full_value, what)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bad_input_declined_before_writing(variant):
+    """The raw fast-path functions return None on bad input, and leave ``out`` alone."""
+    k = PAIRS[variant][0].kernels
+    rng = make_rng("fast-bad")
+    x = rng.standard_normal((6, 5))
+    labels = rng.integers(0, 5, size=6)
+    bad = labels.copy()
+    bad[2] = -3
+    out = np.full_like(x, 7.0)
+    assert k.fast_cross_entropy(x, bad, -100, "mean", 0.0, None, True, out) is None
+    assert (out == 7.0).all()
+    assert k.fast_cross_entropy(x, labels, -100, "median", 0.0, None, False, None) is None
+    assert k.fast_cross_entropy(x, labels, -100, "mean", 0.0, 0, False, None) is None
+    assert k.fast_cross_entropy(x, labels, -100, "mean", 2.0, None, False, None) is None
+    assert k.fast_rows(0, x, 1, np.empty((6, 5), np.float32), None) is None
+    assert k.fast_rows(0, x, 0, None, None) is None
+    assert k.fast_logsumexp(x, -2, None) is None
+    assert k.fast_backward(0, x, x[:2], -1, None, None) is None
+    buf = np.zeros(60)
+    partial = buf[5:35].reshape(6, 5)  # overlaps the input without being it
+    assert k.fast_rows(0, buf[:30].reshape(6, 5), -1, partial, None) is None
+    assert k.fast_backward(0, x, buf[:30].reshape(6, 5), -1, partial, None) is None
+    assert k.fast_cross_entropy(buf[:30].reshape(6, 5), labels, -100, "mean", 0.0, None, True,
+                                partial) is None
+    assert (buf == 0).all()
