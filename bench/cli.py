@@ -8,6 +8,10 @@ Examples
     Selected operations and shapes, both dtypes, 1 thread and all cores.
 ``python -m bench --targets``
     The cases of the performance targets, then their PASS/FAIL table.
+``python -m bench --many-threads``
+    8 Python threads calling ``cross_entropy(..., num_threads=1)`` at once vs one.
+``python -m bench --targets --cpu avx2,baseline``
+    The targets on forced kernel sets (csoftmax and PyTorch alike), one table each.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import report, targets
+from . import many_threads, report, targets
 from .ops import OPS, SHAPE_GROUPS, parse_shapes, shape_label
 from .peers import PEER_NAMES, all_peers
 from .runner import Case, Settings, run_plan
@@ -27,7 +33,10 @@ from .runner import Case, Settings, run_plan
 RESULTS_DIR = Path(__file__).parent / "results"
 #: The peers that the targets compare with (the NumPy twin and SciPy, slow and
 #: in no criterion, would take most of each case's timing budget).
-TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "sklearn", "torch", "copyto"]
+TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "csoftmax_loss", "sklearn",
+                "torch", "copyto"]
+#: The kernel sets ``--cpu`` may force (``CSOFTMAX_CPU``), slowest first.
+CPU_PATHS = list(report.ATEN_CAPABILITY)
 DTYPES = {"float32": "float32", "f32": "float32", "32": "float32",
           "float64": "float64", "f64": "float64", "64": "float64"}
 #: Defaults of ``--quick``: a few shapes, float32, all cores, small budgets.
@@ -65,6 +74,14 @@ def _parse_threads(text, cores):
     return list(dict.fromkeys(values))
 
 
+def _parse_cpu(values):
+    paths = list(dict.fromkeys(p for v in values for p in _split(v.lower())))
+    unknown = [p for p in paths if p not in CPU_PATHS]
+    if unknown:
+        raise ValueError(f"unknown --cpu path(s) {unknown}; choose from {CPU_PATHS}")
+    return paths
+
+
 def _parse_peers(text):
     names = _split(text)
     unknown = [n for n in names if n not in PEER_NAMES]
@@ -76,7 +93,7 @@ def _parse_peers(text):
 def build_parser():
     """Return the argument parser of ``python -m bench``."""
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__.split("\n")[0],
+        prog="python -m bench", description=__doc__.split("\n")[0], allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"ops: {', '.join(OPS)}\nshape groups: "
                + "; ".join(f"{g}: {','.join(map(shape_label, s))}"
@@ -105,6 +122,20 @@ def build_parser():
                         help="statistic shown and used for ratios and targets: median of "
                              "the uncontended samples (default) or minimum (default of "
                              "--targets, whose verdicts should not flap with the load)")
+    parser.add_argument("--many-threads", type=int, nargs="?", const=many_threads.THREADS,
+                        metavar="N",
+                        help="N (default %(const)s) Python threads each calling "
+                             "cross_entropy(..., num_threads=1) on its own batch vs one "
+                             "thread alone (and PyTorch, softmax for context), on shapes "
+                             + ",".join(map(shape_label, many_threads.SHAPES))
+                             + " unless --shapes; --budget: seconds per function and shape "
+                             "(default 1); then exit. --targets includes its target rows")
+    parser.add_argument("--cpu", action="append", metavar="PATH",
+                        help="run the rest of the command on a forced kernel set: "
+                             f"{', '.join(CPU_PATHS)} (repeatable or comma-separated; one "
+                             "table each), in a subprocess with CSOFTMAX_CPU=PATH and "
+                             "PyTorch's ATEN_CPU_CAPABILITY of the same instruction set "
+                             "(avx2, avx512, default); paths this CPU lacks are skipped")
     parser.add_argument("--training", action="store_true",
                         help="time a PyTorch training step with csoftmax.torch.cross_entropy "
                              "vs F.cross_entropy (needs torch) and exit")
@@ -153,6 +184,135 @@ def _load_peers(wanted):
     return peers, skipped
 
 
+def _strip_options(argv, names):
+    """Return ``argv`` without the options ``names`` and their values."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not any(arg.startswith(f"{name}=") for name in names):
+            out.append(arg)
+    return out
+
+
+def _with_suffix(path, suffix):
+    """``results/targets.json`` -> ``results/targets-avx2.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-{suffix}{path.suffix}")
+
+
+def _mode(args):
+    return ("many_threads" if args.many_threads else "targets" if args.targets
+            else "quick" if args.quick else "full")
+
+
+def run_cpu_paths(args, argv):
+    """Re-run the command once per ``--cpu`` path, in a subprocess.
+
+    Each run sets ``CSOFTMAX_CPU`` to the path and ``ATEN_CPU_CAPABILITY`` to
+    PyTorch's matching kernels; its JSON and plot get the path as a suffix.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+    argv : list of str
+        The command line, ``--cpu`` included.
+
+    Returns
+    -------
+    int
+        The worst exit status of the runs (0 when every path was skipped);
+        2 when csoftmax does not import.
+    """
+    paths = _parse_cpu(args.cpu)
+    try:
+        dispatch = importlib.import_module("csoftmax._dispatch")
+    except Exception as exc:  # noqa: BLE001 - nothing to benchmark
+        print(f"error: csoftmax does not import: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 2
+    available = dispatch.available_cpu_paths()
+    rest = _strip_options(argv, {"--cpu", "--json", "--plot"})
+    mode, status = _mode(args), 0
+    for path in paths:
+        if path not in available:
+            print(f"# SIMD path {path}: skipped, not supported by this CPU or not built "
+                  f"(available: {', '.join(available) or 'none'})\n", flush=True)
+            continue
+        env = {**os.environ, "CSOFTMAX_CPU": path,
+               "ATEN_CPU_CAPABILITY": report.ATEN_CAPABILITY[path]}
+        json_path = _with_suffix(args.json or RESULTS_DIR / f"{mode}.json", path)
+        plot_path = _with_suffix(args.plot or RESULTS_DIR / f"{mode}.png", path)
+        print(f"# SIMD path {path} (CSOFTMAX_CPU={path}, ATEN_CPU_CAPABILITY="
+              f"{env['ATEN_CPU_CAPABILITY']})\n", flush=True)
+        cmd = [sys.executable, "-m", "bench", *rest, "--json", str(json_path),
+               "--plot", str(plot_path)]
+        status = max(status, subprocess.run(cmd, env=env, check=False).returncode)
+        print(flush=True)
+    return status
+
+
+def _import_csoftmax():
+    try:
+        return importlib.import_module("csoftmax")
+    except Exception as exc:  # noqa: BLE001 - any failure means nothing to benchmark
+        print(f"error: csoftmax does not import: {type(exc).__name__}: {exc}\n"
+              "(build it in place first, and run from the repository root)", file=sys.stderr)
+        return None
+
+
+def _payload(mode, argv, started, info, **fields):
+    return {"schema": "csoftmax-bench/1", "mode": mode,
+            "command": ["python", "-m", "bench", *argv],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "seconds": round(time.time() - started, 1), "machine": info, **fields}
+
+
+def many_threads_main(args, parser, argv):
+    """Run the many-threads measurement alone (``--many-threads``).
+
+    Returns
+    -------
+    int
+        0; 1 when a result disagreed or a call failed; 2 when csoftmax does not import.
+    """
+    try:
+        dtypes = _parse_dtypes(args.dtypes or "float32")
+        shapes = parse_shapes(args.shapes) if args.shapes else many_threads.SHAPES
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.many_threads < 1:
+        parser.error("--many-threads needs at least 1 thread")
+    csoftmax = _import_csoftmax()
+    if csoftmax is None:
+        return 2
+    peers, skipped = _load_peers({"csoftmax", "torch"})
+    budget = args.budget if args.budget is not None else 1.0
+    stat = args.stat or "min"
+    info = report.machine_info(peers, csoftmax)
+    print("\n".join(["## csoftmax benchmark: many threads", "", *report.machine_lines(info),
+                     f"- timing: {budget:g} s per function and shape, {many_threads.ROUNDS} "
+                     f"alternating rounds of 1 and {args.many_threads} threads; rates: "
+                     + ("best round" if stat == "min" else "median round"), ""]))
+    started = time.time()
+    results, mt_skipped = many_threads.run(shapes, dtypes, args.many_threads, budget, stat,
+                                           args.seed, stream=sys.stderr)
+    print("\n".join(many_threads.table_lines(results, mt_skipped, args.many_threads)))
+    problems = [f"{r['impl']} {shape_label(r['shape'])} {r['dtype']}: "
+                f"{r['status'].upper()}: {r['message']}"
+                for r in results if r["status"] != "ok"]
+    payload = _payload("many_threads", argv, started, info, many_threads=results,
+                       skipped=mt_skipped, problems=problems,
+                       settings={"budget": budget, "stat": stat, "seed": args.seed,
+                                 "n_threads": args.many_threads, "dtypes": dtypes})
+    json_path = args.json or RESULTS_DIR / "many_threads.json"
+    report.write_json(json_path, payload)
+    print(f"JSON: {json_path}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def main(argv=None):
     """Run the benchmark.
 
@@ -168,23 +328,31 @@ def main(argv=None):
         when csoftmax does not import.
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.cpu:
+        try:
+            _parse_cpu(args.cpu)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return run_cpu_paths(args, argv)
     if args.training:
         from . import training
 
         return training.main(max(_parse_threads(args.threads or "all", report.usable_cores())))
-    mode = "targets" if args.targets else "quick" if args.quick else "full"
+    if args.many_threads is not None:
+        if args.targets:
+            parser.error("--many-threads runs alone; --targets includes its target rows")
+        return many_threads_main(args, parser, argv)
+    mode = _mode(args)
     cases, settings, dtypes, threads = _plan(args, parser)
     try:
         wanted = (_parse_peers(args.peers) if args.peers
                   else TARGET_PEERS if args.targets else PEER_NAMES)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        csoftmax = importlib.import_module("csoftmax")
-    except Exception as exc:  # noqa: BLE001 - any failure means nothing to benchmark
-        print(f"error: csoftmax does not import: {type(exc).__name__}: {exc}\n"
-              "(build it in place first, and run from the repository root)", file=sys.stderr)
+    csoftmax = _import_csoftmax()
+    if csoftmax is None:
         return 2
     peers, skipped = _load_peers(wanted)
     if "csoftmax" in skipped:
@@ -197,25 +365,31 @@ def main(argv=None):
     table.header()
     started = time.time()
     results = run_plan(cases, peers, settings, on_result=table.row)
+    mt_results = []
+    if args.targets:
+        mt_results, _ = many_threads.run(targets.threads_plan(), dtypes, budget=settings.budget,
+                                         stat=settings.stat, seed=settings.seed,
+                                         stream=sys.stderr)
+        print("\n" + "\n".join(many_threads.table_lines(mt_results)))
 
-    problems = report.problems(results)
+    problems = report.problems(results) + [
+        f"many threads: {r['impl']} {shape_label(r['shape'])} {r['dtype']}: "
+        f"{r['status'].upper()}: {r['message']}" for r in mt_results if r["status"] != "ok"]
     if problems:
         print(f"\n## !! {len(problems)} MISMATCH / ERROR(S) !!\n")
         print("\n".join(f"- {p}" for p in problems))
-    payload = {
-        "schema": "csoftmax-bench/1", "mode": mode,
-        "command": ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)],
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "settings": {**vars(settings), "dtypes": dtypes, "threads": threads,
-                     "ops": list(dict.fromkeys(c.op.name for c in cases)),
-                     "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
-        "machine": info, "peers": [p.name for p in peers], "skipped": skipped,
-        "cases": results, "problems": problems, "targets": None,
-    }
+    payload = _payload(
+        mode, argv, started, info,
+        settings={**vars(settings), "dtypes": dtypes, "threads": threads,
+                  "ops": list(dict.fromkeys(c.op.name for c in cases)),
+                  "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
+        peers=[p.name for p in peers], skipped=skipped, cases=results,
+        many_threads=mt_results or None, problems=problems, targets=None)
     if args.targets:
-        payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads))
-        print("\n" + "\n".join(targets.table_lines(rows, dtypes, max(threads))))
+        payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads),
+                                                         mt_results)
+        simd = report.simd_text(info["simd_path"])
+        print("\n" + "\n".join(targets.table_lines(rows, dtypes, max(threads), simd)))
     json_path = args.json or RESULTS_DIR / f"{mode}.json"
     report.write_json(json_path, payload)
     plot_path = args.plot or RESULTS_DIR / f"{mode}.png"

@@ -84,8 +84,10 @@ SHAPE_GROUPS = {
     "vocab-wide": [(1024, 32000), (16, 131072), (4, 262144)],
     "square": [(4096, 4096)],
     "tiny": [(1, 10), (1, 1000), (32, 1000)],
+    # the calls of inference: one sample to a small batch
+    "small-call": [(1, 10), (1, 1000), (32, 1000), (256, 1000)],
 }
-SHAPES = [shape for group in SHAPE_GROUPS.values() for shape in group]
+SHAPES = list(dict.fromkeys(shape for group in SHAPE_GROUPS.values() for shape in group))
 
 
 def shape_label(shape):

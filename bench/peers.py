@@ -57,12 +57,17 @@ class Prepared:
         its NumPy twin): the outputs must then keep the input's dtype and are
         checked against the float64 reference; other peers are checked against
         csoftmax.
+    context : callable or None
+        Returns a context manager entered around the verification call and
+        around each timed batch of calls, not around every call (as an
+        inference loop runs under one ``torch.no_grad()``).
     """
 
     call: Callable[[], Any]
     normalize: Callable[[Any], tuple] = to_arrays
     verify: bool = True
     own: bool = False
+    context: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -166,6 +171,21 @@ class CsoftmaxPlain(Peer):
 
 
 @dataclass
+class CsoftmaxLoss(Peer):
+    """csoftmax's loss-only ``cross_entropy`` on the logits and targets of an
+    unweighted integer-target ``cross_entropy_with_grad`` case: the "relative"
+    target "loss+grad <= 1.5x loss only" compares the two timed interleaved,
+    in one case."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        if not op.with_grad or op.target != "index" or op.weighted:
+            return None
+        func = self._mod.cross_entropy
+        x, target = inputs["x"], inputs["target"]
+        return Prepared(lambda: func(x, target, num_threads=threads), verify=False)
+
+
+@dataclass
 class Scipy(Peer):
     """``scipy.special.softmax``, ``log_softmax`` and ``logsumexp``."""
 
@@ -206,12 +226,15 @@ class Sklearn(Peer):
 class Torch(Peer):
     """PyTorch on the CPU, with ``torch.set_num_threads`` matched to the case.
 
-    Cross-entropy with gradient runs forward and backward through autograd.
+    Cross-entropy with gradient runs forward and backward through autograd;
+    the loss alone runs under ``torch.no_grad()`` (entered once per timed
+    batch, like an inference loop) on a tensor that does not require grad.
     """
 
     def info(self):  # noqa: D102
         torch = self._mod
         return {"default_num_threads": torch.get_num_threads(),
+                "cpu_capability": cpu_capability(torch),
                 "parallel_info": torch.__config__.parallel_info()}
 
     def prepare(self, op, inputs, threads):  # noqa: D102
@@ -237,7 +260,7 @@ class Torch(Peer):
             kwargs = {"weight": torch.from_numpy(inputs["weight"]),
                       "ignore_index": IGNORE_INDEX, "label_smoothing": LABEL_SMOOTHING}
         if not op.with_grad:
-            return Prepared(lambda: func(x, target, **kwargs))
+            return Prepared(lambda: func(x, target, **kwargs), context=torch.no_grad)
         leaf = x.detach().requires_grad_(True)
 
         def forward_backward():
@@ -260,6 +283,15 @@ class Copyto(Peer):
         return Prepared(lambda: copyto(dst, src), verify=False)
 
 
+def cpu_capability(torch):
+    """Return PyTorch's SIMD kernel level (``DEFAULT``, ``AVX2``, ``AVX512``...) or None."""
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    try:
+        return get() if callable(get) else None
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
 def all_peers():
     """Return fresh instances of every implementation, in table order.
 
@@ -271,6 +303,7 @@ def all_peers():
         Csoftmax("csoftmax", "csoftmax", "csoftmax"),
         Csoftmax("csoftmax_out", "csoftmax out=", "csoftmax", out=True),
         CsoftmaxPlain("csoftmax_plain", "csoftmax plain out=", "csoftmax"),
+        CsoftmaxLoss("csoftmax_loss", "csoftmax loss only", "csoftmax"),
         Csoftmax("numpy_twin", "NumPy twin", "csoftmax._numpy_backend", threaded=False),
         Scipy("scipy", "SciPy", "scipy.special", threaded=False),
         Sklearn("sklearn", "sklearn", "sklearn._loss.loss"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -97,6 +98,51 @@ def csoftmax_info(module):
     return info
 
 
+#: ``CSOFTMAX_CPU`` path -> PyTorch's ``ATEN_CPU_CAPABILITY`` of the same instruction set.
+ATEN_CAPABILITY = {"baseline": "default", "avx2": "avx2", "avx512": "avx512"}
+
+
+def simd_info(csoftmax_module):
+    """Return the SIMD paths in use: csoftmax's and, if imported, PyTorch's.
+
+    Parameters
+    ----------
+    csoftmax_module : module
+
+    Returns
+    -------
+    dict
+        ``csoftmax`` (``csoftmax._dispatch.CPU_PATH``: ``baseline``, ``avx2``,
+        ``avx512``, or None for the NumPy backend), ``available`` (the compiled
+        paths this CPU runs), ``torch`` (``torch.backends.cpu.get_cpu_capability()``
+        or None) and the forcing variables ``CSOFTMAX_CPU`` and
+        ``ATEN_CPU_CAPABILITY`` (None when unset).
+    """
+    info = {"csoftmax": None, "available": None, "torch": None}
+    with contextlib.suppress(Exception):
+        dispatch = importlib.import_module(f"{csoftmax_module.__name__}._dispatch")
+        info["csoftmax"] = dispatch.CPU_PATH
+        info["available"] = dispatch.available_cpu_paths()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        from .peers import cpu_capability
+
+        info["torch"] = cpu_capability(torch)
+    for var in ("CSOFTMAX_CPU", "ATEN_CPU_CAPABILITY"):
+        info[var] = os.environ.get(var)
+    return info
+
+
+def simd_text(simd):
+    """Describe :func:`simd_info`'s dict in one line."""
+    forced = [f"{var}={simd[var]}" for var in ("CSOFTMAX_CPU", "ATEN_CPU_CAPABILITY")
+              if simd.get(var)]
+    text = f"csoftmax {simd.get('csoftmax') or 'NumPy backend'}"
+    if simd.get("torch"):
+        text += f", PyTorch {simd['torch']}"
+    return text + (f" (forced: {', '.join(forced)})" if forced else "")
+
+
 def machine_info(peers, csoftmax_module):
     """Collect everything that qualifies the numbers.
 
@@ -120,7 +166,8 @@ def machine_info(peers, csoftmax_module):
                "env": {k: v for k, v in os.environ.items()
                        if k in {"OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_WAIT_POLICY",
                                 "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                "CSOFTMAX_BACKEND"}}}
+                                "CSOFTMAX_BACKEND", "CSOFTMAX_CPU",
+                                "ATEN_CPU_CAPABILITY"}}}
     for peer in peers:
         with contextlib.suppress(Exception):
             if peer.info():
@@ -131,21 +178,30 @@ def machine_info(peers, csoftmax_module):
         versions["threadpoolctl"] = threadpoolctl.__version__
         threads["threadpool_info"] = threadpoolctl.threadpool_info()
     return {"platform": platform.platform(), "cpu": cpu_info(), "versions": versions,
-            "threads": threads, "csoftmax": csoftmax_info(csoftmax_module)}
+            "threads": threads, "csoftmax": csoftmax_info(csoftmax_module),
+            "simd_path": simd_info(csoftmax_module)}
 
 
-def header_lines(info, skipped, settings):
-    """Return the Markdown lines that describe the run, before the table."""
+def machine_lines(info):
+    """Return the Markdown list items that describe the machine and the builds."""
     cs, cpu = info["csoftmax"], info["cpu"]
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    lines = [
-        "## csoftmax benchmark",
-        "",
+    return [
         f"- CPU: {cpu['model']} ({info['threads']['usable_cores']} usable cores, "
         f"cache {cpu['cache']}, flags {' '.join(cpu['flags']) or 'n/a'})",
         f"- csoftmax {cs['version']}: backend {cs['backend']}, SIMD {cs.get('simd')}, "
         f"default threads {cs['num_threads']}",
+        f"- SIMD path: {simd_text(info['simd_path'])}",
         f"- versions: {versions}",
+    ]
+
+
+def header_lines(info, skipped, settings):
+    """Return the Markdown lines that describe the run, before the table."""
+    lines = [
+        "## csoftmax benchmark",
+        "",
+        *machine_lines(info),
         f"- timing: interleaved, {settings.budget:g} s per case, >= {settings.min_rounds} "
         f"rounds, samples >= {settings.min_sample * 1e3:g} ms; time = "
         + ("median of the samples not slowed by contention (thread CPU/wall >= 90% of "
@@ -155,7 +211,8 @@ def header_lines(info, skipped, settings):
         "faster); `cs/copy` = csoftmax `out=` (else csoftmax) / np.copyto of the logits",
         "- PyTorch and scikit-learn run at the case's thread count; NumPy twin, SciPy "
         "and np.copyto on one thread; PyTorch cross_entropy_with_grad = forward + "
-        "autograd backward",
+        "autograd backward, cross_entropy = loss only under torch.no_grad() (entered "
+        "once per timed batch)",
     ]
     lines += [f"- skipped: {name} ({why})" for name, why in skipped.items()]
     return [*lines, ""]

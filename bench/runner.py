@@ -10,6 +10,7 @@ that a wrong fast answer cannot pass unnoticed.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
@@ -138,9 +139,10 @@ def verify(case, prepared, inputs):
     for name, prep in prepared.items():
         check = checks[name] = {"status": "unchecked"}
         try:
-            start = time.perf_counter()
-            result = prep.call()
-            check["first_call"] = time.perf_counter() - start
+            with prep.context() if prep.context else contextlib.nullcontext():
+                start = time.perf_counter()
+                result = prep.call()
+                check["first_call"] = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - reported per peer
             check.update(status="error", message=f"{type(exc).__name__}: {exc}")
             continue
@@ -204,8 +206,9 @@ def run_case(case, peers, inputs, settings):
     timed = {name: prep.call for name, prep in prepared.items()
              if checks[name]["status"] != "error"}
     # the verification call above was the warm-up
+    contexts = {name: prepared[name].context for name in timed}
     samples = interleave(timed, settings.budget, min_rounds=settings.min_rounds,
-                         min_sample=settings.min_sample, warmup=0)
+                         min_sample=settings.min_sample, warmup=0, contexts=contexts)
     threads = {p.name: case.threads if p.threaded else 1 for p in peers}
     results = {}
     for name, check in checks.items():

@@ -20,6 +20,7 @@ worker thread show only where the caller spins at the barrier.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import time
@@ -74,7 +75,7 @@ class Samples:
                 "cpu_per_wall": float(np.median(ratio[kept]))}
 
 
-def time_batch(call, number):
+def time_batch(call, number, context=None):
     """Time ``number`` consecutive calls.
 
     Parameters
@@ -82,6 +83,10 @@ def time_batch(call, number):
     call : callable
         Takes no argument.
     number : int
+    context : callable, optional
+        Returns a context manager entered around the whole batch, outside the
+        timed region (e.g. ``torch.no_grad``, as a user wraps an inference
+        loop), so that its cost is not charged to every call.
 
     Returns
     -------
@@ -89,16 +94,17 @@ def time_batch(call, number):
         Wall-clock and calling-thread CPU seconds for the whole batch.
     """
     loop = itertools.repeat(None, number)
-    cpu0 = time.thread_time()
-    wall0 = time.perf_counter()
-    for _ in loop:
-        call()
-    wall1 = time.perf_counter()
-    cpu1 = time.thread_time()
+    with context() if context is not None else contextlib.nullcontext():
+        cpu0 = time.thread_time()
+        wall0 = time.perf_counter()
+        for _ in loop:
+            call()
+        wall1 = time.perf_counter()
+        cpu1 = time.thread_time()
     return wall1 - wall0, cpu1 - cpu0
 
 
-def autorange(call, min_sample, max_number=1_000_000):
+def autorange(call, min_sample, max_number=1_000_000, context=None):
     """Find how many calls make a batch last at least ``min_sample`` seconds.
 
     Parameters
@@ -107,6 +113,8 @@ def autorange(call, min_sample, max_number=1_000_000):
     min_sample : float
         Seconds.
     max_number : int, optional
+    context : callable, optional
+        As in :func:`time_batch`.
 
     Returns
     -------
@@ -118,7 +126,7 @@ def autorange(call, min_sample, max_number=1_000_000):
     """
     number = 1
     while True:
-        wall, cpu = time_batch(call, number)
+        wall, cpu = time_batch(call, number, context)
         if wall >= min_sample or number >= max_number:
             return number, wall / number, cpu / number
         # aim 20% past the goal, growing at most 100-fold per step
@@ -127,7 +135,7 @@ def autorange(call, min_sample, max_number=1_000_000):
 
 
 def interleave(calls, budget, min_rounds=5, max_rounds=10_000, min_sample=1e-3,
-               warmup=1):
+               warmup=1, contexts=None):
     """Time several calls interleaved, until a time budget is spent.
 
     The calibration pass (:func:`autorange`, one call after another) gives each
@@ -146,22 +154,27 @@ def interleave(calls, budget, min_rounds=5, max_rounds=10_000, min_sample=1e-3,
         Minimal duration of one sample (a batch of calls), in seconds.
     warmup : int, optional
         Untimed calls of each before calibration.
+    contexts : dict of str to callable, optional
+        Per call, a context-manager factory entered around each of its batches
+        (see :func:`time_batch`).
 
     Returns
     -------
     dict of str to Samples
     """
     names = list(calls)
+    contexts = contexts or {}
     gc_enabled = gc.isenabled()
     gc.disable()
     try:
         for name in names:
-            for _ in range(warmup):
-                calls[name]()
+            if warmup:
+                time_batch(calls[name], warmup, contexts.get(name))
         start = time.perf_counter()
         samples = {}
         for name in names:
-            number, wall, cpu = autorange(calls[name], min_sample)
+            number, wall, cpu = autorange(calls[name], min_sample,
+                                          context=contexts.get(name))
             samples[name] = Samples(number, [wall], [cpu])
         for rnd in range(1, max_rounds):
             if rnd >= min_rounds and time.perf_counter() - start >= budget:
@@ -169,7 +182,7 @@ def interleave(calls, budget, min_rounds=5, max_rounds=10_000, min_sample=1e-3,
             shift = rnd % len(names)
             for name in names[shift:] + names[:shift]:
                 s = samples[name]
-                wall, cpu = time_batch(calls[name], s.number)
+                wall, cpu = time_batch(calls[name], s.number, contexts.get(name))
                 s.wall.append(wall / s.number)
                 s.cpu.append(cpu / s.number)
     finally:

@@ -1,7 +1,9 @@
 """Smoke test of the benchmark suite (``python -m bench``).
 
 It runs end to end on a tiny configuration and writes the JSON it promises;
-no timing is asserted.
+no timing is asserted. The new inference pieces run too: ``--cpu`` (a forced
+kernel set in a subprocess), ``--many-threads`` and the evaluation of the
+relative and many-threads targets.
 """
 
 import json
@@ -9,6 +11,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +44,100 @@ def test_bench_cli_writes_json(tmp_path):
         assert {"time", "median", "min", "q1", "q3", "n", "number"} <= cs.keys()
         assert cs["time"] > 0
         assert "copyto" in case["results"]
+
+
+def _bench_env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _import_bench():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import bench.cli
+
+    return bench.cli
+
+
+def test_bench_cpu_baseline_subprocess(tmp_path):
+    """``--cpu baseline`` re-runs one small case on the forced baseline kernels."""
+    import csoftmax._dispatch as dispatch
+
+    if "baseline" not in dispatch.available_cpu_paths():
+        pytest.skip("no compiled baseline kernels")
+    out = tmp_path / "cpu.json"
+    cmd = [sys.executable, "-m", "bench", "--cpu", "baseline", "--ops", "cross_entropy",
+           "--shapes", "4x16", "--dtypes", "f32", "--threads", "1", "--budget", "0.02",
+           "--json", str(out), "--plot", str(tmp_path / "cpu.png")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_bench_env(), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "# SIMD path baseline (CSOFTMAX_CPU=baseline, ATEN_CPU_CAPABILITY=default)" \
+        in proc.stdout
+    assert "- SIMD path: csoftmax baseline" in proc.stdout
+    data = json.loads((tmp_path / "cpu-baseline.json").read_text())
+    simd = data["machine"]["simd_path"]
+    assert simd["csoftmax"] == "baseline"
+    assert simd["CSOFTMAX_CPU"] == "baseline"
+    assert simd["ATEN_CPU_CAPABILITY"] == "default"
+    if "torch" in data["peers"]:
+        assert simd["torch"] == "DEFAULT"
+        assert data["cases"][0]["results"]["torch"]["status"] == "ok"
+    assert data["cases"][0]["results"]["csoftmax"]["status"] == "ok"
+
+
+def test_bench_cpu_skips_unsupported_path(monkeypatch, capsys):
+    """A path the CPU lacks is reported and skipped, no subprocess started."""
+    cli = _import_bench()
+    import csoftmax._dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "available_cpu_paths", lambda: ["baseline"])
+    monkeypatch.setattr(cli.subprocess, "run", lambda *a, **k: pytest.fail("ran"))
+    assert cli.main(["--cpu", "avx512", "--quick"]) == 0
+    assert "SIMD path avx512: skipped, not supported" in capsys.readouterr().out
+
+
+def test_bench_many_threads_cli(tmp_path, capsys):
+    """``--many-threads 2`` on a tiny shape and budget: a table and its JSON."""
+    cli = _import_bench()
+    out = tmp_path / "mt.json"
+    assert cli.main(["--many-threads", "2", "--shapes", "2x16", "--budget", "0.03",
+                     "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| csoftmax.cross_entropy | 2x16 | float32 |" in text
+    assert "- SIMD path: csoftmax" in text
+    data = json.loads(out.read_text())
+    rows = {r["impl"]: r for r in data["many_threads"]}
+    assert rows["csoftmax.cross_entropy"]["status"] == "ok"
+    assert rows["csoftmax.cross_entropy"]["ratio"] > 0
+    assert rows["csoftmax.softmax"]["n_threads"] == 2
+    if "torch.cross_entropy" not in data["skipped"]:
+        assert rows["torch.cross_entropy"]["status"] == "ok"
+
+
+def test_bench_targets_evaluate_new_kinds():
+    """The relative (loss+grad vs loss only) and many-threads targets read their results."""
+    _import_bench()
+    from bench import targets
+
+    def case(op, shape, times):
+        return {"op": op, "shape": list(shape), "dtype": "float32", "threads": 2,
+                "results": {name: {"status": "ok", "time": t} for name, t in times.items()}}
+
+    results = [case(targets.CE, (1, 10), {"csoftmax": 3.0, "csoftmax_loss": 2.5,
+                                          "torch": 30.0})]
+    threads = [{"impl": "csoftmax.cross_entropy", "shape": [1, 1000], "dtype": "float32",
+                "status": "ok", "ratio": 0.95},
+               {"impl": "torch.cross_entropy", "shape": [1, 1000], "dtype": "float32",
+                "status": "ok", "ratio": 0.5}]
+    rows = targets.evaluate_all(results, ["float32"], 2, threads)
+    relative = next(r for r in rows if r["op"] == targets.CE and r["shape"] == [1, 10]
+                    and "cross_entropy time" in r["criterion"])
+    assert relative["by_dtype"]["float32"]["value"] == 3.0 / 2.5
+    assert relative["verdict"] == "PASS"
+    many = next(r for r in rows if r["group"] == "many threads" and r["shape"] == [1, 1000])
+    assert many["verdict"] == "PASS"
+    assert "torch.cross_entropy 0.50x" in many["by_dtype"]["float32"]["note"]
+    unmeasured = next(r for r in rows if r["group"] == "many threads"
+                      and r["shape"] == [256, 1000])
+    assert unmeasured["verdict"] == "n/a"
