@@ -153,56 +153,64 @@ def log_softmax_backward(
 ) -> NDArray[np.floating[Any]]: ...
 
 # -- cross-entropy: "mean"/"sum" give a scalar of the logits' dtype; "none" gives one loss per
-# -- row (an array for (N, C) logits, a scalar for (C,) logits) -------------------------------
+# -- position (an array of the target's shape, a scalar for (C,) logits) ---------------------
 
 @overload
 def cross_entropy(
-    logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
+    logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
     label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
 ) -> _FloatT: ...
 @overload
 def cross_entropy(
-    logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
+    logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
     label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
 ) -> NDArray[_FloatT] | _FloatT: ...
 @overload
 def cross_entropy(
-    logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+    logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
     label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
 ) -> np.floating[Any]: ...
 @overload
 def cross_entropy(
-    logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+    logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
     label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
 ) -> _Reduced: ...
 @overload
 def cross_entropy_with_grad(
-    logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
+    logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
     label_smoothing: float = 0.0, out: NDArray[_FloatT] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[_FloatT, NDArray[_FloatT]]: ...
 @overload
 def cross_entropy_with_grad(
-    logits: NDArray[_FloatT], target: ArrayLike, *, weight: ArrayLike | None = None,
+    logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
     label_smoothing: float = 0.0, out: NDArray[_FloatT] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[NDArray[_FloatT] | _FloatT, NDArray[_FloatT]]: ...
 @overload
 def cross_entropy_with_grad(
-    logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+    logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
     label_smoothing: float = 0.0, out: NDArray[Any] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[np.floating[Any], NDArray[np.floating[Any]]]: ...
 @overload
 def cross_entropy_with_grad(
-    logits: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+    logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
     label_smoothing: float = 0.0, out: NDArray[Any] | None = None,
     num_threads: SupportsIndex | None = None,

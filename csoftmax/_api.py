@@ -417,33 +417,38 @@ class Frontend:
                     scale, row_loss, grad, threads,
                 )
         if args.reduction == "none":
-            loss = row_loss.astype(args.result)
-            return loss[0] if args.one_sample else loss
+            loss = row_loss.astype(args.result).reshape(args.positions)
+            return loss[()] if args.one_sample else loss
         if args.reduction == "mean":
             total_loss = total_loss / total if total != 0.0 else float("nan")
         return args.result.type(total_loss)
 
-    def cross_entropy(self, logits, target, *, weight=None, ignore_index=-100,
+    def cross_entropy(self, logits, target, *, axis=-1, weight=None, ignore_index=-100,
                       reduction="mean", label_smoothing=0.0, num_threads=None):
         """Cross-entropy of softmax(logits) against ``target``, as
         ``torch.nn.functional.cross_entropy`` on ``(N, C)`` input.
 
         Parameters
         ----------
-        logits : array_like, shape (N, C) or (C,)
-            Unnormalised scores.
+        logits : array_like, shape (N, C), (C,) or any N-D shape
+            Unnormalised scores; the classes lie along ``axis``.
         target : array_like
-            Class indices, shape (N,) (a scalar for (C,) logits), any integer
-            dtype; or class probabilities of the logits' shape, floating dtype
-            (soft labels; they need not sum to one).
+            Class indices of the logits' shape without ``axis`` ((N,) for
+            (N, C) logits, a scalar for (C,)), any integer dtype; or class
+            probabilities of the logits' shape, floating dtype (soft labels;
+            they need not sum to one).
+        axis : int, default -1
+            The class axis: ``(batch, seq, vocab)`` logits take the default,
+            PyTorch's ``(N, C, d1, ...)`` layout ``axis=1``.
         weight : array_like, shape (C,), optional
             Per-class weights.
         ignore_index : int, default -100
             Class-index rows with this target count 0 and have a zero gradient,
             whatever their logits.  Must be negative with probability targets.
         reduction : {"mean", "sum", "none"}
-            "mean" divides by the summed weight of the counted rows (N for
-            probability targets); over zero rows it is nan.
+            "mean" divides by the summed weight of the counted positions (their
+            number for probability targets); over zero positions it is nan.
+            "none" gives the loss of every position (the target's shape).
         label_smoothing : float in [0, 1]
             Mixes the target with the uniform distribution, as PyTorch does.
         num_threads : int, optional
@@ -452,7 +457,8 @@ class Frontend:
         Returns
         -------
         scalar or ndarray
-            A NumPy scalar of the logits' dtype ("none": shape (N,)).
+            A NumPy scalar of the logits' dtype ("none": the logits' shape
+            without ``axis``).
 
         Examples
         --------
@@ -460,18 +466,23 @@ class Frontend:
         >>> x = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
         >>> float(csoftmax.cross_entropy(x, np.array([0, 2])).round(4))
         0.6691
+        >>> images = np.zeros((1, 3, 2, 2))  # (N, C, H, W), classes on axis 1
+        >>> csoftmax.cross_entropy(images, np.zeros((1, 2, 2), int), axis=1, reduction="none").round(4)
+        array([[[1.0986, 1.0986],
+                [1.0986, 1.0986]]])
         """
         if weight is None:
-            r = self._fast_cross_entropy(logits, target, ignore_index, reduction,
+            r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
                                          label_smoothing, num_threads, False, None)
             if r is not None:
                 return r
-        args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing)
+        args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing,
+                                axis)
         return self._cross_entropy(args, None, num_threads)
 
-    def cross_entropy_with_grad(self, logits, target, *, weight=None, ignore_index=-100,
-                                reduction="mean", label_smoothing=0.0, out=None,
-                                num_threads=None):
+    def cross_entropy_with_grad(self, logits, target, *, axis=-1, weight=None,
+                                ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                                out=None, num_threads=None):
         """Cross-entropy and its gradient with respect to the logits, in one pass.
 
         The gradient of the row loss ``-sum(y' log a)`` is ``a * sum(y') - y'``
@@ -481,7 +492,7 @@ class Frontend:
 
         Parameters
         ----------
-        logits, target, weight, ignore_index, reduction, label_smoothing
+        logits, target, axis, weight, ignore_index, reduction, label_smoothing
             As for :func:`cross_entropy`.
         out : ndarray, optional
             Where to write the gradient: C-contiguous, writeable, the logits'
@@ -504,16 +515,18 @@ class Frontend:
         (0.6931, array([[ 0.5, -0.5]]))
         """
         if weight is None:
-            r = self._fast_cross_entropy(logits, target, ignore_index, reduction,
+            r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
                                          label_smoothing, num_threads, True, out)
             if r is not None:
                 return r
-        args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing)
+        args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing,
+                                axis)
         if out is not None:
             args.check_out(out)
         x = args.logits
         direct = (
             out is not None
+            and not args.moved
             and args.result == args.compute
             and out.flags.aligned
             and (not np.may_share_memory(out, x) or aliases_exactly(out, x))
@@ -525,7 +538,7 @@ class Frontend:
         loss = self._cross_entropy(args, grad, num_threads)
         if direct:
             return loss, out
-        grad = grad.reshape(args.shape)
+        grad = args.restore(grad)
         if out is not None:
             np.copyto(out, grad, casting="unsafe")
             return loss, out

@@ -214,14 +214,20 @@ def check_same_shape(a, b, name_a, name_b):
 class CrossEntropyArgs:
     """Validated cross-entropy arguments, ready for the kernels.
 
-    Attributes: ``logits`` (2-D, compute dtype, C-contiguous), ``compute`` and
-    ``result`` dtypes, ``one_sample`` (the input was ``(C,)``), ``labels`` (1-D
-    int32/int64, for class-index targets) or ``probs`` (2-D, compute dtype),
-    ``labels_in`` (the caller's labels, for messages), ``weight`` (1-D compute
+    Attributes: ``logits`` (2-D ``(positions, classes)``, compute dtype,
+    C-contiguous), ``compute`` and ``result`` dtypes, ``one_sample`` (the input
+    was ``(C,)``), ``axis`` (the class axis of the input, non-negative),
+    ``positions`` (the input's shape without the class axis: the shape of
+    class-index targets and of ``"none"`` losses), ``labels`` (1-D int32/int64,
+    for class-index targets) or ``probs`` (2-D, compute dtype), ``labels_in``
+    (the caller's labels, flattened, for messages), ``weight`` (1-D compute
     dtype, or None), ``ignore_index``, ``reduction``, ``label_smoothing``.
+    A class axis that is not the last is moved last (a copy) and
+    :meth:`restore` moves it back in a gradient.
     """
 
-    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing):
+    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
+                 axis=-1):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if isinstance(label_smoothing, (str, bytes)):
@@ -251,26 +257,30 @@ class CrossEntropyArgs:
         self.ignore_index = ignore_index
 
         x = as_ndarray(logits, "logits")
-        if x.ndim not in (1, 2):
-            raise ValueError(f"logits must be 2-D (N, C) or 1-D (C,), got shape {x.shape}")
+        if x.ndim == 0:
+            raise ValueError("logits must have at least one dimension (the classes), got shape ()")
         self.compute, self.result = float_dtypes(x.dtype, "logits")
+        if isinstance(axis, tuple):
+            raise TypeError(f"axis must be an int (the class axis), not {axis!r}")
+        (self.axis,) = normalize_axes(axis, x.ndim, x.shape)
         self.one_sample = x.ndim == 1
         self.shape = x.shape
-        x2 = x.reshape(1, -1) if self.one_sample else x
-        n_rows, n_classes = x2.shape
+        self.positions = x.shape[:self.axis] + x.shape[self.axis + 1:]
+        n_classes = x.shape[self.axis]
+        n_rows = math.prod(self.positions)
         if n_classes == 0 and n_rows > 0:
             raise ValueError(f"logits of shape {x.shape} has no classes (C = 0)")
-        self.logits = contiguous(x2, self.compute)
+        self.moved = self.axis != x.ndim - 1
+        self.logits = self._rows(x, n_rows, n_classes)
         self.n_rows, self.n_classes = n_rows, n_classes
 
         y = as_ndarray(target, "target")
         self.labels = self.probs = None
         if y.dtype.kind in "iu":
-            expected = () if self.one_sample else (n_rows,)
-            if y.shape != expected:
+            if y.shape != self.positions:
                 raise ValueError(
-                    f"class-index target has shape {y.shape}, expected {expected} "
-                    f"for logits of shape {x.shape}"
+                    f"class-index target has shape {y.shape}, expected {self.positions} "
+                    f"for logits of shape {x.shape} (class axis {self.axis})"
                 )
             self.labels_in = y.reshape(n_rows)
             self.labels = _as_label_array(self.labels_in, ignore_index)
@@ -285,7 +295,7 @@ class CrossEntropyArgs:
                     f"ignore_index={ignore_index} is not supported with probability "
                     "targets (it must be negative)"
                 )
-            self.probs = contiguous(y.reshape(n_rows, n_classes), self.compute)
+            self.probs = self._rows(y, n_rows, n_classes)
         else:
             raise TypeError(
                 f"target has dtype {y.dtype}: expected integer class indices or "
@@ -303,6 +313,19 @@ class CrossEntropyArgs:
                 )
             self.weight = contiguous(w, self.compute)
 
+    def _rows(self, a, n_rows, n_classes):
+        """a (of the logits' shape) as C-contiguous (positions, classes) rows."""
+        if self.moved:
+            a = np.moveaxis(a, self.axis, -1)
+        return contiguous(a, self.compute).reshape(n_rows, n_classes)
+
+    def restore(self, rows):
+        """(positions, classes) rows of a gradient in the logits' shape (C-contiguous)."""
+        moved = rows.reshape(self.positions + (self.n_classes,))
+        if not self.moved:
+            return moved
+        return np.ascontiguousarray(np.moveaxis(moved, -1, self.axis))
+
     def check_out(self, out):
         out = check_out(out, self.shape, self.result)
         # the kernels read labels, probabilities and weights while writing
@@ -316,8 +339,11 @@ class CrossEntropyArgs:
 
     def bad_label(self, row):
         value = self.labels_in[row]
+        index = row
+        if len(self.positions) > 1:
+            index = ", ".join(str(int(i)) for i in np.unravel_index(row, self.positions))
         return ValueError(
-            f"target[{row}] = {value} is not a class index in [0, {self.n_classes}) "
+            f"target[{index}] = {value} is not a class index in [0, {self.n_classes}) "
             f"nor ignore_index ({self.ignore_index})"
         )
 

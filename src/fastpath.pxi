@@ -206,7 +206,8 @@ cdef struct _FastCall:
     int typenum
     int reduction
     int threads
-    bint one_sample            # (C,) logits
+    int nd                     # of the logits (classes last)
+    cnp.npy_intp *dims         # of the logits
     Py_ssize_t ignore_index
     double label_smoothing
 
@@ -223,11 +224,11 @@ cdef object _reduced(_FastCall *c, double *row_loss, double total_loss, double c
         return _scalar(total_loss / count if count != 0.0 else NAN, c.typenum)
     if c.reduction == REDUCTION_SUM:
         return _scalar(total_loss, c.typenum)
-    if c.one_sample:
+    if c.nd == 1:
         return _scalar(row_loss[0], c.typenum)
     if c.typenum == cnp.NPY_FLOAT64:
         return none_result
-    r = cnp.PyArray_EMPTY(1, <cnp.npy_intp *>&c.n_rows, cnp.NPY_FLOAT32, 0)
+    r = cnp.PyArray_EMPTY(c.nd - 1, c.dims, cnp.NPY_FLOAT32, 0)
     f = <float *>cnp.PyArray_DATA(r)
     for i in range(c.n_rows):
         f[i] = <float>row_loss[i]
@@ -252,7 +253,7 @@ cdef object _fast_cross_entropy_run(
     cdef double *loss = stack_loss
     cdef object none_result = None
     if c.reduction == REDUCTION_NONE:
-        none_result = cnp.PyArray_EMPTY(1, <cnp.npy_intp *>&c.n_rows, cnp.NPY_FLOAT64, 0)
+        none_result = cnp.PyArray_EMPTY(c.nd - 1, c.dims, cnp.NPY_FLOAT64, 0)
         loss = <double *>cnp.PyArray_DATA(<cnp.ndarray>none_result)
     elif c.n_rows > STACK_ROWS:
         loss = <double *>malloc(c.n_rows * sizeof(double))
@@ -273,35 +274,40 @@ cdef object _fast_cross_entropy_run(
             free(loss)
 
 
-cdef int _label_type(object v, Py_ssize_t n_rows) noexcept:
-    """The type number of 1-D labels of n_rows native int32/int64 values,
-    C-contiguous and aligned; -1 for anything else."""
+cdef int _label_size(object v, cnp.ndarray x) noexcept:
+    """The item size of native int32/int64 labels of x's shape without its
+    last axis, C-contiguous and aligned; -1 for anything else."""
     if type(v) is not cnp.ndarray:
         return -1
     cdef cnp.ndarray a = <cnp.ndarray>v
-    cdef int size = cnp.PyArray_ITEMSIZE(a)
-    if (cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIMS(a)[0] != n_rows
+    cdef int i, size = cnp.PyArray_ITEMSIZE(a)
+    if (cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(x) - 1
             or not cnp.PyArray_ISSIGNED(a) or (size != 4 and size != 8)
             or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
         return -1
+    for i in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIMS(a)[i] != cnp.PyArray_DIMS(x)[i]:
+            return -1
     return size
 
 
-def fast_cross_entropy(object logits, object target, object ignore_index, object reduction,
-                       object label_smoothing, object num_threads, bint with_grad,
-                       object out):
+def fast_cross_entropy(object logits, object target, object axis, object ignore_index,
+                       object reduction, object label_smoothing, object num_threads,
+                       bint with_grad, object out):
     """cross_entropy (with_grad False) or cross_entropy_with_grad without class
-    weights, for (N, C) or (C,) logits and native int32/int64 labels of shape
-    (N,) (a Python int for (C,) logits) or probability targets of the logits'
-    shape and dtype; None when declined."""
+    weights, for logits with the classes on the last axis and native
+    int32/int64 labels of the other axes' shape (a Python int for (C,) logits)
+    or probability targets of the logits' shape and dtype; None when
+    declined."""
     cdef _FastCall c
     c.typenum = _float_array(logits)
-    if c.typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>logits) > 2:
+    if c.typenum < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>logits)):
         return None
     cdef cnp.ndarray x = <cnp.ndarray>logits
-    c.one_sample = cnp.PyArray_NDIM(x) == 1
-    c.n = cnp.PyArray_DIMS(x)[cnp.PyArray_NDIM(x) - 1]
-    c.n_rows = 1 if c.one_sample else cnp.PyArray_DIMS(x)[0]
+    c.nd = cnp.PyArray_NDIM(x)
+    c.dims = cnp.PyArray_DIMS(x)
+    c.n = c.dims[c.nd - 1]
+    c.n_rows = _rows_of(x)
     if type(reduction) is not str:
         return None
     if reduction == "mean":
@@ -325,13 +331,13 @@ def fast_cross_entropy(object logits, object target, object ignore_index, object
     cdef int64_t one_label
     cdef int label_size = -1
     cdef cnp.ndarray y = None
-    if c.one_sample and type(target) is int:
+    if c.nd == 1 and type(target) is int:
         if not -(1 << 62) < target < (1 << 62):
             return None
         one_label = target
         label_size = 0
-    elif not c.one_sample:
-        label_size = _label_type(target, c.n_rows)
+    elif c.nd > 1:
+        label_size = _label_size(target, x)
     if label_size < 0:
         if not _like(target, x, c.typenum, False) or c.ignore_index >= 0:
             return None

@@ -146,7 +146,7 @@ def _fast_calls(k, x, labels):
         "fast_logsumexp": lambda: k.fast_logsumexp(x, -1, None),
         "fast_backward": lambda: k.fast_backward(1, x, x, -1, None, None),
         "fast_cross_entropy": lambda: k.fast_cross_entropy(
-            x, labels, -100, "mean", 0.0, None, False, None),
+            x, labels, -1, -100, "mean", 0.0, None, False, None),
     }
 
 
@@ -265,11 +265,11 @@ def test_bad_input_declined_before_writing(variant):
     bad = labels.copy()
     bad[2] = -3
     out = np.full_like(x, 7.0)
-    assert k.fast_cross_entropy(x, bad, -100, "mean", 0.0, None, True, out) is None
+    assert k.fast_cross_entropy(x, bad, -1, -100, "mean", 0.0, None, True, out) is None
     assert (out == 7.0).all()
-    assert k.fast_cross_entropy(x, labels, -100, "median", 0.0, None, False, None) is None
-    assert k.fast_cross_entropy(x, labels, -100, "mean", 0.0, 0, False, None) is None
-    assert k.fast_cross_entropy(x, labels, -100, "mean", 2.0, None, False, None) is None
+    assert k.fast_cross_entropy(x, labels, -1, -100, "median", 0.0, None, False, None) is None
+    assert k.fast_cross_entropy(x, labels, -1, -100, "mean", 0.0, 0, False, None) is None
+    assert k.fast_cross_entropy(x, labels, -1, -100, "mean", 2.0, None, False, None) is None
     assert k.fast_rows(0, x, 1, np.empty((6, 5), np.float32), None) is None
     assert k.fast_rows(0, x, 0, None, None) is None
     assert k.fast_logsumexp(x, -2, None) is None
@@ -278,6 +278,6 @@ def test_bad_input_declined_before_writing(variant):
     partial = buf[5:35].reshape(6, 5)  # overlaps the input without being it
     assert k.fast_rows(0, buf[:30].reshape(6, 5), -1, partial, None) is None
     assert k.fast_backward(0, x, buf[:30].reshape(6, 5), -1, partial, None) is None
-    assert k.fast_cross_entropy(buf[:30].reshape(6, 5), labels, -100, "mean", 0.0, None, True,
+    assert k.fast_cross_entropy(buf[:30].reshape(6, 5), labels, -1, -100, "mean", 0.0, None, True,
                                 partial) is None
     assert (buf == 0).all()
