@@ -215,20 +215,34 @@ template <typename T> static inline T exp_nonpositive(T x) {
 
 /* max_k x_k (+0 for a zero maximum); -inf for n == 0.  NaN handling is left
  * to the callers: a NaN in the row makes x - max NaN somewhere, and the
- * exp-sum carries it to every output of the row.  Independent partial maxima (four vectors of
- * AVX-512; 256 bytes of lanes) hide the latency of the max instruction; the
- * compiler keeps the fixed-size lane array in registers. */
+ * exp-sum carries it to every output of the row.  Independent partial maxima
+ * (four vectors of AVX-512; 256 bytes of lanes) hide the latency of the max
+ * instruction; the compiler keeps the fixed-size lane array in registers.
+ * Every step takes max(v, acc) = v > acc ? v : acc, which skips NaNs and is
+ * exact, so the order is free: the last partial block is read as the last L
+ * elements (overlapping the previous block: max is idempotent) and the lanes
+ * are folded in halves, all vector operations (a serial scalar fold of the 64
+ * float lanes cost a quarter of a 1000-column loss). */
 template <typename T> static CS_REDUCTION T row_max(const T *x, idx_t n) {
     enum { L = 256 / (int)sizeof(T) };
+    T m = (T)-INFINITY;
+    if (n < L) {
+#pragma omp simd reduction(max : m)
+        for (idx_t k = 0; k < n; ++k) m = x[k] > m ? x[k] : m;
+        return m + (T)0;
+    }
     T acc[L];
     for (int l = 0; l < L; ++l) acc[l] = (T)-INFINITY;
     idx_t nb = n - n % L;
     for (idx_t b = 0; b < nb; b += L)
         for (int l = 0; l < L; ++l) acc[l] = x[b + l] > acc[l] ? x[b + l] : acc[l];
-    T m = (T)-INFINITY;
-    for (int l = 0; l < L; ++l) m = acc[l] > m ? acc[l] : m;
-#pragma omp simd reduction(max : m)
-    for (idx_t k = nb; k < n; ++k) m = x[k] > m ? x[k] : m;
+    if (nb < n) {
+        const T *y = x + n - L;
+        for (int l = 0; l < L; ++l) acc[l] = y[l] > acc[l] ? y[l] : acc[l];
+    }
+    for (int h = L / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; ++l) acc[l] = acc[l + h] > acc[l] ? acc[l + h] : acc[l];
+    m = acc[0];
     return m + (T)0;  /* -0 as +0: which zero a tie keeps depends on the order */
 }
 
