@@ -27,6 +27,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 namespace csoftmax {
 
@@ -215,20 +218,34 @@ template <typename T> static inline T exp_nonpositive(T x) {
 
 /* max_k x_k (+0 for a zero maximum); -inf for n == 0.  NaN handling is left
  * to the callers: a NaN in the row makes x - max NaN somewhere, and the
- * exp-sum carries it to every output of the row.  Independent partial maxima (four vectors of
- * AVX-512; 256 bytes of lanes) hide the latency of the max instruction; the
- * compiler keeps the fixed-size lane array in registers. */
+ * exp-sum carries it to every output of the row.  Independent partial maxima
+ * (four vectors of AVX-512; 256 bytes of lanes) hide the latency of the max
+ * instruction; the compiler keeps the fixed-size lane array in registers.
+ * Every step takes max(v, acc) = v > acc ? v : acc, which skips NaNs and is
+ * exact, so the order is free: the last partial block is read as the last L
+ * elements (overlapping the previous block: max is idempotent) and the lanes
+ * are folded in halves, all vector operations (a serial scalar fold of the 64
+ * float lanes cost a quarter of a 1000-column loss). */
 template <typename T> static CS_REDUCTION T row_max(const T *x, idx_t n) {
     enum { L = 256 / (int)sizeof(T) };
+    T m = (T)-INFINITY;
+    if (n < L) {
+#pragma omp simd reduction(max : m)
+        for (idx_t k = 0; k < n; ++k) m = x[k] > m ? x[k] : m;
+        return m + (T)0;
+    }
     T acc[L];
     for (int l = 0; l < L; ++l) acc[l] = (T)-INFINITY;
     idx_t nb = n - n % L;
     for (idx_t b = 0; b < nb; b += L)
         for (int l = 0; l < L; ++l) acc[l] = x[b + l] > acc[l] ? x[b + l] : acc[l];
-    T m = (T)-INFINITY;
-    for (int l = 0; l < L; ++l) m = acc[l] > m ? acc[l] : m;
-#pragma omp simd reduction(max : m)
-    for (idx_t k = nb; k < n; ++k) m = x[k] > m ? x[k] : m;
+    if (nb < n) {
+        const T *y = x + n - L;
+        for (int l = 0; l < L; ++l) acc[l] = y[l] > acc[l] ? y[l] : acc[l];
+    }
+    for (int h = L / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; ++l) acc[l] = acc[l + h] > acc[l] ? acc[l + h] : acc[l];
+    m = acc[0];
     return m + (T)0;  /* -0 as +0: which zero a tie keeps depends on the order */
 }
 
@@ -255,31 +272,46 @@ template <bool Shifted, typename T> static inline void exp_tail(const T *x, idx_
 
 static inline idx_t vector_part(idx_t n) { return n - n % EXP_TAIL; }
 
-/* The tail of an exp-and-sum loop: adds exp(x_l - shift), l < r < EXP_TAIL, to
- * the running sum s (in order) and stores them in e unless e is NULL. */
-template <typename T> static inline double exp_tail_sum(const T *x, T *e, idx_t r, T shift, double s) {
-    T buf[EXP_TAIL];
-    exp_tail<true>(x, r, shift, buf);
-    for (idx_t l = 0; l < r; ++l) {
-        if (e != NULL) e[l] = buf[l];
-        s += (double)buf[l];
-    }
-    return s;
-}
-
-/* The sums over a row are accumulated in T within blocks of SUM_BLOCK
- * elements and in double across blocks.  A single double accumulator would
- * be latency-bound (each float vector is widened into two double vectors that
- * are added one after the other: 6 cycles per 16 floats, as long as the whole
- * exp); a float vector accumulator adds 16 lanes per add, and a block of 256
- * puts at most 16 terms into a lane before the exact widening.  Only sums of
- * exponentials (each <= 1) are kept in T: other sums (smoothing, targets) are
- * unbounded and stay in double.  The block
- * boundaries depend on the row length only, so results do not depend on the
- * thread count. */
+/* The sums over a row are accumulated in SUM_LANES lanes: lane l holds the
+ * terms k = l (mod SUM_LANES).  Within blocks of SUM_BLOCK elements a lane
+ * adds in T (a float vector accumulator adds 16 lanes per add, where a double
+ * one would be latency-bound: each float vector widened into two double
+ * vectors added one after the other, as long as the whole exp); a block puts
+ * at most 16 terms into a lane, and the block's lanes are then widened, exactly,
+ * into double lanes.  The double lanes are added once per chunk, folded in
+ * halves (lanes_total).  The old per-block horizontal sum (16 dependent
+ * scalar adds, 64 cycles per 256 elements) was a fifth of a 1000-column loss.
+ * Only sums of exponentials (each <= 1) and the smoothing sum (checked for
+ * overflow) are kept in T: other sums (targets) are unbounded and stay in
+ * double.  The lanes are explicit arrays, not `omp simd reduction` variables
+ * whose order of addition is the compiler's: the same 16 lanes at every
+ * vector width, and the lanes and the blocks depend on the row length only, so
+ * results do not depend on the thread count (nor on the instruction set, for
+ * the same exponentials). */
+enum { SUM_LANES = EXP_TAIL };  /* 16: lanes_total is written for 16 */
 enum { SUM_BLOCK = 256 };
 
 static inline idx_t block_end(idx_t k0, idx_t nv) { return nv - k0 > SUM_BLOCK ? k0 + SUM_BLOCK : nv; }
+
+template <typename T> static inline void lanes_zero(T *d) {
+    for (int l = 0; l < SUM_LANES; ++l) d[l] = 0;
+}
+
+/* d_l += b_l (widened to double) */
+template <typename T> static inline void lanes_widen_add(double *d, const T *b) {
+#pragma omp simd
+    for (int l = 0; l < SUM_LANES; ++l) d[l] += (double)b[l];
+}
+
+/* The sum of the lanes, folded in halves: lane l + h into lane l for h = 8,
+ * 4, 2, 1 (written out: GCC's code for the loops went through memory). */
+static inline double lanes_total(const double *d) {
+    double h0 = d[0] + d[8], h1 = d[1] + d[9], h2 = d[2] + d[10], h3 = d[3] + d[11];
+    double h4 = d[4] + d[12], h5 = d[5] + d[13], h6 = d[6] + d[14], h7 = d[7] + d[15];
+    h0 += h4, h1 += h5, h2 += h6, h3 += h7;
+    h0 += h2, h1 += h3;
+    return h0 + h1;
+}
 
 /* Long rows are reduced by chunks of CHUNK columns: each row_* reduction
  * below computes the sums of chunk 0, 1, ... (a chunk_* function, columns
@@ -304,37 +336,46 @@ template <typename T> static inline const T *offset_or_null(const T *w, idx_t k)
  * (its sign bit would then depend on the thread count). */
 static CS_REDUCTION double add_chunk(double s, double p, idx_t c0) { return c0 == 0 ? p : s + p; }
 
-/* sum_k exp(x_k - shift), shift = max_k x_k. */
-template <typename T> static inline double chunk_exp_sum(const T *x, idx_t n, T shift) {
-    double s = 0.0;
+/* sum_k exp(x_k - shift), shift = max_k x_k, and with Store e_k = exp(x_k -
+ * shift) (e may be x).  The tail (n mod SUM_LANES elements) is one more
+ * vector of lanes, padded with exp(-inf) = 0. */
+template <bool Store, typename T> static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift) {
+    double sd[SUM_LANES];
+    lanes_zero(sd);
     idx_t nv = vector_part(n);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
-        T bs = 0;
-#pragma omp simd reduction(+ : bs)
-        for (idx_t k = k0; k < k1; ++k) bs += exp_nonpositive((T)(x[k] - shift));
-        s += (double)bs;
+        T bs[SUM_LANES];
+        lanes_zero(bs);
+        for (idx_t k = k0; k < k1; k += SUM_LANES) {
+#pragma omp simd
+            for (int l = 0; l < SUM_LANES; ++l) {
+                T v = exp_nonpositive((T)(x[k + l] - shift));
+                if (Store) e[k + l] = v;
+                bs[l] += v;
+            }
+        }
+        lanes_widen_add(sd, bs);
     }
-    return nv < n ? exp_tail_sum(x + nv, (T *)NULL, n - nv, shift, s) : s;
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        exp_tail<true>(x + nv, n - nv, shift, buf);
+        if (Store)
+            for (idx_t l = 0; l < n - nv; ++l) e[nv + l] = buf[l];
+        lanes_widen_add(sd, buf);
+    }
+    return lanes_total(sd);
 }
 
-/* e_k = exp(x_k - shift) and returns sum_k e_k, shift = max_k x_k.  e may be x. */
+template <typename T> static inline double chunk_exp_sum(const T *x, idx_t n, T shift) {
+    return chunk_exp_lanes<false>(x, (T *)NULL, n, shift);
+}
+
+/* e_k = exp(x_k - shift) and returns sum_k e_k, shift = max_k x_k.  e may be x.
+ * The same sum, bit for bit, as chunk_exp_sum: a loss has the same bits with
+ * or without its gradient. */
 template <typename T> static inline double chunk_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
-    double s = 0.0;
-    idx_t nv = vector_part(n);
-    for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
-        idx_t k1 = block_end(k0, nv);
-        T bs = 0;
-#pragma omp simd reduction(+ : bs)
-        for (idx_t k = k0; k < k1; ++k) {
-            T v = exp_nonpositive((T)(x[k] - shift));
-            e[k] = v;
-            bs += v;
-        }
-        s += (double)bs;
-    }
-    if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
-    return s;
+    return chunk_exp_lanes<true>(x, e, n, shift);
 }
 
 template <typename T>
@@ -346,18 +387,20 @@ static CS_REDUCTION double row_weighted_shifted_sum(const T *x, const T *w, idx_
 template <typename T>
 static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, idx_t n, T shift,
                                                  double *smooth) {
-    double s = 0.0, a = 0.0;
+    double sd[SUM_LANES], sa[SUM_LANES], a = 0.0;
+    lanes_zero(sd);
+    lanes_zero(sa);
     idx_t nv = vector_part(n);
     for (idx_t k = nv; k < n; ++k)
         a += (w == NULL ? 1.0 : (double)w[k]) * ((double)x[k] - (double)shift);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
         /* The smoothing terms w_k (x_k - m) are unbounded: they are summed
-         * in T in the exp loop, and in float a block sum can overflow where
-         * the total does not: a float block whose sum is not finite is
-         * summed again in double from x.  In place (e == x) the exp loop
-         * overwrites x, so the block is first copied aside (1 KiB, in L1).
-         * The exp loop is the same code in place or not: the same bits. */
+         * in T in the exp loop, and in float a lane's block sum can overflow
+         * where the total does not: a float block with a lane that is not
+         * finite is summed again in double from x.  In place (e == x) the exp
+         * loop overwrites x, so the block is first copied aside (1 KiB, in
+         * L1).  The exp loop is the same code in place or not: the same bits. */
         const bool is_float = sizeof(T) < sizeof(double);
         T saved[SUM_BLOCK];
         const T *xs = x + k0;
@@ -365,83 +408,66 @@ static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, id
             memcpy(saved, x + k0, (size_t)(k1 - k0) * sizeof(T));
             xs = saved;
         }
-        T ba = 0, bs = 0;
-        if (w == NULL) {
-#pragma omp simd reduction(+ : bs, ba)
-            for (idx_t k = k0; k < k1; ++k) {
-                T d = x[k] - shift;
-                ba += d;
-                T v = exp_nonpositive(d);
-                e[k] = v;
-                bs += v;
-            }
-        } else {
-#pragma omp simd reduction(+ : bs, ba)
-            for (idx_t k = k0; k < k1; ++k) {
-                T d = x[k] - shift;
-                ba += w[k] * d;
-                T v = exp_nonpositive(d);
-                e[k] = v;
-                bs += v;
+        T ba[SUM_LANES], bs[SUM_LANES];
+        lanes_zero(ba);
+        lanes_zero(bs);
+        for (idx_t k = k0; k < k1; k += SUM_LANES) {
+            if (w == NULL) {
+#pragma omp simd
+                for (int l = 0; l < SUM_LANES; ++l) {
+                    T d = x[k + l] - shift;
+                    ba[l] += d;
+                    T v = exp_nonpositive(d);
+                    e[k + l] = v;
+                    bs[l] += v;
+                }
+            } else {
+#pragma omp simd
+                for (int l = 0; l < SUM_LANES; ++l) {
+                    T d = x[k + l] - shift;
+                    ba[l] += w[k + l] * d;
+                    T v = exp_nonpositive(d);
+                    e[k + l] = v;
+                    bs[l] += v;
+                }
             }
         }
-        if (is_float && !isfinite(ba))
-            ba = (T)0, a += row_weighted_shifted_sum(xs, offset_or_null(w, k0), k1 - k0, shift);
-        a += (double)ba;
-        s += (double)bs;
+        int finite = 1;
+        for (int l = 0; l < SUM_LANES; ++l) finite &= isfinite(ba[l]) ? 1 : 0;
+        if (is_float && !finite)
+            a += row_weighted_shifted_sum(xs, offset_or_null(w, k0), k1 - k0, shift);
+        else
+            lanes_widen_add(sa, ba);
+        lanes_widen_add(sd, bs);
     }
-    if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
-    *smooth = a;
-    return s;
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        exp_tail<true>(x + nv, n - nv, shift, buf);
+        for (idx_t l = 0; l < n - nv; ++l) e[nv + l] = buf[l];
+        lanes_widen_add(sd, buf);
+    }
+    *smooth = a + lanes_total(sa);
+    return lanes_total(sd);
 }
+
+template <typename T>
+static inline double chunk_soft_target_sums(const T *x, const T *y, const T *w, idx_t n, T m,
+                                             double alpha, double beta, double *ydot);
 
 /* chunk_exp_store_sum for probability targets: also returns sum_k y'_k in *y_sum
  * and sum_k y'_k (x_k - shift) in *y_dot, y'_k = w_k (alpha y_k + beta)
- * (w == NULL: ones), in the same pass.  The targets' terms are formed and
- * summed in double, as row_soft_target_sums does: y'_k and the products are
- * unbounded, and a float product can overflow where the double sum is
- * finite (+inf - inf = NaN where the loss is -inf).  e may be x, not y. */
+ * (w == NULL: ones).  The targets' terms are formed and summed in double
+ * (y'_k and the products are unbounded, and a float product can overflow
+ * where the double sum is finite: +inf - inf = NaN where the loss is -inf),
+ * by chunk_soft_target_sums, the loss-only path's code, before the exp pass
+ * (x is in cache): the loss has the same bits with or without the gradient.
+ * e may be x, not y. */
 template <typename T>
 static inline double chunk_exp_store_sum_soft(const T *x, const T *y, const T *w, T *e, idx_t n,
                                                T shift, double alpha, double beta, double *y_sum,
                                                double *y_dot) {
-    double s = 0.0, sy = 0.0, sd = 0.0;
-    idx_t nv = vector_part(n);
-    for (idx_t k = nv; k < n; ++k) {  /* the tail first: e may be x */
-        double yk = (w == NULL ? 1.0 : (double)w[k]) * (alpha * (double)y[k] + beta);
-        sy += yk;
-        sd += yk * ((double)x[k] - (double)shift);
-    }
-    for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
-        idx_t k1 = block_end(k0, nv);
-        T bs = 0;
-        if (w == NULL) {
-#pragma omp simd reduction(+ : bs, sy, sd)
-            for (idx_t k = k0; k < k1; ++k) {
-                double yk = alpha * (double)y[k] + beta;
-                sy += yk;
-                sd += yk * ((double)x[k] - (double)shift);
-                T v = exp_nonpositive((T)(x[k] - shift));
-                e[k] = v;
-                bs += v;
-            }
-        } else {
-#pragma omp simd reduction(+ : bs, sy, sd)
-            for (idx_t k = k0; k < k1; ++k) {
-                double yk = (double)w[k] * (alpha * (double)y[k] + beta);
-                sy += yk;
-                sd += yk * ((double)x[k] - (double)shift);
-                T v = exp_nonpositive((T)(x[k] - shift));
-                e[k] = v;
-                bs += v;
-            }
-        }
-        s += (double)bs;
-    }
-    if (nv < n) s = exp_tail_sum(x + nv, e + nv, n - nv, shift, s);
-    *y_sum = sy;
-    *y_dot = sd;
-    return s;
+    *y_sum = chunk_soft_target_sums(x, y, w, n, shift, alpha, beta, y_dot);
+    return chunk_exp_store_sum(x, e, n, shift);
 }
 
 /* sum_k a_k * b_k in double. */
@@ -510,10 +536,21 @@ static inline double chunk_soft_target_sums(const T *x, const T *y, const T *w, 
 
 /* ---- the row reductions: chunk sums added in chunk order (see CHUNK) ---- */
 
+/* Clears the upper halves of the vector registers before a row reduction
+ * returns.  GCC 12 leaves out its own vzeroupper at the return of the lane
+ * loops' functions (AVX-512 build), and the caller's next libm call (log, in
+ * SSE code) then ran at a fifth of its speed: 17% of a 1000-column loss. */
+static inline void vector_upper_clear(void) {
+#ifdef __AVX__
+    _mm256_zeroupper();
+#endif
+}
+
 template <typename T> static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift) {
     double s = 0.0;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
         s = add_chunk(s, chunk_exp_sum(x + c0, chunk_len(c0, n), shift), c0);
+    vector_upper_clear();
     return s;
 }
 
@@ -521,6 +558,7 @@ template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T
     double s = 0.0;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
         s = add_chunk(s, chunk_exp_store_sum(x + c0, e + c0, chunk_len(c0, n), shift), c0);
+    vector_upper_clear();
     return s;
 }
 
@@ -534,6 +572,7 @@ static CS_REDUCTION double row_exp_store_sum_smooth(const T *x, T *e, const T *w
         a = add_chunk(a, pa, c0);
     }
     *smooth = a;
+    vector_upper_clear();
     return s;
 }
 
@@ -550,6 +589,7 @@ static CS_REDUCTION double row_exp_store_sum_soft(const T *x, const T *y, const 
     }
     *y_sum = sy;
     *y_dot = sd;
+    vector_upper_clear();
     return s;
 }
 
