@@ -466,8 +466,8 @@ class Frontend:
         >>> x = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
         >>> float(csoftmax.cross_entropy(x, np.array([0, 2])).round(4))
         0.6691
-        >>> images = np.zeros((1, 3, 2, 2))  # (N, C, H, W), classes on axis 1
-        >>> csoftmax.cross_entropy(images, np.zeros((1, 2, 2), int), axis=1, reduction="none").round(4)
+        >>> images, labels = np.zeros((1, 3, 2, 2)), np.zeros((1, 2, 2), int)  # (N, C, H, W)
+        >>> csoftmax.cross_entropy(images, labels, axis=1, reduction="none").round(4)
         array([[[1.0986, 1.0986],
                 [1.0986, 1.0986]]])
         """
