@@ -12,7 +12,8 @@ gradient.  No ``log_softmax`` or ``softmax`` tensor of the logits' size is kept.
 
 Limits: CPU tensors of dtype float16, float32 or float64 only (a CUDA tensor
 is a ``ValueError``: use ``torch.nn.functional`` there); ``cross_entropy``
-takes ``(N, C)`` or ``(C,)`` input and differentiates with respect to the input
+takes ``(N, C)``, ``(C,)`` or ``(N, C, d1, ..., dK)`` input (classes on
+dimension 1, as in PyTorch) and differentiates with respect to the input
 only (not ``target`` nor ``weight``); double backward is not supported (the
 backward passes are first-order only: ``create_graph=True`` through them
 raises a ``RuntimeError``).
@@ -109,11 +110,10 @@ class CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
         _check_input(input)
-        if input.dim() not in (1, 2):
+        if input.dim() == 0:
             raise ValueError(
-                f"csoftmax.torch.cross_entropy takes (N, C) or (C,) input, got shape "
-                f"{tuple(input.shape)}; for (N, C, d1, ...) move the class axis last and "
-                f"flatten to (N * d1 * ..., C)"
+                "csoftmax.torch.cross_entropy takes (N, C), (C,) or (N, C, d1, ..., dK) "
+                "input, got a 0-d tensor"
             )
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             which = "target" if ctx.needs_input_grad[1] else "weight"
@@ -125,8 +125,9 @@ class CrossEntropy(torch.autograd.Function):
         x = _as_numpy(input, "input")
         t = _as_numpy(target, "target")
         w = None if weight is None else _as_numpy(weight, "weight")
-        options = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
-                       label_smoothing=label_smoothing)
+        # the class dimension is 1, as in PyTorch ((C,) input: 0)
+        options = dict(axis=min(1, input.dim() - 1), weight=w, ignore_index=ignore_index,
+                       reduction=reduction, label_smoothing=label_smoothing)
         ctx.reduction = reduction
         ctx.name = "cross_entropy"
         if ctx.needs_input_grad[0]:
@@ -141,8 +142,9 @@ class CrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         if ctx.reduction == "none" and grad_output.dim():
-            # per-row losses: the saved gradient is per row with factor 1
-            grad_output = grad_output.unsqueeze(-1)
+            # per-position losses: the saved gradient is per position with factor 1,
+            # the class dimension (1) of the input missing from the loss
+            grad_output = grad_output.unsqueeze(1)
         # a new tensor: the saved gradient stays intact for retain_graph=True
         return grad * grad_output.to(grad.dtype), None, None, None, None, None
 
@@ -212,11 +214,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
 
     Parameters
     ----------
-    input : Tensor, shape (N, C) or (C,)
-        Logits (float16, float32 or float64, on the CPU); may require grad.
+    input : Tensor, shape (N, C), (C,) or (N, C, d1, ..., dK)
+        Logits (float16, float32 or float64, on the CPU), classes on dimension
+        1 (0 for (C,) input); may require grad.
     target : Tensor
-        Class indices, shape (N,) (a 0-d tensor for (C,) input), any integer
-        dtype; or class probabilities of the input's shape (need not sum to one).
+        Class indices, shape (N,) or (N, d1, ..., dK) (a 0-d tensor for (C,)
+        input), any integer dtype; or class probabilities of the input's shape
+        (need not sum to one).
     weight : Tensor, shape (C,), optional
         Per-class weights.
     ignore_index : int, default -100
@@ -229,7 +233,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     Returns
     -------
     Tensor
-        The loss: 0-d, or shape (N,) for ``reduction="none"``; the input's dtype.
+        The loss: 0-d, or the target's shape ((N,) or (N, d1, ..., dK)) for
+        ``reduction="none"``; the input's dtype.
         Its backward pass scales the gradient saved by the forward pass; it
         cannot be differentiated twice.
 

@@ -260,8 +260,10 @@ def test_bad_dtype_and_shape():
         ct.softmax(torch.zeros(2, 3, dtype=torch.int64), 1)
     with pytest.raises(TypeError, match="torch.Tensor"):
         ct.softmax(np.zeros((2, 3)), 1)
-    with pytest.raises(ValueError, match=r"\(N, C\) or \(C,\)"):
-        ct.cross_entropy(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"\(N, C\), \(C,\) or \(N, C, d1, ..., dK\)"):
+        ct.cross_entropy(torch.tensor(1.0), torch.tensor(0))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\), expected \(2, 4\)"):  # classes: dim 1
+        ct.cross_entropy(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.int64))
     with pytest.raises(ValueError):  # csoftmax's own checks come through
         ct.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3]))
     with pytest.raises(ValueError):
