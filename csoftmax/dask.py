@@ -1,8 +1,8 @@
 """csoftmax kernels over dask arrays chunked along rows.
 
 Each chunk is computed by the in-memory csoftmax function, so a chunk must
-hold whole rows: the class axis (``axis`` of :func:`softmax`, the last axis of
-the logits in :func:`cross_entropy`) must be a single chunk.  An array chunked
+hold whole rows: the class axis (``axis`` of :func:`softmax` and of
+:func:`cross_entropy`) must be a single chunk.  An array chunked
 along it is **rechunked** to one chunk there, with a
 ``dask.array.PerformanceWarning`` (the chunks then hold every class of their
 rows: rechunk yourself, e.g. ``x.rechunk({0: "auto", 1: -1})``, to choose
@@ -224,6 +224,42 @@ def _in_rows(fn, start, stop, *args, **kwargs):
         raise ValueError(f"{message} (in the chunk of rows {start}:{stop})") from exc
 
 
+class _Rows:
+    """N-D logits (and a target) viewed lazily as ``(positions, classes)`` rows with the
+    class ``axis`` moved last (dask moves it chunk by chunk), and the way back."""
+
+    def __init__(self, logits, target, axis):
+        logits = _as_dask(logits, whole_axes=normalize_axes(axis, np.ndim(logits),
+                                                            np.shape(logits)))
+        (self.axis,) = normalize_axes(axis, logits.ndim, logits.shape)
+        self.trivial = logits.ndim == 2 and self.axis == 1
+        if self.trivial:
+            self.logits, self.target = logits, target
+            return
+        logits = _whole_along(logits, (self.axis,), "logits")
+        moved = da.moveaxis(logits, self.axis, -1)
+        self.positions, self.c = moved.shape[:-1], moved.shape[-1]
+        self.logits = moved.reshape(-1, self.c)
+        if np.ndim(target) == logits.ndim:  # probabilities: like the logits
+            t = da.moveaxis(_as_dask(target), self.axis, -1)
+            self.target = t.reshape(-1, self.c)
+        elif np.shape(target) == self.positions:
+            self.target = _as_dask(target).reshape(-1)
+        else:
+            raise ValueError(
+                f"csoftmax.dask: target has shape {np.shape(target)}; expected "
+                f"{self.positions} class indices or {logits.shape} probabilities for logits "
+                f"of shape {logits.shape} (class axis {self.axis})")
+
+    def loss(self, loss):
+        return loss if self.trivial else loss.reshape(self.positions)
+
+    def grad(self, grad):
+        if self.trivial:
+            return grad
+        return da.moveaxis(grad.reshape(self.positions + (self.c,)), -1, self.axis)
+
+
 class _Problem:
     """The logits and target aligned by rows, the options checked, the result dtype known."""
 
@@ -330,16 +366,21 @@ def _finish(parts, total, dtype):
     return np.asarray(s, dtype)
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, num_threads=None):
+def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
+                  reduction="mean", label_smoothing=0.0, num_threads=None):
     """Lazy :func:`csoftmax.cross_entropy` over logits chunked along rows.
 
     Parameters
     ----------
-    logits : dask.array.Array or array_like, shape (N, C)
+    logits : dask.array.Array or array_like, shape (N, C) or N-D
         Chunked along rows; the class axis must be (or is rechunked to) one chunk.
     target : dask.array.Array or array_like
-        Class indices (N,) or probabilities (N, C), rechunked to the logits' rows.
+        Class indices (N,) or probabilities (N, C), rechunked to the logits' rows
+        (N-D logits: the logits' shape without ``axis``, or the logits' shape).
+    axis : int, default -1
+        The class axis.  N-D logits are computed as the rows of their positions
+        (``moveaxis`` and ``reshape``, lazily); a bad label is then named by
+        its flat position.
     weight, ignore_index, reduction, label_smoothing, num_threads
         As for :func:`csoftmax.cross_entropy` (``num_threads`` per chunk).
 
@@ -347,8 +388,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     -------
     dask.array.Array
         0-d for "mean" and "sum" (reduced over all chunks: "mean" divides the
-        global sum by the global denominator), shape (N,) for "none"; the
-        logits' dtype.
+        global sum by the global denominator), the target's shape for "none";
+        the logits' dtype.
 
     Examples
     --------
@@ -360,18 +401,20 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     >>> bool(np.isclose(loss.compute(), csoftmax.cross_entropy(x, t, weight=w)))
     True
     """
-    p = _Problem(logits, target, weight, ignore_index, reduction, label_smoothing, num_threads)
+    rows = _Rows(logits, target, axis)
+    p = _Problem(rows.logits, rows.target, weight, ignore_index, reduction, label_smoothing,
+                 num_threads)
     starts, stops = p.starts()
     kwargs = dict(reduction="none" if reduction == "none" else "sum", options=p.options,
                   num_threads=num_threads)
     start_a = da.from_array(np.array(starts), chunks=1)
     stop_a = da.from_array(np.array(stops), chunks=1)
     if reduction == "none":
-        return da.blockwise(
+        return rows.loss(da.blockwise(
             _loss_block, "i", p.logits, "ij", p.target, p._target_index(), start_a, "i",
             stop_a, "i", dtype=p.dtype, concatenate=True, align_arrays=False,
             meta=np.empty((0,), p.dtype),
-            **kwargs)
+            **kwargs))
     sums = da.blockwise(
         _loss_block, "i", p.logits, "ij", p.target, p._target_index(), start_a, "i", stop_a, "i",
         adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True, align_arrays=False,
@@ -381,13 +424,13 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     return da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype))
 
 
-def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, num_threads=None):
+def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
+                            reduction="mean", label_smoothing=0.0, num_threads=None):
     """Lazy :func:`csoftmax.cross_entropy_with_grad`: loss and gradient, one task per chunk.
 
     Parameters
     ----------
-    logits, target, weight, ignore_index, reduction, label_smoothing, num_threads
+    logits, target, axis, weight, ignore_index, reduction, label_smoothing, num_threads
         As for :func:`cross_entropy`.
 
     Returns
@@ -410,7 +453,9 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
            [ 0.125, -0.125],
            [ 0.125, -0.125]]))
     """
-    p = _Problem(logits, target, weight, ignore_index, reduction, label_smoothing, num_threads)
+    rows = _Rows(logits, target, axis)
+    p = _Problem(rows.logits, rows.target, weight, ignore_index, reduction, label_smoothing,
+                 num_threads)
     total = p.total() if reduction == "mean" else None
     total_d = None if total is None else total.to_delayed(optimize_graph=False)[()]
     x_blocks = p.logits.to_delayed(optimize_graph=False).ravel()
@@ -431,6 +476,7 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     else:
         grad = da.concatenate(grads, axis=0)
     if reduction == "none":
-        return da.concatenate([da.asarray(q) for q in parts]), grad
+        return rows.loss(da.concatenate([da.asarray(q) for q in parts])), rows.grad(grad)
     loss = dask.delayed(_finish, pure=True)(parts, total_d, p.dtype)
-    return da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype)), grad
+    return (da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype)),
+            rows.grad(grad))

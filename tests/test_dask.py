@@ -72,6 +72,32 @@ def test_cross_entropy_like_in_memory(kind, weighted, reduction, smoothing, dtyp
     check_close(grad, ref_grad, dtype)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(("shape", "axis", "chunks"), [
+    ((4, 5, 6, 3), 1, (2, 5, 4, 3)),   # (N, C, H, W), PyTorch's layout
+    ((3, 8, 5), -1, (2, 3, 5)),        # (batch, seq, vocab)
+    ((5, 4), 0, (5, 2)),
+])
+@pytest.mark.parametrize("kind", ["int", "prob"])
+def test_cross_entropy_class_axis(kind, shape, axis, chunks, reduction):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    ax = axis % len(shape)
+    if kind == "int":
+        t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
+        t.flat[::4] = -100
+    else:
+        t = rng.random(shape)
+    kw = dict(axis=axis, reduction=reduction, weight=rng.random(shape[ax]) + 0.5)
+    ref_loss, ref_grad = csoftmax.cross_entropy_with_grad(x, t, **kw)
+    dx = da.from_array(x, chunks=chunks)
+    loss = cd.cross_entropy(dx, t, **kw)
+    check_close(loss.compute(), ref_loss, np.float64)
+    loss2, grad = dask.compute(*cd.cross_entropy_with_grad(dx, t, **kw))
+    check_close(loss2, ref_loss, np.float64)
+    check_close(grad, ref_grad, np.float64)
+
+
 def test_mean_is_global_not_per_chunk():
     x, t, w = make_case("int", True, np.float64)
     dx = da.from_array(x, chunks=(20, 7))
@@ -166,8 +192,8 @@ def test_errors():
         cd.cross_entropy(dx, t, weight=np.ones(3))
     with pytest.raises(ValueError, match="target has shape"):
         cd.cross_entropy(dx, t[:50])
-    with pytest.raises(ValueError, match="2-D"):
-        cd.cross_entropy(da.zeros((2, 3, 4)), t[:2])
+    with pytest.raises(ValueError, match=r"expected \(2, 4\) class indices"):
+        cd.cross_entropy(da.zeros((2, 3, 4)), t[:2], axis=1)
     with pytest.raises(ValueError):
         cd.softmax(dx, num_threads=0)
     with pytest.raises(TypeError):
