@@ -129,6 +129,8 @@ def normalize_axes(axis, ndim, shape):
             a = operator.index(a)
         except TypeError:
             raise TypeError(f"axis must be an int, a tuple of ints or None, not {axis!r}") from None
+        if ndim == 0 and a in (0, -1):
+            continue  # PyTorch's rule: axis 0 (or -1) of a 0-d array is the array itself
         if not -ndim <= a < ndim:
             raise AxisError(f"axis {a} is out of range for an array of shape {shape}")
         result.append(a % ndim)
