@@ -82,6 +82,13 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         double s, double *y_sum) noexcept
     double cross_entropy_prob_loss(double y_sum, double y_dot, double s) noexcept
     double add_chunk(double s, double p, Py_ssize_t c0) noexcept
+    Py_ssize_t labels_count_bad[L](
+        const L *t, Py_ssize_t n, Py_ssize_t n_classes, Py_ssize_t ignore_index,
+        Py_ssize_t *kept) noexcept
+    # columns of a chunk of a long row (the unit of a row split over threads)
+    enum: CHUNK
+
+cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
     void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
     void tile_exp_shifted[T](
         const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
@@ -89,13 +96,8 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
         const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
         double scale) noexcept
-    Py_ssize_t labels_count_bad[L](
-        const L *t, Py_ssize_t n, Py_ssize_t n_classes, Py_ssize_t ignore_index,
-        Py_ssize_t *kept) noexcept
     # elements of a tile of short rows (its scratch lives on each thread's stack)
     enum: TILE
-    # columns of a chunk of a long row (the unit of a row split over threads)
-    enum: CHUNK
 
 
 cnp.import_array()
@@ -132,7 +134,7 @@ def default_threads():
 
 cdef enum:
     # Rows narrower than this are computed a tile of rows at a time (see
-    # tile_exp_shifted in rowops.hpp); the choice depends on the width only,
+    # tile_exp_shifted in tiles.hpp); the choice depends on the width only,
     # so every row of a given width always takes the same arithmetic path.
     SHORT_ROW = 32
 
