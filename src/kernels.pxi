@@ -98,6 +98,8 @@ cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
         double scale) noexcept
     # elements of a tile of short rows (its scratch lives on each thread's stack)
     enum: TILE
+    # rows of a tile of rows of n < 32 columns
+    Py_ssize_t tile_rows(Py_ssize_t n) noexcept
 
 
 cnp.import_array()
@@ -140,7 +142,7 @@ cdef enum:
 
 
 cdef inline Py_ssize_t _tile_rows(Py_ssize_t n) noexcept nogil:
-    return TILE // n
+    return tile_rows(n)
 
 
 cdef inline Py_ssize_t _n_tiles(Py_ssize_t n_rows, Py_ssize_t n) noexcept nogil:

@@ -9,6 +9,10 @@
 
 #include "rowops.hpp"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace csoftmax {
 
 /* ---- tiles of short rows ------------------------------------------------
@@ -48,6 +52,171 @@ static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n,
     for (idx_t k = 0; k < n; ++k) {
 #pragma omp simd
         for (idx_t r = 0; r < rows; ++r) s[r] += (double)e[r * n + k];
+    }
+}
+
+/* ---- blocks: LANES rows of a tile, transposed ----------------------------
+ * With rows as the vector lanes every step of a short row is a vertical
+ * vector operation (no horizontal reductions, no per-row loop set-up, each
+ * row's sums added in column order in its lane), but read in place the
+ * lanes of a column are strided: GCC builds such a vector an element at a
+ * time (or does not vectorise at all for a group size that is not a power
+ * of two).  So a block of LANES rows is first copied, transposed, into a
+ * scratch block c[k * LANES + l] = x[l * n + k] in L1, where the columns are
+ * contiguous vectors; results are copied back the same way.  The copies are
+ * scalar loads and stores: they run on the load and store ports, which the
+ * vector arithmetic (the exp) leaves idle.  A block's padding lanes (a
+ * tile's last block) hold 0 and their results are dropped. */
+enum { TILE = 1024, LANES = 16 };
+/* a tile's blocks: rows padded to a multiple of LANES (n < 32) */
+enum { TILE_BLOCKS = TILE + (LANES - 1) * 31 };
+
+/* 4 columns of G consecutive rows (row stride n) to and from 4 columns of a
+ * transposed block (lanes l .. l + G - 1 at c, column stride LANES): GCC
+ * does not vectorise a strided copy well (4 or 5 instructions an element
+ * for the scalar loop), so on AVX2 it is a 4x4 transpose in registers. */
+#if defined(__AVX2__)
+enum { HAVE_TRANSPOSE4 = 1 };
+template <typename T> struct Transpose4;
+template <> struct Transpose4<float> {
+    enum { G = 8 };  /* rows l and l + 4 share a vector: a 4x4 transpose in each 128-bit half */
+    static inline void shuffle(__m256 &a, __m256 &b, __m256 &c, __m256 &d) {
+        __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
+        __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
+        a = _mm256_shuffle_ps(t0, t2, 0x44);
+        b = _mm256_shuffle_ps(t0, t2, 0xee);
+        c = _mm256_shuffle_ps(t1, t3, 0x44);
+        d = _mm256_shuffle_ps(t1, t3, 0xee);
+    }
+    static inline __m256 rows2(const float *x, idx_t n) {
+        return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(x)), _mm_loadu_ps(x + 4 * n), 1);
+    }
+    static inline void in(const float *x, idx_t n, float *c) {
+        __m256 a = rows2(x, n), b = rows2(x + n, n), cc = rows2(x + 2 * n, n), d = rows2(x + 3 * n, n);
+        shuffle(a, b, cc, d);
+        _mm256_storeu_ps(c, a);
+        _mm256_storeu_ps(c + LANES, b);
+        _mm256_storeu_ps(c + 2 * LANES, cc);
+        _mm256_storeu_ps(c + 3 * LANES, d);
+    }
+    static inline void out(const float *c, idx_t n, float *x) {
+        __m256 v[4] = {_mm256_loadu_ps(c), _mm256_loadu_ps(c + LANES), _mm256_loadu_ps(c + 2 * LANES),
+                       _mm256_loadu_ps(c + 3 * LANES)};
+        shuffle(v[0], v[1], v[2], v[3]);
+        for (int i = 0; i < 4; ++i) {
+            _mm_storeu_ps(x + i * n, _mm256_castps256_ps128(v[i]));
+            _mm_storeu_ps(x + (i + 4) * n, _mm256_extractf128_ps(v[i], 1));
+        }
+    }
+};
+template <> struct Transpose4<double> {
+    enum { G = 4 };
+    static inline void shuffle(__m256d &a, __m256d &b, __m256d &c, __m256d &d) {
+        __m256d t0 = _mm256_unpacklo_pd(a, b), t1 = _mm256_unpackhi_pd(a, b);
+        __m256d t2 = _mm256_unpacklo_pd(c, d), t3 = _mm256_unpackhi_pd(c, d);
+        a = _mm256_permute2f128_pd(t0, t2, 0x20);
+        b = _mm256_permute2f128_pd(t1, t3, 0x20);
+        c = _mm256_permute2f128_pd(t0, t2, 0x31);
+        d = _mm256_permute2f128_pd(t1, t3, 0x31);
+    }
+    static inline void in(const double *x, idx_t n, double *c) {
+        __m256d a = _mm256_loadu_pd(x), b = _mm256_loadu_pd(x + n);
+        __m256d cc = _mm256_loadu_pd(x + 2 * n), d = _mm256_loadu_pd(x + 3 * n);
+        shuffle(a, b, cc, d);
+        _mm256_storeu_pd(c, a);
+        _mm256_storeu_pd(c + LANES, b);
+        _mm256_storeu_pd(c + 2 * LANES, cc);
+        _mm256_storeu_pd(c + 3 * LANES, d);
+    }
+    static inline void out(const double *c, idx_t n, double *x) {
+        __m256d a = _mm256_loadu_pd(c), b = _mm256_loadu_pd(c + LANES);
+        __m256d cc = _mm256_loadu_pd(c + 2 * LANES), d = _mm256_loadu_pd(c + 3 * LANES);
+        shuffle(a, b, cc, d);
+        _mm256_storeu_pd(x, a);
+        _mm256_storeu_pd(x + n, b);
+        _mm256_storeu_pd(x + 2 * n, cc);
+        _mm256_storeu_pd(x + 3 * n, d);
+    }
+};
+#else
+enum { HAVE_TRANSPOSE4 = 0 };
+template <typename T> struct Transpose4 {
+    enum { G = 1 };
+    static inline void in(const T *, idx_t, T *) {}
+    static inline void out(const T *, idx_t, T *) {}
+};
+#endif
+
+/* Rows per tile for rows of n < 32 columns: a multiple of LANES, so that only
+ * an array's last tile has a block with padding lanes. */
+static inline idx_t tile_rows(idx_t n) { return TILE / n / LANES * LANES; }
+
+/* The element of row r, column k of a tile in its transposed blocks: block
+ * b (rows [b LANES, (b + 1) LANES)) is at c + b n LANES. */
+static inline idx_t tile_at(idx_t r, idx_t k, idx_t n) {
+    return (r / LANES) * n * LANES + k * LANES + r % LANES;
+}
+
+/* A tile's rows into its transposed blocks, padding lanes 0.  G rows at a
+ * time, 4 columns at a time (the last 4 overlap the previous ones for n not
+ * a multiple of 4: the same values again), where Transpose4 is available and
+ * n >= 4; the rest element by element.  The whole tile is copied before any
+ * block is read: a vector load of what scalar stores wrote a moment before
+ * waits for them to reach the cache (no store forwarding). */
+template <typename T> static inline void tile_in(const T *x, idx_t rows, idx_t n, T *c) {
+    typedef Transpose4<T> TR;
+    idx_t r0 = 0;
+    if (HAVE_TRANSPOSE4 && n >= 4) {
+        for (; r0 + TR::G <= rows; r0 += TR::G)
+            for (idx_t k0 = 0; k0 < n; k0 += 4) {
+                idx_t k = k0 + 4 <= n ? k0 : n - 4;
+                TR::in(x + r0 * n + k, n, c + tile_at(r0, k, n));
+            }
+    }
+    for (idx_t r = r0; r < rows; ++r)
+        for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = x[r * n + k];
+    for (idx_t r = rows; r % LANES != 0; ++r)
+        for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = (T)0;
+}
+
+template <typename T> static inline void tile_out(const T *c, idx_t rows, idx_t n, T *out) {
+    typedef Transpose4<T> TR;
+    idx_t r0 = 0;
+    if (HAVE_TRANSPOSE4 && n >= 4) {
+        for (; r0 + TR::G <= rows; r0 += TR::G)
+            for (idx_t k0 = 0; k0 < n; k0 += 4) {
+                idx_t k = k0 + 4 <= n ? k0 : n - 4;
+                TR::out(c + tile_at(r0, k, n), n, out + r0 * n + k);
+            }
+    }
+    for (idx_t r = r0; r < rows; ++r)
+        for (idx_t k = 0; k < n; ++k) out[r * n + k] = c[tile_at(r, k, n)];
+}
+
+/* m[l] = max of lane l's row (-inf for n == 0; NaN is skipped here and
+ * caught by x - m later, as in row_max) */
+template <typename T> static inline void block_max(const T *c, idx_t n, T *m) {
+#pragma omp simd
+    for (idx_t l = 0; l < LANES; ++l) m[l] = (T)-INFINITY;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) m[l] = c[k * LANES + l] > m[l] ? c[k * LANES + l] : m[l];
+    }
+}
+
+/* s[l] = sum_k exp(c_kl - m[l]), in T (at most 31 terms, each <= 1: the
+ * largest is exp(0) = 1, so s is in [1, 31] or NaN), in column order; Store:
+ * the exponentials replace c. */
+template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n, const T *m, T *s) {
+#pragma omp simd
+    for (idx_t l = 0; l < LANES; ++l) s[l] = (T)0;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) {
+            T v = exp_nonpositive((T)(c[k * LANES + l] - m[l]));
+            if (Store) c[k * LANES + l] = v;
+            s[l] += v;
+        }
     }
 }
 
@@ -105,20 +274,18 @@ static inline float log_ge1(float x) {
 
 /* Cross-entropy with class indices over a tile of `rows` short rows (n < 32,
  * rows * n <= TILE): the loss of each row into loss[r] and, unless grad is
- * NULL, the gradient times `scale` into grad (which may be x).  Rows are the
- * vector lanes here: the max (tile_max), the labels, the smoothing sum, the
- * sum of the exponentials and the finish (log, loss, gradient coefficients)
- * are vector loops over rows, and exp is one flat vector loop over the tile
- * (tile_exp_shifted, shared with softmax and log_softmax); only the
- * shift by the row's max, the gradient's affine map and the target's logit
- * are loops per row (a vector gather of per-row values by element is not
- * emitted by GCC for double).  Per row the arithmetic (sums in k order, in
- * double) matches _cross_entropy_index_row's formulas:
+ * NULL, the gradient times `scale` into grad (which may be x).  A block of
+ * LANES rows at a time, transposed (see tile_in): the max, the target's
+ * logit (a select per column: no gather), the smoothing sum, the exp and
+ * its sum, the finish (log, loss, gradient coefficients) and the gradient
+ * are vector loops over the block's rows.  Per row the arithmetic (sums in
+ * k order) follows _cross_entropy_index_row's formulas:
  *   loss = alpha w_t (lse - x_t) [+ beta (W lse - sum_k w_k (x_k - m))]
  *   grad = e (alpha w_t [+ beta W]) / s * scale [- beta scale w_k] - [k == t] alpha w_t scale
- * with W = w_total.  Label t is read once; t == ignore_index gives loss 0 and
- * a zero gradient row, any other label outside [0, n) a NaN loss and row. */
-enum { TILE = 1024 };
+ * with W = w_total, the sum of exponentials s kept in T (see block_exp_sum)
+ * and the loss in double.  Label t is read once; t == ignore_index gives
+ * loss 0 and a zero gradient row, any other label outside [0, n) a NaN loss
+ * and row. */
 
 /* The gradient rows that a cross-entropy tile skips: zero where the label is
  * ignore_index, NaN where it is outside [0, n). */
@@ -129,60 +296,92 @@ template <typename T> static inline void tile_skipped_row(T *grad, idx_t n, int 
         row_fill(grad, n, (T)NAN);
 }
 
-template <typename T, typename L>
-static inline void tile_cross_entropy_index_any(
-        const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
-        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
-    T m[TILE], c1[TILE], ct[TILE], ebuf[TILE];
-    double s[TILE], xt[TILE], wt[TILE], smooth[TILE];
-    int32_t lab[TILE];                 /* the label, -1 ignored, -2 out of range */
-    T *e = grad != NULL ? grad : ebuf;
-
-    tile_max(x, rows, n, m);
+/* One block (LANES rows, transposed in c) of tile_cross_entropy_index_any:
+ * the losses into bl, the gradient (Grad) into c.  lab: the labels (-1
+ * ignored and padding, -2 out of range), wt: their weights (NULL: ones). */
+template <bool Grad, typename T>
+static inline void block_cross_entropy_index(
+        T *c, idx_t n, const int32_t *lab, const double *wt, const T *w, double w_total,
+        double alpha, double beta, double scale, double *bl) {
+    T m[LANES], s[LANES], xv[LANES], c1[LANES], ct[LANES];
+    double smooth[LANES];
+    /* the max and the target's logit (a select per column: no gather) */
 #pragma omp simd
-    for (idx_t r = 0; r < rows; ++r) {
-        idx_t t = (idx_t)target[r];  /* compared in 64 bits: ignore_index need not fit in L */
-        int valid = t != ignore_index && t >= 0 && t < n;
-        lab[r] = valid ? (int32_t)t : (t == ignore_index ? -1 : -2);
+    for (idx_t l = 0; l < LANES; ++l) m[l] = (T)-INFINITY, xv[l] = (T)0, smooth[l] = 0.0;
+    for (idx_t k = 0; k < n; ++k) {
+        const T *ck = c + k * LANES;
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) {
+            T v = ck[l];
+            m[l] = v > m[l] ? v : m[l];
+            xv[l] = lab[l] == (int32_t)k ? v : xv[l];
+        }
     }
-    for (idx_t r = 0; r < rows; ++r) {      /* loads at a data-dependent column */
-        int32_t tt = lab[r] >= 0 ? lab[r] : 0;
-        xt[r] = (double)x[r * n + tt] - (double)m[r];
-        wt[r] = w != NULL ? (double)w[tt] : 1.0;
-    }
-    for (idx_t r = 0; r < rows; ++r) smooth[r] = 0.0;
     if (beta != 0.0) {
         for (idx_t k = 0; k < n; ++k) {
             double wk = w != NULL ? (double)w[k] : 1.0;
 #pragma omp simd
-            for (idx_t r = 0; r < rows; ++r) smooth[r] += wk * ((double)x[r * n + k] - (double)m[r]);
+            for (idx_t l = 0; l < LANES; ++l)
+                smooth[l] += wk * ((double)c[k * LANES + l] - (double)m[l]);
         }
     }
-    /* x is read for the last time: from here e (= grad) may overwrite it */
-    tile_exp_shifted(x, e, rows, n, m, s);
+    block_exp_sum<Grad>(c, n, m, s);
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
-    int special = 0;                   /* rows ignored or out of range */
+#pragma omp simd
+    for (idx_t l = 0; l < LANES; ++l) {
+        double lse = (double)log_ge1(s[l]);    /* the logits' precision */
+        double aw = wt != NULL ? alpha * wt[l] : alpha;
+        double v = aw * (lse - ((double)xv[l] - (double)m[l]));
+        if (beta != 0.0) v += beta * (w_total * lse - smooth[l]);
+        bl[l] = lab[l] >= 0 ? v : (lab[l] == -1 ? 0.0 : (double)NAN);
+        if (Grad) {
+            c1[l] = (T)((aw + y_extra) / (double)s[l] * scale);
+            ct[l] = (T)(aw * scale);
+        }
+    }
+    if (!Grad) return;
+    const T cb = (T)(beta * scale);
+    for (idx_t k = 0; k < n; ++k) {
+        T *ck = c + k * LANES;
+        if (beta != 0.0) {
+            T cw = cb * (w != NULL ? w[k] : (T)1);
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l) ck[l] = ck[l] * c1[l] - cw;
+        } else {
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l) ck[l] = ck[l] * c1[l];
+        }
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) ck[l] = lab[l] == (int32_t)k ? ck[l] - ct[l] : ck[l];
+    }
+}
+
+template <bool Grad, typename T, typename L>
+static inline void tile_cross_entropy_index_any(
+        const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+    T c[TILE_BLOCKS];
+    int32_t lab[TILE + LANES];
+    double wt[TILE + LANES], bl[TILE + LANES];
+    int special = 0;                   /* rows ignored or with a label out of range */
+    idx_t padded = (rows + LANES - 1) / LANES * LANES;
 #pragma omp simd reduction(+ : special)
     for (idx_t r = 0; r < rows; ++r) {
-        double lse = (double)log_ge1((T)s[r]);   /* the logits' precision */
-        double aw = alpha * wt[r];
-        double l = aw * (lse - xt[r]);
-        if (beta != 0.0) l += beta * (w_total * lse - smooth[r]);
-        loss[r] = lab[r] >= 0 ? l : (lab[r] == -1 ? 0.0 : (double)NAN);
-        special += lab[r] < 0;
-        c1[r] = (T)((aw + y_extra) / s[r] * scale);
-        ct[r] = (T)(aw * scale);
+        idx_t t = (idx_t)target[r];    /* compared in 64 bits: ignore_index need not fit in L */
+        int valid = t != ignore_index && t >= 0 && t < n;
+        lab[r] = valid ? (int32_t)t : (t == ignore_index ? -1 : -2);
+        special += !valid;
     }
-    if (grad == NULL) return;
-    const T cb = (T)(beta * scale);
-    for (idx_t r = 0; r < rows; ++r) {
-        T *g = grad + r * n;
-        if (beta != 0.0)
-            row_grad_affine(g, w, n, c1[r], cb);
-        else
-            row_scale(g, n, c1[r]);
-        if (lab[r] >= 0) g[lab[r]] -= ct[r];
-    }
+    for (idx_t r = rows; r < padded; ++r) lab[r] = -1;
+    if (w != NULL)                     /* loads at a data-dependent index */
+        for (idx_t r = 0; r < padded; ++r) wt[r] = lab[r] >= 0 ? (double)w[lab[r]] : 1.0;
+    tile_in(x, rows, n, c);            /* x is not read again: grad may overwrite it */
+    for (idx_t r = 0; r < rows; r += LANES)
+        block_cross_entropy_index<Grad>(c + r * n, n, lab + r, w != NULL ? wt + r : NULL, w,
+                                        w_total, alpha, beta, scale, bl + r);
+    memcpy(loss, bl, (size_t)rows * sizeof(double));
+    if (!Grad) return;
+    tile_out(c, rows, n, grad);
     if (special > 0)
         for (idx_t r = 0; r < rows; ++r)
             if (lab[r] < 0) tile_skipped_row(grad + r * n, n, lab[r] == -1);
@@ -249,9 +448,12 @@ static CS_REDUCTION void tile_cross_entropy_index(
     else if (n == 2)
         tile_cross_entropy_binary<false>(x, target, rows, ignore_index, w, w_total, alpha, beta,
                                          loss, grad, scale);
+    else if (grad != NULL)
+        tile_cross_entropy_index_any<true>(x, target, rows, n, ignore_index, w, w_total, alpha,
+                                           beta, loss, grad, scale);
     else
-        tile_cross_entropy_index_any(x, target, rows, n, ignore_index, w, w_total, alpha, beta,
-                                     loss, grad, scale);
+        tile_cross_entropy_index_any<false>(x, target, rows, n, ignore_index, w, w_total, alpha,
+                                            beta, loss, grad, scale);
 }
 
 }  // namespace csoftmax
