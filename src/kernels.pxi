@@ -100,6 +100,9 @@ cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
     enum: TILE
     # rows of a tile of rows of n < 32 columns
     Py_ssize_t tile_rows(Py_ssize_t n) noexcept
+    void tile_softmax[T](const T *x, T *out, Py_ssize_t rows, Py_ssize_t n) noexcept
+    void tile_log_softmax[T](const T *x, T *out, Py_ssize_t rows, Py_ssize_t n) noexcept
+    void tile_logsumexp[T](const T *x, T *out, Py_ssize_t rows, Py_ssize_t n) noexcept
 
 
 cnp.import_array()
@@ -163,13 +166,7 @@ cdef inline void _softmax_row(
 cdef inline void _softmax_tile(
     const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
 ) noexcept nogil:
-    cdef floating m[TILE]
-    cdef double s[TILE]
-    cdef Py_ssize_t r
-    tile_max(x, rows, n, m)
-    tile_exp_shifted(x, out, rows, n, m, s)
-    for r in range(rows):
-        row_scale(out + r * n, n, <floating>(1.0 / s[r]))
+    tile_softmax(x, out, rows, n)
 
 
 cdef inline void _log_softmax_row(
@@ -183,14 +180,7 @@ cdef inline void _log_softmax_row(
 cdef inline void _log_softmax_tile(
     const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
 ) noexcept nogil:
-    cdef floating m[TILE]
-    cdef floating e[TILE]
-    cdef double s[TILE]
-    cdef Py_ssize_t r
-    tile_max(x, rows, n, m)
-    tile_exp_shifted(x, e, rows, n, m, s)
-    for r in range(rows):
-        row_log_softmax_from(x + r * n, out + r * n, n, m[r], <floating>log(s[r]))
+    tile_log_softmax(x, out, rows, n)
 
 
 cdef inline double _logsumexp_finish(
@@ -205,14 +195,7 @@ cdef inline double _logsumexp_finish(
 cdef inline void _logsumexp_tile(
     const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
 ) noexcept nogil:
-    cdef floating m[TILE]
-    cdef floating e[TILE]
-    cdef double s[TILE]
-    cdef Py_ssize_t r
-    tile_max(x, rows, n, m)
-    tile_exp_shifted(x, e, rows, n, m, s)
-    for r in range(rows):
-        out[r] = <floating>_logsumexp_finish(x + r * n, n, m[r], s[r])
+    tile_logsumexp(x, out, rows, n)
 
 
 # ---------------------------------------------------------------------------

@@ -387,6 +387,73 @@ static inline void tile_cross_entropy_index_any(
             if (lab[r] < 0) tile_skipped_row(grad + r * n, n, lab[r] == -1);
 }
 
+/* ---- softmax, log_softmax, logsumexp over a tile of short rows ----------
+ * On the transposed blocks (see tile_in), like the cross-entropy above; the
+ * sum of exponentials in T, the log by log_ge1 (s is in [1, 31] or NaN). */
+
+/* out = softmax of each row (out may be x) */
+template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, idx_t rows, idx_t n) {
+    T c[TILE_BLOCKS], m[LANES], s[LANES];
+    tile_in(x, rows, n, c);
+    for (idx_t r = 0; r < rows; r += LANES) {
+        T *cb = c + r * n;
+        block_max(cb, n, m);
+        block_exp_sum<true>(cb, n, m, s);
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) s[l] = (T)1 / s[l];
+        for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = cb[k * LANES + l] * s[l];
+        }
+    }
+    tile_out(c, rows, n, out);
+}
+
+/* out = log_softmax of each row, (x - m) - lse (out may be x) */
+template <typename T> static CS_REDUCTION void tile_log_softmax(const T *x, T *out, idx_t rows, idx_t n) {
+    T c[TILE_BLOCKS], m[LANES], s[LANES];
+    tile_in(x, rows, n, c);
+    for (idx_t r = 0; r < rows; r += LANES) {
+        T *cb = c + r * n;
+        block_max(cb, n, m);
+        block_exp_sum<false>(cb, n, m, s);
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) s[l] = (T)log_ge1((double)s[l]);
+        for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = (cb[k * LANES + l] - m[l]) - s[l];
+        }
+    }
+    tile_out(c, rows, n, out);
+}
+
+/* out[r] = log(sum(exp(x_r))); rows whose max is +-inf: +-inf, or NaN if
+ * the row holds one (rare: done row by row) */
+template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out, idx_t rows, idx_t n) {
+    T c[TILE_BLOCKS], m[LANES], s[LANES], o[TILE + LANES];
+    int inf_max = 0;
+    tile_in(x, rows, n, c);
+    for (idx_t r = 0; r < rows; r += LANES) {
+        T *cb = c + r * n;
+        block_max(cb, n, m);
+        block_exp_sum<false>(cb, n, m, s);
+#pragma omp simd reduction(+ : inf_max)
+        for (idx_t l = 0; l < LANES; ++l) {
+            o[r + l] = (T)((double)m[l] + log_ge1((double)s[l]));
+            inf_max += m[l] == (T)INFINITY || m[l] == (T)-INFINITY;
+        }
+    }
+    for (idx_t r = 0; r < rows; ++r) out[r] = o[r];
+    if (inf_max > 0)
+        for (idx_t r = 0; r < rows; ++r) {
+            T mr = o[r];
+            if (mr == (T)INFINITY || mr == (T)-INFINITY || mr != mr) {
+                T mx = row_max(x + r * n, n);
+                if (mx == (T)INFINITY || mx == (T)-INFINITY) out[r] = row_has_nan(x + r * n, n) ? (T)NAN : mx;
+            }
+        }
+}
+
 /* tile_cross_entropy_index for rows of two classes (rows <= TILE / 2): one
  * vector loop over the rows does everything, with the same formulas and
  * order of operations. */
