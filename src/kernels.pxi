@@ -82,6 +82,13 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         double s, double *y_sum) noexcept
     double cross_entropy_prob_loss(double y_sum, double y_dot, double s) noexcept
     double add_chunk(double s, double p, Py_ssize_t c0) noexcept
+    Py_ssize_t labels_count_bad[L](
+        const L *t, Py_ssize_t n, Py_ssize_t n_classes, Py_ssize_t ignore_index,
+        Py_ssize_t *kept) noexcept
+    # columns of a chunk of a long row (the unit of a row split over threads)
+    enum: CHUNK
+
+cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
     void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
     void tile_exp_shifted[T](
         const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
@@ -89,13 +96,13 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
         const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
         double scale) noexcept
-    Py_ssize_t labels_count_bad[L](
-        const L *t, Py_ssize_t n, Py_ssize_t n_classes, Py_ssize_t ignore_index,
-        Py_ssize_t *kept) noexcept
     # elements of a tile of short rows (its scratch lives on each thread's stack)
     enum: TILE
-    # columns of a chunk of a long row (the unit of a row split over threads)
-    enum: CHUNK
+    # rows of a tile of rows of n < 32 columns
+    Py_ssize_t tile_rows(Py_ssize_t n) noexcept
+    void tile_softmax[T](const T *x, T *out, Py_ssize_t rows, Py_ssize_t n) noexcept
+    void tile_log_softmax[T](const T *x, T *out, Py_ssize_t rows, Py_ssize_t n) noexcept
+    void tile_logsumexp[T](const T *x, T *out, Py_ssize_t rows, Py_ssize_t n) noexcept
 
 
 cnp.import_array()
@@ -132,13 +139,13 @@ def default_threads():
 
 cdef enum:
     # Rows narrower than this are computed a tile of rows at a time (see
-    # tile_exp_shifted in rowops.hpp); the choice depends on the width only,
+    # tile_exp_shifted in tiles.hpp); the choice depends on the width only,
     # so every row of a given width always takes the same arithmetic path.
     SHORT_ROW = 32
 
 
 cdef inline Py_ssize_t _tile_rows(Py_ssize_t n) noexcept nogil:
-    return TILE // n
+    return tile_rows(n)
 
 
 cdef inline Py_ssize_t _n_tiles(Py_ssize_t n_rows, Py_ssize_t n) noexcept nogil:
@@ -159,13 +166,7 @@ cdef inline void _softmax_row(
 cdef inline void _softmax_tile(
     const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
 ) noexcept nogil:
-    cdef floating m[TILE]
-    cdef double s[TILE]
-    cdef Py_ssize_t r
-    tile_max(x, rows, n, m)
-    tile_exp_shifted(x, out, rows, n, m, s)
-    for r in range(rows):
-        row_scale(out + r * n, n, <floating>(1.0 / s[r]))
+    tile_softmax(x, out, rows, n)
 
 
 cdef inline void _log_softmax_row(
@@ -179,14 +180,7 @@ cdef inline void _log_softmax_row(
 cdef inline void _log_softmax_tile(
     const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
 ) noexcept nogil:
-    cdef floating m[TILE]
-    cdef floating e[TILE]
-    cdef double s[TILE]
-    cdef Py_ssize_t r
-    tile_max(x, rows, n, m)
-    tile_exp_shifted(x, e, rows, n, m, s)
-    for r in range(rows):
-        row_log_softmax_from(x + r * n, out + r * n, n, m[r], <floating>log(s[r]))
+    tile_log_softmax(x, out, rows, n)
 
 
 cdef inline double _logsumexp_finish(
@@ -201,14 +195,7 @@ cdef inline double _logsumexp_finish(
 cdef inline void _logsumexp_tile(
     const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t n
 ) noexcept nogil:
-    cdef floating m[TILE]
-    cdef floating e[TILE]
-    cdef double s[TILE]
-    cdef Py_ssize_t r
-    tile_max(x, rows, n, m)
-    tile_exp_shifted(x, e, rows, n, m, s)
-    for r in range(rows):
-        out[r] = <floating>_logsumexp_finish(x + r * n, n, m[r], s[r])
+    tile_logsumexp(x, out, rows, n)
 
 
 # ---------------------------------------------------------------------------

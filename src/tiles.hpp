@@ -1,0 +1,528 @@
+/*
+ * tiles.hpp -- short rows (n < 32 columns), a tile of consecutive rows at a
+ * time: softmax's and log_softmax's max and exponentials, and cross-entropy
+ * with class indices.  Split from rowops.hpp, whose one-row primitives and
+ * exp/log these build on.
+ */
+#ifndef CSOFTMAX_TILES_HPP
+#define CSOFTMAX_TILES_HPP
+
+#include "rowops.hpp"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace csoftmax {
+
+/* ---- tiles of short rows ------------------------------------------------
+ * For rows shorter than a vector or two, per-row loops spend their time on
+ * loop set-up and horizontal reductions.  These helpers take a tile of `rows`
+ * consecutive rows of width n and do the expensive part, the exp, as one flat
+ * vector loop over the whole tile. */
+
+/* m[r] = max of row r, for each row of the tile: rows are the vector lanes,
+ * columns the loop (strided loads, but no per-row loop set-up). */
+template <typename T> static CS_REDUCTION void tile_max(const T *x, idx_t rows, idx_t n, T *m) {
+    for (idx_t r = 0; r < rows; ++r) m[r] = (T)-INFINITY;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t r = 0; r < rows; ++r) {
+            T v = x[r * n + k];
+            m[r] = v > m[r] ? v : m[r];
+        }
+    }
+}
+
+/* e = exp(x - m[row]) over the tile, s[r] = sum of row r of e in double (in
+ * column order, rows as the vector lanes).  e may be x. */
+template <typename T>
+static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n, const T *m, double *s) {
+    for (idx_t r = 0; r < rows; ++r)
+        for (idx_t k = 0; k < n; ++k) e[r * n + k] = x[r * n + k] - m[r];
+    idx_t total = rows * n, nv = vector_part(total);
+#pragma omp simd
+    for (idx_t k = 0; k < nv; ++k) e[k] = exp_nonpositive(e[k]);
+    if (nv < total) {
+        T buf[EXP_TAIL];
+        exp_tail<true>(e + nv, total - nv, (T)0, buf);
+        for (idx_t l = 0; l < total - nv; ++l) e[nv + l] = buf[l];
+    }
+    for (idx_t r = 0; r < rows; ++r) s[r] = 0.0;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t r = 0; r < rows; ++r) s[r] += (double)e[r * n + k];
+    }
+}
+
+/* ---- blocks: LANES rows of a tile, transposed ----------------------------
+ * With rows as the vector lanes every step of a short row is a vertical
+ * vector operation (no horizontal reductions, no per-row loop set-up, each
+ * row's sums added in column order in its lane), but read in place the
+ * lanes of a column are strided: GCC builds such a vector an element at a
+ * time (or does not vectorise at all for a group size that is not a power
+ * of two).  So a block of LANES rows is first copied, transposed, into a
+ * scratch block c[k * LANES + l] = x[l * n + k] in L1, where the columns are
+ * contiguous vectors; results are copied back the same way.  The copies are
+ * scalar loads and stores: they run on the load and store ports, which the
+ * vector arithmetic (the exp) leaves idle.  A block's padding lanes (a
+ * tile's last block) hold 0 and their results are dropped. */
+enum { TILE = 1024, LANES = 16 };
+/* a tile's blocks: rows padded to a multiple of LANES (n < 32) */
+enum { TILE_BLOCKS = TILE + (LANES - 1) * 31 };
+
+/* 4 columns of G consecutive rows (row stride n) to and from 4 columns of a
+ * transposed block (lanes l .. l + G - 1 at c, column stride LANES): GCC
+ * does not vectorise a strided copy well (4 or 5 instructions an element
+ * for the scalar loop), so on AVX2 it is a 4x4 transpose in registers. */
+#if defined(__AVX2__)
+enum { HAVE_TRANSPOSE4 = 1 };
+template <typename T> struct Transpose4;
+template <> struct Transpose4<float> {
+    enum { G = 8 };  /* rows l and l + 4 share a vector: a 4x4 transpose in each 128-bit half */
+    static inline void shuffle(__m256 &a, __m256 &b, __m256 &c, __m256 &d) {
+        __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
+        __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
+        a = _mm256_shuffle_ps(t0, t2, 0x44);
+        b = _mm256_shuffle_ps(t0, t2, 0xee);
+        c = _mm256_shuffle_ps(t1, t3, 0x44);
+        d = _mm256_shuffle_ps(t1, t3, 0xee);
+    }
+    static inline __m256 rows2(const float *x, idx_t n) {
+        return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(x)), _mm_loadu_ps(x + 4 * n), 1);
+    }
+    static inline void in(const float *x, idx_t n, float *c) {
+        __m256 a = rows2(x, n), b = rows2(x + n, n), cc = rows2(x + 2 * n, n), d = rows2(x + 3 * n, n);
+        shuffle(a, b, cc, d);
+        _mm256_storeu_ps(c, a);
+        _mm256_storeu_ps(c + LANES, b);
+        _mm256_storeu_ps(c + 2 * LANES, cc);
+        _mm256_storeu_ps(c + 3 * LANES, d);
+    }
+    static inline void out(const float *c, idx_t n, float *x) {
+        __m256 v[4] = {_mm256_loadu_ps(c), _mm256_loadu_ps(c + LANES), _mm256_loadu_ps(c + 2 * LANES),
+                       _mm256_loadu_ps(c + 3 * LANES)};
+        shuffle(v[0], v[1], v[2], v[3]);
+        for (int i = 0; i < 4; ++i) {
+            _mm_storeu_ps(x + i * n, _mm256_castps256_ps128(v[i]));
+            _mm_storeu_ps(x + (i + 4) * n, _mm256_extractf128_ps(v[i], 1));
+        }
+    }
+};
+template <> struct Transpose4<double> {
+    enum { G = 4 };
+    static inline void shuffle(__m256d &a, __m256d &b, __m256d &c, __m256d &d) {
+        __m256d t0 = _mm256_unpacklo_pd(a, b), t1 = _mm256_unpackhi_pd(a, b);
+        __m256d t2 = _mm256_unpacklo_pd(c, d), t3 = _mm256_unpackhi_pd(c, d);
+        a = _mm256_permute2f128_pd(t0, t2, 0x20);
+        b = _mm256_permute2f128_pd(t1, t3, 0x20);
+        c = _mm256_permute2f128_pd(t0, t2, 0x31);
+        d = _mm256_permute2f128_pd(t1, t3, 0x31);
+    }
+    static inline void in(const double *x, idx_t n, double *c) {
+        __m256d a = _mm256_loadu_pd(x), b = _mm256_loadu_pd(x + n);
+        __m256d cc = _mm256_loadu_pd(x + 2 * n), d = _mm256_loadu_pd(x + 3 * n);
+        shuffle(a, b, cc, d);
+        _mm256_storeu_pd(c, a);
+        _mm256_storeu_pd(c + LANES, b);
+        _mm256_storeu_pd(c + 2 * LANES, cc);
+        _mm256_storeu_pd(c + 3 * LANES, d);
+    }
+    static inline void out(const double *c, idx_t n, double *x) {
+        __m256d a = _mm256_loadu_pd(c), b = _mm256_loadu_pd(c + LANES);
+        __m256d cc = _mm256_loadu_pd(c + 2 * LANES), d = _mm256_loadu_pd(c + 3 * LANES);
+        shuffle(a, b, cc, d);
+        _mm256_storeu_pd(x, a);
+        _mm256_storeu_pd(x + n, b);
+        _mm256_storeu_pd(x + 2 * n, cc);
+        _mm256_storeu_pd(x + 3 * n, d);
+    }
+};
+#else
+enum { HAVE_TRANSPOSE4 = 0 };
+template <typename T> struct Transpose4 {
+    enum { G = 1 };
+    static inline void in(const T *, idx_t, T *) {}
+    static inline void out(const T *, idx_t, T *) {}
+};
+#endif
+
+/* Rows per tile for rows of n < 32 columns: a multiple of LANES, so that only
+ * an array's last tile has a block with padding lanes. */
+static inline idx_t tile_rows(idx_t n) { return TILE / n / LANES * LANES; }
+
+/* The element of row r, column k of a tile in its transposed blocks: block
+ * b (rows [b LANES, (b + 1) LANES)) is at c + b n LANES. */
+static inline idx_t tile_at(idx_t r, idx_t k, idx_t n) {
+    return (r / LANES) * n * LANES + k * LANES + r % LANES;
+}
+
+/* A tile's rows into its transposed blocks, padding lanes 0.  G rows at a
+ * time, 4 columns at a time (the last 4 overlap the previous ones for n not
+ * a multiple of 4: the same values again), where Transpose4 is available and
+ * n >= 4; the rest element by element.  The whole tile is copied before any
+ * block is read: a vector load of what scalar stores wrote a moment before
+ * waits for them to reach the cache (no store forwarding). */
+template <typename T> static inline void tile_in(const T *x, idx_t rows, idx_t n, T *c) {
+    typedef Transpose4<T> TR;
+    idx_t r0 = 0;
+    if (HAVE_TRANSPOSE4 && n >= 4) {
+        for (; r0 + TR::G <= rows; r0 += TR::G)
+            for (idx_t k0 = 0; k0 < n; k0 += 4) {
+                idx_t k = k0 + 4 <= n ? k0 : n - 4;
+                TR::in(x + r0 * n + k, n, c + tile_at(r0, k, n));
+            }
+    }
+    for (idx_t r = r0; r < rows; ++r)
+        for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = x[r * n + k];
+    for (idx_t r = rows; r % LANES != 0; ++r)
+        for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = (T)0;
+}
+
+template <typename T> static inline void tile_out(const T *c, idx_t rows, idx_t n, T *out) {
+    typedef Transpose4<T> TR;
+    idx_t r0 = 0;
+    if (HAVE_TRANSPOSE4 && n >= 4) {
+        for (; r0 + TR::G <= rows; r0 += TR::G)
+            for (idx_t k0 = 0; k0 < n; k0 += 4) {
+                idx_t k = k0 + 4 <= n ? k0 : n - 4;
+                TR::out(c + tile_at(r0, k, n), n, out + r0 * n + k);
+            }
+    }
+    for (idx_t r = r0; r < rows; ++r)
+        for (idx_t k = 0; k < n; ++k) out[r * n + k] = c[tile_at(r, k, n)];
+}
+
+/* m[l] = max of lane l's row (-inf for n == 0; NaN is skipped here and
+ * caught by x - m later, as in row_max) */
+template <typename T> static inline void block_max(const T *c, idx_t n, T *m) {
+#pragma omp simd
+    for (idx_t l = 0; l < LANES; ++l) m[l] = (T)-INFINITY;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) m[l] = c[k * LANES + l] > m[l] ? c[k * LANES + l] : m[l];
+    }
+}
+
+/* s[l] = sum_k exp(c_kl - m[l]), in T (at most 31 terms, each <= 1: the
+ * largest is exp(0) = 1, so s is in [1, 31] or NaN), in column order; Store:
+ * the exponentials replace c. */
+template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n, const T *m, T *s) {
+#pragma omp simd
+    for (idx_t l = 0; l < LANES; ++l) s[l] = (T)0;
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) {
+            T v = exp_nonpositive((T)(c[k * LANES + l] - m[l]));
+            if (Store) c[k * LANES + l] = v;
+            s[l] += v;
+        }
+    }
+}
+
+/* ---- cross-entropy over a tile of short rows ------------------------- */
+
+/* log(x) for x >= 1 (finite) or NaN: the log of a sum of exponentials shifted
+ * by the row maximum, whose largest term is exp(0) = 1.  fdlibm's e_log.c
+ * (error < 1 ulp) without its branches for zero, negative, subnormal and
+ * infinite arguments, so that it vectorises; NaN is passed through. */
+static inline double log_ge1(double x) {
+    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+    const double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
+                 Lg3 = 2.857142874366239149e-01, Lg4 = 2.222219843214978396e-01,
+                 Lg5 = 1.818357216161805012e-01, Lg6 = 1.531383769920937332e-01,
+                 Lg7 = 1.479819860511658591e-01;
+    uint64_t b = double_bits(x);
+    int64_t k = (int64_t)(b >> 52) - 1023;                      /* x >= 1: no sign bit */
+    double f = bits_as_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+    int big = f > 1.4142135623730951;                          /* f in [sqrt2/2, sqrt2) */
+    f = big ? 0.5 * f : f;
+    k = big ? k + 1 : k;
+    f = f - 1.0;
+    double dk = (double)k;
+    double hfsq = 0.5 * f * f;
+    double s = f / (2.0 + f);
+    double z = s * s, w = z * z;
+    double t1 = w * (Lg2 + w * (Lg4 + w * Lg6));
+    double t2 = z * (Lg1 + w * (Lg3 + w * (Lg5 + w * Lg7)));
+    double r = dk * ln2_hi - ((hfsq - (s * (hfsq + t1 + t2) + dk * ln2_lo)) - f);
+    return x == x ? r : x;
+}
+
+/* log_ge1 in float, for float32 logits, whose loss needs no more: FreeBSD's
+ * e_logf.c (error < 1 ulp of float) in the same branch-free form. */
+static inline float log_ge1(float x) {
+    const float ln2_hi = 6.9313812256e-01f, ln2_lo = 9.0580006145e-06f;
+    const float Lg1 = 0.66666662693f, Lg2 = 0.40000972152f, Lg3 = 0.28498786688f,
+                Lg4 = 0.24279078841f;
+    uint32_t b = float_bits(x);
+    int32_t k = (int32_t)(b >> 23) - 127;
+    float f = bits_as_float((b & 0x007fffffu) | 0x3f800000u);
+    int big = f > 1.41421356f;
+    f = big ? 0.5f * f : f;
+    k = big ? k + 1 : k;
+    f = f - 1.0f;
+    float dk = (float)k;
+    float hfsq = 0.5f * f * f;
+    float s = f / (2.0f + f);
+    float z = s * s, w = z * z;
+    float t1 = w * (Lg2 + w * Lg4);
+    float t2 = z * (Lg1 + w * Lg3);
+    float r = dk * ln2_hi - ((hfsq - (s * (hfsq + t1 + t2) + dk * ln2_lo)) - f);
+    return x == x ? r : x;
+}
+
+/* Cross-entropy with class indices over a tile of `rows` short rows (n < 32,
+ * rows * n <= TILE): the loss of each row into loss[r] and, unless grad is
+ * NULL, the gradient times `scale` into grad (which may be x).  A block of
+ * LANES rows at a time, transposed (see tile_in): the max, the target's
+ * logit (a select per column: no gather), the smoothing sum, the exp and
+ * its sum, the finish (log, loss, gradient coefficients) and the gradient
+ * are vector loops over the block's rows.  Per row the arithmetic (sums in
+ * k order) follows _cross_entropy_index_row's formulas:
+ *   loss = alpha w_t (lse - x_t) [+ beta (W lse - sum_k w_k (x_k - m))]
+ *   grad = e (alpha w_t [+ beta W]) / s * scale [- beta scale w_k] - [k == t] alpha w_t scale
+ * with W = w_total, the sum of exponentials s kept in T (see block_exp_sum)
+ * and the loss in double.  Label t is read once; t == ignore_index gives
+ * loss 0 and a zero gradient row, any other label outside [0, n) a NaN loss
+ * and row. */
+
+/* The gradient rows that a cross-entropy tile skips: zero where the label is
+ * ignore_index, NaN where it is outside [0, n). */
+template <typename T> static inline void tile_skipped_row(T *grad, idx_t n, int ignored) {
+    if (ignored)
+        row_zero(grad, n);
+    else
+        row_fill(grad, n, (T)NAN);
+}
+
+/* One block (LANES rows, transposed in c) of tile_cross_entropy_index_any:
+ * the losses into bl, the gradient (Grad) into c.  lab: the labels (-1
+ * ignored and padding, -2 out of range), wt: their weights (NULL: ones). */
+template <bool Grad, typename T>
+static inline void block_cross_entropy_index(
+        T *c, idx_t n, const int32_t *lab, const double *wt, const T *w, double w_total,
+        double alpha, double beta, double scale, double *bl) {
+    T m[LANES], s[LANES], xv[LANES], c1[LANES], ct[LANES];
+    double smooth[LANES];
+    /* the max and the target's logit (a select per column: no gather) */
+#pragma omp simd
+    for (idx_t l = 0; l < LANES; ++l) m[l] = (T)-INFINITY, xv[l] = (T)0, smooth[l] = 0.0;
+    for (idx_t k = 0; k < n; ++k) {
+        const T *ck = c + k * LANES;
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) {
+            T v = ck[l];
+            m[l] = v > m[l] ? v : m[l];
+            xv[l] = lab[l] == (int32_t)k ? v : xv[l];
+        }
+    }
+    if (beta != 0.0) {
+        for (idx_t k = 0; k < n; ++k) {
+            double wk = w != NULL ? (double)w[k] : 1.0;
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l)
+                smooth[l] += wk * ((double)c[k * LANES + l] - (double)m[l]);
+        }
+    }
+    block_exp_sum<Grad>(c, n, m, s);
+    const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+#pragma omp simd
+    for (idx_t l = 0; l < LANES; ++l) {
+        double lse = (double)log_ge1(s[l]);    /* the logits' precision */
+        double aw = wt != NULL ? alpha * wt[l] : alpha;
+        double v = aw * (lse - ((double)xv[l] - (double)m[l]));
+        if (beta != 0.0) v += beta * (w_total * lse - smooth[l]);
+        bl[l] = lab[l] >= 0 ? v : (lab[l] == -1 ? 0.0 : (double)NAN);
+        if (Grad) {
+            c1[l] = (T)((aw + y_extra) / (double)s[l] * scale);
+            ct[l] = (T)(aw * scale);
+        }
+    }
+    if (!Grad) return;
+    const T cb = (T)(beta * scale);
+    for (idx_t k = 0; k < n; ++k) {
+        T *ck = c + k * LANES;
+        if (beta != 0.0) {
+            T cw = cb * (w != NULL ? w[k] : (T)1);
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l) ck[l] = ck[l] * c1[l] - cw;
+        } else {
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l) ck[l] = ck[l] * c1[l];
+        }
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) ck[l] = lab[l] == (int32_t)k ? ck[l] - ct[l] : ck[l];
+    }
+}
+
+template <bool Grad, typename T, typename L>
+static inline void tile_cross_entropy_index_any(
+        const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+    T c[TILE_BLOCKS];
+    int32_t lab[TILE + LANES];
+    double wt[TILE + LANES], bl[TILE + LANES];
+    int special = 0;                   /* rows ignored or with a label out of range */
+    idx_t padded = (rows + LANES - 1) / LANES * LANES;
+#pragma omp simd reduction(+ : special)
+    for (idx_t r = 0; r < rows; ++r) {
+        idx_t t = (idx_t)target[r];    /* compared in 64 bits: ignore_index need not fit in L */
+        int valid = t != ignore_index && t >= 0 && t < n;
+        lab[r] = valid ? (int32_t)t : (t == ignore_index ? -1 : -2);
+        special += !valid;
+    }
+    for (idx_t r = rows; r < padded; ++r) lab[r] = -1;
+    if (w != NULL)                     /* loads at a data-dependent index */
+        for (idx_t r = 0; r < padded; ++r) wt[r] = lab[r] >= 0 ? (double)w[lab[r]] : 1.0;
+    tile_in(x, rows, n, c);            /* x is not read again: grad may overwrite it */
+    for (idx_t r = 0; r < rows; r += LANES)
+        block_cross_entropy_index<Grad>(c + r * n, n, lab + r, w != NULL ? wt + r : NULL, w,
+                                        w_total, alpha, beta, scale, bl + r);
+    memcpy(loss, bl, (size_t)rows * sizeof(double));
+    if (!Grad) return;
+    tile_out(c, rows, n, grad);
+    if (special > 0)
+        for (idx_t r = 0; r < rows; ++r)
+            if (lab[r] < 0) tile_skipped_row(grad + r * n, n, lab[r] == -1);
+}
+
+/* ---- softmax, log_softmax, logsumexp over a tile of short rows ----------
+ * On the transposed blocks (see tile_in), like the cross-entropy above; the
+ * sum of exponentials in T, the log by log_ge1 (s is in [1, 31] or NaN). */
+
+/* out = softmax of each row (out may be x) */
+template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, idx_t rows, idx_t n) {
+    T c[TILE_BLOCKS], m[LANES], s[LANES];
+    tile_in(x, rows, n, c);
+    for (idx_t r = 0; r < rows; r += LANES) {
+        T *cb = c + r * n;
+        block_max(cb, n, m);
+        block_exp_sum<true>(cb, n, m, s);
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) s[l] = (T)1 / s[l];
+        for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = cb[k * LANES + l] * s[l];
+        }
+    }
+    tile_out(c, rows, n, out);
+}
+
+/* out = log_softmax of each row, (x - m) - lse (out may be x) */
+template <typename T> static CS_REDUCTION void tile_log_softmax(const T *x, T *out, idx_t rows, idx_t n) {
+    T c[TILE_BLOCKS], m[LANES], s[LANES];
+    tile_in(x, rows, n, c);
+    for (idx_t r = 0; r < rows; r += LANES) {
+        T *cb = c + r * n;
+        block_max(cb, n, m);
+        block_exp_sum<false>(cb, n, m, s);
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) s[l] = (T)log_ge1((double)s[l]);
+        for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = (cb[k * LANES + l] - m[l]) - s[l];
+        }
+    }
+    tile_out(c, rows, n, out);
+}
+
+/* out[r] = log(sum(exp(x_r))); rows whose max is +-inf: +-inf, or NaN if
+ * the row holds one (rare: done row by row) */
+template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out, idx_t rows, idx_t n) {
+    T c[TILE_BLOCKS], m[LANES], s[LANES], o[TILE + LANES];
+    int inf_max = 0;
+    tile_in(x, rows, n, c);
+    for (idx_t r = 0; r < rows; r += LANES) {
+        T *cb = c + r * n;
+        block_max(cb, n, m);
+        block_exp_sum<false>(cb, n, m, s);
+#pragma omp simd reduction(+ : inf_max)
+        for (idx_t l = 0; l < LANES; ++l) {
+            o[r + l] = (T)((double)m[l] + log_ge1((double)s[l]));
+            inf_max += m[l] == (T)INFINITY || m[l] == (T)-INFINITY;
+        }
+    }
+    for (idx_t r = 0; r < rows; ++r) out[r] = o[r];
+    if (inf_max > 0)
+        for (idx_t r = 0; r < rows; ++r) {
+            T mr = o[r];
+            if (mr == (T)INFINITY || mr == (T)-INFINITY || mr != mr) {
+                T mx = row_max(x + r * n, n);
+                if (mx == (T)INFINITY || mx == (T)-INFINITY) out[r] = row_has_nan(x + r * n, n) ? (T)NAN : mx;
+            }
+        }
+}
+
+/* tile_cross_entropy_index for rows of two classes (rows <= TILE / 2): one
+ * vector loop over the rows does everything, with the same formulas and
+ * order of operations. */
+template <bool Grad, typename T, typename L>
+static inline void tile_cross_entropy_binary(
+        const T *x, const L *target, idx_t rows, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+    const double w0 = w != NULL ? (double)w[0] : 1.0, w1 = w != NULL ? (double)w[1] : 1.0;
+    const T cb0 = (T)(beta * scale) * (w != NULL ? w[0] : (T)1);
+    const T cb1 = (T)(beta * scale) * (w != NULL ? w[1] : (T)1);
+    const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+    int32_t skipped[TILE / 2];         /* 0 computed, 1 ignored, 2 label out of range */
+    int special = 0;
+#pragma omp simd reduction(+ : special)
+    for (idx_t r = 0; r < rows; ++r) {
+        idx_t t = (idx_t)target[r];  /* compared in 64 bits: ignore_index need not fit in L */
+        int valid = t != ignore_index && t >= 0 && t < 2;
+        skipped[r] = valid ? 0 : (t == ignore_index ? 1 : 2);
+        int is1 = t == 1;
+        T x0 = x[2 * r], x1 = x[2 * r + 1];
+        T m = x0 > (T)-INFINITY ? x0 : (T)-INFINITY;
+        m = x1 > m ? x1 : m;
+        /* one of d0, d1 is 0 (exp = 1 exactly) unless NaN is about: one exp of
+         * their sum gives the other, and NaN still reaches both sums */
+        T d0 = x0 - m, d1 = x1 - m;
+        T ex = exp_nonpositive((T)(d0 + d1));
+        T e0 = d0 == (T)0 ? (T)1 : ex, e1 = d1 == (T)0 ? (T)1 : ex;
+        double s = (double)e0 + (double)e1;
+        double lse = (double)log_ge1((T)s);
+        double aw = alpha * (is1 ? w1 : w0);
+        double l = aw * (lse - ((double)(is1 ? x1 : x0) - (double)m));
+        if (beta != 0.0)
+            l += beta * (w_total * lse - (w0 * ((double)x0 - (double)m) + w1 * ((double)x1 - (double)m)));
+        loss[r] = valid ? l : (t == ignore_index ? 0.0 : (double)NAN);
+        special += !valid;
+        if (Grad) {
+            T c1 = (T)((aw + y_extra) / s * scale), ct = (T)(aw * scale);
+            T g0 = e0 * c1, g1 = e1 * c1;
+            if (beta != 0.0) {
+                g0 -= cb0;
+                g1 -= cb1;
+            }
+            grad[2 * r] = is1 ? g0 : g0 - ct;
+            grad[2 * r + 1] = is1 ? g1 - ct : g1;
+        }
+    }
+    if (Grad && special > 0)           /* the labels as read above: each is read once */
+        for (idx_t r = 0; r < rows; ++r)
+            if (skipped[r] != 0) tile_skipped_row(grad + 2 * r, 2, skipped[r] == 1);
+}
+
+template <typename T, typename L>
+static CS_REDUCTION void tile_cross_entropy_index(
+        const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+    if (n == 2 && grad != NULL)  /* binary classification: the common short row */
+        tile_cross_entropy_binary<true>(x, target, rows, ignore_index, w, w_total, alpha, beta,
+                                        loss, grad, scale);
+    else if (n == 2)
+        tile_cross_entropy_binary<false>(x, target, rows, ignore_index, w, w_total, alpha, beta,
+                                         loss, grad, scale);
+    else if (grad != NULL)
+        tile_cross_entropy_index_any<true>(x, target, rows, n, ignore_index, w, w_total, alpha,
+                                           beta, loss, grad, scale);
+    else
+        tile_cross_entropy_index_any<false>(x, target, rows, n, ignore_index, w, w_total, alpha,
+                                            beta, loss, grad, scale);
+}
+
+}  // namespace csoftmax
+
+#endif
