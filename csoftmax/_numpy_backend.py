@@ -215,8 +215,10 @@ def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
 
 
 def _moved(x):
-    """x (outer, C, inner) as C-contiguous rows (outer * inner, C)."""
-    return np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, x.shape[1])
+    """x (outer, C, inner) as C-contiguous rows (outer * inner, C): a view of
+    x where it can be (inner == 1 or C == 1), a copy otherwise."""
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(x.shape[0] * x.shape[2],
+                                                                x.shape[1])
 
 
 def _moved_back(r, shape):
@@ -226,15 +228,15 @@ def _moved_back(r, shape):
 
 def softmax_strided(x, out, n_threads):
     if x.size:
-        r = _moved(x)
-        softmax_rows(r, r, n_threads)
+        r = np.empty((x.shape[0] * x.shape[2], x.shape[1]), x.dtype)
+        softmax_rows(_moved(x), r, n_threads)  # _moved(x) may be a view of x (or out)
         out[...] = _moved_back(r, x.shape)
 
 
 def log_softmax_strided(x, out, n_threads):
     if x.size:
-        r = _moved(x)
-        log_softmax_rows(r, r, n_threads)
+        r = np.empty((x.shape[0] * x.shape[2], x.shape[1]), x.dtype)
+        log_softmax_rows(_moved(x), r, n_threads)
         out[...] = _moved_back(r, x.shape)
 
 

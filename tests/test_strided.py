@@ -29,7 +29,9 @@ def _expected(name, x, axis):
 
 
 def _check(frontend, name, x, axis, **kwargs):
+    before = x.copy()
     r = getattr(frontend, name)(x, axis, **kwargs)
+    assert_bitwise_equal(x, before, "input (unmodified)")
     scale = 1.0 if name == "softmax" else row_scale([x], axis, keepdims=name != "logsumexp")
     assert_close(r, _expected(name, x, axis), x.dtype, scale, what=f"{name} axis {axis}")
     assert np.asarray(r).dtype == x.dtype
