@@ -10,6 +10,7 @@ two backends differ only in how a row is computed.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -38,6 +39,11 @@ _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 # _kernels.COLUMN_CHUNK; a test checks they agree): a call may use as many
 # threads as it has chunks.
 COLUMN_CHUNK = 1 << 14
+# Bytes of consecutive positions per unit of the kernels over a middle axis
+# (STRIDED_BYTES in src/strided.hpp, exported as _kernels.STRIDED_BLOCK_BYTES):
+# a call over (outer, C, inner) may use as many threads as it has units,
+# outer * ceil(inner * itemsize / STRIDED_BLOCK_BYTES).
+STRIDED_BLOCK_BYTES = 256
 # op codes of the compiled fast path (OP_SOFTMAX, OP_LOG_SOFTMAX in src/kernels.pxi)
 _OP_SOFTMAX, _OP_LOG_SOFTMAX = 0, 1
 
@@ -89,6 +95,60 @@ def _run_rows(kernel, inputs, compute, result, axis, out, num_threads, split_row
     if direct:
         return out
     r = layout.restore(r2)
+    if out is not None:
+        np.copyto(out, r, casting="unsafe")
+        return out
+    return r if result == compute else r.astype(result)
+
+
+def _threads_strided(outer, n, inner, itemsize, num_threads):
+    """Thread count of a call over the middle axis of (outer, n, inner), as
+    _threads_for: one for small work, at most the units (outer index, block
+    of positions) and MAX_THREADS."""
+    if num_threads is not None:
+        num_threads = check_num_threads(num_threads)
+    if outer * n * inner < SMALL_WORK:
+        return 1
+    if num_threads is None:
+        num_threads = _threads.get_num_threads()
+    units = outer * -(-inner * itemsize // STRIDED_BLOCK_BYTES)
+    return max(1, min(num_threads, units, MAX_THREADS))
+
+
+def _middle(layout):
+    """``(outer, C, inner)`` when ``layout`` reduces one axis that is not the
+    last (of a C-contiguous array: then no copy is needed), else None."""
+    if layout.trailing or len(layout.axes) != 1:
+        return None
+    a = layout.axes[0]
+    shape = layout.shape
+    return math.prod(shape[:a]), shape[a], math.prod(shape[a + 1:])
+
+
+def _run_strided(kernel, rows_kernel, x, compute, result, dims, out, num_threads):
+    """``kernel(x3, out3, n_threads)`` over x (C-contiguous, compute dtype)
+    viewed as ``dims = (outer, C, inner)`` without a copy: the softmax-like
+    kernels over a middle axis.  inner == 1 is rows of C: ``rows_kernel``.
+    out as in _run_rows: written directly when it can be."""
+    shape = x.shape
+    if out is not None:
+        check_out(out, shape, result)
+    direct = (
+        out is not None
+        and result == compute
+        and out.flags.aligned
+        and (not np.may_share_memory(out, x) or aliases_exactly(out, x))
+    )
+    r = out if direct else np.empty(shape, compute)
+    outer, n, inner = dims
+    if r.size:
+        threads = _threads_strided(outer, n, inner, compute.itemsize, num_threads)
+        if inner == 1:
+            rows_kernel(x.reshape(outer, n), r.reshape(outer, n), threads)
+        else:
+            kernel(x.reshape(dims), r.reshape(dims), threads)
+    if direct:
+        return out
     if out is not None:
         np.copyto(out, r, casting="unsafe")
         return out
@@ -158,9 +218,16 @@ class Frontend:
 
     # -- shared plumbing ---------------------------------------------------
 
-    def _rowwise(self, kernel, x, axis, out, num_threads):
-        """Run a shape-preserving row kernel over ``axis`` of x."""
+    def _rowwise(self, kernel, x, axis, out, num_threads, strided=None):
+        """Run a shape-preserving row kernel over ``axis`` of x, or over a
+        single axis that is not the last the kernel ``strided`` (of the same
+        operation over the middle axis of (outer, C, inner), no copy)."""
         xc, compute, result = as_compute_array(x, "x")
+        if strided is not None:
+            dims = _middle(RowLayout(xc.shape, axis))
+            if dims is not None:
+                return _run_strided(strided, kernel, xc, compute, result, dims, out,
+                                    num_threads)
         return _run_rows(kernel, (xc,), compute, result, axis, out, num_threads)
 
     # -- softmax family ----------------------------------------------------
@@ -197,7 +264,8 @@ class Frontend:
         r = self._fast_rows(_OP_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
-        return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads)
+        return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads,
+                             getattr(self.kernels, "softmax_strided", None))
 
     def log_softmax(self, x, axis=-1, *, out=None, num_threads=None):
         """Log-softmax over ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
@@ -213,7 +281,8 @@ class Frontend:
         r = self._fast_rows(_OP_LOG_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
-        return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads)
+        return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads,
+                             getattr(self.kernels, "log_softmax_strided", None))
 
     def logsumexp(self, x, axis=-1, *, keepdims=False, b=None, return_sign=False,
                   num_threads=None):
@@ -261,9 +330,19 @@ class Frontend:
             return self._logsumexp_scaled(x, b, axis, keepdims, return_sign, num_threads)
         xc, compute, result = as_compute_array(x, "x")
         layout = RowLayout(xc.shape, axis)
-        x2 = layout.rows(xc)
-        r = np.empty(layout.n_rows, compute)
-        self.kernels.logsumexp_rows(x2, r, _threads_for(layout.n_rows, layout.n, num_threads))
+        dims = _middle(layout)
+        strided = getattr(self.kernels, "logsumexp_strided", None)
+        if dims is not None and dims[2] > 1 and strided is not None:
+            # a single axis that is not the last: over (outer, C, inner), no copy
+            outer, n, inner = dims
+            r = np.empty(outer * inner, compute)
+            strided(xc.reshape(dims), r.reshape(outer, inner),
+                    _threads_strided(outer, n, inner, compute.itemsize, num_threads))
+        else:
+            x2 = layout.rows(xc) if dims is None else xc.reshape(dims[0], dims[1])
+            r = np.empty(layout.n_rows, compute)
+            self.kernels.logsumexp_rows(x2, r, _threads_for(layout.n_rows, layout.n,
+                                                            num_threads))
         r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
         r = r.astype(result, copy=False)
         if r.ndim == 0:

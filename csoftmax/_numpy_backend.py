@@ -209,6 +209,55 @@ def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
     return float(np.add.reduce(row_loss))
 
 
+# ---------------------------------------------------------------------------
+# over the middle axis of (outer, C, inner) arrays: the row kernels above on
+# the class axis moved last (a copy), with the compiled kernels' signatures
+
+
+def _moved(x):
+    """x (outer, C, inner) as C-contiguous rows (outer * inner, C): a view of
+    x where it can be (inner == 1 or C == 1), a copy otherwise."""
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(x.shape[0] * x.shape[2],
+                                                                x.shape[1])
+
+
+def _moved_back(r, shape):
+    """rows (outer * inner, C) back to (outer, C, inner)."""
+    return np.moveaxis(r.reshape(shape[0], shape[2], shape[1]), -1, 1)
+
+
+def softmax_strided(x, out, n_threads):
+    if x.size:
+        r = np.empty((x.shape[0] * x.shape[2], x.shape[1]), x.dtype)
+        softmax_rows(_moved(x), r, n_threads)  # _moved(x) may be a view of x (or out)
+        out[...] = _moved_back(r, x.shape)
+
+
+def log_softmax_strided(x, out, n_threads):
+    if x.size:
+        r = np.empty((x.shape[0] * x.shape[2], x.shape[1]), x.dtype)
+        log_softmax_rows(_moved(x), r, n_threads)
+        out[...] = _moved_back(r, x.shape)
+
+
+def logsumexp_strided(x, out, n_threads):
+    if out.size:
+        logsumexp_rows(_moved(x), out.reshape(-1), n_threads)
+
+
+def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoothing,
+                                grad_scale, row_loss, grad, n_threads):
+    if row_loss.size == 0:
+        return 0.0
+    r = _moved(logits)
+    g = None if grad is None else np.empty_like(r)
+    total = cross_entropy_index_rows(r, target.reshape(-1), weight, ignore_index,
+                                     label_smoothing, grad_scale, row_loss, g, n_threads)
+    if grad is not None:
+        grad[...] = _moved_back(g, logits.shape)
+    return total
+
+
 _frontend = Frontend(sys.modules[__name__], "numpy")
 softmax = _frontend.softmax
 log_softmax = _frontend.log_softmax

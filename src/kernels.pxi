@@ -632,3 +632,6 @@ cdef int _split_columns(
 
 
 include "calls.pxi"
+
+
+include "strided.pxi"

@@ -1,0 +1,301 @@
+/*
+ * strided.hpp -- softmax, log_softmax, logsumexp and cross-entropy over the
+ * middle axis of a C-contiguous array viewed as (outer, C, inner): the class
+ * (reduced) axis has stride `inner` elements, and the `inner` positions of one
+ * outer index are contiguous.  No transposed copy is made: the kernels work on
+ * a block of STRIDED_BYTES of consecutive positions at a time, the positions
+ * as the vector lanes and the classes as the loop, so every load and store is
+ * a contiguous vector.
+ *
+ * Passes over a block (each reads the block's C x B elements; a block of
+ * C = 1000 classes is 256 KiB, so passes 2 and 3 mostly hit L2):
+ *   1. m = max over classes;
+ *   2. s = sum over classes of exp(x - m) (cross-entropy: also the smoothing
+ *      sum and the label's logit);
+ *   3. the result: softmax exp(x - m) / s (the exp recomputed rather than
+ *      stored in pass 2 and rescaled: one write pass instead of two, and
+ *      nothing depends on the block staying in cache), log_softmax
+ *      (x - m) - log(s), cross-entropy gradient e sum(y') / s - y'.
+ *
+ * Sums of exponentials (each <= 1) are accumulated in T over SUM_CLASSES
+ * classes per lane and in double across them, like rowops.hpp's SUM_BLOCK
+ * scheme; other sums are kept in double.  The blocks depend on the shape only
+ * and each lane's sums run over the classes in order, so a position's result
+ * does not depend on the thread count or on which thread ran its block.
+ * Special values follow the row kernels: NaN propagates, a max of +inf gives
+ * NaN, an all -inf slice gives NaN (softmax, log_softmax) or -inf
+ * (logsumexp).
+ */
+#ifndef CSOFTMAX_STRIDED_HPP
+#define CSOFTMAX_STRIDED_HPP
+
+#include "rowops.hpp"
+
+namespace csoftmax {
+
+/* bytes of consecutive positions per block: 64 floats or 32 doubles (four
+ * AVX-512 vectors, eight AVX2 ones) */
+enum { STRIDED_BYTES = 256, SUM_CLASSES = 16 };
+
+template <typename T> struct StridedBlock { enum { B = STRIDED_BYTES / (int)sizeof(T) }; };
+
+/* the blocks of one outer index: ceil(inner / B) */
+template <typename T> static inline idx_t strided_blocks(idx_t inner) {
+    const idx_t B = StridedBlock<T>::B;
+    return (inner + B - 1) / B;
+}
+
+/* Staging.  Where a block's rows are far apart (a stride of STAGE_STRIDE
+ * bytes or more) its passes 2 and 3 read it from a contiguous copy made in
+ * pass 1 (C x B elements of thread-private scratch): a large power-of-two
+ * stride (inner = 4096 floats: 16 KiB) maps every row of a block to the same
+ * few cache sets, and the block came from memory in every pass (logsumexp of
+ * 1000 x 4096 over axis 0: 3.3 ms in place, 1.8 ms staged, one thread; at
+ * inner = 128 staging cost 10%).  Blocks of more than STAGE_BYTES are read in
+ * place.  Whether a block is staged depends on the shape only. */
+enum { STAGE_BYTES = 1 << 20, STAGE_STRIDE = 2048 };
+
+/* Rows of a block that are not contiguous (inner > B) lie in a new page each
+ * (at inner >= 1024 floats), where the hardware prefetchers stop: the passes
+ * that read or write them in place prefetch PREFETCH_ROWS rows ahead. */
+enum { PREFETCH_ROWS = 8 };
+
+template <typename T> static inline void prefetch_row(const T *p, idx_t w, int write) {
+    for (idx_t k = 0; k < w; k += 64 / (idx_t)sizeof(T)) {
+        if (write) __builtin_prefetch(p + k, 1);
+        else __builtin_prefetch(p + k, 0);
+    }
+}
+
+template <typename T> static inline idx_t strided_stage_elems(const T *, idx_t C, idx_t inner) {
+    const idx_t B = StridedBlock<T>::B;
+    return inner * (idx_t)sizeof(T) >= (idx_t)STAGE_STRIDE && inner > B && C * (idx_t)STRIDED_BYTES <= (idx_t)STAGE_BYTES ? C * B : 0;
+}
+
+/* m[j] = max over classes of x[c * inner + j], j < w (+0 for a zero max).
+ * Unless stage is NULL, the block is also copied into stage (C x B,
+ * contiguous): the later passes read it there (see strided_unit). */
+template <typename T, int W>
+static inline void sblock_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, T *stage) {
+    const idx_t w = W > 0 ? (idx_t)W : w_;
+    const idx_t B = StridedBlock<T>::B;
+    for (idx_t j = 0; j < w; ++j) m[j] = (T)-INFINITY;
+    if (stage != NULL) {
+        for (idx_t c = 0; c < C; ++c) {
+            const T *xc = x + c * inner;
+            T *sc = stage + c * B;
+            if (c + PREFETCH_ROWS < C) prefetch_row(xc + PREFETCH_ROWS * inner, w, 0);
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) {
+                T v = xc[j];
+                sc[j] = v;
+                m[j] = v > m[j] ? v : m[j];
+            }
+        }
+    } else {
+        for (idx_t c = 0; c < C; ++c) {
+            const T *xc = x + c * inner;
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) m[j] = xc[j] > m[j] ? xc[j] : m[j];
+        }
+    }
+    for (idx_t j = 0; j < w; ++j) m[j] = m[j] + (T)0;
+}
+
+/* s[j] = sum over classes of exp(x - m[j]): in T over SUM_CLASSES classes,
+ * then in double */
+template <typename T, int W>
+static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, const T *m,
+                                  double *s) {
+    const idx_t w = W > 0 ? (idx_t)W : w_;
+    T part[StridedBlock<T>::B];
+    for (idx_t j = 0; j < w; ++j) s[j] = 0.0;
+    for (idx_t c0 = 0; c0 < C; c0 += SUM_CLASSES) {
+        idx_t c1 = C - c0 > SUM_CLASSES ? c0 + SUM_CLASSES : C;
+        for (idx_t j = 0; j < w; ++j) part[j] = 0;
+        for (idx_t c = c0; c < c1; ++c) {
+            const T *xc = x + c * inner;
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) part[j] += exp_nonpositive((T)(xc[j] - m[j]));
+        }
+        for (idx_t j = 0; j < w; ++j) s[j] += (double)part[j];
+    }
+}
+
+/* 1 if the column x[c * inner], c < C, holds a NaN (rare lanes only) */
+template <typename T> static inline int column_has_nan(const T *x, idx_t C, idx_t inner) {
+    for (idx_t c = 0; c < C; ++c)
+        if (x[c * inner] != x[c * inner]) return 1;
+    return 0;
+}
+
+enum { STRIDED_SOFTMAX = 0, STRIDED_LOG_SOFTMAX = 1, STRIDED_LOGSUMEXP = 2 };
+
+/* one block of w positions (W > 0: w == W known at compile time).
+ * x: the block's first element; out: likewise (logsumexp: its w results). */
+template <int Op, typename T, int W>
+static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_t w_, T *stage) {
+    const idx_t w = W > 0 ? (idx_t)W : w_;
+    enum { B = StridedBlock<T>::B };
+    T m[B];
+    double s[B];
+    T f[B];
+    sblock_max<T, W>(x, C, inner, w, m, stage);
+    const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
+    const idx_t ld = stage != NULL ? (idx_t)B : inner;
+    sblock_exp_sum<T, W>(xr, C, ld, w, m, s);
+    if (Op == STRIDED_LOGSUMEXP) {
+        for (idx_t j = 0; j < w; ++j) {
+            if (m[j] == (T)INFINITY || m[j] == (T)-INFINITY)
+                out[j] = column_has_nan(xr + j, C, ld) ? (T)NAN : m[j];
+            else
+                out[j] = (T)((double)m[j] + log(s[j]));
+        }
+        return;
+    }
+    for (idx_t j = 0; j < w; ++j)
+        f[j] = Op == STRIDED_SOFTMAX ? (T)(1.0 / s[j]) : (T)log(s[j]);
+    for (idx_t c = 0; c < C; ++c) {
+        const T *xc = xr + c * ld;
+        T *oc = out + c * inner;
+        if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(oc + PREFETCH_ROWS * inner, w, 1);
+        if (Op == STRIDED_SOFTMAX) {
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) oc[j] = exp_nonpositive((T)(xc[j] - m[j])) * f[j];
+        } else {
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) oc[j] = (xc[j] - m[j]) - f[j];
+        }
+    }
+}
+
+/* Unit u of op over x (outer, C, inner): outer index u / blocks, block
+ * u % blocks.  out: (outer, C, inner), or (outer, inner) for logsumexp.  Out
+ * of line (see CS_REDUCTION): one compiled copy for the serial and the
+ * threaded loop. */
+template <typename T>
+static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t inner, idx_t u,
+                                      T *stage) {
+    enum { B = StridedBlock<T>::B };
+    idx_t nb = strided_blocks<T>(inner);
+    idx_t o = u / nb, j0 = (u - o * nb) * B;
+    idx_t w = inner - j0 > B ? (idx_t)B : inner - j0;
+    const T *xb = x + o * C * inner + j0;
+    T *ob = out + (op == STRIDED_LOGSUMEXP ? o * inner : o * C * inner) + j0;
+    if (w == B) {
+        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, B>(xb, ob, C, inner, w, stage);
+        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, B>(xb, ob, C, inner, w, stage);
+        else sblock_softmax<STRIDED_LOGSUMEXP, T, B>(xb, ob, C, inner, w, stage);
+    } else {
+        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, 0>(xb, ob, C, inner, w, stage);
+        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, 0>(xb, ob, C, inner, w, stage);
+        else sblock_softmax<STRIDED_LOGSUMEXP, T, 0>(xb, ob, C, inner, w, stage);
+    }
+}
+
+/* ---- cross-entropy with class indices over the middle axis -------------
+ * The formulas of _cross_entropy_index_row (kernels.pxi) per position:
+ *   y'_k = alpha w_t [k == t] + beta w_k,
+ *   loss = sum(y') lse - sum(y'_k (x_k - m)),  grad = e sum(y') / s - y',
+ * with cross_entropy_index_loss (rowops.hpp) for the loss.  Each label is
+ * read once; ignore_index gives loss 0 and a zero gradient column whatever
+ * the logits, any other label outside [0, C) a NaN loss and column.  x_t and
+ * the sums are read before the gradient is written (grad may be x). */
+template <bool Grad, typename T, typename L, int W>
+static inline void sblock_cross_entropy_index(
+        const T *x, const L *target, idx_t C, idx_t inner, idx_t w_, idx_t ignore_index,
+        const T *wt_, double w_total, double alpha, double beta, double *loss, T *grad,
+        double scale, T *stage) {
+    const idx_t w = W > 0 ? (idx_t)W : w_;
+    enum { B = StridedBlock<T>::B };
+    T m[B], c1[B], ct[B], fill[B];
+    double s[B], sm[B], xt[B], wt[B];
+    int32_t lab[B];                    /* the label, -1 ignored, -2 out of range */
+    sblock_max<T, W>(x, C, inner, w, m, stage);
+    const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
+    const idx_t ld = stage != NULL ? (idx_t)B : inner;
+    int special = 0;
+    for (idx_t j = 0; j < w; ++j) {
+        idx_t t = (idx_t)target[j];    /* in 64 bits: ignore_index need not fit in L */
+        int valid = t != ignore_index && t >= 0 && t < C;
+        lab[j] = valid ? (int32_t)t : (t == ignore_index ? -1 : -2);
+        special += !valid;
+        idx_t tt = valid ? t : 0;
+        xt[j] = (double)xr[tt * ld + j] - (double)m[j];
+        wt[j] = wt_ != NULL ? (double)wt_[tt] : 1.0;
+    }
+    sblock_exp_sum<T, W>(xr, C, ld, w, m, s);
+    for (idx_t j = 0; j < w; ++j) sm[j] = 0.0;
+    if (beta != 0.0) {
+        for (idx_t c = 0; c < C; ++c) {
+            const T *xc = xr + c * ld;
+            double wc = wt_ != NULL ? (double)wt_[c] : 1.0;
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) sm[j] += wc * ((double)xc[j] - (double)m[j]);
+        }
+    }
+    for (idx_t j = 0; j < w; ++j) {
+        double y_sum = 0.0;
+        double l = cross_entropy_index_loss(wt[j], w_total, alpha, beta, xt[j], sm[j], s[j], &y_sum);
+        loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
+        c1[j] = (T)(y_sum / s[j] * scale);
+        ct[j] = (T)(alpha * wt[j] * scale);
+        fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
+    }
+    if (!Grad) return;
+    const T cb = (T)(beta * scale);
+    for (idx_t c = 0; c < C; ++c) {
+        const T *xc = xr + c * ld;
+        T *gc = grad + c * inner;
+        if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
+        T cw = beta != 0.0 ? cb * (wt_ != NULL ? wt_[c] : (T)1) : (T)0;
+        if (special) {
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) {
+                T g = exp_nonpositive((T)(xc[j] - m[j])) * c1[j] - cw;
+                gc[j] = lab[j] >= 0 ? g : fill[j];
+            }
+        } else {
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) gc[j] = exp_nonpositive((T)(xc[j] - m[j])) * c1[j] - cw;
+        }
+    }
+    for (idx_t j = 0; j < w; ++j)
+        if (lab[j] >= 0) grad[lab[j] * inner + j] -= ct[j];
+}
+
+/* Unit u (as strided_unit) of cross-entropy: x (outer, C, inner), target and
+ * loss (outer, inner), grad like x or NULL. */
+template <typename T, typename L>
+static CS_REDUCTION void strided_cross_entropy_index_unit(
+        const T *x, const L *target, idx_t C, idx_t inner, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale,
+        idx_t u, T *stage) {
+    enum { B = StridedBlock<T>::B };
+    idx_t nb = strided_blocks<T>(inner);
+    idx_t o = u / nb, j0 = (u - o * nb) * B;
+    idx_t n = inner - j0 > B ? (idx_t)B : inner - j0;
+    const T *xb = x + o * C * inner + j0;
+    const L *tb = target + o * inner + j0;
+    double *lb = loss + o * inner + j0;
+    T *gb = grad == NULL ? grad : grad + o * C * inner + j0;
+    if (n == B) {
+        if (grad != NULL)
+            sblock_cross_entropy_index<true, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
+                                                      w_total, alpha, beta, lb, gb, scale, stage);
+        else
+            sblock_cross_entropy_index<false, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
+                                                       w_total, alpha, beta, lb, gb, scale, stage);
+    } else {
+        if (grad != NULL)
+            sblock_cross_entropy_index<true, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
+                                                      w_total, alpha, beta, lb, gb, scale, stage);
+        else
+            sblock_cross_entropy_index<false, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
+                                                       w_total, alpha, beta, lb, gb, scale, stage);
+    }
+}
+
+}  // namespace csoftmax
+
+#endif

@@ -1,0 +1,164 @@
+# Kernels over the middle axis of a C-contiguous array viewed as
+# (outer, C, inner) (included at the end of kernels.pxi): softmax, log_softmax,
+# logsumexp and cross-entropy with class indices over a class axis that is
+# not the last, without a transposed copy.  The arithmetic of a block of
+# positions lives in strided.hpp (positions as the vector lanes, classes as
+# the loop); here the units (outer index, block of positions) are spread over
+# threads with a static prange.  A unit's arithmetic is the same on every
+# path, so results are bitwise identical at every thread count.
+
+from cython.parallel cimport threadid
+
+
+cdef extern from "strided.hpp" namespace "csoftmax" nogil:
+    enum: STRIDED_BYTES
+    void strided_unit[T](
+        int op, const T *x, T *out, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t u,
+        T *stage) noexcept
+    void strided_cross_entropy_index_unit[T, L](
+        const T *x, const L *target, Py_ssize_t C, Py_ssize_t inner,
+        Py_ssize_t ignore_index, const T *w, double w_total, double alpha, double beta,
+        double *loss, T *grad, double scale, Py_ssize_t u, T *stage) noexcept
+    Py_ssize_t strided_stage_elems[T](const T *x, Py_ssize_t C, Py_ssize_t inner) noexcept
+
+
+# bytes of consecutive positions per unit (the Python layer sizes a call's
+# team with it)
+STRIDED_BLOCK_BYTES = STRIDED_BYTES
+
+
+cdef inline Py_ssize_t _strided_blocks(Py_ssize_t inner, size_t itemsize) noexcept nogil:
+    """Blocks of positions per outer index (strided_blocks in strided.hpp)."""
+    return (inner * <Py_ssize_t>itemsize + STRIDED_BYTES - 1) // STRIDED_BYTES
+
+
+cdef floating *_stage_alloc(
+    const floating *x, Py_ssize_t C, Py_ssize_t inner, int n_threads, Py_ssize_t *elems,
+) except? NULL:
+    """Thread-private scratch for staged blocks (see strided.hpp), n_threads
+    times elems[0] elements; NULL (elems[0] = 0) where blocks are not staged."""
+    elems[0] = strided_stage_elems(x, C, inner)
+    if elems[0] == 0:
+        return NULL
+    cdef floating *p = <floating *>malloc(n_threads * elems[0] * sizeof(floating))
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+cdef void _strided_serial(
+    int op, const floating *x, floating *out, Py_ssize_t C, Py_ssize_t inner,
+    Py_ssize_t n_units, floating *stage,
+) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(n_units):
+        strided_unit(op, x, out, C, inner, u, stage)
+
+
+cdef int _strided_core(
+    int op, const floating *x, floating *out, Py_ssize_t outer, Py_ssize_t C,
+    Py_ssize_t inner, int n_threads,
+) except -1:
+    """op (OP_SOFTMAX, OP_LOG_SOFTMAX: out like x; OP_LOGSUMEXP: out
+    (outer, inner)) over x (outer, C, inner), all >= 1."""
+    cdef Py_ssize_t u, elems, n_units = outer * _strided_blocks(inner, sizeof(floating))
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems)
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            strided_unit(op, x, out, C, inner, u,
+                         stage if stage == NULL else stage + threadid() * elems)
+    elif outer * C * inner < GIL_WORK:
+        _strided_serial(op, x, out, C, inner, n_units, stage)
+    else:
+        with nogil:
+            _strided_serial(op, x, out, C, inner, n_units, stage)
+    free(stage)
+    return 0
+
+
+def softmax_strided(const floating[:, :, ::1] x, floating[:, :, ::1] out, int n_threads):
+    """out[o, :, j] = softmax(x[o, :, j]) for every (o, j); out may be x."""
+    if x.shape[0] and x.shape[1] and x.shape[2]:
+        _strided_core(OP_SOFTMAX, &x[0, 0, 0], &out[0, 0, 0], x.shape[0], x.shape[1],
+                      x.shape[2], n_threads)
+
+
+def log_softmax_strided(const floating[:, :, ::1] x, floating[:, :, ::1] out, int n_threads):
+    """out[o, :, j] = log_softmax(x[o, :, j]) for every (o, j); out may be x."""
+    if x.shape[0] and x.shape[1] and x.shape[2]:
+        _strided_core(OP_LOG_SOFTMAX, &x[0, 0, 0], &out[0, 0, 0], x.shape[0], x.shape[1],
+                      x.shape[2], n_threads)
+
+
+def logsumexp_strided(const floating[:, :, ::1] x, floating[:, ::1] out, int n_threads):
+    """out[o, j] = log(sum(exp(x[o, :, j]))) (-inf over an empty axis)."""
+    if x.shape[0] == 0 or x.shape[2] == 0:
+        return
+    if x.shape[1] == 0:
+        out[:, :] = -INFINITY
+        return
+    _strided_core(OP_LOGSUMEXP, &x[0, 0, 0], &out[0, 0], x.shape[0], x.shape[1], x.shape[2],
+                  n_threads)
+
+
+cdef void _strided_ce_serial(
+    const floating *x, const label_t *t, Py_ssize_t C, Py_ssize_t inner,
+    Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
+    double *loss, floating *grad, double scale, Py_ssize_t n_units, floating *stage,
+) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(n_units):
+        strided_cross_entropy_index_unit(x, t, C, inner, ignore_index, w, w_total, alpha,
+                                         beta, loss, grad, scale, u, stage)
+
+
+def cross_entropy_index_strided(const floating[:, :, ::1] logits,
+                                const label_t[:, ::1] target,
+                                const floating[::1] weight,
+                                Py_ssize_t ignore_index,
+                                double label_smoothing,
+                                double grad_scale,
+                                double[::1] row_loss,
+                                floating[:, :, ::1] grad,
+                                int n_threads):
+    """Cross-entropy with class indices over the middle axis of logits
+    (outer, C, inner): the loss of position (o, j) into row_loss[o * inner + j]
+    (the row order of the logits moved to (outer, inner, C)) and returns their
+    sum, added pairwise in that order; the gradient (times grad_scale) into
+    grad when grad is not None.  Semantics of cross_entropy_index_rows: labels
+    (outer, inner) must have been checked with label_summary; weight may be
+    None; grad may be logits."""
+    cdef Py_ssize_t outer = logits.shape[0], C = logits.shape[1], inner = logits.shape[2]
+    cdef Py_ssize_t u, n_rows = outer * inner
+    if n_rows == 0:
+        return 0.0
+    cdef const floating *w = NULL
+    cdef floating *g = NULL
+    if weight is not None:
+        w = &weight[0]
+    if grad is not None:
+        g = &grad[0, 0, 0]
+    cdef const floating *x = &logits[0, 0, 0]
+    cdef const label_t *t = &target[0, 0]
+    cdef double *loss = &row_loss[0]
+    cdef double w_total = <double>C if w == NULL else row_sum(w, C)
+    cdef double alpha = 1.0 - label_smoothing
+    cdef double beta = label_smoothing / C
+    cdef Py_ssize_t elems, n_units = outer * _strided_blocks(inner, sizeof(floating))
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems)
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            strided_cross_entropy_index_unit(
+                x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g, grad_scale, u,
+                stage if stage == NULL else stage + threadid() * elems)
+    elif n_rows * C < GIL_WORK:
+        _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g,
+                           grad_scale, n_units, stage)
+    else:
+        with nogil:
+            _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss,
+                               g, grad_scale, n_units, stage)
+    free(stage)
+    return pairwise_sum(loss, n_rows)
