@@ -484,7 +484,15 @@ class Frontend:
             scale = 1.0
         total_loss = 0.0  # the kernels' sum of the row losses, in an order fixed by the shape
         if n_rows:
-            if args.labels is not None:
+            if args.middle is not None:
+                outer, _, inner = args.middle
+                total_loss = self.kernels.cross_entropy_index_strided(
+                    args.logits, args.labels.reshape(outer, inner), args.weight,
+                    args.ignore_index, args.label_smoothing, scale, row_loss, grad,
+                    _threads_strided(outer, n_classes, inner, args.compute.itemsize,
+                                     num_threads),
+                )
+            elif args.labels is not None:
                 total_loss = self._kernel(
                     "cross_entropy_index_rows", args.compute, args.labels.dtype)(
                     args.logits, args.labels, args.weight, args.ignore_index,

@@ -224,8 +224,10 @@ class CrossEntropyArgs:
     for class-index targets) or ``probs`` (2-D, compute dtype), ``labels_in``
     (the caller's labels, flattened, for messages), ``weight`` (1-D compute
     dtype, or None), ``ignore_index``, ``reduction``, ``label_smoothing``.
-    A class axis that is not the last is moved last (a copy) and
-    :meth:`restore` moves it back in a gradient.
+    ``middle`` is ``(outer, classes, inner)`` when the class axis is not the
+    last and the targets are class indices: ``logits`` then has that shape
+    (no copy).  With probability targets such an axis is moved last (a copy,
+    ``moved``) and :meth:`restore` moves it back in a gradient.
     """
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
@@ -272,11 +274,23 @@ class CrossEntropyArgs:
         n_rows = math.prod(self.positions)
         if n_classes == 0 and n_rows > 0:
             raise ValueError(f"logits of shape {x.shape} has no classes (C = 0)")
-        self.moved = self.axis != x.ndim - 1
-        self.logits = self._rows(x, n_rows, n_classes)
         self.n_rows, self.n_classes = n_rows, n_classes
 
         y = as_ndarray(target, "target")
+        # The logits' layout for the kernels: (positions, classes) rows when the
+        # class axis is last; class-index targets over another axis read the
+        # classes with their stride: (outer, classes, inner) without a copy
+        # (``middle``); probability targets there are moved last (a copy).
+        last = math.prod(x.shape[self.axis + 1:]) == 1  # the classes are contiguous
+        self.middle = None
+        if not last and y.dtype.kind in "iu":
+            self.middle = (math.prod(x.shape[:self.axis]), n_classes,
+                           math.prod(x.shape[self.axis + 1:]))
+        self.moved = not last and self.middle is None
+        if self.middle is not None:
+            self.logits = contiguous(x, self.compute).reshape(self.middle)
+        else:
+            self.logits = self._rows(x, n_rows, n_classes)
         self.labels = self.probs = None
         if y.dtype.kind in "iu":
             if y.shape != self.positions:
@@ -322,10 +336,10 @@ class CrossEntropyArgs:
         return contiguous(a, self.compute).reshape(n_rows, n_classes)
 
     def restore(self, rows):
-        """(positions, classes) rows of a gradient in the logits' shape (C-contiguous)."""
-        moved = rows.reshape(self.positions + (self.n_classes,))
+        """A gradient in the layout of ``logits`` in the logits' shape (C-contiguous)."""
         if not self.moved:
-            return moved
+            return rows.reshape(self.shape)
+        moved = rows.reshape(self.positions + (self.n_classes,))
         return np.ascontiguousarray(np.moveaxis(moved, -1, self.axis))
 
     def check_out(self, out):

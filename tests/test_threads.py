@@ -206,6 +206,7 @@ def test_team_size_counts_column_chunks():
 
     for module in {fe.kernels for name, fe in FRONTENDS.items() if name != "numpy"}:
         assert module.COLUMN_CHUNK == _api.COLUMN_CHUNK
+        assert module.STRIDED_BLOCK_BYTES == _api.STRIDED_BLOCK_BYTES
     chunk = _api.COLUMN_CHUNK
     assert _api._threads_for(1, 4 * chunk, 8) == 4  # one row: as many threads as chunks
     assert _api._threads_for(1, chunk, 8) == 1  # one chunk: one thread
