@@ -17,12 +17,14 @@ import numpy as np
 from . import _threads
 from ._validation import (
     CrossEntropyArgs,
+    MaskRows,
     RowLayout,
     aliases_exactly,
     as_compute_array,
     check_num_threads,
     check_out,
     check_same_shape,
+    check_where,
 )
 
 # Below this many elements a call runs on one thread: waking a thread team
@@ -163,9 +165,27 @@ class Frontend:
         xc, compute, result = as_compute_array(x, "x")
         return _run_rows(kernel, (xc,), compute, result, axis, out, num_threads)
 
+    def _masked(self, kernel, inputs, where, compute, result, axis, out, num_threads,
+                name="x"):
+        """Run a masked row kernel ``kernel(*rows, mask, rows_of_result, n_threads)``
+        over ``axis``; the mask is read in place (see MaskRows)."""
+        mask = MaskRows(where, inputs[0].shape, RowLayout(inputs[0].shape, axis), name)
+        if isinstance(out, np.ndarray) and np.may_share_memory(out, mask.view):
+            raise ValueError("out must not overlap where")
+
+        def run(*args):
+            kernel(*args[:-2], mask, *args[-2:])
+
+        return _run_rows(run, inputs, compute, result, axis, out, num_threads,
+                         split_rows=False)
+
+    def _masked_rowwise(self, kernel, x, where, axis, out, num_threads):
+        xc, compute, result = as_compute_array(x, "x")
+        return self._masked(kernel, (xc,), where, compute, result, axis, out, num_threads)
+
     # -- softmax family ----------------------------------------------------
 
-    def softmax(self, x, axis=-1, *, out=None, num_threads=None):
+    def softmax(self, x, axis=-1, *, out=None, where=None, num_threads=None):
         """Softmax over ``axis``: ``exp(x - max) / sum(exp(x - max))``.
 
         Parameters
@@ -194,12 +214,15 @@ class Frontend:
         >>> csoftmax.softmax(np.array([[1.0, 2.0, 3.0]])).round(4)
         array([[0.09  , 0.2447, 0.6652]])
         """
+        if where is not None:
+            return self._masked_rowwise(self.kernels.masked_softmax_rows, x, where, axis, out,
+                                        num_threads)
         r = self._fast_rows(_OP_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
         return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads)
 
-    def log_softmax(self, x, axis=-1, *, out=None, num_threads=None):
+    def log_softmax(self, x, axis=-1, *, out=None, where=None, num_threads=None):
         """Log-softmax over ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
 
         Parameters and results as for :func:`softmax`.
@@ -210,13 +233,16 @@ class Frontend:
         >>> csoftmax.log_softmax(np.array([0.0, 0.0])).round(4)
         array([-0.6931, -0.6931])
         """
+        if where is not None:
+            return self._masked_rowwise(self.kernels.masked_log_softmax_rows, x, where, axis,
+                                        out, num_threads)
         r = self._fast_rows(_OP_LOG_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
         return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads)
 
     def logsumexp(self, x, axis=-1, *, keepdims=False, b=None, return_sign=False,
-                  num_threads=None):
+                  where=None, num_threads=None):
         """``log(sum(exp(x)))`` over ``axis``, computed without overflow.
 
         Parameters
@@ -253,6 +279,9 @@ class Frontend:
         >>> csoftmax.logsumexp(np.array([0.0, 0.0]), b=np.array([1.0, -2.0]), return_sign=True)
         (np.float64(0.0), np.float64(-1.0))
         """
+        if where is not None:
+            return self._logsumexp_masked(x, where, axis, keepdims, b, return_sign,
+                                          num_threads)
         if not (keepdims or return_sign) and b is None:
             r = self._fast_logsumexp(x, axis, num_threads)
             if r is not None:
@@ -264,6 +293,30 @@ class Frontend:
         x2 = layout.rows(xc)
         r = np.empty(layout.n_rows, compute)
         self.kernels.logsumexp_rows(x2, r, _threads_for(layout.n_rows, layout.n, num_threads))
+        r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
+        r = r.astype(result, copy=False)
+        if r.ndim == 0:
+            r = r[()]
+        if return_sign:
+            with np.errstate(invalid="ignore"):
+                sign = np.where(np.isnan(r), np.nan, np.where(r == -np.inf, 0.0, 1.0))
+            return r, sign.astype(result)[()]
+        return r
+
+    def _logsumexp_masked(self, x, where, axis, keepdims, b, return_sign, num_threads):
+        """logsumexp over the entries ``where`` keeps (-inf where none is)."""
+        xc, compute, result = as_compute_array(x, "x")
+        if b is not None:
+            # b = 0 drops a term whatever x holds: the mask as factors (b and
+            # x are made full-size there anyway)
+            w = check_where(where, xc.shape)
+            return self._logsumexp_scaled(x, np.where(w, as_compute_array(b, "b")[0], 0), axis,
+                                          keepdims, return_sign, num_threads)
+        layout = RowLayout(xc.shape, axis)
+        mask = MaskRows(where, xc.shape, layout)
+        r = np.empty(layout.n_rows, compute)
+        self.kernels.masked_logsumexp_rows(
+            layout.rows(xc), mask, r, _threads_for(layout.n_rows, layout.n, num_threads, False))
         r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
         r = r.astype(result, copy=False)
         if r.ndim == 0:
@@ -304,7 +357,7 @@ class Frontend:
             return r[()], sign.astype(result)[()]
         return np.where(sign < 0, np.nan, r).astype(result)[()]
 
-    def _backward(self, kernel, grad_output, output, axis, out, num_threads):
+    def _backward(self, kernel, grad_output, output, axis, out, num_threads, where=None):
         g, g_compute, g_result = as_compute_array(grad_output, "grad_output")
         a, compute, result = as_compute_array(output, "output")
         check_same_shape(g, a, "grad_output", "output")
@@ -314,11 +367,15 @@ class Frontend:
             result = np.promote_types(g_result, result)
             g = g.astype(compute, copy=False)
             a = a.astype(compute, copy=False)
+        if where is not None:
+            return self._masked(kernel, (g, a), where, compute, result, axis, out, num_threads,
+                                "output")
         # the backward kernels keep each row on one thread
         return _run_rows(kernel, (g, a), compute, result, axis, out, num_threads,
                          split_rows=False)
 
-    def softmax_backward(self, grad_output, output, axis=-1, *, out=None, num_threads=None):
+    def softmax_backward(self, grad_output, output, axis=-1, *, out=None, where=None,
+                         num_threads=None):
         """Gradient through softmax: ``a * (g - sum(g * a))`` over ``axis``.
 
         Parameters
@@ -342,6 +399,9 @@ class Frontend:
         >>> csoftmax.softmax_backward(np.array([1.0, 0.0]), a).round(4)
         array([ 0.1966, -0.1966])
         """
+        if where is not None:
+            return self._backward(self.kernels.masked_softmax_backward_rows, grad_output, output,
+                                  axis, out, num_threads, where)
         r = self._fast_backward(_OP_SOFTMAX, grad_output, output, axis, out, num_threads)
         if r is not None:
             return r
@@ -349,7 +409,8 @@ class Frontend:
             self.kernels.softmax_backward_rows, grad_output, output, axis, out, num_threads
         )
 
-    def log_softmax_backward(self, grad_output, output, axis=-1, *, out=None, num_threads=None):
+    def log_softmax_backward(self, grad_output, output, axis=-1, *, out=None, where=None,
+                             num_threads=None):
         """Gradient through log-softmax: ``g - exp(o) * sum(g)`` over ``axis``.
 
         Parameters
@@ -373,6 +434,9 @@ class Frontend:
         >>> csoftmax.log_softmax_backward(np.array([-1.0, 0.0]), o)
         array([-0.5,  0.5])
         """
+        if where is not None:
+            return self._backward(self.kernels.masked_log_softmax_backward_rows, grad_output,
+                                  output, axis, out, num_threads, where)
         r = self._fast_backward(_OP_LOG_SOFTMAX, grad_output, output, axis, out, num_threads)
         if r is not None:
             return r

@@ -645,3 +645,6 @@ cdef int _split_columns(
 
 
 include "calls.pxi"
+
+
+include "masked.pxi"
