@@ -83,7 +83,8 @@ template <typename T> static inline T masked_row_max(const T *x, const uint8_t *
     if (n < L) {
 #pragma omp simd reduction(max : m)
         for (idx_t j = 0; j < n; ++j) {
-            T v = k[j] ? x[j] : ninf;
+            T xv = x[j];
+            T v = k[j] ? xv : ninf;
             m = v > m ? v : m;
         }
         return m + (T)0;
@@ -91,16 +92,21 @@ template <typename T> static inline T masked_row_max(const T *x, const uint8_t *
     T acc[L];
     for (int l = 0; l < L; ++l) acc[l] = ninf;
     idx_t nb = n - n % L;
-    for (idx_t b = 0; b < nb; b += L)
+    for (idx_t b = 0; b < nb; b += L) {
+        typename ExpFormat<T>::Int km[L];  /* widened first: see masked_chunk_exp_lanes */
+        for (int l = 0; l < L; ++l) km[l] = k[b + l];
         for (int l = 0; l < L; ++l) {
-            T v = k[b + l] ? x[b + l] : ninf;
+            T xv = x[b + l];
+            T v = km[l] != 0 ? xv : ninf;
             acc[l] = v > acc[l] ? v : acc[l];
         }
+    }
     if (nb < n) {
         const T *y = x + n - L;
         const uint8_t *ky = k + n - L;
         for (int l = 0; l < L; ++l) {
-            T v = ky[l] ? y[l] : ninf;
+            T yv = y[l];
+            T v = ky[l] ? yv : ninf;
             acc[l] = v > acc[l] ? v : acc[l];
         }
     }
@@ -122,10 +128,17 @@ static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, 
         idx_t k1 = block_end(k0, nv);
         T bs[SUM_LANES];
         lanes_zero(bs);
+        /* the block's mask bytes widened to T's width first (in L1): the exp
+         * loop is then of one width and vectorises at T's full width (mixed
+         * with bytes GCC took 8 lanes, or widened through the stack) */
+        typename ExpFormat<T>::Int km[SUM_BLOCK];
+#pragma omp simd
+        for (idx_t j = k0; j < k1; ++j) km[j - k0] = k[j];
         for (idx_t j = k0; j < k1; j += SUM_LANES) {
 #pragma omp simd
             for (int l = 0; l < SUM_LANES; ++l) {
-                T v = exp_nonpositive(k[j + l] ? (T)(x[j + l] - shift) : ninf);
+                T d = x[j + l] - shift;  /* loaded whatever the mask: a select, no masked load */
+                T v = exp_nonpositive(km[j - k0 + l] != 0 ? d : ninf);
                 if (Store) e[j + l] = v;
                 bs[l] += v;
             }
@@ -135,7 +148,10 @@ static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, 
     if (nv < n) {
         T buf[EXP_TAIL];
         for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = ninf;
-        for (idx_t l = 0; l < n - nv; ++l) buf[l] = k[nv + l] ? (T)(x[nv + l] - shift) : ninf;
+        for (idx_t l = 0; l < n - nv; ++l) {
+            T d = x[nv + l] - shift;
+            buf[l] = k[nv + l] ? d : ninf;
+        }
 #pragma omp simd
         for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = exp_nonpositive(buf[l]);
         if (Store)
@@ -153,7 +169,10 @@ static inline double masked_short_exp_sum(const T *x, const uint8_t *k, T *e, id
     const T ninf = (T)-INFINITY;
     T buf[MASKED_SHORT_ROW];
     for (idx_t l = 0; l < MASKED_SHORT_ROW; ++l) buf[l] = ninf;
-    for (idx_t l = 0; l < n; ++l) buf[l] = kept<All>(k, l) ? (T)(x[l] - shift) : ninf;
+    for (idx_t l = 0; l < n; ++l) {
+        T d = x[l] - shift;
+        buf[l] = kept<All>(k, l) ? d : ninf;
+    }
 #pragma omp simd
     for (idx_t l = 0; l < MASKED_SHORT_ROW; ++l) buf[l] = exp_nonpositive(buf[l]);
     double s = 0.0;
@@ -204,7 +223,10 @@ template <bool All, typename T> static inline void masked_log_softmax_row(const 
     }
     const T ninf = (T)-INFINITY;
 #pragma omp simd
-    for (idx_t j = 0; j < n; ++j) out[j] = k[j] ? (x[j] - m) - lse : ninf;
+    for (idx_t j = 0; j < n; ++j) {
+        T v = (x[j] - m) - lse;
+        out[j] = k[j] ? v : ninf;
+    }
 }
 
 template <bool All, typename T> static inline T masked_logsumexp_row(const T *x, const uint8_t *k, idx_t n) {
@@ -226,10 +248,16 @@ template <bool All, typename T> static inline void masked_softmax_backward_row(c
     }
     double dot = 0.0;
 #pragma omp simd reduction(+ : dot)
-    for (idx_t j = 0; j < n; ++j) dot += k[j] ? (double)g[j] * (double)a[j] : 0.0;
+    for (idx_t j = 0; j < n; ++j) {
+        double p = (double)g[j] * (double)a[j];
+        dot += k[j] ? p : 0.0;
+    }
     T d = (T)dot;
 #pragma omp simd
-    for (idx_t j = 0; j < n; ++j) out[j] = k[j] ? a[j] * (g[j] - d) : (T)0;
+    for (idx_t j = 0; j < n; ++j) {
+        T v = a[j] * (g[j] - d);
+        out[j] = k[j] ? v : (T)0;
+    }
 }
 
 template <bool All, typename T> static inline void masked_log_softmax_backward_row(const T *g, const T *o, const uint8_t *k, T *out, idx_t n) {
@@ -239,15 +267,24 @@ template <bool All, typename T> static inline void masked_log_softmax_backward_r
     }
     double gs = 0.0;
 #pragma omp simd reduction(+ : gs)
-    for (idx_t j = 0; j < n; ++j) gs += k[j] ? (double)g[j] : 0.0;
+    for (idx_t j = 0; j < n; ++j) {
+        double v = (double)g[j];
+        gs += k[j] ? v : 0.0;
+    }
     T gsum = (T)gs;
     idx_t nv = vector_part(n);
 #pragma omp simd
-    for (idx_t j = 0; j < nv; ++j) out[j] = k[j] ? g[j] - exp_poly(o[j]) * gsum : (T)0;
+    for (idx_t j = 0; j < nv; ++j) {
+        T v = g[j] - exp_poly(o[j]) * gsum;
+        out[j] = k[j] ? v : (T)0;
+    }
     if (nv < n) {
         T buf[EXP_TAIL];
         exp_tail<false>(o + nv, n - nv, (T)0, buf);
-        for (idx_t l = 0; l < n - nv; ++l) out[nv + l] = k[nv + l] ? g[nv + l] - buf[l] * gsum : (T)0;
+        for (idx_t l = 0; l < n - nv; ++l) {
+            T v = g[nv + l] - buf[l] * gsum;
+            out[nv + l] = k[nv + l] ? v : (T)0;
+        }
     }
 }
 
