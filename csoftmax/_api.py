@@ -198,6 +198,16 @@ class Frontend:
         out : ndarray, optional
             C-contiguous writeable array of x's shape and result dtype; may be
             ``x`` itself (computed in place).
+        where : array_like of bool, optional
+            Broadcastable to x (as in NumPy's ufuncs and ``jax.nn.softmax``):
+            entries where it is False are left out and get 0.  A slice with no
+            True entry is all 0 -- the convention of PyTorch's
+            ``torch._safe_softmax`` for fully padded attention rows, where
+            ``torch.masked.softmax`` gives NaN; ``softmax(x, where=x != -inf)``
+            is ``torch._safe_softmax(x)``.  Kept entries follow the rules below
+            (NaN or +inf kept, or only -inf kept: the kept entries are NaN).
+            The mask is read in place, broadcast axes included (never expanded
+            to x's shape); an all-True mask gives the unmasked result's bits.
         num_threads : int, optional
             OpenMP threads; default :func:`csoftmax.get_num_threads` (small
             inputs always run on one thread).
@@ -213,6 +223,15 @@ class Frontend:
         >>> import numpy as np, csoftmax
         >>> csoftmax.softmax(np.array([[1.0, 2.0, 3.0]])).round(4)
         array([[0.09  , 0.2447, 0.6652]])
+
+        A key padding mask of attention scores ``(batch, heads, query, key)``,
+        one mask row per batch entry; the second entry is all padding:
+
+        >>> scores = np.zeros((2, 1, 2, 3))
+        >>> keys = np.array([[True, True, False], [False, False, False]])
+        >>> csoftmax.softmax(scores, where=keys[:, None, None, :])[:, 0, 0]
+        array([[0.5, 0.5, 0. ],
+               [0. , 0. , 0. ]])
         """
         if where is not None:
             return self._masked_rowwise(self.kernels.masked_softmax_rows, x, where, axis, out,
@@ -225,13 +244,17 @@ class Frontend:
     def log_softmax(self, x, axis=-1, *, out=None, where=None, num_threads=None):
         """Log-softmax over ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
 
-        Parameters and results as for :func:`softmax`.
+        Parameters and results as for :func:`softmax`; with ``where``, masked
+        entries and slices with no True entry give -inf (``torch.masked.log_softmax``
+        gives NaN for the latter).
 
         Examples
         --------
         >>> import numpy as np, csoftmax
         >>> csoftmax.log_softmax(np.array([0.0, 0.0])).round(4)
         array([-0.6931, -0.6931])
+        >>> csoftmax.log_softmax(np.array([0.0, 0.0, 5.0]), where=np.array([True, True, False]))
+        array([-0.69314718, -0.69314718,        -inf])
         """
         if where is not None:
             return self._masked_rowwise(self.kernels.masked_log_softmax_rows, x, where, axis,
@@ -260,6 +283,10 @@ class Frontend:
         return_sign : bool, default False
             Also return the sign of the sum (+1, 0 or -1); otherwise a negative
             sum gives NaN (as in SciPy).
+        where : array_like of bool, optional
+            Broadcastable to x: only the entries where it is True are summed
+            (what they hold elsewhere, NaN included, does not matter); a slice
+            with no True entry gives -inf.
         num_threads : int, optional
             As for :func:`softmax`.
 
@@ -278,6 +305,9 @@ class Frontend:
         0.693147
         >>> csoftmax.logsumexp(np.array([0.0, 0.0]), b=np.array([1.0, -2.0]), return_sign=True)
         (np.float64(0.0), np.float64(-1.0))
+        >>> csoftmax.logsumexp(np.array([[0.0, 0.0, np.nan], [1.0, 2.0, 3.0]]),
+        ...                    where=np.array([[True, True, False], [False, False, False]]))
+        array([0.69314718,       -inf])
         """
         if where is not None:
             return self._logsumexp_masked(x, where, axis, keepdims, b, return_sign,
@@ -386,6 +416,9 @@ class Frontend:
             ``a = softmax(x, axis)``.
         axis, out, num_threads
             As for :func:`softmax`; ``out`` may be ``grad_output`` or ``output``.
+        where : array_like of bool, optional
+            The mask of the forward call: the sum runs over the kept entries
+            and the gradient is 0 at masked ones.
 
         Returns
         -------
@@ -395,6 +428,10 @@ class Frontend:
         Examples
         --------
         >>> import numpy as np, csoftmax
+        >>> keep = np.array([True, True, False])
+        >>> a = csoftmax.softmax(np.zeros(3), where=keep)
+        >>> csoftmax.softmax_backward(np.array([1.0, 0.0, 7.0]), a, where=keep)
+        array([ 0.25, -0.25,  0.  ])
         >>> a = csoftmax.softmax(np.array([1.0, 2.0]))
         >>> csoftmax.softmax_backward(np.array([1.0, 0.0]), a).round(4)
         array([ 0.1966, -0.1966])
@@ -421,6 +458,8 @@ class Frontend:
             ``o = log_softmax(x, axis)``.
         axis, out, num_threads
             As for :func:`softmax`; ``out`` may be ``grad_output`` or ``output``.
+        where : array_like of bool, optional
+            As for :func:`softmax_backward`.
 
         Returns
         -------
