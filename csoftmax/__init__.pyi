@@ -43,40 +43,46 @@ _MeanOrSum = Literal["mean", "sum"]
 
 @overload
 def softmax(
-    x: ArrayLike, axis: _Axis = -1, *, out: _ArrayT, num_threads: SupportsIndex | None = None
+    x: ArrayLike, axis: _Axis = -1, *, out: _ArrayT, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None
 ) -> _ArrayT: ...
 @overload
 def softmax(
     x: NDArray[_FloatT], axis: _Axis = -1, *, out: None = None,
+    where: ArrayLike | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[_FloatT]: ...
 @overload
 def softmax(
     x: _IntOrBoolArray, axis: _Axis = -1, *, out: None = None,
+    where: ArrayLike | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[np.float64]: ...
 @overload
 def softmax(
-    x: ArrayLike, axis: _Axis = -1, *, out: None = None,
+    x: ArrayLike, axis: _Axis = -1, *, out: None = None, where: ArrayLike | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[np.floating[Any]]: ...
 @overload
 def log_softmax(
-    x: ArrayLike, axis: _Axis = -1, *, out: _ArrayT, num_threads: SupportsIndex | None = None
+    x: ArrayLike, axis: _Axis = -1, *, out: _ArrayT, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None
 ) -> _ArrayT: ...
 @overload
 def log_softmax(
     x: NDArray[_FloatT], axis: _Axis = -1, *, out: None = None,
+    where: ArrayLike | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[_FloatT]: ...
 @overload
 def log_softmax(
     x: _IntOrBoolArray, axis: _Axis = -1, *, out: None = None,
+    where: ArrayLike | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[np.float64]: ...
 @overload
 def log_softmax(
-    x: ArrayLike, axis: _Axis = -1, *, out: None = None,
+    x: ArrayLike, axis: _Axis = -1, *, out: None = None, where: ArrayLike | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[np.floating[Any]]: ...
 
@@ -86,37 +92,44 @@ def log_softmax(
 @overload
 def logsumexp(
     x: NDArray[_FloatT], axis: None, *, keepdims: Literal[False] = False, b: None = None,
-    return_sign: Literal[False] = False, num_threads: SupportsIndex | None = None,
+    return_sign: Literal[False] = False, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> _FloatT: ...
 @overload
 def logsumexp(
     x: NDArray[_FloatT], axis: _Axis = -1, *, keepdims: bool = False, b: None = None,
-    return_sign: Literal[False] = False, num_threads: SupportsIndex | None = None,
+    return_sign: Literal[False] = False, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> NDArray[_FloatT] | _FloatT: ...
 @overload
 def logsumexp(
     x: NDArray[_FloatT], axis: _Axis = -1, *, keepdims: bool = False, b: None = None,
-    return_sign: Literal[True], num_threads: SupportsIndex | None = None,
+    return_sign: Literal[True], where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> tuple[NDArray[_FloatT] | _FloatT, NDArray[_FloatT] | _FloatT]: ...
 @overload
 def logsumexp(
     x: ArrayLike, axis: None, *, keepdims: Literal[False] = False, b: ArrayLike | None = None,
-    return_sign: Literal[False] = False, num_threads: SupportsIndex | None = None,
+    return_sign: Literal[False] = False, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> np.floating[Any]: ...
 @overload
 def logsumexp(
     x: ArrayLike, axis: _Axis = -1, *, keepdims: bool = False, b: ArrayLike | None = None,
-    return_sign: Literal[False] = False, num_threads: SupportsIndex | None = None,
+    return_sign: Literal[False] = False, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> _Reduced: ...
 @overload
 def logsumexp(
     x: ArrayLike, axis: _Axis = -1, *, keepdims: bool = False, b: ArrayLike | None = None,
-    return_sign: Literal[True], num_threads: SupportsIndex | None = None,
+    return_sign: Literal[True], where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> tuple[_Reduced, _Reduced]: ...
 @overload
 def logsumexp(
     x: ArrayLike, axis: _Axis = -1, *, keepdims: bool = False, b: ArrayLike | None = None,
-    return_sign: bool, num_threads: SupportsIndex | None = None,
+    return_sign: bool, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> _Reduced | tuple[_Reduced, _Reduced]: ...
 
 # -- backward passes: computed in the wider dtype of the two inputs --------------------------
@@ -124,31 +137,35 @@ def logsumexp(
 @overload
 def softmax_backward(
     grad_output: ArrayLike, output: ArrayLike, axis: _Axis = -1, *, out: _ArrayT,
-    num_threads: SupportsIndex | None = None,
+    where: ArrayLike | None = None, num_threads: SupportsIndex | None = None,
 ) -> _ArrayT: ...
 @overload
 def softmax_backward(
     grad_output: NDArray[_FloatT], output: NDArray[_FloatT], axis: _Axis = -1, *,
-    out: None = None, num_threads: SupportsIndex | None = None,
+    out: None = None, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> NDArray[_FloatT]: ...
 @overload
 def softmax_backward(
     grad_output: ArrayLike, output: ArrayLike, axis: _Axis = -1, *, out: None = None,
+    where: ArrayLike | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[np.floating[Any]]: ...
 @overload
 def log_softmax_backward(
     grad_output: ArrayLike, output: ArrayLike, axis: _Axis = -1, *, out: _ArrayT,
-    num_threads: SupportsIndex | None = None,
+    where: ArrayLike | None = None, num_threads: SupportsIndex | None = None,
 ) -> _ArrayT: ...
 @overload
 def log_softmax_backward(
     grad_output: NDArray[_FloatT], output: NDArray[_FloatT], axis: _Axis = -1, *,
-    out: None = None, num_threads: SupportsIndex | None = None,
+    out: None = None, where: ArrayLike | None = None,
+    num_threads: SupportsIndex | None = None,
 ) -> NDArray[_FloatT]: ...
 @overload
 def log_softmax_backward(
     grad_output: ArrayLike, output: ArrayLike, axis: _Axis = -1, *, out: None = None,
+    where: ArrayLike | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[np.floating[Any]]: ...
 

@@ -18,12 +18,14 @@ import numpy as np
 from . import _threads
 from ._validation import (
     CrossEntropyArgs,
+    MaskRows,
     RowLayout,
     aliases_exactly,
     as_compute_array,
     check_num_threads,
     check_out,
     check_same_shape,
+    check_where,
 )
 
 # Below this many elements a call runs on one thread: waking a thread team
@@ -230,9 +232,27 @@ class Frontend:
                                     num_threads)
         return _run_rows(kernel, (xc,), compute, result, axis, out, num_threads)
 
+    def _masked(self, kernel, inputs, where, compute, result, axis, out, num_threads,
+                name="x"):
+        """Run a masked row kernel ``kernel(*rows, mask, rows_of_result, n_threads)``
+        over ``axis``; the mask is read in place (see MaskRows)."""
+        mask = MaskRows(where, inputs[0].shape, RowLayout(inputs[0].shape, axis), name)
+        if isinstance(out, np.ndarray) and np.may_share_memory(out, mask.view):
+            raise ValueError("out must not overlap where")
+
+        def run(*args):
+            kernel(*args[:-2], mask, *args[-2:])
+
+        return _run_rows(run, inputs, compute, result, axis, out, num_threads,
+                         split_rows=False)
+
+    def _masked_rowwise(self, kernel, x, where, axis, out, num_threads):
+        xc, compute, result = as_compute_array(x, "x")
+        return self._masked(kernel, (xc,), where, compute, result, axis, out, num_threads)
+
     # -- softmax family ----------------------------------------------------
 
-    def softmax(self, x, axis=-1, *, out=None, num_threads=None):
+    def softmax(self, x, axis=-1, *, out=None, where=None, num_threads=None):
         """Softmax over ``axis``: ``exp(x - max) / sum(exp(x - max))``.
 
         Parameters
@@ -245,6 +265,16 @@ class Frontend:
         out : ndarray, optional
             C-contiguous writeable array of x's shape and result dtype; may be
             ``x`` itself (computed in place).
+        where : array_like of bool, optional
+            Broadcastable to x (as in NumPy's ufuncs and ``jax.nn.softmax``):
+            entries where it is False are left out and get 0.  A slice with no
+            True entry is all 0 -- the convention of PyTorch's
+            ``torch._safe_softmax`` for fully padded attention rows, where
+            ``torch.masked.softmax`` gives NaN; ``softmax(x, where=x != -inf)``
+            is ``torch._safe_softmax(x)``.  Kept entries follow the rules below
+            (NaN or +inf kept, or only -inf kept: the kept entries are NaN).
+            The mask is read in place, broadcast axes included (never expanded
+            to x's shape); an all-True mask gives the unmasked result's bits.
         num_threads : int, optional
             OpenMP threads; default :func:`csoftmax.get_num_threads` (small
             inputs always run on one thread).
@@ -260,24 +290,43 @@ class Frontend:
         >>> import numpy as np, csoftmax
         >>> csoftmax.softmax(np.array([[1.0, 2.0, 3.0]])).round(4)
         array([[0.09  , 0.2447, 0.6652]])
+
+        A key padding mask of attention scores ``(batch, heads, query, key)``,
+        one mask row per batch entry; the second entry is all padding:
+
+        >>> scores = np.zeros((2, 1, 2, 3))
+        >>> keys = np.array([[True, True, False], [False, False, False]])
+        >>> csoftmax.softmax(scores, where=keys[:, None, None, :])[:, 0, 0]
+        array([[0.5, 0.5, 0. ],
+               [0. , 0. , 0. ]])
         """
+        if where is not None:
+            return self._masked_rowwise(self.kernels.masked_softmax_rows, x, where, axis, out,
+                                        num_threads)
         r = self._fast_rows(_OP_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
         return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads,
                              getattr(self.kernels, "softmax_strided", None))
 
-    def log_softmax(self, x, axis=-1, *, out=None, num_threads=None):
+    def log_softmax(self, x, axis=-1, *, out=None, where=None, num_threads=None):
         """Log-softmax over ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
 
-        Parameters and results as for :func:`softmax`.
+        Parameters and results as for :func:`softmax`; with ``where``, masked
+        entries and slices with no True entry give -inf (``torch.masked.log_softmax``
+        gives NaN for the latter).
 
         Examples
         --------
         >>> import numpy as np, csoftmax
         >>> csoftmax.log_softmax(np.array([0.0, 0.0])).round(4)
         array([-0.6931, -0.6931])
+        >>> csoftmax.log_softmax(np.array([0.0, 0.0, 5.0]), where=np.array([True, True, False]))
+        array([-0.69314718, -0.69314718,        -inf])
         """
+        if where is not None:
+            return self._masked_rowwise(self.kernels.masked_log_softmax_rows, x, where, axis,
+                                        out, num_threads)
         r = self._fast_rows(_OP_LOG_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
@@ -285,7 +334,7 @@ class Frontend:
                              getattr(self.kernels, "log_softmax_strided", None))
 
     def logsumexp(self, x, axis=-1, *, keepdims=False, b=None, return_sign=False,
-                  num_threads=None):
+                  where=None, num_threads=None):
         """``log(sum(exp(x)))`` over ``axis``, computed without overflow.
 
         Parameters
@@ -303,6 +352,10 @@ class Frontend:
         return_sign : bool, default False
             Also return the sign of the sum (+1, 0 or -1); otherwise a negative
             sum gives NaN (as in SciPy).
+        where : array_like of bool, optional
+            Broadcastable to x: only the entries where it is True are summed
+            (what they hold elsewhere, NaN included, does not matter); a slice
+            with no True entry gives -inf.
         num_threads : int, optional
             As for :func:`softmax`.
 
@@ -321,7 +374,13 @@ class Frontend:
         0.693147
         >>> csoftmax.logsumexp(np.array([0.0, 0.0]), b=np.array([1.0, -2.0]), return_sign=True)
         (np.float64(0.0), np.float64(-1.0))
+        >>> csoftmax.logsumexp(np.array([[0.0, 0.0, np.nan], [1.0, 2.0, 3.0]]),
+        ...                    where=np.array([[True, True, False], [False, False, False]]))
+        array([0.69314718,       -inf])
         """
+        if where is not None:
+            return self._logsumexp_masked(x, where, axis, keepdims, b, return_sign,
+                                          num_threads)
         if not (keepdims or return_sign) and b is None:
             r = self._fast_logsumexp(x, axis, num_threads)
             if r is not None:
@@ -343,6 +402,30 @@ class Frontend:
             r = np.empty(layout.n_rows, compute)
             self.kernels.logsumexp_rows(x2, r, _threads_for(layout.n_rows, layout.n,
                                                             num_threads))
+        r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
+        r = r.astype(result, copy=False)
+        if r.ndim == 0:
+            r = r[()]
+        if return_sign:
+            with np.errstate(invalid="ignore"):
+                sign = np.where(np.isnan(r), np.nan, np.where(r == -np.inf, 0.0, 1.0))
+            return r, sign.astype(result)[()]
+        return r
+
+    def _logsumexp_masked(self, x, where, axis, keepdims, b, return_sign, num_threads):
+        """logsumexp over the entries ``where`` keeps (-inf where none is)."""
+        xc, compute, result = as_compute_array(x, "x")
+        if b is not None:
+            # b = 0 drops a term whatever x holds: the mask as factors (b and
+            # x are made full-size there anyway)
+            w = check_where(where, xc.shape)
+            return self._logsumexp_scaled(x, np.where(w, as_compute_array(b, "b")[0], 0), axis,
+                                          keepdims, return_sign, num_threads)
+        layout = RowLayout(xc.shape, axis)
+        mask = MaskRows(where, xc.shape, layout)
+        r = np.empty(layout.n_rows, compute)
+        self.kernels.masked_logsumexp_rows(
+            layout.rows(xc), mask, r, _threads_for(layout.n_rows, layout.n, num_threads, False))
         r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
         r = r.astype(result, copy=False)
         if r.ndim == 0:
@@ -383,7 +466,7 @@ class Frontend:
             return r[()], sign.astype(result)[()]
         return np.where(sign < 0, np.nan, r).astype(result)[()]
 
-    def _backward(self, kernel, grad_output, output, axis, out, num_threads):
+    def _backward(self, kernel, grad_output, output, axis, out, num_threads, where=None):
         g, g_compute, g_result = as_compute_array(grad_output, "grad_output")
         a, compute, result = as_compute_array(output, "output")
         check_same_shape(g, a, "grad_output", "output")
@@ -393,11 +476,15 @@ class Frontend:
             result = np.promote_types(g_result, result)
             g = g.astype(compute, copy=False)
             a = a.astype(compute, copy=False)
+        if where is not None:
+            return self._masked(kernel, (g, a), where, compute, result, axis, out, num_threads,
+                                "output")
         # the backward kernels keep each row on one thread
         return _run_rows(kernel, (g, a), compute, result, axis, out, num_threads,
                          split_rows=False)
 
-    def softmax_backward(self, grad_output, output, axis=-1, *, out=None, num_threads=None):
+    def softmax_backward(self, grad_output, output, axis=-1, *, out=None, where=None,
+                         num_threads=None):
         """Gradient through softmax: ``a * (g - sum(g * a))`` over ``axis``.
 
         Parameters
@@ -408,6 +495,9 @@ class Frontend:
             ``a = softmax(x, axis)``.
         axis, out, num_threads
             As for :func:`softmax`; ``out`` may be ``grad_output`` or ``output``.
+        where : array_like of bool, optional
+            The mask of the forward call: the sum runs over the kept entries
+            and the gradient is 0 at masked ones.
 
         Returns
         -------
@@ -417,10 +507,17 @@ class Frontend:
         Examples
         --------
         >>> import numpy as np, csoftmax
+        >>> keep = np.array([True, True, False])
+        >>> a = csoftmax.softmax(np.zeros(3), where=keep)
+        >>> csoftmax.softmax_backward(np.array([1.0, 0.0, 7.0]), a, where=keep)
+        array([ 0.25, -0.25,  0.  ])
         >>> a = csoftmax.softmax(np.array([1.0, 2.0]))
         >>> csoftmax.softmax_backward(np.array([1.0, 0.0]), a).round(4)
         array([ 0.1966, -0.1966])
         """
+        if where is not None:
+            return self._backward(self.kernels.masked_softmax_backward_rows, grad_output, output,
+                                  axis, out, num_threads, where)
         r = self._fast_backward(_OP_SOFTMAX, grad_output, output, axis, out, num_threads)
         if r is not None:
             return r
@@ -428,7 +525,8 @@ class Frontend:
             self.kernels.softmax_backward_rows, grad_output, output, axis, out, num_threads
         )
 
-    def log_softmax_backward(self, grad_output, output, axis=-1, *, out=None, num_threads=None):
+    def log_softmax_backward(self, grad_output, output, axis=-1, *, out=None, where=None,
+                             num_threads=None):
         """Gradient through log-softmax: ``g - exp(o) * sum(g)`` over ``axis``.
 
         Parameters
@@ -439,6 +537,8 @@ class Frontend:
             ``o = log_softmax(x, axis)``.
         axis, out, num_threads
             As for :func:`softmax`; ``out`` may be ``grad_output`` or ``output``.
+        where : array_like of bool, optional
+            As for :func:`softmax_backward`.
 
         Returns
         -------
@@ -452,6 +552,9 @@ class Frontend:
         >>> csoftmax.log_softmax_backward(np.array([-1.0, 0.0]), o)
         array([-0.5,  0.5])
         """
+        if where is not None:
+            return self._backward(self.kernels.masked_log_softmax_backward_rows, grad_output,
+                                  output, axis, out, num_threads, where)
         r = self._fast_backward(_OP_LOG_SOFTMAX, grad_output, output, axis, out, num_threads)
         if r is not None:
             return r

@@ -258,6 +258,82 @@ def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoo
     return total
 
 
+# ---------------------------------------------------------------------------
+# masked (where=): the mask is a csoftmax._validation.MaskRows; its rows are
+# read block by block (a copy of one block's rows at a time)
+
+
+def _masked_blocks(n_rows, n, mask):
+    for b in _row_blocks(n_rows, n):
+        yield b, mask.block(b.start, b.stop)
+
+
+def _masked_exp(x, k):
+    """``(kept-or--inf x, max over kept, exp(x - max) (0 where masked), sum)``."""
+    xm = np.where(k, x, x.dtype.type(-np.inf))
+    m = xm.max(axis=1, keepdims=True)
+    e = np.exp(xm - m)
+    return xm, m, e, e.sum(axis=1, dtype=np.float64)
+
+
+def masked_softmax_rows(x, mask, out, n_threads):
+    if x.size == 0:
+        return
+    with np.errstate(all="ignore"):
+        for b, k in _masked_blocks(*x.shape, mask):
+            _, _, e, s = _masked_exp(x[b], k)
+            np.copyto(out[b], np.where(k, e * (1.0 / s).astype(x.dtype)[:, None], 0))
+
+
+def masked_log_softmax_rows(x, mask, out, n_threads):
+    if x.size == 0:
+        return
+    with np.errstate(all="ignore"):
+        for b, k in _masked_blocks(*x.shape, mask):
+            xm, m, _, s = _masked_exp(x[b], k)
+            lse = np.log(s).astype(x.dtype)[:, None]
+            np.copyto(out[b], np.where(k, (xm - m) - lse, -np.inf))
+
+
+def masked_logsumexp_rows(x, mask, out, n_threads):
+    if x.shape[0] == 0:
+        return
+    if x.shape[1] == 0:
+        out[:] = -np.inf
+        return
+    with np.errstate(all="ignore"):
+        for b, k in _masked_blocks(*x.shape, mask):
+            xm, m, _, s = _masked_exp(x[b], k)
+            m = m[:, 0]
+            r = m + np.log(s)
+            special = np.isinf(m)  # nothing kept or only -inf, or +inf kept
+            if special.any():
+                has_nan = np.isnan(xm[special]).any(axis=1)
+                r[special] = np.where(has_nan, np.nan, m[special])
+            out[b] = r
+
+
+def masked_softmax_backward_rows(grad_output, output, mask, out, n_threads):
+    if output.size == 0:
+        return
+    with np.errstate(all="ignore"):
+        for b, k in _masked_blocks(*output.shape, mask):
+            g, a = grad_output[b], output[b]
+            ga = np.where(k, g.astype(np.float64) * a.astype(np.float64), 0.0)
+            dot = ga.sum(axis=1).astype(a.dtype)[:, None]
+            np.copyto(out[b], np.where(k, a * (g - dot), 0))
+
+
+def masked_log_softmax_backward_rows(grad_output, output, mask, out, n_threads):
+    if output.size == 0:
+        return
+    with np.errstate(all="ignore"):
+        for b, k in _masked_blocks(*output.shape, mask):
+            g, o = grad_output[b], output[b]
+            gsum = np.where(k, g, 0).sum(axis=1, dtype=np.float64).astype(o.dtype)[:, None]
+            np.copyto(out[b], np.where(k, g - np.exp(o) * gsum, 0))
+
+
 _frontend = Frontend(sys.modules[__name__], "numpy")
 softmax = _frontend.softmax
 log_softmax = _frontend.log_softmax

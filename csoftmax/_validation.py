@@ -379,3 +379,68 @@ def _as_label_array(y, ignore_index):
             labels[too_big] = -1 if ignore_index != -1 else -2
             return labels
     return contiguous(y, np.int64)
+
+
+# ---------------------------------------------------------------------------
+# where= (masks)
+
+def check_where(where, shape, name="x"):
+    """``where`` as a bool ndarray that broadcasts to ``shape`` (not copied)."""
+    w = as_ndarray(where, "where")
+    if w.dtype != np.bool_:
+        raise TypeError(f"where has dtype {w.dtype}: expected a bool array")
+    try:
+        if np.broadcast_shapes(w.shape, tuple(shape)) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"where of shape {w.shape} does not broadcast to {name} of shape {tuple(shape)}"
+        ) from None
+    return w
+
+
+def _linear_offsets(shape, strides):
+    """``(stride, None)`` when the byte offsets of the C-order flattened index
+    of axes ``shape`` are ``index * stride``, else ``(0, offsets)`` (int64, one
+    per index)."""
+    dims = [(s, st) for s, st in zip(shape, strides) if s != 1]
+    if all(st == st1 * s1 for (_, st), (s1, st1) in zip(dims, dims[1:])):
+        return (dims[-1][1] if dims else 0), None
+    offsets = np.zeros(1, np.int64)
+    for s, st in dims:
+        offsets = (offsets[:, None] + np.arange(s, dtype=np.int64) * st).ravel()
+    return 0, offsets
+
+
+class MaskRows:
+    """A ``where=`` mask as the masked kernels read it, without a copy.
+
+    ``view`` is ``np.broadcast_to(where, shape)`` with its axes moved as
+    :class:`RowLayout` moves x's (a view: broadcast axes have stride 0).  Row
+    i of the layout's ``(n_rows, n)`` rows starts ``row_offsets[i]`` bytes
+    (``i * row_stride`` when ``row_offsets`` is None) from ``view``'s data
+    pointer, and its column k lies ``col_offsets[k]`` (``k * col_stride``)
+    bytes further.  The offset arrays exist only when the axes do not collapse
+    into one stride (say a (B, 1, 1, S) mask of (B, H, S, S) scores): O(rows)
+    and O(columns), never O(size).
+    """
+
+    def __init__(self, where, shape, layout, name="x"):
+        w = check_where(where, shape, name)
+        view = np.broadcast_to(w, tuple(shape))
+        if not layout.trailing:
+            view = np.transpose(view, layout.kept + layout.axes)
+        nk = len(layout.kept)
+        self.view = view
+        self.n_kept = nk
+        self.n_rows, self.n = layout.n_rows, layout.n
+        self.row_stride, self.row_offsets = _linear_offsets(view.shape[:nk], view.strides[:nk])
+        self.col_stride, self.col_offsets = _linear_offsets(view.shape[nk:], view.strides[nk:])
+
+    def block(self, start, stop):
+        """Rows ``start:stop`` of the mask as a ``(stop - start, n)`` bool array
+        (a copy of those rows only: the NumPy twin's blocks)."""
+        if self.n_kept == 0:
+            return self.view.reshape(1, self.n)
+        index = np.unravel_index(np.arange(start, stop), self.view.shape[:self.n_kept])
+        return self.view[index].reshape(stop - start, self.n)

@@ -155,13 +155,20 @@ class _RowFunction(torch.autograd.Function):
     _forward = _backward = None  # csoftmax functions, set by subclasses
 
     @classmethod
-    def _run_forward(cls, ctx, input, dim):
+    def _run_forward(cls, ctx, input, dim, mask=None):
         _check_input(input)
         if not isinstance(dim, int) or isinstance(dim, bool):
             raise TypeError(f"dim must be an int, not {type(dim).__name__}")
-        out = torch.from_numpy(cls._forward(_as_numpy(input, "input"), axis=dim))
+        where = None
+        if mask is not None:
+            _check_cpu(mask, "mask")
+            if mask.dtype != torch.bool:
+                raise TypeError(f"mask has dtype {mask.dtype}: expected a bool tensor")
+            where = mask.detach().numpy()  # any strides: read in place (broadcast too)
+        out = torch.from_numpy(cls._forward(_as_numpy(input, "input"), axis=dim, where=where))
         ctx.dim = dim
         ctx.name = cls._name
+        ctx.where = where
         ctx.save_for_backward(out)
         return out
 
@@ -170,7 +177,8 @@ class _RowFunction(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         g = _as_numpy(grad_output.to(out.dtype), "grad_output")
         a = _as_numpy(out, "output")
-        return torch.from_numpy(cls._backward(g, a, axis=ctx.dim)), None
+        grad = cls._backward(g, a, axis=ctx.dim, where=ctx.where)
+        return torch.from_numpy(grad), None, None
 
 
 class Softmax(_RowFunction):
@@ -181,8 +189,8 @@ class Softmax(_RowFunction):
     _backward = staticmethod(_cs.softmax_backward)
 
     @staticmethod
-    def forward(ctx, input, dim):
-        return Softmax._run_forward(ctx, input, dim)
+    def forward(ctx, input, dim, mask=None):
+        return Softmax._run_forward(ctx, input, dim, mask)
 
     @staticmethod
     @_first_order_only
@@ -198,8 +206,8 @@ class LogSoftmax(_RowFunction):
     _backward = staticmethod(_cs.log_softmax_backward)
 
     @staticmethod
-    def forward(ctx, input, dim):
-        return LogSoftmax._run_forward(ctx, input, dim)
+    def forward(ctx, input, dim, mask=None):
+        return LogSoftmax._run_forward(ctx, input, dim, mask)
 
     @staticmethod
     @_first_order_only
@@ -253,7 +261,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     return CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
 
 
-def softmax(input, dim):
+def softmax(input, dim, *, mask=None):
     """``torch.nn.functional.softmax(input, dim)`` on CPU tensors.
 
     Parameters
@@ -262,23 +270,32 @@ def softmax(input, dim):
         Any shape; float16, float32 or float64, on the CPU.
     dim : int
         The dimension normalised over.
+    mask : Tensor of bool, optional
+        Broadcastable to ``input`` (say ``(B, 1, 1, S)`` for ``(B, H, S, S)``
+        attention scores); read in place, never expanded.  False entries are
+        left out and get probability 0; a slice with no True entry is all 0
+        (``torch._safe_softmax``'s convention for fully padded rows, where
+        ``torch.masked.softmax`` gives NaN): ``softmax(x, d, mask=x != -inf)``
+        is ``torch._safe_softmax(x, d)``.
 
     Returns
     -------
     Tensor
-        The input's shape and dtype.  Backward: ``a * (g - sum(g * a))``; not
-        differentiable twice.
+        The input's shape and dtype.  Backward: ``a * (g - sum(g * a))`` (over
+        the kept entries, 0 at masked ones); not differentiable twice.
 
     Examples
     --------
     >>> import torch, csoftmax.torch as ct
     >>> ct.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=1)
     tensor([[0.0900, 0.2447, 0.6652]])
+    >>> ct.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=1, mask=torch.tensor([True, True, False]))
+    tensor([[0.2689, 0.7311, 0.0000]])
     """
-    return Softmax.apply(input, dim)
+    return Softmax.apply(input, dim, mask)
 
 
-def log_softmax(input, dim):
+def log_softmax(input, dim, *, mask=None):
     """``torch.nn.functional.log_softmax(input, dim)`` on CPU tensors.
 
     Parameters
@@ -287,12 +304,15 @@ def log_softmax(input, dim):
         Any shape; float16, float32 or float64, on the CPU.
     dim : int
         The dimension normalised over.
+    mask : Tensor of bool, optional
+        As for :func:`softmax`: False entries give -inf, and a slice with no
+        True entry is all -inf.
 
     Returns
     -------
     Tensor
-        The input's shape and dtype.  Backward: ``g - exp(out) * sum(g)``; not
-        differentiable twice.
+        The input's shape and dtype.  Backward: ``g - exp(out) * sum(g)`` (over
+        the kept entries, 0 at masked ones); not differentiable twice.
 
     Examples
     --------
@@ -300,4 +320,4 @@ def log_softmax(input, dim):
     >>> ct.log_softmax(torch.tensor([0.0, 0.0]), dim=0)
     tensor([-0.6931, -0.6931])
     """
-    return LogSoftmax.apply(input, dim)
+    return LogSoftmax.apply(input, dim, mask)

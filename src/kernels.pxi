@@ -635,3 +635,4 @@ include "calls.pxi"
 
 
 include "strided.pxi"
+include "masked.pxi"

@@ -1,0 +1,353 @@
+/*
+ * masked.hpp -- the row primitives of the masked functions (`where=`):
+ * softmax, log_softmax, logsumexp and the two backward passes over the
+ * entries of a row that a boolean mask keeps.
+ *
+ * The mask is read where it lies: the Python layer passes the data pointer of
+ * np.broadcast_to(where, x.shape) with its axes moved as x's, and how to find
+ * a row's bytes in it (MaskRows): row i starts at base + row_off[i] (or
+ * i * row_stride when the leading axes collapse into one stride) and column k
+ * lies col_off[k] (or k * col_stride) bytes further.  A broadcast mask has
+ * zero strides, so nothing of x's size is ever made of it.  Per row:
+ *
+ *   col_stride 1   the row's bytes are contiguous: read in place;
+ *   col_stride 0   the mask is constant along the row: the row is computed as
+ *                  unmasked (the same code as the unmasked kernels, the same
+ *                  bits) or is entirely masked (0 / -inf, no arithmetic);
+ *   otherwise      the row's bytes are gathered into a scratch row of the
+ *                  calling thread (n bytes per thread, from the caller).
+ *
+ * The arithmetic is rowops.hpp's with the mask as a select:
+ *   m = max_k (kept_k ? x_k : -inf)
+ *   e_k = exp_nonpositive(kept_k ? x_k - m : -inf)   (exp(-inf) = +0 exactly)
+ * so an all-True row of n >= SHORT_ROW columns runs through the very
+ * operations of the unmasked kernel (the same lanes, blocks and chunks) and
+ * gives the same bits; shorter rows are summed in column order in double,
+ * where the unmasked kernels' transposed tiles (tiles.hpp) sum in T: the
+ * same values within rounding.  A row is always
+ * computed by one thread, by out-of-line code (masked_unit), so results do not
+ * depend on the thread count.
+ *
+ * Rows with no kept entry: softmax 0, log_softmax -inf, logsumexp -inf (the
+ * "safe softmax" convention of PyTorch's fully padded attention rows).  Kept
+ * entries follow the unmasked rules: a kept NaN or +inf, or kept entries that
+ * are all -inf, make the kept outputs NaN; masked outputs stay 0 / -inf.
+ * Gradients are 0 at masked entries.
+ */
+#ifndef CSOFTMAX_MASKED_HPP
+#define CSOFTMAX_MASKED_HPP
+
+#include "rowops.hpp"
+
+namespace csoftmax {
+
+/* Where a row's mask bytes lie (see above). */
+struct MaskRows {
+    const uint8_t *base;
+    int64_t row_stride;
+    const int64_t *row_off;   /* NULL: row i at i * row_stride */
+    int64_t col_stride;
+    const int64_t *col_off;   /* NULL: column k at k * col_stride */
+    uint8_t *scratch;         /* n bytes per thread, for gathered rows */
+};
+
+enum {
+    MASKED_SOFTMAX = 0,
+    MASKED_LOG_SOFTMAX = 1,
+    MASKED_LOGSUMEXP = 2,
+    MASKED_SOFTMAX_BACKWARD = 3,
+    MASKED_LOG_SOFTMAX_BACKWARD = 4,
+};
+
+/* The width below which rows are summed in column order (the width of the
+ * unmasked kernels' tiles of short rows: SHORT_ROW of kernels.pxi). */
+enum { MASKED_SHORT_ROW = 32 };
+
+static inline int masked_thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* kept_k for an explicit mask row, or true for an all-kept row (All). */
+template <bool All> static inline bool kept(const uint8_t *k, idx_t i) { return All || k[i] != 0; }
+
+/* ---- reductions over the kept entries ----------------------------------- */
+
+/* max over the kept entries (-inf if none; +0 for a zero max), as row_max:
+ * the same lanes, so NaNs are skipped and the order does not matter. */
+template <typename T> static inline T masked_row_max(const T *x, const uint8_t *k, idx_t n) {
+    enum { L = 256 / (int)sizeof(T) };
+    const T ninf = (T)-INFINITY;
+    T m = ninf;
+    if (n < L) {
+#pragma omp simd reduction(max : m)
+        for (idx_t j = 0; j < n; ++j) {
+            T xv = x[j];
+            T v = k[j] ? xv : ninf;
+            m = v > m ? v : m;
+        }
+        return m + (T)0;
+    }
+    T acc[L];
+    for (int l = 0; l < L; ++l) acc[l] = ninf;
+    idx_t nb = n - n % L;
+    for (idx_t b = 0; b < nb; b += L) {
+        typename ExpFormat<T>::Int km[L];  /* widened first: see masked_chunk_exp_lanes */
+        for (int l = 0; l < L; ++l) km[l] = k[b + l];
+        for (int l = 0; l < L; ++l) {
+            T xv = x[b + l];
+            T v = km[l] != 0 ? xv : ninf;
+            acc[l] = v > acc[l] ? v : acc[l];
+        }
+    }
+    if (nb < n) {
+        const T *y = x + n - L;
+        const uint8_t *ky = k + n - L;
+        for (int l = 0; l < L; ++l) {
+            T yv = y[l];
+            T v = ky[l] ? yv : ninf;
+            acc[l] = v > acc[l] ? v : acc[l];
+        }
+    }
+    for (int h = L / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; ++l) acc[l] = acc[l + h] > acc[l] ? acc[l + h] : acc[l];
+    m = acc[0];
+    return m + (T)0;
+}
+
+/* chunk_exp_lanes over the kept entries: e_k = exp(x_k - shift) where kept,
+ * +0 elsewhere (with Store; e may be x), and their sum in the same lanes. */
+template <bool Store, typename T>
+static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, idx_t n, T shift) {
+    const T ninf = (T)-INFINITY;
+    double sd[SUM_LANES];
+    lanes_zero(sd);
+    idx_t nv = vector_part(n);
+    for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
+        idx_t k1 = block_end(k0, nv);
+        T bs[SUM_LANES];
+        lanes_zero(bs);
+        /* the block's mask bytes widened to T's width first (in L1): the exp
+         * loop is then of one width and vectorises at T's full width (mixed
+         * with bytes GCC took 8 lanes, or widened through the stack) */
+        typename ExpFormat<T>::Int km[SUM_BLOCK];
+#pragma omp simd
+        for (idx_t j = k0; j < k1; ++j) km[j - k0] = k[j];
+        for (idx_t j = k0; j < k1; j += SUM_LANES) {
+#pragma omp simd
+            for (int l = 0; l < SUM_LANES; ++l) {
+                T d = x[j + l] - shift;  /* loaded whatever the mask: a select, no masked load */
+                T v = exp_nonpositive(km[j - k0 + l] != 0 ? d : ninf);
+                if (Store) e[j + l] = v;
+                bs[l] += v;
+            }
+        }
+        lanes_widen_add(sd, bs);
+    }
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = ninf;
+        for (idx_t l = 0; l < n - nv; ++l) {
+            T d = x[nv + l] - shift;
+            buf[l] = k[nv + l] ? d : ninf;
+        }
+#pragma omp simd
+        for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = exp_nonpositive(buf[l]);
+        if (Store)
+            for (idx_t l = 0; l < n - nv; ++l) e[nv + l] = buf[l];
+        lanes_widen_add(sd, buf);
+    }
+    return lanes_total(sd);
+}
+
+/* Rows narrower than MASKED_SHORT_ROW: the exponentials as one vector of
+ * EXP_TAIL lanes (or two), summed in column order in double. */
+template <bool Store, bool All, typename T>
+static inline double masked_short_exp_sum(const T *x, const uint8_t *k, T *e, idx_t n, T shift) {
+    const T ninf = (T)-INFINITY;
+    T buf[MASKED_SHORT_ROW];
+    for (idx_t l = 0; l < MASKED_SHORT_ROW; ++l) buf[l] = ninf;
+    for (idx_t l = 0; l < n; ++l) {
+        T d = x[l] - shift;
+        buf[l] = kept<All>(k, l) ? d : ninf;
+    }
+#pragma omp simd
+    for (idx_t l = 0; l < MASKED_SHORT_ROW; ++l) buf[l] = exp_nonpositive(buf[l]);
+    double s = 0.0;
+    for (idx_t l = 0; l < n; ++l) s += (double)buf[l];
+    if (Store)
+        for (idx_t l = 0; l < n; ++l) e[l] = buf[l];
+    return s;
+}
+
+/* sum of exp(x_k - shift) over the kept entries, e_k stored with Store: by
+ * chunks added in chunk order (row_exp_store_sum's), or for short rows in
+ * column order; All: exactly the unmasked kernels' code. */
+template <bool Store, bool All, typename T>
+static inline double masked_exp_sum(const T *x, const uint8_t *k, T *e, idx_t n, T shift) {
+    if (n < MASKED_SHORT_ROW) return masked_short_exp_sum<Store, All>(x, k, e, n, shift);
+    if (All) return Store ? row_exp_store_sum(x, e, n, shift) : row_exp_sum(x, n, shift);
+    double s = 0.0;
+    for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
+        s = add_chunk(s, masked_chunk_exp_lanes<Store>(x + c0, k + c0, Store ? e + c0 : e,
+                                                        chunk_len(c0, n), shift), c0);
+    vector_upper_clear();
+    return s;
+}
+
+template <bool All, typename T> static inline T masked_max(const T *x, const uint8_t *k, idx_t n) {
+    return All ? row_max(x, n) : masked_row_max(x, k, n);
+}
+
+/* ---- one row ------------------------------------------------------------- */
+
+template <bool All, typename T> static inline void masked_softmax_row(const T *x, const uint8_t *k, T *out, idx_t n) {
+    T m = masked_max<All>(x, k, n);
+    double s = masked_exp_sum<true, All>(x, k, out, n, m);
+    row_scale(out, n, (T)(1.0 / s));
+    if (!All && !(s >= 1.0)) {
+        /* s >= 1 (exp(0) of the max) unless the row keeps nothing (s = 0) or
+         * keeps NaN, +inf or only -inf (s NaN): kept outputs NaN, masked 0 */
+        for (idx_t j = 0; j < n; ++j) out[j] = k[j] && s != 0.0 ? out[j] : (T)0;
+    }
+}
+
+template <bool All, typename T> static inline void masked_log_softmax_row(const T *x, const uint8_t *k, T *out, idx_t n) {
+    T m = masked_max<All>(x, k, n);
+    T lse = (T)log(masked_exp_sum<false, All>(x, k, (T *)NULL, n, m));
+    if (All) {
+        row_log_softmax_from(x, out, n, m, lse);
+        return;
+    }
+    const T ninf = (T)-INFINITY;
+#pragma omp simd
+    for (idx_t j = 0; j < n; ++j) {
+        T v = (x[j] - m) - lse;
+        out[j] = k[j] ? v : ninf;
+    }
+}
+
+template <bool All, typename T> static inline T masked_logsumexp_row(const T *x, const uint8_t *k, idx_t n) {
+    T m = masked_max<All>(x, k, n);
+    double s = masked_exp_sum<false, All>(x, k, (T *)NULL, n, m);
+    if (m == (T)INFINITY || m == (T)-INFINITY) {
+        /* nothing kept or only -inf: -inf; +inf: +inf; unless a kept NaN */
+        for (idx_t j = 0; j < n; ++j)
+            if (kept<All>(k, j) && x[j] != x[j]) return (T)NAN;
+        return m;
+    }
+    return (T)((double)m + log(s));
+}
+
+template <bool All, typename T> static inline void masked_softmax_backward_row(const T *g, const T *a, const uint8_t *k, T *out, idx_t n) {
+    if (All) {
+        row_softmax_backward(g, a, out, n, (T)row_dot(g, a, n));
+        return;
+    }
+    double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+    for (idx_t j = 0; j < n; ++j) {
+        double p = (double)g[j] * (double)a[j];
+        dot += k[j] ? p : 0.0;
+    }
+    T d = (T)dot;
+#pragma omp simd
+    for (idx_t j = 0; j < n; ++j) {
+        T v = a[j] * (g[j] - d);
+        out[j] = k[j] ? v : (T)0;
+    }
+}
+
+template <bool All, typename T> static inline void masked_log_softmax_backward_row(const T *g, const T *o, const uint8_t *k, T *out, idx_t n) {
+    if (All) {
+        row_log_softmax_backward(g, o, out, n, (T)row_sum(g, n));
+        return;
+    }
+    double gs = 0.0;
+#pragma omp simd reduction(+ : gs)
+    for (idx_t j = 0; j < n; ++j) {
+        double v = (double)g[j];
+        gs += k[j] ? v : 0.0;
+    }
+    T gsum = (T)gs;
+    idx_t nv = vector_part(n);
+#pragma omp simd
+    for (idx_t j = 0; j < nv; ++j) {
+        T v = g[j] - exp_poly(o[j]) * gsum;
+        out[j] = k[j] ? v : (T)0;
+    }
+    if (nv < n) {
+        T buf[EXP_TAIL];
+        exp_tail<false>(o + nv, n - nv, (T)0, buf);
+        for (idx_t l = 0; l < n - nv; ++l) {
+            T v = g[nv + l] - buf[l] * gsum;
+            out[nv + l] = k[nv + l] ? v : (T)0;
+        }
+    }
+}
+
+/* ---- a row of a call ------------------------------------------------------ */
+
+/* The mask bytes of row i: a pointer to n bytes (gathered into the thread's
+ * scratch row if need be) with *uniform = -1, or the row's one value (0 or 1)
+ * in *uniform when the mask is constant along the row. */
+static inline const uint8_t *mask_row(const MaskRows *mk, idx_t i, idx_t n, int *uniform) {
+    const uint8_t *p = mk->base + (mk->row_off != NULL ? mk->row_off[i] : (int64_t)i * mk->row_stride);
+    *uniform = -1;
+    if (mk->col_off == NULL && mk->col_stride == 1) return p;
+    if (mk->col_off == NULL && mk->col_stride == 0) {
+        *uniform = p[0] != 0;
+        return p;
+    }
+    uint8_t *s = mk->scratch + (idx_t)masked_thread_num() * n;
+    if (mk->col_off != NULL)
+        for (idx_t j = 0; j < n; ++j) s[j] = p[mk->col_off[j]];
+    else
+        for (idx_t j = 0; j < n; ++j) s[j] = p[(int64_t)j * mk->col_stride];
+    return s;
+}
+
+template <bool All, typename T>
+static inline void masked_op_row(int op, const T *x, const T *g, const uint8_t *k, T *out, idx_t n) {
+    switch (op) {
+    case MASKED_SOFTMAX: masked_softmax_row<All>(x, k, out, n); break;
+    case MASKED_LOG_SOFTMAX: masked_log_softmax_row<All>(x, k, out, n); break;
+    case MASKED_LOGSUMEXP: out[0] = masked_logsumexp_row<All>(x, k, n); break;
+    case MASKED_SOFTMAX_BACKWARD: masked_softmax_backward_row<All>(g, x, k, out, n); break;
+    default: masked_log_softmax_backward_row<All>(g, x, k, out, n); break;
+    }
+}
+
+/* Row i of op over n_rows x n C-contiguous rows (n >= 1): x the input (the
+ * forward output for the backward ops), g the upstream gradient (backward
+ * ops), out the result (one value per row for logsumexp; may be x or g).
+ * Out of line: the serial loop and the OpenMP loop run the same code. */
+template <typename T>
+static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx_t n,
+                                     const MaskRows *mk, idx_t i) {
+    int uniform;
+    const uint8_t *k = mask_row(mk, i, n, &uniform);
+    const T *xr = x + i * n;
+    const T *gr = g != NULL ? g + i * n : g;
+    T *o = op == MASKED_LOGSUMEXP ? out + i : out + i * n;
+    if (uniform == 1) {
+        masked_op_row<true>(op, xr, gr, k, o, n);
+    } else if (uniform == 0) {  /* nothing kept */
+        if (op == MASKED_LOGSUMEXP)
+            o[0] = (T)-INFINITY;
+        else if (op == MASKED_LOG_SOFTMAX)
+            row_fill(o, n, (T)-INFINITY);
+        else
+            row_zero(o, n);
+    } else {
+        masked_op_row<false>(op, xr, gr, k, o, n);
+    }
+    vector_upper_clear();
+}
+
+}  // namespace csoftmax
+
+#endif

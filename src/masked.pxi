@@ -1,0 +1,138 @@
+# The masked functions (``where=``), included at the end of kernels.pxi.
+#
+# softmax, log_softmax, logsumexp and their backward passes over the entries
+# that a boolean mask keeps.  The mask is not copied: the Python layer
+# (csoftmax/_validation.py, MaskRows) describes np.broadcast_to(where, x.shape)
+# with its axes moved as x's by a data pointer, a row stride or per-row byte
+# offsets (O(rows)), and a column stride or per-column offsets (O(columns));
+# zero strides are the broadcast axes.  The row arithmetic lives in
+# masked.hpp (masked_unit: one row, out of line, on one thread).  Rows are
+# spread over threads as _rows_core spreads them (static prange; one thread,
+# and the GIL kept, below GIL_WORK elements); a row is never split over
+# threads, so results are the same bits at every thread count.
+
+from libc.stdint cimport uint8_t
+
+cdef extern from "masked.hpp" namespace "csoftmax" nogil:
+    ctypedef struct MaskRows:
+        const uint8_t *base
+        int64_t row_stride
+        const int64_t *row_off
+        int64_t col_stride
+        const int64_t *col_off
+        uint8_t *scratch
+    void masked_unit[T](int op, const T *x, const T *g, T *out, Py_ssize_t n,
+                        const MaskRows *mk, Py_ssize_t i) noexcept
+    enum:
+        MASKED_SOFTMAX
+        MASKED_LOG_SOFTMAX
+        MASKED_LOGSUMEXP
+        MASKED_SOFTMAX_BACKWARD
+        MASKED_LOG_SOFTMAX_BACKWARD
+
+
+cdef void _masked_serial(
+    int op, const floating *x, const floating *g, floating *out, Py_ssize_t n_rows,
+    Py_ssize_t n, const MaskRows *mk
+) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        masked_unit(op, x, g, out, n, mk, i)
+
+
+cdef int _masked_core(
+    int op, const floating *x, const floating *g, floating *out, Py_ssize_t n_rows,
+    Py_ssize_t n, const MaskRows *mk, int n_threads
+) except -1:
+    """op over n_rows >= 1 rows of n >= 1 columns (see masked.hpp)."""
+    cdef Py_ssize_t i
+    if n_threads > 1:
+        for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+            masked_unit(op, x, g, out, n, mk, i)
+    elif n_rows * n < GIL_WORK:
+        _masked_serial(op, x, g, out, n_rows, n, mk)
+    else:
+        with nogil:
+            _masked_serial(op, x, g, out, n_rows, n, mk)
+    return 0
+
+
+cdef object _mask_rows(object mask, Py_ssize_t n, int n_threads, MaskRows *mk):
+    """Fills mk from a csoftmax._validation.MaskRows; returns the arrays that
+    must stay alive while the kernel runs (offsets, scratch)."""
+    cdef cnp.ndarray view = <cnp.ndarray>mask.view
+    cdef cnp.ndarray row_off = mask.row_offsets
+    cdef cnp.ndarray col_off = mask.col_offsets
+    cdef cnp.ndarray scratch = None
+    mk.base = <const uint8_t *>cnp.PyArray_DATA(view)
+    mk.row_stride = mask.row_stride
+    mk.col_stride = mask.col_stride
+    mk.row_off = NULL
+    mk.col_off = NULL
+    if row_off is not None:
+        mk.row_off = <const int64_t *>cnp.PyArray_DATA(row_off)
+    if col_off is not None:
+        mk.col_off = <const int64_t *>cnp.PyArray_DATA(col_off)
+    mk.scratch = NULL
+    if col_off is not None or mk.col_stride not in (0, 1):
+        scratch = np.empty(max(n_threads, 1) * n, np.uint8)
+        mk.scratch = <uint8_t *>cnp.PyArray_DATA(scratch)
+    return (view, row_off, col_off, scratch)
+
+
+def masked_softmax_rows(const floating[:, ::1] x, object mask, floating[:, ::1] out,
+                        int n_threads):
+    """out[i] = softmax of x[i] over the entries the mask keeps (0 elsewhere;
+    a row keeping nothing: 0); out may be x."""
+    cdef MaskRows mk
+    if x.shape[0] and x.shape[1]:
+        keep = _mask_rows(mask, x.shape[1], n_threads, &mk)
+        _masked_core(MASKED_SOFTMAX, &x[0, 0], <const floating *>NULL, &out[0, 0],
+                     x.shape[0], x.shape[1], &mk, n_threads)
+
+
+def masked_log_softmax_rows(const floating[:, ::1] x, object mask, floating[:, ::1] out,
+                            int n_threads):
+    """out[i] = log_softmax of x[i] over the kept entries (-inf elsewhere; a
+    row keeping nothing: -inf); out may be x."""
+    cdef MaskRows mk
+    if x.shape[0] and x.shape[1]:
+        keep = _mask_rows(mask, x.shape[1], n_threads, &mk)
+        _masked_core(MASKED_LOG_SOFTMAX, &x[0, 0], <const floating *>NULL, &out[0, 0],
+                     x.shape[0], x.shape[1], &mk, n_threads)
+
+
+def masked_logsumexp_rows(const floating[:, ::1] x, object mask, floating[::1] out,
+                          int n_threads):
+    """out[i] = logsumexp of x[i] over the kept entries (-inf if none)."""
+    cdef MaskRows mk
+    if x.shape[0] == 0:
+        return
+    if x.shape[1] == 0:
+        out[:] = -INFINITY
+        return
+    keep = _mask_rows(mask, x.shape[1], n_threads, &mk)
+    _masked_core(MASKED_LOGSUMEXP, &x[0, 0], <const floating *>NULL, &out[0],
+                 x.shape[0], x.shape[1], &mk, n_threads)
+
+
+def masked_softmax_backward_rows(const floating[:, ::1] grad_output,
+                                 const floating[:, ::1] output, object mask,
+                                 floating[:, ::1] out, int n_threads):
+    """out[i] = a (g - <g, a>) over the kept entries (the dot too), 0 elsewhere."""
+    cdef MaskRows mk
+    if output.shape[0] and output.shape[1]:
+        keep = _mask_rows(mask, output.shape[1], n_threads, &mk)
+        _masked_core(MASKED_SOFTMAX_BACKWARD, &output[0, 0], &grad_output[0, 0], &out[0, 0],
+                     output.shape[0], output.shape[1], &mk, n_threads)
+
+
+def masked_log_softmax_backward_rows(const floating[:, ::1] grad_output,
+                                     const floating[:, ::1] output, object mask,
+                                     floating[:, ::1] out, int n_threads):
+    """out[i] = g - exp(o) sum(g) over the kept entries (the sum too), 0 elsewhere."""
+    cdef MaskRows mk
+    if output.shape[0] and output.shape[1]:
+        keep = _mask_rows(mask, output.shape[1], n_threads, &mk)
+        _masked_core(MASKED_LOG_SOFTMAX_BACKWARD, &output[0, 0], &grad_output[0, 0],
+                     &out[0, 0], output.shape[0], output.shape[1], &mk, n_threads)
