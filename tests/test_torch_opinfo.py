@@ -144,3 +144,61 @@ def test_cross_entropy_module_inputs(frontend):
             kw["weight"] = _np(module.weight)
         ours = frontend.cross_entropy(_np(x), _np(target), **kw)
         _close(ours, want, torch.float64, f"CrossEntropyLoss module input {i}: {mi.desc}")
+
+
+# ---------------------------------------------------------------------------------------------
+# masked softmax (where=): torch.masked's samples and PyTorch's _safe_softmax
+
+def _masked_call(frontend, op, sample):
+    """csoftmax's value for one torch.masked sample: where=mask, as torch.masked reads it."""
+    x, kw = _np(sample.input), dict(sample.kwargs)
+    mask = kw.pop("mask", None)
+    where = None if mask is None else _np(mask)
+    if op.name == "masked.logsumexp":
+        dim = kw.get("dim", None)
+        axis = None if dim is None or dim == () else dim
+        if isinstance(axis, list):
+            axis = tuple(axis)
+        return frontend.logsumexp(x, axis=axis, keepdims=kw.get("keepdim", False), where=where)
+    name = op.name.split(".")[1]
+    return getattr(frontend, name)(x, axis=sample.args[0], where=where)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", _ops("masked.softmax", "masked.log_softmax", "masked.logsumexp"),
+                         ids=lambda op: op.name)
+def test_masked_samples(frontend, op, dtype):
+    """Equal to torch.masked wherever a slice keeps an entry.  A slice with nothing kept
+    is csoftmax's "safe" 0 / -inf / -inf where torch.masked gives NaN (softmax,
+    log_softmax) -- compared as that."""
+    for i, sample in enumerate(_samples(op, DTYPES[dtype])):
+        theirs = op(sample.input, *sample.args, **sample.kwargs)
+        ours = np.asarray(_masked_call(frontend, op, sample))
+        theirs_np = _np(theirs).copy()
+        if op.name != "masked.logsumexp" and sample.kwargs.get("mask") is not None:
+            mask = np.broadcast_to(_np(sample.kwargs["mask"]), theirs_np.shape)
+            empty = ~mask.any(axis=sample.args[0], keepdims=True) & np.ones_like(mask)
+            theirs_np[empty] = 0.0 if op.name == "masked.softmax" else -np.inf
+        _close(ours, theirs_np, DTYPES[dtype], f"{op.name} sample {i} {sample}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_safe_softmax_samples(frontend, dtype):
+    """softmax(x, where=x != -inf) is PyTorch's _safe_softmax, on its own samples and on
+    rows that are entirely -inf."""
+    (op,) = _ops("torch.ops.aten._safe_softmax.default")
+    samples = _samples(op, DTYPES[dtype])
+    for i, sample in enumerate(samples):
+        x = sample.input.clone()
+        x.view(-1)[::3] = -float("inf")
+        dim = sample.kwargs["dim"]
+        theirs = torch._safe_softmax(x, dim)
+        xn = _np(x)
+        _close(frontend.softmax(xn, axis=dim, where=xn != -np.inf), theirs, DTYPES[dtype],
+               f"_safe_softmax sample {i}")
+    x = torch.randn(4, 5, dtype=DTYPES[dtype], generator=torch.Generator().manual_seed(0))
+    x[1] = -float("inf")  # a fully padded row: 0, not NaN
+    xn = _np(x)
+    ours = frontend.softmax(xn, axis=1, where=xn != -np.inf)
+    _close(ours, torch._safe_softmax(x, 1), DTYPES[dtype], "_safe_softmax, an all -inf row")
+    assert (ours[1] == 0).all()
