@@ -157,6 +157,21 @@ def _run_strided(kernel, rows_kernel, x, compute, result, dims, out, num_threads
     return r if result == compute else r.astype(result)
 
 
+def _reduction_result(r, layout, keepdims, result, return_sign):
+    """logsumexp's per-row values ``r`` as it returns them: the reduced (or
+    kept) shape in the result dtype, a NumPy scalar when nothing is left, and
+    with ``return_sign`` the sign (0 for -inf, NaN for NaN, else 1)."""
+    r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
+    r = r.astype(result, copy=False)
+    if r.ndim == 0:
+        r = r[()]
+    if return_sign:
+        with np.errstate(invalid="ignore"):
+            sign = np.where(np.isnan(r), np.nan, np.where(r == -np.inf, 0.0, 1.0))
+        return r, sign.astype(result)[()]
+    return r
+
+
 _SIGNATURE_DTYPES = {
     "float": np.dtype(np.float32), "double": np.dtype(np.float64),
     "int32_t": np.dtype(np.int32), "int64_t": np.dtype(np.int64),
@@ -402,15 +417,7 @@ class Frontend:
             r = np.empty(layout.n_rows, compute)
             self.kernels.logsumexp_rows(x2, r, _threads_for(layout.n_rows, layout.n,
                                                             num_threads))
-        r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
-        r = r.astype(result, copy=False)
-        if r.ndim == 0:
-            r = r[()]
-        if return_sign:
-            with np.errstate(invalid="ignore"):
-                sign = np.where(np.isnan(r), np.nan, np.where(r == -np.inf, 0.0, 1.0))
-            return r, sign.astype(result)[()]
-        return r
+        return _reduction_result(r, layout, keepdims, result, return_sign)
 
     def _logsumexp_masked(self, x, where, axis, keepdims, b, return_sign, num_threads):
         """logsumexp over the entries ``where`` keeps (-inf where none is)."""
@@ -426,15 +433,7 @@ class Frontend:
         r = np.empty(layout.n_rows, compute)
         self.kernels.masked_logsumexp_rows(
             layout.rows(xc), mask, r, _threads_for(layout.n_rows, layout.n, num_threads, False))
-        r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
-        r = r.astype(result, copy=False)
-        if r.ndim == 0:
-            r = r[()]
-        if return_sign:
-            with np.errstate(invalid="ignore"):
-                sign = np.where(np.isnan(r), np.nan, np.where(r == -np.inf, 0.0, 1.0))
-            return r, sign.astype(result)[()]
-        return r
+        return _reduction_result(r, layout, keepdims, result, return_sign)
 
     def _logsumexp_scaled(self, x, b, axis, keepdims, return_sign, num_threads):
         """``log|sum(b exp(x))|`` as a difference of two unscaled logsumexps:
