@@ -10,6 +10,8 @@ Examples
     The cases of the performance targets, then their PASS/FAIL table.
 ``python -m bench --many-threads``
     8 Python threads calling ``cross_entropy(..., num_threads=1)`` at once vs one.
+``python -m bench --parity``
+    The 0.2 calls (class axis, non-last axis, ``where=``) against PyTorch's.
 ``python -m bench --targets --cpu avx2,baseline``
     The targets on forced kernel sets (csoftmax and PyTorch alike), one table each.
 """
@@ -25,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import many_threads, report, targets
+from . import many_threads, parity, report, targets
 from .ops import OPS, SHAPE_GROUPS, parse_shapes, shape_label
 from .peers import PEER_NAMES, all_peers
 from .runner import Case, Settings, run_plan
@@ -130,6 +132,12 @@ def build_parser():
                              + ",".join(map(shape_label, many_threads.SHAPES))
                              + " unless --shapes; --budget: seconds per function and shape "
                              "(default 1); then exit. --targets includes its target rows")
+    parser.add_argument("--parity", action="store_true",
+                        help="the PyTorch parity cases alone (class axis 1, 3-D logits, "
+                             "softmax over a non-last axis, where= masks; float32 at "
+                             "--threads, default all cores), their timings and target "
+                             "rows; --budget: seconds per case (default "
+                             f"{TARGETS['budget']}); then exit. --targets includes its rows")
     parser.add_argument("--cpu", action="append", metavar="PATH",
                         help="run the rest of the command on a forced kernel set: "
                              f"{', '.join(CPU_PATHS)} (repeatable or comma-separated; one "
@@ -204,7 +212,8 @@ def _with_suffix(path, suffix):
 
 
 def _mode(args):
-    return ("many_threads" if args.many_threads else "targets" if args.targets
+    return ("many_threads" if args.many_threads else "parity" if args.parity
+            else "targets" if args.targets
             else "quick" if args.quick else "full")
 
 
@@ -313,6 +322,54 @@ def many_threads_main(args, parser, argv):
     return 1 if problems else 0
 
 
+def parity_main(args, parser, argv):
+    """Run the PyTorch parity cases alone (``--parity``).
+
+    Returns
+    -------
+    int
+        0; 1 when a result disagreed or a call failed; 2 when csoftmax does not import.
+    """
+    try:
+        threads = max(_parse_threads(args.threads or "all", report.usable_cores()))
+    except ValueError as exc:
+        parser.error(str(exc))
+    csoftmax = _import_csoftmax()
+    if csoftmax is None:
+        return 2
+    peers, skipped = _load_peers({"csoftmax", "torch"})
+    budget = args.budget if args.budget is not None else TARGETS["budget"]
+    stat = args.stat or TARGETS["stat"]
+    info = report.machine_info(peers, csoftmax)
+    simd = report.simd_text(info["simd_path"])
+    print("\n".join(["## csoftmax benchmark: PyTorch parity", "", *report.machine_lines(info),
+                     f"- timing: interleaved, {budget:g} s per case, >= "
+                     f"{TARGETS['min_rounds']} rounds, samples >= "
+                     f"{TARGETS['min_sample'] * 1e3:g} ms; time = "
+                     + ("minimum of the samples" if stat == "min" else "median of the "
+                        "samples not slowed by contention"),
+                     *[f"- skipped: {name} ({why})" for name, why in skipped.items()], ""]))
+    started = time.time()
+    results = parity.run(parity.SPECS, threads, budget, stat, args.seed,
+                         TARGETS["min_rounds"], TARGETS["min_sample"], stream=sys.stderr)
+    print("\n".join(parity.table_lines(results, simd)))
+    rows = targets.evaluate_all([], [parity.DTYPE], threads, parity_results=results,
+                                rows=targets.parity_rows())
+    print("\n" + "\n".join(targets.table_lines(rows, [parity.DTYPE], threads, simd)))
+    problems = parity.problems(results)
+    if problems:
+        print(f"\n## !! {len(problems)} MISMATCH / ERROR(S) !!\n")
+        print("\n".join(f"- {p}" for p in problems))
+    payload = _payload("parity", argv, started, info, parity=results, targets=rows,
+                       skipped=skipped, problems=problems,
+                       settings={"budget": budget, "stat": stat, "seed": args.seed,
+                                 "threads": threads, "dtypes": [parity.DTYPE]})
+    json_path = args.json or RESULTS_DIR / "parity.json"
+    report.write_json(json_path, payload)
+    print(f"JSON: {json_path}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def main(argv=None):
     """Run the benchmark.
 
@@ -341,9 +398,13 @@ def main(argv=None):
 
         return training.main(max(_parse_threads(args.threads or "all", report.usable_cores())))
     if args.many_threads is not None:
-        if args.targets:
+        if args.targets or args.parity:
             parser.error("--many-threads runs alone; --targets includes its target rows")
         return many_threads_main(args, parser, argv)
+    if args.parity:
+        if args.targets:
+            parser.error("--parity runs alone; --targets includes its target rows")
+        return parity_main(args, parser, argv)
     mode = _mode(args)
     cases, settings, dtypes, threads = _plan(args, parser)
     try:
@@ -371,10 +432,18 @@ def main(argv=None):
                                          stat=settings.stat, seed=settings.seed,
                                          stream=sys.stderr)
         print("\n" + "\n".join(many_threads.table_lines(mt_results)))
+    parity_results = []
+    if args.targets and parity.DTYPE in dtypes:
+        parity_results = parity.run(parity.SPECS, max(threads), settings.budget,
+                                    settings.stat, settings.seed, settings.min_rounds,
+                                    settings.min_sample, stream=sys.stderr)
+        print("\n" + "\n".join(parity.table_lines(
+            parity_results, report.simd_text(info["simd_path"]))))
 
     problems = report.problems(results) + [
         f"many threads: {r['impl']} {shape_label(r['shape'])} {r['dtype']}: "
         f"{r['status'].upper()}: {r['message']}" for r in mt_results if r["status"] != "ok"]
+    problems += parity.problems(parity_results)
     if problems:
         print(f"\n## !! {len(problems)} MISMATCH / ERROR(S) !!\n")
         print("\n".join(f"- {p}" for p in problems))
@@ -384,10 +453,11 @@ def main(argv=None):
                   "ops": list(dict.fromkeys(c.op.name for c in cases)),
                   "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
         peers=[p.name for p in peers], skipped=skipped, cases=results,
-        many_threads=mt_results or None, problems=problems, targets=None)
+        many_threads=mt_results or None, parity=parity_results or None, problems=problems,
+        targets=None)
     if args.targets:
         payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads),
-                                                         mt_results)
+                                                         mt_results, parity_results)
         simd = report.simd_text(info["simd_path"])
         print("\n" + "\n".join(targets.table_lines(rows, dtypes, max(threads), simd)))
     json_path = args.json or RESULTS_DIR / f"{mode}.json"

@@ -3,15 +3,16 @@
 Every target is a :class:`Target`: a row of the table printed by
 ``python -m bench --targets``, measured once per dtype. Speed targets are
 judged at all usable cores (PyTorch and scikit-learn at the same thread count),
-thread scaling at 1 against 2 threads, accuracy on every float32 case. A target
-whose csoftmax result disagrees with the float64 reference fails whatever the
-timing.
+thread scaling at 1 against 2 threads, accuracy on every float32 case; the
+``parity`` rows (float32) come from :mod:`bench.parity`. A target whose
+csoftmax result disagrees with the float64 reference fails whatever the timing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import parity
 from .many_threads import IMPLS, THREADS
 from .ops import OPS, SHAPE_GROUPS
 from .report import copy_ratio
@@ -38,7 +39,7 @@ class Target:
         Operation name (see :data:`bench.ops.OPS`).
     shape : tuple of int or None
         None for targets over every case (accuracy).
-    kind : {"faster", "floor", "relative", "scaling", "threads", "accuracy"}
+    kind : {"faster", "floor", "relative", "scaling", "threads", "accuracy", "parity"}
         ``faster``: ``peer time / csoftmax time >= bound``; ``floor``:
         ``csoftmax time / np.copyto time <= bound``; ``relative``:
         ``csoftmax time / csoftmax time of op other <= bound`` (the two timed
@@ -48,10 +49,12 @@ class Target:
         calling ``op`` with ``num_threads=1`` over one thread's, ``>= bound``
         (see :mod:`bench.many_threads`); ``accuracy``: float32 error of the
         full-size output against the float64 reference no larger than
-        PyTorch's.
+        PyTorch's; ``parity``: a criterion of :data:`bench.parity.SPECS`,
+        measured by :mod:`bench.parity` (float32).
     bound : float
     peer : str, optional
-        Peer of ``faster``; other operation of ``relative``.
+        Peer of ``faster``; other operation of ``relative``; ``"<case
+        key>:<criterion name>"`` of ``parity``.
     """
 
     group: str
@@ -64,6 +67,8 @@ class Target:
     @property
     def criterion(self):
         """The criterion in words."""
+        if self.kind == "parity":
+            return parity.criterion_text(self.peer)
         if self.kind == "relative":
             own, base, how = RELATIVE.get((self.op, self.peer), (None, None, ""))
             return f"<= {self.bound:g}x csoftmax {self.peer} time ({how or 'own case'})"
@@ -147,7 +152,14 @@ def _rows():
              Target("column split, 1 row", CE, (1, 262144), "scaling", 1.5),
              Target("column split, 1 row", "softmax", (1, 262144), "scaling", 1.5),
              Target("accuracy", "all", None, "accuracy")]
-    return rows
+    return rows + parity_rows()
+
+
+def parity_rows(specs=None):
+    """Return the ``parity`` target rows: one per criterion of :data:`bench.parity.SPECS`."""
+    specs = parity.SPECS if specs is None else specs
+    return [Target(s.group, s.op, tuple(s.shape), "parity", c.bound, f"{s.key}:{c.name}")
+            for s in specs for c in s.criteria]
 
 
 TARGETS = _rows()
@@ -169,7 +181,7 @@ def plan(dtypes, threads):
     """
     keys = set()
     for t in TARGETS:
-        if t.shape is None or t.kind == "threads":
+        if t.shape is None or t.kind in {"threads", "parity"}:
             continue
         keys.add((t.op, t.shape, threads))
         if t.kind == "relative":
@@ -187,14 +199,15 @@ def threads_plan():
 
 
 class _Index:
-    """Case results looked up by ``(op, shape, dtype, threads)``, and many-threads
-    results by ``(function, shape, dtype)``."""
+    """Case results looked up by ``(op, shape, dtype, threads)``, many-threads
+    results by ``(function, shape, dtype)``, parity results by case key."""
 
-    def __init__(self, results, many_threads=()):
+    def __init__(self, results, many_threads=(), parity_results=()):
         self.by_key = {(r["op"], tuple(r["shape"]), r["dtype"], r["threads"]): r
                        for r in results}
         self.many_threads = {(r["impl"], tuple(r["shape"]), r["dtype"]): r
                              for r in many_threads}
+        self.parity = {r["key"]: r for r in parity_results}
 
     def get(self, op, shape, dtype, threads):
         return self.by_key.get((op, tuple(shape), dtype, threads))
@@ -230,6 +243,8 @@ def evaluate(target, index, dtype, threads):
         return _accuracy(index, dtype)
     if target.kind == "threads":
         return _many_threads(target, index, dtype)
+    if target.kind == "parity":
+        return _parity(target, index, dtype)
     result = index.get(target.op, target.shape, dtype,
                        1 if target.kind == "scaling" else threads)
     if result is None:
@@ -299,6 +314,18 @@ def _many_threads(target, index, dtype):
             "note": ", ".join(context)}
 
 
+def _parity(target, index, dtype):
+    """Verdict of a ``parity`` target, as judged by :func:`bench.parity.judge`."""
+    if dtype != parity.DTYPE:
+        return {"value": None, "passed": None, "note": f"{parity.DTYPE} only"}
+    key, _, name = target.peer.partition(":")
+    result = index.parity.get(key)
+    row = next((c for c in (result or {}).get("criteria", []) if c["name"] == name), None)
+    if row is None:
+        return {"value": None, "passed": None, "note": "not measured"}
+    return {"value": row["value"], "passed": row["passed"], "note": row["note"]}
+
+
 def _accuracy(index, dtype):
     if dtype != "float32":
         return {"value": None, "passed": None, "note": "float32 only"}
@@ -317,7 +344,7 @@ def _accuracy(index, dtype):
             "note": where if worst is not None else "no case with PyTorch"}
 
 
-def evaluate_all(results, dtypes, threads, many_threads=()):
+def evaluate_all(results, dtypes, threads, many_threads=(), parity_results=(), rows=None):
     """Measure every target.
 
     Parameters
@@ -328,6 +355,10 @@ def evaluate_all(results, dtypes, threads, many_threads=()):
     threads : int
     many_threads : list of dict, optional
         Many-threads results (see :func:`bench.many_threads.measure`).
+    parity_results : list of dict, optional
+        Parity results (see :func:`bench.parity.measure`).
+    rows : list of Target, optional
+        The targets to measure (default: :data:`TARGETS`).
 
     Returns
     -------
@@ -336,9 +367,9 @@ def evaluate_all(results, dtypes, threads, many_threads=()):
         (dtype to the dict of :func:`evaluate`) and ``verdict`` (``PASS``,
         ``FAIL`` or ``n/a``).
     """
-    index = _Index(results, many_threads)
-    rows = []
-    for target in TARGETS:
+    index = _Index(results, many_threads, parity_results)
+    targets, rows = TARGETS if rows is None else rows, []
+    for target in targets:
         by_dtype = {dt: evaluate(target, index, dt, threads) for dt in dtypes}
         verdicts = [m["passed"] for m in by_dtype.values() if m["passed"] is not None]
         verdict = "n/a" if not verdicts else "PASS" if all(verdicts) else "FAIL"

@@ -3,7 +3,8 @@
 It runs end to end on a tiny configuration and writes the JSON it promises;
 no timing is asserted. The new inference pieces run too: ``--cpu`` (a forced
 kernel set in a subprocess), ``--many-threads`` and the evaluation of the
-relative and many-threads targets.
+relative and many-threads targets; ``--parity`` on tiny shapes (the PyTorch
+parity cases: checks, interleaved timing, verdicts, a MISMATCH failing them).
 """
 
 import json
@@ -141,3 +142,81 @@ def test_bench_targets_evaluate_new_kinds():
     unmeasured = next(r for r in rows if r["group"] == "many threads"
                       and r["shape"] == [256, 1000])
     assert unmeasured["verdict"] == "n/a"
+
+
+#: Tiny stand-ins of the parity cases' shapes (same ranks and class axes).
+TINY_PARITY = {"ce_axis1": (2, 5, 8, 8), "ce_3d": (2, 8, 50), "softmax_axis1": (4, 30, 6),
+               "softmax_axis0": (30, 40), "masked_padding": (16, 64),
+               "masked_random": (16, 64)}
+
+
+def test_bench_parity_cli_tiny(tmp_path, capsys, monkeypatch):
+    """``--parity`` on tiny shapes and budget: every case checked, timed and judged."""
+    pytest.importorskip("torch")
+    cli = _import_bench()
+    import dataclasses
+
+    from bench import parity
+
+    tiny = [dataclasses.replace(s, shape=TINY_PARITY[s.key]) for s in parity.SPECS]
+    monkeypatch.setattr(parity, "SPECS", tiny)
+    out = tmp_path / "parity.json"
+    assert cli.main(["--parity", "--budget", "0.01", "--threads", "2",
+                     "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "## PyTorch parity: timings (SIMD path: csoftmax" in text
+    assert "## performance targets (SIMD path: csoftmax" in text
+    assert "`torch.masked.softmax(xt, -1, mask=mt)`" in text
+    assert "MISMATCH" not in text
+    data = json.loads(out.read_text())
+    assert data["problems"] == []
+    assert [r["key"] for r in data["parity"]] == list(TINY_PARITY)
+    for result in data["parity"]:
+        assert result["status"] == "ok", result["message"]
+        assert result["shape"] == list(TINY_PARITY[result["key"]])
+        for name, call in result["calls"].items():
+            assert call["time"] > 0, name
+            if name != "copyto":
+                assert call["error"] <= 1e-4, name
+        for row in result["criteria"]:
+            assert row["value"] > 0 and isinstance(row["passed"], bool), row
+    assert len(data["targets"]) == sum(len(s.criteria) for s in tiny)
+    assert all(r["verdict"] in {"PASS", "FAIL"} for r in data["targets"])
+
+
+def test_bench_parity_mismatch_fails_its_criteria():
+    """A call that disagrees with the reference is a MISMATCH and fails its criteria."""
+    _import_bench()
+    import dataclasses
+
+    import numpy as np
+
+    from bench import parity, targets
+
+    spec = next(s for s in parity.SPECS if s.key == "ce_3d")
+
+    def wrong(shape, threads, seed, torch):
+        built = spec.build(shape, threads, seed, torch)
+        good = built.calls["csoftmax_2d_out"]
+        built.calls["csoftmax_2d_out"] = lambda: (lambda r: (r[0] + 1.0, r[1]))(good())
+        return built
+
+    bad = dataclasses.replace(spec, shape=(2, 4, 16), build=wrong)
+    result = parity.measure(bad, 1, budget=0.0, min_rounds=1, min_sample=1e-5)
+    assert result["status"] == "mismatch"
+    assert result["calls"]["csoftmax_out"]["status"] == "ok"
+    assert "MISMATCH" in result["calls"]["csoftmax_2d_out"]["status"].upper()
+    (row,) = result["criteria"]
+    assert row["passed"] is False and "MISMATCH" in row["note"]
+    assert parity.problems([result])
+    # the targets table reads the verdict; float64 has no parity row
+    rows = targets.evaluate_all([], ["float32", "float64"], 1, parity_results=[result],
+                                rows=targets.parity_rows([bad]))
+    assert rows[0]["verdict"] == "FAIL"
+    assert rows[0]["by_dtype"]["float64"]["note"] == "float32 only"
+    assert "2-D" in rows[0]["criterion"]
+    # the full targets list holds the parity rows and plans no case for them
+    assert sum(t.kind == "parity" for t in targets.TARGETS) == sum(
+        len(s.criteria) for s in parity.SPECS)
+    assert all(c.op.name in targets.OPS for c in targets.plan(["float32"], 2))
+    assert np.isfinite(result["calls"]["csoftmax_out"]["time"])

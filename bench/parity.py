@@ -1,0 +1,562 @@
+"""PyTorch parity of the 0.2 API: ``python -m bench --parity``.
+
+The calls that 0.2 added, each timed interleaved (:func:`bench.timing.interleave`)
+in one process with what a PyTorch user writes for the same result, float32:
+
+- ``cross_entropy_with_grad(x, t, axis=1, out=g)`` on ``(8, 21, 256, 256)``
+  segmentation logits (classes on axis 1) against ``F.cross_entropy`` forward +
+  backward (the input requires grad) and ``np.copyto`` of the logits;
+- ``cross_entropy_with_grad`` on ``(32, 512, 1000)`` (classes last) against the
+  same call on the 2-D view ``(16384, 1000)`` of the same logits: time per
+  element (both calls have as many elements);
+- ``softmax`` over a non-last axis (``(64, 1000, 64)`` axis 1, ``(1000, 4096)``
+  axis 0) against ``torch.softmax`` and ``np.copyto``;
+- ``softmax(x, where=m)`` on ``(8192, 1024)`` with a broadcast ``(1, 1024)``
+  padding mask (last 10% False) and with a full random mask, against
+  ``torch.masked.softmax(xt, -1, mask=mt)``, ``xt.masked_fill(~mt, -inf).softmax(-1)``
+  and (broadcast mask) csoftmax's unmasked softmax.
+
+Every call's result is first checked against a float64 NumPy reference
+(relative error ``1e-4``, as :mod:`bench.runner`); the masks leave no slice
+empty, so that torch's two masked forms (NaN or 0 there) agree with csoftmax. A
+call that disagrees is still timed, printed as ``MISMATCH`` and fails every
+criterion it enters. The criteria (:class:`Criterion`) are time ratios; they
+appear as rows of kind ``parity`` in ``python -m bench --targets`` (see
+:mod:`bench.targets`).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .ops import LOGIT_SCALE, shape_label
+from .peers import to_arrays
+from .report import format_time
+from .runner import TOLERANCE, rel_error
+from .timing import interleave
+
+DTYPE = "float32"
+#: Fraction of the columns that the broadcast padding mask leaves out (the last ones).
+PADDING = 0.1
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One criterion of a case: ``time(num) / time(den)`` against a bound.
+
+    Attributes
+    ----------
+    name : str
+        Key within its case.
+    num, den : str
+        Calls of the case (keys of :attr:`Built.calls`).
+    bound : float
+    at_least : bool
+        ``value >= bound`` (a speed-up) if True, else ``value <= bound``.
+    text : str
+        The criterion in words.
+    alt : str, optional
+        A call timed in place of ``den`` (``out=`` variant) whose ratio the
+        note gives for context.
+    """
+
+    name: str
+    num: str
+    den: str
+    bound: float
+    at_least: bool
+    text: str
+    alt: str | None = None
+
+    def passed(self, value):
+        """Whether ``value`` meets the bound."""
+        return value >= self.bound if self.at_least else value <= self.bound
+
+
+@dataclass
+class Built:
+    """A case ready to verify and time.
+
+    Attributes
+    ----------
+    calls : dict of str to callable
+        The timed calls (no argument), csoftmax's first.
+    labels : dict of str to str
+        The call of each, in words.
+    outputs : dict of str to callable
+        Per checked call: turns what it returns into a tuple of arrays
+        comparable with the reference (``np.copyto`` has none).
+    reference : callable
+        Returns the float64 reference outputs.
+    references : dict of str to callable, optional
+        Calls checked against a reference of their own (e.g. the unmasked
+        softmax beside the masked one).
+    """
+
+    calls: dict
+    labels: dict
+    outputs: dict
+    reference: Callable
+    references: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parity case.
+
+    Attributes
+    ----------
+    key : str
+        Identifier (in the JSON and the target rows).
+    group : str
+        What is measured (first column of the targets table).
+    op : str
+        The csoftmax call in short.
+    shape : tuple of int
+    build : callable
+        ``build(shape, threads, seed, torch)`` -> :class:`Built`; ``torch`` is
+        the module or None (then the torch calls are left out).
+    criteria : tuple of Criterion
+    """
+
+    key: str
+    group: str
+    op: str
+    shape: tuple
+    build: Callable
+    criteria: tuple
+
+
+# ---------------------------------------------------------------- references
+
+
+def _lse64(x, axis):
+    m = np.max(x, axis=axis, keepdims=True)
+    return m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+
+
+def _ce_reference(x, t, axis):
+    """Mean cross-entropy and its gradient in float64, classes along ``axis``."""
+    xm = np.moveaxis(x.astype(np.float64), axis, -1)
+    lse = _lse64(xm, -1)
+    picked = np.take_along_axis(xm, t[..., None], -1)
+    loss = np.mean(lse - picked)
+    grad = np.exp(xm - lse)
+    np.put_along_axis(grad, t[..., None], np.take_along_axis(grad, t[..., None], -1) - 1, -1)
+    grad /= t.size
+    return np.float64(loss), np.moveaxis(grad, -1, axis)
+
+
+def _softmax_reference(x, axis, where=None):
+    x = x.astype(np.float64)
+    if where is not None:
+        x = np.where(where, x, -np.inf)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _logits(shape, seed):
+    rng = np.random.default_rng([seed, *shape])
+    return (LOGIT_SCALE * rng.standard_normal(shape)).astype(DTYPE), rng
+
+
+def _own(result):
+    return to_arrays(result)
+
+
+# ---------------------------------------------------------------- cases
+
+
+def _build_ce_axis1(shape, threads, seed, torch):
+    """Segmentation logits ``(N, C, H, W)``, classes on axis 1, integer targets."""
+    import csoftmax
+
+    x, rng = _logits(shape, seed)
+    t = rng.integers(0, shape[1], size=shape[:1] + shape[2:])
+    g, dst = np.empty_like(x), np.empty_like(x)
+    calls = {"csoftmax_out": lambda: csoftmax.cross_entropy_with_grad(
+        x, t, axis=1, out=g, num_threads=threads)}
+    labels = {"csoftmax_out": "csoftmax.cross_entropy_with_grad(x, t, axis=1, out=g)"}
+    outputs = {"csoftmax_out": _own}
+    if torch is not None:
+        leaf = torch.from_numpy(x).requires_grad_(True)
+        tt = torch.from_numpy(t)
+        func = torch.nn.functional.cross_entropy
+
+        def forward_backward():
+            leaf.grad = None
+            loss = func(leaf, tt)
+            loss.backward()
+            return loss, leaf.grad
+
+        calls["torch"] = forward_backward
+        labels["torch"] = "F.cross_entropy(xt, tt) + backward (xt requires grad)"
+        outputs["torch"] = to_arrays
+    calls["copyto"] = lambda: np.copyto(dst, x)
+    labels["copyto"] = "np.copyto(dst, x)"
+    return Built(calls, labels, outputs, lambda: _ce_reference(x, t, 1))
+
+
+def _build_ce_3d(shape, threads, seed, torch):
+    """``(B, S, C)`` classes last, and the same logits as one ``(B*S, C)`` matrix."""
+    import csoftmax
+
+    x, rng = _logits(shape, seed)
+    t = rng.integers(0, shape[-1], size=shape[:-1])
+    flat = (int(np.prod(shape[:-1])), shape[-1])
+    x2, t2 = x.reshape(flat), t.reshape(flat[:1])  # views: the same memory
+    g3, g2 = np.empty_like(x), np.empty_like(x2)
+    calls = {
+        "csoftmax_out": lambda: csoftmax.cross_entropy_with_grad(
+            x, t, out=g3, num_threads=threads),
+        "csoftmax_2d_out": lambda: csoftmax.cross_entropy_with_grad(
+            x2, t2, out=g2, num_threads=threads)}
+    labels = {"csoftmax_out": f"cross_entropy_with_grad(x, t, out=g) on {shape_label(shape)}",
+              "csoftmax_2d_out": f"the same on the 2-D view {shape_label(flat)}"}
+    outputs = {"csoftmax_out": _own,
+               "csoftmax_2d_out": lambda r: (np.asarray(r[0]), r[1].reshape(shape))}
+    return Built(calls, labels, outputs, lambda: _ce_reference(x, t, -1))
+
+
+def _softmax_builder(axis):
+    def build(shape, threads, seed, torch):
+        import csoftmax
+
+        x, _ = _logits(shape, seed)
+        out, dst = np.empty_like(x), np.empty_like(x)
+        calls = {
+            "csoftmax": lambda: csoftmax.softmax(x, axis, num_threads=threads),
+            "csoftmax_out": lambda: csoftmax.softmax(x, axis, out=out, num_threads=threads)}
+        labels = {"csoftmax": f"csoftmax.softmax(x, axis={axis})",
+                  "csoftmax_out": f"csoftmax.softmax(x, axis={axis}, out=o)"}
+        outputs = {"csoftmax": _own, "csoftmax_out": _own}
+        if torch is not None:
+            xt = torch.from_numpy(x)
+            calls["torch"] = lambda: torch.softmax(xt, axis)
+            labels["torch"] = f"torch.softmax(xt, {axis})"
+            outputs["torch"] = to_arrays
+        calls["copyto"] = lambda: np.copyto(dst, x)
+        labels["copyto"] = "np.copyto(dst, x)"
+        return Built(calls, labels, outputs, lambda: (_softmax_reference(x, axis),))
+
+    return build
+
+
+def padding_mask(shape):
+    """The broadcast ``(1, C)`` mask: True but on the last :data:`PADDING` of the columns."""
+    mask = np.ones((1, shape[-1]), dtype=bool)
+    mask[:, shape[-1] - max(1, int(PADDING * shape[-1])):] = False
+    return mask
+
+
+def random_mask(shape, rng):
+    """A full random mask (half True) with at least one True per row (no empty slice)."""
+    mask = rng.random(shape) < 0.5
+    mask[~mask.any(axis=-1), 0] = True
+    return mask
+
+
+def _masked_builder(kind):
+    def build(shape, threads, seed, torch):
+        import csoftmax
+
+        x, rng = _logits(shape, seed)
+        mask = padding_mask(shape) if kind == "padding" else random_mask(shape, rng)
+        out, plain = np.empty_like(x), np.empty_like(x)
+        calls = {
+            "csoftmax": lambda: csoftmax.softmax(x, where=mask, num_threads=threads),
+            "csoftmax_out": lambda: csoftmax.softmax(x, where=mask, out=out,
+                                                     num_threads=threads)}
+        labels = {"csoftmax": "csoftmax.softmax(x, where=m)",
+                  "csoftmax_out": "csoftmax.softmax(x, where=m, out=o)"}
+        outputs = {"csoftmax": _own, "csoftmax_out": _own}
+        if kind == "padding":
+            calls["csoftmax_unmasked_out"] = lambda: csoftmax.softmax(x, out=plain,
+                                                                      num_threads=threads)
+            labels["csoftmax_unmasked_out"] = "csoftmax.softmax(x, out=o) (no mask)"
+            outputs["csoftmax_unmasked_out"] = _own
+        if torch is not None:
+            xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+            neg_inf = float("-inf")
+            calls["torch_masked"] = lambda: torch.masked.softmax(xt, -1, mask=mt)
+            calls["torch_masked_fill"] = lambda: xt.masked_fill(~mt, neg_inf).softmax(-1)
+            labels["torch_masked"] = "torch.masked.softmax(xt, -1, mask=mt)"
+            labels["torch_masked_fill"] = "xt.masked_fill(~mt, -inf).softmax(-1)"
+            outputs["torch_masked"] = outputs["torch_masked_fill"] = to_arrays
+        return Built(calls, labels, outputs,
+                     lambda: (_softmax_reference(x, -1, np.broadcast_to(mask, shape)),),
+                     {"csoftmax_unmasked_out": lambda: (_softmax_reference(x, -1),)})
+
+    return build
+
+
+def _faster(peer, own, bound, what, alt=None):
+    return Criterion(peer, peer, own, bound, True, f">= {bound:g}x faster than {what}", alt)
+
+
+def _floor(own, bound):
+    return Criterion("copyto", own, "copyto", bound, False,
+                     f"<= {bound:g}x np.copyto time (out=)")
+
+
+_SOFTMAX_CRITERIA = (_faster("torch", "csoftmax", 1.5, "torch.softmax", "csoftmax_out"),
+                     _floor("csoftmax_out", 1.5))
+_MASKED_CRITERIA = (
+    _faster("torch_masked", "csoftmax", 2, "torch.masked.softmax", "csoftmax_out"),
+    _faster("torch_masked_fill", "csoftmax", 2, "masked_fill(-inf).softmax",
+            "csoftmax_out"))
+
+#: The parity cases, in table order.
+SPECS = [
+    Spec("ce_axis1", "parity: CE loss+grad, class axis 1 (segmentation)",
+         "cross_entropy_with_grad axis=1 out=", (8, 21, 256, 256), _build_ce_axis1,
+         (_faster("torch", "csoftmax_out", 3, "F.cross_entropy fwd+bwd"),
+          _floor("csoftmax_out", 1.5))),
+    Spec("ce_3d", "parity: CE loss+grad, 3-D logits, class axis last",
+         "cross_entropy_with_grad out=", (32, 512, 1000), _build_ce_3d,
+         (Criterion("2d", "csoftmax_out", "csoftmax_2d_out", 1.1, False,
+                    "time per element <= 1.1x the 2-D (rows x C) call's (interleaved)"),)),
+    Spec("softmax_axis1", "parity: softmax over a non-last axis", "softmax axis=1",
+         (64, 1000, 64), _softmax_builder(1), _SOFTMAX_CRITERIA),
+    Spec("softmax_axis0", "parity: softmax over a non-last axis", "softmax axis=0",
+         (1000, 4096), _softmax_builder(0), _SOFTMAX_CRITERIA),
+    Spec("masked_padding", "parity: masked softmax, (1, C) padding mask (last 10% False)",
+         "softmax where=", (8192, 1024), _masked_builder("padding"),
+         (*_MASKED_CRITERIA,
+          Criterion("unmasked", "csoftmax_out", "csoftmax_unmasked_out", 1.2, False,
+                    "<= 1.2x csoftmax's unmasked softmax time (out=, interleaved)"))),
+    Spec("masked_random", "parity: masked softmax, full random mask", "softmax where=",
+         (8192, 1024), _masked_builder("random"), _MASKED_CRITERIA),
+]
+
+
+def criterion_text(ref, specs=None):
+    """The words of criterion ``"<case key>:<criterion name>"`` (a target row's ``peer``)."""
+    key, _, name = ref.partition(":")
+    for spec in SPECS if specs is None else specs:
+        for c in spec.criteria:
+            if spec.key == key and c.name == name:
+                return c.text
+    return f"parity criterion {ref}"
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def _verify(built, tol):
+    """Run each call once (the warm-up) and compare its outputs with the reference."""
+    expected = built.reference()
+    checks = {}
+    for name, call in built.calls.items():
+        check = checks[name] = {"label": built.labels[name], "status": "ok"}
+        try:
+            result = call()
+        except Exception as exc:  # noqa: BLE001 - reported in the row
+            check.update(status="error", message=f"{type(exc).__name__}: {exc}")
+            continue
+        if name not in built.outputs:
+            check["status"] = "unchecked"
+            continue
+        out = built.outputs[name](result)
+        del result
+        want = built.references[name]() if name in built.references else expected
+        err = check["error"] = rel_error(out, want)
+        del want
+        bad = [str(a.dtype) for a in out if name.startswith("csoftmax") and a.ndim
+               and a.dtype != np.dtype(DTYPE)]
+        problems = [f"error {err:.2e} vs float64 reference"] if not err <= tol else []
+        if bad:
+            problems.append(f"output dtype {', '.join(bad)}, not {DTYPE}")
+        if problems:
+            check.update(status="mismatch", message="; ".join(problems))
+    return checks
+
+
+def measure(spec, threads, budget=1.0, stat="min", seed=0, min_rounds=5, min_sample=1e-3,
+            torch=None):
+    """Verify and time one parity case, then judge its criteria.
+
+    Parameters
+    ----------
+    spec : Spec
+    threads : int
+        ``num_threads`` of csoftmax (PyTorch's threads are set by the caller).
+    budget : float, optional
+        Seconds of interleaved timing.
+    stat : {"min", "median"}, optional
+        The statistic used as each call's ``time``.
+    seed : int, optional
+    min_rounds : int, optional
+    min_sample : float, optional
+    torch : module, optional
+        PyTorch, or None to leave its calls out.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``key``, ``group``, ``op``, ``shape``, ``dtype``,
+        ``threads``, ``status`` (``ok``, ``mismatch``, ``error``),
+        ``message``, per call its check and timing summary (``calls``), the
+        judged ``criteria`` (``name``, ``text``, ``bound``, ``value``,
+        ``passed``, ``note``) and ``seconds``.
+    """
+    start = time.perf_counter()
+    result = {"key": spec.key, "group": spec.group, "op": spec.op, "shape": list(spec.shape),
+              "dtype": DTYPE, "threads": threads, "status": "ok", "message": "",
+              "calls": {}, "criteria": [], "seconds": None}
+    try:
+        built = spec.build(tuple(spec.shape), threads, seed, torch)
+        checks = _verify(built, TOLERANCE[DTYPE])
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        result.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        result["criteria"] = judge(spec, result)
+        return result
+    result["calls"] = checks
+    bad = [f"{name}: {c['status'].upper()}: {c['message']}" for name, c in checks.items()
+           if c["status"] in {"mismatch", "error"}]
+    if bad:
+        result.update(status="error" if any(c["status"] == "error" for c in checks.values())
+                      else "mismatch", message="; ".join(bad))
+    timed = {name: call for name, call in built.calls.items()
+             if checks[name]["status"] != "error"}
+    gc.collect()
+    samples = interleave(timed, budget, min_rounds=min_rounds, min_sample=min_sample,
+                         warmup=0) if timed else {}
+    for name, s in samples.items():
+        checks[name].update(s.summary())
+        checks[name]["time"] = checks[name][stat]
+    del built, timed, samples
+    gc.collect()
+    result["criteria"] = judge(spec, result)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def judge(spec, result):
+    """Judge the criteria of ``spec`` on its measured ``result``.
+
+    A criterion whose call disagreed with the reference or failed fails,
+    whatever the times; one whose call was not made (PyTorch missing) is
+    not measured (``passed`` None).
+    """
+    rows = []
+    calls = result["calls"]
+    for c in spec.criteria:
+        row = {"name": c.name, "text": c.text, "bound": c.bound, "value": None,
+               "passed": None, "note": ""}
+        rows.append(row)
+        if result["status"] == "error" and not calls:
+            row.update(passed=False, note=f"ERROR: {result['message']}")
+            continue
+        involved = [n for n in (c.num, c.den, c.alt) if n]
+        broken = [f"{n} {calls[n]['status'].upper()}" for n in involved
+                  if n in calls and calls[n]["status"] in {"mismatch", "error"}]
+        missing = [n for n in (c.num, c.den) if n not in calls]
+        if broken and missing:
+            row.update(passed=False, note=", ".join(broken))
+        if missing:
+            row["note"] = row["note"] or f"{', '.join(missing)} not run (torch not installed?)"
+            continue
+        num, den = calls[c.num].get("time"), calls[c.den].get("time")
+        if num and den:
+            row["value"] = num / den
+            row["passed"] = c.passed(row["value"])
+        alt = calls.get(c.alt, {}).get("time") if c.alt else None
+        if alt and num and c.at_least:
+            row["note"] = f"out=: {num / alt:.2f}x"
+        if broken:
+            row.update(passed=False, note=", ".join(broken))
+        elif row["value"] is None:
+            row.update(passed=False, note="not timed")
+    return rows
+
+
+def run(specs=None, threads=2, budget=1.0, stat="min", seed=0, min_rounds=5,
+        min_sample=1e-3, stream=None):
+    """Measure every parity case.
+
+    Parameters
+    ----------
+    specs : list of Spec, optional
+        Default :data:`SPECS`.
+    threads : int, optional
+        csoftmax's ``num_threads`` and ``torch.set_num_threads`` (restored after).
+    budget : float, optional
+        Seconds of interleaved timing per case.
+    stat, seed, min_rounds, min_sample
+        As in :func:`measure`.
+    stream : file, optional
+        Where progress is written.
+
+    Returns
+    -------
+    list of dict
+        See :func:`measure`.
+    """
+    specs = SPECS if specs is None else specs
+    try:
+        torch = importlib.import_module("torch")
+    except Exception:  # noqa: BLE001 - optional: its calls are left out
+        torch = None
+    saved = torch.get_num_threads() if torch is not None else None
+    results = []
+    try:
+        if torch is not None:
+            torch.set_num_threads(threads)
+        for spec in specs:
+            if stream is not None:
+                print(f"parity: {spec.key} {shape_label(spec.shape)} {DTYPE} t={threads}",
+                      file=stream, flush=True)
+            results.append(measure(spec, threads, budget, stat, seed, min_rounds,
+                                   min_sample, torch))
+            if stream is not None and results[-1]["status"] != "ok":
+                print(f"!! parity {spec.key}: {results[-1]['status'].upper()}: "
+                      f"{results[-1]['message']}", file=stream, flush=True)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(saved)
+    return results
+
+
+def problems(results):
+    """List the mismatches and errors, one line each."""
+    return [f"parity {r['key']} {shape_label(r['shape'])} {r['dtype']}: "
+            f"{r['status'].upper()}: {r['message']}" for r in results if r["status"] != "ok"]
+
+
+def table_lines(results, simd=None):
+    """Return the Markdown lines of the parity timings table.
+
+    Parameters
+    ----------
+    results : list of dict
+        As returned by :func:`run`.
+    simd : str, optional
+        The SIMD paths in use (see :func:`bench.report.simd_text`).
+    """
+    threads = results[0]["threads"] if results else "?"
+    lines = [f"## PyTorch parity: timings (SIMD path: {simd or 'unknown'}; {DTYPE}, "
+             f"{threads} thread(s); error: relative to the float64 reference)", "",
+             "| case | shape | call | time | / first call's | error |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in results:
+        shape = shape_label(r["shape"])
+        if not r["calls"]:
+            lines.append(f"| {r['key']} | {shape} | **ERROR** | — | — | {r['message']} |")
+            continue
+        base = next(iter(r["calls"].values())).get("time")
+        for c in r["calls"].values():
+            t = c.get("time")
+            rel = f"{t / base:.2f}x" if t and base else "—"
+            err = f"{c['error']:.1e}" if c.get("error") is not None else "—"
+            if c["status"] in {"mismatch", "error"}:
+                err = f"**{c['status'].upper()}** {c.get('message', '')}"
+            lines.append(f"| {r['key']} | {shape} | `{c['label']}` | {format_time(t)} | "
+                         f"{rel} | {err} |")
+    return lines
