@@ -739,8 +739,9 @@ class Frontend:
             "mean" and "sum" alike, or per position (1.0/0.0; 0.0 where
             ignored) for "none".  A tie for the largest logit counts as correct
             when the target is one of the tied classes (not np.argmax's first
-            index); a position whose logits hold NaN, or +inf without a cap,
-            is not correct.  Class-index targets only.
+            index); a position whose loss is NaN (logits holding NaN, or,
+            without a cap, +inf or only -inf) is not correct.  Class-index
+            targets only.
         num_threads : int, optional
             As for :func:`softmax`.
 
