@@ -313,7 +313,8 @@ class _Problem:
         starts, _ = self.starts()
         parts = da.blockwise(
             _count_block, "i", self.target, "i", da.from_array(np.array(starts), chunks=1), "i",
-            weight=self.weight if weighted else None, ignore_index=self.options["ignore_index"], n_classes=self.c,
+            weight=self.weight if weighted else None,
+            ignore_index=self.options["ignore_index"], n_classes=self.c,
             adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True, align_arrays=False,
             meta=np.empty((0,), np.float64))
         return parts.sum()
@@ -519,7 +520,8 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
                      if reduction == "none" else loss_d)
     if not grads:  # no rows
         grad = da.zeros((0, p.c), dtype=p.dtype)
-        parts = [np.empty(0, p.dtype) if reduction == "none" else (np.zeros(2) if p.split_z else 0.0)]
+        empty_sum = np.zeros(2) if p.split_z else 0.0
+        parts = [np.empty(0, p.dtype) if reduction == "none" else empty_sum]
     else:
         grad = da.concatenate(grads, axis=0)
     if reduction == "none":

@@ -8,8 +8,6 @@
 # path, so results are bitwise identical at every thread count.
 
 
-
-
 cdef extern from "strided.hpp" namespace "csoftmax" nogil:
     enum: STRIDED_BYTES
     void strided_unit[T](
