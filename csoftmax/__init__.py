@@ -13,6 +13,7 @@ import platform
 import sys
 
 from . import _dispatch
+from ._api import CrossEntropyGradResult, CrossEntropyResult
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 
@@ -68,6 +69,8 @@ def show_config():
 
 __all__ = [
     "BACKEND",
+    "CrossEntropyGradResult",
+    "CrossEntropyResult",
     "__version__",
     "config",
     "cross_entropy",

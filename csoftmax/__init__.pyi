@@ -6,7 +6,7 @@
 # and bool input gives float64; `out=` is returned as given.  Reductions to no axis give a
 # NumPy scalar, otherwise an array, hence the unions where the shape decides.
 
-from typing import Any, Literal, SupportsIndex, TypeVar, overload
+from typing import Any, Literal, NamedTuple, SupportsIndex, TypeVar, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -177,35 +177,45 @@ def cross_entropy(
     logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
-    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    softcap: float | None = None, return_z_loss: Literal[False] = False,
+    return_token_accuracy: Literal[False] = False, num_threads: SupportsIndex | None = None,
 ) -> _FloatT: ...
 @overload
 def cross_entropy(
     logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
-    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    softcap: float | None = None, return_z_loss: Literal[False] = False,
+    return_token_accuracy: Literal[False] = False, num_threads: SupportsIndex | None = None,
 ) -> NDArray[_FloatT] | _FloatT: ...
 @overload
 def cross_entropy(
     logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
-    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    softcap: float | None = None, return_z_loss: Literal[False] = False,
+    return_token_accuracy: Literal[False] = False, num_threads: SupportsIndex | None = None,
 ) -> np.floating[Any]: ...
 @overload
 def cross_entropy(
     logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
-    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    softcap: float | None = None, return_z_loss: Literal[False] = False,
+    return_token_accuracy: Literal[False] = False, num_threads: SupportsIndex | None = None,
 ) -> _Reduced: ...
 @overload
 def cross_entropy_with_grad(
     logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
-    label_smoothing: float = 0.0, out: NDArray[_FloatT] | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    softcap: float | None = None, return_z_loss: Literal[False] = False,
+    return_token_accuracy: Literal[False] = False, out: NDArray[_FloatT] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[_FloatT, NDArray[_FloatT]]: ...
 @overload
@@ -213,7 +223,9 @@ def cross_entropy_with_grad(
     logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
-    label_smoothing: float = 0.0, out: NDArray[_FloatT] | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    softcap: float | None = None, return_z_loss: Literal[False] = False,
+    return_token_accuracy: Literal[False] = False, out: NDArray[_FloatT] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[NDArray[_FloatT] | _FloatT, NDArray[_FloatT]]: ...
 @overload
@@ -221,7 +233,9 @@ def cross_entropy_with_grad(
     logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: _MeanOrSum = "mean",
-    label_smoothing: float = 0.0, out: NDArray[Any] | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    softcap: float | None = None, return_z_loss: Literal[False] = False,
+    return_token_accuracy: Literal[False] = False, out: NDArray[Any] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[np.floating[Any], NDArray[np.floating[Any]]]: ...
 @overload
@@ -229,9 +243,38 @@ def cross_entropy_with_grad(
     logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str,
-    label_smoothing: float = 0.0, out: NDArray[Any] | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    softcap: float | None = None, return_z_loss: Literal[False] = False,
+    return_token_accuracy: Literal[False] = False, out: NDArray[Any] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[_Reduced, NDArray[np.floating[Any]]]: ...
+class CrossEntropyResult(NamedTuple):
+    loss: Any
+    z_loss: Any = None
+    token_accuracy: Any = None
+class CrossEntropyGradResult(NamedTuple):
+    loss: Any
+    grad: Any
+    z_loss: Any = None
+    token_accuracy: Any = None
+@overload
+def cross_entropy(
+    logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str = "mean",
+    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+    return_z_loss: bool = False, return_token_accuracy: bool = False,
+    num_threads: SupportsIndex | None = None,
+) -> CrossEntropyResult: ...
+@overload
+def cross_entropy_with_grad(
+    logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str = "mean",
+    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+    return_z_loss: bool = False, return_token_accuracy: bool = False,
+    out: NDArray[Any] | None = None, num_threads: SupportsIndex | None = None,
+) -> CrossEntropyGradResult: ...
 
 # -- threads and configuration --------------------------------------------------------------
 

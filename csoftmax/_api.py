@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,36 @@ COLUMN_CHUNK = 1 << 14
 STRIDED_BLOCK_BYTES = 256
 # op codes of the compiled fast path (OP_SOFTMAX, OP_LOG_SOFTMAX in src/kernels.pxi)
 _OP_SOFTMAX, _OP_LOG_SOFTMAX = 0, 1
+
+
+class CrossEntropyResult(NamedTuple):
+    """What :func:`cross_entropy` returns when a ``return_*`` flag is set.
+
+    ``loss`` is the loss (z-loss included); ``z_loss`` the z-loss part of it
+    (None unless ``return_z_loss``); ``token_accuracy`` the fraction of counted
+    positions whose target holds the largest logit (per position for
+    ``reduction="none"``; None unless ``return_token_accuracy``).
+    """
+
+    loss: Any
+    z_loss: Any = None
+    token_accuracy: Any = None
+
+
+class CrossEntropyGradResult(NamedTuple):
+    """What :func:`cross_entropy_with_grad` returns when a ``return_*`` flag
+    is set: as :class:`CrossEntropyResult`, with ``grad`` second."""
+
+    loss: Any
+    grad: Any
+    z_loss: Any = None
+    token_accuracy: Any = None
+
+
+def _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy):
+    """True for the default z_loss, softcap and flags (the C fast path's call)."""
+    return (softcap is None and return_z_loss is False and return_token_accuracy is False
+            and type(z_loss) in (float, int) and z_loss == 0)
 
 
 def _declined(*args):
@@ -584,6 +615,28 @@ class Frontend:
             scale = 1.0 / total if total != 0.0 else float("nan")
         else:
             scale = 1.0
+        # z-loss, soft cap, token accuracy: options of the kernels, passed only
+        # when set (the defaults run the plain kernels)
+        z = args.z_loss
+        flags = args.return_z_loss or args.return_token_accuracy
+        extra = {}
+        row_z = row_acc = None
+        kept = total
+        if z != 0.0 or flags:
+            # the z-loss and the accuracy count positions, whatever the weights
+            if args.labels is not None and args.weight is not None:
+                kept = float(np.count_nonzero(args.labels != args.ignore_index))
+        if z != 0.0:
+            row_z = np.empty(n_rows, np.float64)
+            z_scale = 1.0
+            if args.reduction == "mean":
+                z_scale = 1.0 / kept if kept != 0.0 else float("nan")
+            extra.update(z_loss=z, z_scale=z_scale, row_z=row_z)
+        if args.softcap is not None:
+            extra["softcap"] = args.softcap
+        if args.return_token_accuracy:
+            row_acc = np.empty(n_rows, np.float64)
+            extra["row_acc"] = row_acc
         total_loss = 0.0  # the kernels' sum of the row losses, in an order fixed by the shape
         if n_rows:
             if args.middle is not None:
@@ -592,28 +645,55 @@ class Frontend:
                     args.logits, args.labels.reshape(outer, inner), args.weight,
                     args.ignore_index, args.label_smoothing, scale, row_loss, grad,
                     _threads_strided(outer, n_classes, inner, args.compute.itemsize,
-                                     num_threads),
+                                     num_threads), **extra,
                 )
             elif args.labels is not None:
                 total_loss = self._kernel(
                     "cross_entropy_index_rows", args.compute, args.labels.dtype)(
                     args.logits, args.labels, args.weight, args.ignore_index,
-                    args.label_smoothing, scale, row_loss, grad, threads,
+                    args.label_smoothing, scale, row_loss, grad, threads, **extra,
                 )
             else:
                 total_loss = self._kernel("cross_entropy_prob_rows", args.compute)(
                     args.logits, args.probs, args.weight, args.label_smoothing,
-                    scale, row_loss, grad, threads,
+                    scale, row_loss, grad, threads, **extra,
                 )
         if args.reduction == "none":
-            loss = row_loss.astype(args.result).reshape(args.positions)
-            return loss[()] if args.one_sample else loss
+            if row_z is not None:
+                row_loss += row_z
+            loss = self._per_position(args, row_loss)
+            if not flags:
+                return loss
+            return (loss,
+                    self._per_position(args, row_z if row_z is not None
+                                       else np.zeros(n_rows)) if args.return_z_loss else None,
+                    self._per_position(args, row_acc) if args.return_token_accuracy else None)
         if args.reduction == "mean":
             total_loss = total_loss / total if total != 0.0 else float("nan")
-        return args.result.type(total_loss)
+        z_part = 0.0
+        if row_z is not None:
+            z_part = float(np.add.reduce(row_z))  # pairwise, in row order
+            if args.reduction == "mean":
+                z_part = z_part / kept if kept != 0.0 else float("nan")
+            total_loss = total_loss + z_part
+        loss = args.result.type(total_loss)
+        if not flags:
+            return loss
+        accuracy = None
+        if args.return_token_accuracy:
+            correct = float(np.add.reduce(row_acc))
+            accuracy = args.result.type(correct / kept if kept != 0.0 else float("nan"))
+        return loss, args.result.type(z_part) if args.return_z_loss else None, accuracy
+
+    @staticmethod
+    def _per_position(args, rows):
+        """Per-row float64 values as a "none" result (the positions' shape)."""
+        r = rows.astype(args.result).reshape(args.positions)
+        return r[()] if args.one_sample else r
 
     def cross_entropy(self, logits, target, *, axis=-1, weight=None, ignore_index=-100,
-                      reduction="mean", label_smoothing=0.0, num_threads=None):
+                      reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                      return_z_loss=False, return_token_accuracy=False, num_threads=None):
         """Cross-entropy of softmax(logits) against ``target``, as
         ``torch.nn.functional.cross_entropy`` on ``(N, C)`` input.
 
@@ -640,6 +720,27 @@ class Frontend:
             "none" gives the loss of every position (the target's shape).
         label_smoothing : float in [0, 1]
             Mixes the target with the uniform distribution, as PyTorch does.
+        z_loss : float >= 0, default 0
+            PaLM's auxiliary z-loss: ``z_loss * lse**2`` per counted position
+            (``lse`` the logsumexp of its logits, after ``softcap``) is added
+            to the loss, unweighted by ``weight`` and, for "mean", divided by
+            the number of counted positions (not by the summed class weight).
+        softcap : float > 0, optional
+            Gemma 2's logit soft-capping: the logits become
+            ``softcap * tanh(logits / softcap)`` before everything else (the
+            gradient goes back through the cap).
+        return_z_loss, return_token_accuracy : bool, default False
+            With either, the result is a :class:`CrossEntropyResult` named
+            tuple ``(loss, z_loss, token_accuracy)`` (a field not asked for is
+            None): ``z_loss`` is the z-loss part of ``loss``, reduced the same
+            way; ``token_accuracy`` the fraction of counted positions (not
+            ignored) whose target holds the largest (soft-capped) logit, for
+            "mean" and "sum" alike, or per position (1.0/0.0; 0.0 where
+            ignored) for "none".  A tie for the largest logit counts as correct
+            when the target is one of the tied classes (not np.argmax's first
+            index); a position whose loss is NaN (logits holding NaN, or,
+            without a cap, +inf or only -inf) is not correct.  Class-index
+            targets only.
         num_threads : int, optional
             As for :func:`softmax`.
 
@@ -647,7 +748,8 @@ class Frontend:
         -------
         scalar or ndarray
             A NumPy scalar of the logits' dtype ("none": the logits' shape
-            without ``axis``).
+            without ``axis``); a :class:`CrossEntropyResult` with a
+            ``return_*`` flag.
 
         Examples
         --------
@@ -659,19 +761,26 @@ class Frontend:
         >>> csoftmax.cross_entropy(images, labels, axis=1, reduction="none").round(4)
         array([[[1.0986, 1.0986],
                 [1.0986, 1.0986]]])
+        >>> r = csoftmax.cross_entropy(x, np.array([0, 2]), z_loss=1e-4, softcap=30.0,
+        ...                            return_token_accuracy=True)
+        >>> float(r.loss.round(4)), float(r.token_accuracy), r.z_loss
+        (0.6697, 1.0, None)
         """
-        if weight is None:
+        plain = _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy)
+        if weight is None and plain:
             r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
                                          label_smoothing, num_threads, False, None)
             if r is not None:
                 return r
         args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing,
-                                axis)
-        return self._cross_entropy(args, None, num_threads)
+                                axis, z_loss, softcap, return_z_loss, return_token_accuracy)
+        r = self._cross_entropy(args, None, num_threads)
+        return CrossEntropyResult(*r) if isinstance(r, tuple) else r
 
     def cross_entropy_with_grad(self, logits, target, *, axis=-1, weight=None,
                                 ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                                out=None, num_threads=None):
+                                z_loss=0.0, softcap=None, return_z_loss=False,
+                                return_token_accuracy=False, out=None, num_threads=None):
         """Cross-entropy and its gradient with respect to the logits, in one pass.
 
         The gradient of the row loss ``-sum(y' log a)`` is ``a * sum(y') - y'``
@@ -683,6 +792,15 @@ class Frontend:
         ----------
         logits, target, axis, weight, ignore_index, reduction, label_smoothing
             As for :func:`cross_entropy`.
+        z_loss, softcap, return_z_loss, return_token_accuracy
+            As for :func:`cross_entropy`; the gradient includes both terms
+            exactly (``2 z_loss lse softmax`` per counted position times the
+            "mean" factor, and the ``1 - tanh**2`` of the cap).  The cap is
+            applied row by row in a scratch row per thread; rows of fewer than
+            32 classes, rows split over threads (fewer rows than two per
+            thread, more than 16384 classes), probability targets and a class
+            axis that is not the last go through a capped copy of the logits
+            instead (one more array of the logits' size).
         out : ndarray, optional
             Where to write the gradient: C-contiguous, writeable, the logits'
             shape and dtype.  ``out=logits`` computes in place.
@@ -696,6 +814,9 @@ class Frontend:
         grad : ndarray
             ``d loss / d logits``, the logits' shape and dtype.
 
+        With a ``return_*`` flag: a :class:`CrossEntropyGradResult` named
+        tuple ``(loss, grad, z_loss, token_accuracy)``.
+
         Examples
         --------
         >>> import numpy as np, csoftmax
@@ -703,13 +824,14 @@ class Frontend:
         >>> float(loss.round(4)), grad
         (0.6931, array([[ 0.5, -0.5]]))
         """
-        if weight is None:
+        plain = _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy)
+        if weight is None and plain:
             r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
                                          label_smoothing, num_threads, True, out)
             if r is not None:
                 return r
         args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing,
-                                axis)
+                                axis, z_loss, softcap, return_z_loss, return_token_accuracy)
         if out is not None:
             args.check_out(out)
         x = args.logits
@@ -726,9 +848,14 @@ class Frontend:
             grad = np.empty(x.shape, args.compute)
         loss = self._cross_entropy(args, grad, num_threads)
         if direct:
-            return loss, out
-        grad = args.restore(grad)
-        if out is not None:
-            np.copyto(out, grad, casting="unsafe")
-            return loss, out
-        return loss, (grad if args.result == args.compute else grad.astype(args.result))
+            grad = out
+        else:
+            grad = args.restore(grad)
+            if out is not None:
+                np.copyto(out, grad, casting="unsafe")
+                grad = out
+            elif args.result != args.compute:
+                grad = grad.astype(args.result)
+        if isinstance(loss, tuple):
+            return CrossEntropyGradResult(loss[0], grad, *loss[1:])
+        return loss, grad

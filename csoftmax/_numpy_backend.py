@@ -195,18 +195,90 @@ def _cross_entropy_prob_blocks(logits, target, weight, label_smoothing, grad_sca
             grad[:] = g - (y * grad_scale).astype(logits.dtype)
 
 
+# z-loss, soft cap, token accuracy (the options of the compiled kernels, same
+# signature): the cap as a capped copy, the z-loss and the accuracy from a
+# second look at each block of rows (the twin favours plainness over one pass)
+
+def _softcapped(logits, softcap):
+    c = logits.dtype.type(softcap)
+    with np.errstate(all="ignore"):
+        return c * np.tanh(logits / c)
+
+
+@blockwise(0, 1, 2, 3, 4)
+def _extras_blocks(logits, counted, target, row_z, row_acc, z_loss):
+    """z lse^2 (row_z) and target == row max (row_acc) of the counted rows
+    (0 elsewhere); either array may be None."""
+    with np.errstate(all="ignore"):
+        m, _, _, s = _exp_shifted(logits)
+        if row_z is not None:
+            lse = m[:, 0].astype(np.float64) + np.log(s)
+            row_z[:] = np.where(counted, z_loss * lse * lse, 0.0)
+        if row_acc is not None:
+            t = np.where(counted, target, 0)
+            x_t = logits[np.arange(len(t)), t]
+            correct = (x_t == m[:, 0]) & ~np.isnan(s)
+            row_acc[:] = np.where(counted, correct, False)
+
+
+@blockwise(0, 1, 2)
+def _z_grad_blocks(logits, counted, grad, coef):
+    """grad += 2 z_scale z lse softmax on the counted rows (coef: 2 z z_scale)."""
+    with np.errstate(all="ignore"):
+        m, _, e, s = _exp_shifted(logits)
+        lse = m[:, 0].astype(np.float64) + np.log(s)
+        c = np.where(counted, coef * lse / s, 0.0).astype(logits.dtype)
+        grad += e * c[:, None]
+        grad[~counted] = 0
+
+
+def _with_extras(run, logits, target, counted, grad, z_loss, z_scale, softcap, row_z,
+                 row_acc):
+    """run(logits) (the plain kernel, returning its sum) with the options."""
+    capped = None
+    if softcap:
+        logits = capped = _softcapped(logits, softcap)
+    elif z_loss and grad is not None and np.may_share_memory(grad, logits):
+        logits = logits.copy()  # in place: the z-loss gradient reads the logits after
+    if z_loss or row_acc is not None:
+        _extras_blocks(logits, counted, target, row_z if z_loss else None, row_acc, z_loss)
+    total = run(logits)
+    if grad is not None and z_loss:
+        _z_grad_blocks(logits, counted, grad, 2.0 * z_loss * z_scale)
+    if grad is not None and capped is not None:
+        with np.errstate(all="ignore"):
+            u = capped / capped.dtype.type(softcap)
+            grad *= 1 - u * u
+    return total
+
+
 def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
-                             grad_scale, row_loss, grad, n_threads):
-    _cross_entropy_index_blocks(logits, target, weight, ignore_index, label_smoothing,
-                                grad_scale, row_loss, grad, n_threads)
-    return float(np.add.reduce(row_loss))
+                             grad_scale, row_loss, grad, n_threads, z_loss=0.0, z_scale=0.0,
+                             softcap=0.0, row_z=None, row_acc=None):
+    def run(x):
+        _cross_entropy_index_blocks(x, target, weight, ignore_index, label_smoothing,
+                                    grad_scale, row_loss, grad, n_threads)
+        return float(np.add.reduce(row_loss))
+
+    if not (z_loss or softcap or row_acc is not None):
+        return run(logits)
+    return _with_extras(run, logits, target, target != ignore_index, grad, z_loss, z_scale,
+                        softcap, row_z, row_acc)
 
 
 def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
-                            row_loss, grad, n_threads):
-    _cross_entropy_prob_blocks(logits, target, weight, label_smoothing, grad_scale,
-                               row_loss, grad, n_threads)
-    return float(np.add.reduce(row_loss))
+                            row_loss, grad, n_threads, z_loss=0.0, z_scale=0.0, softcap=0.0,
+                            row_z=None):
+    def run(x):
+        _cross_entropy_prob_blocks(x, target, weight, label_smoothing, grad_scale,
+                                   row_loss, grad, n_threads)
+        return float(np.add.reduce(row_loss))
+
+    if not (z_loss or softcap):
+        return run(logits)
+    counted = np.ones(logits.shape[0], bool)
+    return _with_extras(run, logits, None, counted, grad, z_loss, z_scale, softcap, row_z,
+                        None)
 
 
 # ---------------------------------------------------------------------------
@@ -246,13 +318,14 @@ def logsumexp_strided(x, out, n_threads):
 
 
 def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoothing,
-                                grad_scale, row_loss, grad, n_threads):
+                                grad_scale, row_loss, grad, n_threads, **options):
     if row_loss.size == 0:
         return 0.0
     r = _moved(logits)
     g = None if grad is None else np.empty_like(r)
     total = cross_entropy_index_rows(r, target.reshape(-1), weight, ignore_index,
-                                     label_smoothing, grad_scale, row_loss, g, n_threads)
+                                     label_smoothing, grad_scale, row_loss, g, n_threads,
+                                     **options)
     if grad is not None:
         grad[...] = _moved_back(g, logits.shape)
     return total

@@ -231,7 +231,12 @@ class CrossEntropyArgs:
     """
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
-                 axis=-1):
+                 axis=-1, z_loss=0.0, softcap=None, return_z_loss=False,
+                 return_token_accuracy=False):
+        self.z_loss = check_z_loss(z_loss)
+        self.softcap = check_softcap(softcap)
+        self.return_z_loss = check_flag(return_z_loss, "return_z_loss")
+        self.return_token_accuracy = check_flag(return_token_accuracy, "return_token_accuracy")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if isinstance(label_smoothing, (str, bytes)):
@@ -301,6 +306,10 @@ class CrossEntropyArgs:
             self.labels_in = y.reshape(n_rows)
             self.labels = _as_label_array(self.labels_in, ignore_index)
         elif y.dtype.kind == "f":
+            if self.return_token_accuracy:
+                raise ValueError(
+                    "return_token_accuracy needs class-index targets, not probabilities"
+                )
             if y.shape != x.shape:
                 raise ValueError(
                     f"probability target has shape {y.shape}, expected the logits' "
@@ -362,6 +371,43 @@ class CrossEntropyArgs:
             f"target[{index}] = {value} is not a class index in [0, {self.n_classes}) "
             f"nor ignore_index ({self.ignore_index})"
         )
+
+
+def _real(value, name):
+    """value as a float, or TypeError naming it (str, None, arrays of size > 1)."""
+    if isinstance(value, (str, bytes, bool, np.bool_)) or value is None:
+        raise TypeError(f"{name} must be a float, not {value!r}")
+    try:
+        return float(value)
+    except OverflowError:  # a huge int
+        return math.inf
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float, not {type(value).__name__}") from None
+
+
+def check_z_loss(z_loss):
+    """The z-loss coefficient: a finite float >= 0."""
+    z = _real(z_loss, "z_loss")
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ValueError(f"z_loss must be finite and >= 0, got {z_loss!r}")
+    return z
+
+
+def check_softcap(softcap):
+    """The logit soft cap: None (no cap) or a finite float > 0."""
+    if softcap is None:
+        return None
+    c = _real(softcap, "softcap")
+    if not (math.isfinite(c) and c > 0.0):
+        raise ValueError(f"softcap must be None or finite and > 0, got {softcap!r}")
+    return c
+
+
+def check_flag(value, name):
+    """A bool option (True/False or a NumPy bool)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, not {value!r}")
+    return bool(value)
 
 
 def _as_label_array(y, ignore_index):

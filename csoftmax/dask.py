@@ -264,7 +264,7 @@ class _Problem:
     """The logits and target aligned by rows, the options checked, the result dtype known."""
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
-                 num_threads):
+                 num_threads, z_loss=0.0, softcap=None):
         logits = _as_dask(logits, whole_axes=(1,))
         if logits.ndim != 2:
             raise ValueError(
@@ -285,7 +285,7 @@ class _Problem:
             target = da.from_array(np.asarray(target), chunks=chunks)
         self.weight = None if weight is None else np.asarray(weight)
         self.options = dict(weight=self.weight, ignore_index=ignore_index,
-                            label_smoothing=label_smoothing)
+                            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
         self.reduction = reduction
         self.num_threads = num_threads
         # every option, shape and dtype rule of csoftmax, checked now on an empty chunk
@@ -295,20 +295,26 @@ class _Problem:
         self.dtype = np.asarray(empty).dtype
         self.logits, self.target, self.n, self.c = logits, target, n, c
         self.bounds = np.concatenate([[0], np.cumsum(rows)]).astype(int).tolist()
+        # "mean" divides the z-loss by the counted rows, the rest by their summed
+        # weight: with weights the two are reduced apart
+        self.split_z = (reduction == "mean" and self.weight is not None and self.labels
+                        and float(z_loss) != 0.0)
 
     def starts(self):
         return self.bounds[:-1], self.bounds[1:]
 
     # -- the global denominator of "mean" --------------------------------------------------
 
-    def total(self):
-        """A 0-d float64 dask array: the summed weight of the counted rows (N for probs)."""
+    def total(self, weighted=True):
+        """A 0-d float64 dask array: the summed weight of the counted rows (N for
+        probs; their number with ``weighted=False``)."""
         if not self.labels:
             return da.from_array(np.float64(self.n))
         starts, _ = self.starts()
         parts = da.blockwise(
             _count_block, "i", self.target, "i", da.from_array(np.array(starts), chunks=1), "i",
-            weight=self.weight, ignore_index=self.options["ignore_index"], n_classes=self.c,
+            weight=self.weight if weighted else None,
+            ignore_index=self.options["ignore_index"], n_classes=self.c,
             adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True, align_arrays=False,
             meta=np.empty((0,), np.float64))
         return parts.sum()
@@ -334,31 +340,63 @@ def _count_block(t, start, *, weight, ignore_index, n_classes):
     return np.array([np.add.reduce(weight.astype(np.float64)[labels])], np.float64)
 
 
-def _loss_block(x, t, start, stop, *, reduction, options, num_threads):
+def _loss_block(x, t, start, stop, *, reduction, options, num_threads, split_z=False):
     start, stop = int(start[0]), int(stop[0])  # one-element blocks
+    if split_z:  # [the chunk's summed loss without z-loss, its summed z-loss]
+        r = _in_rows(_cs.cross_entropy, start, stop, x, t, reduction="sum",
+                     num_threads=num_threads, return_z_loss=True, **options)
+        return np.array([float(r.loss) - float(r.z_loss), float(r.z_loss)], np.float64)
     loss = _in_rows(_cs.cross_entropy, start, stop, x, t, reduction=reduction,
                     num_threads=num_threads, **options)
     return loss if reduction == "none" else np.array([loss], np.float64)
 
 
-def _grad_block(x, t, total, start, stop, *, reduction, options, num_threads):
-    """(row losses, or the chunk's summed loss; gradient) of one chunk."""
+def _mean_scale(grad, t, total, options):
+    """grad times 1 / total: as in memory, nan on counted rows for total 0."""
+    if total != 0.0:
+        grad *= grad.dtype.type(1.0 / total)
+    else:  # ignored rows stay 0
+        counted = np.ones(len(grad), bool) if t.ndim == 2 else t != options["ignore_index"]
+        grad[counted] = np.nan
+    return grad
+
+
+def _grad_block(x, t, total, start, stop, *, reduction, options, num_threads, count=None):
+    """(row losses, or the chunk's summed loss; gradient) of one chunk.  count:
+    the counted rows when the z-loss of a weighted "mean" is reduced apart
+    (then the loss is [summed loss without z-loss, summed z-loss])."""
     if reduction == "none":
         return _in_rows(_cs.cross_entropy_with_grad, start, stop, x, t, reduction="none",
                         num_threads=num_threads, **options)
+    if count is not None:
+        # the z-loss gradient is the difference of two gradients of the chunk
+        plain = dict(options, z_loss=0.0)
+        r = _in_rows(_cs.cross_entropy_with_grad, start, stop, x, t, reduction="sum",
+                     num_threads=num_threads, return_z_loss=True, **options)
+        _, g0 = _in_rows(_cs.cross_entropy_with_grad, start, stop, x, t, reduction="sum",
+                         num_threads=num_threads, **plain)
+        gz = r.grad - g0
+        grad = _mean_scale(g0, t, total, options) + _mean_scale(gz, t, count, options)
+        return np.array([float(r.loss) - float(r.z_loss), float(r.z_loss)]), grad
     loss, grad = _in_rows(_cs.cross_entropy_with_grad, start, stop, x, t, reduction="sum",
                           num_threads=num_threads, **options)
     if reduction == "mean":
-        if total != 0.0:
-            grad *= grad.dtype.type(1.0 / total)
-        else:  # as in memory: nan on counted rows, ignored rows stay 0
-            counted = np.ones(len(grad), bool) if t.ndim == 2 else t != options["ignore_index"]
-            grad[counted] = np.nan
+        grad = _mean_scale(grad, t, total, options)
     return np.float64(loss), grad
 
 
-def _finish(parts, total, dtype):
-    """The loss from the chunks' sums: ``sum`` (total None) or ``sum / total``."""
+def _finish(parts, total, dtype, count=None):
+    """The loss from the chunks' sums: ``sum`` (total None) or ``sum / total``;
+    with count, parts are pairs [loss without z-loss, z-loss], the z-loss
+    divided by count."""
+    if count is not None:
+        p = np.asarray(parts, np.float64).reshape(-1, 2)
+        total, count = float(total), float(count)
+        s = float(np.add.reduce(p[:, 0]))
+        z = float(np.add.reduce(p[:, 1]))
+        s = s / total if total != 0.0 else float("nan")
+        z = z / count if count != 0.0 else float("nan")
+        return np.asarray(s + z, dtype)
     s = float(np.add.reduce(np.asarray(parts, np.float64)))
     if total is not None:
         total = float(total)
@@ -367,7 +405,8 @@ def _finish(parts, total, dtype):
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
-                  reduction="mean", label_smoothing=0.0, num_threads=None):
+                  reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                  num_threads=None):
     """Lazy :func:`csoftmax.cross_entropy` over logits chunked along rows.
 
     Parameters
@@ -381,8 +420,10 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         The class axis.  N-D logits are computed as the rows of their positions
         (``moveaxis`` and ``reshape``, lazily); a bad label is then named by
         its flat position.
-    weight, ignore_index, reduction, label_smoothing, num_threads
-        As for :func:`csoftmax.cross_entropy` (``num_threads`` per chunk).
+    weight, ignore_index, reduction, label_smoothing, z_loss, softcap, num_threads
+        As for :func:`csoftmax.cross_entropy` (``num_threads`` per chunk; the
+        z-loss of a weighted "mean" divided by the global count of counted
+        rows).  The ``return_*`` flags are not offered here.
 
     Returns
     -------
@@ -403,10 +444,10 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     """
     rows = _Rows(logits, target, axis)
     p = _Problem(rows.logits, rows.target, weight, ignore_index, reduction, label_smoothing,
-                 num_threads)
+                 num_threads, z_loss, softcap)
     starts, stops = p.starts()
     kwargs = dict(reduction="none" if reduction == "none" else "sum", options=p.options,
-                  num_threads=num_threads)
+                  num_threads=num_threads, split_z=p.split_z)
     start_a = da.from_array(np.array(starts), chunks=1)
     stop_a = da.from_array(np.array(stops), chunks=1)
     if reduction == "none":
@@ -417,21 +458,25 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
             **kwargs))
     sums = da.blockwise(
         _loss_block, "i", p.logits, "ij", p.target, p._target_index(), start_a, "i", stop_a, "i",
-        adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True, align_arrays=False,
-        meta=np.empty((0,), np.float64), **kwargs)
+        adjust_chunks={"i": 2 if p.split_z else 1}, dtype=np.float64, concatenate=True,
+        align_arrays=False, meta=np.empty((0,), np.float64), **kwargs)
     total = p.total() if reduction == "mean" else None
-    loss = dask.delayed(_finish, pure=True)(sums, total, p.dtype)
+    count = p.total(weighted=False) if p.split_z else None
+    loss = dask.delayed(_finish, pure=True)(sums, total, p.dtype, count)
     return da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype))
 
 
 def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
-                            reduction="mean", label_smoothing=0.0, num_threads=None):
+                            reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                            num_threads=None):
     """Lazy :func:`csoftmax.cross_entropy_with_grad`: loss and gradient, one task per chunk.
 
     Parameters
     ----------
-    logits, target, axis, weight, ignore_index, reduction, label_smoothing, num_threads
-        As for :func:`cross_entropy`.
+    logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+    num_threads
+        As for :func:`cross_entropy` (a weighted "mean" with z-loss computes
+        each chunk's gradient twice, to scale its z-loss part apart).
 
     Returns
     -------
@@ -455,16 +500,19 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
     """
     rows = _Rows(logits, target, axis)
     p = _Problem(rows.logits, rows.target, weight, ignore_index, reduction, label_smoothing,
-                 num_threads)
+                 num_threads, z_loss, softcap)
     total = p.total() if reduction == "mean" else None
     total_d = None if total is None else total.to_delayed(optimize_graph=False)[()]
+    count_d = None
+    if p.split_z:
+        count_d = p.total(weighted=False).to_delayed(optimize_graph=False)[()]
     x_blocks = p.logits.to_delayed(optimize_graph=False).ravel()
     t_blocks = p.target.to_delayed(optimize_graph=False).ravel()
     block = dask.delayed(_grad_block, pure=True, nout=2)
     grads, parts = [], []
     for xb, tb, start, stop in zip(x_blocks, t_blocks, *p.starts()):
         loss_d, grad_d = block(xb, tb, total_d, start, stop, reduction=reduction,
-                               options=p.options, num_threads=num_threads)
+                               options=p.options, num_threads=num_threads, count=count_d)
         grads.append(da.from_delayed(grad_d, shape=(stop - start, p.c), dtype=p.dtype,
                                      meta=np.empty((0, 0), p.dtype)))
         parts.append(da.from_delayed(loss_d, shape=(stop - start,), dtype=p.dtype,
@@ -472,11 +520,12 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
                      if reduction == "none" else loss_d)
     if not grads:  # no rows
         grad = da.zeros((0, p.c), dtype=p.dtype)
-        parts = [np.empty(0, p.dtype) if reduction == "none" else 0.0]
+        empty_sum = np.zeros(2) if p.split_z else 0.0
+        parts = [np.empty(0, p.dtype) if reduction == "none" else empty_sum]
     else:
         grad = da.concatenate(grads, axis=0)
     if reduction == "none":
         return rows.loss(da.concatenate([da.asarray(q) for q in parts])), rows.grad(grad)
-    loss = dask.delayed(_finish, pure=True)(parts, total_d, p.dtype)
+    loss = dask.delayed(_finish, pure=True)(parts, total_d, p.dtype, count_d)
     return (da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype)),
             rows.grad(grad))

@@ -108,7 +108,8 @@ class CrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing,
+                z_loss=0.0, softcap=None):
         _check_input(input)
         if input.dim() == 0:
             raise ValueError(
@@ -128,6 +129,8 @@ class CrossEntropy(torch.autograd.Function):
         # the class dimension is 1, as in PyTorch ((C,) input: 0)
         options = dict(axis=min(1, input.dim() - 1), weight=w, ignore_index=ignore_index,
                        reduction=reduction, label_smoothing=label_smoothing)
+        if not (softcap is None and type(z_loss) in (float, int) and z_loss == 0):
+            options.update(z_loss=z_loss, softcap=softcap)
         ctx.reduction = reduction
         ctx.name = "cross_entropy"
         if ctx.needs_input_grad[0]:
@@ -146,7 +149,7 @@ class CrossEntropy(torch.autograd.Function):
             # the class dimension (1) of the input missing from the loss
             grad_output = grad_output.unsqueeze(1)
         # a new tensor: the saved gradient stays intact for retain_graph=True
-        return grad * grad_output.to(grad.dtype), None, None, None, None, None
+        return grad * grad_output.to(grad.dtype), None, None, None, None, None, None, None
 
 
 class _RowFunction(torch.autograd.Function):
@@ -216,7 +219,7 @@ class LogSoftmax(_RowFunction):
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0):
+                  label_smoothing=0.0, *, z_loss=0.0, softcap=None):
     """``torch.nn.functional.cross_entropy`` on CPU tensors, with the gradient fused
     into the forward pass.
 
@@ -237,6 +240,16 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         As in PyTorch: "mean" divides by the summed weight of the counted rows.
     label_smoothing : float in [0, 1]
         As in PyTorch.
+    z_loss : float >= 0, default 0
+        PaLM's z-loss ``z_loss * logsumexp(row)**2`` added per counted row
+        (see :func:`csoftmax.cross_entropy`); not in ``F.cross_entropy``.
+    softcap : float > 0, optional
+        Gemma 2's logit soft cap, ``softcap * tanh(input / softcap)`` before
+        the softmax; not in ``F.cross_entropy`` (there:
+        ``F.cross_entropy(softcap * torch.tanh(input / softcap), ...)``).
+        Both enter the fused gradient exactly.  (The ``return_z_loss`` and
+        ``return_token_accuracy`` flags of the NumPy API are not offered
+        here: the result stays one differentiable tensor.)
 
     Returns
     -------
@@ -258,7 +271,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     tensor([[-0.3333,  0.1667,  0.1667],
             [ 0.1667,  0.1667, -0.3333]], dtype=torch.float64)
     """
-    return CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
+    return CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing,
+                              z_loss, softcap)
 
 
 def softmax(input, dim, *, mask=None):

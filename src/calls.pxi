@@ -225,71 +225,145 @@ cdef void _cross_entropy_index_serial(
     const floating *x, const label_t *t, Py_ssize_t n_rows, Py_ssize_t n,
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
     double *loss, double *tile_loss, floating *grad, double scale,
+    const CrossEntropyExtra *ex, floating *capped, floating cap,
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(_n_units(n_rows, n)):
         _cross_entropy_index_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
-                                  loss, tile_loss, grad, scale, i)
+                                  loss, tile_loss, grad, scale, ex, capped, cap, i)
+
+
+# ---------------------------------------------------------------------------
+# the soft cap of a whole array (the paths that do not cap row by row: short
+# rows, rows split over threads, probability targets, the strided kernel):
+# the capped logits in a temporary array, and the gradient taken back through
+# the cap afterwards.  Elementwise, by blocks over the threads: the same bits
+# as the row-by-row cap (row_softcap, row_softcap_grad) at any thread count.
+
+cdef enum:
+    CAP_BLOCK = 1 << 14
+
+
+cdef floating *_softcap_copy(
+    const floating *x, Py_ssize_t size, floating cap, int n_threads
+) except? NULL:
+    cdef floating *c = <floating *>malloc(max(size, 1) * sizeof(floating))
+    if c == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t b, nb = (size + CAP_BLOCK - 1) // CAP_BLOCK
+    if n_threads > 1:
+        for b in prange(nb, nogil=True, schedule="static", num_threads=n_threads):
+            row_softcap(x + b * CAP_BLOCK, c + b * CAP_BLOCK,
+                        min(<Py_ssize_t>CAP_BLOCK, size - b * CAP_BLOCK), cap)
+    else:
+        with nogil:
+            row_softcap(x, c, size, cap)
+    return c
+
+
+cdef void _softcap_back(
+    floating *g, const floating *c, Py_ssize_t size, floating cap, int n_threads
+) noexcept nogil:
+    cdef Py_ssize_t b, nb = (size + CAP_BLOCK - 1) // CAP_BLOCK
+    if n_threads > 1:
+        for b in prange(nb, schedule="static", num_threads=n_threads):
+            row_softcap_grad(g + b * CAP_BLOCK, c + b * CAP_BLOCK,
+                             min(<Py_ssize_t>CAP_BLOCK, size - b * CAP_BLOCK), cap)
+    else:
+        row_softcap_grad(g, c, size, cap)
 
 
 cdef double _cross_entropy_index_core(
     const floating *x, const label_t *t, Py_ssize_t n_rows, Py_ssize_t n,
     const floating *w, Py_ssize_t ignore_index, double label_smoothing, double scale,
     double *loss, floating *grad, int n_threads,
+    const CrossEntropyExtra *ex=NULL, double cap=0.0,
 ) except? -1:
     """Row losses with class indices (checked) into loss, the gradient times
     scale into grad unless NULL (grad may be x); returns the sum of the row
-    losses (see _loss_total).  n_rows >= 1."""
+    losses (see _loss_total).  ex: z-loss and per-row extras (NULL: none);
+    cap > 0: the logits soft-capped at cap (row by row in a thread's scratch
+    row on the common path, else through a capped copy).  n_rows >= 1."""
     cdef Py_ssize_t i
     cdef double w_total = <double>n if w == NULL else row_sum(w, n)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / n
     cdef _CrossEntropyArgs ce = _CrossEntropyArgs(ignore_index, w_total, alpha, beta, scale,
-                                                  loss)
-    if _split_rows(n_rows, n, n_threads):
+                                                  loss, ex)
+    cdef floating *xc
+    cdef double total
+    cdef bint split = _split_rows(n_rows, n, n_threads)
+    if cap != 0.0 and (split or n < SHORT_ROW):
+        xc = _softcap_copy(x, n_rows * n, <floating>cap, n_threads)
+        total = _cross_entropy_index_core(xc, t, n_rows, n, w, ignore_index, label_smoothing,
+                                          scale, loss, grad, n_threads, ex, 0.0)
+        if grad != NULL:
+            _softcap_back(grad, xc, n_rows * n, <floating>cap, n_threads)
+        free(xc)
+        return total
+    if split:
         _split_columns(OP_CROSS_ENTROPY_INDEX, x, <const floating *>NULL, t, w, grad, &ce,
                        n_rows, n, n_threads)
         return _loss_total(loss, NULL, n_rows, n)
+    cdef floating *capped = NULL  # n columns of scratch per thread
+    if cap != 0.0:
+        capped = <floating *>malloc(n_threads * n * sizeof(floating))
+        if capped == NULL:
+            raise MemoryError()
     cdef double *tl = _tile_loss_alloc(n_rows, n)
     if n_threads > 1:
         for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
                         num_threads=n_threads):
             _cross_entropy_index_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
-                                      loss, tl, grad, scale, i)
+                                      loss, tl, grad, scale, ex,
+                                      capped if capped == NULL else capped + threadid() * n,
+                                      <floating>cap, i)
     elif n_rows * n < GIL_WORK:
         _cross_entropy_index_serial(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
-                                    loss, tl, grad, scale)
+                                    loss, tl, grad, scale, ex, capped, <floating>cap)
     else:
         with nogil:
             _cross_entropy_index_serial(x, t, n_rows, n, ignore_index, w, w_total, alpha,
-                                        beta, loss, tl, grad, scale)
-    cdef double total = _loss_total(loss, tl, n_rows, n)
+                                        beta, loss, tl, grad, scale, ex, capped,
+                                        <floating>cap)
+    total = _loss_total(loss, tl, n_rows, n)
     free(tl)
+    free(capped)
     return total
 
 
 cdef void _cross_entropy_prob_serial(
     const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
     const floating *w, double alpha, double beta, double *loss, double *tile_loss,
-    floating *grad, double scale,
+    floating *grad, double scale, const CrossEntropyExtra *ex,
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(_n_units(n_rows, n)):
         _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tile_loss, grad,
-                                 scale, i)
+                                 scale, ex, i)
 
 
 cdef double _cross_entropy_prob_core(
     const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
     const floating *w, double label_smoothing, double scale, double *loss, floating *grad,
-    int n_threads,
+    int n_threads, const CrossEntropyExtra *ex=NULL, double cap=0.0,
 ) except? -1:
     """As _cross_entropy_index_core, with probability targets y (grad may be
-    x but not y)."""
+    x but not y); the soft cap always through a capped copy."""
     cdef Py_ssize_t i
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / n
-    cdef _CrossEntropyArgs ce = _CrossEntropyArgs(0, 0.0, alpha, beta, scale, loss)
+    cdef _CrossEntropyArgs ce = _CrossEntropyArgs(0, 0.0, alpha, beta, scale, loss, ex)
+    cdef floating *xc
+    cdef double total
+    if cap != 0.0:
+        xc = _softcap_copy(x, n_rows * n, <floating>cap, n_threads)
+        total = _cross_entropy_prob_core(xc, y, n_rows, n, w, label_smoothing, scale, loss,
+                                         grad, n_threads, ex, 0.0)
+        if grad != NULL:
+            _softcap_back(grad, xc, n_rows * n, <floating>cap, n_threads)
+        free(xc)
+        return total
     if _split_rows(n_rows, n, n_threads):
         _split_columns(OP_CROSS_ENTROPY_PROB, x, y, <const int32_t *>NULL, w, grad, &ce,
                        n_rows, n, n_threads)
@@ -299,16 +373,35 @@ cdef double _cross_entropy_prob_core(
         for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
                         num_threads=n_threads):
             _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tl, grad,
-                                     scale, i)
+                                     scale, ex, i)
     elif n_rows * n < GIL_WORK:
-        _cross_entropy_prob_serial(x, y, n_rows, n, w, alpha, beta, loss, tl, grad, scale)
+        _cross_entropy_prob_serial(x, y, n_rows, n, w, alpha, beta, loss, tl, grad, scale, ex)
     else:
         with nogil:
             _cross_entropy_prob_serial(x, y, n_rows, n, w, alpha, beta, loss, tl, grad,
-                                       scale)
-    cdef double total = _loss_total(loss, tl, n_rows, n)
+                                       scale, ex)
+    total = _loss_total(loss, tl, n_rows, n)
     free(tl)
     return total
+
+
+cdef CrossEntropyExtra *_extra_args(
+    CrossEntropyExtra *ex, double z_loss, double z_scale, double[::1] row_z,
+    double[::1] row_acc,
+) noexcept:
+    """ex filled from the def kernels' optional arguments; NULL when all are
+    the defaults (the kernels' plain code)."""
+    ex.z = z_loss
+    ex.zscale = z_scale
+    ex.zrow = NULL
+    ex.acc = NULL
+    if row_z is not None and row_z.shape[0] > 0:
+        ex.zrow = &row_z[0]
+    if row_acc is not None and row_acc.shape[0] > 0:
+        ex.acc = &row_acc[0]
+    if z_loss == 0.0 and ex.zrow == NULL and ex.acc == NULL:
+        return NULL
+    return ex
 
 
 def cross_entropy_index_rows(const floating[:, ::1] logits,
@@ -319,22 +412,35 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
                              double grad_scale,
                              double[::1] row_loss,
                              floating[:, ::1] grad,
-                             int n_threads):
+                             int n_threads,
+                             double z_loss=0.0,
+                             double z_scale=0.0,
+                             double softcap=0.0,
+                             double[::1] row_z=None,
+                             double[::1] row_acc=None):
     """Per-row cross-entropy with class indices into row_loss, and returns
     their sum (see _loss_total); the gradient (times grad_scale) into grad
     when grad is not None.  Labels must have been checked with label_summary.
-    weight may be None; grad may be logits."""
+    weight may be None; grad may be logits.
+
+    z_loss: z lse^2 per counted row, its gradient times z_scale, the parts
+    into row_z (not into row_loss nor the sum; row_z may be None where
+    z_loss is 0); softcap > 0: the logits become softcap tanh(x / softcap)
+    first; row_acc: 1.0 per row whose target holds the row maximum (see
+    token_correct in rowops.hpp).  The defaults run the plain kernels."""
     if logits.shape[0] == 0:
         return 0.0
     cdef const floating *w = NULL
     cdef floating *g = NULL
+    cdef CrossEntropyExtra ex
+    cdef const CrossEntropyExtra *exp = _extra_args(&ex, z_loss, z_scale, row_z, row_acc)
     if weight is not None:
         w = &weight[0]
     if grad is not None:
         g = &grad[0, 0]
     return _cross_entropy_index_core(&logits[0, 0], &target[0], logits.shape[0],
                                      logits.shape[1], w, ignore_index, label_smoothing,
-                                     grad_scale, &row_loss[0], g, n_threads)
+                                     grad_scale, &row_loss[0], g, n_threads, exp, softcap)
 
 
 def cross_entropy_prob_rows(const floating[:, ::1] logits,
@@ -344,22 +450,29 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
                             double grad_scale,
                             double[::1] row_loss,
                             floating[:, ::1] grad,
-                            int n_threads):
+                            int n_threads,
+                            double z_loss=0.0,
+                            double z_scale=0.0,
+                            double softcap=0.0,
+                            double[::1] row_z=None):
     """Per-row cross-entropy with probability targets (they need not sum to
     one) into row_loss, and returns their sum (see _loss_total); the gradient
     (times grad_scale) into grad when grad is not None.  weight may be None;
-    grad may be logits but not target."""
+    grad may be logits but not target.  z_loss, z_scale, softcap, row_z: as
+    for cross_entropy_index_rows."""
     if logits.shape[0] == 0:
         return 0.0
     cdef const floating *w = NULL
     cdef floating *g = NULL
+    cdef CrossEntropyExtra ex
+    cdef const CrossEntropyExtra *exp = _extra_args(&ex, z_loss, z_scale, row_z, None)
     if weight is not None:
         w = &weight[0]
     if grad is not None:
         g = &grad[0, 0]
     return _cross_entropy_prob_core(&logits[0, 0], &target[0, 0], logits.shape[0],
                                     logits.shape[1], w, label_smoothing, grad_scale,
-                                    &row_loss[0], g, n_threads)
+                                    &row_loss[0], g, n_threads, exp, softcap)
 
 
 include "fastpath.pxi"

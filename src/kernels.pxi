@@ -30,7 +30,7 @@
 # GIL is released in every kernel.
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 cimport numpy as cnp
 from libc.math cimport log, INFINITY, NAN
 from libc.stdlib cimport calloc, free, malloc
@@ -81,6 +81,15 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
         double w_t, double w_total, double alpha, double beta, double x_t, double smooth,
         double s, double *y_sum) noexcept
     double cross_entropy_prob_loss(double y_sum, double y_dot, double s) noexcept
+    ctypedef struct CrossEntropyExtra:
+        double z, zscale
+        double *zrow
+        double *acc
+    double z_loss_terms(double z, double zscale, double y_sum, double scale, double m,
+                        double s, double *c1) noexcept
+    double token_correct(double x_t_shifted, double s) noexcept
+    void row_softcap[T](const T *x, T *out, Py_ssize_t n, T cap) noexcept
+    void row_softcap_grad[T](T *g, const T *c, Py_ssize_t n, T cap) noexcept
     double add_chunk(double s, double p, Py_ssize_t c0) noexcept
     Py_ssize_t labels_count_bad[L](
         const L *t, Py_ssize_t n, Py_ssize_t n_classes, Py_ssize_t ignore_index,
@@ -95,7 +104,7 @@ cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
     void tile_cross_entropy_index[T, L](
         const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
         const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
-        double scale) noexcept
+        double scale, const CrossEntropyExtra *ex) noexcept
     # elements of a tile of short rows (its scratch lives on each thread's stack)
     enum: TILE
     # rows of a tile of rows of n < 32 columns
@@ -224,23 +233,59 @@ cdef inline double _skipped_row(floating *grad, Py_ssize_t n, bint ignored) noex
 
 cdef inline void _cross_entropy_index_grad(
     floating *grad, Py_ssize_t n, Py_ssize_t t, const floating *w, double w_t,
-    double alpha, double beta, double y_sum, double s, double scale,
+    double alpha, double beta, double c1, double scale,
 ) noexcept nogil:
     """Turns the exponentials in grad (n columns, w their weights or NULL) into
-    the gradient times scale.  t is the label's column counted from grad: a
-    chunk of a split row holds it only if 0 <= t < n."""
+    the gradient times scale; c1 is their coefficient, sum(y') / s * scale
+    (plus the z-loss term, see z_loss_terms).  t is the label's column counted
+    from grad: a chunk of a split row holds it only if 0 <= t < n."""
     if beta != 0.0:
-        row_grad_affine(grad, w, n, <floating>(y_sum / s * scale), <floating>(beta * scale))
+        row_grad_affine(grad, w, n, <floating>c1, <floating>(beta * scale))
     else:
-        row_scale(grad, n, <floating>(y_sum / s * scale))
+        row_scale(grad, n, <floating>c1)
     if 0 <= t < n:
         grad[t] = grad[t] - <floating>(alpha * w_t * scale)
+
+
+cdef inline void _extra_row(
+    const CrossEntropyExtra *ex, Py_ssize_t i, double x_t, double m, double s, double y_sum,
+    double scale, double *c1,
+) noexcept nogil:
+    """The z-loss (its part into ex.zrow[i], its gradient coefficient added
+    into c1) and the token accuracy (ex.acc[i]) of computed row i."""
+    cdef double zl
+    if ex.z != 0.0:
+        zl = z_loss_terms(ex.z, ex.zscale, y_sum, scale, m, s, c1)
+        if ex.zrow != NULL:
+            ex.zrow[i] = zl
+    if ex.acc != NULL:
+        ex.acc[i] = token_correct(x_t, s)
+
+
+cdef inline void _extra_skipped(
+    const CrossEntropyExtra *ex, Py_ssize_t i, bint ignored
+) noexcept nogil:
+    """The per-row extras of a row that _skipped_row handles."""
+    if ex == NULL:
+        return
+    if ex.zrow != NULL:
+        ex.zrow[i] = 0.0 if ignored else NAN
+    if ex.acc != NULL:
+        ex.acc[i] = 0.0 if ignored else NAN
 
 
 cdef inline double _cross_entropy_index_row(
     const floating *x, Py_ssize_t n, Py_ssize_t t, const floating *w,
     double w_total, double alpha, double beta, floating *grad, double scale,
+    const CrossEntropyExtra *ex, Py_ssize_t i, floating *capped, floating cap,
 ) noexcept nogil:
+    """The loss of row i (x, class t), its gradient into grad unless NULL,
+    and with ex (or NULL) its z-loss and accuracy.  capped (or NULL): room
+    for the row soft-capped at cap, which the row is then computed from; the
+    gradient goes back through the cap."""
+    if capped != NULL:
+        row_softcap(x, capped, n, cap)
+        x = capped
     cdef floating m = row_max(x, n)
     cdef double x_t = <double>x[t] - <double>m
     cdef double smooth = 0.0
@@ -257,17 +302,32 @@ cdef inline double _cross_entropy_index_row(
     cdef double y_sum
     cdef double loss = cross_entropy_index_loss(
         w_t, w_total, alpha, beta, x_t, smooth, s, &y_sum)
+    cdef double c1 = y_sum / s * scale
+    if ex != NULL:
+        _extra_row(ex, i, x_t, m, s, y_sum, scale, &c1)
     if grad != NULL:
-        _cross_entropy_index_grad(grad, n, t, w, w_t, alpha, beta, y_sum, s, scale)
+        _cross_entropy_index_grad(grad, n, t, w, w_t, alpha, beta, c1, scale)
+        if capped != NULL:
+            row_softcap_grad(grad, capped, n, cap)
     return loss
 
 
 cdef inline double _cross_entropy_prob_finish(
     floating *grad, const floating *y, Py_ssize_t n, const floating *w,
     double alpha, double beta, double y_sum, double y_dot, double s, double scale,
+    double m, const CrossEntropyExtra *ex, Py_ssize_t i,
 ) noexcept nogil:
+    """The loss of a row with probability targets from its sums, the gradient
+    into grad unless NULL; with ex (or NULL) the z-loss in the gradient, and
+    its part into ex.zrow[i] unless i < 0."""
+    cdef double c1 = y_sum / s * scale
+    cdef double zl
+    if ex != NULL and ex.z != 0.0:
+        zl = z_loss_terms(ex.z, ex.zscale, y_sum, scale, m, s, &c1)
+        if i >= 0 and ex.zrow != NULL:
+            ex.zrow[i] = zl
     if grad != NULL:
-        row_grad_soft(grad, y, w, n, <floating>(y_sum / s * scale),
+        row_grad_soft(grad, y, w, n, <floating>c1,
                       <floating>(alpha * scale), <floating>(beta * scale))
     return cross_entropy_prob_loss(y_sum, y_dot, s)
 
@@ -275,6 +335,7 @@ cdef inline double _cross_entropy_prob_finish(
 cdef inline double _cross_entropy_prob_row(
     const floating *x, const floating *y, Py_ssize_t n, const floating *w,
     double alpha, double beta, floating *grad, double scale,
+    const CrossEntropyExtra *ex, Py_ssize_t i,
 ) noexcept nogil:
     cdef floating m = row_max(x, n)
     cdef double y_dot, y_sum, s
@@ -283,13 +344,14 @@ cdef inline double _cross_entropy_prob_row(
         s = row_exp_sum(x, n, m)
     else:
         s = row_exp_store_sum_soft(x, y, w, grad, n, m, alpha, beta, &y_sum, &y_dot)
-    return _cross_entropy_prob_finish(grad, y, n, w, alpha, beta, y_sum, y_dot, s, scale)
+    return _cross_entropy_prob_finish(grad, y, n, w, alpha, beta, y_sum, y_dot, s, scale,
+                                      m, ex, i)
 
 
 cdef inline void _cross_entropy_prob_tile(
     const floating *x, const floating *y, Py_ssize_t rows, Py_ssize_t n,
     const floating *w, double alpha, double beta, double *loss, floating *grad,
-    double scale,
+    double scale, const CrossEntropyExtra *ex, Py_ssize_t r0,
 ) noexcept nogil:
     cdef floating m[TILE]
     cdef floating scratch[TILE]
@@ -308,7 +370,7 @@ cdef inline void _cross_entropy_prob_tile(
     for r in range(rows):
         loss[r] = _cross_entropy_prob_finish(
             grad if grad == NULL else grad + r * n, y + r * n, n, w, alpha, beta,
-            y_sum[r], y_dot[r], s[r], scale)
+            y_sum[r], y_dot[r], s[r], scale, m[r], ex, r0 + r)
 
 
 # ---------------------------------------------------------------------------
@@ -374,15 +436,24 @@ cdef inline void _cross_entropy_index_unit(
     const floating *x, const label_t *target, Py_ssize_t n_rows, Py_ssize_t n,
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha,
     double beta, double *loss, double *tile_loss, floating *grad, double scale,
-    Py_ssize_t i,
+    const CrossEntropyExtra *ex, floating *capped, floating cap, Py_ssize_t i,
 ) noexcept nogil:
     cdef Py_ssize_t r0 = i * _tile_rows(n)
     cdef Py_ssize_t rows = min(_tile_rows(n), n_rows - r0)
     cdef Py_ssize_t t
+    cdef CrossEntropyExtra tile_ex
     if n < SHORT_ROW:
+        # (soft-capped short rows come capped: capped is NULL here)
+        if ex != NULL:
+            tile_ex = ex[0]
+            if tile_ex.zrow != NULL:
+                tile_ex.zrow = tile_ex.zrow + r0
+            if tile_ex.acc != NULL:
+                tile_ex.acc = tile_ex.acc + r0
         tile_cross_entropy_index(
             x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
-            loss + r0, grad if grad == NULL else grad + r0 * n, scale)
+            loss + r0, grad if grad == NULL else grad + r0 * n, scale,
+            <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex)
         tile_loss[i] = row_sum(loss + r0, rows)
         return
     t = target[i]
@@ -390,28 +461,29 @@ cdef inline void _cross_entropy_index_unit(
         row_prefetch(x + i * n, n)
         loss[i] = _skipped_row(grad if grad == NULL else grad + i * n, n,
                                t == ignore_index)
+        _extra_skipped(ex, i, t == ignore_index)
     else:
         loss[i] = _cross_entropy_index_row(
             x + i * n, n, t, w, w_total, alpha, beta,
-            grad if grad == NULL else grad + i * n, scale)
+            grad if grad == NULL else grad + i * n, scale, ex, i, capped, cap)
 
 
 cdef inline void _cross_entropy_prob_unit(
     const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
     const floating *w, double alpha, double beta, double *loss, double *tile_loss,
-    floating *grad, double scale, Py_ssize_t i,
+    floating *grad, double scale, const CrossEntropyExtra *ex, Py_ssize_t i,
 ) noexcept nogil:
     cdef Py_ssize_t r0 = i * _tile_rows(n)
     cdef Py_ssize_t rows = min(_tile_rows(n), n_rows - r0)
     if n < SHORT_ROW:
         _cross_entropy_prob_tile(
             x + r0 * n, y + r0 * n, rows, n, w, alpha, beta, loss + r0,
-            grad if grad == NULL else grad + r0 * n, scale)
+            grad if grad == NULL else grad + r0 * n, scale, ex, r0)
         tile_loss[i] = row_sum(loss + r0, rows)
     else:
         loss[i] = _cross_entropy_prob_row(
             x + i * n, y + i * n, n, w, alpha, beta,
-            grad if grad == NULL else grad + i * n, scale)
+            grad if grad == NULL else grad + i * n, scale, ex, i)
 
 
 # ---------------------------------------------------------------------------
@@ -476,6 +548,7 @@ cdef struct _RowSums:
     double x_t      # indices: x_t - m
     double w_t      # indices: the label's weight
     double y_sum    # indices: sum of the row's target
+    double c1       # indices: the exponentials' gradient coefficient
     Py_ssize_t t    # indices: the label
     int state       # indices: 0 computed, 1 ignored, 2 label out of range
 
@@ -488,6 +561,7 @@ cdef struct _CrossEntropyArgs:
     Py_ssize_t ignore_index
     double w_total, alpha, beta, scale
     double *loss
+    const CrossEntropyExtra *ex   # z-loss, per-row extras (NULL: none)
 
 
 cdef inline bint _split_rows(Py_ssize_t n_rows, Py_ssize_t n, int n_threads) noexcept nogil:
@@ -538,7 +612,7 @@ cdef inline void _split_chunk(
                 _skipped_row(out + o, k, row.state == 1)
         elif step == 2:
             _cross_entropy_index_grad(out + o, k, row.t - c0, wc, row.w_t, ce.alpha,
-                                      ce.beta, row.y_sum, row.s, ce.scale)
+                                      ce.beta, row.c1, ce.scale)
         elif out == NULL:
             if ce.beta != 0.0:
                 part.a = row_weighted_shifted_sum(x + o, wc, k, m)
@@ -556,7 +630,7 @@ cdef inline void _split_chunk(
                                             ce.beta, &part.a, &part.b)
     else:
         _cross_entropy_prob_finish(out + o, y + o, k, wc, ce.alpha, ce.beta, row.a, row.b,
-                                   row.s, ce.scale)
+                                   row.s, ce.scale, row.m, ce.ex, -1)
 
 
 cdef inline void _split_rows_step(
@@ -598,13 +672,17 @@ cdef inline void _split_rows_step(
         elif op == OP_CROSS_ENTROPY_INDEX:
             if row.state != 0:
                 ce.loss[r] = _skipped_row(<floating *>NULL, 0, row.state == 1)
+                _extra_skipped(ce.ex, r, row.state == 1)
             else:
                 ce.loss[r] = cross_entropy_index_loss(
                     row.w_t, ce.w_total, ce.alpha, ce.beta, row.x_t, row.a, row.s, &row.y_sum)
+                row.c1 = row.y_sum / row.s * ce.scale
+                if ce.ex != NULL:
+                    _extra_row(ce.ex, r, row.x_t, row.m, row.s, row.y_sum, ce.scale, &row.c1)
         elif op == OP_CROSS_ENTROPY_PROB:
             ce.loss[r] = _cross_entropy_prob_finish(
                 <floating *>NULL, <const floating *>NULL, n, w, ce.alpha, ce.beta, row.a,
-                row.b, row.s, ce.scale)
+                row.b, row.s, ce.scale, row.m, ce.ex, r)
 
 
 cdef int _split_columns(

@@ -642,6 +642,84 @@ static CS_REDUCTION double cross_entropy_prob_loss(double y_sum, double y_dot, d
     return y_sum * log(s) - y_dot;
 }
 
+/* ---- z-loss, token accuracy and logit soft-capping ----------------------
+ * The options of the fused cross-entropy beyond PyTorch's (PaLM's z-loss,
+ * Gemma 2's soft cap, and what an evaluation pass reads from the same pass).
+ * With z-loss a row's loss gains z lse^2 (lse = m + log s, the row's true
+ * logsumexp) and the exponentials' gradient coefficient 2 z lse / s times the
+ * z-loss reduction factor zscale (1 / counted rows for "mean", whatever the
+ * class weights).  The per-row parts go to optional float64 arrays (NULL:
+ * not wanted), indexed like the row losses: zrow the z-loss part (0 for
+ * ignored rows, NaN for a label out of range), acc 1.0 where the target's
+ * logit equals the row maximum and the row's sum of exponentials is not NaN
+ * (ties count as correct; a row holding NaN or +inf is not), else 0.0. */
+struct CrossEntropyExtra {
+    double z, zscale;
+    double *zrow;
+    double *acc;
+};
+
+/* z lse^2 of a computed row, and in *c1 the coefficient of its exponentials
+ * in the gradient, (y_sum scale + 2 z zscale lse) / s.  Out of line (one
+ * compiled copy) so that the whole-row and the split paths give the same bits. */
+static CS_REDUCTION double z_loss_terms(double z, double zscale, double y_sum, double scale,
+                                        double m, double s, double *c1) {
+    double lse = m + log(s);
+    *c1 = (y_sum * scale + 2.0 * z * zscale * lse) / s;
+    return z * lse * lse;
+}
+
+/* 1.0 when x_t - m == 0 (the target holds the row maximum) in a row whose
+ * sum of exponentials s is not NaN, else 0.0. */
+static inline double token_correct(double x_t_shifted, double s) {
+    return x_t_shifted == 0.0 && s == s ? 1.0 : 0.0;
+}
+
+/* tanh(y): an odd polynomial (float; Cephes tanhf) or rational function
+ * (double; Cephes tanh) for |y| < 0.625, where 1 - 2 / (exp(2|y|) + 1) would
+ * cancel, else that form with exp_poly; both are computed and one selected
+ * (vector code).  A few ulp; +-inf give +-1, NaN propagates. */
+static inline float tanh_poly(float y) {
+    float a = y < 0.0f ? -y : y;
+    float z = y * y;
+    float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
+                1.33314422036e-1f) * z - 3.33332819422e-1f) * z * y + y;
+    float big = 1.0f - 2.0f / (exp_poly(2.0f * a) + 1.0f);
+    big = y < 0.0f ? -big : big;
+    return a < 0.625f ? p : big;
+}
+
+static inline double tanh_poly(double y) {
+    double a = y < 0.0 ? -y : y;
+    double z = y * y;
+    double p = y + y * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z -
+                            1.61468768441708447952e3) /
+                       (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z +
+                        4.84406305325125486048e3);
+    double big = 1.0 - 2.0 / (exp_poly(2.0 * a) + 1.0);
+    big = y < 0.0 ? -big : big;
+    return a < 0.625 ? p : big;
+}
+
+/* out_k = cap tanh(x_k / cap): the soft-capped logits (out may be x).  Out of
+ * line: every path caps with the same compiled code. */
+template <typename T> static CS_REDUCTION void row_softcap(const T *x, T *out, idx_t n, T cap) {
+#pragma omp simd
+    for (idx_t k = 0; k < n; ++k) out[k] = cap * tanh_poly(x[k] / cap);
+    vector_upper_clear();
+}
+
+/* g_k *= 1 - (c_k / cap)^2, c the capped logits: the chain rule through the
+ * soft cap (d/dx cap tanh(x / cap) = 1 - tanh^2). */
+template <typename T> static CS_REDUCTION void row_softcap_grad(T *g, const T *c, idx_t n, T cap) {
+#pragma omp simd
+    for (idx_t k = 0; k < n; ++k) {
+        T u = c[k] / cap;
+        g[k] = g[k] * ((T)1 - u * u);
+    }
+    vector_upper_clear();
+}
+
 /* ---- elementwise maps over one row -------------------------------------- */
 
 /* e_k *= c */

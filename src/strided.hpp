@@ -205,7 +205,7 @@ template <bool Grad, typename T, typename L, int W>
 static inline void sblock_cross_entropy_index(
         const T *x, const L *target, idx_t C, idx_t inner, idx_t w_, idx_t ignore_index,
         const T *wt_, double w_total, double alpha, double beta, double *loss, T *grad,
-        double scale, T *stage) {
+        double scale, T *stage, const CrossEntropyExtra *ex) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
     enum { B = StridedBlock<T>::B };
     T m[B], c1[B], ct[B], fill[B];
@@ -238,7 +238,16 @@ static inline void sblock_cross_entropy_index(
         double y_sum = 0.0;
         double l = cross_entropy_index_loss(wt[j], w_total, alpha, beta, xt[j], sm[j], s[j], &y_sum);
         loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
-        c1[j] = (T)(y_sum / s[j] * scale);
+        double c = y_sum / s[j] * scale;
+        if (ex != NULL) {              /* z-loss and accuracy, as the row kernels */
+            double skip = lab[j] == -1 ? 0.0 : (double)NAN;
+            double zl = 0.0;
+            if (ex->z != 0.0 && lab[j] >= 0)
+                zl = z_loss_terms(ex->z, ex->zscale, y_sum, scale, (double)m[j], s[j], &c);
+            if (ex->zrow != NULL) ex->zrow[j] = lab[j] >= 0 ? zl : skip;
+            if (ex->acc != NULL) ex->acc[j] = lab[j] >= 0 ? token_correct(xt[j], s[j]) : skip;
+        }
+        c1[j] = (T)c;
         ct[j] = (T)(alpha * wt[j] * scale);
         fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
     }
@@ -270,7 +279,7 @@ template <typename T, typename L>
 static CS_REDUCTION void strided_cross_entropy_index_unit(
         const T *x, const L *target, idx_t C, idx_t inner, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        idx_t u, T *stage) {
+        idx_t u, T *stage, const CrossEntropyExtra *ex) {
     enum { B = StridedBlock<T>::B };
     idx_t nb = strided_blocks<T>(inner);
     idx_t o = u / nb, j0 = (u - o * nb) * B;
@@ -279,20 +288,27 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
     const L *tb = target + o * inner + j0;
     double *lb = loss + o * inner + j0;
     T *gb = grad == NULL ? grad : grad + o * C * inner + j0;
+    CrossEntropyExtra bex;             /* ex with its arrays from this block's first position */
+    if (ex != NULL) {
+        bex = *ex;
+        if (bex.zrow != NULL) bex.zrow += o * inner + j0;
+        if (bex.acc != NULL) bex.acc += o * inner + j0;
+        ex = &bex;
+    }
     if (n == B) {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, lb, gb, scale, stage);
+                                                      w_total, alpha, beta, lb, gb, scale, stage, ex);
         else
             sblock_cross_entropy_index<false, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, lb, gb, scale, stage);
+                                                       w_total, alpha, beta, lb, gb, scale, stage, ex);
     } else {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, lb, gb, scale, stage);
+                                                      w_total, alpha, beta, lb, gb, scale, stage, ex);
         else
             sblock_cross_entropy_index<false, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, lb, gb, scale, stage);
+                                                       w_total, alpha, beta, lb, gb, scale, stage, ex);
     }
 }
 

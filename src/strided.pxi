@@ -7,8 +7,6 @@
 # threads with a static prange.  A unit's arithmetic is the same on every
 # path, so results are bitwise identical at every thread count.
 
-from cython.parallel cimport threadid
-
 
 cdef extern from "strided.hpp" namespace "csoftmax" nogil:
     enum: STRIDED_BYTES
@@ -18,7 +16,8 @@ cdef extern from "strided.hpp" namespace "csoftmax" nogil:
     void strided_cross_entropy_index_unit[T, L](
         const T *x, const L *target, Py_ssize_t C, Py_ssize_t inner,
         Py_ssize_t ignore_index, const T *w, double w_total, double alpha, double beta,
-        double *loss, T *grad, double scale, Py_ssize_t u, T *stage) noexcept
+        double *loss, T *grad, double scale, Py_ssize_t u, T *stage,
+        const CrossEntropyExtra *ex) noexcept
     Py_ssize_t strided_stage_elems[T](const T *x, Py_ssize_t C, Py_ssize_t inner) noexcept
 
 
@@ -106,11 +105,12 @@ cdef void _strided_ce_serial(
     const floating *x, const label_t *t, Py_ssize_t C, Py_ssize_t inner,
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
     double *loss, floating *grad, double scale, Py_ssize_t n_units, floating *stage,
+    const CrossEntropyExtra *ex,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
         strided_cross_entropy_index_unit(x, t, C, inner, ignore_index, w, w_total, alpha,
-                                         beta, loss, grad, scale, u, stage)
+                                         beta, loss, grad, scale, u, stage, ex)
 
 
 def cross_entropy_index_strided(const floating[:, :, ::1] logits,
@@ -121,14 +121,20 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
                                 double grad_scale,
                                 double[::1] row_loss,
                                 floating[:, :, ::1] grad,
-                                int n_threads):
+                                int n_threads,
+                                double z_loss=0.0,
+                                double z_scale=0.0,
+                                double softcap=0.0,
+                                double[::1] row_z=None,
+                                double[::1] row_acc=None):
     """Cross-entropy with class indices over the middle axis of logits
     (outer, C, inner): the loss of position (o, j) into row_loss[o * inner + j]
     (the row order of the logits moved to (outer, inner, C)) and returns their
     sum, added pairwise in that order; the gradient (times grad_scale) into
     grad when grad is not None.  Semantics of cross_entropy_index_rows: labels
     (outer, inner) must have been checked with label_summary; weight may be
-    None; grad may be logits."""
+    None; grad may be logits.  z_loss, z_scale, softcap, row_z, row_acc: as
+    for cross_entropy_index_rows (the soft cap through a capped copy)."""
     cdef Py_ssize_t outer = logits.shape[0], C = logits.shape[1], inner = logits.shape[2]
     cdef Py_ssize_t u, n_rows = outer * inner
     if n_rows == 0:
@@ -140,25 +146,36 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
     if grad is not None:
         g = &grad[0, 0, 0]
     cdef const floating *x = &logits[0, 0, 0]
+    cdef CrossEntropyExtra ex_args
+    cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, row_acc)
+    cdef floating *xc = NULL
+    if softcap != 0.0:
+        xc = _softcap_copy(x, n_rows * C, <floating>softcap, n_threads)
+        x = xc
     cdef const label_t *t = &target[0, 0]
     cdef double *loss = &row_loss[0]
     cdef double w_total = <double>C if w == NULL else row_sum(w, C)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
     cdef Py_ssize_t elems, n_units = outer * _strided_blocks(inner, sizeof(floating))
+    cdef int cap_threads = n_threads
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems)
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             strided_cross_entropy_index_unit(
                 x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g, grad_scale, u,
-                stage if stage == NULL else stage + threadid() * elems)
+                stage if stage == NULL else stage + threadid() * elems, ex)
     elif n_rows * C < GIL_WORK:
         _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g,
-                           grad_scale, n_units, stage)
+                           grad_scale, n_units, stage, ex)
     else:
         with nogil:
             _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss,
-                               g, grad_scale, n_units, stage)
+                               g, grad_scale, n_units, stage, ex)
     free(stage)
+    if xc != NULL:
+        if g != NULL:
+            _softcap_back(g, xc, n_rows * C, <floating>softcap, cap_threads)
+        free(xc)
     return pairwise_sum(loss, n_rows)

@@ -302,10 +302,11 @@ template <typename T> static inline void tile_skipped_row(T *grad, idx_t n, int 
  * without class weights: never NULL, since GCC if-converts a NULL test into
  * masked loads from the NULL pointer, which on AVX2 take a microcode assist
  * each -- the whole tile ran 1.8x slower). */
-template <bool Grad, typename T>
+template <bool Grad, bool Extra, typename T>
 static inline void block_cross_entropy_index(
         T *c, idx_t n, const int32_t *lab, const double *wt, const T *w, double w_total,
-        double alpha, double beta, double scale, double *bl) {
+        double alpha, double beta, double scale, double *bl, const CrossEntropyExtra *ex,
+        double *bz, double *ba) {
     T m[LANES], s[LANES], xv[LANES], c1[LANES], ct[LANES];
     double smooth[LANES];
     /* the max and the target's logit (a select per column: no gather) */
@@ -330,6 +331,28 @@ static inline void block_cross_entropy_index(
     }
     block_exp_sum<Grad>(c, n, m, s);
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+    if (Extra) {
+        /* z-loss and accuracy (see CrossEntropyExtra): the z term with this
+         * path's lse, and its gradient coefficient only where z != 0 */
+        const double z = ex->z, zs = ex->zscale;
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) {
+            double lse = (double)log_ge1(s[l]);
+            double aw = alpha * wt[l];
+            double v = aw * (lse - ((double)xv[l] - (double)m[l]));
+            if (beta != 0.0) v += beta * (w_total * lse - smooth[l]);
+            double skip = lab[l] == -1 ? 0.0 : (double)NAN;
+            bl[l] = lab[l] >= 0 ? v : skip;
+            double lt = (double)m[l] + lse;
+            bz[l] = lab[l] >= 0 ? z * lt * lt : skip;
+            ba[l] = lab[l] >= 0 ? (xv[l] == m[l] && s[l] == s[l] ? 1.0 : 0.0) : skip;
+            if (Grad) {
+                c1[l] = z != 0.0 ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / (double)s[l])
+                                 : (T)((aw + y_extra) / (double)s[l] * scale);
+                ct[l] = (T)(aw * scale);
+            }
+        }
+    } else {
 #pragma omp simd
     for (idx_t l = 0; l < LANES; ++l) {
         double lse = (double)log_ge1(s[l]);    /* the logits' precision */
@@ -341,6 +364,7 @@ static inline void block_cross_entropy_index(
             c1[l] = (T)((aw + y_extra) / (double)s[l] * scale);
             ct[l] = (T)(aw * scale);
         }
+    }
     }
     if (!Grad) return;
     const T cb = (T)(beta * scale);
@@ -359,13 +383,15 @@ static inline void block_cross_entropy_index(
     }
 }
 
-template <bool Grad, typename T, typename L>
+template <bool Grad, bool Extra, typename T, typename L>
 static inline void tile_cross_entropy_index_any(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
-        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale,
+        const CrossEntropyExtra *ex) {
     T c[TILE_BLOCKS];
     int32_t lab[TILE + LANES];
     double wt[TILE + LANES], bl[TILE + LANES];
+    double bz[Extra ? TILE + LANES : 1], ba[Extra ? TILE + LANES : 1];
     int special = 0;                   /* rows ignored or with a label out of range */
     idx_t padded = (rows + LANES - 1) / LANES * LANES;
 #pragma omp simd reduction(+ : special)
@@ -382,9 +408,12 @@ static inline void tile_cross_entropy_index_any(
     static_assert(LANES == 16, "ones holds one weight per lane");
     static const double ones[LANES] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     for (idx_t r = 0; r < rows; r += LANES)
-        block_cross_entropy_index<Grad>(c + r * n, n, lab + r, w != NULL ? wt + r : ones, w,
-                                        w_total, alpha, beta, scale, bl + r);
+        block_cross_entropy_index<Grad, Extra>(c + r * n, n, lab + r, w != NULL ? wt + r : ones,
+                                               w, w_total, alpha, beta, scale, bl + r, ex,
+                                               Extra ? bz + r : bz, Extra ? ba + r : ba);
     memcpy(loss, bl, (size_t)rows * sizeof(double));
+    if (Extra && ex->zrow != NULL) memcpy(ex->zrow, bz, (size_t)rows * sizeof(double));
+    if (Extra && ex->acc != NULL) memcpy(ex->acc, ba, (size_t)rows * sizeof(double));
     if (!Grad) return;
     tile_out(c, rows, n, grad);
     if (special > 0)
@@ -462,10 +491,13 @@ template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out
 /* tile_cross_entropy_index for rows of two classes (rows <= TILE / 2): one
  * vector loop over the rows does everything, with the same formulas and
  * order of operations. */
-template <bool Grad, typename T, typename L>
+template <bool Grad, bool Extra, typename T, typename L>
 static inline void tile_cross_entropy_binary(
         const T *x, const L *target, idx_t rows, idx_t ignore_index, const T *w,
-        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale,
+        const CrossEntropyExtra *ex) {
+    double bz[Extra ? TILE / 2 : 1], ba[Extra ? TILE / 2 : 1];
+    const double z = Extra ? ex->z : 0.0, zs = Extra ? ex->zscale : 0.0;
     const double w0 = w != NULL ? (double)w[0] : 1.0, w1 = w != NULL ? (double)w[1] : 1.0;
     const T cb0 = (T)(beta * scale) * (w != NULL ? w[0] : (T)1);
     const T cb1 = (T)(beta * scale) * (w != NULL ? w[1] : (T)1);
@@ -494,8 +526,17 @@ static inline void tile_cross_entropy_binary(
             l += beta * (w_total * lse - (w0 * ((double)x0 - (double)m) + w1 * ((double)x1 - (double)m)));
         loss[r] = valid ? l : (t == ignore_index ? 0.0 : (double)NAN);
         special += !valid;
+        double lt = 0.0;
+        if (Extra) {
+            double skip = t == ignore_index ? 0.0 : (double)NAN;
+            lt = (double)m + lse;
+            bz[r] = valid ? z * lt * lt : skip;
+            ba[r] = valid ? ((is1 ? x1 : x0) == m && s == s ? 1.0 : 0.0) : skip;
+        }
         if (Grad) {
-            T c1 = (T)((aw + y_extra) / s * scale), ct = (T)(aw * scale);
+            T c1 = Extra && z != 0.0 ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / s)
+                                     : (T)((aw + y_extra) / s * scale);
+            T ct = (T)(aw * scale);
             T g0 = e0 * c1, g1 = e1 * c1;
             if (beta != 0.0) {
                 g0 -= cb0;
@@ -505,27 +546,45 @@ static inline void tile_cross_entropy_binary(
             grad[2 * r + 1] = is1 ? g1 - ct : g1;
         }
     }
+    if (Extra && ex->zrow != NULL) memcpy(ex->zrow, bz, (size_t)rows * sizeof(double));
+    if (Extra && ex->acc != NULL) memcpy(ex->acc, ba, (size_t)rows * sizeof(double));
     if (Grad && special > 0)           /* the labels as read above: each is read once */
         for (idx_t r = 0; r < rows; ++r)
             if (skipped[r] != 0) tile_skipped_row(grad + 2 * r, 2, skipped[r] == 1);
 }
 
+template <bool Extra, typename T, typename L>
+static inline void tile_cross_entropy_index_with(
+        const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale,
+        const CrossEntropyExtra *ex) {
+    if (n == 2 && grad != NULL)  /* binary classification: the common short row */
+        tile_cross_entropy_binary<true, Extra>(x, target, rows, ignore_index, w, w_total, alpha,
+                                               beta, loss, grad, scale, ex);
+    else if (n == 2)
+        tile_cross_entropy_binary<false, Extra>(x, target, rows, ignore_index, w, w_total, alpha,
+                                                beta, loss, grad, scale, ex);
+    else if (grad != NULL)
+        tile_cross_entropy_index_any<true, Extra>(x, target, rows, n, ignore_index, w, w_total,
+                                                  alpha, beta, loss, grad, scale, ex);
+    else
+        tile_cross_entropy_index_any<false, Extra>(x, target, rows, n, ignore_index, w, w_total,
+                                                   alpha, beta, loss, grad, scale, ex);
+}
+
+/* ex: z-loss and per-row extras (CrossEntropyExtra, its arrays from the
+ * tile's first row), NULL for none: the plain code. */
 template <typename T, typename L>
 static CS_REDUCTION void tile_cross_entropy_index(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
-        double w_total, double alpha, double beta, double *loss, T *grad, double scale) {
-    if (n == 2 && grad != NULL)  /* binary classification: the common short row */
-        tile_cross_entropy_binary<true>(x, target, rows, ignore_index, w, w_total, alpha, beta,
-                                        loss, grad, scale);
-    else if (n == 2)
-        tile_cross_entropy_binary<false>(x, target, rows, ignore_index, w, w_total, alpha, beta,
-                                         loss, grad, scale);
-    else if (grad != NULL)
-        tile_cross_entropy_index_any<true>(x, target, rows, n, ignore_index, w, w_total, alpha,
-                                           beta, loss, grad, scale);
+        double w_total, double alpha, double beta, double *loss, T *grad, double scale,
+        const CrossEntropyExtra *ex) {
+    if (ex != NULL)
+        tile_cross_entropy_index_with<true>(x, target, rows, n, ignore_index, w, w_total, alpha,
+                                            beta, loss, grad, scale, ex);
     else
-        tile_cross_entropy_index_any<false>(x, target, rows, n, ignore_index, w, w_total, alpha,
-                                            beta, loss, grad, scale);
+        tile_cross_entropy_index_with<false>(x, target, rows, n, ignore_index, w, w_total, alpha,
+                                             beta, loss, grad, scale, ex);
 }
 
 }  // namespace csoftmax
