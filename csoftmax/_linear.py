@@ -262,14 +262,18 @@ def _accumulate_weight_grad(grad_w, g, x, tmp):
     return tmp
 
 
-def run(frontend, args, with_grad):
+def run(frontend, args, with_grad, row_scale=None):
     """The loss (and gradients) of validated ``args`` over ``frontend``'s
-    cross-entropy (the compiled kernels or the NumPy twin)."""
+    cross-entropy (the compiled kernels or the NumPy twin).  ``row_scale``
+    (one factor per position, for ``reduction="none"``): the gradients of
+    ``sum(row_scale * losses)`` (an upstream gradient, as autograd gives)."""
     n_threads = args.threads()
+    if row_scale is not None:
+        row_scale = np.asarray(row_scale, args.compute).reshape(-1)
     with _blas_limits(n_threads):
         if args.extra:
-            return _run_materialised(frontend, args, with_grad, n_threads)
-        return _run_chunked(frontend, args, with_grad, n_threads)
+            return _run_materialised(frontend, args, with_grad, n_threads, row_scale)
+        return _run_chunked(frontend, args, with_grad, n_threads, row_scale)
 
 
 def _finish_loss(args, total_loss, row_loss, denominator):
@@ -290,7 +294,7 @@ def _cast_grads(args, gx, gw, gb):
     return gx, gw, gb
 
 
-def _run_chunked(frontend, args, with_grad, n_threads):
+def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
     x, w, b = args.x, args.w, args.b
     n, d = x.shape
     v = args.n_classes
@@ -337,6 +341,8 @@ def _run_chunked(frontend, args, with_grad, n_threads):
         if with_grad:
             loss_c, _ = frontend.cross_entropy_with_grad(
                 logits, t_c, reduction=chunk_reduction, out=logits, **options)
+            if row_scale is not None:
+                np.multiply(logits, row_scale[sel][:, None], out=logits)
             gx_c = grad_x[start:stop] if all_kept else gxbuf[:m]
             np.matmul(logits, w, out=gx_c)
             if scale != 1.0:
@@ -365,7 +371,7 @@ def _run_chunked(frontend, args, with_grad, n_threads):
     return loss, gx, gw, gb
 
 
-def _run_materialised(frontend, args, with_grad, n_threads):
+def _run_materialised(frontend, args, with_grad, n_threads, row_scale=None):
     """K-dimensional weights: the logits (N, V, d1, ...) in full."""
     x, w = args.x, args.w
     d = args.n_features
@@ -382,6 +388,8 @@ def _run_materialised(frontend, args, with_grad, n_threads):
     if not with_grad:
         return _as_result(frontend.cross_entropy(logits, target, **options), args.result)
     loss, g = frontend.cross_entropy_with_grad(logits, target, out=logits, **options)
+    if row_scale is not None:
+        g *= row_scale.reshape((args.n_rows, 1) + args.extra)
     g2 = g.reshape(args.n_rows, -1)
     grad_x = g2 @ w2
     grad_w = (g2.T @ x).reshape(args.w_shape)
@@ -453,8 +461,9 @@ def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=
     return run(_check_frontend(None), args, True)
 
 
-def call(frontend, input, linear_weight, target, with_grad=False, **kwargs):
-    """The public functions over a chosen frontend (tests compare them)."""
+def call(frontend, input, linear_weight, target, with_grad=False, row_scale=None, **kwargs):
+    """The public functions over a chosen frontend (tests compare them; the
+    PyTorch adapter's backward passes ``row_scale``)."""
     defaults = dict(linear_bias=None, weight=None, ignore_index=-100, reduction="mean",
                     label_smoothing=0.0, num_threads=None, chunk_size=None)
     defaults.update(kwargs)
@@ -462,7 +471,7 @@ def call(frontend, input, linear_weight, target, with_grad=False, **kwargs):
                       defaults["weight"], defaults["ignore_index"], defaults["reduction"],
                       defaults["label_smoothing"], defaults["num_threads"],
                       defaults["chunk_size"])
-    return run(frontend, args, with_grad)
+    return run(_check_frontend(frontend), args, with_grad, row_scale)
 
 
 linear_cross_entropy.__doc__ = """Cross-entropy of ``input @ linear_weight.T + linear_bias``

@@ -412,3 +412,81 @@ def test_grid_of_options_small(rng):
         got = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b, chunk_size=2,
                                                       **opts)
         assert_close(got, reference(x, w, t, b, **opts))
+
+
+# ---------------------------------------------------------------------------------------------
+# csoftmax.torch.linear_cross_entropy against F.linear_cross_entropy (autograd)
+
+
+def _autograd(fn, x, w, t, b, upstream, **kw):
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    loss = fn(xt, wt, torch.as_tensor(t), linear_bias=bt, **kw)
+    (loss * torch.as_tensor(upstream)).sum().backward()
+    return (loss.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(),
+            None if b is None else bt.grad.numpy())
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("extra", [(), (2,)])
+def test_torch_adapter(rng, kind, bias, reduction, extra):
+    import csoftmax.torch as ct
+
+    x, w, b, t = case(rng, kind=kind, bias=bias, extra=extra)
+    upstream = rng.standard_normal(t.shape if kind == "index" else t.shape[:1] + extra) \
+        if reduction == "none" else 1.7
+    kw = dict(reduction=reduction, weight=torch.tensor(rng.random(7) + 0.1),
+              label_smoothing=0.1)
+    got = _autograd(ct.linear_cross_entropy, x, w, t, b, upstream, **kw)
+    want = _autograd(F.linear_cross_entropy, x, w, t, b, upstream, **kw)
+    assert_close(got, want, rtol=1e-9)
+
+
+@needs_torch
+def test_torch_adapter_float32_options_and_partial_grads(rng):
+    import csoftmax.torch as ct
+
+    x, w, b, t = case(rng, n=30, d=8, v=20)
+    xt = torch.tensor(x, dtype=torch.float32)
+    wt = torch.tensor(w, dtype=torch.float32, requires_grad=True)
+    loss = ct.linear_cross_entropy(xt, wt, torch.as_tensor(t),
+                                   options=torch.nn.LinearCrossEntropyOptions())
+    assert loss.dtype == torch.float32
+    loss.backward()
+    w2 = wt.detach().clone().requires_grad_()
+    F.linear_cross_entropy(xt, w2, torch.as_tensor(t)).backward()
+    torch.testing.assert_close(wt.grad, w2.grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        nog = ct.linear_cross_entropy(xt, wt, torch.as_tensor(t))
+    assert not nog.requires_grad and torch.isclose(nog, loss)
+
+
+@needs_torch
+def test_torch_adapter_errors():
+    import csoftmax.torch as ct
+
+    x, w = torch.zeros(3, 4), torch.zeros(5, 4)
+    with pytest.raises(RuntimeError, match="ignore_index cannot be specified when target "
+                                           "contains probabilities"):
+        ct.linear_cross_entropy(x, w, torch.zeros(3, 5), ignore_index=-100)
+    with pytest.raises(RuntimeError, match="expected input with dimensionality 1 or 2, got 3"):
+        ct.linear_cross_entropy(torch.zeros(2, 3, 4), w, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="expected linear_weight with dimensionality at "
+                                           "least 2, got 1"):
+        ct.linear_cross_entropy(x, torch.zeros(4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"target\[0\] = 7 is not a class index"):
+        ct.linear_cross_entropy(x, w, torch.tensor([7, 0, 0]))
+    with pytest.raises(NotImplementedError, match="weight requires grad"):
+        ct.linear_cross_entropy(x.requires_grad_(), w, torch.zeros(3, dtype=torch.long),
+                                weight=torch.ones(5, requires_grad=True))
+    y = torch.zeros(2, 4, requires_grad=True)
+    loss = ct.linear_cross_entropy(y, w, torch.zeros(2, dtype=torch.long))
+    (g,) = torch.autograd.grad(loss, y, create_graph=False)
+    assert g.shape == y.shape
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(ct.linear_cross_entropy(y, w, torch.zeros(2, dtype=torch.long)),
+                            y, create_graph=True)
