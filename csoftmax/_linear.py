@@ -77,6 +77,12 @@ MIN_CHUNK_ROWS = 256
 #: most N / 8 rows, so the buffer stays within an eighth of the logits.
 WHOLE_BYTES = 8 << 20
 
+#: Below this many multiply-adds per GEMM (N * D * V) a call runs on one
+#: thread, BLAS included: on 2 cores (64, 256, 1000) took 0.95 ms on one
+#: thread and 0.5-8 ms on two (the OpenMP and BLAS thread pools stall each
+#: other whenever the machine is busy).
+SMALL_WORK = 1 << 24
+
 _controller = None
 
 
@@ -268,6 +274,8 @@ def run(frontend, args, with_grad, row_scale=None):
     (one factor per position, for ``reduction="none"``): the gradients of
     ``sum(row_scale * losses)`` (an upstream gradient, as autograd gives)."""
     n_threads = args.threads()
+    if args.n_rows * args.n_features * args.w.size // max(1, args.n_features) < SMALL_WORK:
+        n_threads = 1  # waking two thread pools costs more than it saves here
     if row_scale is not None:
         row_scale = np.asarray(row_scale, args.compute).reshape(-1)
     with _blas_limits(n_threads):

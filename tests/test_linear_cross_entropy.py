@@ -490,3 +490,24 @@ def test_torch_adapter_errors():
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         torch.autograd.grad(ct.linear_cross_entropy(y, w, torch.zeros(2, dtype=torch.long)),
                             y, create_graph=True)
+
+
+def test_bench_op_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench").is_dir():
+        pytest.skip("bench/ is not beside tests/")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--ops", "linear_cross_entropy", "--shapes", "8x16x20",
+         "--dtypes", "float32", "--threads", "1", "--budget", "0.05",
+         "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| linear_cross_entropy | 8x16x20 | float32 | 1 |" in proc.stdout
+    assert "MISMATCH" not in proc.stdout
