@@ -41,6 +41,7 @@ class Op:
     title: str
     target: str | None = None
     weighted: bool = False
+    linear: bool = False
 
     @property
     def is_cross_entropy(self):
@@ -50,7 +51,7 @@ class Op:
     @property
     def with_grad(self):
         """Whether the gradient is computed as well as the loss."""
-        return self.func == "cross_entropy_with_grad"
+        return self.func in {"cross_entropy_with_grad", "linear_cross_entropy_with_grad"}
 
     @property
     def has_out(self):
@@ -75,6 +76,9 @@ OPS = {op.name: op for op in (
        "mean loss and grad, integer targets with weight, ignore_index="
        f"{IGNORE_INDEX}, label_smoothing={LABEL_SMOOTHING}",
        target="index", weighted=True),
+    Op("linear_cross_entropy", "linear_cross_entropy_with_grad",
+       "mean loss of x @ W.T + b (shape NxDxV) and its three gradients, integer targets",
+       target="index", linear=True),
 )}
 
 #: Shapes ``(rows, classes)`` by family.
@@ -115,14 +119,17 @@ def parse_shapes(text):
         elif item in SHAPE_GROUPS:
             shapes.extend(SHAPE_GROUPS[item])
         else:
-            try:
-                n, c = (int(v) for v in item.lower().split("x"))
+            try:  # NxC, or NxDxV for linear_cross_entropy
+                sizes = tuple(int(v) for v in item.lower().split("x"))
+                if len(sizes) not in (2, 3):
+                    raise ValueError
             except ValueError:
-                raise ValueError(f"bad shape {item!r}: expected NxC, e.g. 8192x1000, "
-                                 f"or one of {sorted(SHAPE_GROUPS)}") from None
-            if n < 1 or c < 1:
-                raise ValueError(f"bad shape {item!r}: both sizes must be >= 1")
-            shapes.append((n, c))
+                raise ValueError(f"bad shape {item!r}: expected NxC, e.g. 8192x1000 (NxDxV for "
+                                 f"linear_cross_entropy), or one of {sorted(SHAPE_GROUPS)}"
+                                 ) from None
+            if min(sizes) < 1:
+                raise ValueError(f"bad shape {item!r}: every size must be >= 1")
+            shapes.append(sizes)
     return list(dict.fromkeys(shapes))
 
 
@@ -147,6 +154,8 @@ def make_inputs(op, shape, dtype, seed=0):
         ``x`` (logits) and, as the operation needs them, ``grad_output`` and
         ``output`` (softmax backward), ``target``, ``weight``.
     """
+    if op.linear:
+        return _linear_inputs(shape, dtype, seed)
     n, c = shape
     rng = np.random.default_rng([seed, n, c])
     x = (LOGIT_SCALE * rng.standard_normal((n, c))).astype(dtype)
@@ -184,6 +193,9 @@ def call_args(op, inputs):
     """
     if op.func == "softmax_backward":
         return (inputs["grad_output"], inputs["output"]), {}
+    if op.linear:
+        return (inputs["input"], inputs["linear_weight"], inputs["target"]), \
+            {"linear_bias": inputs["linear_bias"]}
     if not op.is_cross_entropy:
         return (inputs["x"],), {}
     kwargs = {}
@@ -215,6 +227,8 @@ def reference(op, inputs):
         a = inputs["output"].astype(np.float64)
         g = inputs["grad_output"].astype(np.float64)
         return (a * (g - np.sum(g * a, axis=-1, keepdims=True)),)
+    if op.linear:
+        return _linear_reference(inputs)
     x = inputs["x"].astype(np.float64)
     logp = x - _logsumexp64(x)[:, None]
     if op.func == "softmax":
@@ -256,3 +270,41 @@ def _target_weights(op, inputs):
     q[rows] = smoothing / c
     q[rows, target[rows]] += 1 - smoothing
     return q * weight, weight[target[rows]].sum()
+
+
+def _linear_inputs(shape, dtype, seed):
+    """``input`` (N, D), ``linear_weight`` (V, D), ``linear_bias`` (V,), ``target`` (N,)
+    of a linear cross-entropy case ``(N, D, V)``: logits of standard deviation
+    about LOGIT_SCALE."""
+    if len(shape) != 3:
+        raise ValueError(f"linear_cross_entropy takes NxDxV shapes, got {shape_label(shape)}")
+    n, d, v = shape
+    rng = np.random.default_rng([seed, n, d, v])
+    x = rng.standard_normal((n, d), dtype=np.float32).astype(dtype)
+    w = (rng.standard_normal((v, d), dtype=np.float32) * (LOGIT_SCALE / np.sqrt(d))).astype(dtype)
+    b = (0.1 * rng.standard_normal(v)).astype(dtype)
+    return {"input": x, "linear_weight": w, "linear_bias": b,
+            "target": rng.integers(0, v, size=n), "x": x}
+
+
+def _linear_reference(inputs):
+    """(loss, grad_input, grad_linear_weight, grad_linear_bias) in float64, by chunks."""
+    x = inputs["input"].astype(np.float64)
+    w = inputs["linear_weight"].astype(np.float64)
+    b = inputs["linear_bias"].astype(np.float64)
+    t = inputs["target"]
+    n = x.shape[0]
+    gx, gw, gb, loss = np.empty_like(x), np.zeros_like(w), np.zeros_like(b), 0.0
+    step = max(1, (32 << 20) // (8 * w.shape[0]))
+    for s in range(0, n, step):
+        z = x[s:s + step] @ w.T + b
+        lse = _logsumexp64(z)
+        rows = np.arange(z.shape[0])
+        loss += float(np.sum(lse - z[rows, t[s:s + step]]))
+        g = np.exp(z - lse[:, None])
+        g[rows, t[s:s + step]] -= 1
+        g /= n
+        gx[s:s + step] = g @ w
+        gw += g.T @ x[s:s + step]
+        gb += g.sum(0)
+    return np.asarray(loss / n), gx, gw, gb

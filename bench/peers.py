@@ -148,7 +148,7 @@ class Csoftmax(Peer):
             return None
         args, kwargs = call_args(op, inputs)
         kwargs["num_threads"] = threads
-        if self.out:
+        if self.out and not op.linear:
             kwargs["out"] = np.empty_like(args[0])
         return Prepared(lambda: func(*args, **kwargs), own=True)
 
@@ -180,6 +180,10 @@ class CsoftmaxLoss(Peer):
     def prepare(self, op, inputs, threads):  # noqa: D102
         if not op.with_grad or op.target != "index" or op.weighted:
             return None
+        if op.linear:
+            func = self._mod.linear_cross_entropy
+            args, kwargs = call_args(op, inputs)
+            return Prepared(lambda: func(*args, num_threads=threads, **kwargs), verify=False)
         func = self._mod.cross_entropy
         x, target = inputs["x"], inputs["target"]
         return Prepared(lambda: func(x, target, num_threads=threads), verify=False)
@@ -190,7 +194,7 @@ class Scipy(Peer):
     """``scipy.special.softmax``, ``log_softmax`` and ``logsumexp``."""
 
     def prepare(self, op, inputs, threads):  # noqa: D102
-        if op.func not in {"softmax", "log_softmax", "logsumexp"}:
+        if op.linear or op.func not in {"softmax", "log_softmax", "logsumexp"}:
             return None
         func = getattr(self._mod, op.func)
         x = inputs["x"]
@@ -206,7 +210,7 @@ class Sklearn(Peer):
     """
 
     def prepare(self, op, inputs, threads):  # noqa: D102
-        if op.target != "index" or op.weighted:
+        if op.target != "index" or op.weighted or op.linear:
             return None
         x = inputs["x"]
         n, c = x.shape
@@ -231,6 +235,8 @@ class Torch(Peer):
     batch, like an inference loop) on a tensor that does not require grad.
     """
 
+    chunked: bool = False  # linear_cross_entropy only: options=LinearCrossEntropyOptions()
+
     def info(self):  # noqa: D102
         torch = self._mod
         return {"default_num_threads": torch.get_num_threads(),
@@ -238,8 +244,12 @@ class Torch(Peer):
                 "parallel_info": torch.__config__.parallel_info()}
 
     def prepare(self, op, inputs, threads):  # noqa: D102
+        if self.chunked and not op.linear:
+            return None
         torch = self._mod
         torch.set_num_threads(threads)
+        if op.linear:
+            return self._linear(inputs, self.chunked)
         x = torch.from_numpy(inputs["x"])
         if op.func in {"softmax", "log_softmax", "logsumexp"}:
             func = getattr(torch, op.func)
@@ -250,6 +260,27 @@ class Torch(Peer):
             return Prepared(
                 lambda: torch._softmax_backward_data(grad, out, -1, out.dtype))
         return self._cross_entropy(op, inputs, x)
+
+    def _linear(self, inputs, chunked):
+        torch = self._mod
+        func = torch.nn.functional.linear_cross_entropy
+        options = None
+        if chunked:
+            make = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+            if make is None:
+                return None
+            options = make()
+        x, w, b = (torch.from_numpy(inputs[k]).requires_grad_(True)
+                   for k in ("input", "linear_weight", "linear_bias"))
+        target = torch.from_numpy(inputs["target"])
+
+        def forward_backward():
+            x.grad = w.grad = b.grad = None
+            loss = func(x, w, target, linear_bias=b, options=options)
+            loss.backward()
+            return loss, x.grad, w.grad, b.grad
+
+        return Prepared(forward_backward)
 
     def _cross_entropy(self, op, inputs, x):
         torch = self._mod
@@ -277,10 +308,32 @@ class Copyto(Peer):
     """The memory floor: ``np.copyto`` of the logits into a preallocated array."""
 
     def prepare(self, op, inputs, threads):  # noqa: D102
+        if op.linear:
+            return None
         src = inputs["x"]
         dst = np.empty_like(src)
         copyto = self._mod.copyto
         return Prepared(lambda: copyto(dst, src), verify=False)
+
+
+@dataclass
+class Gemm(Peer):
+    """The floor of linear cross-entropy: the bare logits GEMM
+    ``np.matmul(x, W.T, out=buf)`` (NumPy's BLAS, its threads limited to the case's)."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        if not op.linear:
+            return None
+        from csoftmax._linear import _blas_limits
+
+        x, w = inputs["input"], inputs["linear_weight"]
+        buf = np.empty((x.shape[0], w.shape[0]), x.dtype)
+
+        def gemm():
+            with _blas_limits(threads):
+                np.matmul(x, w.T, out=buf)
+
+        return Prepared(gemm, verify=False)
 
 
 def cpu_capability(torch):
@@ -308,7 +361,9 @@ def all_peers():
         Scipy("scipy", "SciPy", "scipy.special", threaded=False),
         Sklearn("sklearn", "sklearn", "sklearn._loss.loss"),
         Torch("torch", "PyTorch", "torch"),
+        Torch("torch_chunked", "PyTorch chunked", "torch", chunked=True),
         Copyto("copyto", "np.copyto", "numpy", threaded=False),
+        Gemm("gemm", "bare GEMM", "numpy"),
     ]
 
 

@@ -14,6 +14,7 @@ import sys
 
 from . import _dispatch
 from ._api import CrossEntropyGradResult, CrossEntropyResult
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 
@@ -76,6 +77,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "get_num_threads",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",

@@ -18,6 +18,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "get_num_threads",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
@@ -275,6 +277,24 @@ def cross_entropy_with_grad(
     return_z_loss: bool = False, return_token_accuracy: bool = False,
     out: NDArray[Any] | None = None, num_threads: SupportsIndex | None = None,
 ) -> CrossEntropyGradResult: ...
+
+# -- linear cross-entropy (the logits of input @ linear_weight.T + linear_bias, by chunks) ----
+
+def linear_cross_entropy(
+    input: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
+    linear_bias: ArrayLike | None = None, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str = "mean",
+    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+    chunk_size: SupportsIndex | None = None,
+) -> _Reduced: ...
+def linear_cross_entropy_with_grad(
+    input: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
+    linear_bias: ArrayLike | None = None, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str = "mean",
+    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
+    chunk_size: SupportsIndex | None = None,
+) -> tuple[_Reduced, NDArray[np.floating[Any]], NDArray[np.floating[Any]],
+           NDArray[np.floating[Any]] | None]: ...
 
 # -- threads and configuration --------------------------------------------------------------
 

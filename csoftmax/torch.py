@@ -40,7 +40,8 @@ import numpy as np
 
 import csoftmax as _cs
 
-__all__ = ["CrossEntropy", "LogSoftmax", "Softmax", "cross_entropy", "log_softmax", "softmax"]
+__all__ = ["CrossEntropy", "LinearCrossEntropy", "LogSoftmax", "Softmax", "cross_entropy",
+           "linear_cross_entropy", "log_softmax", "softmax"]
 
 _FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
 
@@ -335,3 +336,134 @@ def log_softmax(input, dim, *, mask=None):
     tensor([-0.6931, -0.6931])
     """
     return LogSoftmax.apply(input, dim, mask)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``F.linear_cross_entropy`` over :func:`csoftmax.linear_cross_entropy_with_grad`;
+    use :func:`linear_cross_entropy`.
+
+    With a "mean" or "sum" reduction the three gradients are computed in the
+    forward pass and saved alone; "none" computes the loss only and its
+    backward pass runs the chunks again with the upstream gradient as row
+    factors (as PyTorch's chunked path does).
+    """
+
+    @staticmethod
+    def forward(ctx, input, linear_weight, target, linear_bias, weight, reduction,
+                ignore_index, label_smoothing):
+        for t, name in ((input, "input"), (linear_weight, "linear_weight"),
+                        (linear_bias, "linear_bias")):
+            if t is not None:
+                _check_input(t, name)
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[4]:
+            which = "target" if ctx.needs_input_grad[2] else "weight"
+            raise NotImplementedError(
+                f"csoftmax.torch.linear_cross_entropy differentiates with respect to input, "
+                f"linear_weight and linear_bias only, but {which} requires grad: detach it, "
+                f"or use torch.nn.functional.linear_cross_entropy")
+        arrays = (_as_numpy(input, "input"), _as_numpy(linear_weight, "linear_weight"),
+                  _as_numpy(target, "target"))
+        options = dict(linear_bias=None if linear_bias is None else _as_numpy(linear_bias,
+                                                                              "linear_bias"),
+                       weight=None if weight is None else _as_numpy(weight, "weight"),
+                       ignore_index=ignore_index, reduction=reduction,
+                       label_smoothing=label_smoothing)
+        ctx.name = "linear_cross_entropy"
+        ctx.reduction = reduction
+        ctx.has_bias = linear_bias is not None
+        needs = any(ctx.needs_input_grad[i] for i in (0, 1, 3))
+        if needs and reduction != "none":
+            loss, gx, gw, gb = _cs.linear_cross_entropy_with_grad(*arrays, **options)
+            saved = [torch.from_numpy(gx), torch.from_numpy(gw)]
+            if gb is not None:
+                saved.append(torch.from_numpy(gb))
+            ctx.save_for_backward(*saved)
+        else:
+            loss = _cs.linear_cross_entropy(*arrays, **options)
+            if needs:  # "none": recomputed in backward with the upstream factors
+                ctx.arrays, ctx.options = arrays, options
+        return _scalar_tensor(loss) if np.ndim(loss) == 0 else torch.from_numpy(loss)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, grad_output):
+        if ctx.reduction == "none":
+            from . import _linear
+
+            scale = grad_output.detach().to(torch.float64).contiguous().numpy()
+            _, gx, gw, gb = _linear.call(None, *ctx.arrays, True, row_scale=scale,
+                                         **ctx.options)
+            grads = [torch.from_numpy(gx), torch.from_numpy(gw),
+                     None if gb is None else torch.from_numpy(gb)]
+        else:
+            saved = list(ctx.saved_tensors)
+            go = grad_output.to(saved[0].dtype)
+            grads = [g * go for g in saved] + ([] if ctx.has_bias else [None])
+        gx, gw, gb = grads
+        return (gx if ctx.needs_input_grad[0] else None,
+                gw if ctx.needs_input_grad[1] else None,
+                None, gb if ctx.needs_input_grad[3] else None, None, None, None, None)
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         reduction="mean", ignore_index=None, label_smoothing=0.0,
+                         options=None):
+    """``torch.nn.functional.linear_cross_entropy`` on CPU tensors, by chunks of
+    rows: the (N, V) logits are never held.
+
+    Parameters
+    ----------
+    input : Tensor, shape (N, D) or (D,)
+        Features; float16, float32 or float64, on the CPU; may require grad.
+    linear_weight : Tensor, shape (V, D) or (V, d1, ..., dK, D)
+        The projection; may require grad.
+    target : Tensor
+        Class indices ((N,), a 0-d tensor for (D,) input, (N, d1, ..., dK)
+        for K-dimensional weights) or class probabilities of the logits' shape.
+    linear_bias : Tensor, shape ``linear_weight.shape[:-1]``, optional
+        May require grad.
+    weight, reduction, label_smoothing
+        As in :func:`torch.nn.functional.cross_entropy`.
+    ignore_index : int, optional
+        As in PyTorch: None means -100 for class indices; it must be None
+        with probability targets.
+    options : LinearCrossEntropyOptions, optional
+        Accepted and ignored: csoftmax always chunks (see
+        :func:`csoftmax.linear_cross_entropy`).
+
+    Returns
+    -------
+    Tensor
+        The loss, as ``F.linear_cross_entropy`` returns it.  Its backward
+        pass scales the gradients saved by the forward pass ("none": runs the
+        chunks again); it cannot be differentiated twice.
+
+    Examples
+    --------
+    >>> import torch, csoftmax.torch as ct
+    >>> x = torch.ones(2, 3, dtype=torch.float64, requires_grad=True)
+    >>> W = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+    >>> loss = ct.linear_cross_entropy(x, W, torch.tensor([0, 3]))
+    >>> loss.backward()
+    >>> round(loss.item(), 4)
+    1.3863
+    >>> W.grad[0]
+    tensor([-0.2500, -0.2500, -0.2500], dtype=torch.float64)
+    """
+    for t, name in ((input, "input"), (linear_weight, "linear_weight"), (target, "target")):
+        _check_cpu(t, name)
+    if input.dim() < 1 or input.dim() > 2:
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError(
+            f"expected linear_weight with dimensionality at least 2, got {linear_weight.dim()}")
+    logits_shape = tuple(input.shape[:-1]) + tuple(linear_weight.shape[:-1])
+    if tuple(target.shape) == logits_shape and target.is_floating_point():
+        if ignore_index is not None:
+            raise RuntimeError(
+                "ignore_index cannot be specified when target contains probabilities")
+        ignore_index = -100
+    elif ignore_index is None:
+        ignore_index = -100
+    return LinearCrossEntropy.apply(input, linear_weight, target, linear_bias, weight,
+                                    reduction, ignore_index, label_smoothing)

@@ -1,0 +1,544 @@
+"""Linear cross-entropy: ``cross_entropy(input @ linear_weight.T + linear_bias, target)``
+and its three gradients, without ever holding the ``N x V`` logits.
+
+The algorithm (rows in chunks of ``n_c``; ``V`` classes, ``D`` features):
+
+1. Validate everything (shapes, dtypes, the options, every class index)
+   before any work, and find the counted rows: rows whose class index is
+   ``ignore_index`` are dropped *before* the GEMMs (a half-padded batch costs
+   about half), and the ``"mean"`` denominator (the summed class weight of the
+   counted rows, or their number) is computed once from the targets.
+2. Per chunk: ``L = x_c @ W.T (+ b)`` into one reused ``(n_c, V)`` buffer
+   (NumPy's ``matmul``, a BLAS GEMM); the fused cross-entropy kernel
+   (:func:`csoftmax.cross_entropy_with_grad`, ``out=L``: in place) turns it
+   into the gradient of the chunk's summed loss; then ``grad_x_c = G @ W``
+   straight into the returned ``grad_input`` and ``grad_W += G.T @ x_c``
+   accumulated by a BLAS ``gemm`` with ``beta = 1`` (SciPy's
+   ``scipy.linalg.blas``, when installed; else a ``matmul`` into a ``(V, D)``
+   temporary and an add), ``grad_b += G.sum(0)``.  The loss-only call runs
+   one GEMM and the loss-only kernel per chunk, and allocates no gradient.
+3. ``"mean"`` scales the (small) results once at the end by the global
+   ``1 / denominator``: no extra pass over the chunk.
+
+Chunk size: rows so that the chunk buffer holds about :data:`CHUNK_BYTES`
+(64 MiB) of logits, but at least :data:`MIN_CHUNK_ROWS` (256) rows (the
+weight-gradient GEMM is a rank-``n_c`` update that reads and writes ``V x D``
+per chunk: fewer rows make it memory-bound), and, when the logits exceed
+:data:`WHOLE_BYTES` (8 MiB), at most ``N / 8`` rows (so the buffer stays
+within an eighth of the logits) -- the last bound wins; ``chunk_size``
+(rows) overrides it.
+
+Threads: ``num_threads`` (default :func:`csoftmax.get_num_threads`) is the
+thread count of every part: the cross-entropy kernels' OpenMP team and the
+BLAS's threads, limited with ``threadpoolctl`` where it is installed.  The
+two never run at the same time, so there is no oversubscription.  GEMM
+results may differ in the last bits between thread counts (OpenBLAS splits
+the sums by thread); the cross-entropy part does not.
+
+A K-dimensional ``linear_weight`` ``(V, d1, ..., D)`` (logits
+``(N, V, d1, ...)``, classes on axis 1, as PyTorch allows) takes a plain
+path that holds the logits.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from . import _threads
+from ._validation import (
+    _INT64_MAX,
+    _INT64_MIN,
+    REDUCTIONS,
+    _as_label_array,
+    as_ndarray,
+    check_num_threads,
+    contiguous,
+    float_dtypes,
+)
+
+try:  # an optional dependency: the weight gradient's GEMM with beta = 1
+    from scipy.linalg import blas as _scipy_blas
+except ImportError:  # pragma: no cover - exercised where SciPy is absent
+    _scipy_blas = None
+
+try:  # an optional dependency: the BLAS's thread count
+    import threadpoolctl as _threadpoolctl
+except ImportError:  # pragma: no cover
+    _threadpoolctl = None
+
+#: Bytes of logits in one chunk by default (see the module docstring).
+CHUNK_BYTES = 64 << 20
+#: The fewest rows of a default chunk (the weight-gradient GEMM's depth).
+MIN_CHUNK_ROWS = 256
+#: Logits up to this size may be one chunk; larger ones go in chunks of at
+#: most N / 8 rows, so the buffer stays within an eighth of the logits.
+WHOLE_BYTES = 8 << 20
+
+#: Below this many multiply-adds per GEMM (N * D * V) a call runs on one
+#: thread, BLAS included: on 2 cores (64, 256, 1000) took 0.95 ms on one
+#: thread and 0.5-8 ms on two (the OpenMP and BLAS thread pools stall each
+#: other whenever the machine is busy).
+SMALL_WORK = 1 << 24
+
+_controller = None
+
+
+def _blas_limits(n):
+    """A context manager limiting the BLAS libraries to ``n`` threads (a
+    no-op without threadpoolctl).  The controller (the list of loaded
+    libraries) is made once: building it costs about a millisecond."""
+    global _controller
+    if _threadpoolctl is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    if _controller is None:
+        _controller = _threadpoolctl.ThreadpoolController()
+    return _controller.limit(limits=n, user_api="blas")
+
+
+def default_chunk_rows(n_rows, n_classes, itemsize):
+    """The rows of a default chunk (see the module docstring)."""
+    rows = max(1, CHUNK_BYTES // max(1, n_classes * itemsize))
+    rows = max(rows, MIN_CHUNK_ROWS)
+    if n_rows * n_classes * itemsize > WHOLE_BYTES:
+        rows = min(rows, max(1, n_rows // 8))
+    return max(1, min(rows, n_rows))
+
+
+class LinearArgs:
+    """Validated arguments of a linear cross-entropy call (nothing runs
+    before this has checked every input)."""
+
+    def __init__(self, input, linear_weight, target, linear_bias, weight, ignore_index,
+                 reduction, label_smoothing, num_threads, chunk_size):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if isinstance(label_smoothing, (str, bytes)):
+            raise TypeError(f"label_smoothing must be a float, not {label_smoothing!r}")
+        try:
+            eps = float(label_smoothing)
+        except OverflowError:
+            raise ValueError(
+                f"label_smoothing must be in [0, 1], got {label_smoothing!r}") from None
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"label_smoothing must be a float, not {type(label_smoothing).__name__}"
+            ) from None
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        try:
+            ignore_index = operator.index(ignore_index)
+        except TypeError:
+            raise TypeError(
+                f"ignore_index must be an int, not {type(ignore_index).__name__}") from None
+        if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+            raise ValueError(f"ignore_index {ignore_index} does not fit in int64")
+        self.num_threads = check_num_threads(num_threads)
+        if chunk_size is not None:
+            try:
+                chunk_size = operator.index(chunk_size)
+            except TypeError:
+                raise TypeError(
+                    f"chunk_size must be an int or None, not {type(chunk_size).__name__}"
+                ) from None
+            if chunk_size < 1:
+                raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.reduction, self.label_smoothing, self.ignore_index = reduction, eps, ignore_index
+
+        x = as_ndarray(input, "input")
+        w = as_ndarray(linear_weight, "linear_weight")
+        b = None if linear_bias is None else as_ndarray(linear_bias, "linear_bias")
+        dtypes = [float_dtypes(x.dtype, "input"), float_dtypes(w.dtype, "linear_weight")]
+        if b is not None:
+            dtypes.append(float_dtypes(b.dtype, "linear_bias"))
+        if x.ndim not in (1, 2):
+            raise ValueError(f"input must be (N, D) or (D,), got shape {x.shape}")
+        if w.ndim < 2:
+            raise ValueError(
+                f"linear_weight must be (V, D) or (V, d1, ..., D), got shape {w.shape}")
+        if x.shape[-1] != w.shape[-1]:
+            raise ValueError(
+                f"input of shape {x.shape} and linear_weight of shape {w.shape} differ in "
+                f"their last dimension (the features)")
+        if b is not None and b.shape != w.shape[:-1]:
+            raise ValueError(
+                f"linear_bias has shape {b.shape}, expected {w.shape[:-1]} for "
+                f"linear_weight of shape {w.shape}")
+        self.extra = w.shape[1:-1]  # K-dimensional loss: (d1, ..., dK)
+        if self.extra and x.ndim == 1:
+            raise ValueError(
+                f"linear_weight of shape {w.shape} (a K-dimensional loss) needs (N, D) "
+                f"input, got shape {x.shape}")
+        # the logits' dtype: the inputs' promoted result dtype
+        result = np.result_type(*(r for _, r in dtypes))
+        self.compute, self.result = float_dtypes(result, "input")
+        self.one_sample = x.ndim == 1
+        self.n_rows = 1 if self.one_sample else x.shape[0]
+        self.n_features = x.shape[-1]
+        self.n_classes = w.shape[0]
+        if self.n_classes == 0 and self.n_rows * math.prod(self.extra) > 0:
+            raise ValueError(f"linear_weight of shape {w.shape} has no classes (V = 0)")
+        self.x_shape, self.w_shape = x.shape, w.shape
+        self.logits_shape = x.shape[:-1] + w.shape[:-1]
+        positions = x.shape[:-1] + self.extra
+
+        y = as_ndarray(target, "target")
+        self.labels = self.probs = None
+        if y.dtype.kind in "iu":
+            if y.shape != positions:
+                raise ValueError(
+                    f"class-index target has shape {y.shape}, expected {positions} for "
+                    f"input of shape {x.shape} and linear_weight of shape {w.shape}")
+            self.labels_in = y.reshape(-1)
+            self.labels = _as_label_array(self.labels_in, ignore_index)
+        elif y.dtype.kind == "f":
+            if y.shape != self.logits_shape:
+                raise ValueError(
+                    f"probability target has shape {y.shape}, expected the logits' shape "
+                    f"{self.logits_shape} (input {x.shape}, linear_weight {w.shape})")
+            if ignore_index >= 0:
+                raise ValueError(
+                    f"ignore_index={ignore_index} is not supported with probability "
+                    "targets (it must be negative)")
+            self.probs = y
+        else:
+            raise TypeError(
+                f"target has dtype {y.dtype}: expected integer class indices or floating "
+                "class probabilities")
+        self.weight = None
+        if weight is not None:
+            cw = as_ndarray(weight, "weight")
+            float_dtypes(cw.dtype, "weight")
+            if cw.shape != (self.n_classes,):
+                raise ValueError(
+                    f"weight has shape {cw.shape}, expected ({self.n_classes},) for "
+                    f"linear_weight of shape {w.shape}")
+            self.weight = contiguous(cw, self.compute)
+        if self.labels is not None and self.labels.size:
+            labels = self.labels
+            bad = ((labels < 0) | (labels >= self.n_classes)) & (labels != ignore_index)
+            if bad.any():
+                row = int(np.argmax(bad))
+                index = row
+                if len(positions) > 1:
+                    index = ", ".join(str(int(i)) for i in np.unravel_index(row, positions))
+                raise ValueError(
+                    f"target[{index}] = {self.labels_in[row]} is not a class index in "
+                    f"[0, {self.n_classes}) nor ignore_index ({ignore_index})")
+        # the arrays in the compute dtype, C-contiguous (copies only if needed)
+        self.x = contiguous(x, self.compute).reshape(self.n_rows, self.n_features)
+        self.w = contiguous(w, self.compute)
+        self.b = None if b is None else contiguous(b, self.compute)
+        if self.probs is not None:
+            self.probs = contiguous(self.probs, self.compute)
+            if not self.extra:
+                self.probs = self.probs.reshape(self.n_rows, self.n_classes)
+
+    def threads(self):
+        n = self.num_threads
+        return _threads.get_num_threads() if n is None else n
+
+
+def _denominator(args, kept):
+    """The "mean" reduction's divisor: the summed weight of the counted rows
+    (their number without weights; N for probability targets)."""
+    if args.labels is None:
+        return float(args.n_rows)
+    if args.weight is None:
+        return float(kept.size)
+    return float(np.sum(args.weight.astype(np.float64)[args.labels[kept]]))
+
+
+def _accumulate_weight_grad(grad_w, g, x, tmp):
+    """``grad_w += g.T @ x`` (grad_w (V, D), g (n, V), x (n, D), C-contiguous)."""
+    if _scipy_blas is not None:
+        gemm = _scipy_blas.sgemm if grad_w.dtype == np.float32 else _scipy_blas.dgemm
+        # Fortran view: grad_w.T (D, V) += x.T (D, n) @ (g.T (V, n)).T, in place
+        gemm(1.0, x.T, g.T, beta=1.0, c=grad_w.T, trans_b=1, overwrite_c=1)
+        return tmp
+    if tmp is None:
+        tmp = np.empty_like(grad_w)
+    np.matmul(g.T, x, out=tmp)
+    np.add(grad_w, tmp, out=grad_w)
+    return tmp
+
+
+def run(frontend, args, with_grad, row_scale=None):
+    """The loss (and gradients) of validated ``args`` over ``frontend``'s
+    cross-entropy (the compiled kernels or the NumPy twin).  ``row_scale``
+    (one factor per position, for ``reduction="none"``): the gradients of
+    ``sum(row_scale * losses)`` (an upstream gradient, as autograd gives)."""
+    n_threads = args.threads()
+    if args.n_rows * args.n_features * args.w.size // max(1, args.n_features) < SMALL_WORK:
+        n_threads = 1  # waking two thread pools costs more than it saves here
+    if row_scale is not None:
+        row_scale = np.asarray(row_scale, args.compute).reshape(-1)
+    with _blas_limits(n_threads):
+        if args.extra:
+            return _run_materialised(frontend, args, with_grad, n_threads, row_scale)
+        return _run_chunked(frontend, args, with_grad, n_threads, row_scale)
+
+
+def _finish_loss(args, total_loss, row_loss, denominator):
+    if args.reduction == "none":
+        loss = row_loss.astype(args.result, copy=False)
+        return loss[0] if args.one_sample else loss
+    if args.reduction == "mean":
+        total_loss = total_loss / denominator if denominator != 0.0 else float("nan")
+    return args.result.type(total_loss)
+
+
+def _cast_grads(args, gx, gw, gb):
+    r = args.result
+    gx = gx.reshape(args.x_shape)
+    if r != args.compute:
+        gx, gw = gx.astype(r), gw.astype(r)
+        gb = None if gb is None else gb.astype(r)
+    return gx, gw, gb
+
+
+def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
+    x, w, b = args.x, args.w, args.b
+    n, d = x.shape
+    v = args.n_classes
+    compute = args.compute
+    if args.labels is not None:
+        kept = np.flatnonzero(args.labels != args.ignore_index)
+        all_kept = kept.size == n
+    else:
+        kept, all_kept = np.arange(n), True
+    n_kept = kept.size
+    denominator = _denominator(args, kept)
+    rows = args.chunk_size or default_chunk_rows(n_kept, v, compute.itemsize)
+    rows = max(1, min(rows, n_kept))
+    options = dict(weight=args.weight, ignore_index=args.ignore_index,
+                   label_smoothing=args.label_smoothing, num_threads=n_threads)
+    scale = 1.0
+    if args.reduction == "mean":  # the gradients' factor, applied to the small results
+        scale = compute.type(1.0 / denominator if denominator != 0.0 else float("nan"))
+    chunk_reduction = "none" if args.reduction == "none" else "sum"
+    row_loss = np.zeros(n, compute) if args.reduction == "none" else None
+    total_loss = 0.0
+    buf = np.empty((rows, v), compute) if n_kept else None
+    xbuf = None if all_kept or not n_kept else np.empty((rows, d), compute)
+    if with_grad:
+        grad_x = np.zeros((n, d), compute) if not all_kept else np.empty((n, d), compute)
+        grad_w = np.zeros((v, d), compute)
+        grad_b = None if b is None else np.zeros(v, np.float64)
+        gxbuf = None if all_kept or not n_kept else np.empty((rows, d), compute)
+        tmp = None
+    for start in range(0, n_kept, rows):
+        stop = min(start + rows, n_kept)
+        m = stop - start
+        if all_kept:
+            x_c = x[start:stop]
+            sel = slice(start, stop)
+        else:
+            sel = kept[start:stop]
+            x_c = np.take(x, sel, axis=0, out=xbuf[:m])
+        logits = buf[:m]
+        np.matmul(x_c, w.T, out=logits)
+        if b is not None:
+            np.add(logits, b, out=logits)
+        t_c = args.labels[sel] if args.labels is not None else args.probs[sel]
+        if with_grad:
+            loss_c, _ = frontend.cross_entropy_with_grad(
+                logits, t_c, reduction=chunk_reduction, out=logits, **options)
+            if row_scale is not None:
+                np.multiply(logits, row_scale[sel][:, None], out=logits)
+            gx_c = grad_x[start:stop] if all_kept else gxbuf[:m]
+            np.matmul(logits, w, out=gx_c)
+            if scale != 1.0:
+                np.multiply(gx_c, scale, out=gx_c)
+            if not all_kept:
+                grad_x[sel] = gx_c
+            tmp = _accumulate_weight_grad(grad_w, logits, x_c, tmp)
+            if grad_b is not None:
+                grad_b += logits.sum(axis=0, dtype=np.float64)
+        else:
+            loss_c = frontend.cross_entropy(logits, t_c, reduction=chunk_reduction, **options)
+        if row_loss is not None:
+            row_loss[sel] = loss_c
+        else:
+            total_loss += float(loss_c)
+    loss = _finish_loss(args, total_loss, row_loss, denominator)
+    if not with_grad:
+        return loss
+    if scale != 1.0 and n_kept:
+        grad_w *= scale
+        if grad_b is not None:
+            grad_b *= scale
+    if grad_b is not None:
+        grad_b = grad_b.astype(compute)
+    gx, gw, gb = _cast_grads(args, grad_x, grad_w, grad_b)
+    return loss, gx, gw, gb
+
+
+def _run_materialised(frontend, args, with_grad, n_threads, row_scale=None):
+    """K-dimensional weights: the logits (N, V, d1, ...) in full."""
+    x, w = args.x, args.w
+    d = args.n_features
+    w2 = w.reshape(-1, d)
+    logits = np.matmul(x, w2.T)
+    if args.b is not None:
+        logits += args.b.reshape(-1)
+    logits = logits.reshape(args.logits_shape)
+    target = args.labels.reshape(args.logits_shape[:1] + args.extra) \
+        if args.labels is not None else args.probs
+    options = dict(axis=1, weight=args.weight, ignore_index=args.ignore_index,
+                   reduction=args.reduction, label_smoothing=args.label_smoothing,
+                   num_threads=n_threads)
+    if not with_grad:
+        return _as_result(frontend.cross_entropy(logits, target, **options), args.result)
+    loss, g = frontend.cross_entropy_with_grad(logits, target, out=logits, **options)
+    if row_scale is not None:
+        g *= row_scale.reshape((args.n_rows, 1) + args.extra)
+    g2 = g.reshape(args.n_rows, -1)
+    grad_x = g2 @ w2
+    grad_w = (g2.T @ x).reshape(args.w_shape)
+    grad_b = None if args.b is None else g2.sum(axis=0).reshape(args.w_shape[:-1])
+    gx, gw, gb = _cast_grads(args, grad_x, grad_w, grad_b)
+    return _as_result(loss, args.result), gx, gw, gb
+
+
+def _as_result(loss, result):
+    if np.ndim(loss) == 0:
+        return result.type(loss)
+    return loss.astype(result, copy=False)
+
+
+# -- the public functions ----------------------------------------------------
+
+_DOC_PARAMS = """
+    Parameters
+    ----------
+    input : array_like, shape (N, D) or (D,)
+        The features (hidden states) of N samples (one for (D,)).
+    linear_weight : array_like, shape (V, D) or (V, d1, ..., dK, D)
+        The projection to V classes (``torch.nn.Linear``'s weight layout).  A
+        K-dimensional weight gives logits (N, V, d1, ..., dK) with the classes
+        on axis 1, as PyTorch allows; that path holds the logits.
+    target : array_like
+        Class indices of shape (N,) (a scalar for (D,) input; (N, d1, ...,
+        dK) for K-dimensional weights), any integer dtype; or class
+        probabilities of the logits' shape (N, V), floating.
+    linear_bias : array_like, shape ``linear_weight.shape[:-1]``, optional
+        Added to the logits.
+    weight, ignore_index, reduction, label_smoothing
+        As for :func:`csoftmax.cross_entropy`.  Rows whose target is
+        ``ignore_index`` are dropped before any arithmetic: they cost nothing
+        and get an all-zero ``grad_input`` row.
+    num_threads : int, optional
+        The threads of every part of the call: the cross-entropy kernels and
+        the BLAS (limited with ``threadpoolctl`` where it is installed).
+        Default: :func:`csoftmax.get_num_threads`.
+    chunk_size : int, optional
+        Rows per chunk.  By default about 64 MiB of logits per chunk, at least
+        256 rows, at most N / 8 (when the logits exceed 8 MiB): memory beyond
+        the inputs and the results is one chunk buffer (plus, for the
+        gradients without SciPy, a ``linear_weight``-sized temporary).
+"""
+
+
+def _check_frontend(frontend):
+    if frontend is None:
+        from . import _dispatch
+
+        return _dispatch.ACTIVE
+    return frontend
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                         num_threads=None, chunk_size=None):
+    args = LinearArgs(input, linear_weight, target, linear_bias, weight, ignore_index,
+                      reduction, label_smoothing, num_threads, chunk_size)
+    return run(_check_frontend(None), args, False)
+
+
+def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=None,
+                                   weight=None, ignore_index=-100, reduction="mean",
+                                   label_smoothing=0.0, num_threads=None, chunk_size=None):
+    args = LinearArgs(input, linear_weight, target, linear_bias, weight, ignore_index,
+                      reduction, label_smoothing, num_threads, chunk_size)
+    return run(_check_frontend(None), args, True)
+
+
+def call(frontend, input, linear_weight, target, with_grad=False, row_scale=None, **kwargs):
+    """The public functions over a chosen frontend (tests compare them; the
+    PyTorch adapter's backward passes ``row_scale``)."""
+    defaults = dict(linear_bias=None, weight=None, ignore_index=-100, reduction="mean",
+                    label_smoothing=0.0, num_threads=None, chunk_size=None)
+    defaults.update(kwargs)
+    args = LinearArgs(input, linear_weight, target, defaults["linear_bias"],
+                      defaults["weight"], defaults["ignore_index"], defaults["reduction"],
+                      defaults["label_smoothing"], defaults["num_threads"],
+                      defaults["chunk_size"])
+    return run(_check_frontend(frontend), args, with_grad, row_scale)
+
+
+linear_cross_entropy.__doc__ = """Cross-entropy of ``input @ linear_weight.T + linear_bias``
+    against ``target``, without holding the ``N x V`` logits.
+
+    Exactly ``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)``
+    (and ``torch.nn.functional.linear_cross_entropy``), computed by chunks of
+    rows: one GEMM into a reused chunk buffer and the loss-only cross-entropy
+    kernel per chunk.
+""" + _DOC_PARAMS + """
+    Returns
+    -------
+    scalar or ndarray
+        The loss, a NumPy scalar of the logits' dtype (the inputs' promoted
+        floating dtype); ``"none"``: one loss per position.
+
+    Examples
+    --------
+    >>> import numpy as np, csoftmax
+    >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> W = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    >>> float(csoftmax.linear_cross_entropy(x, W, np.array([0, 2])).round(4))
+    1.0514
+    >>> float(csoftmax.cross_entropy(x @ W.T, np.array([0, 2])).round(4))
+    1.0514
+"""
+
+linear_cross_entropy_with_grad.__doc__ = """The linear cross-entropy and its gradients
+    with respect to ``input``, ``linear_weight`` and ``linear_bias``.
+
+    Per chunk of rows: the logits ``x_c @ W.T + b`` into one reused buffer, the
+    fused cross-entropy kernel turns them into their gradient in place, then
+    ``grad_input_c = G @ W`` and ``grad_linear_weight += G.T @ x_c`` (a BLAS
+    GEMM accumulating with beta = 1 where SciPy is installed).  The
+    gradients are those of PyTorch's ``loss.backward()`` with upstream
+    gradient 1 (for ``"none"``: of the summed losses).
+""" + _DOC_PARAMS + """
+    Returns
+    -------
+    loss : scalar or ndarray
+        As :func:`linear_cross_entropy` returns it.
+    grad_input : ndarray
+        ``d loss / d input``, input's shape.
+    grad_linear_weight : ndarray
+        ``d loss / d linear_weight``, linear_weight's shape.
+    grad_linear_bias : ndarray or None
+        ``d loss / d linear_bias``; None without a bias.
+        The gradients have the logits' dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, csoftmax
+    >>> x = np.array([[1.0, 0.0]])
+    >>> W = np.zeros((2, 2))
+    >>> loss, gx, gW, gb = csoftmax.linear_cross_entropy_with_grad(
+    ...     x, W, np.array([1]), linear_bias=np.zeros(2))
+    >>> float(loss.round(4)), gx, gb
+    (0.6931, array([[0., 0.]]), array([ 0.5, -0.5]))
+    >>> gW
+    array([[ 0.5,  0. ],
+           [-0.5,  0. ]])
+"""

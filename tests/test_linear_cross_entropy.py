@@ -1,0 +1,513 @@
+"""linear_cross_entropy(_with_grad): ``cross_entropy(input @ W.T + b, target)`` by chunks of rows.
+
+Against PyTorch's ``F.linear_cross_entropy`` (values and the three gradients), a float64
+reference through ``cross_entropy_with_grad`` on the materialised logits, both frontends (the
+compiled kernels and the NumPy twin), chunking invariance, ignored rows dropped, every bad input,
+and a memory test that fails if the N x V logits are ever allocated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import csoftmax
+from csoftmax import _linear
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # pragma: no cover
+    torch = F = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch")
+
+
+def case(rng, n=13, d=5, v=7, kind="index", bias=True, ignore=0.3, extra=()):
+    x = rng.standard_normal((n, d))
+    w = rng.standard_normal((v,) + extra + (d,))
+    b = rng.standard_normal((v,) + extra) if bias else None
+    if kind == "index":
+        t = rng.integers(0, v, size=(n,) + extra)
+        t[rng.random(t.shape) < ignore] = -100
+    else:
+        t = rng.random((n, v) + extra)
+    return x, w, b, t
+
+
+def reference(x, w, t, b=None, with_grad=True, **kw):
+    """float64 through the materialised logits and csoftmax.cross_entropy_with_grad."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    d = x.shape[-1]
+    w2 = w.reshape(-1, d)
+    logits = x @ w2.T
+    if b is not None:
+        logits = logits + np.asarray(b, np.float64).reshape(-1)
+    logits = logits.reshape(x.shape[:-1] + w.shape[:-1])
+    axis = 1 if w.ndim > 2 else -1
+    if not with_grad:
+        return csoftmax.cross_entropy(logits, t, axis=axis, **kw)
+    loss, g = csoftmax.cross_entropy_with_grad(logits, t, axis=axis, **kw)
+    g2 = g.reshape(-1, w2.shape[0]) if x.ndim == 2 else g.reshape(1, -1)
+    gx = (g2 @ w2).reshape(x.shape)
+    gw = (g2.T @ x.reshape(-1, d)).reshape(w.shape)
+    gb = None if b is None else g2.sum(0).reshape(w.shape[:-1])
+    return loss, gx, gw, gb
+
+
+def torch_lce(x, w, t, b=None, reduction="mean", ignore_index=None, **kw):
+    """F.linear_cross_entropy's loss and the gradients of its sum (float64)."""
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    wgt = kw.pop("weight", None)
+    loss = F.linear_cross_entropy(
+        xt, wt, torch.as_tensor(t), linear_bias=bt, reduction=reduction,
+        ignore_index=ignore_index, weight=None if wgt is None else torch.tensor(wgt), **kw)
+    loss.sum().backward()
+    return (loss.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(),
+            None if b is None else bt.grad.numpy())
+
+
+def assert_close(got, want, rtol=1e-10, atol=1e-12):
+    assert len(got) == len(want)
+    for g, e in zip(got, want):
+        if e is None:
+            assert g is None
+        else:
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+
+
+OPTIONS = [
+    dict(),
+    dict(reduction="sum"),
+    dict(reduction="none"),
+    dict(weight="w"),
+    dict(weight="w", reduction="none", label_smoothing=0.2),
+    dict(label_smoothing=0.1),
+    dict(weight="w", label_smoothing=0.3, reduction="sum"),
+]
+
+
+def _options(opts, rng, v):
+    opts = dict(opts)
+    if opts.get("weight") == "w":
+        opts["weight"] = rng.random(v) + 0.1
+    return opts
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("opts", OPTIONS, ids=[str(o) for o in OPTIONS])
+def test_against_torch(frontend, rng, kind, bias, opts):
+    x, w, b, t = case(rng, kind=kind, bias=bias)
+    opts = _options(opts, rng, w.shape[0])
+    got = _linear.call(frontend, x, w, t, True, linear_bias=b, chunk_size=4, **opts)
+    want = torch_lce(x, w, t, b, ignore_index=-100 if kind == "index" else None, **opts)
+    assert_close(got, want, rtol=1e-9)
+    loss = _linear.call(frontend, x, w, t, False, linear_bias=b, chunk_size=4, **opts)
+    np.testing.assert_allclose(loss, want[0], rtol=1e-9, atol=1e-12)
+    assert_close(got, reference(x, w, t, b, **opts))
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("opts", OPTIONS, ids=[str(o) for o in OPTIONS])
+def test_one_sample_against_torch(frontend, rng, kind, opts):
+    x, w, b, t = case(rng, n=1, kind=kind, ignore=0.0)
+    x, t = x[0], t[0]
+    opts = _options(opts, rng, w.shape[0])
+    got = _linear.call(frontend, x, w, t, True, linear_bias=b, **opts)
+    want = torch_lce(x, w, t, b, ignore_index=-100 if kind == "index" else None, **opts)
+    assert got[1].shape == x.shape
+    assert np.ndim(got[0]) == 0
+    assert_close(got, want, rtol=1e-9)
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("opts", OPTIONS[:5], ids=[str(o) for o in OPTIONS[:5]])
+def test_k_dimensional_weight_against_torch(frontend, rng, kind, opts):
+    x, w, b, t = case(rng, kind=kind, extra=(3, 2))
+    opts = _options(opts, rng, w.shape[0])
+    got = _linear.call(frontend, x, w, t, True, linear_bias=b, **opts)
+    want = torch_lce(x, w, t, b, ignore_index=-100 if kind == "index" else None, **opts)
+    assert got[2].shape == w.shape and got[3].shape == b.shape
+    assert_close(got, want, rtol=1e-9)
+    loss = _linear.call(frontend, x, w, t, False, linear_bias=b, **opts)
+    np.testing.assert_allclose(loss, want[0], rtol=1e-9, atol=1e-12)
+
+
+@needs_torch
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_float32_within_torch_error(rng, reduction):
+    x, w, b, t = case(rng, n=64, d=32, v=300, ignore=0.2)
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+    ref64 = reference(x32, w32, t, b32, reduction=reduction)
+    got = csoftmax.linear_cross_entropy_with_grad(x32, w32, t, linear_bias=b32,
+                                                  reduction=reduction, chunk_size=10)
+    th = torch_lce(x32, w32, t, b32, reduction=reduction)
+    for g, e, r in zip(got, th, ref64):
+        assert g.dtype == np.float32
+        err = np.abs(g.astype(np.float64) - r).max()
+        terr = np.abs(e.astype(np.float64) - r).max()
+        assert err <= 4 * terr + 1e-6 * np.abs(r).max()
+
+
+def test_finite_differences(rng):
+    x, w, b, t = case(rng, n=4, d=3, v=5, ignore=0.25)
+    t[0] = 1
+    opts = dict(weight=rng.random(5) + 0.5, label_smoothing=0.1)
+    _, gx, gw, gb = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b, **opts)
+    h = 1e-6
+
+    def f(x_, w_, b_):
+        return float(csoftmax.linear_cross_entropy(x_, w_, t, linear_bias=b_, **opts))
+
+    for arr, grad, which in ((x, gx, 0), (w, gw, 1), (b, gb, 2)):
+        num = np.empty_like(arr)
+        for idx in np.ndindex(arr.shape):
+            args_p = [x.copy(), w.copy(), b.copy()]
+            args_m = [x.copy(), w.copy(), b.copy()]
+            args_p[which][idx] += h
+            args_m[which][idx] -= h
+            num[idx] = (f(*args_p) - f(*args_m)) / (2 * h)
+        np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_chunking_invariance(frontend, rng, kind, reduction):
+    x, w, b, t = case(rng, n=23, d=6, v=9, kind=kind)
+    results = [_linear.call(frontend, x, w, t, True, linear_bias=b, reduction=reduction,
+                            chunk_size=c) for c in (1, 7, 23, None, 1000)]
+    for r in results[1:]:
+        assert_close(r, results[0], rtol=1e-12, atol=1e-14)
+    want = reference(x, w, t, b, reduction=reduction)
+    assert_close(results[0], want, rtol=1e-10)
+
+
+def test_frontends_agree(rng):
+    from csoftmax._dispatch import FRONTENDS
+
+    x, w, b, t = case(rng, n=40, d=8, v=50)
+    x, w, b = (a.astype(np.float32) for a in (x, w, b))
+    res = [_linear.call(fe, x, w, t, True, linear_bias=b, weight=np.linspace(0.5, 2, 50),
+                        label_smoothing=0.1) for fe in FRONTENDS.values()]
+    for r in res[1:]:
+        assert_close(r, res[0], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtypes_and_results(rng, dtype):
+    x, w, b, t = case(rng)
+    x, w, b = (a.astype(dtype) for a in (x, w, b))
+    loss, gx, gw, gb = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b)
+    assert isinstance(loss, dtype)
+    for g, a in ((gx, x), (gw, w), (gb, b)):
+        assert g.dtype == dtype and g.shape == a.shape and g.flags.c_contiguous
+    assert isinstance(csoftmax.linear_cross_entropy(x, w, t), dtype)
+    none = csoftmax.linear_cross_entropy(x, w, t, reduction="none")
+    assert none.dtype == dtype and none.shape == t.shape
+
+
+def test_float16_and_integers(rng):
+    x, w, b, t = case(rng)
+    loss, gx, gw, gb = csoftmax.linear_cross_entropy_with_grad(
+        x.astype(np.float16), w.astype(np.float16), t, linear_bias=b.astype(np.float16))
+    assert isinstance(loss, np.float16) and gx.dtype == gw.dtype == gb.dtype == np.float16
+    ref = reference(x.astype(np.float16), w.astype(np.float16), t, b.astype(np.float16))
+    assert_close((loss, gx, gw, gb), ref, rtol=2e-2, atol=2e-3)
+    xi, wi = (np.round(a * 2).astype(np.int64) for a in (x, w))
+    got = csoftmax.linear_cross_entropy_with_grad(xi, wi, t)
+    assert got[0].dtype == np.float64
+    assert_close(got, reference(xi, wi, t, None))
+
+
+def test_layouts_and_inputs_untouched(rng):
+    x, w, b, t = case(rng)
+    xf, wf = np.asfortranarray(x), w[::-1].copy()[::-1]
+    copies = [a.copy() for a in (xf, wf, b, t)]
+    for a in (xf, wf, b, t):
+        a.setflags(write=False)
+    got = csoftmax.linear_cross_entropy_with_grad(xf, wf, t, linear_bias=b, chunk_size=3)
+    assert_close(got, reference(x, w, t, b))
+    for a, c in zip((xf, wf, b, t), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_ignored_rows_dropped(frontend, rng):
+    x, w, b, t = case(rng, n=20, ignore=0.0)
+    t[::2] = -100
+    x[::2] = np.nan  # padding may hold garbage: never read by a GEMM
+    got = _linear.call(frontend, x, w, t, True, linear_bias=b, chunk_size=3)
+    assert np.all(got[1][::2] == 0)
+    assert all(np.isfinite(g).all() for g in (got[0], got[2], got[3]))
+    keep = slice(1, None, 2)
+    want = reference(x[keep], w, t[keep], b)
+    assert_close((got[0], got[1][keep], got[2], got[3]), want)
+    none = _linear.call(frontend, x, w, t, False, linear_bias=b, reduction="none")
+    assert np.all(none[::2] == 0)
+
+
+def test_all_rows_ignored_and_empty(rng):
+    x, w, b, t = case(rng, n=5)
+    t[:] = -100
+    loss, gx, gw, gb = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b)
+    assert np.isnan(loss) and not gx.any() and not gw.any() and not gb.any()
+    assert csoftmax.linear_cross_entropy(x, w, t, reduction="sum") == 0
+    e = np.zeros((0, 5))
+    loss, gx, gw, gb = csoftmax.linear_cross_entropy_with_grad(e, w, np.zeros(0, int),
+                                                               linear_bias=b)
+    assert np.isnan(loss) and gx.shape == (0, 5) and not gw.any() and not gb.any()
+    assert csoftmax.linear_cross_entropy(e, w, np.zeros(0, int), reduction="none").shape == (0,)
+
+
+def test_zero_counted_weight_gives_nan(rng):
+    x, w, b, t = case(rng, n=4, ignore=0.0)
+    t[:] = 2
+    t[0] = -100
+    wgt = np.ones(7)
+    wgt[2] = 0
+    loss, gx, gw, gb = csoftmax.linear_cross_entropy_with_grad(x, w, t, weight=wgt)
+    ref = reference(x, w, t, weight=wgt)
+    assert np.isnan(loss) and np.isnan(ref[0])
+    np.testing.assert_array_equal(np.isnan(gx), np.isnan(ref[1]))
+    assert not gx[0].any()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads(rng, threads):
+    x, w, b, t = case(rng, n=300, d=40, v=200)
+    x, w, b = (a.astype(np.float32) for a in (x, w, b))
+    got = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b, num_threads=threads)
+    one = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b, num_threads=1)
+    # the cross-entropy kernels are bitwise thread-independent; OpenBLAS's GEMM need not be
+    assert_close(got, one, rtol=1e-5, atol=1e-7)
+
+
+def test_blas_threads_limited(rng):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+    x, w, b, t = case(rng)
+    real = _linear._accumulate_weight_grad
+
+    def spy(*a):
+        seen.append({i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
+                     if i["user_api"] == "blas"})
+        return real(*a)
+
+    _linear._accumulate_weight_grad = spy
+    try:
+        csoftmax.linear_cross_entropy_with_grad(x, w, t, num_threads=1)
+    finally:
+        _linear._accumulate_weight_grad = real
+    assert seen and all(n == 1 for s in seen for n in s.values())
+
+
+def test_default_chunk_rows():
+    assert _linear.default_chunk_rows(4096, 32000, 4) == 512
+    assert _linear.default_chunk_rows(16384, 32000, 4) == 524
+    assert _linear.default_chunk_rows(4096, 128256, 4) == 256
+    assert _linear.default_chunk_rows(100, 10, 4) == 100
+    assert _linear.default_chunk_rows(64, 1000, 4) == 64
+    assert _linear.default_chunk_rows(1, 10, 4) == 1
+
+
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_never_holds_the_logits(with_grad):
+    n, v, d = 2048, 8192, 64
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    w = rng.standard_normal((v, d), dtype=np.float32)
+    t = rng.integers(0, v, n)
+    logits_bytes = n * v * 4
+    outputs = (x.nbytes + w.nbytes + 4 * v) if with_grad else 0
+    fn = csoftmax.linear_cross_entropy_with_grad if with_grad else csoftmax.linear_cross_entropy
+    fn(x, w, t, linear_bias=np.zeros(v, np.float32))  # warm up (imports, caches)
+    tracemalloc.start()
+    try:
+        fn(x, w, t, linear_bias=np.zeros(v, np.float32))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - outputs < logits_bytes / 4, (peak, logits_bytes)
+
+
+def test_pickled_functions_round_trip():
+    import pickle
+
+    f = pickle.loads(pickle.dumps(csoftmax.linear_cross_entropy))
+    assert f is csoftmax.linear_cross_entropy
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: every bad input, before anything runs
+
+X, W, T = np.zeros((3, 4)), np.zeros((5, 4)), np.zeros(3, int)
+ERRORS = [
+    (dict(input=np.zeros(())), ValueError, r"input must be \(N, D\) or \(D,\), got shape \(\)"),
+    (dict(input=np.zeros((2, 3, 4))), ValueError,
+     r"input must be \(N, D\) or \(D,\), got shape \(2, 3, 4\)"),
+    (dict(linear_weight=np.zeros(4)), ValueError,
+     r"linear_weight must be \(V, D\) or \(V, d1, ..., D\), got shape \(4,\)"),
+    (dict(linear_weight=np.zeros((5, 3))), ValueError,
+     r"input of shape \(3, 4\) and linear_weight of shape \(5, 3\) differ in their last "
+     r"dimension"),
+    (dict(linear_bias=np.zeros(4)), ValueError,
+     r"linear_bias has shape \(4,\), expected \(5,\) for linear_weight of shape \(5, 4\)"),
+    (dict(input=np.zeros(4), linear_weight=np.zeros((5, 2, 4)), target=np.zeros(2, int)),
+     ValueError, r"\(a K-dimensional loss\) needs \(N, D\) input, got shape \(4,\)"),
+    (dict(target=np.zeros(4, int)), ValueError,
+     r"class-index target has shape \(4,\), expected \(3,\) for input of shape \(3, 4\) and "
+     r"linear_weight of shape \(5, 4\)"),
+    (dict(target=np.zeros((3, 4))), ValueError,
+     r"probability target has shape \(3, 4\), expected the logits' shape \(3, 5\)"),
+    (dict(target=np.zeros((3, 5)), ignore_index=0), ValueError,
+     r"ignore_index=0 is not supported with probability targets"),
+    (dict(target=np.array(["a", "b", "c"])), TypeError, r"target has dtype <U1"),
+    (dict(target=np.array([0, 5, 1])), ValueError,
+     r"target\[1\] = 5 is not a class index in \[0, 5\) nor ignore_index \(-100\)"),
+    (dict(target=np.array([0, -1, 1])), ValueError, r"target\[1\] = -1 is not a class index"),
+    (dict(weight=np.ones(4)), ValueError,
+     r"weight has shape \(4,\), expected \(5,\) for linear_weight of shape \(5, 4\)"),
+    (dict(input=np.zeros((3, 4), complex)), TypeError, r"input has dtype complex128"),
+    (dict(linear_weight=np.zeros((5, 4), complex)), TypeError,
+     r"linear_weight has dtype complex128"),
+    (dict(linear_bias=np.zeros(5, complex)), TypeError, r"linear_bias has dtype complex128"),
+    (dict(reduction="avg"), ValueError, r"reduction must be one of"),
+    (dict(label_smoothing=1.5), ValueError, r"label_smoothing must be in \[0, 1\], got 1.5"),
+    (dict(label_smoothing="x"), TypeError, r"label_smoothing must be a float"),
+    (dict(ignore_index=1.5), TypeError, r"ignore_index must be an int, not float"),
+    (dict(num_threads=0), ValueError, r"num_threads must be >= 1, got 0"),
+    (dict(chunk_size=0), ValueError, r"chunk_size must be >= 1, got 0"),
+    (dict(chunk_size=2.0), TypeError, r"chunk_size must be an int or None, not float"),
+    (dict(linear_weight=np.zeros((0, 4))), ValueError,
+     r"linear_weight of shape \(0, 4\) has no classes"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "match"), ERRORS, ids=[e[2][:40] for e in ERRORS])
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_errors(kwargs, exc, match, with_grad):
+    args = dict(input=X, linear_weight=W, target=T)
+    args.update(kwargs)
+    fn = csoftmax.linear_cross_entropy_with_grad if with_grad else csoftmax.linear_cross_entropy
+    with pytest.raises(exc, match=match):
+        fn(args.pop("input"), args.pop("linear_weight"), args.pop("target"), **args)
+
+
+def test_grid_of_options_small(rng):
+    """Every combination of options on a small case, against the reference."""
+    for kind, bias, reduction, smooth, wgt in itertools.product(
+            ["index", "prob"], [False, True], ["mean", "sum", "none"], [0.0, 0.2],
+            [False, True]):
+        x, w, b, t = case(rng, n=9, d=3, v=4, kind=kind, bias=bias)
+        opts = dict(reduction=reduction, label_smoothing=smooth,
+                    weight=rng.random(4) + 0.2 if wgt else None)
+        got = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b, chunk_size=2,
+                                                      **opts)
+        assert_close(got, reference(x, w, t, b, **opts))
+
+
+# ---------------------------------------------------------------------------------------------
+# csoftmax.torch.linear_cross_entropy against F.linear_cross_entropy (autograd)
+
+
+def _autograd(fn, x, w, t, b, upstream, **kw):
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    loss = fn(xt, wt, torch.as_tensor(t), linear_bias=bt, **kw)
+    (loss * torch.as_tensor(upstream)).sum().backward()
+    return (loss.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(),
+            None if b is None else bt.grad.numpy())
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("extra", [(), (2,)])
+def test_torch_adapter(rng, kind, bias, reduction, extra):
+    import csoftmax.torch as ct
+
+    x, w, b, t = case(rng, kind=kind, bias=bias, extra=extra)
+    upstream = rng.standard_normal(t.shape if kind == "index" else t.shape[:1] + extra) \
+        if reduction == "none" else 1.7
+    kw = dict(reduction=reduction, weight=torch.tensor(rng.random(7) + 0.1),
+              label_smoothing=0.1)
+    got = _autograd(ct.linear_cross_entropy, x, w, t, b, upstream, **kw)
+    want = _autograd(F.linear_cross_entropy, x, w, t, b, upstream, **kw)
+    assert_close(got, want, rtol=1e-9)
+
+
+@needs_torch
+def test_torch_adapter_float32_options_and_partial_grads(rng):
+    import csoftmax.torch as ct
+
+    x, w, b, t = case(rng, n=30, d=8, v=20)
+    xt = torch.tensor(x, dtype=torch.float32)
+    wt = torch.tensor(w, dtype=torch.float32, requires_grad=True)
+    loss = ct.linear_cross_entropy(xt, wt, torch.as_tensor(t),
+                                   options=torch.nn.LinearCrossEntropyOptions())
+    assert loss.dtype == torch.float32
+    loss.backward()
+    w2 = wt.detach().clone().requires_grad_()
+    F.linear_cross_entropy(xt, w2, torch.as_tensor(t)).backward()
+    torch.testing.assert_close(wt.grad, w2.grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        nog = ct.linear_cross_entropy(xt, wt, torch.as_tensor(t))
+    assert not nog.requires_grad and torch.isclose(nog, loss)
+
+
+@needs_torch
+def test_torch_adapter_errors():
+    import csoftmax.torch as ct
+
+    x, w = torch.zeros(3, 4), torch.zeros(5, 4)
+    with pytest.raises(RuntimeError, match="ignore_index cannot be specified when target "
+                                           "contains probabilities"):
+        ct.linear_cross_entropy(x, w, torch.zeros(3, 5), ignore_index=-100)
+    with pytest.raises(RuntimeError, match="expected input with dimensionality 1 or 2, got 3"):
+        ct.linear_cross_entropy(torch.zeros(2, 3, 4), w, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="expected linear_weight with dimensionality at "
+                                           "least 2, got 1"):
+        ct.linear_cross_entropy(x, torch.zeros(4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"target\[0\] = 7 is not a class index"):
+        ct.linear_cross_entropy(x, w, torch.tensor([7, 0, 0]))
+    with pytest.raises(NotImplementedError, match="weight requires grad"):
+        ct.linear_cross_entropy(x.requires_grad_(), w, torch.zeros(3, dtype=torch.long),
+                                weight=torch.ones(5, requires_grad=True))
+    y = torch.zeros(2, 4, requires_grad=True)
+    loss = ct.linear_cross_entropy(y, w, torch.zeros(2, dtype=torch.long))
+    (g,) = torch.autograd.grad(loss, y, create_graph=False)
+    assert g.shape == y.shape
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(ct.linear_cross_entropy(y, w, torch.zeros(2, dtype=torch.long)),
+                            y, create_graph=True)
+
+
+def test_bench_op_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench").is_dir():
+        pytest.skip("bench/ is not beside tests/")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--ops", "linear_cross_entropy", "--shapes", "8x16x20",
+         "--dtypes", "float32", "--threads", "1", "--budget", "0.05",
+         "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| linear_cross_entropy | 8x16x20 | float32 | 1 |" in proc.stdout
+    assert "MISMATCH" not in proc.stdout
