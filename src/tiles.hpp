@@ -226,7 +226,7 @@ template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n
  * by the row maximum, whose largest term is exp(0) = 1.  fdlibm's e_log.c
  * (error < 1 ulp) without its branches for zero, negative, subnormal and
  * infinite arguments, so that it vectorises; NaN is passed through. */
-static inline double log_ge1(double x) {
+CS_INLINE double log_ge1(double x) {
     const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
     const double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
                  Lg3 = 2.857142874366239149e-01, Lg4 = 2.222219843214978396e-01,
@@ -251,7 +251,7 @@ static inline double log_ge1(double x) {
 
 /* log_ge1 in float, for float32 logits, whose loss needs no more: FreeBSD's
  * e_logf.c (error < 1 ulp of float) in the same branch-free form. */
-static inline float log_ge1(float x) {
+CS_INLINE float log_ge1(float x) {
     const float ln2_hi = 6.9313812256e-01f, ln2_lo = 9.0580006145e-06f;
     const float Lg1 = 0.66666662693f, Lg2 = 0.40000972152f, Lg3 = 0.28498786688f,
                 Lg4 = 0.24279078841f;
@@ -516,8 +516,8 @@ static inline void tile_cross_entropy_binary(
         /* one of d0, d1 is 0 (exp = 1 exactly) unless NaN is about: one exp of
          * their sum gives the other, and NaN still reaches both sums */
         T d0 = x0 - m, d1 = x1 - m;
-        T ex = exp_nonpositive((T)(d0 + d1));
-        T e0 = d0 == (T)0 ? (T)1 : ex, e1 = d1 == (T)0 ? (T)1 : ex;
+        T e_other = exp_nonpositive((T)(d0 + d1));
+        T e0 = d0 == (T)0 ? (T)1 : e_other, e1 = d1 == (T)0 ? (T)1 : e_other;
         double s = (double)e0 + (double)e1;
         double lse = (double)log_ge1((T)s);
         double aw = alpha * (is1 ? w1 : w0);
