@@ -59,15 +59,25 @@ from ._validation import (
     float_dtypes,
 )
 
-try:  # an optional dependency: the weight gradient's GEMM with beta = 1
-    from scipy.linalg import blas as _scipy_blas
-except ImportError:  # pragma: no cover - exercised where SciPy is absent
-    _scipy_blas = None
+# Optional dependencies, imported on first use, never by ``import csoftmax``:
+# SciPy's BLAS (the weight gradient's GEMM with beta = 1) costs 0.17 s to import
+# and loads a second OpenBLAS whose thread pool then competes for the cores with
+# every csoftmax call; threadpoolctl limits the BLAS's threads.
+_MISSING = object()
+_scipy_blas = _MISSING
+_threadpoolctl = _MISSING
 
-try:  # an optional dependency: the BLAS's thread count
-    import threadpoolctl as _threadpoolctl
-except ImportError:  # pragma: no cover
-    _threadpoolctl = None
+
+def _optional(name):
+    """The module ``name`` (imported once), or None where it is not installed."""
+    try:
+        if name == "scipy_blas":
+            from scipy.linalg import blas as module
+        else:
+            import threadpoolctl as module
+    except ImportError:  # pragma: no cover - exercised where it is absent
+        return None
+    return module
 
 #: Bytes of logits in one chunk by default (see the module docstring).
 CHUNK_BYTES = 64 << 20
@@ -86,11 +96,22 @@ SMALL_WORK = 1 << 24
 _controller = None
 
 
+def _load_scipy_blas():
+    """scipy.linalg.blas, imported on first use (None without SciPy)."""
+    global _scipy_blas
+    if _scipy_blas is _MISSING:
+        _scipy_blas = _optional("scipy_blas")
+    return _scipy_blas
+
+
 def _blas_limits(n):
     """A context manager limiting the BLAS libraries to ``n`` threads (a
     no-op without threadpoolctl).  The controller (the list of loaded
     libraries) is made once: building it costs about a millisecond."""
-    global _controller
+    global _controller, _threadpoolctl
+    if _threadpoolctl is _MISSING:
+        _threadpoolctl = _optional("threadpoolctl")
+    _load_scipy_blas()  # loaded first, so that the controller limits its BLAS too
     if _threadpoolctl is None:
         import contextlib
 
@@ -256,7 +277,7 @@ def _denominator(args, kept):
 
 def _accumulate_weight_grad(grad_w, g, x, tmp):
     """``grad_w += g.T @ x`` (grad_w (V, D), g (n, V), x (n, D), C-contiguous)."""
-    if _scipy_blas is not None:
+    if _load_scipy_blas() is not None:
         gemm = _scipy_blas.sgemm if grad_w.dtype == np.float32 else _scipy_blas.dgemm
         # Fortran view: grad_w.T (D, V) += x.T (D, n) @ (g.T (V, n)).T, in place
         gemm(1.0, x.T, g.T, beta=1.0, c=grad_w.T, trans_b=1, overwrite_c=1)

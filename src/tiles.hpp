@@ -204,20 +204,26 @@ template <typename T> static inline void block_max(const T *c, idx_t n, T *m) {
     }
 }
 
-/* s[l] = sum_k exp(c_kl - m[l]), in T (at most 31 terms, each <= 1: the
- * largest is exp(0) = 1, so s is in [1, 31] or NaN), in column order; Store:
- * the exponentials replace c. */
-template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n, const T *m, T *s) {
+/* s[l] = sum_k exp(c_kl - m[l]) in double, in column order (at most 31
+ * terms, each <= 1: the largest is exp(0) = 1, so s is in [1, 31] or NaN);
+ * Store: the exponentials replace c.  A float sum lost up to n ulp, which
+ * every probability of the row inherits (5 ulp at 10 classes, more than
+ * PyTorch's error); in double the sum is exact to well below a float ulp. */
+template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n, const T *m, double *s) {
+    double acc[LANES];                 /* local: no aliasing with c, so kept in registers */
+    T mk[LANES];
 #pragma omp simd
-    for (idx_t l = 0; l < LANES; ++l) s[l] = (T)0;
+    for (idx_t l = 0; l < LANES; ++l) acc[l] = 0.0, mk[l] = m[l];
     for (idx_t k = 0; k < n; ++k) {
 #pragma omp simd
         for (idx_t l = 0; l < LANES; ++l) {
-            T v = exp_nonpositive((T)(c[k * LANES + l] - m[l]));
+            T v = exp_nonpositive((T)(c[k * LANES + l] - mk[l]));
             if (Store) c[k * LANES + l] = v;
-            s[l] += v;
+            acc[l] += (double)v;
         }
     }
+#pragma omp simd
+    for (idx_t l = 0; l < LANES; ++l) s[l] = acc[l];
 }
 
 /* ---- cross-entropy over a tile of short rows ------------------------- */
@@ -282,7 +288,7 @@ CS_INLINE float log_ge1(float x) {
  * k order) follows _cross_entropy_index_row's formulas:
  *   loss = alpha w_t (lse - x_t) [+ beta (W lse - sum_k w_k (x_k - m))]
  *   grad = e (alpha w_t [+ beta W]) / s * scale [- beta scale w_k] - [k == t] alpha w_t scale
- * with W = w_total, the sum of exponentials s kept in T (see block_exp_sum)
+ * with W = w_total, the sum of exponentials s in double (see block_exp_sum)
  * and the loss in double.  Label t is read once; t == ignore_index gives
  * loss 0 and a zero gradient row, any other label outside [0, n) a NaN loss
  * and row. */
@@ -307,7 +313,8 @@ static inline void block_cross_entropy_index(
         T *c, idx_t n, const int32_t *lab, const double *wt, const T *w, double w_total,
         double alpha, double beta, double scale, double *bl, const CrossEntropyExtra *ex,
         double *bz, double *ba) {
-    T m[LANES], s[LANES], xv[LANES], c1[LANES], ct[LANES];
+    T m[LANES], xv[LANES], c1[LANES], ct[LANES];
+    double s[LANES];
     double smooth[LANES];
     /* the max and the target's logit (a select per column: no gather) */
 #pragma omp simd
@@ -337,7 +344,7 @@ static inline void block_cross_entropy_index(
         const double z = ex->z, zs = ex->zscale;
 #pragma omp simd
         for (idx_t l = 0; l < LANES; ++l) {
-            double lse = (double)log_ge1(s[l]);
+            double lse = (double)log_ge1((T)s[l]);    /* the logits' precision */
             double aw = alpha * wt[l];
             double v = aw * (lse - ((double)xv[l] - (double)m[l]));
             if (beta != 0.0) v += beta * (w_total * lse - smooth[l]);
@@ -355,7 +362,7 @@ static inline void block_cross_entropy_index(
     } else {
 #pragma omp simd
     for (idx_t l = 0; l < LANES; ++l) {
-        double lse = (double)log_ge1(s[l]);    /* the logits' precision */
+        double lse = (double)log_ge1((T)s[l]);    /* the logits' precision */
         double aw = alpha * wt[l];
         double v = aw * (lse - ((double)xv[l] - (double)m[l]));
         if (beta != 0.0) v += beta * (w_total * lse - smooth[l]);
@@ -423,21 +430,22 @@ static inline void tile_cross_entropy_index_any(
 
 /* ---- softmax, log_softmax, logsumexp over a tile of short rows ----------
  * On the transposed blocks (see tile_in), like the cross-entropy above; the
- * sum of exponentials in T, the log by log_ge1 (s is in [1, 31] or NaN). */
+ * sum of exponentials in double, the log by log_ge1 (s is in [1, 31] or NaN). */
 
 /* out = softmax of each row (out may be x) */
 template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, idx_t rows, idx_t n) {
-    T c[TILE_BLOCKS], m[LANES], s[LANES];
+    T c[TILE_BLOCKS], m[LANES], inv[LANES];
+    double s[LANES];
     tile_in(x, rows, n, c);
     for (idx_t r = 0; r < rows; r += LANES) {
         T *cb = c + r * n;
         block_max(cb, n, m);
         block_exp_sum<true>(cb, n, m, s);
 #pragma omp simd
-        for (idx_t l = 0; l < LANES; ++l) s[l] = (T)1 / s[l];
+        for (idx_t l = 0; l < LANES; ++l) inv[l] = (T)(1.0 / s[l]);
         for (idx_t k = 0; k < n; ++k) {
 #pragma omp simd
-            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = cb[k * LANES + l] * s[l];
+            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = cb[k * LANES + l] * inv[l];
         }
     }
     tile_out(c, rows, n, out);
@@ -445,17 +453,18 @@ template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, 
 
 /* out = log_softmax of each row, (x - m) - lse (out may be x) */
 template <typename T> static CS_REDUCTION void tile_log_softmax(const T *x, T *out, idx_t rows, idx_t n) {
-    T c[TILE_BLOCKS], m[LANES], s[LANES];
+    T c[TILE_BLOCKS], m[LANES], lse[LANES];
+    double s[LANES];
     tile_in(x, rows, n, c);
     for (idx_t r = 0; r < rows; r += LANES) {
         T *cb = c + r * n;
         block_max(cb, n, m);
         block_exp_sum<false>(cb, n, m, s);
 #pragma omp simd
-        for (idx_t l = 0; l < LANES; ++l) s[l] = (T)log_ge1((double)s[l]);
+        for (idx_t l = 0; l < LANES; ++l) lse[l] = (T)log_ge1(s[l]);
         for (idx_t k = 0; k < n; ++k) {
 #pragma omp simd
-            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = (cb[k * LANES + l] - m[l]) - s[l];
+            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = (cb[k * LANES + l] - m[l]) - lse[l];
         }
     }
     tile_out(c, rows, n, out);
@@ -464,7 +473,8 @@ template <typename T> static CS_REDUCTION void tile_log_softmax(const T *x, T *o
 /* out[r] = log(sum(exp(x_r))); rows whose max is +-inf: +-inf, or NaN if
  * the row holds one (rare: done row by row) */
 template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out, idx_t rows, idx_t n) {
-    T c[TILE_BLOCKS], m[LANES], s[LANES], o[TILE + LANES];
+    T c[TILE_BLOCKS], m[LANES], o[TILE + LANES];
+    double s[LANES];
     int inf_max = 0;
     tile_in(x, rows, n, c);
     for (idx_t r = 0; r < rows; r += LANES) {
@@ -473,7 +483,7 @@ template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out
         block_exp_sum<false>(cb, n, m, s);
 #pragma omp simd reduction(+ : inf_max)
         for (idx_t l = 0; l < LANES; ++l) {
-            o[r + l] = (T)((double)m[l] + log_ge1((double)s[l]));
+            o[r + l] = (T)((double)m[l] + log_ge1(s[l]));
             inf_max += m[l] == (T)INFINITY || m[l] == (T)-INFINITY;
         }
     }

@@ -9,6 +9,7 @@ and a memory test that fails if the N x V logits are ever allocated.
 from __future__ import annotations
 
 import itertools
+import os
 import tracemalloc
 
 import numpy as np
@@ -511,3 +512,17 @@ def test_bench_op_runs(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| linear_cross_entropy | 8x16x20 | float32 | 1 |" in proc.stdout
     assert "MISMATCH" not in proc.stdout
+
+
+def test_import_csoftmax_imports_no_optional_dependency():
+    """SciPy (a second OpenBLAS, whose threads compete with every kernel call) and
+    threadpoolctl are imported on the first linear_cross_entropy call, not with csoftmax."""
+    import subprocess
+    import sys
+
+    code = ("import sys, csoftmax; bad = [m for m in ('scipy', 'threadpoolctl', 'torch') "
+            "if m in sys.modules]; assert not bad, bad")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(csoftmax.__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=root)
+    assert done.returncode == 0, done.stderr
