@@ -250,8 +250,10 @@ def run_cpu_paths(args, argv):
             print(f"# SIMD path {path}: skipped, not supported by this CPU or not built "
                   f"(available: {', '.join(available) or 'none'})\n", flush=True)
             continue
-        env = {**os.environ, "CSOFTMAX_CPU": path,
-               "ATEN_CPU_CAPABILITY": report.ATEN_CAPABILITY[path]}
+        # a forced kernel set is the compiled one: CSOFTMAX_BACKEND=numpy (the
+        # fallback test run) would replace it by the NumPy twin
+        env = {k: v for k, v in os.environ.items() if k != "CSOFTMAX_BACKEND"}
+        env.update(CSOFTMAX_CPU=path, ATEN_CPU_CAPABILITY=report.ATEN_CAPABILITY[path])
         json_path = _with_suffix(args.json or RESULTS_DIR / f"{mode}.json", path)
         plot_path = _with_suffix(args.plot or RESULTS_DIR / f"{mode}.png", path)
         print(f"# SIMD path {path} (CSOFTMAX_CPU={path}, ATEN_CPU_CAPABILITY="

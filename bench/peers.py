@@ -357,7 +357,7 @@ def all_peers():
         Csoftmax("csoftmax_out", "csoftmax out=", "csoftmax", out=True),
         CsoftmaxPlain("csoftmax_plain", "csoftmax plain out=", "csoftmax"),
         CsoftmaxLoss("csoftmax_loss", "csoftmax loss only", "csoftmax"),
-        Csoftmax("numpy_twin", "NumPy twin", "csoftmax._numpy_backend", threaded=False),
+        Csoftmax("numpy_twin", "NumPy twin", "csoftmax.slow", threaded=False),
         Scipy("scipy", "SciPy", "scipy.special", threaded=False),
         Sklearn("sklearn", "sklearn", "sklearn._loss.loss"),
         Torch("torch", "PyTorch", "torch"),

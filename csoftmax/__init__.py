@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import _dispatch
+from . import _dispatch, slow  # noqa: F401 - csoftmax.slow: the NumPy twin's functions
 from ._api import CrossEntropyGradResult, CrossEntropyResult
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._threads import get_num_threads, set_num_threads

@@ -73,13 +73,21 @@ if BACKEND == "cython" and KERNELS.build_info()["openmp"]:
     # threadpoolctl.threadpool_limits (which calls omp_set_num_threads)
     _threads._default_source = KERNELS.default_threads
 
+def restore_frontend(name):
+    """Unpickle a frontend (and so the public functions, its bound methods)."""
+    if name in FRONTENDS:
+        return FRONTENDS[name]
+    return cpu_frontends()[name.split("-", 1)[1]]
+
+
 #: Every usable frontend, by name, for tests and benchmarks that compare them.
-FRONTENDS = {"numpy": Frontend(_numpy_backend, "numpy")}
+FRONTENDS = {"numpy": Frontend(_numpy_backend, "numpy", restore=restore_frontend)}
 if BACKEND == "cython":
-    FRONTENDS["cython"] = Frontend(KERNELS, "cython")
+    FRONTENDS["cython"] = Frontend(KERNELS, "cython", restore=restore_frontend)
 ACTIVE = FRONTENDS[BACKEND]
 
 
 def cpu_frontends():
     """One frontend per compiled instruction-set variant this CPU runs."""
-    return {p: Frontend(_load_variant(p), f"cython-{p}") for p in available_cpu_paths()}
+    return {p: Frontend(_load_variant(p), f"cython-{p}", restore=restore_frontend)
+            for p in available_cpu_paths()}

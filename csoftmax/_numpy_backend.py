@@ -8,18 +8,15 @@ float64, the same special cases), so that:
   (or with ``CSOFTMAX_BACKEND=numpy``);
 * the tests run both on the same inputs, holding the fast path to the slow one.
 
-The public functions at the bottom (``softmax`` ... ``cross_entropy_with_grad``)
-are the public API bound to these kernels, with the public signatures.
-``n_threads`` is accepted and ignored.
+The public API bound to these kernels, with the public signatures, is
+:mod:`csoftmax.slow` (as Bottleneck's ``bottleneck.slow``).  ``n_threads`` is
+accepted and ignored.
 """
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
-from ._api import Frontend
 from ._validation import env_num_threads
 
 
@@ -406,12 +403,3 @@ def masked_log_softmax_backward_rows(grad_output, output, mask, out, n_threads):
             gsum = np.where(k, g, 0).sum(axis=1, dtype=np.float64).astype(o.dtype)[:, None]
             np.copyto(out[b], np.where(k, g - np.exp(o) * gsum, 0))
 
-
-_frontend = Frontend(sys.modules[__name__], "numpy")
-softmax = _frontend.softmax
-log_softmax = _frontend.log_softmax
-logsumexp = _frontend.logsumexp
-softmax_backward = _frontend.softmax_backward
-log_softmax_backward = _frontend.log_softmax_backward
-cross_entropy = _frontend.cross_entropy
-cross_entropy_with_grad = _frontend.cross_entropy_with_grad

@@ -4,7 +4,7 @@ Hypothesis draws a *recipe* -- shapes, dtypes (every kind NumPy has), memory lay
 labels, weights, reductions, smoothing values, thread counts and ``out`` arrays, valid or not --
 and the test builds the arguments from it twice: once for the function under test (the public
 ``csoftmax.<fn>`` or one compiled instruction-set variant, drawn too) and once for its twin
-``csoftmax._numpy_backend.<fn>``.  The property:
+``csoftmax.slow.<fn>``.  The property:
 
 * the call returns what the twin returns (same type, dtype and shape; values within a
   dtype-sized tolerance, NaN where the twin has NaN, the same infinities), or it raises
@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import csoftmax
-from csoftmax import _dispatch, _numpy_backend
+from csoftmax import _dispatch, slow
 
 #: casts of huge values (float64 -> float32, in the package and the twin alike) overflow
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -82,7 +82,7 @@ def _targets():
 
 TARGETS = _targets()
 TARGET = st.sampled_from(sorted(TARGETS))
-TWIN = _numpy_backend
+TWIN = slow
 STATS: dict[str, Counter] = {}
 
 

@@ -1,0 +1,358 @@
+"""The softmax family of the public API -- softmax, log_softmax, logsumexp and
+their backward passes -- as a mixin of :class:`csoftmax._api.Frontend` (which
+holds ``kernels``, the fast-path entry points and ``_kernel``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._runner import (
+    _OP_LOG_SOFTMAX,
+    _OP_SOFTMAX,
+    _middle,
+    _reduction_result,
+    _run_rows,
+    _run_strided,
+    _threads_for,
+    _threads_strided,
+)
+from ._validation import (
+    MaskRows,
+    RowLayout,
+    as_compute_array,
+    check_same_shape,
+    check_where,
+)
+
+
+class SoftmaxFunctions:
+    """softmax, log_softmax, logsumexp, softmax_backward, log_softmax_backward."""
+
+    # -- shared plumbing ---------------------------------------------------
+
+    def _rowwise(self, kernel, x, axis, out, num_threads, strided=None):
+        """Run a shape-preserving row kernel over ``axis`` of x, or over a
+        single axis that is not the last the kernel ``strided`` (of the same
+        operation over the middle axis of (outer, C, inner), no copy)."""
+        xc, compute, result = as_compute_array(x, "x")
+        if strided is not None:
+            dims = _middle(RowLayout(xc.shape, axis))
+            if dims is not None:
+                return _run_strided(strided, kernel, xc, compute, result, dims, out,
+                                    num_threads)
+        return _run_rows(kernel, (xc,), compute, result, axis, out, num_threads)
+
+    def _masked(self, kernel, inputs, where, compute, result, axis, out, num_threads,
+                name="x"):
+        """Run a masked row kernel ``kernel(*rows, mask, rows_of_result, n_threads)``
+        over ``axis``; the mask is read in place (see MaskRows)."""
+        mask = MaskRows(where, inputs[0].shape, RowLayout(inputs[0].shape, axis), name)
+        if isinstance(out, np.ndarray) and np.may_share_memory(out, mask.view):
+            raise ValueError("out must not overlap where")
+
+        def run(*args):
+            kernel(*args[:-2], mask, *args[-2:])
+
+        return _run_rows(run, inputs, compute, result, axis, out, num_threads,
+                         split_rows=False)
+
+    def _masked_rowwise(self, kernel, x, where, axis, out, num_threads):
+        xc, compute, result = as_compute_array(x, "x")
+        return self._masked(kernel, (xc,), where, compute, result, axis, out, num_threads)
+
+    # -- softmax family ----------------------------------------------------
+
+    def softmax(self, x, axis=-1, *, out=None, where=None, num_threads=None):
+        """Softmax over ``axis``: ``exp(x - max) / sum(exp(x - max))``.
+
+        Parameters
+        ----------
+        x : array_like
+            Input of any shape; float32/float64 computed natively, float16 in
+            float32, integers and bool as float64.
+        axis : int, tuple of int or None, default -1
+            Axis (or axes) to normalise over; None means all elements.
+        out : ndarray, optional
+            C-contiguous writeable array of x's shape and result dtype; may be
+            ``x`` itself (computed in place).
+        where : array_like of bool, optional
+            Broadcastable to x (as in NumPy's ufuncs and ``jax.nn.softmax``):
+            entries where it is False are left out and get 0.  A slice with no
+            True entry is all 0 -- the convention of PyTorch's
+            ``torch._safe_softmax`` for fully padded attention rows, where
+            ``torch.masked.softmax`` gives NaN; ``softmax(x, where=x != -inf)``
+            is ``torch._safe_softmax(x)``.  Kept entries follow the rules below
+            (NaN or +inf kept, or only -inf kept: the kept entries are NaN).
+            The mask is read in place, broadcast axes included (never expanded
+            to x's shape); an all-True mask gives the unmasked result's bits.
+        num_threads : int, optional
+            OpenMP threads; default :func:`csoftmax.get_num_threads` (small
+            inputs always run on one thread).
+
+        Returns
+        -------
+        ndarray
+            C-contiguous, x's shape and dtype.  A row holding NaN or +inf, or
+            all -inf, is NaN; other -inf entries give 0.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> csoftmax.softmax(np.array([[1.0, 2.0, 3.0]])).round(4)
+        array([[0.09  , 0.2447, 0.6652]])
+
+        A key padding mask of attention scores ``(batch, heads, query, key)``,
+        one mask row per batch entry; the second entry is all padding:
+
+        >>> scores = np.zeros((2, 1, 2, 3))
+        >>> keys = np.array([[True, True, False], [False, False, False]])
+        >>> csoftmax.softmax(scores, where=keys[:, None, None, :])[:, 0, 0]
+        array([[0.5, 0.5, 0. ],
+               [0. , 0. , 0. ]])
+        """
+        if where is not None:
+            return self._masked_rowwise(self.kernels.masked_softmax_rows, x, where, axis, out,
+                                        num_threads)
+        r = self._fast_rows(_OP_SOFTMAX, x, axis, out, num_threads)
+        if r is not None:
+            return r
+        return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads,
+                             getattr(self.kernels, "softmax_strided", None))
+
+    def log_softmax(self, x, axis=-1, *, out=None, where=None, num_threads=None):
+        """Log-softmax over ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
+
+        Parameters and results as for :func:`softmax`; with ``where``, masked
+        entries and slices with no True entry give -inf (``torch.masked.log_softmax``
+        gives NaN for the latter).
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> csoftmax.log_softmax(np.array([0.0, 0.0])).round(4)
+        array([-0.6931, -0.6931])
+        >>> csoftmax.log_softmax(np.array([0.0, 0.0, 5.0]), where=np.array([True, True, False]))
+        array([-0.69314718, -0.69314718,        -inf])
+        """
+        if where is not None:
+            return self._masked_rowwise(self.kernels.masked_log_softmax_rows, x, where, axis,
+                                        out, num_threads)
+        r = self._fast_rows(_OP_LOG_SOFTMAX, x, axis, out, num_threads)
+        if r is not None:
+            return r
+        return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads,
+                             getattr(self.kernels, "log_softmax_strided", None))
+
+    def logsumexp(self, x, axis=-1, *, keepdims=False, b=None, return_sign=False,
+                  where=None, num_threads=None):
+        """``log(sum(exp(x)))`` over ``axis``, computed without overflow.
+
+        Parameters
+        ----------
+        x : array_like
+            As for :func:`softmax`.
+        axis : int, tuple of int or None, default -1
+            Axis (or axes) reduced; None reduces all elements.
+        keepdims : bool, default False
+            Keep the reduced axes as dimensions of length one (as in SciPy).
+        b : array_like, optional
+            Factors of ``exp(x)``, broadcastable to x, possibly negative or zero:
+            the result is ``log(sum(b * exp(x)))`` (as in SciPy; zero factors
+            drop their term whatever x holds).
+        return_sign : bool, default False
+            Also return the sign of the sum (+1, 0 or -1); otherwise a negative
+            sum gives NaN (as in SciPy).
+        where : array_like of bool, optional
+            Broadcastable to x: only the entries where it is True are summed
+            (what they hold elsewhere, NaN included, does not matter); a slice
+            with no True entry gives -inf.
+        num_threads : int, optional
+            As for :func:`softmax`.
+
+        Returns
+        -------
+        ndarray or scalar
+            x's shape without the reduced axes (a NumPy scalar when nothing is
+            left), in x's dtype.  As in SciPy and PyTorch: an empty or all -inf
+            slice gives -inf, a slice holding +inf (and no NaN) +inf, NaN NaN.
+            With ``return_sign``, the pair ``(result, sign)``.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> float(csoftmax.logsumexp(np.array([0.0, 0.0])).round(6))
+        0.693147
+        >>> csoftmax.logsumexp(np.array([0.0, 0.0]), b=np.array([1.0, -2.0]), return_sign=True)
+        (np.float64(0.0), np.float64(-1.0))
+        >>> csoftmax.logsumexp(np.array([[0.0, 0.0, np.nan], [1.0, 2.0, 3.0]]),
+        ...                    where=np.array([[True, True, False], [False, False, False]]))
+        array([0.69314718,       -inf])
+        """
+        if where is not None:
+            return self._logsumexp_masked(x, where, axis, keepdims, b, return_sign,
+                                          num_threads)
+        if not (keepdims or return_sign) and b is None:
+            r = self._fast_logsumexp(x, axis, num_threads)
+            if r is not None:
+                return r
+        if b is not None:
+            return self._logsumexp_scaled(x, b, axis, keepdims, return_sign, num_threads)
+        xc, compute, result = as_compute_array(x, "x")
+        layout = RowLayout(xc.shape, axis)
+        dims = _middle(layout)
+        strided = getattr(self.kernels, "logsumexp_strided", None)
+        if dims is not None and dims[2] > 1 and strided is not None:
+            # a single axis that is not the last: over (outer, C, inner), no copy
+            outer, n, inner = dims
+            r = np.empty(outer * inner, compute)
+            strided(xc.reshape(dims), r.reshape(outer, inner),
+                    _threads_strided(outer, n, inner, compute.itemsize, num_threads))
+        else:
+            x2 = layout.rows(xc) if dims is None else xc.reshape(dims[0], dims[1])
+            r = np.empty(layout.n_rows, compute)
+            self.kernels.logsumexp_rows(x2, r, _threads_for(layout.n_rows, layout.n,
+                                                            num_threads))
+        return _reduction_result(r, layout, keepdims, result, return_sign)
+
+    def _logsumexp_masked(self, x, where, axis, keepdims, b, return_sign, num_threads):
+        """logsumexp over the entries ``where`` keeps (-inf where none is)."""
+        xc, compute, result = as_compute_array(x, "x")
+        if b is not None:
+            # b = 0 drops a term whatever x holds: the mask as factors (b and
+            # x are made full-size there anyway)
+            w = check_where(where, xc.shape)
+            return self._logsumexp_scaled(x, np.where(w, as_compute_array(b, "b")[0], 0), axis,
+                                          keepdims, return_sign, num_threads)
+        layout = RowLayout(xc.shape, axis)
+        mask = MaskRows(where, xc.shape, layout)
+        r = np.empty(layout.n_rows, compute)
+        self.kernels.masked_logsumexp_rows(
+            layout.rows(xc), mask, r, _threads_for(layout.n_rows, layout.n, num_threads, False))
+        return _reduction_result(r, layout, keepdims, result, return_sign)
+
+    def _logsumexp_scaled(self, x, b, axis, keepdims, return_sign, num_threads):
+        """``log|sum(b exp(x))|`` as a difference of two unscaled logsumexps:
+        of ``x + log b`` where b > 0 and of ``x + log(-b)`` where b < 0."""
+        xc, _, result = as_compute_array(x, "x")
+        bc, _, b_result = as_compute_array(b, "b")
+        result = np.promote_types(result, b_result)
+        try:
+            xc, bc = np.broadcast_arrays(xc.astype(result), bc.astype(result))
+        except ValueError:
+            raise ValueError(
+                f"b of shape {bc.shape} does not broadcast to x of shape {xc.shape}"
+            ) from None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_b = np.log(np.abs(bc))
+            pos = np.where(bc > 0, xc + log_b, -np.inf)
+            neg = np.where(bc < 0, xc + log_b, -np.inf)
+            nan = np.isnan(bc) | np.isnan(xc)
+            pos[nan] = np.nan
+            lp = np.asarray(self.logsumexp(pos, axis, keepdims=keepdims, num_threads=num_threads))
+            ln = np.asarray(self.logsumexp(neg, axis, keepdims=keepdims, num_threads=num_threads))
+            big, small = np.maximum(lp, ln), np.minimum(lp, ln)
+            r = big + np.log1p(-np.exp(small - big))
+            r = np.where(lp == ln, np.where(np.isnan(lp), np.nan, -np.inf), r)
+            sign = np.where(lp > ln, 1.0, np.where(lp < ln, -1.0, 0.0))
+            sign = np.where(np.isnan(r), np.nan, sign)
+        r = r.astype(result)
+        if return_sign:
+            return r[()], sign.astype(result)[()]
+        return np.where(sign < 0, np.nan, r).astype(result)[()]
+
+    def _backward(self, kernel, grad_output, output, axis, out, num_threads, where=None):
+        g, g_compute, g_result = as_compute_array(grad_output, "grad_output")
+        a, compute, result = as_compute_array(output, "output")
+        check_same_shape(g, a, "grad_output", "output")
+        if g_compute != compute or g_result != result:
+            # compute in the wider of the two compute dtypes, return the wider result
+            compute = np.promote_types(g_compute, compute)
+            result = np.promote_types(g_result, result)
+            g = g.astype(compute, copy=False)
+            a = a.astype(compute, copy=False)
+        if where is not None:
+            return self._masked(kernel, (g, a), where, compute, result, axis, out, num_threads,
+                                "output")
+        # the backward kernels keep each row on one thread
+        return _run_rows(kernel, (g, a), compute, result, axis, out, num_threads,
+                         split_rows=False)
+
+    def softmax_backward(self, grad_output, output, axis=-1, *, out=None, where=None,
+                         num_threads=None):
+        """Gradient through softmax: ``a * (g - sum(g * a))`` over ``axis``.
+
+        Parameters
+        ----------
+        grad_output : array_like
+            ``dL/da``, the upstream gradient, of ``output``'s shape.
+        output : array_like
+            ``a = softmax(x, axis)``.
+        axis, out, num_threads
+            As for :func:`softmax`; ``out`` may be ``grad_output`` or ``output``.
+        where : array_like of bool, optional
+            The mask of the forward call: the sum runs over the kept entries
+            and the gradient is 0 at masked ones.
+
+        Returns
+        -------
+        ndarray
+            ``dL/dx``, C-contiguous, of output's shape.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> keep = np.array([True, True, False])
+        >>> a = csoftmax.softmax(np.zeros(3), where=keep)
+        >>> csoftmax.softmax_backward(np.array([1.0, 0.0, 7.0]), a, where=keep)
+        array([ 0.25, -0.25,  0.  ])
+        >>> a = csoftmax.softmax(np.array([1.0, 2.0]))
+        >>> csoftmax.softmax_backward(np.array([1.0, 0.0]), a).round(4)
+        array([ 0.1966, -0.1966])
+        """
+        if where is not None:
+            return self._backward(self.kernels.masked_softmax_backward_rows, grad_output, output,
+                                  axis, out, num_threads, where)
+        r = self._fast_backward(_OP_SOFTMAX, grad_output, output, axis, out, num_threads)
+        if r is not None:
+            return r
+        return self._backward(
+            self.kernels.softmax_backward_rows, grad_output, output, axis, out, num_threads
+        )
+
+    def log_softmax_backward(self, grad_output, output, axis=-1, *, out=None, where=None,
+                             num_threads=None):
+        """Gradient through log-softmax: ``g - exp(o) * sum(g)`` over ``axis``.
+
+        Parameters
+        ----------
+        grad_output : array_like
+            ``dL/d(log a)``, of ``output``'s shape.
+        output : array_like
+            ``o = log_softmax(x, axis)``.
+        axis, out, num_threads
+            As for :func:`softmax`; ``out`` may be ``grad_output`` or ``output``.
+        where : array_like of bool, optional
+            As for :func:`softmax_backward`.
+
+        Returns
+        -------
+        ndarray
+            ``dL/dx``, C-contiguous, of output's shape.
+
+        Examples
+        --------
+        >>> import numpy as np, csoftmax
+        >>> o = csoftmax.log_softmax(np.array([0.0, 0.0]))
+        >>> csoftmax.log_softmax_backward(np.array([-1.0, 0.0]), o)
+        array([-0.5,  0.5])
+        """
+        if where is not None:
+            return self._backward(self.kernels.masked_log_softmax_backward_rows, grad_output,
+                                  output, axis, out, num_threads, where)
+        r = self._fast_backward(_OP_LOG_SOFTMAX, grad_output, output, axis, out, num_threads)
+        if r is not None:
+            return r
+        return self._backward(
+            self.kernels.log_softmax_backward_rows, grad_output, output, axis, out, num_threads
+        )
+
