@@ -49,11 +49,9 @@ import numpy as np
 
 from . import _threads
 from ._validation import (
-    _INT64_MAX,
-    _INT64_MIN,
-    REDUCTIONS,
     _as_label_array,
     as_ndarray,
+    check_loss_options,
     check_num_threads,
     contiguous,
     float_dtypes,
@@ -136,28 +134,8 @@ class LinearArgs:
 
     def __init__(self, input, linear_weight, target, linear_bias, weight, ignore_index,
                  reduction, label_smoothing, num_threads, chunk_size):
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if isinstance(label_smoothing, (str, bytes)):
-            raise TypeError(f"label_smoothing must be a float, not {label_smoothing!r}")
-        try:
-            eps = float(label_smoothing)
-        except OverflowError:
-            raise ValueError(
-                f"label_smoothing must be in [0, 1], got {label_smoothing!r}") from None
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"label_smoothing must be a float, not {type(label_smoothing).__name__}"
-            ) from None
-        if not 0.0 <= eps <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-        try:
-            ignore_index = operator.index(ignore_index)
-        except TypeError:
-            raise TypeError(
-                f"ignore_index must be an int, not {type(ignore_index).__name__}") from None
-        if not _INT64_MIN <= ignore_index <= _INT64_MAX:
-            raise ValueError(f"ignore_index {ignore_index} does not fit in int64")
+        reduction, eps, ignore_index = check_loss_options(reduction, label_smoothing,
+                                                           ignore_index)
         self.num_threads = check_num_threads(num_threads)
         if chunk_size is not None:
             try:

@@ -213,6 +213,37 @@ def check_same_shape(a, b, name_a, name_b):
 # ---------------------------------------------------------------------------
 # cross-entropy
 
+def check_loss_options(reduction, label_smoothing, ignore_index):
+    """``(reduction, label_smoothing as a float, ignore_index as an int)`` of a
+    cross-entropy call, checked (the cross-entropy functions and
+    linear_cross_entropy share them)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if isinstance(label_smoothing, (str, bytes)):
+        raise TypeError(f"label_smoothing must be a float, not {label_smoothing!r}")
+    try:
+        eps = float(label_smoothing)
+    except OverflowError:  # a huge int: out of [0, 1] anyway
+        raise ValueError(
+            f"label_smoothing must be in [0, 1], got {label_smoothing!r}"
+        ) from None
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"label_smoothing must be a float, not {type(label_smoothing).__name__}"
+        ) from None
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(
+            f"ignore_index must be an int, not {type(ignore_index).__name__}"
+        ) from None
+    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+        raise ValueError(f"ignore_index {ignore_index} does not fit in int64")
+    return reduction, eps, ignore_index
+
+
 class CrossEntropyArgs:
     """Validated cross-entropy arguments, ready for the kernels.
 
@@ -237,33 +268,8 @@ class CrossEntropyArgs:
         self.softcap = check_softcap(softcap)
         self.return_z_loss = check_flag(return_z_loss, "return_z_loss")
         self.return_token_accuracy = check_flag(return_token_accuracy, "return_token_accuracy")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if isinstance(label_smoothing, (str, bytes)):
-            raise TypeError(f"label_smoothing must be a float, not {label_smoothing!r}")
-        try:
-            eps = float(label_smoothing)
-        except OverflowError:  # a huge int: out of [0, 1] anyway
-            raise ValueError(
-                f"label_smoothing must be in [0, 1], got {label_smoothing!r}"
-            ) from None
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"label_smoothing must be a float, not {type(label_smoothing).__name__}"
-            ) from None
-        if not 0.0 <= eps <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-        try:
-            ignore_index = operator.index(ignore_index)
-        except TypeError:
-            raise TypeError(
-                f"ignore_index must be an int, not {type(ignore_index).__name__}"
-            ) from None
-        if not _INT64_MIN <= ignore_index <= _INT64_MAX:
-            raise ValueError(f"ignore_index {ignore_index} does not fit in int64")
-        self.reduction = reduction
-        self.label_smoothing = eps
-        self.ignore_index = ignore_index
+        self.reduction, self.label_smoothing, self.ignore_index = check_loss_options(
+            reduction, label_smoothing, ignore_index)
 
         x = as_ndarray(logits, "logits")
         if x.ndim == 0:
