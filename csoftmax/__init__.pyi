@@ -13,6 +13,8 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "BACKEND",
+    "CrossEntropyGradResult",
+    "CrossEntropyResult",
     "__version__",
     "config",
     "cross_entropy",
@@ -171,6 +173,17 @@ def log_softmax_backward(
     num_threads: SupportsIndex | None = None,
 ) -> NDArray[np.floating[Any]]: ...
 
+class CrossEntropyResult(NamedTuple):
+    loss: Any
+    z_loss: Any = None
+    token_accuracy: Any = None
+
+class CrossEntropyGradResult(NamedTuple):
+    loss: Any
+    grad: Any
+    z_loss: Any = None
+    token_accuracy: Any = None
+
 # -- cross-entropy: "mean"/"sum" give a scalar of the logits' dtype; "none" gives one loss per
 # -- position (an array of the target's shape, a scalar for (C,) logits) ---------------------
 
@@ -211,6 +224,15 @@ def cross_entropy(
     return_token_accuracy: Literal[False] = False, num_threads: SupportsIndex | None = None,
 ) -> _Reduced: ...
 @overload
+def cross_entropy(
+    logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str = "mean",
+    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+    return_z_loss: bool = False, return_token_accuracy: bool = False,
+    num_threads: SupportsIndex | None = None,
+) -> CrossEntropyResult: ...
+@overload
 def cross_entropy_with_grad(
     logits: NDArray[_FloatT], target: ArrayLike, *, axis: SupportsIndex = -1,
     weight: ArrayLike | None = None,
@@ -250,24 +272,6 @@ def cross_entropy_with_grad(
     return_token_accuracy: Literal[False] = False, out: NDArray[Any] | None = None,
     num_threads: SupportsIndex | None = None,
 ) -> tuple[_Reduced, NDArray[np.floating[Any]]]: ...
-class CrossEntropyResult(NamedTuple):
-    loss: Any
-    z_loss: Any = None
-    token_accuracy: Any = None
-class CrossEntropyGradResult(NamedTuple):
-    loss: Any
-    grad: Any
-    z_loss: Any = None
-    token_accuracy: Any = None
-@overload
-def cross_entropy(
-    logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
-    weight: ArrayLike | None = None,
-    ignore_index: SupportsIndex = -100, reduction: str = "mean",
-    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
-    return_z_loss: bool = False, return_token_accuracy: bool = False,
-    num_threads: SupportsIndex | None = None,
-) -> CrossEntropyResult: ...
 @overload
 def cross_entropy_with_grad(
     logits: ArrayLike, target: ArrayLike, *, axis: SupportsIndex = -1,
