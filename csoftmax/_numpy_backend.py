@@ -245,7 +245,8 @@ def _with_extras(run, logits, target, counted, grad, z_loss, z_scale, softcap, r
     if grad is not None and capped is not None:
         with np.errstate(all="ignore"):
             u = capped / capped.dtype.type(softcap)
-            grad *= 1 - u * u
+            # a zero gradient stays zero (ignored rows holding NaN logits), as in the kernels
+            np.multiply(grad, 1 - u * u, out=grad, where=grad != 0)
     return total
 
 

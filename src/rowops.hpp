@@ -770,7 +770,9 @@ template <typename T> static CS_REDUCTION void row_softcap_grad(T *g, const T *c
 #pragma omp simd
     for (idx_t k = 0; k < n; ++k) {
         T u = c[k] / cap;
-        g[k] = g[k] * ((T)1 - u * u);
+        /* a zero gradient stays zero: an ignored row holding NaN logits keeps
+         * its all-zero gradient (0 * NaN would be NaN) */
+        g[k] = g[k] != (T)0 ? g[k] * ((T)1 - u * u) : g[k];
     }
     vector_upper_clear();
 }

@@ -535,7 +535,36 @@ def rowwise_case(draw):
         "b": draw(st.sampled_from(B_KINDS if valid else B_KINDS + BAD_B_KINDS))
         if name == "logsumexp" else "none",
         "return_sign": draw(st.booleans()),
+        "where": draw(st.sampled_from(WHERE_KINDS if valid else WHERE_KINDS + BAD_WHERE_KINDS)),
     }
+
+
+#: masks (where=): none, the input's shape, broadcast along the last axis or the leading
+#: ones, nothing kept, everything kept, a 0-d bool; bad: a wrong shape, not bool
+WHERE_KINDS = ["none"] * 5 + ["full", "last-axis", "leading", "all-false", "all-true", "scalar"]
+BAD_WHERE_KINDS = ["wrong-shape", "int"]
+
+
+def make_where(kind, x, rng):
+    """A ``where=`` mask for an input like ``x``."""
+    shape = np.shape(x) if isinstance(x, np.ndarray) else ()
+    if kind == "full":
+        return rng.random(shape) < 0.7
+    if kind == "last-axis":
+        return rng.random(shape[-1:]) < 0.7
+    if kind == "leading":
+        return rng.random(shape[:1] + (1,) * max(0, len(shape) - 1)) < 0.7
+    if kind == "all-false":
+        return np.zeros(shape, bool)
+    if kind == "all-true":
+        return np.ones(shape, bool)
+    if kind == "scalar":
+        return np.bool_(rng.random() < 0.5)
+    if kind == "wrong-shape":
+        return np.ones(shape + (2,), bool)
+    if kind == "int":
+        return np.ones(shape, np.int64)
+    raise AssertionError(kind)
 
 
 B_KINDS = ["none"] * 4 + ["positive", "mixed-sign", "zeros", "nan", "last-axis", "int", "scalar"]
@@ -591,7 +620,10 @@ def build_rowwise(case):
                 kwargs["return_sign"] = True
             if case["b"] != "none":
                 kwargs["b"] = b = make_b(case["b"], x, rng)
-        arrays = [a for a in (x, behind, b) if isinstance(a, np.ndarray)]
+        where = None
+        if case["where"] != "none":
+            kwargs["where"] = where = make_where(case["where"], x, rng)
+        arrays = [a for a in (x, behind, b, where) if isinstance(a, np.ndarray)]
         return args, kwargs, arrays, kwargs.get("out")
 
     return build
@@ -793,7 +825,16 @@ def ce_case(draw):
                                 else BAD_SMOOTHING),
         "num_threads": draw(GOOD_THREADS if valid else ANY_THREADS),
         "out": draw(st.sampled_from(outs)),
+        # z-loss and logit soft-capping (0.2)
+        "z_loss": draw(st.sampled_from(GOOD_Z_LOSS if valid else GOOD_Z_LOSS + BAD_Z_LOSS)),
+        "softcap": draw(st.sampled_from(GOOD_SOFTCAP if valid else GOOD_SOFTCAP + BAD_SOFTCAP)),
     }
+
+
+GOOD_Z_LOSS = [0.0] * 4 + [1e-3, 0.05]
+BAD_Z_LOSS = [-1.0, float("nan"), float("inf"), "0.1"]
+GOOD_SOFTCAP = [None] * 4 + [30.0, 3.0]
+BAD_SOFTCAP = [0.0, -1.0, float("inf"), "30"]
 
 
 def _labels(case, rng, n, c):
@@ -903,6 +944,10 @@ def build_ce(case):
             "reduction": case["reduction"], "label_smoothing": case["label_smoothing"],
             "num_threads": case["num_threads"],
         }
+        if case["z_loss"] != 0.0:
+            kwargs["z_loss"] = case["z_loss"]
+        if case["softcap"] is not None:
+            kwargs["softcap"] = case["softcap"]
         if case["name"] == "cross_entropy_with_grad" and okind != "none":
             kwargs["out"] = out
         arrays = [v for v in (logits, behind, target, weight) if isinstance(v, np.ndarray)]

@@ -339,3 +339,15 @@ def test_dask(rng, reduction):
         loss, grad = dask.compute(*cd.cross_entropy_with_grad(xd, t, **opts))
         np.testing.assert_allclose(loss, rl, rtol=1e-10)
         np.testing.assert_allclose(grad, rg, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_classes", [2, 5, 40])
+def test_softcap_ignored_row_with_nan_keeps_a_zero_gradient(kernel_frontend, n_classes):
+    """Ignored rows get an all-zero gradient whatever their logits hold, through the soft
+    cap's chain factor too (0 * (1 - tanh(NaN)^2) would be NaN; found by the fuzz test)."""
+    x = np.random.default_rng(3).standard_normal((3, n_classes))
+    x[1, 0], x[1, -1] = np.nan, np.inf
+    target = np.array([0, -100, n_classes - 1])
+    loss, grad = kernel_frontend.cross_entropy_with_grad(x, target, softcap=30.0)
+    assert np.isfinite(loss)
+    assert (grad[1] == 0).all() and np.isfinite(grad).all()
