@@ -43,7 +43,6 @@ path that holds the logits.
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 
@@ -51,6 +50,7 @@ from . import _threads
 from ._validation import (
     _as_label_array,
     as_ndarray,
+    check_count,
     check_loss_options,
     check_num_threads,
     contiguous,
@@ -137,16 +137,7 @@ class LinearArgs:
         reduction, eps, ignore_index = check_loss_options(reduction, label_smoothing,
                                                            ignore_index)
         self.num_threads = check_num_threads(num_threads)
-        if chunk_size is not None:
-            try:
-                chunk_size = operator.index(chunk_size)
-            except TypeError:
-                raise TypeError(
-                    f"chunk_size must be an int or None, not {type(chunk_size).__name__}"
-                ) from None
-            if chunk_size < 1:
-                raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_count(chunk_size, "chunk_size")
         self.reduction, self.label_smoothing, self.ignore_index = reduction, eps, ignore_index
 
         x = as_ndarray(input, "input")

@@ -89,19 +89,22 @@ def as_compute_array(x, name):
     return contiguous(x, compute), compute, result
 
 
-def check_num_threads(num_threads):
-    """``None`` or an int >= 1."""
-    if num_threads is None:
+def check_count(value, name):
+    """``None`` or an int >= 1 (a thread count, a chunk size), named ``name``."""
+    if value is None:
         return None
     try:
-        n = operator.index(num_threads)
+        n = operator.index(value)
     except TypeError:
-        raise TypeError(
-            f"num_threads must be an int or None, not {type(num_threads).__name__}"
-        ) from None
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}") from None
     if n < 1:
-        raise ValueError(f"num_threads must be >= 1, got {n}")
+        raise ValueError(f"{name} must be >= 1, got {n}")
     return n
+
+
+def check_num_threads(num_threads):
+    """``None`` or an int >= 1."""
+    return check_count(num_threads, "num_threads")
 
 
 def env_num_threads():
