@@ -14,7 +14,11 @@ import sys
 
 from . import _dispatch, slow  # noqa: F401 - csoftmax.slow: the NumPy twin's functions
 from ._api import CrossEntropyGradResult, CrossEntropyResult
-from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from ._linear import (
+    LinearCrossEntropyGradResult,
+    linear_cross_entropy,
+    linear_cross_entropy_with_grad,
+)
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 
@@ -72,6 +76,7 @@ __all__ = [
     "BACKEND",
     "CrossEntropyGradResult",
     "CrossEntropyResult",
+    "LinearCrossEntropyGradResult",
     "__version__",
     "config",
     "cross_entropy",

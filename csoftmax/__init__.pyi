@@ -15,6 +15,7 @@ __all__ = [
     "BACKEND",
     "CrossEntropyGradResult",
     "CrossEntropyResult",
+    "LinearCrossEntropyGradResult",
     "__version__",
     "config",
     "cross_entropy",
@@ -284,21 +285,51 @@ def cross_entropy_with_grad(
 
 # -- linear cross-entropy (the logits of input @ linear_weight.T + linear_bias, by chunks) ----
 
+class LinearCrossEntropyGradResult(NamedTuple):
+    loss: Any
+    grad_input: Any
+    grad_linear_weight: Any
+    grad_linear_bias: Any
+    z_loss: Any = None
+    token_accuracy: Any = None
+
+@overload
 def linear_cross_entropy(
     input: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
     linear_bias: ArrayLike | None = None, weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str = "mean",
-    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
-    chunk_size: SupportsIndex | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+    return_z_loss: Literal[False] = False, return_token_accuracy: Literal[False] = False,
+    num_threads: SupportsIndex | None = None, chunk_size: SupportsIndex | None = None,
 ) -> _Reduced: ...
+@overload
+def linear_cross_entropy(
+    input: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
+    linear_bias: ArrayLike | None = None, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str = "mean",
+    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+    return_z_loss: bool = False, return_token_accuracy: bool = False,
+    num_threads: SupportsIndex | None = None, chunk_size: SupportsIndex | None = None,
+) -> CrossEntropyResult: ...
+@overload
 def linear_cross_entropy_with_grad(
     input: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
     linear_bias: ArrayLike | None = None, weight: ArrayLike | None = None,
     ignore_index: SupportsIndex = -100, reduction: str = "mean",
-    label_smoothing: float = 0.0, num_threads: SupportsIndex | None = None,
-    chunk_size: SupportsIndex | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+    return_z_loss: Literal[False] = False, return_token_accuracy: Literal[False] = False,
+    num_threads: SupportsIndex | None = None, chunk_size: SupportsIndex | None = None,
 ) -> tuple[_Reduced, NDArray[np.floating[Any]], NDArray[np.floating[Any]],
            NDArray[np.floating[Any]] | None]: ...
+@overload
+def linear_cross_entropy_with_grad(
+    input: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
+    linear_bias: ArrayLike | None = None, weight: ArrayLike | None = None,
+    ignore_index: SupportsIndex = -100, reduction: str = "mean",
+    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+    return_z_loss: bool = False, return_token_accuracy: bool = False,
+    num_threads: SupportsIndex | None = None, chunk_size: SupportsIndex | None = None,
+) -> LinearCrossEntropyGradResult: ...
 
 # -- threads and configuration --------------------------------------------------------------
 

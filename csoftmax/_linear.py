@@ -43,19 +43,38 @@ path that holds the logits.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _threads
+from ._cross_entropy_api import CrossEntropyResult
 from ._validation import (
     _as_label_array,
     as_ndarray,
     check_count,
+    check_flag,
     check_loss_options,
     check_num_threads,
+    check_softcap,
+    check_z_loss,
     contiguous,
     float_dtypes,
 )
+
+
+class LinearCrossEntropyGradResult(NamedTuple):
+    """What :func:`linear_cross_entropy_with_grad` returns when a ``return_*``
+    flag is set: the loss, the three gradients, then ``z_loss`` and
+    ``token_accuracy`` as in :class:`csoftmax.CrossEntropyResult` (None
+    unless asked for)."""
+
+    loss: Any
+    grad_input: Any
+    grad_linear_weight: Any
+    grad_linear_bias: Any
+    z_loss: Any = None
+    token_accuracy: Any = None
 
 # Optional dependencies, imported on first use, never by ``import csoftmax``:
 # SciPy's BLAS (the weight gradient's GEMM with beta = 1) costs 0.17 s to import
@@ -132,12 +151,19 @@ class LinearArgs:
     """Validated arguments of a linear cross-entropy call (nothing runs
     before this has checked every input)."""
 
-    def __init__(self, input, linear_weight, target, linear_bias, weight, ignore_index,
-                 reduction, label_smoothing, num_threads, chunk_size):
+    def __init__(self, input, linear_weight, target, linear_bias=None, weight=None,
+                 ignore_index=-100, reduction="mean", label_smoothing=0.0, num_threads=None,
+                 chunk_size=None, z_loss=0.0, softcap=None, return_z_loss=False,
+                 return_token_accuracy=False):
         reduction, eps, ignore_index = check_loss_options(reduction, label_smoothing,
                                                            ignore_index)
         self.num_threads = check_num_threads(num_threads)
         self.chunk_size = check_count(chunk_size, "chunk_size")
+        self.z_loss = check_z_loss(z_loss)
+        self.softcap = check_softcap(softcap)
+        self.return_z_loss = check_flag(return_z_loss, "return_z_loss")
+        self.return_token_accuracy = check_flag(return_token_accuracy, "return_token_accuracy")
+        self.flags = self.return_z_loss or self.return_token_accuracy
         self.reduction, self.label_smoothing, self.ignore_index = reduction, eps, ignore_index
 
         x = as_ndarray(input, "input")
@@ -187,6 +213,9 @@ class LinearArgs:
             self.labels_in = y.reshape(-1)
             self.labels = _as_label_array(self.labels_in, ignore_index)
         elif y.dtype.kind == "f":
+            if self.return_token_accuracy:
+                raise ValueError(
+                    "return_token_accuracy needs class-index targets, not probabilities")
             if y.shape != self.logits_shape:
                 raise ValueError(
                     f"probability target has shape {y.shape}, expected the logits' shape "
@@ -269,15 +298,25 @@ def run(frontend, args, with_grad, row_scale=None):
     if row_scale is not None:
         row_scale = np.asarray(row_scale, args.compute).reshape(-1)
     with _blas_limits(n_threads):
-        if args.extra:
-            return _run_materialised(frontend, args, with_grad, n_threads, row_scale)
-        return _run_chunked(frontend, args, with_grad, n_threads, row_scale)
+        runner = _run_materialised if args.extra else _run_chunked
+        r = runner(frontend, args, with_grad, n_threads, row_scale)
+    if not args.flags:
+        return r
+    if not with_grad:
+        return CrossEntropyResult(*r)
+    (loss, z, acc), gx, gw, gb = r
+    return LinearCrossEntropyGradResult(loss, gx, gw, gb, z, acc)
+
+
+def _per_position(args, rows):
+    """Per-row values as a "none" result: the result dtype, a scalar for (D,) input."""
+    r = rows.astype(args.result, copy=False)
+    return r[0] if args.one_sample else r
 
 
 def _finish_loss(args, total_loss, row_loss, denominator):
     if args.reduction == "none":
-        loss = row_loss.astype(args.result, copy=False)
-        return loss[0] if args.one_sample else loss
+        return _per_position(args, row_loss)
     if args.reduction == "mean":
         total_loss = total_loss / denominator if denominator != 0.0 else float("nan")
     return args.result.type(total_loss)
@@ -292,6 +331,89 @@ def _cast_grads(args, gx, gw, gb):
     return gx, gw, gb
 
 
+def _divide(value, by):
+    return value / by if by != 0.0 else float("nan")
+
+
+class _Extras:
+    """The z-loss, soft cap and ``return_*`` flags over the chunks: the
+    options of each chunk's cross-entropy call, and their parts summed.
+
+    Chunks are reduced with "sum" and the results scaled once by ``1 /
+    denominator`` (the summed class weight of the counted rows), but the
+    z-loss of a weighted "mean" is divided by the number of counted rows
+    ``K`` instead: the chunks then run with ``z_loss * denominator / K``,
+    which the common ``1 / denominator`` turns into ``z_loss / K`` (value and
+    gradient alike, with no second pass)."""
+
+    def __init__(self, args, n_rows, n_kept, denominator):
+        self.args, self.n_kept = args, n_kept
+        z = args.z_loss
+        self.z_div = denominator  # what the summed z-loss part is divided by ("mean")
+        split = (args.reduction == "mean" and args.weight is not None
+                 and args.labels is not None and z != 0.0)
+        if split:
+            if denominator != 0.0 and n_kept:
+                z = z * denominator / n_kept
+            else:  # the loss is nan; the z-loss part is still its own mean
+                self.z_div = float(n_kept)
+        self.options = {}
+        if z != 0.0:
+            self.options["z_loss"] = z
+        if args.softcap is not None:
+            self.options["softcap"] = args.softcap
+        self.want_z = args.return_z_loss and z != 0.0
+        if self.want_z:
+            self.options["return_z_loss"] = True
+        if args.return_token_accuracy:
+            self.options["return_token_accuracy"] = True
+        self.flagged = self.want_z or args.return_token_accuracy
+        none = args.reduction == "none"
+        self.row_z = np.zeros(n_rows) if none and args.return_z_loss else None
+        self.row_acc = np.zeros(n_rows) if none and args.return_token_accuracy else None
+        self.z_sum = 0.0
+        self.correct = 0.0
+
+    def add(self, loss, rest, sel, m):
+        """Takes the chunk's ``(z_loss, token_accuracy)`` parts ``rest`` (empty
+        unless flagged; rows ``sel``, ``m`` of them); returns its ``loss``."""
+        if not rest:
+            return loss
+        z, acc = rest
+        if self.args.reduction == "none":
+            if self.want_z:
+                self.row_z[sel] = z
+            if acc is not None:
+                self.row_acc[sel] = acc
+        else:
+            if self.want_z:
+                self.z_sum += float(z)
+            if acc is not None:  # a fraction of the chunk's rows, all counted
+                self.correct += round(float(acc) * m)
+        return loss
+
+    def finish(self, loss):
+        """The loss, or with a flag the (loss, z_loss, token_accuracy) triple."""
+        args = self.args
+        if not args.flags:
+            return loss
+        z = acc = None
+        if args.reduction == "none":
+            if args.return_z_loss:
+                z = _per_position(args, self.row_z)
+            if args.return_token_accuracy:
+                acc = _per_position(args, self.row_acc)
+        else:
+            if args.return_z_loss:
+                z_sum = self.z_sum
+                if args.reduction == "mean":
+                    z_sum = _divide(z_sum, self.z_div)
+                z = args.result.type(z_sum)
+            if args.return_token_accuracy:
+                acc = args.result.type(_divide(self.correct, float(self.n_kept)))
+        return loss, z, acc
+
+
 def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
     x, w, b = args.x, args.w, args.b
     n, d = x.shape
@@ -304,13 +426,15 @@ def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
         kept, all_kept = np.arange(n), True
     n_kept = kept.size
     denominator = _denominator(args, kept)
+    extras = _Extras(args, n, n_kept, denominator)
     rows = args.chunk_size or default_chunk_rows(n_kept, v, compute.itemsize)
     rows = max(1, min(rows, n_kept))
     options = dict(weight=args.weight, ignore_index=args.ignore_index,
-                   label_smoothing=args.label_smoothing, num_threads=n_threads)
+                   label_smoothing=args.label_smoothing, num_threads=n_threads,
+                   **extras.options)
     scale = 1.0
     if args.reduction == "mean":  # the gradients' factor, applied to the small results
-        scale = compute.type(1.0 / denominator if denominator != 0.0 else float("nan"))
+        scale = compute.type(_divide(1.0, denominator))
     chunk_reduction = "none" if args.reduction == "none" else "sum"
     row_loss = np.zeros(n, compute) if args.reduction == "none" else None
     total_loss = 0.0
@@ -337,8 +461,9 @@ def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
             np.add(logits, b, out=logits)
         t_c = args.labels[sel] if args.labels is not None else args.probs[sel]
         if with_grad:
-            loss_c, _ = frontend.cross_entropy_with_grad(
+            r = frontend.cross_entropy_with_grad(
                 logits, t_c, reduction=chunk_reduction, out=logits, **options)
+            loss_c = extras.add(r[0], r[2:], sel, m)
             if row_scale is not None:
                 np.multiply(logits, row_scale[sel][:, None], out=logits)
             gx_c = grad_x[start:stop] if all_kept else gxbuf[:m]
@@ -351,12 +476,13 @@ def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
             if grad_b is not None:
                 grad_b += logits.sum(axis=0, dtype=np.float64)
         else:
-            loss_c = frontend.cross_entropy(logits, t_c, reduction=chunk_reduction, **options)
+            r = frontend.cross_entropy(logits, t_c, reduction=chunk_reduction, **options)
+            loss_c = extras.add(r[0], r[1:], sel, m) if extras.flagged else r
         if row_loss is not None:
             row_loss[sel] = loss_c
         else:
             total_loss += float(loss_c)
-    loss = _finish_loss(args, total_loss, row_loss, denominator)
+    loss = extras.finish(_finish_loss(args, total_loss, row_loss, denominator))
     if not with_grad:
         return loss
     if scale != 1.0 and n_kept:
@@ -382,10 +508,15 @@ def _run_materialised(frontend, args, with_grad, n_threads, row_scale=None):
         if args.labels is not None else args.probs
     options = dict(axis=1, weight=args.weight, ignore_index=args.ignore_index,
                    reduction=args.reduction, label_smoothing=args.label_smoothing,
+                   z_loss=args.z_loss, softcap=args.softcap,
+                   return_z_loss=args.return_z_loss,
+                   return_token_accuracy=args.return_token_accuracy,
                    num_threads=n_threads)
     if not with_grad:
-        return _as_result(frontend.cross_entropy(logits, target, **options), args.result)
-    loss, g = frontend.cross_entropy_with_grad(logits, target, out=logits, **options)
+        r = frontend.cross_entropy(logits, target, **options)
+        return _as_results(r, args)
+    r = frontend.cross_entropy_with_grad(logits, target, out=logits, **options)
+    loss, g = r[0], r[1]
     if row_scale is not None:
         g *= row_scale.reshape((args.n_rows, 1) + args.extra)
     g2 = g.reshape(args.n_rows, -1)
@@ -393,7 +524,14 @@ def _run_materialised(frontend, args, with_grad, n_threads, row_scale=None):
     grad_w = (g2.T @ x).reshape(args.w_shape)
     grad_b = None if args.b is None else g2.sum(axis=0).reshape(args.w_shape[:-1])
     gx, gw, gb = _cast_grads(args, grad_x, grad_w, grad_b)
-    return _as_result(loss, args.result), gx, gw, gb
+    return _as_results((loss,) + tuple(r[2:]) if args.flags else loss, args), gx, gw, gb
+
+
+def _as_results(r, args):
+    """The loss (a triple with the ``return_*`` flags) in the result dtype."""
+    if not args.flags:
+        return _as_result(r, args.result)
+    return tuple(None if v is None else _as_result(v, args.result) for v in r)
 
 
 def _as_result(loss, result):
@@ -423,6 +561,15 @@ _DOC_PARAMS = """
         As for :func:`csoftmax.cross_entropy`.  Rows whose target is
         ``ignore_index`` are dropped before any arithmetic: they cost nothing
         and get an all-zero ``grad_input`` row.
+    z_loss, softcap, return_z_loss, return_token_accuracy
+        As for :func:`csoftmax.cross_entropy`, on the logits
+        ``input @ linear_weight.T + linear_bias``: the z-loss ``z_loss *
+        lse**2`` per counted row (for "mean" divided by the number of counted
+        rows, not by the summed class weight), the soft cap ``softcap *
+        tanh(logits / softcap)`` applied before everything else (a chunk
+        buffer's copy at most, for rows of fewer than 32 classes or
+        probability targets), the z-loss part and the token accuracy returned
+        with a flag.
     num_threads : int, optional
         The threads of every part of the call: the cross-entropy kernels and
         the BLAS (limited with ``threadpoolctl`` where it is installed).
@@ -445,30 +592,30 @@ def _check_frontend(frontend):
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                         num_threads=None, chunk_size=None):
+                         z_loss=0.0, softcap=None, return_z_loss=False,
+                         return_token_accuracy=False, num_threads=None, chunk_size=None):
     args = LinearArgs(input, linear_weight, target, linear_bias, weight, ignore_index,
-                      reduction, label_smoothing, num_threads, chunk_size)
+                      reduction, label_smoothing, num_threads, chunk_size, z_loss, softcap,
+                      return_z_loss, return_token_accuracy)
     return run(_check_frontend(None), args, False)
 
 
 def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=None,
                                    weight=None, ignore_index=-100, reduction="mean",
-                                   label_smoothing=0.0, num_threads=None, chunk_size=None):
+                                   label_smoothing=0.0, z_loss=0.0, softcap=None,
+                                   return_z_loss=False, return_token_accuracy=False,
+                                   num_threads=None, chunk_size=None):
     args = LinearArgs(input, linear_weight, target, linear_bias, weight, ignore_index,
-                      reduction, label_smoothing, num_threads, chunk_size)
+                      reduction, label_smoothing, num_threads, chunk_size, z_loss, softcap,
+                      return_z_loss, return_token_accuracy)
     return run(_check_frontend(None), args, True)
 
 
 def call(frontend, input, linear_weight, target, with_grad=False, row_scale=None, **kwargs):
     """The public functions over a chosen frontend (tests compare them; the
-    PyTorch adapter's backward passes ``row_scale``)."""
-    defaults = dict(linear_bias=None, weight=None, ignore_index=-100, reduction="mean",
-                    label_smoothing=0.0, num_threads=None, chunk_size=None)
-    defaults.update(kwargs)
-    args = LinearArgs(input, linear_weight, target, defaults["linear_bias"],
-                      defaults["weight"], defaults["ignore_index"], defaults["reduction"],
-                      defaults["label_smoothing"], defaults["num_threads"],
-                      defaults["chunk_size"])
+    PyTorch adapter's backward passes ``row_scale``; csoftmax.dask's tasks
+    call it)."""
+    args = LinearArgs(input, linear_weight, target, **kwargs)
     return run(_check_frontend(frontend), args, with_grad, row_scale)
 
 
@@ -484,7 +631,9 @@ linear_cross_entropy.__doc__ = """Cross-entropy of ``input @ linear_weight.T + l
     -------
     scalar or ndarray
         The loss, a NumPy scalar of the logits' dtype (the inputs' promoted
-        floating dtype); ``"none"``: one loss per position.
+        floating dtype); ``"none"``: one loss per position.  With a
+        ``return_*`` flag a :class:`csoftmax.CrossEntropyResult` ``(loss,
+        z_loss, token_accuracy)``.
 
     Examples
     --------
@@ -518,6 +667,10 @@ linear_cross_entropy_with_grad.__doc__ = """The linear cross-entropy and its gra
     grad_linear_bias : ndarray or None
         ``d loss / d linear_bias``; None without a bias.
         The gradients have the logits' dtype.
+
+    With a ``return_*`` flag: a :class:`LinearCrossEntropyGradResult` named
+    tuple ``(loss, grad_input, grad_linear_weight, grad_linear_bias, z_loss,
+    token_accuracy)``.
 
     Examples
     --------

@@ -350,7 +350,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, linear_weight, target, linear_bias, weight, reduction,
-                ignore_index, label_smoothing):
+                ignore_index, label_smoothing, z_loss=0.0, softcap=None):
         for t, name in ((input, "input"), (linear_weight, "linear_weight"),
                         (linear_bias, "linear_bias")):
             if t is not None:
@@ -368,6 +368,8 @@ class LinearCrossEntropy(torch.autograd.Function):
                        weight=None if weight is None else _as_numpy(weight, "weight"),
                        ignore_index=ignore_index, reduction=reduction,
                        label_smoothing=label_smoothing)
+        if not (softcap is None and type(z_loss) in (float, int) and z_loss == 0):
+            options.update(z_loss=z_loss, softcap=softcap)
         ctx.name = "linear_cross_entropy"
         ctx.reduction = reduction
         ctx.has_bias = linear_bias is not None
@@ -402,12 +404,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         gx, gw, gb = grads
         return (gx if ctx.needs_input_grad[0] else None,
                 gw if ctx.needs_input_grad[1] else None,
-                None, gb if ctx.needs_input_grad[3] else None, None, None, None, None)
+                None, gb if ctx.needs_input_grad[3] else None, None, None, None, None, None,
+                None)
 
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          reduction="mean", ignore_index=None, label_smoothing=0.0,
-                         options=None):
+                         options=None, z_loss=0.0, softcap=None):
     """``torch.nn.functional.linear_cross_entropy`` on CPU tensors, by chunks of
     rows: the (N, V) logits are never held.
 
@@ -430,6 +433,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     options : LinearCrossEntropyOptions, optional
         Accepted and ignored: csoftmax always chunks (see
         :func:`csoftmax.linear_cross_entropy`).
+    z_loss, softcap
+        csoftmax's additions (not in PyTorch), as for
+        :func:`csoftmax.torch.cross_entropy`: the z-loss ``z_loss *
+        logsumexp(row)**2`` per counted row and the soft cap ``softcap *
+        tanh(logits / softcap)``, on the logits ``input @ linear_weight.T +
+        linear_bias``; both enter the three gradients exactly.
 
     Returns
     -------
@@ -466,4 +475,4 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     elif ignore_index is None:
         ignore_index = -100
     return LinearCrossEntropy.apply(input, linear_weight, target, linear_bias, weight,
-                                    reduction, ignore_index, label_smoothing)
+                                    reduction, ignore_index, label_smoothing, z_loss, softcap)
