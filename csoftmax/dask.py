@@ -54,6 +54,8 @@ from csoftmax._validation import normalize_axes
 __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "softmax",
@@ -529,3 +531,279 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
     loss = dask.delayed(_finish, pure=True)(parts, total_d, p.dtype, count_d)
     return (da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype)),
             rows.grad(grad))
+
+
+# ---------------------------------------------------------------------------------------------
+# linear cross-entropy: rows of input (and target) in chunks, the weight in every task
+
+
+def _linear_block(x, t, w, b, total, count, start, stop, *, with_grad, reduction, options,
+                  num_threads, chunk_size):
+    """One chunk of rows through :func:`csoftmax.linear_cross_entropy(_with_grad)` with the
+    "sum" reduction ("none" stays): (the chunk's summed loss or its row losses[, grad_input
+    scaled by the global "mean" factor, the summed grad_linear_weight, grad_linear_bias])."""
+    from csoftmax import _linear
+
+    options = dict(options)
+    mean = reduction == "mean"
+    if mean and count is not None:
+        # a weighted "mean": the z-loss divided by the counted rows, the rest by their
+        # summed weight -- as in memory, through z_loss * total / count per chunk
+        total_f, count_f = float(total), float(count)
+        if total_f != 0.0 and count_f != 0.0:
+            options["z_loss"] = options["z_loss"] * total_f / count_f
+    r = _in_rows(_linear.call, start, stop, None, x, w, t, with_grad, linear_bias=b,
+                 reduction="none" if reduction == "none" else "sum",
+                 num_threads=num_threads, chunk_size=chunk_size, **options)
+    if not with_grad:
+        return r if reduction == "none" else np.float64(r)
+    loss, gx, gw, gb = r
+    if mean:
+        gx = _mean_scale(gx, t, float(total), options)
+    # the weight gradients are summed over chunks: in float32 at least
+    acc = np.promote_types(gw.dtype, np.float32)
+    gw = gw.astype(acc, copy=False)
+    gb = None if gb is None else gb.astype(acc, copy=False)
+    return (loss if reduction == "none" else np.float64(loss)), gx, gw, gb
+
+
+def _add_pair(a, b):
+    """a + b, into a (each partial sum of the tree has one consumer); None stays None."""
+    if a is None:
+        return None
+    np.add(a, b, out=a)
+    return a
+
+
+def _tree_sum(parts):
+    """A pairwise tree of delayed additions over delayed arrays."""
+    add = dask.delayed(_add_pair, pure=True)
+    while len(parts) > 1:
+        pairs = [add(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
+    return parts[0]
+
+
+def _scale_sum(s, total, reduction, dtype, n_kept):
+    """The summed weight gradient times the "mean" factor, in the result dtype (as in
+    memory: left as it is, all zero, when no row is counted)."""
+    if s is None:
+        return None
+    if reduction == "mean" and float(n_kept):
+        total = float(total)
+        s = s * (1.0 / total) if total != 0.0 else np.full_like(s, np.nan)
+    return s.astype(dtype, copy=False)
+
+
+class _LinearProblem:
+    """input, target and the weights of a linear cross-entropy aligned by rows and checked."""
+
+    def __init__(self, input, linear_weight, target, linear_bias, weight, ignore_index,
+                 reduction, label_smoothing, z_loss, softcap, num_threads, chunk_size):
+        x = _as_dask(input, whole_axes=(1,))
+        w_shape = np.shape(linear_weight)
+        if x.ndim != 2 or len(w_shape) != 2:
+            raise ValueError(
+                f"csoftmax.dask.linear_cross_entropy: input must be (N, D) and linear_weight "
+                f"(V, D), got shapes {x.shape} and {w_shape}")
+        if x.shape[1] != w_shape[1]:
+            raise ValueError(
+                f"input of shape {x.shape} and linear_weight of shape {w_shape} differ in "
+                f"their last dimension (the features)")
+        x = _whole_along(x, (1,), "input")
+        rows = _row_chunks(x)
+        n, v = x.shape[0], w_shape[0]
+        t_shape = np.shape(target)
+        if t_shape not in ((n,), (n, v)):
+            raise ValueError(
+                f"csoftmax.dask: target has shape {t_shape}; expected ({n},) class indices or "
+                f"{(n, v)} probabilities for input of shape {x.shape} and linear_weight of "
+                f"shape {w_shape}")
+        self.labels = len(t_shape) == 1
+        chunks = (rows,) if self.labels else (rows, (v,))
+        if isinstance(target, da.Array):
+            target = target.rechunk(chunks) if target.chunks != chunks else target
+        else:
+            target = da.from_array(np.asarray(target), chunks=chunks)
+        self.options = dict(weight=None if weight is None else np.asarray(weight),
+                            ignore_index=ignore_index, label_smoothing=label_smoothing,
+                            z_loss=z_loss, softcap=softcap)
+        # every option, dtype and shape rule of csoftmax, checked now on a stand-in of no
+        # rows and one feature (the features were compared above)
+        w_dtype = linear_weight.dtype if isinstance(linear_weight, da.Array) \
+            else np.asarray(linear_weight).dtype
+        bias = linear_bias
+        if bias is not None:
+            b_dtype = bias.dtype if isinstance(bias, da.Array) else np.asarray(bias).dtype
+            bias = np.empty(np.shape(bias), b_dtype)
+        empty = _cs.linear_cross_entropy(
+            np.empty((0, 1), x.dtype), np.empty((v, 1), w_dtype),
+            np.empty((0,) + t_shape[1:], target.dtype), linear_bias=bias,
+            reduction=reduction, num_threads=num_threads, chunk_size=chunk_size,
+            **self.options)
+        self.dtype = np.asarray(empty).dtype
+        self.w = self._delayed(linear_weight)
+        self.b = None if linear_bias is None else self._delayed(linear_bias)
+        self.x, self.target, self.n, self.v = x, target, n, v
+        self.bounds = np.concatenate([[0], np.cumsum(rows)]).astype(int).tolist()
+        self.reduction = reduction
+        self.split_z = (reduction == "mean" and weight is not None and self.labels
+                        and float(z_loss) != 0.0)
+
+    @staticmethod
+    def _delayed(a):
+        """One delayed object (shared by every task) holding the whole array."""
+        if isinstance(a, da.Array):
+            return a.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
+        return dask.delayed(np.asarray(a), pure=True)
+
+    def total(self, weighted=True):
+        if not self.labels:
+            return np.float64(self.n)
+        starts = self.bounds[:-1]
+        parts = da.blockwise(
+            _count_block, "i", self.target, "i", da.from_array(np.array(starts), chunks=1), "i",
+            weight=self.options["weight"] if weighted else None,
+            ignore_index=self.options["ignore_index"], n_classes=self.v,
+            adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True, align_arrays=False,
+            meta=np.empty((0,), np.float64))
+        return parts.sum().to_delayed(optimize_graph=False)[()]
+
+    def blocks(self, with_grad, num_threads, chunk_size):
+        """The delayed results of every chunk of rows, the "mean" denominator and the
+        number of counted rows."""
+        total = count = None
+        if self.reduction == "mean":
+            total = count = self.total()
+            if self.labels and self.options["weight"] is not None:
+                count = self.total(weighted=False)
+        x_blocks = self.x.to_delayed(optimize_graph=False).ravel()
+        t_blocks = self.target.to_delayed(optimize_graph=False).ravel()
+        block = dask.delayed(_linear_block, pure=True, nout=4 if with_grad else None)
+        z_count = count if self.split_z else None
+        out = [block(xb, tb, self.w, self.b, total, z_count, start, stop, with_grad=with_grad,
+                     reduction=self.reduction, options=self.options,
+                     num_threads=num_threads, chunk_size=chunk_size)
+               for xb, tb, start, stop in zip(x_blocks, t_blocks, self.bounds[:-1],
+                                              self.bounds[1:])]
+        return out, total, count
+
+    def loss(self, parts, total):
+        if self.reduction == "none":
+            return da.concatenate([
+                da.from_delayed(p, shape=(stop - start,), dtype=self.dtype,
+                                meta=np.empty((0,), self.dtype))
+                for p, start, stop in zip(parts, self.bounds[:-1], self.bounds[1:])])
+        loss = dask.delayed(_finish, pure=True)(parts, total, self.dtype)
+        return da.from_delayed(loss, shape=(), dtype=self.dtype, meta=np.empty((), self.dtype))
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
+                         softcap=None, num_threads=None, chunk_size=None):
+    """Lazy :func:`csoftmax.linear_cross_entropy` over ``input`` chunked along rows.
+
+    Each chunk of rows of ``input`` (and of ``target``) is one task holding
+    the whole ``linear_weight`` (one object in the graph, shared by the
+    tasks); within a task csoftmax's own chunks bound the logits' memory.
+    "mean" divides the global sum by the global denominator (as
+    :func:`cross_entropy` here).
+
+    Parameters
+    ----------
+    input : dask.array.Array or array_like, shape (N, D)
+        Chunked along rows; the features must be (or are rechunked to) one chunk.
+    linear_weight : array_like or dask.array.Array, shape (V, D)
+        Given whole to every task (a dask array is rechunked to one chunk).
+        K-dimensional weights are not offered here.
+    target : dask.array.Array or array_like
+        Class indices (N,) or probabilities (N, V), rechunked to the input's rows.
+    linear_bias : array_like or dask.array.Array, shape (V,), optional
+    weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+        As for :func:`csoftmax.linear_cross_entropy` (the ``return_*`` flags
+        are not offered here).
+    num_threads, chunk_size
+        Per task: the threads of its GEMMs and kernels, its rows per
+        csoftmax chunk.  With the threaded scheduler, which already runs a
+        task per core, pass ``num_threads=1``.
+
+    Returns
+    -------
+    dask.array.Array
+        0-d for "mean" and "sum", (N,) for "none"; the logits' dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, csoftmax, csoftmax.dask as cd
+    >>> rng = np.random.default_rng(0)
+    >>> x, W = rng.standard_normal((6, 3)), rng.standard_normal((4, 3))
+    >>> t = np.array([0, 1, 2, 3, -100, 1])
+    >>> loss = cd.linear_cross_entropy(da.from_array(x, chunks=(2, 3)), W, t)
+    >>> bool(np.isclose(loss.compute(), csoftmax.linear_cross_entropy(x, W, t)))
+    True
+    """
+    p = _LinearProblem(input, linear_weight, target, linear_bias, weight, ignore_index,
+                       reduction, label_smoothing, z_loss, softcap, num_threads, chunk_size)
+    parts, total, _ = p.blocks(False, num_threads, chunk_size)
+    return p.loss(parts, total)
+
+
+def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=None,
+                                   weight=None, ignore_index=-100, reduction="mean",
+                                   label_smoothing=0.0, z_loss=0.0, softcap=None,
+                                   num_threads=None, chunk_size=None):
+    """Lazy :func:`csoftmax.linear_cross_entropy_with_grad`: one task per chunk of rows.
+
+    Each task computes its rows' loss, their ``grad_input`` rows (scaled by
+    the global "mean" factor) and its summand of ``grad_linear_weight`` and
+    ``grad_linear_bias``; those are summed by a pairwise tree of tasks and
+    scaled once.  Memory: one ``linear_weight``-sized partial sum per task
+    that has run and not yet been added.  Compute the four results together
+    (``dask.compute(...)``) so that each chunk runs once.
+
+    Parameters
+    ----------
+    input, linear_weight, target, linear_bias, weight, ignore_index, reduction
+    label_smoothing, z_loss, softcap, num_threads, chunk_size
+        As for :func:`linear_cross_entropy`.
+
+    Returns
+    -------
+    loss : dask.array.Array
+        As :func:`linear_cross_entropy` returns it.
+    grad_input : dask.array.Array
+        (N, D), the input's row chunks.
+    grad_linear_weight : dask.array.Array
+        (V, D), one chunk.
+    grad_linear_bias : dask.array.Array or None
+        (V,), one chunk; None without a bias.
+
+    Examples
+    --------
+    >>> import numpy as np, dask, dask.array as da, csoftmax, csoftmax.dask as cd
+    >>> rng = np.random.default_rng(0)
+    >>> x, W = rng.standard_normal((6, 3)), rng.standard_normal((4, 3))
+    >>> t = np.array([0, 1, 2, 3, -100, 1])
+    >>> lazy = cd.linear_cross_entropy_with_grad(da.from_array(x, chunks=(2, 3)), W, t)
+    >>> loss, gx, gW, gb = dask.compute(*lazy)
+    >>> want = csoftmax.linear_cross_entropy_with_grad(x, W, t)
+    >>> bool(np.allclose(gx, want[1]) and np.allclose(gW, want[2])), gb
+    (True, None)
+    """
+    p = _LinearProblem(input, linear_weight, target, linear_bias, weight, ignore_index,
+                       reduction, label_smoothing, z_loss, softcap, num_threads, chunk_size)
+    blocks, total, count = p.blocks(True, num_threads, chunk_size)
+    d = p.x.shape[1]
+    losses = [blk[0] for blk in blocks]
+    grad_input = da.concatenate([
+        da.from_delayed(blk[1], shape=(stop - start, d), dtype=p.dtype,
+                        meta=np.empty((0, 0), p.dtype))
+        for blk, start, stop in zip(blocks, p.bounds[:-1], p.bounds[1:])], axis=0)
+    scale = dask.delayed(_scale_sum, pure=True)
+    gw = scale(_tree_sum([blk[2] for blk in blocks]), total, reduction, p.dtype, count)
+    grad_w = da.from_delayed(gw, shape=(p.v, d), dtype=p.dtype, meta=np.empty((0, 0), p.dtype))
+    grad_b = None
+    if linear_bias is not None:
+        gb = scale(_tree_sum([blk[3] for blk in blocks]), total, reduction, p.dtype, count)
+        grad_b = da.from_delayed(gb, shape=(p.v,), dtype=p.dtype, meta=np.empty((0,), p.dtype))
+    return p.loss(losses, total), grad_input, grad_w, grad_b

@@ -225,3 +225,126 @@ def test_import_without_dask_is_a_clear_import_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "csoftmax.dask")
     with pytest.raises(ImportError, match=r"csoftmax\.dask needs dask.*pip install"):
         importlib.import_module("csoftmax.dask")
+
+
+# -- linear_cross_entropy ---------------------------------------------------------------------
+
+def make_linear(kind, dtype, n=61, d=5, v=9, seed=1, bias=True):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(dtype)
+    w = rng.standard_normal((v, d)).astype(dtype)
+    b = rng.standard_normal(v).astype(dtype) if bias else None
+    if kind == "int":
+        t = rng.integers(0, v, n)
+        t[:12] = -100  # most of the first chunk
+        t[30:33] = -100
+    else:
+        t = rng.random((n, v)).astype(dtype)
+    return x, w, b, t
+
+
+def check_lin(ours, ref, dtype):
+    """As check_close, with float32 sums of products (GEMMs over other chunks) compared
+    to the scale of the result."""
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    if np.dtype(dtype) == np.float64:
+        return check_close(ours, ref, dtype)
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype == dtype
+    scale = float(np.nanmax(np.abs(ref))) if ref.size else 1.0
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6 * scale)
+
+
+_LIN = [dict(), dict(weight=True), dict(label_smoothing=0.2, weight=True),
+        dict(z_loss=0.05, weight=True), dict(z_loss=0.02, softcap=2.0)]
+
+
+def _lin_opts(opts, v, dtype):
+    opts = dict(opts)
+    if opts.pop("weight", False):
+        opts["weight"] = np.linspace(0.5, 2.0, v).astype(dtype)
+    return opts
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["int", "prob"])
+@pytest.mark.parametrize("opts", _LIN, ids=[str(o) for o in _LIN])
+def test_linear_cross_entropy_like_in_memory(kind, reduction, opts, dtype):
+    x, w, b, t = make_linear(kind, dtype)
+    opts = dict(_lin_opts(opts, w.shape[0], dtype), reduction=reduction)
+    dx = da.from_array(x, chunks=(16, 5))
+    want = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b, **opts)
+    lazy = cd.linear_cross_entropy_with_grad(dx, w, t, linear_bias=b, chunk_size=5, **opts)
+    got = dask.compute(*lazy)
+    assert got[1].shape == x.shape and got[2].shape == w.shape and got[3].shape == b.shape
+    assert lazy[1].chunks == dx.chunks
+    for g, e in zip(got, want):
+        check_lin(g, e, dtype)
+    check_lin(cd.linear_cross_entropy(dx, w, t, linear_bias=b, **opts).compute(), want[0],
+              dtype)
+
+
+def test_linear_cross_entropy_dask_weights_and_edge_cases():
+    x, w, b, t = make_linear("int", np.float64, bias=False)
+    dx = da.from_array(x, chunks=(7, 5))
+    want = csoftmax.linear_cross_entropy_with_grad(x, w, t)
+    got = dask.compute(*cd.linear_cross_entropy_with_grad(
+        dx, da.from_array(w, chunks=(4, 5)), da.from_array(t, chunks=20)))
+    assert got[3] is None
+    for g, e in zip(got[:3], want[:3]):
+        check_close(g, e, np.float64)
+    # every row ignored: nan loss, zero gradients, as in memory
+    t_none = np.full_like(t, -100)
+    want = csoftmax.linear_cross_entropy_with_grad(x, w, t_none, linear_bias=b)
+    got = dask.compute(*cd.linear_cross_entropy_with_grad(dx, w, t_none, linear_bias=b))
+    assert np.isnan(got[0]) and np.isnan(want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+    # zero counted weight: nan, and nan gradients on the counted rows only
+    zero = np.zeros(w.shape[0])
+    want = csoftmax.linear_cross_entropy_with_grad(x, w, t, weight=zero)
+    got = dask.compute(*cd.linear_cross_entropy_with_grad(dx, w, t, weight=zero))
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+
+
+def test_linear_cross_entropy_errors():
+    x, w, b, t = make_linear("int", np.float64)
+    dx = da.from_array(x, chunks=(16, 5))
+    bad = t.copy()
+    bad[40] = 9
+    for reduction in REDUCTIONS:
+        with pytest.raises(ValueError, match=r"target\[40\] = 9 is not a class index in \[0, 9\)"):
+            cd.linear_cross_entropy(dx, w, bad, reduction=reduction).compute()
+    with pytest.raises(ValueError, match=r"input must be \(N, D\) and linear_weight \(V, D\)"):
+        cd.linear_cross_entropy(dx, w[:, None], t)
+    with pytest.raises(ValueError, match="differ in their last dimension"):
+        cd.linear_cross_entropy(dx, w[:, :4], t)
+    with pytest.raises(ValueError, match=r"expected \(61,\) class indices"):
+        cd.linear_cross_entropy(dx, w, t[:5])
+    with pytest.raises(ValueError, match=r"linear_bias has shape \(8,\)"):
+        cd.linear_cross_entropy(dx, w, t, linear_bias=b[:8])
+    with pytest.raises(ValueError, match="z_loss must be finite"):
+        cd.linear_cross_entropy_with_grad(dx, w, t, z_loss=-1.0)
+    with pytest.raises(ValueError, match="unknown reduction|reduction"):
+        cd.linear_cross_entropy(dx, w, t, reduction="avg")
+    with pytest.warns(da.PerformanceWarning, match="rechunked"):
+        loss = cd.linear_cross_entropy(da.from_array(x, chunks=(16, 2)), w, t)
+    check_close(loss.compute(), csoftmax.linear_cross_entropy(x, w, t), np.float64)
+
+
+def test_linear_cross_entropy_local_cluster():
+    distributed = pytest.importorskip("distributed")
+    x, w, b, t = make_linear("int", np.float32, n=900, d=16, v=40)
+    weight = np.linspace(0.5, 1.5, 40).astype(np.float32)
+    dx = da.from_array(x, chunks=(200, 16))
+    want = csoftmax.linear_cross_entropy_with_grad(x, w, t, linear_bias=b, weight=weight,
+                                                   z_loss=1e-3)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None, silence_logs=40) as cluster, \
+            distributed.Client(cluster) as client:
+        lazy = cd.linear_cross_entropy_with_grad(dx, w, t, linear_bias=b, weight=weight,
+                                                 z_loss=1e-3, num_threads=1)
+        got = client.compute(list(lazy), sync=True)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6)
