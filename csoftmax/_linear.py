@@ -297,7 +297,9 @@ def run(frontend, args, with_grad, row_scale=None):
         n_threads = 1  # waking two thread pools costs more than it saves here
     if row_scale is not None:
         row_scale = np.asarray(row_scale, args.compute).reshape(-1)
-    with _blas_limits(n_threads):
+    # NaN or inf in the inputs give NaN/inf logits, as the cross-entropy functions
+    # give them: quietly (NumPy's matmul would warn)
+    with _blas_limits(n_threads), np.errstate(invalid="ignore", over="ignore"):
         runner = _run_materialised if args.extra else _run_chunked
         r = runner(frontend, args, with_grad, n_threads, row_scale)
     if not args.flags:

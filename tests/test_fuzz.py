@@ -444,19 +444,20 @@ def assert_agree(actual, expected, what, scale=1.0):
         )
 
 
-def check_call(test, fn_name, build, target, seed, scales=None, known_bug=None):
+def check_call(test, fn_name, build, target, seed, scales=None, known_bug=None, twin=None):
     """Build the arguments twice, call ``target`` and the twin, compare (see the module doc).
 
     ``scales(fn_name, args, kwargs)`` gives the absolute-error unit(s) of the result (a tuple for a
     tuple result); ``known_bug`` names a reported package bug this recipe can hit: then only
-    a differing outcome or value is let through (counted), every other check still runs."""
+    a differing outcome or value is let through (counted), every other check still runs.
+    ``twin``: the reference's functions (default ``csoftmax.slow``)."""
     args, kwargs, arrays, out = build(np.random.default_rng(seed))
     targs, tkwargs, tarrays, _ = build(np.random.default_rng(seed))
     before = [np.array(a, copy=True) for a in arrays]
     # the error units come from the inputs as they are before the calls (out= may be one)
     units = scales(fn_name, targs, tkwargs) if scales else 1.0
     got = _outcome(getattr(target, fn_name), args, kwargs)
-    want = _outcome(getattr(TWIN, fn_name), targs, tkwargs)
+    want = _outcome(getattr(twin or TWIN, fn_name), targs, tkwargs)
     _count(test, "examples")
     _count(test, f"{fn_name}:{'ok' if got[0] == 'ok' else got[0].__name__}")
     shared = [got[0] == "ok" and isinstance(out, np.ndarray) and np.may_share_memory(a, out)
