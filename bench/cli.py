@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import many_threads, parity, report, targets
+from . import many_threads, memory, parity, report, targets
 from .ops import OPS, SHAPE_GROUPS, parse_shapes, shape_label
 from .peers import PEER_NAMES, all_peers
 from .runner import Case, Settings, run_plan
@@ -147,6 +147,9 @@ def build_parser():
     parser.add_argument("--training", action="store_true",
                         help="time a PyTorch training step with csoftmax.torch.cross_entropy "
                              "vs F.cross_entropy (needs torch) and exit")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory table of linear_cross_entropy cases "
+                             "(each peer once more in a fresh process, after the timings)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs")
     parser.add_argument("--json", type=Path,
                         help=f"JSON output (default: {RESULTS_DIR}/<mode>.json)")
@@ -442,6 +445,13 @@ def main(argv=None):
         print("\n" + "\n".join(parity.table_lines(
             parity_results, report.simd_text(info["simd_path"]))))
 
+    memory_rows = []
+    if not args.no_memory:
+        memory_rows = memory.linear_memory(results, peers, settings.seed)
+        if memory_rows:
+            labels = {p.name: p.label for p in peers}
+            print("\n" + "\n".join(memory.table_lines(memory_rows, labels)))
+
     problems = report.problems(results) + [
         f"many threads: {r['impl']} {shape_label(r['shape'])} {r['dtype']}: "
         f"{r['status'].upper()}: {r['message']}" for r in mt_results if r["status"] != "ok"]
@@ -455,7 +465,8 @@ def main(argv=None):
                   "ops": list(dict.fromkeys(c.op.name for c in cases)),
                   "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
         peers=[p.name for p in peers], skipped=skipped, cases=results,
-        many_threads=mt_results or None, parity=parity_results or None, problems=problems,
+        many_threads=mt_results or None, parity=parity_results or None,
+        memory=memory_rows or None, problems=problems,
         targets=None)
     if args.targets:
         payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads),

@@ -304,6 +304,42 @@ class Torch(Peer):
 
 
 @dataclass
+class TorchLoss(Peer):
+    """``F.linear_cross_entropy``'s loss alone (reference path) under
+    ``torch.no_grad()``, on tensors that do not require grad: what scoring and
+    perplexity run (linear cross-entropy only)."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        if not op.linear:
+            return None
+        torch = self._mod
+        torch.set_num_threads(threads)
+        func = torch.nn.functional.linear_cross_entropy
+        x, w, b, target = (torch.from_numpy(inputs[k]) for k in
+                           ("input", "linear_weight", "linear_bias", "target"))
+        return Prepared(lambda: func(x, w, target, linear_bias=b), verify=False,
+                        context=torch.no_grad)
+
+
+@dataclass
+class CsoftmaxHalfIgnored(Peer):
+    """csoftmax's linear cross-entropy (loss and gradients) with every other row's
+    target ``ignore_index``: the "half padding" target compares it with the full call,
+    timed interleaved in one case."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        if not op.linear:
+            return None
+        func = self._mod.linear_cross_entropy_with_grad
+        args, kwargs = call_args(op, inputs)
+        target = args[2].copy()
+        target[1::2] = IGNORE_INDEX
+        args = (args[0], args[1], target)
+        return Prepared(lambda: func(*args, num_threads=threads, ignore_index=IGNORE_INDEX,
+                                     **kwargs), verify=False)
+
+
+@dataclass
 class Copyto(Peer):
     """The memory floor: ``np.copyto`` of the logits into a preallocated array."""
 
@@ -362,6 +398,8 @@ def all_peers():
         Sklearn("sklearn", "sklearn", "sklearn._loss.loss"),
         Torch("torch", "PyTorch", "torch"),
         Torch("torch_chunked", "PyTorch chunked", "torch", chunked=True),
+        TorchLoss("torch_loss", "PyTorch loss only", "torch"),
+        CsoftmaxHalfIgnored("csoftmax_half", "csoftmax half ignored", "csoftmax"),
         Copyto("copyto", "np.copyto", "numpy", threaded=False),
         Gemm("gemm", "bare GEMM", "numpy"),
     ]

@@ -291,32 +291,55 @@ def test_threads(rng, threads):
     assert_close(got, one, rtol=1e-5, atol=1e-7)
 
 
-def test_blas_threads_limited(rng):
+def test_blas_threads_limited(rng, monkeypatch):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     seen = []
     x, w, b, t = case(rng)
-    real = _linear._accumulate_weight_grad
+    real = _linear._Gemms.add_grad_weight
 
-    def spy(*a):
+    def spy(self, *a):
         seen.append({i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
                      if i["user_api"] == "blas"})
-        return real(*a)
+        return real(self, *a)
 
-    _linear._accumulate_weight_grad = spy
-    try:
-        csoftmax.linear_cross_entropy_with_grad(x, w, t, num_threads=1)
-    finally:
-        _linear._accumulate_weight_grad = real
+    monkeypatch.setattr(_linear._Gemms, "add_grad_weight", spy)
+    csoftmax.linear_cross_entropy_with_grad(x, w, t, num_threads=1)
     assert seen and all(n == 1 for s in seen for n in s.values())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_without_scipy_the_same(rng, monkeypatch, dtype):
+    """The fallback without SciPy (NumPy's matmul for every product, a temporary for the
+    weight gradient) gives what SciPy's BLAS path gives."""
+    x, w, b, t = (a if a is None or a.dtype.kind != "f" else a.astype(dtype)
+                  for a in case(rng, n=40, d=7, v=30))
+    opts = dict(linear_bias=b, chunk_size=6, weight=np.linspace(0.5, 2, 30), z_loss=0.01)
+    with_scipy = csoftmax.linear_cross_entropy_with_grad(x, w, t, **opts)
+    monkeypatch.setattr(_linear, "_scipy_blas", None)
+    gemms = _linear._Gemms(np.dtype(dtype))
+    assert gemms.gemm is None
+    without = csoftmax.linear_cross_entropy_with_grad(x, w, t, **opts)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    assert_close(without, with_scipy, **tol)
+    for got in without[1:]:
+        assert got.dtype == dtype
+
+
 def test_default_chunk_rows():
-    assert _linear.default_chunk_rows(4096, 32000, 4) == 512
-    assert _linear.default_chunk_rows(16384, 32000, 4) == 524
-    assert _linear.default_chunk_rows(4096, 128256, 4) == 256
-    assert _linear.default_chunk_rows(100, 10, 4) == 100
-    assert _linear.default_chunk_rows(64, 1000, 4) == 64
-    assert _linear.default_chunk_rows(1, 10, 4) == 1
+    rows = _linear.default_chunk_rows
+    assert rows(4096, 32000, 4) == 512  # 64 MiB: 524 rows, made 8 equal chunks
+    assert rows(16384, 32000, 4) == 512
+    assert rows(2048, 128256, 4) == 410  # at least 512, but at most N / 5 (rounded up)
+    assert rows(8192, 50257, 4) == 512
+    assert rows(1024, 32000, 4) == 205
+    assert rows(16, 262144, 4) == 16  # 16 MiB of logits, but at least 64 rows
+    assert rows(100, 10, 4) == 100 and rows(64, 1000, 4) == 64 and rows(1, 10, 4) == 1
+    assert rows(0, 10, 4) == 1
+    for n, v in [(4096, 32000), (2048, 128256), (1000, 50000), (999, 7000)]:
+        r = rows(n, v, 4)
+        chunks = -(-n // r)
+        assert r * chunks - n < chunks  # equal chunks
+        assert r * v * 4 <= max(n * v * 4 / 4, _linear.WHOLE_BYTES)  # a quarter of the logits
 
 
 @pytest.mark.parametrize("with_grad", [False, True])
