@@ -9,16 +9,18 @@ The algorithm (rows in chunks of ``n_c``; ``V`` classes, ``D`` features):
    about half), and the ``"mean"`` denominator (the summed class weight of the
    counted rows, or their number) is computed once from the targets.
 2. Per chunk: ``L = x_c @ W.T (+ b)`` into one reused ``(n_c, V)`` buffer
-   (NumPy's ``matmul``, a BLAS GEMM); the fused cross-entropy kernel
+   (a BLAS GEMM); the fused cross-entropy kernel
    (:func:`csoftmax.cross_entropy_with_grad`, ``out=L``: in place) turns it
-   into the gradient of the chunk's summed loss; then ``grad_x_c = G @ W``
-   straight into the returned ``grad_input`` and ``grad_W += G.T @ x_c``
-   accumulated by a BLAS ``gemm`` with ``beta = 1`` (SciPy's
-   ``scipy.linalg.blas``, when installed; else a ``matmul`` into a ``(V, D)``
-   temporary and an add), ``grad_b += G.sum(0)``.  The loss-only call runs
-   one GEMM and the loss-only kernel per chunk, and allocates no gradient.
-3. ``"mean"`` scales the (small) results once at the end by the global
-   ``1 / denominator``: no extra pass over the chunk.
+   into the gradient of the chunk's summed loss; then ``grad_x_c = s G @ W``
+   straight into the returned ``grad_input`` (``s``: the "mean" factor, the
+   GEMM's ``alpha``), ``grad_W += G.T @ x_c`` accumulated by the GEMM with
+   ``beta = 1`` and ``grad_b += G.sum(0)`` by a GEMV.  Every product goes
+   through SciPy's ``scipy.linalg.blas`` where SciPy is installed (see
+   :class:`_Gemms`), else NumPy's ``matmul`` (``grad_W`` then through a
+   ``(V, D)`` temporary and an add).  The loss-only call runs one GEMM and
+   the loss-only kernel per chunk, and allocates no gradient.
+3. ``"mean"`` scales the (small) weight and bias gradients once at the end by
+   the global ``1 / denominator``: no extra pass over a chunk.
 
 Chunk size: rows so that the chunk buffer holds about :data:`CHUNK_BYTES`
 (64 MiB) of logits, but at least :data:`MIN_CHUNK_ROWS` (512) rows: the
@@ -32,11 +34,13 @@ in chunks of 524 rows becomes 8 chunks of 512).  ``chunk_size`` (rows)
 overrides it all.
 
 Threads: ``num_threads`` (default :func:`csoftmax.get_num_threads`) is the
-thread count of every part: the cross-entropy kernels' OpenMP team and the
-BLAS's threads, limited with ``threadpoolctl`` where it is installed.  The
-two never run at the same time, so there is no oversubscription.  GEMM
-results may differ in the last bits between thread counts (OpenBLAS splits
-the sums by thread); the cross-entropy part does not.
+thread count of the BLAS, limited with ``threadpoolctl`` where it is
+installed; the chunks' cross-entropy runs on one thread (a few per cent of
+the time: waking an OpenMP team between two BLAS calls, whose threads still
+spin, cost more than it saved on 2 cores), so no more than ``num_threads``
+threads ever run.  Calls under :data:`SMALL_WORK` run on one thread, BLAS
+included.  GEMM results may differ in the last bits between thread counts
+(OpenBLAS splits the sums by thread); the cross-entropy part does not.
 
 A K-dimensional ``linear_weight`` ``(V, d1, ..., D)`` (logits
 ``(N, V, d1, ...)``, classes on axis 1, as PyTorch allows) takes a plain
@@ -294,8 +298,9 @@ class _Gemms:
     through a ``(V, D)`` temporary and an add.
     """
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, rows=1):
         blas = _load_scipy_blas()
+        self.rows, self.scratch = rows, None
         self.gemm = self.gemv = None
         if blas is not None:
             single = dtype == np.float32
@@ -311,13 +316,29 @@ class _Gemms:
             self.gemm(1.0, w.T, x.T, beta=0.0, c=out.T, trans_a=1, overwrite_c=1)
 
     def grad_input(self, g, w, out, alpha):
-        """``out = alpha * g @ w`` (g (m, V), out (m, D))."""
+        """``out[...] = alpha * g @ w`` (g (m, V), w (V, D); ``out`` (m, D), or
+        a ``(grad_input, rows)`` pair to scatter the rows into)."""
+        m, d = g.shape[0], w.shape[1]
+        scatter = isinstance(out, tuple)
         if self.gemm is None:
-            np.matmul(g, w, out=out)
+            res = np.matmul(g, w, out=None if scatter else out)
             if alpha != 1.0:
-                np.multiply(out, alpha, out=out)
-        else:  # out.T (D, m) = w.T (D, V) @ g.T (V, m)
-            self.gemm(alpha, w.T, g.T, beta=0.0, c=out.T, overwrite_c=1)
+                np.multiply(res, alpha, out=res)
+            if scatter:
+                out[0][out[1]] = res
+            return
+        # into a Fortran-order (m, D) scratch, then copied: as (m, D) = g @ w the
+        # GEMM splits its threads over m and D; written straight as out.T (D, m)
+        # = w.T @ g.T it split the V-long sums and ran at half speed on 2 busy
+        # cores (512 x 1024 x 32000: 1.04 s against 0.50 s)
+        if self.scratch is None or self.scratch.size < m * d:
+            self.scratch = np.empty(max(m, self.rows) * d, g.dtype)
+        f = self.scratch[: m * d].reshape((m, d), order="F")
+        self.gemm(alpha, g.T, w.T, beta=0.0, c=f, trans_a=1, trans_b=1, overwrite_c=1)
+        if scatter:
+            out[0][out[1]] = f
+        else:
+            np.copyto(out, f)
 
     def add_grad_weight(self, grad_w, g, x):
         """``grad_w += g.T @ x`` (grad_w (V, D))."""
@@ -498,9 +519,8 @@ def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
         grad_x = np.zeros((n, d), compute) if not all_kept else np.empty((n, d), compute)
         grad_w = np.zeros((v, d), compute)
         grad_b = None if b is None else np.zeros(v, np.float64)
-        gxbuf = None if all_kept or not n_kept else np.empty((rows, d), compute)
         ones = None if b is None else np.ones(rows, compute)
-    gemms = _Gemms(compute)
+    gemms = _Gemms(compute, rows)
     for start in range(0, n_kept, rows):
         stop = min(start + rows, n_kept)
         m = stop - start
@@ -521,10 +541,8 @@ def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
             loss_c = extras.add(r[0], r[2:], sel, m)
             if row_scale is not None:
                 np.multiply(logits, row_scale[sel][:, None], out=logits)
-            gx_c = grad_x[start:stop] if all_kept else gxbuf[:m]
-            gemms.grad_input(logits, w, gx_c, scale)
-            if not all_kept:
-                grad_x[sel] = gx_c
+            gemms.grad_input(logits, w, grad_x[start:stop] if all_kept else (grad_x, sel),
+                             scale)
             gemms.add_grad_weight(grad_w, logits, x_c)
             if grad_b is not None:
                 gemms.add_column_sums(grad_b, logits, ones[:m])

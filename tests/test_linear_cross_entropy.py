@@ -530,11 +530,44 @@ def test_bench_op_runs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--ops", "linear_cross_entropy", "--shapes", "8x16x20",
          "--dtypes", "float32", "--threads", "1", "--budget", "0.05",
+         "--peers", "csoftmax,csoftmax_loss,csoftmax_half,gemm",
          "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")],
         cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| linear_cross_entropy | 8x16x20 | float32 | 1 |" in proc.stdout
     assert "MISMATCH" not in proc.stdout
+    # the peak-memory table: each peer once more in a fresh process
+    assert "### Peak memory beyond the inputs and the returned results" in proc.stdout
+    import json
+
+    rows = json.loads((tmp_path / "b.json").read_text())["memory"]
+    assert [r["shape"] for r in rows] == [[8, 16, 20]]
+    assert set(rows[0]["peers"]) == {"csoftmax", "csoftmax_loss"}
+    for m in rows[0]["peers"].values():
+        assert m["method"] == "rss" and m["extra_mib"] >= 0 and m["peak_mib"] < 50, m
+
+
+def test_bench_memory_sees_the_logits():
+    """bench.memory's measure (a fresh process, the RSS high-water mark) sees csoftmax's
+    chunk buffer (a fifth of the logits by default) and counts the returned gradients apart."""
+    pytest.importorskip("threadpoolctl")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench").is_dir():
+        pytest.skip("bench/ is not beside tests/")
+    import sys
+
+    sys.path.insert(0, str(root))
+    try:
+        from bench import memory
+    finally:
+        sys.path.remove(str(root))
+    shape, logits_mib = (1024, 64, 16384), 1024 * 16384 * 4 / 2**20
+    ours = memory.measure("linear_cross_entropy", shape, "float32", "csoftmax", 1)
+    assert ours["results_mib"] >= 16384 * 64 * 4 / 2**20  # grad_linear_weight
+    assert ours["extra_mib"] <= logits_mib / 4, ours
+    assert ours["extra_mib"] >= 0.15 * logits_mib, ours  # the chunk buffer is seen
 
 
 def test_import_csoftmax_imports_no_optional_dependency():
