@@ -90,8 +90,11 @@ SHAPE_GROUPS = {
     "tiny": [(1, 10), (1, 1000), (32, 1000)],
     # the calls of inference: one sample to a small batch
     "small-call": [(1, 10), (1, 1000), (32, 1000), (256, 1000)],
+    # linear_cross_entropy's (N, D, V): the LM heads of the issue, and a small one
+    "lm-head": [(64, 256, 1000), (4096, 1024, 32000), (2048, 2048, 128256), (8192, 768, 50257)],
 }
-SHAPES = list(dict.fromkeys(shape for group in SHAPE_GROUPS.values() for shape in group))
+SHAPES = list(dict.fromkeys(shape for group in SHAPE_GROUPS.values() for shape in group
+                            if len(shape) == 2))
 
 
 def shape_label(shape):
@@ -116,6 +119,7 @@ def parse_shapes(text):
     for item in filter(None, (s.strip() for s in text.split(","))):
         if item == "all":
             shapes.extend(SHAPES)
+            shapes.extend(SHAPE_GROUPS["lm-head"])
         elif item in SHAPE_GROUPS:
             shapes.extend(SHAPE_GROUPS[item])
         else:
