@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from .peers import PEER_NAMES, all_peers
 from .runner import Case, Settings, run_plan
 
 RESULTS_DIR = Path(__file__).parent / "results"
+#: Environment variable through which ``--cpu`` hands the typed command to its subprocesses.
+PARENT_COMMAND = "CSOFTMAX_BENCH_COMMAND"
 #: The peers that the targets compare with (the NumPy twin and SciPy, slow and
 #: in no criterion, would take most of each case's timing budget).
 TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "csoftmax_loss", "sklearn",
@@ -260,6 +263,8 @@ def run_cpu_paths(args, argv):
               f"{env['ATEN_CPU_CAPABILITY']})\n", flush=True)
         cmd = [sys.executable, "-m", "bench", *rest, "--json", str(json_path),
                "--plot", str(plot_path)]
+        # the command typed, for the JSON (and the captions of bench.plots)
+        env[PARENT_COMMAND] = json.dumps(["python", "-m", "bench", *argv])
         status = max(status, subprocess.run(cmd, env=env, check=False).returncode)
         print(flush=True)
     return status
@@ -275,8 +280,10 @@ def _import_csoftmax():
 
 
 def _payload(mode, argv, started, info, **fields):
+    parent = os.environ.get(PARENT_COMMAND)
     return {"schema": "csoftmax-bench/1", "mode": mode,
             "command": ["python", "-m", "bench", *argv],
+            "parent_command": json.loads(parent) if parent else None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1), "machine": info, **fields}
 
@@ -372,6 +379,52 @@ def parity_main(args, parser, argv):
     return 1 if problems else 0
 
 
+def _measure(args, mode, argv, csoftmax, cases, settings, dtypes, threads, peers, skipped):
+    """Time the cases (and, for ``--targets``, the many-threads and parity measurements),
+    print their tables; return the JSON payload."""
+    info = report.machine_info(peers, csoftmax)
+    print("\n".join(report.header_lines(info, skipped, settings)))
+    table = report.Table(peers)
+    table.header()
+    started = time.time()
+    results = run_plan(cases, peers, settings, on_result=table.row)
+    mt_results = []
+    if args.targets:
+        mt_results, _ = many_threads.run(targets.threads_plan(), dtypes, budget=settings.budget,
+                                         stat=settings.stat, seed=settings.seed,
+                                         stream=sys.stderr)
+        print("\n" + "\n".join(many_threads.table_lines(mt_results)))
+    parity_results = []
+    if args.targets and parity.DTYPE in dtypes:
+        parity_results = parity.run(parity.SPECS, max(threads), settings.budget,
+                                    settings.stat, settings.seed, settings.min_rounds,
+                                    settings.min_sample, stream=sys.stderr)
+        print("\n" + "\n".join(parity.table_lines(
+            parity_results, report.simd_text(info["simd_path"]))))
+
+    problems = report.problems(results) + [
+        f"many threads: {r['impl']} {shape_label(r['shape'])} {r['dtype']}: "
+        f"{r['status'].upper()}: {r['message']}" for r in mt_results if r["status"] != "ok"]
+    problems += parity.problems(parity_results)
+    if problems:
+        print(f"\n## !! {len(problems)} MISMATCH / ERROR(S) !!\n")
+        print("\n".join(f"- {p}" for p in problems))
+    payload = _payload(
+        mode, argv, started, info,
+        settings={**vars(settings), "dtypes": dtypes, "threads": threads,
+                  "ops": list(dict.fromkeys(c.op.name for c in cases)),
+                  "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
+        peers=[p.name for p in peers], skipped=skipped, cases=results,
+        many_threads=mt_results or None, parity=parity_results or None, problems=problems,
+        targets=None)
+    if args.targets:
+        payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads),
+                                                         mt_results, parity_results)
+        simd = report.simd_text(info["simd_path"])
+        print("\n" + "\n".join(targets.table_lines(rows, dtypes, max(threads), simd)))
+    return payload
+
+
 def main(argv=None):
     """Run the benchmark.
 
@@ -422,49 +475,21 @@ def main(argv=None):
         print(f"error: {skipped['csoftmax']}", file=sys.stderr)
         return 2
 
-    info = report.machine_info(peers, csoftmax)
-    print("\n".join(report.header_lines(info, skipped, settings)))
-    table = report.Table(peers)
-    table.header()
-    started = time.time()
-    results = run_plan(cases, peers, settings, on_result=table.row)
-    mt_results = []
-    if args.targets:
-        mt_results, _ = many_threads.run(targets.threads_plan(), dtypes, budget=settings.budget,
-                                         stat=settings.stat, seed=settings.seed,
-                                         stream=sys.stderr)
-        print("\n" + "\n".join(many_threads.table_lines(mt_results)))
-    parity_results = []
-    if args.targets and parity.DTYPE in dtypes:
-        parity_results = parity.run(parity.SPECS, max(threads), settings.budget,
-                                    settings.stat, settings.seed, settings.min_rounds,
-                                    settings.min_sample, stream=sys.stderr)
-        print("\n" + "\n".join(parity.table_lines(
-            parity_results, report.simd_text(info["simd_path"]))))
-
-    problems = report.problems(results) + [
-        f"many threads: {r['impl']} {shape_label(r['shape'])} {r['dtype']}: "
-        f"{r['status'].upper()}: {r['message']}" for r in mt_results if r["status"] != "ok"]
-    problems += parity.problems(parity_results)
-    if problems:
-        print(f"\n## !! {len(problems)} MISMATCH / ERROR(S) !!\n")
-        print("\n".join(f"- {p}" for p in problems))
-    payload = _payload(
-        mode, argv, started, info,
-        settings={**vars(settings), "dtypes": dtypes, "threads": threads,
-                  "ops": list(dict.fromkeys(c.op.name for c in cases)),
-                  "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
-        peers=[p.name for p in peers], skipped=skipped, cases=results,
-        many_threads=mt_results or None, parity=parity_results or None, problems=problems,
-        targets=None)
-    if args.targets:
-        payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads),
-                                                         mt_results, parity_results)
-        simd = report.simd_text(info["simd_path"])
-        print("\n" + "\n".join(targets.table_lines(rows, dtypes, max(threads), simd)))
-    json_path = args.json or RESULTS_DIR / f"{mode}.json"
+    json_path = Path(args.json or RESULTS_DIR / f"{mode}.json")
+    table_path = json_path.with_suffix(".md")
+    with report.Tee(table_path):
+        payload = _measure(args, mode, argv, csoftmax, cases, settings, dtypes, threads,
+                           peers, skipped)
     report.write_json(json_path, payload)
     plot_path = args.plot or RESULTS_DIR / f"{mode}.png"
-    why_not = report.plot(plot_path, results)
-    print(f"JSON: {json_path}\nplot: {why_not or plot_path}", file=sys.stderr)
-    return 1 if problems else 0
+    try:
+        from . import plots
+
+        plotted = plots.speedup_figure({**payload, "_stem": mode}, plot_path)
+    except ImportError:
+        plotted = 'matplotlib is not installed: pip install -e ".[bench]" for the plot'
+    print(f"\ntable: {table_path}\nJSON:  {json_path}\nplot:  "
+          + (str(plotted) if isinstance(plotted, Path) else f"none ({plotted})")
+          + f"\nmore plots: python -m bench.plots {json_path} {json_path.parent}",
+          file=sys.stderr)
+    return 1 if payload["problems"] else 0
