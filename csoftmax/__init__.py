@@ -31,7 +31,22 @@ cross_entropy_with_grad = _active.cross_entropy_with_grad
 
 
 def config():
-    """The build and runtime facts that :func:`show_config` prints, as a dict."""
+    """The build and runtime facts that :func:`show_config` prints, as a dict.
+
+    Returns
+    -------
+    dict
+        ``version``, ``backend`` (``"cython"`` or ``"numpy"``), ``fallback_reason``,
+        ``openmp``, ``simd`` (the compiled kernels' SIMD path), ``cpu_paths_available``,
+        ``compiler``, ``default_threads``, ``python``, ``numpy``.
+
+    Examples
+    --------
+    >>> import csoftmax
+    >>> cfg = csoftmax.config()
+    >>> cfg["backend"] == csoftmax.BACKEND, cfg["version"] == csoftmax.__version__
+    (True, True)
+    """
     import numpy as np
 
     kernels = _dispatch.KERNELS

@@ -268,10 +268,9 @@ class CrossEntropyFunctions:
         loss : scalar or ndarray
             As :func:`cross_entropy` returns it.
         grad : ndarray
-            ``d loss / d logits``, the logits' shape and dtype.
-
-        With a ``return_*`` flag: a :class:`CrossEntropyGradResult` named
-        tuple ``(loss, grad, z_loss, token_accuracy)``.
+            ``d loss / d logits``, the logits' shape and dtype.  With a
+            ``return_*`` flag the result is a :class:`CrossEntropyGradResult`
+            named tuple ``(loss, grad, z_loss, token_accuracy)``.
 
         Examples
         --------
