@@ -178,7 +178,13 @@ def _plan(args, parser):
             print("note: --targets runs its own ops and shapes", file=sys.stderr)
         cases = targets.plan(dtypes, max(threads))
     else:
-        cases = [Case(*key) for key in itertools.product(ops, shapes, dtypes, threads)]
+        # linear_cross_entropy takes NxDxV shapes, the other operations NxC
+        cases = [Case(*key) for key in itertools.product(ops, shapes, dtypes, threads)
+                 if len(key[1]) == (3 if key[0].linear else 2)]
+        for op in ops:
+            if not any(c.op is op for c in cases):
+                print(f"note: {op.name} skipped: no {'NxDxV' if op.linear else 'NxC'} shape "
+                      "among --shapes", file=sys.stderr)
     return cases, settings, dtypes, threads
 
 

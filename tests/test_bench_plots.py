@@ -131,3 +131,20 @@ def test_bench_says_where_it_wrote(tmp_path):
     table = (tmp_path / "quick.md").read_text()
     assert table == proc.stdout and "| softmax | 4x16 | float32 |" in table
     assert json.loads(out.read_text())["parent_command"] is None
+
+
+def test_quick_plan_gives_each_operation_its_shapes(capsys):
+    """``--quick`` (NxC shapes) leaves out linear_cross_entropy, which takes NxDxV shapes,
+    instead of failing on it; given an NxDxV shape it runs that alone."""
+    from bench import cli
+
+    parser = cli.build_parser()
+    cases, *_ = cli._plan(parser.parse_args(["--quick"]), parser)
+    ops = {c.op.name for c in cases}
+    assert "linear_cross_entropy" not in ops and {"softmax", "cross_entropy"} <= ops
+    assert all(len(c.shape) == 2 for c in cases)
+    assert "linear_cross_entropy skipped" in capsys.readouterr().err
+    args = parser.parse_args(["--ops", "softmax,linear_cross_entropy", "--shapes", "4x16,4x8x16"])
+    cases, *_ = cli._plan(args, parser)
+    assert sorted({(c.op.name, c.shape) for c in cases}) == [
+        ("linear_cross_entropy", (4, 8, 16)), ("softmax", (4, 16))]
