@@ -273,6 +273,9 @@ def run_cpu_paths(args, argv):
         env[PARENT_COMMAND] = json.dumps(["python", "-m", "bench", *argv])
         status = max(status, subprocess.run(cmd, env=env, check=False).returncode)
         print(flush=True)
+    base = args.json or RESULTS_DIR / f"{mode}.json"
+    print(f"plots of every path: python -m bench.plots {base} {Path(base).parent}",
+          file=sys.stderr)
     return status
 
 

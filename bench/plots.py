@@ -482,16 +482,25 @@ def write_targets_csv(runs, path):
     return Path(path)
 
 
+def _download(text, target):
+    """A MyST download link: the file is copied into the site (whatever its suffix: a
+    plain link to a ``.md`` file would be read as a link to a page)."""
+    return f"{{download}}`{text} <{target}>`"
+
+
 def summary_lines(runs, written, prefix):
     """The Markdown that the performance page includes: runs, files, targets not met."""
     lines = ["| run | command | machine and SIMD path | date | files |",
              "| --- | --- | --- | --- | --- |"]
     for run in runs:
+        here = Path(run["_path"]).parent.resolve() == Path(written["dir"]).resolve()
         files = []
-        if Path(run["_path"]).parent.resolve() == Path(written["dir"]).resolve():
-            files.append(f"[JSON]({prefix}{Path(run['_path']).name})")
+        if here:  # the JSON, and the Markdown tables that python -m bench writes beside it
+            files.append(_download("JSON", prefix + Path(run["_path"]).name))
+            if Path(run["_path"]).with_suffix(".md").exists():
+                files.append(_download("tables", f"{prefix}{run['_stem']}.md"))
         if f"{run['_stem']}-cases.csv" in written["files"]:
-            files.append(f"[CSV]({prefix}{run['_stem']}-cases.csv)")
+            files.append(_download("CSV", f"{prefix}{run['_stem']}-cases.csv"))
         lines.append(f"| {run['_stem']} | `{command(run)}` | {machine_text(run)} | "
                      f"{run.get('started', '')[:16].replace('T', ' ')} | {', '.join(files)} |")
     paths, table = targets_table(runs)
@@ -499,8 +508,8 @@ def summary_lines(runs, written, prefix):
         failed = {k: v for k, v in table.items()
                   if any(verdict == "FAIL" for _, verdict in v.values())}
         passed = sum(all(verdict == "PASS" for _, verdict in v.values()) for v in table.values())
-        lines += ["", f"Targets: {passed} of {len(table)} met on every path (the [full "
-                      f"table]({prefix}targets.csv))."]
+        lines += ["", f"Targets: {passed} of {len(table)} met on every path (the "
+                      f"{_download('full table', prefix + 'targets.csv')})."]
     if table and failed:
         lines += ["", "<details>",
                   f"<summary>The {len(failed)} targets not met on some path (values as in "

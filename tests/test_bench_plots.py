@@ -98,7 +98,7 @@ def test_write_all(results, tmp_path):
     assert "`python -m bench --targets --cpu avx512,avx2`" in summary
     assert "| softmax | softmax | 8192x1000 | >= 1.3x faster than torch | 3.00x ok | 1.20x FAIL |" \
         in summary
-    assert "[CSV](../_static/perf/targets-avx2-cases.csv)" in summary
+    assert "{download}`CSV <../_static/perf/targets-avx2-cases.csv>`" in summary
 
 
 def test_missing_results(tmp_path):
