@@ -4,7 +4,8 @@ Softmax, log-softmax, logsumexp, their backward passes, and cross-entropy with
 its gradient computed in the same pass, in Cython kernels that release the GIL
 and run rows in parallel with OpenMP.  Results follow PyTorch (cross-entropy)
 and SciPy (softmax, logsumexp); a NumPy fallback computes the same where the
-extension is missing.  See the README and ``csoftmax.show_config()``.
+extension is missing.  See the README, the documentation (docs/) and
+``csoftmax.show_config()``.
 """
 
 from __future__ import annotations
