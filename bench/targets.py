@@ -262,6 +262,9 @@ def evaluate(target, index, dtype, threads):
         elif other is None:
             note = f"{target.peer} not timed"
         passed = None if value is None else value >= target.bound
+        floor = _time(result, "exp_floor")
+        if passed is False and other and floor and not note:
+            note = f"bound: {target.peer} / exp floor = {other / floor:.2f}x"
     elif target.kind == "floor":
         value = copy_ratio(result)
         passed = None if value is None else value <= target.bound

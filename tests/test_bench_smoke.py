@@ -144,6 +144,49 @@ def test_bench_targets_evaluate_new_kinds():
     assert unmeasured["verdict"] == "n/a"
 
 
+
+def test_bench_exp_floor_bounds_failed_faster_targets():
+    """A failed "faster" target notes the peer's time over the exp floor's."""
+    _import_bench()
+    from bench import targets
+
+    times = {"csoftmax": 2.0, "torch": 6.0, "exp_floor": 1.5}
+    results = [{"op": "cross_entropy", "shape": [65536, 10], "dtype": "float32",
+                "threads": 2, "results": {name: {"status": "ok", "time": t}
+                                          for name, t in times.items()}}]
+    rows = targets.evaluate_all(results, ["float32"], 2)
+    row = next(r for r in rows if r["op"] == "cross_entropy" and r["shape"] == [65536, 10]
+               and r["criterion"] == ">= 5x faster than torch")
+    assert row["verdict"] == "FAIL"
+    assert row["by_dtype"]["float32"]["note"] == "bound: torch / exp floor = 4.00x"
+    passed = next(r for r in rows if r["op"] == "cross_entropy" and r["shape"] == [65536, 10]
+                  and r["criterion"] == ">= 2x faster than sklearn")
+    assert "bound" not in passed["by_dtype"]["float32"]["note"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exp_floor_kernel(dtype):
+    """kernels.exp_floor: sum over blocks of 4096 of sum(exp(x - block max)), per thread part."""
+    import numpy as np
+
+    from csoftmax import _dispatch
+
+    if _dispatch.KERNELS is None:
+        pytest.skip("compiled kernels absent")
+    x = np.random.default_rng(0).standard_normal((300, 50)).astype(dtype) * 4
+    flat = x.ravel().astype(np.float64)
+
+    def ref(parts):
+        total = 0.0
+        for part in np.array_split(flat, np.arange(1, parts) * -(-flat.size // parts)):
+            for block in np.split(part, np.arange(4096, part.size, 4096)):
+                total += np.exp(block - block.max()).sum()
+        return total
+
+    for threads in (1, 2, 3):
+        assert _dispatch.KERNELS.exp_floor(x, threads) == pytest.approx(ref(threads), rel=1e-6)
+    assert _dispatch.KERNELS.exp_floor(x[:0], 2) == 0.0
+
 #: Tiny stand-ins of the parity cases' shapes (same ranks and class axes).
 TINY_PARITY = {"ce_axis1": (2, 5, 8, 8), "ce_3d": (2, 8, 50), "softmax_axis1": (4, 30, 6),
                "softmax_axis0": (30, 40), "masked_padding": (16, 64),
