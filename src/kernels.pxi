@@ -714,3 +714,4 @@ include "calls.pxi"
 
 include "strided.pxi"
 include "masked.pxi"
+include "half.pxi"
