@@ -60,8 +60,13 @@ def half_kind(dtype):
     return None
 
 
-def dtype_of(kind):
-    return FLOAT16 if kind == F16 else bfloat16()
+def promote(a, b):
+    """np.promote_types, with float16 and bfloat16 together giving float32 (as
+    in PyTorch; NumPy has no common dtype for them)."""
+    ka, kb = half_kind(a), half_kind(b)
+    if ka is not None and kb is not None and ka != kb:
+        return np.dtype(np.float32)
+    return np.promote_types(a, b)
 
 
 def bits(a):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._half import bits
+from ._half import bits, half_kind, promote
 from ._runner import (
     _OP_LOG_SOFTMAX,
     _OP_SOFTMAX,
@@ -81,8 +81,10 @@ class SoftmaxFunctions:
         Parameters
         ----------
         x : array_like
-            Input of any shape; float32/float64 computed natively, float16 in
-            float32, integers and bool as float64.
+            Input of any shape; float32/float64 computed natively; float16 and
+            bfloat16 (``ml_dtypes.bfloat16``, or a ``torch.bfloat16`` tensor)
+            read and written in 16 bits, computed in float32 and rounded once;
+            integers and bool as float64.
         axis : int, tuple of int or None, default -1
             Axis (or axes) to normalise over; None means all elements.
         out : ndarray, optional
@@ -255,9 +257,10 @@ class SoftmaxFunctions:
         of ``x + log b`` where b > 0 and of ``x + log(-b)`` where b < 0."""
         xc, _, result = as_compute_array(x, "x")
         bc, _, b_result = as_compute_array(b, "b")
-        result = np.promote_types(result, b_result)
+        result = promote(result, b_result)
+        work = np.dtype(np.float32) if half_kind(result) is not None else result  # 16-bit: float32
         try:
-            xc, bc = np.broadcast_arrays(xc.astype(result), bc.astype(result))
+            xc, bc = np.broadcast_arrays(xc.astype(work), bc.astype(work))
         except ValueError:
             raise ValueError(
                 f"b of shape {bc.shape} does not broadcast to x of shape {xc.shape}"
@@ -275,10 +278,9 @@ class SoftmaxFunctions:
             r = np.where(lp == ln, np.where(np.isnan(lp), np.nan, -np.inf), r)
             sign = np.where(lp > ln, 1.0, np.where(lp < ln, -1.0, 0.0))
             sign = np.where(np.isnan(r), np.nan, sign)
-        r = r.astype(result)
         if return_sign:
-            return r[()], sign.astype(result)[()]
-        return np.where(sign < 0, np.nan, r).astype(result)[()]
+            return r.astype(result)[()], sign.astype(result)[()]
+        return np.where(sign < 0, np.nan, r.astype(work)).astype(result)[()]
 
     def _backward(self, kernel, grad_output, output, axis, out, num_threads, where=None,
                   op=None):
@@ -298,8 +300,8 @@ class SoftmaxFunctions:
         check_same_shape(g, a, "grad_output", "output")
         if g_compute != compute or g_result != result:
             # compute in the wider of the two compute dtypes, return the wider result
-            compute = np.promote_types(g_compute, compute)
-            result = np.promote_types(g_result, result)
+            compute = promote(g_compute, compute)
+            result = promote(g_result, result)
             g = g.astype(compute, copy=False)
             a = a.astype(compute, copy=False)
         if where is not None:
