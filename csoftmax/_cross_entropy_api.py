@@ -175,7 +175,10 @@ class CrossEntropyFunctions:
         Parameters
         ----------
         logits : array_like, shape (N, C), (C,) or any N-D shape
-            Unnormalised scores; the classes lie along ``axis``.
+            Unnormalised scores; the classes lie along ``axis``.  float16 and
+            bfloat16 (``ml_dtypes``) logits are read in 16 bits and computed in
+            float32; the loss is summed in double and rounded once to their
+            dtype, the gradient rounded once.
         target : array_like
             Class indices of the logits' shape without ``axis`` ((N,) for
             (N, C) logits, a scalar for (C,)), any integer dtype; or class

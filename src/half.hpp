@@ -22,7 +22,9 @@
  * - float32 -> bfloat16: round to nearest even (overflow to +-inf), a NaN
  *   keeps the top 7 bits of its payload and gets the quiet bit.
  *
- * Neither depends on the floating-point environment (integer arithmetic).
+ * The SIMD forms do not depend on the floating-point environment; the
+ * scalar ones assume its default rounding (to nearest even), which csoftmax
+ * never changes, for float16 subnormals.
  */
 #ifndef CSOFTMAX_HALF_HPP
 #define CSOFTMAX_HALF_HPP
@@ -53,45 +55,34 @@ static inline float half_bits_f32(uint32_t u) {
 
 /* ---- scalar ------------------------------------------------------------ */
 
+/* Branch-free (selects only), so that the loops over them vectorise in the
+ * baseline build too. */
 static inline float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0x1f)  /* inf, NaN (quieted) */
-        return half_bits_f32(sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0u));
-    if (e != 0)
-        return half_bits_f32(sign | ((e + 112u) << 23) | (m << 13));
-    if (m == 0)
-        return half_bits_f32(sign);
-    /* subnormal: m * 2^-24, normalised */
-    int shift = 0;
-    while (!(m & 0x400u)) {
-        m <<= 1;
-        shift++;
-    }
-    return half_bits_f32(sign | ((uint32_t)(113 - shift) << 23) | ((m & 0x3ffu) << 13));
+    uint32_t e = h & 0x7c00u, m = h & 0x3ffu;
+    uint32_t bits = (uint32_t)(h & 0x7fffu) << 13;
+    uint32_t normal = bits + 0x38000000u;
+    uint32_t special = bits + 0x70000000u | (m ? 0x400000u : 0u);  /* inf, NaN (quieted) */
+    /* a subnormal (or zero): m * 2^-24, exact */
+    uint32_t sub = half_f32_bits((float)(int32_t)m * 5.9604644775390625e-8f);
+    uint32_t r = e == 0x7c00u ? special : (e == 0 ? sub : normal);
+    return half_bits_f32(sign | r);
 }
 
 static inline uint16_t f32_to_f16(float f) {
     uint32_t u = half_f32_bits(f);
     uint32_t sign = (u >> 16) & 0x8000u;
     uint32_t a = u & 0x7fffffffu;
-    if (a > 0x7f800000u)  /* NaN: the payload's top bits, quieted */
-        return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
-    if (a >= 0x477ff000u)  /* >= 65520 (and inf): +-inf */
-        return (uint16_t)(sign | 0x7c00u);
-    if (a >= 0x38800000u) {  /* a normal float16 (>= 2^-14) */
-        uint32_t r = a + 0xfffu + ((a >> 13) & 1u);
-        return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
-    }
-    /* a float16 subnormal or zero: the value in units of 2^-24 */
-    uint32_t e = a >> 23;
-    uint32_t shift = 126u - e;  /* >= 14 */
-    if (shift > 24u)
-        return (uint16_t)sign;
-    uint32_t m = (a & 0x7fffffu) | 0x800000u;
-    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-    q += (rem > half || (rem == half && (q & 1u))) ? 1u : 0u;
-    return (uint16_t)(sign | q);
+    /* a normal float16 (>= 2^-14): round the mantissa to 10 bits, to nearest even */
+    uint32_t normal = (a + 0xfffu + ((a >> 13) & 1u) - 0x38000000u) >> 13;
+    /* below 2^-14: |f| + 0.5 rounds |f| to a multiple of 2^-24 (the float16
+     * subnormals' step; the default rounding mode, to nearest even, assumed:
+     * csoftmax never changes it), exactly */
+    uint32_t sub = half_f32_bits(half_bits_f32(a) + 0.5f) - 0x3f000000u;
+    uint32_t r = a >= 0x38800000u ? normal : sub;
+    r = a >= 0x477ff000u ? 0x7c00u : r;                               /* >= 65520: inf */
+    r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu)) : r;       /* NaN, quieted */
+    return (uint16_t)(sign | r);
 }
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -100,9 +91,24 @@ static inline float bf16_to_f32(uint16_t h) {
 
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t u = half_f32_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+}
+
+/* float64 -> 16 bits, rounded once (a loss): to float32 rounding to odd
+ * (toward zero, then the last bit set where inexact), then to nearest even;
+ * the same as rounding the double directly, float32 keeping more than two
+ * extra bits (csoftmax._half.round_once does the same in NumPy). */
+static inline uint16_t f64_to_half(int kind, double v) {
+    float f = (float)v;
+    uint32_t u = half_f32_bits(f);
+    if (v == v && (double)f != v) {
+        if (v > 0 ? (double)f > v : (double)f < v)
+            u -= 1;
+        u |= 1u;
+    }
+    f = half_bits_f32(u);
+    return kind == HALF_F16 ? f32_to_f16(f) : f32_to_bf16(f);
 }
 
 /* ---- vectors (8 or 16 elements) ---------------------------------------- */
@@ -180,12 +186,15 @@ static inline void half_load(int kind, const uint16_t *src, float *dst, ptrdiff_
         for (; i + HALF_LANES <= n; i += HALF_LANES)
             bf16_load_v(src + i, dst + i);
 #endif
-    if (kind == HALF_F16)
-        for (; i < n; i++)
-            dst[i] = f16_to_f32(src[i]);
-    else
-        for (; i < n; i++)
-            dst[i] = bf16_to_f32(src[i]);
+    if (kind == HALF_F16) {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = f16_to_f32(src[k]);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = bf16_to_f32(src[k]);
+    }
 }
 
 static inline void half_store(int kind, const float *src, uint16_t *dst, ptrdiff_t n) {
@@ -198,12 +207,15 @@ static inline void half_store(int kind, const float *src, uint16_t *dst, ptrdiff
         for (; i + HALF_LANES <= n; i += HALF_LANES)
             bf16_store_v(src + i, dst + i);
 #endif
-    if (kind == HALF_F16)
-        for (; i < n; i++)
-            dst[i] = f32_to_f16(src[i]);
-    else
-        for (; i < n; i++)
-            dst[i] = f32_to_bf16(src[i]);
+    if (kind == HALF_F16) {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = f32_to_f16(src[k]);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = f32_to_bf16(src[k]);
+    }
 }
 
 }  // namespace csoftmax

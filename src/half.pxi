@@ -438,3 +438,6 @@ def half_cross_entropy_prob_rows(const uint16_t[:, ::1] logits,
     return _half_cross_entropy(&h, <const int32_t *>NULL, weight, 0, label_smoothing,
                                grad_scale, row_loss, grad, n_threads, z_loss, z_scale,
                                softcap, row_z, no_acc)
+
+
+include "fasthalf.pxi"

@@ -126,7 +126,9 @@ def test_round_once_from_double():
 # ---------------------------------------------------------------------------
 # the kernels: the float32 kernels' results rounded once, bit for bit
 
-COMPILED = [name for name in KERNEL_FRONTENDS if name != "numpy"]
+#: every compiled variant (not "cython" too: it is one of them)
+COMPILED = ([name for name in KERNEL_FRONTENDS if name.startswith("cython-")]
+            or [name for name in KERNEL_FRONTENDS if name != "numpy"])
 #: (rows, classes): short rows (tiles), long rows, a row longer than a block, rows
 #: split over threads
 SHAPES = [(37, 5), (70, 31), (64, 1000), (9, 40_000), (2, 40_000)]
@@ -372,3 +374,115 @@ def test_bfloat16_needs_ml_dtypes(monkeypatch):
         csoftmax.softmax(t)
     with pytest.raises(TypeError, match="ml_dtypes"):
         csoftmax.cross_entropy(t, np.zeros(2, int))
+
+
+# ---------------------------------------------------------------------------
+# the C fast path (src/fasthalf.pxi): taken, and the full path's bits
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", COMPILED)
+def test_fast_path(name, dtype):
+    from csoftmax import _api
+
+    fast = KERNEL_FRONTENDS[name]
+    full = _api.Frontend(fast.kernels, f"full-{name}", fast=False)
+    k = fast.kernels
+    rng = make_rng(f"fast{name}{dtype}")
+    for shape in [(1, 10), (7, 3), (33, 40), (300, 70), (2, 40_000), (1000,)]:
+        x = _inputs(shape if len(shape) == 2 else (1,) + shape, dtype, rng, extreme=False)
+        x = x.reshape(shape)
+        assert k.fast_rows(0, x, -1, None, None) is not None  # taken
+        assert k.fast_logsumexp(x, -1, None) is not None
+        for fn in ("softmax", "log_softmax", "logsumexp"):
+            a, b = getattr(fast, fn)(x), getattr(full, fn)(x)
+            assert type(a) is type(b)
+            assert_bitwise_equal(a, b, f"{fn} {shape}")
+        out = np.empty_like(x)
+        assert fast.softmax(x, out=out) is out
+        assert_bitwise_equal(out, full.softmax(x), "out=")
+        a = fast.softmax(x)
+        g = rng.standard_normal(shape).astype(dtype)
+        assert k.fast_backward(0, g, a, -1, None, None) is not None
+        for fn in ("softmax_backward", "log_softmax_backward"):
+            assert_bitwise_equal(getattr(fast, fn)(g, a), getattr(full, fn)(g, a), fn)
+        c = shape[-1]
+        labels = rng.integers(0, c, shape[:-1]).astype(np.int32)
+        if len(shape) == 2:
+            labels[::3] = -100
+        probs = rng.random(shape).astype(dtype)
+        targets = [labels, probs, labels.astype(np.int64)]
+        if len(shape) == 1:  # one sample: the fast path takes a Python int
+            targets = [int(labels), probs]
+        for target in targets:
+            for reduction in ("mean", "sum", "none"):
+                kw = dict(reduction=reduction, label_smoothing=0.1)
+                labelled = not isinstance(target, np.ndarray) or target.dtype.kind == "i"
+                assert k.fast_cross_entropy(x, target, -1, -100 if labelled else -1,
+                                            reduction, 0.1, None, True, None) is not None
+                ignore = {} if labelled else {"ignore_index": -1}
+                lf, gf = fast.cross_entropy_with_grad(x, target, **kw, **ignore)
+                lo, go = full.cross_entropy_with_grad(x, target, **kw, **ignore)
+                assert type(lf) is type(lo)
+                assert_bitwise_equal(lf, lo, f"loss {shape} {reduction}")
+                assert_bitwise_equal(gf, go, f"grad {shape} {reduction}")
+                assert_bitwise_equal(fast.cross_entropy(x, target, **kw, **ignore), lo,
+                                     "loss alone")
+        inplace = x.copy()
+        fast.cross_entropy_with_grad(inplace, targets[0], out=inplace)
+        assert_bitwise_equal(inplace, full.cross_entropy_with_grad(x, targets[0])[1],
+                             "in place")
+    # declined: float16 with bfloat16, byte-swapped, out of another dtype
+    x = _inputs((4, 8), dtype, rng, extreme=False)
+    assert k.fast_rows(0, x, -1, np.empty(x.shape, np.float32), None) is None
+    other = F16 if dtype == BF16 else BF16
+    assert k.fast_backward(0, x.astype(other), x, -1, None, None) is None
+
+
+# ---------------------------------------------------------------------------
+# csoftmax.torch on bfloat16 / float16 tensors: PyTorch's results, within its error
+
+@pytest.mark.parametrize("tdtype", ["bfloat16", "float16"])
+def test_torch_adapter_16bit(tdtype):
+    torch = pytest.importorskip("torch")
+    import csoftmax.torch as ct
+
+    dt = getattr(torch, tdtype)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 500, generator=gen) * 3).to(dt)
+    t = torch.randint(0, 500, (64,), generator=gen)
+    t[::9] = -100
+    # tolerance: a few units of the 16-bit format's rounding (PyTorch computes in float32
+    # internally too, but rounds some intermediate steps to 16 bits)
+    eps = 2.0**-7 if tdtype == "bfloat16" else 2.0**-10
+    # PyTorch in the 16-bit dtype itself, and (label smoothing: its float16 smoothing
+    # term overflows to inf) in float32 on the same values
+    for kw, ref_dt in (({}, dt), ({"reduction": "sum"}, dt),
+                       ({"label_smoothing": 0.1}, torch.float32)):
+        a = x.clone().requires_grad_(True)
+        b = x.to(ref_dt, copy=True).requires_grad_(True)
+        la = ct.cross_entropy(a, t, **kw)
+        lb = torch.nn.functional.cross_entropy(b, t, **kw)
+        assert la.dtype == dt and la.shape == lb.shape
+        la.backward()
+        lb.backward()
+        assert a.grad.dtype == dt
+        torch.testing.assert_close(la.float(), lb.float(), rtol=4 * eps, atol=0)
+        torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=4 * eps,
+                                   atol=4 * eps * float(b.grad.float().abs().max()))
+    for fn, ref in ((ct.softmax, torch.softmax), (ct.log_softmax, torch.log_softmax)):
+        a = x.clone().requires_grad_(True)
+        b = x.clone().requires_grad_(True)
+        ya, yb = fn(a, -1), ref(b, -1)
+        assert ya.dtype == dt
+        torch.testing.assert_close(ya.float(), yb.float(), rtol=2 * eps, atol=1e-6)
+        w = torch.randn(ya.shape, generator=gen).to(dt)
+        (ya.float() * w.float()).sum().backward()
+        (yb.float() * w.float()).sum().backward()
+        torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=8 * eps,
+                                   atol=8 * eps * float(b.grad.float().abs().max()))
+    # viewed, not copied: the NumPy array shares the tensor's memory
+    from csoftmax.torch import _as_numpy
+
+    arr = _as_numpy(x, "x")
+    assert arr.__array_interface__["data"][0] == x.data_ptr()
+    assert arr.dtype.name == tdtype
