@@ -374,6 +374,21 @@ def test_bfloat16_needs_ml_dtypes(monkeypatch):
         csoftmax.softmax(t)
     with pytest.raises(TypeError, match="ml_dtypes"):
         csoftmax.cross_entropy(t, np.zeros(2, int))
+    import csoftmax.torch as ct
+
+    with pytest.raises(TypeError, match="ml_dtypes"):
+        ct.softmax(t, -1)
+    # float16 needs nothing
+    assert csoftmax.softmax(t.to(torch.float16)).dtype == F16
+
+
+def test_ml_dtypes_imported_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, csoftmax; csoftmax.softmax(np.zeros((2, 3), np.float16)); "
+            "assert 'ml_dtypes' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---------------------------------------------------------------------------
