@@ -129,6 +129,62 @@ cdef inline void _half_ce_prob(
         row_softcap_grad(grad, cs, rows * n, h.cap)
 
 
+# Long rows of softmax and log_softmax: the row's conversion fused with its
+# maximum, and its last step with the rounding, a CHUNK_16 elements at a time
+# (in L1), so that the scratch row is walked as often as a float32 row is.
+# The same arithmetic as _softmax_row and _log_softmax_row: the maximum by
+# row_max over chunks (the largest of their maxima is the row's: NaN left
+# out, +0 for zeros; a short last chunk takes the row's last MAX_SPAN
+# elements, as row_max does), then the elementwise steps.
+
+cdef enum:
+    CHUNK_16 = 512
+    MAX_SPAN = 64   # row_max's block of floats (256 bytes)
+
+
+cdef inline float _half_load_max(int kind, const uint16_t *x, float *xs,
+                                 Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t c = 0, k
+    cdef float m = -INFINITY, r
+    while c < n:
+        k = min(<Py_ssize_t>CHUNK_16, n - c)
+        half_load(kind, x + c, xs + c, k)
+        if k < MAX_SPAN and n >= MAX_SPAN:
+            r = row_max(<const float *>xs + n - MAX_SPAN, MAX_SPAN)
+        else:
+            r = row_max(<const float *>xs + c, k)
+        m = r if r > m else m
+        c += k
+    return m
+
+
+cdef inline void _half_row_finish(int op, int kind, float *xs, uint16_t *out, Py_ssize_t n,
+                                  float m, float v) noexcept nogil:
+    """softmax: out = xs * v (xs the exponentials, v = 1 / their sum);
+    log_softmax: out = (xs - m) - v (v the logsumexp), rounded to 16 bits."""
+    cdef Py_ssize_t c = 0, k
+    while c < n:
+        k = min(<Py_ssize_t>CHUNK_16, n - c)
+        if op == OP_SOFTMAX:
+            row_scale(xs + c, k, v)
+        else:
+            row_log_softmax_from(<const float *>xs + c, xs + c, k, m, v)
+        half_store(kind, xs + c, out + c, k)
+        c += k
+
+
+cdef inline void _half_long_row(int op, int kind, const uint16_t *x, float *xs, uint16_t *out,
+                                Py_ssize_t n) noexcept nogil:
+    """softmax or log_softmax of one long row (n >= SHORT_ROW), xs its scratch."""
+    cdef float m = _half_load_max(kind, x, xs, n)
+    if op == OP_SOFTMAX:
+        _half_row_finish(op, kind, xs, out, n, m,
+                         <float>(1.0 / row_exp_store_sum(<const float *>xs, xs, n, m)))
+    else:
+        _half_row_finish(op, kind, xs, out, n, m,
+                         <float>log(row_exp_sum(<const float *>xs, n, m)))
+
+
 cdef void _half_block(
     const _Half *h, const label_t *t, float *scratch, Py_ssize_t b
 ) noexcept nogil:
@@ -140,6 +196,10 @@ cdef void _half_block(
     cdef float *xs = scratch
     cdef float *ys = scratch + h.stage
     cdef const float *yp = ys
+    if (h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX) and n >= SHORT_ROW:
+        for i in range(rows):
+            _half_long_row(h.op, h.kind, h.x + off + i * n, xs + i * n, h.out + off + i * n, n)
+        return
     half_load(h.kind, h.x + off, xs, size)
     if h.op == OP_LOGSUMEXP:
         for i in range(_n_units(rows, n)):
