@@ -714,6 +714,7 @@ include "calls.pxi"
 
 include "strided.pxi"
 include "masked.pxi"
+include "half.pxi"
 
 
 # ---- the exp floor (bench) ----------------------------------------------

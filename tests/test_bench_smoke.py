@@ -258,8 +258,49 @@ def test_bench_parity_mismatch_fails_its_criteria():
     assert rows[0]["verdict"] == "FAIL"
     assert rows[0]["by_dtype"]["float64"]["note"] == "float32 only"
     assert "2-D" in rows[0]["criterion"]
-    # the full targets list holds the parity rows and plans no case for them
+    # the full targets list holds the parity rows (and the 16-bit cases', see bench.half)
+    # and plans no case for them
+    from bench import half
+
     assert sum(t.kind == "parity" for t in targets.TARGETS) == sum(
-        len(s.criteria) for s in parity.SPECS)
+        len(s.criteria) for s in parity.SPECS + half.ALL_SPECS)
     assert all(c.op.name in targets.OPS for c in targets.plan(["float32"], 2))
     assert np.isfinite(result["calls"]["csoftmax_out"]["time"])
+
+
+def test_bench_half_cli_tiny(tmp_path, capsys, monkeypatch):
+    """``--dtypes bfloat16,float16`` on tiny shapes: every 16-bit case checked, timed and
+    judged, and its target rows in the 16-bit dtype's column of the targets table."""
+    pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    cli = _import_bench()
+    import dataclasses
+
+    from bench import half, targets
+
+    tiny = {name: [dataclasses.replace(s, shape=(8, 300)) for s in specs]
+            for name, specs in half.SPECS.items()}
+    monkeypatch.setattr(half, "SPECS", tiny)
+    out = tmp_path / "half.json"
+    assert cli.main(["--dtypes", "bfloat16,float16", "--budget", "0.01", "--threads", "2",
+                     "--json", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    text = capsys.readouterr().out
+    assert "## bfloat16 / float16: timings" in text
+    assert "MISMATCH" not in text
+    data = json.loads(out.read_text())
+    assert data["problems"] == []
+    assert [r["dtype"] for r in data["half"]] == ["bfloat16"] * 3 + ["float16"] * 3
+    for result in data["half"]:
+        assert result["status"] == "ok", result["message"]
+        for name, call in result["calls"].items():
+            assert call["time"] > 0, name
+            if name != "copyto":
+                assert call["error"] <= half.TOLERANCE[result["dtype"]], name
+        for row in result["criteria"]:
+            assert row["value"] > 0 and isinstance(row["passed"], bool), row
+    # the targets table: a 16-bit row is judged in its own dtype's column only
+    rows = targets.evaluate_all([], ["float32", "bfloat16", "float16"], 2,
+                                parity_results=data["half"],
+                                rows=targets.parity_rows(tiny["bfloat16"]))
+    assert all(r["by_dtype"]["bfloat16"]["passed"] is not None for r in rows)
+    assert all(r["by_dtype"]["float16"]["note"] == "bfloat16 only" for r in rows)
