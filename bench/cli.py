@@ -10,6 +10,8 @@ Examples
     The cases of the performance targets, then their PASS/FAIL table.
 ``python -m bench --many-threads``
     8 Python threads calling ``cross_entropy(..., num_threads=1)`` at once vs one.
+``python -m bench --dtypes bfloat16,float16``
+    The 16-bit cases (fused loss+grad, softmax) against float32, np.copyto and PyTorch.
 ``python -m bench --parity``
     The 0.2 calls (class axis, non-last axis, ``where=``) against PyTorch's.
 ``python -m bench --targets --cpu avx2,baseline``
@@ -21,33 +23,38 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import many_threads, memory, parity, report, targets
+from . import half, many_threads, memory, parity, report, targets
 from .ops import OPS, SHAPE_GROUPS, parse_shapes, shape_label
 from .peers import PEER_NAMES, all_peers
 from .runner import Case, Settings, run_plan
 
 RESULTS_DIR = Path(__file__).parent / "results"
+#: Environment variable through which ``--cpu`` hands the typed command to its subprocesses.
+PARENT_COMMAND = "CSOFTMAX_BENCH_COMMAND"
 #: The peers that the targets compare with (the NumPy twin and SciPy, slow and
 #: in no criterion, would take most of each case's timing budget).
 TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "csoftmax_loss", "sklearn",
-                "torch", "copyto"]
+                "torch", "copyto", "exp_floor"]
 #: The kernel sets ``--cpu`` may force (``CSOFTMAX_CPU``), slowest first.
 CPU_PATHS = list(report.ATEN_CAPABILITY)
 DTYPES = {"float32": "float32", "f32": "float32", "32": "float32",
-          "float64": "float64", "f64": "float64", "64": "float64"}
+          "float64": "float64", "f64": "float64", "64": "float64",
+          "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "f16": "float16"}
 #: Defaults of ``--quick``: a few shapes, float32, all cores, small budgets.
 QUICK = {"shapes": "1x1000,32x1000,8192x1000,65536x10", "dtypes": "float32",
          "threads": "all", "budget": 0.1, "min_rounds": 3, "min_sample": 2e-4,
          "stat": "median"}
 FULL = {"shapes": "all", "dtypes": "float32,float64", "threads": "1,all", "budget": 0.5,
         "min_rounds": 5, "min_sample": 1e-3, "stat": "median"}
-TARGETS = {**FULL, "threads": "all", "budget": 1.0, "stat": "min"}
+TARGETS = {**FULL, "dtypes": "float32,float64,bfloat16,float16", "threads": "all",
+           "budget": 1.0, "stat": "min"}
 
 
 def _split(text):
@@ -66,7 +73,8 @@ def _parse_dtypes(text):
     try:
         return list(dict.fromkeys(DTYPES[d] for d in _split(text)))
     except KeyError as exc:
-        raise ValueError(f"unknown dtype {exc.args[0]!r}; use float32, float64") from None
+        raise ValueError(f"unknown dtype {exc.args[0]!r}; use float32, float64, bfloat16, "
+                         "float16") from None
 
 
 def _parse_threads(text, cores):
@@ -110,7 +118,9 @@ def build_parser():
     parser.add_argument("--ops", default="all", help="comma-separated ops (default: all)")
     parser.add_argument("--shapes", help="comma-separated NxC shapes or shape groups "
                                          f"(default: all; --quick: {QUICK['shapes']})")
-    parser.add_argument("--dtypes", help="float32,float64 (default: both; --quick: float32)")
+    parser.add_argument("--dtypes", help="float32,float64,bfloat16,float16 (default: float32,"
+                                         "float64; --quick: float32; --targets: all four). "
+                                         "bfloat16/float16 run the cases of bench/half.py")
     parser.add_argument("--threads", help="comma-separated thread counts, 'all' = usable "
                                           "cores (default: 1,all; --quick/--targets: all)")
     parser.add_argument("--peers", help="restrict the peers timed beside csoftmax "
@@ -178,9 +188,15 @@ def _plan(args, parser):
             print("note: --targets runs its own ops and shapes", file=sys.stderr)
         cases = targets.plan(dtypes, max(threads))
     else:
-        # NxC shapes for the row-wise ops, NxDxV for linear_cross_entropy
-        cases = [Case(*key) for key in itertools.product(ops, shapes, dtypes, threads)
-                 if (len(key[1]) == 3) == key[0].linear]
+        # linear_cross_entropy takes NxDxV shapes, the other operations NxC; the
+        # 16-bit dtypes run the cases of bench.half
+        wide = [d for d in dtypes if d not in half.DTYPES]
+        cases = [Case(*key) for key in itertools.product(ops, shapes, wide, threads)
+                 if len(key[1]) == (3 if key[0].linear else 2)]
+        for op in ops:
+            if wide and not any(c.op is op for c in cases):
+                print(f"note: {op.name} skipped: no {'NxDxV' if op.linear else 'NxC'} shape "
+                      "among --shapes", file=sys.stderr)
     return cases, settings, dtypes, threads
 
 
@@ -265,8 +281,13 @@ def run_cpu_paths(args, argv):
               f"{env['ATEN_CPU_CAPABILITY']})\n", flush=True)
         cmd = [sys.executable, "-m", "bench", *rest, "--json", str(json_path),
                "--plot", str(plot_path)]
+        # the command typed, for the JSON (and the captions of bench.plots)
+        env[PARENT_COMMAND] = json.dumps(["python", "-m", "bench", *argv])
         status = max(status, subprocess.run(cmd, env=env, check=False).returncode)
         print(flush=True)
+    base = args.json or RESULTS_DIR / f"{mode}.json"
+    print(f"plots of every path: python -m bench.plots {base} {Path(base).parent}",
+          file=sys.stderr)
     return status
 
 
@@ -280,8 +301,10 @@ def _import_csoftmax():
 
 
 def _payload(mode, argv, started, info, **fields):
+    parent = os.environ.get(PARENT_COMMAND)
     return {"schema": "csoftmax-bench/1", "mode": mode,
             "command": ["python", "-m", "bench", *argv],
+            "parent_command": json.loads(parent) if parent else None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1), "machine": info, **fields}
 
@@ -377,6 +400,73 @@ def parity_main(args, parser, argv):
     return 1 if problems else 0
 
 
+def _measure(args, mode, argv, csoftmax, cases, settings, dtypes, threads, peers, skipped):
+    """Time the cases (and, for ``--targets``, the many-threads and parity measurements;
+    for 16-bit dtypes, the cases of :mod:`bench.half`), print their tables; return the
+    JSON payload."""
+    info = report.machine_info(peers, csoftmax)
+    print("\n".join(report.header_lines(info, skipped, settings)))
+    started = time.time()
+    results = []
+    if cases:  # (none with 16-bit dtypes alone: bench.half has its own table)
+        table = report.Table(peers)
+        table.header()
+        results = run_plan(cases, peers, settings, on_result=table.row)
+    mt_results = []
+    wide = [d for d in dtypes if d not in half.DTYPES]
+    if args.targets and wide:
+        mt_results, _ = many_threads.run(targets.threads_plan(), wide, budget=settings.budget,
+                                         stat=settings.stat, seed=settings.seed,
+                                         stream=sys.stderr)
+        print("\n" + "\n".join(many_threads.table_lines(mt_results)))
+    parity_results = []
+    if args.targets and parity.DTYPE in dtypes:
+        parity_results = parity.run(parity.SPECS, max(threads), settings.budget,
+                                    settings.stat, settings.seed, settings.min_rounds,
+                                    settings.min_sample, stream=sys.stderr)
+        print("\n" + "\n".join(parity.table_lines(
+            parity_results, report.simd_text(info["simd_path"]))))
+    half_results = []
+    half_dtypes = [d for d in dtypes if d in half.DTYPES]
+    if half_dtypes:
+        half_results, half_skipped = half.run(half_dtypes, max(threads), settings.budget,
+                                              settings.stat, settings.seed,
+                                              settings.min_rounds, settings.min_sample,
+                                              stream=sys.stderr)
+        print("\n" + "\n".join(half.table_lines(half_results, half_skipped,
+                                                  report.simd_text(info["simd_path"]))))
+    memory_rows = []
+    if not args.no_memory:
+        memory_rows = memory.linear_memory(results, peers, settings.seed)
+        if memory_rows:
+            labels = {p.name: p.label for p in peers}
+            print("\n" + "\n".join(memory.table_lines(memory_rows, labels)))
+
+    problems = report.problems(results) + [
+        f"many threads: {r['impl']} {shape_label(r['shape'])} {r['dtype']}: "
+        f"{r['status'].upper()}: {r['message']}" for r in mt_results if r["status"] != "ok"]
+    problems += parity.problems(parity_results) + parity.problems(half_results)
+    if problems:
+        print(f"\n## !! {len(problems)} MISMATCH / ERROR(S) !!\n")
+        print("\n".join(f"- {p}" for p in problems))
+    payload = _payload(
+        mode, argv, started, info,
+        settings={**vars(settings), "dtypes": dtypes, "threads": threads,
+                  "ops": list(dict.fromkeys(c.op.name for c in cases)),
+                  "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
+        peers=[p.name for p in peers], skipped=skipped, cases=results,
+        many_threads=mt_results or None, parity=parity_results or None,
+        half=half_results or None, memory=memory_rows or None, problems=problems,
+        targets=None)
+    if args.targets:
+        payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads),
+                                                         mt_results,
+                                                         parity_results + half_results)
+        simd = report.simd_text(info["simd_path"])
+        print("\n" + "\n".join(targets.table_lines(rows, dtypes, max(threads), simd)))
+    return payload
+
+
 def main(argv=None):
     """Run the benchmark.
 
@@ -416,7 +506,8 @@ def main(argv=None):
     cases, settings, dtypes, threads = _plan(args, parser)
     try:
         wanted = (_parse_peers(args.peers) if args.peers
-                  else TARGET_PEERS if args.targets else PEER_NAMES)
+                  else TARGET_PEERS if args.targets else PEER_NAMES if cases
+                  else ["csoftmax", "torch"])  # 16-bit dtypes alone: bench.half's calls
     except ValueError as exc:
         parser.error(str(exc))
     csoftmax = _import_csoftmax()
@@ -427,57 +518,21 @@ def main(argv=None):
         print(f"error: {skipped['csoftmax']}", file=sys.stderr)
         return 2
 
-    info = report.machine_info(peers, csoftmax)
-    print("\n".join(report.header_lines(info, skipped, settings)))
-    table = report.Table(peers)
-    table.header()
-    started = time.time()
-    results = run_plan(cases, peers, settings, on_result=table.row)
-    mt_results = []
-    if args.targets:
-        mt_results, _ = many_threads.run(targets.threads_plan(), dtypes, budget=settings.budget,
-                                         stat=settings.stat, seed=settings.seed,
-                                         stream=sys.stderr)
-        print("\n" + "\n".join(many_threads.table_lines(mt_results)))
-    parity_results = []
-    if args.targets and parity.DTYPE in dtypes:
-        parity_results = parity.run(parity.SPECS, max(threads), settings.budget,
-                                    settings.stat, settings.seed, settings.min_rounds,
-                                    settings.min_sample, stream=sys.stderr)
-        print("\n" + "\n".join(parity.table_lines(
-            parity_results, report.simd_text(info["simd_path"]))))
-
-    memory_rows = []
-    if not args.no_memory:
-        memory_rows = memory.linear_memory(results, peers, settings.seed)
-        if memory_rows:
-            labels = {p.name: p.label for p in peers}
-            print("\n" + "\n".join(memory.table_lines(memory_rows, labels)))
-
-    problems = report.problems(results) + [
-        f"many threads: {r['impl']} {shape_label(r['shape'])} {r['dtype']}: "
-        f"{r['status'].upper()}: {r['message']}" for r in mt_results if r["status"] != "ok"]
-    problems += parity.problems(parity_results)
-    if problems:
-        print(f"\n## !! {len(problems)} MISMATCH / ERROR(S) !!\n")
-        print("\n".join(f"- {p}" for p in problems))
-    payload = _payload(
-        mode, argv, started, info,
-        settings={**vars(settings), "dtypes": dtypes, "threads": threads,
-                  "ops": list(dict.fromkeys(c.op.name for c in cases)),
-                  "shapes": list(dict.fromkeys(shape_label(c.shape) for c in cases))},
-        peers=[p.name for p in peers], skipped=skipped, cases=results,
-        many_threads=mt_results or None, parity=parity_results or None,
-        memory=memory_rows or None, problems=problems,
-        targets=None)
-    if args.targets:
-        payload["targets"] = rows = targets.evaluate_all(results, dtypes, max(threads),
-                                                         mt_results, parity_results)
-        simd = report.simd_text(info["simd_path"])
-        print("\n" + "\n".join(targets.table_lines(rows, dtypes, max(threads), simd)))
-    json_path = args.json or RESULTS_DIR / f"{mode}.json"
+    json_path = Path(args.json or RESULTS_DIR / f"{mode}.json")
+    table_path = json_path.with_suffix(".md")
+    with report.Tee(table_path):
+        payload = _measure(args, mode, argv, csoftmax, cases, settings, dtypes, threads,
+                           peers, skipped)
     report.write_json(json_path, payload)
     plot_path = args.plot or RESULTS_DIR / f"{mode}.png"
-    why_not = report.plot(plot_path, results)
-    print(f"JSON: {json_path}\nplot: {why_not or plot_path}", file=sys.stderr)
-    return 1 if problems else 0
+    try:
+        from . import plots
+
+        plotted = plots.speedup_figure({**payload, "_stem": mode}, plot_path)
+    except ImportError:
+        plotted = 'matplotlib is not installed: pip install -e ".[bench]" for the plot'
+    print(f"\ntable: {table_path}\nJSON:  {json_path}\nplot:  "
+          + (str(plotted) if isinstance(plotted, Path) else f"none ({plotted})")
+          + f"\nmore plots: python -m bench.plots {json_path} {json_path.parent}",
+          file=sys.stderr)
+    return 1 if payload["problems"] else 0

@@ -353,6 +353,25 @@ class Copyto(Peer):
 
 
 @dataclass
+class ExpFloor(Peer):
+    """The compute floor of a loss without gradient: csoftmax's own max and
+    exp-sum over the logits in blocks of 4096 (``kernels.exp_floor``), with no
+    per-row costs, no log, no store.
+    A loss-only call cannot beat it, so ``peer time / exp floor`` bounds the
+    speed-up over that peer (the targets table notes it where a target fails)."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        from csoftmax import _dispatch
+
+        if op.linear or _dispatch.KERNELS is None or "x" not in inputs:
+            return None
+        x = inputs["x"]
+        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1] if x.ndim else 1)
+        exp_floor = _dispatch.KERNELS.exp_floor
+        return Prepared(lambda: exp_floor(x2, threads), verify=False)
+
+
+@dataclass
 class Gemm(Peer):
     """The floor of linear cross-entropy: the bare logits GEMM
     ``np.matmul(x, W.T, out=buf)`` (NumPy's BLAS, its threads limited to the case's)."""
@@ -401,6 +420,7 @@ def all_peers():
         TorchLoss("torch_loss", "PyTorch loss only", "torch"),
         CsoftmaxHalfIgnored("csoftmax_half", "csoftmax half ignored", "csoftmax"),
         Copyto("copyto", "np.copyto", "numpy", threaded=False),
+        ExpFloor("exp_floor", "exp floor", "csoftmax"),
         Gemm("gemm", "bare GEMM", "numpy"),
     ]
 

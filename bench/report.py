@@ -1,4 +1,4 @@
-"""Machine information, the Markdown table, the JSON file and the plot."""
+"""Machine information, the Markdown table and the JSON file (the plots: :mod:`bench.plots`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import platform
 import re
 import sys
 from pathlib import Path
-
-from .ops import shape_label
 
 #: CPU flags worth recording (the SIMD levels the kernels may use).
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq",
@@ -236,9 +234,10 @@ class Table:
     peers : list of bench.peers.Peer
         The available peers, csoftmax first.
     stream : file, optional
+        Default: ``sys.stdout`` at the time of printing (so that :class:`Tee` sees it).
     """
 
-    def __init__(self, peers, stream=sys.stdout):
+    def __init__(self, peers, stream=None):
         self.peers = peers
         self.stream = stream
 
@@ -275,7 +274,7 @@ class Table:
         return text
 
     def _print(self, cells):
-        print("| " + " | ".join(cells) + " |", file=self.stream, flush=True)
+        print("| " + " | ".join(cells) + " |", file=self.stream or sys.stdout, flush=True)
 
 
 def copy_ratio(result):
@@ -310,66 +309,37 @@ def write_json(path, payload):
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 
-def plot(path, results):
-    """Plot csoftmax's speed-up over PyTorch by shape, one panel per dtype and threads.
+class Tee:
+    """Copy what is printed to ``sys.stdout`` into a file, while in the ``with`` block.
 
     Parameters
     ----------
     path : str or pathlib.Path
-    results : list of dict
-
-    Returns
-    -------
-    str or None
-        Why no plot was written, or None.
+        The file (its folder is created).
     """
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        return "matplotlib is not installed: no plot"
-    points = {}
-    for r in results:
-        cs = r["results"].get("csoftmax", {}).get("time")
-        torch = r["results"].get("torch", {}).get("time")
-        if cs and torch:
-            panel = points.setdefault((r["dtype"], r["threads"]), {})
-            panel[(r["op"], tuple(r["shape"]))] = torch / cs
-    if not points:
-        return "no case timed both csoftmax and PyTorch: no plot"
-    # the same ops (colours) and shapes (narrow to wide) in every panel
-    ops = list(dict.fromkeys(op for panel in points.values() for op, _ in panel))
-    shapes = sorted({shape for panel in points.values() for _, shape in panel},
-                    key=lambda s: (s[1], s[0]))
-    width = 0.8 / len(ops)
-    fig, axes = plt.subplots(len(points), 1, figsize=(max(8, 1.3 * len(shapes)) + 3,
-                                                      3.6 * len(points)), squeeze=False)
-    for ax, key in zip(axes[:, 0], sorted(points)):
-        panel = points[key]
-        for i, op in enumerate(ops):
-            xs = [j for j, s in enumerate(shapes) if (op, s) in panel]
-            if xs:
-                bars = ax.bar([x + (i - (len(ops) - 1) / 2) * width for x in xs],
-                              [panel[op, shapes[x]] for x in xs], width, label=op,
-                              color=f"C{i}")
-                ax.bar_label(bars, fmt="%.3g", fontsize=6)
-        values = list(panel.values())
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.set_ylim(min(*values, 1.0) / 1.5, max(*values, 1.0) * 1.5)
-        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xticks(range(len(shapes)), [shape_label(s) for s in shapes])
-        ax.set_ylabel("PyTorch time / csoftmax time")
-        ax.set_title(f"csoftmax speed-up over PyTorch: {key[0]}, {key[1]} thread(s) "
-                     "(> 1: csoftmax faster)")
-        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return None
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = self._stdout = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed on exit
+        self._stdout, sys.stdout = sys.stdout, self
+        return self
+
+    def write(self, text):
+        self._file.write(text)
+        return self._stdout.write(text)
+
+    def flush(self):
+        self._file.flush()
+        self._stdout.flush()
+
+    def __getattr__(self, name):  # encoding, isatty, fileno...: the terminal's
+        return getattr(self._stdout, name)
+
+    def __exit__(self, *exc):
+        sys.stdout = self._stdout
+        self._file.close()
+        return False

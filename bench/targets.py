@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import parity
+from . import half, parity
 from .many_threads import IMPLS, THREADS
 from .ops import OPS, SHAPE_GROUPS
 from .report import copy_ratio
@@ -68,7 +68,7 @@ class Target:
     def criterion(self):
         """The criterion in words."""
         if self.kind == "parity":
-            return parity.criterion_text(self.peer)
+            return parity.criterion_text(self.peer, parity.SPECS + half.ALL_SPECS)
         if self.kind == "relative":
             own, base, how = RELATIVE.get((self.op, self.peer), (None, None, ""))
             return f"<= {self.bound:g}x csoftmax {self.peer} time ({how or 'own case'})"
@@ -152,7 +152,7 @@ def _rows():
              Target("column split, 1 row", CE, (1, 262144), "scaling", 1.5),
              Target("column split, 1 row", "softmax", (1, 262144), "scaling", 1.5),
              Target("accuracy", "all", None, "accuracy")]
-    return rows + parity_rows()
+    return rows + parity_rows() + parity_rows(half.ALL_SPECS)
 
 
 def parity_rows(specs=None):
@@ -189,7 +189,9 @@ def plan(dtypes, threads):
         if t.kind == "scaling" and threads >= 2:
             keys.update({(t.op, t.shape, 1), (t.op, t.shape, 2)})
     order = list(OPS)
-    cases = [Case(OPS[op], shape, dtype, thr) for op, shape, thr in keys for dtype in dtypes]
+    # (the 16-bit dtypes have cases of their own: see bench.half)
+    cases = [Case(OPS[op], shape, dtype, thr) for op, shape, thr in keys for dtype in dtypes
+             if dtype not in half.DTYPES]
     return sorted(cases, key=lambda c: (order.index(c.op.name), c.shape, c.dtype, c.threads))
 
 
@@ -245,6 +247,8 @@ def evaluate(target, index, dtype, threads):
         return _many_threads(target, index, dtype)
     if target.kind == "parity":
         return _parity(target, index, dtype)
+    if dtype in half.DTYPES:  # measured by their own cases (parity rows)
+        return {"value": None, "passed": None, "note": ""}
     result = index.get(target.op, target.shape, dtype,
                        1 if target.kind == "scaling" else threads)
     if result is None:
@@ -262,6 +266,9 @@ def evaluate(target, index, dtype, threads):
         elif other is None:
             note = f"{target.peer} not timed"
         passed = None if value is None else value >= target.bound
+        floor = _time(result, "exp_floor")
+        if passed is False and other and floor and not note:
+            note = f"bound: {target.peer} / exp floor = {other / floor:.2f}x"
     elif target.kind == "floor":
         value = copy_ratio(result)
         passed = None if value is None else value <= target.bound
@@ -316,9 +323,10 @@ def _many_threads(target, index, dtype):
 
 def _parity(target, index, dtype):
     """Verdict of a ``parity`` target, as judged by :func:`bench.parity.judge`."""
-    if dtype != parity.DTYPE:
-        return {"value": None, "passed": None, "note": f"{parity.DTYPE} only"}
     key, _, name = target.peer.partition(":")
+    own = half.KEY_DTYPE.get(key, parity.DTYPE)
+    if dtype != own:
+        return {"value": None, "passed": None, "note": f"{own} only"}
     result = index.parity.get(key)
     row = next((c for c in (result or {}).get("criteria", []) if c["name"] == name), None)
     if row is None:

@@ -4,7 +4,8 @@ Softmax, log-softmax, logsumexp, their backward passes, and cross-entropy with
 its gradient computed in the same pass, in Cython kernels that release the GIL
 and run rows in parallel with OpenMP.  Results follow PyTorch (cross-entropy)
 and SciPy (softmax, logsumexp); a NumPy fallback computes the same where the
-extension is missing.  See the README and ``csoftmax.show_config()``.
+extension is missing.  See the README, the documentation (docs/) and
+``csoftmax.show_config()``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,22 @@ cross_entropy_with_grad = _active.cross_entropy_with_grad
 
 
 def config():
-    """The build and runtime facts that :func:`show_config` prints, as a dict."""
+    """The build and runtime facts that :func:`show_config` prints, as a dict.
+
+    Returns
+    -------
+    dict
+        ``version``, ``backend`` (``"cython"`` or ``"numpy"``), ``fallback_reason``,
+        ``openmp``, ``simd`` (the compiled kernels' SIMD path), ``cpu_paths_available``,
+        ``compiler``, ``default_threads``, ``python``, ``numpy``.
+
+    Examples
+    --------
+    >>> import csoftmax
+    >>> cfg = csoftmax.config()
+    >>> cfg["backend"] == csoftmax.BACKEND, cfg["version"] == csoftmax.__version__
+    (True, True)
+    """
     import numpy as np
 
     kernels = _dispatch.KERNELS

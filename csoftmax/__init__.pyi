@@ -2,8 +2,8 @@
 # backend, so they are declared here).  Checked by `mypy --strict` on examples/typed_usage.py
 # and against the runtime by `python -m mypy.stubtest csoftmax` (tools/check_wheel.sh).
 #
-# Result dtypes: a floating input keeps its dtype (float16 and longdouble included), integer
-# and bool input gives float64; `out=` is returned as given.  Reductions to no axis give a
+# Result dtypes: a floating input keeps its dtype (float16, bfloat16 and longdouble included),
+# integer and bool input gives float64; `out=` is returned as given.  Reductions to no axis give a
 # NumPy scalar, otherwise an array, hence the unions where the shape decides.
 
 from typing import Any, Literal, NamedTuple, SupportsIndex, TypeVar, overload

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._half import bits, round_once
 from ._runner import _threads_for, _threads_strided
 from ._validation import (
     CrossEntropyArgs,
@@ -95,7 +96,10 @@ class CrossEntropyFunctions:
             extra["row_acc"] = row_acc
         total_loss = 0.0  # the kernels' sum of the row losses, in an order fixed by the shape
         if n_rows:
-            if args.middle is not None:
+            if args.half is not None:
+                total_loss = self._half_cross_entropy(args, scale, row_loss, grad, threads,
+                                                      extra)
+            elif args.middle is not None:
                 outer, _, inner = args.middle
                 total_loss = self.kernels.cross_entropy_index_strided(
                     args.logits, args.labels.reshape(outer, inner), args.weight,
@@ -132,19 +136,34 @@ class CrossEntropyFunctions:
             if args.reduction == "mean":
                 z_part = z_part / kept if kept != 0.0 else float("nan")
             total_loss = total_loss + z_part
-        loss = args.result.type(total_loss)
+        loss = round_once(total_loss, args.result)
         if not flags:
             return loss
         accuracy = None
         if args.return_token_accuracy:
             correct = float(np.add.reduce(row_acc))
-            accuracy = args.result.type(correct / kept if kept != 0.0 else float("nan"))
-        return loss, args.result.type(z_part) if args.return_z_loss else None, accuracy
+            accuracy = round_once(correct / kept if kept != 0.0 else float("nan"), args.result)
+        return loss, round_once(z_part, args.result) if args.return_z_loss else None, accuracy
+
+    def _half_cross_entropy(self, args, scale, row_loss, grad, threads, extra):
+        """The 16-bit kernels' call (logits, gradient and 16-bit targets as
+        uint16 bits); returns the sum of the row losses."""
+        g = None if grad is None else bits(grad)
+        if args.labels is not None:
+            return self.kernels.half_cross_entropy_index_rows(
+                bits(args.logits), args.labels, args.weight, args.ignore_index,
+                args.label_smoothing, scale, row_loss, g, args.half, threads, **extra)
+        probs = args.probs
+        if probs.dtype == args.storage:
+            probs = bits(probs)
+        return self.kernels.half_cross_entropy_prob_rows(
+            bits(args.logits), probs, args.weight, args.label_smoothing, scale, row_loss, g,
+            args.half, threads, **extra)
 
     @staticmethod
     def _per_position(args, rows):
         """Per-row float64 values as a "none" result (the positions' shape)."""
-        r = rows.astype(args.result).reshape(args.positions)
+        r = round_once(rows, args.result).reshape(args.positions)
         return r[()] if args.one_sample else r
 
     def cross_entropy(self, logits, target, *, axis=-1, weight=None, ignore_index=-100,
@@ -156,7 +175,10 @@ class CrossEntropyFunctions:
         Parameters
         ----------
         logits : array_like, shape (N, C), (C,) or any N-D shape
-            Unnormalised scores; the classes lie along ``axis``.
+            Unnormalised scores; the classes lie along ``axis``.  float16 and
+            bfloat16 (``ml_dtypes``) logits are read in 16 bits and computed in
+            float32; the loss is summed in double and rounded once to their
+            dtype, the gradient rounded once.
         target : array_like
             Class indices of the logits' shape without ``axis`` ((N,) for
             (N, C) logits, a scalar for (C,)), any integer dtype; or class
@@ -268,10 +290,9 @@ class CrossEntropyFunctions:
         loss : scalar or ndarray
             As :func:`cross_entropy` returns it.
         grad : ndarray
-            ``d loss / d logits``, the logits' shape and dtype.
-
-        With a ``return_*`` flag: a :class:`CrossEntropyGradResult` named
-        tuple ``(loss, grad, z_loss, token_accuracy)``.
+            ``d loss / d logits``, the logits' shape and dtype.  With a
+            ``return_*`` flag the result is a :class:`CrossEntropyGradResult`
+            named tuple ``(loss, grad, z_loss, token_accuracy)``.
 
         Examples
         --------
@@ -294,14 +315,14 @@ class CrossEntropyFunctions:
         direct = (
             out is not None
             and not args.moved
-            and args.result == args.compute
+            and args.result == args.storage
             and out.flags.aligned
             and (not np.may_share_memory(out, x) or aliases_exactly(out, x))
         )
         if direct:
             grad = out.reshape(x.shape)
         else:
-            grad = np.empty(x.shape, args.compute)
+            grad = np.empty(x.shape, args.storage)
         loss = self._cross_entropy(args, grad, num_threads)
         if direct:
             grad = out
@@ -310,7 +331,7 @@ class CrossEntropyFunctions:
             if out is not None:
                 np.copyto(out, grad, casting="unsafe")
                 grad = out
-            elif args.result != args.compute:
+            elif grad.dtype != args.result:
                 grad = grad.astype(args.result)
         if isinstance(loss, tuple):
             return CrossEntropyGradResult(loss[0], grad, *loss[1:])

@@ -13,7 +13,7 @@ import importlib
 import os
 import warnings
 
-from . import _numpy_backend, _threads
+from . import _half, _numpy_backend, _threads
 from ._api import Frontend
 
 VARIANTS = {"baseline": "_kernels", "avx2": "_kernels_avx2", "avx512": "_kernels_avx512"}
@@ -72,6 +72,10 @@ if BACKEND == "cython" and KERNELS.build_info()["openmp"]:
     # OpenMP's own default follows OMP_NUM_THREADS, the CPU affinity and
     # threadpoolctl.threadpool_limits (which calls omp_set_num_threads)
     _threads._default_source = KERNELS.default_threads
+if BACKEND == "cython":
+    # the paths without a 16-bit kernel round their float32 results with the
+    # kernels' conversion (see _half.store)
+    _half._compiled_store = KERNELS.half_store_array
 
 def restore_frontend(name):
     """Unpickle a frontend (and so the public functions, its bound methods)."""

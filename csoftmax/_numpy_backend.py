@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _half
 from ._validation import env_num_threads
 
 
@@ -404,3 +405,56 @@ def masked_log_softmax_backward_rows(grad_output, output, mask, out, n_threads):
             gsum = np.where(k, g, 0).sum(axis=1, dtype=np.float64).astype(o.dtype)[:, None]
             np.copyto(out[b], np.where(k, g - np.exp(o) * gsum, 0))
 
+
+
+# ---------------------------------------------------------------------------
+# 16-bit storage (float16, bfloat16 as uint16 bits of a kind, see _half.py):
+# the float32 kernels above on the values converted to float32, the results
+# rounded once to 16 bits (the compiled kernels' bits, see src/half.pxi)
+
+def half_load_array(src, dst, kind, n_threads=1):
+    dst[:] = _half.load_numpy(src, kind)
+
+
+def half_store_array(src, dst, kind, n_threads=1):
+    _half.store_numpy(src, dst, kind)
+
+
+def half_rows(op, x, out, kind, n_threads):
+    r = _half.load_numpy(x, kind)
+    (softmax_rows if op == 0 else log_softmax_rows)(r, r, n_threads)
+    _half.store_numpy(r, out, kind)
+
+
+def half_logsumexp_rows(x, out, kind, n_threads):
+    logsumexp_rows(_half.load_numpy(x, kind), out, n_threads)
+
+
+def half_backward_rows(op, grad_output, output, out, kind, n_threads):
+    g = _half.load_numpy(grad_output, kind)
+    kernel = softmax_backward_rows if op == 0 else log_softmax_backward_rows
+    kernel(g, _half.load_numpy(output, kind), g, n_threads)
+    _half.store_numpy(g, out, kind)
+
+
+def half_cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
+                                  grad_scale, row_loss, grad, kind, n_threads, **extra):
+    x = _half.load_numpy(logits, kind)
+    total = cross_entropy_index_rows(x, target, weight, ignore_index, label_smoothing,
+                                     grad_scale, row_loss, None if grad is None else x,
+                                     n_threads, **extra)
+    if grad is not None:
+        _half.store_numpy(x, grad, kind)
+    return total
+
+
+def half_cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
+                                 row_loss, grad, kind, n_threads, **extra):
+    x = _half.load_numpy(logits, kind)
+    if target.dtype == np.uint16:
+        target = _half.load_numpy(target, kind)
+    total = cross_entropy_prob_rows(x, target, weight, label_smoothing, grad_scale, row_loss,
+                                    None if grad is None else x, n_threads, **extra)
+    if grad is not None:
+        _half.store_numpy(x, grad, kind)
+    return total

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from . import _threads
+from . import _half, _threads
 from ._validation import (
     RowLayout,
     aliases_exactly,
@@ -81,11 +81,19 @@ def _run_rows(kernel, inputs, compute, result, axis, out, num_threads, split_row
         kernel(*rows, r2, _threads_for(layout.n_rows, layout.n, num_threads, split_rows))
     if direct:
         return out
-    r = layout.restore(r2)
+    return _as_result(layout.restore(r2), result, out)
+
+
+def _as_result(r, result, out=None):
+    """A computed array ``r`` in the result dtype, into ``out`` if given
+    (float32 to float16/bfloat16 by the kernels' rounding, see _half.store:
+    never NumPy's float32 -> float16 cast, ~100 ns per subnormal value)."""
+    if r.dtype != result and _half.half_kind(result) is not None:
+        return _half.store(r, result, out)
     if out is not None:
         np.copyto(out, r, casting="unsafe")
         return out
-    return r if result == compute else r.astype(result)
+    return r if r.dtype == result else r.astype(result)
 
 
 def _threads_strided(outer, n, inner, itemsize, num_threads):
@@ -136,18 +144,14 @@ def _run_strided(kernel, rows_kernel, x, compute, result, dims, out, num_threads
             kernel(x.reshape(dims), r.reshape(dims), threads)
     if direct:
         return out
-    if out is not None:
-        np.copyto(out, r, casting="unsafe")
-        return out
-    return r if result == compute else r.astype(result)
+    return _as_result(r, result, out)
 
 
 def _reduction_result(r, layout, keepdims, result, return_sign):
     """logsumexp's per-row values ``r`` as it returns them: the reduced (or
     kept) shape in the result dtype, a NumPy scalar when nothing is left, and
     with ``return_sign`` the sign (0 for -inf, NaN for NaN, else 1)."""
-    r = r.reshape(layout.kept_shape if keepdims else layout.reduced_shape)
-    r = r.astype(result, copy=False)
+    r = _as_result(r.reshape(layout.kept_shape if keepdims else layout.reduced_shape), result)
     if r.ndim == 0:
         r = r[()]
     if return_sign:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._half import bits, half_kind, promote
 from ._runner import (
     _OP_LOG_SOFTMAX,
     _OP_SOFTMAX,
@@ -22,6 +23,7 @@ from ._validation import (
     as_compute_array,
     check_same_shape,
     check_where,
+    half_array,
 )
 
 
@@ -30,11 +32,22 @@ class SoftmaxFunctions:
 
     # -- shared plumbing ---------------------------------------------------
 
-    def _rowwise(self, kernel, x, axis, out, num_threads, strided=None):
+    def _rowwise(self, kernel, x, axis, out, num_threads, strided=None, op=None):
         """Run a shape-preserving row kernel over ``axis`` of x, or over a
         single axis that is not the last the kernel ``strided`` (of the same
-        operation over the middle axis of (outer, C, inner), no copy)."""
-        xc, compute, result = as_compute_array(x, "x")
+        operation over the middle axis of (outer, C, inner), no copy).
+        float16/bfloat16 x runs the 16-bit kernel of ``op`` (softmax or
+        log_softmax; another axis than the last through a 16-bit transposed
+        copy)."""
+        xh, kind = half_array(x, "x")
+        if kind is not None:
+            half_rows = self.kernels.half_rows
+
+            def run(x2, r2, threads):
+                half_rows(op, bits(x2), bits(r2), kind, threads)
+
+            return _run_rows(run, (xh,), xh.dtype, xh.dtype, axis, out, num_threads)
+        xc, compute, result = as_compute_array(xh, "x")
         if strided is not None:
             dims = _middle(RowLayout(xc.shape, axis))
             if dims is not None:
@@ -68,8 +81,10 @@ class SoftmaxFunctions:
         Parameters
         ----------
         x : array_like
-            Input of any shape; float32/float64 computed natively, float16 in
-            float32, integers and bool as float64.
+            Input of any shape; float32/float64 computed natively; float16 and
+            bfloat16 (``ml_dtypes.bfloat16``, or a ``torch.bfloat16`` tensor)
+            read and written in 16 bits, computed in float32 and rounded once;
+            integers and bool as float64.
         axis : int, tuple of int or None, default -1
             Axis (or axes) to normalise over; None means all elements.
         out : ndarray, optional
@@ -117,7 +132,7 @@ class SoftmaxFunctions:
         if r is not None:
             return r
         return self._rowwise(self.kernels.softmax_rows, x, axis, out, num_threads,
-                             getattr(self.kernels, "softmax_strided", None))
+                             getattr(self.kernels, "softmax_strided", None), _OP_SOFTMAX)
 
     def log_softmax(self, x, axis=-1, *, out=None, where=None, num_threads=None):
         """Log-softmax over ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
@@ -141,7 +156,7 @@ class SoftmaxFunctions:
         if r is not None:
             return r
         return self._rowwise(self.kernels.log_softmax_rows, x, axis, out, num_threads,
-                             getattr(self.kernels, "log_softmax_strided", None))
+                             getattr(self.kernels, "log_softmax_strided", None), _OP_LOG_SOFTMAX)
 
     def logsumexp(self, x, axis=-1, *, keepdims=False, b=None, return_sign=False,
                   where=None, num_threads=None):
@@ -197,7 +212,14 @@ class SoftmaxFunctions:
                 return r
         if b is not None:
             return self._logsumexp_scaled(x, b, axis, keepdims, return_sign, num_threads)
-        xc, compute, result = as_compute_array(x, "x")
+        xh, kind = half_array(x, "x")
+        if kind is not None:
+            layout = RowLayout(xh.shape, axis)
+            r = np.empty(layout.n_rows, np.float32)
+            self.kernels.half_logsumexp_rows(
+                bits(layout.rows(xh)), r, kind, _threads_for(layout.n_rows, layout.n, num_threads))
+            return _reduction_result(r, layout, keepdims, xh.dtype, return_sign)
+        xc, compute, result = as_compute_array(xh, "x")
         layout = RowLayout(xc.shape, axis)
         dims = _middle(layout)
         strided = getattr(self.kernels, "logsumexp_strided", None)
@@ -235,9 +257,10 @@ class SoftmaxFunctions:
         of ``x + log b`` where b > 0 and of ``x + log(-b)`` where b < 0."""
         xc, _, result = as_compute_array(x, "x")
         bc, _, b_result = as_compute_array(b, "b")
-        result = np.promote_types(result, b_result)
+        result = promote(result, b_result)
+        work = np.dtype(np.float32) if half_kind(result) is not None else result  # 16-bit: float32
         try:
-            xc, bc = np.broadcast_arrays(xc.astype(result), bc.astype(result))
+            xc, bc = np.broadcast_arrays(xc.astype(work), bc.astype(work))
         except ValueError:
             raise ValueError(
                 f"b of shape {bc.shape} does not broadcast to x of shape {xc.shape}"
@@ -255,19 +278,30 @@ class SoftmaxFunctions:
             r = np.where(lp == ln, np.where(np.isnan(lp), np.nan, -np.inf), r)
             sign = np.where(lp > ln, 1.0, np.where(lp < ln, -1.0, 0.0))
             sign = np.where(np.isnan(r), np.nan, sign)
-        r = r.astype(result)
         if return_sign:
-            return r[()], sign.astype(result)[()]
-        return np.where(sign < 0, np.nan, r).astype(result)[()]
+            return r.astype(result)[()], sign.astype(result)[()]
+        return np.where(sign < 0, np.nan, r.astype(work)).astype(result)[()]
 
-    def _backward(self, kernel, grad_output, output, axis, out, num_threads, where=None):
-        g, g_compute, g_result = as_compute_array(grad_output, "grad_output")
-        a, compute, result = as_compute_array(output, "output")
+    def _backward(self, kernel, grad_output, output, axis, out, num_threads, where=None,
+                  op=None):
+        gh, g_kind = half_array(grad_output, "grad_output")
+        ah, kind = half_array(output, "output")
+        if kind is not None and g_kind == kind and where is None:
+            check_same_shape(gh, ah, "grad_output", "output")
+            half_backward = self.kernels.half_backward_rows
+
+            def run(g2, a2, r2, threads):
+                half_backward(op, bits(g2), bits(a2), bits(r2), kind, threads)
+
+            return _run_rows(run, (gh, ah), ah.dtype, ah.dtype, axis, out, num_threads,
+                             split_rows=False)
+        g, g_compute, g_result = as_compute_array(gh, "grad_output")
+        a, compute, result = as_compute_array(ah, "output")
         check_same_shape(g, a, "grad_output", "output")
         if g_compute != compute or g_result != result:
             # compute in the wider of the two compute dtypes, return the wider result
-            compute = np.promote_types(g_compute, compute)
-            result = np.promote_types(g_result, result)
+            compute = promote(g_compute, compute)
+            result = promote(g_result, result)
             g = g.astype(compute, copy=False)
             a = a.astype(compute, copy=False)
         if where is not None:
@@ -316,7 +350,8 @@ class SoftmaxFunctions:
         if r is not None:
             return r
         return self._backward(
-            self.kernels.softmax_backward_rows, grad_output, output, axis, out, num_threads
+            self.kernels.softmax_backward_rows, grad_output, output, axis, out, num_threads,
+            op=_OP_SOFTMAX,
         )
 
     def log_softmax_backward(self, grad_output, output, axis=-1, *, out=None, where=None,
@@ -353,6 +388,7 @@ class SoftmaxFunctions:
         if r is not None:
             return r
         return self._backward(
-            self.kernels.log_softmax_backward_rows, grad_output, output, axis, out, num_threads
+            self.kernels.log_softmax_backward_rows, grad_output, output, axis, out, num_threads,
+            op=_OP_LOG_SOFTMAX,
         )
 

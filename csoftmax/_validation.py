@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from . import _half
+
 try:  # NumPy >= 1.25
     from numpy.exceptions import AxisError
 except ImportError:  # pragma: no cover - older NumPy
@@ -34,6 +36,8 @@ def as_ndarray(x, name):
     """Any array-like (lists, ``__array__``, ``__dlpack__``) as a NumPy array."""
     if isinstance(x, np.ndarray):
         return x
+    if str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        return _torch_bfloat16(x, name)
     if not hasattr(x, "__array__") and hasattr(x, "__dlpack__"):
         try:
             return np.from_dlpack(x)
@@ -45,14 +49,40 @@ def as_ndarray(x, name):
         raise TypeError(f"{name}: cannot convert {type(x).__name__} to an array: {exc}") from exc
 
 
+def _torch_bfloat16(t, name):
+    """A torch.bfloat16 CPU tensor as an ml_dtypes.bfloat16 array (a view:
+    NumPy has no bfloat16 of its own, and torch's __array__ refuses it)."""
+    import torch
+
+    dtype = _half.require_bfloat16(f"{name} (a torch.bfloat16 tensor)")
+    try:
+        return t.view(torch.int16).numpy().view(dtype)
+    except RuntimeError as exc:  # requires grad, not on the CPU, ...
+        raise TypeError(f"{name}: cannot convert {type(t).__name__} to an array: {exc}") from exc
+
+
+def half_array(x, name):
+    """``(array, kind)``: a 16-bit float input (float16, bfloat16) as a
+    C-contiguous, aligned, native array of its dtype with its kind (F16/BF16,
+    see _half), or ``(ndarray, None)`` for anything else."""
+    a = as_ndarray(x, name)
+    kind = _half.half_kind(a.dtype)
+    if kind is None:
+        return a, None
+    return contiguous(a, a.dtype.newbyteorder("=")), kind
+
+
 def float_dtypes(dtype, name):
     """The dtype to compute in and the dtype to return, for an input dtype.
 
-    float32/float64 compute natively; float16 computes in float32 and longdouble
-    in float64, both returned in their own dtype; integers and bool become
-    float64, as in NumPy and SciPy.  Anything else is a ``TypeError``.
+    float32/float64 compute natively; float16 and bfloat16 (``ml_dtypes``)
+    compute in float32 and longdouble in float64, all returned in their own
+    dtype; integers and bool become float64, as in NumPy and SciPy.  Anything
+    else is a ``TypeError``.
     """
     kind = dtype.kind
+    if _half.half_kind(dtype) == _half.BF16:
+        return FLOAT32, dtype.newbyteorder("=")
     if kind == "f":
         size = dtype.itemsize
         native = dtype.newbyteorder("=")
@@ -278,6 +308,10 @@ class CrossEntropyArgs:
         if x.ndim == 0:
             raise ValueError("logits must have at least one dimension (the classes), got shape ()")
         self.compute, self.result = float_dtypes(x.dtype, "logits")
+        # float16/bfloat16 logits stay 16-bit (the kernels convert them block
+        # by block): their kind, and the dtype the logits are kept in
+        self.half = _half.half_kind(x.dtype)
+        self.storage = self.compute if self.half is None else self.result
         if isinstance(axis, tuple):
             raise TypeError(f"axis must be an int (the class axis), not {axis!r}")
         (self.axis,) = normalize_axes(axis, x.ndim, x.shape)
@@ -297,14 +331,14 @@ class CrossEntropyArgs:
         # (``middle``); probability targets there are moved last (a copy).
         last = math.prod(x.shape[self.axis + 1:]) == 1  # the classes are contiguous
         self.middle = None
-        if not last and y.dtype.kind in "iu":
+        if not last and y.dtype.kind in "iu" and self.half is None:
             self.middle = (math.prod(x.shape[:self.axis]), n_classes,
                            math.prod(x.shape[self.axis + 1:]))
         self.moved = not last and self.middle is None
         if self.middle is not None:
             self.logits = contiguous(x, self.compute).reshape(self.middle)
         else:
-            self.logits = self._rows(x, n_rows, n_classes)
+            self.logits = self._rows(x, n_rows, n_classes, self.storage)
         self.labels = self.probs = None
         if y.dtype.kind in "iu":
             if y.shape != self.positions:
@@ -314,7 +348,7 @@ class CrossEntropyArgs:
                 )
             self.labels_in = y.reshape(n_rows)
             self.labels = _as_label_array(self.labels_in, ignore_index)
-        elif y.dtype.kind == "f":
+        elif y.dtype.kind == "f" or _half.half_kind(y.dtype) is not None:
             if self.return_token_accuracy:
                 raise ValueError(
                     "return_token_accuracy needs class-index targets, not probabilities"
@@ -329,7 +363,10 @@ class CrossEntropyArgs:
                     f"ignore_index={ignore_index} is not supported with probability "
                     "targets (it must be negative)"
                 )
-            self.probs = self._rows(y, n_rows, n_classes)
+            # 16-bit targets of the logits' dtype stay 16-bit too
+            same = self.half is not None and y.dtype.newbyteorder("=") == self.storage
+            self.probs = self._rows(y, n_rows, n_classes,
+                                    self.storage if same else self.compute)
         else:
             raise TypeError(
                 f"target has dtype {y.dtype}: expected integer class indices or "
@@ -347,11 +384,11 @@ class CrossEntropyArgs:
                 )
             self.weight = contiguous(w, self.compute)
 
-    def _rows(self, a, n_rows, n_classes):
+    def _rows(self, a, n_rows, n_classes, dtype):
         """a (of the logits' shape) as C-contiguous (positions, classes) rows."""
         if self.moved:
             a = np.moveaxis(a, self.axis, -1)
-        return contiguous(a, self.compute).reshape(n_rows, n_classes)
+        return contiguous(a, dtype).reshape(n_rows, n_classes)
 
     def restore(self, rows):
         """A gradient in the layout of ``logits`` in the logits' shape (C-contiguous)."""

@@ -475,8 +475,9 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
 
     Parameters
     ----------
-    logits, target, axis, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
-    num_threads
+    logits, target, axis, weight, ignore_index, reduction, label_smoothing
+        As for :func:`cross_entropy`.
+    z_loss, softcap, num_threads
         As for :func:`cross_entropy` (a weighted "mean" with z-loss computes
         each chunk's gradient twice, to scale its z-loss part apart).
 

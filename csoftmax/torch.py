@@ -4,13 +4,16 @@
 ``torch.nn.functional`` namesakes on CPU tensors and take part in autograd.
 Tensors cross to NumPy without copies (``tensor.detach().numpy()`` and
 ``torch.from_numpy``); non-contiguous input is made contiguous first.
+bfloat16 tensors cross as ``ml_dtypes.bfloat16`` views (through their int16
+view: NumPy has no bfloat16 of its own), and come back as bfloat16 tensors.
 
 ``cross_entropy`` computes its gradient in the forward pass, in the same sweep
 over the logits as the loss (:func:`csoftmax.cross_entropy_with_grad`), and
 keeps only that gradient for the backward pass, which scales it by the upstream
 gradient.  No ``log_softmax`` or ``softmax`` tensor of the logits' size is kept.
 
-Limits: CPU tensors of dtype float16, float32 or float64 only (a CUDA tensor
+Limits: CPU tensors of dtype bfloat16 (with ``ml_dtypes`` installed),
+float16, float32 or float64 only (a CUDA tensor
 is a ``ValueError``: use ``torch.nn.functional`` there); ``cross_entropy``
 takes ``(N, C)``, ``(C,)`` or ``(N, C, d1, ..., dK)`` input (classes on
 dimension 1, as in PyTorch) and differentiates with respect to the input
@@ -39,11 +42,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 import numpy as np
 
 import csoftmax as _cs
+from csoftmax import _half
 
 __all__ = ["CrossEntropy", "LinearCrossEntropy", "LogSoftmax", "Softmax", "cross_entropy",
            "linear_cross_entropy", "log_softmax", "softmax"]
 
-_FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
+_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
 def _check_cpu(t, name):
@@ -59,17 +63,29 @@ def _check_cpu(t, name):
 
 
 def _as_numpy(t, name):
-    """A NumPy view of a CPU tensor (a copy only when it is not contiguous)."""
+    """A NumPy view of a CPU tensor (a copy only when it is not contiguous);
+    bfloat16 as an ml_dtypes.bfloat16 view (a TypeError without ml_dtypes)."""
     _check_cpu(t, name)
-    return t.detach().contiguous().numpy()
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        bf16 = _half.require_bfloat16(f"{name} (a torch.bfloat16 tensor)")
+        return t.view(torch.int16).numpy().view(bf16)
+    return t.numpy()
+
+
+def _from_numpy(a):
+    """A tensor sharing the memory of a NumPy array (bfloat16 included)."""
+    if _half.half_kind(a.dtype) == _half.BF16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _check_input(t, name="input"):
     _check_cpu(t, name)
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(
-            f"{name} has dtype {t.dtype}: csoftmax.torch takes float16, float32 or float64 "
-            f"tensors"
+            f"{name} has dtype {t.dtype}: csoftmax.torch takes bfloat16, float16, float32 or "
+            f"float64 tensors"
         )
 
 
@@ -98,7 +114,7 @@ def _first_order_only(backward):
 
 def _scalar_tensor(value):
     """A 0-d tensor from the NumPy scalar (or 0-d array) csoftmax returns."""
-    return torch.from_numpy(np.array(value))
+    return _from_numpy(np.array(value))
 
 
 class CrossEntropy(torch.autograd.Function):
@@ -136,10 +152,10 @@ class CrossEntropy(torch.autograd.Function):
         ctx.name = "cross_entropy"
         if ctx.needs_input_grad[0]:
             loss, grad = _cs.cross_entropy_with_grad(x, t, **options)
-            ctx.save_for_backward(torch.from_numpy(grad))
+            ctx.save_for_backward(_from_numpy(grad))
         else:
             loss = _cs.cross_entropy(x, t, **options)
-        return _scalar_tensor(loss) if np.ndim(loss) == 0 else torch.from_numpy(loss)
+        return _scalar_tensor(loss) if np.ndim(loss) == 0 else _from_numpy(loss)
 
     @staticmethod
     @_first_order_only
@@ -169,7 +185,7 @@ class _RowFunction(torch.autograd.Function):
             if mask.dtype != torch.bool:
                 raise TypeError(f"mask has dtype {mask.dtype}: expected a bool tensor")
             where = mask.detach().numpy()  # any strides: read in place (broadcast too)
-        out = torch.from_numpy(cls._forward(_as_numpy(input, "input"), axis=dim, where=where))
+        out = _from_numpy(cls._forward(_as_numpy(input, "input"), axis=dim, where=where))
         ctx.dim = dim
         ctx.name = cls._name
         ctx.where = where
@@ -182,7 +198,7 @@ class _RowFunction(torch.autograd.Function):
         g = _as_numpy(grad_output.to(out.dtype), "grad_output")
         a = _as_numpy(out, "output")
         grad = cls._backward(g, a, axis=ctx.dim, where=ctx.where)
-        return torch.from_numpy(grad), None, None
+        return _from_numpy(grad), None, None
 
 
 class Softmax(_RowFunction):
@@ -227,7 +243,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     Parameters
     ----------
     input : Tensor, shape (N, C), (C,) or (N, C, d1, ..., dK)
-        Logits (float16, float32 or float64, on the CPU), classes on dimension
+        Logits (bfloat16, float16, float32 or float64, on the CPU), classes on dimension
         1 (0 for (C,) input); may require grad.
     target : Tensor
         Class indices, shape (N,) or (N, d1, ..., dK) (a 0-d tensor for (C,)
@@ -282,7 +298,7 @@ def softmax(input, dim, *, mask=None):
     Parameters
     ----------
     input : Tensor
-        Any shape; float16, float32 or float64, on the CPU.
+        Any shape; bfloat16, float16, float32 or float64, on the CPU.
     dim : int
         The dimension normalised over.
     mask : Tensor of bool, optional
@@ -316,7 +332,7 @@ def log_softmax(input, dim, *, mask=None):
     Parameters
     ----------
     input : Tensor
-        Any shape; float16, float32 or float64, on the CPU.
+        Any shape; bfloat16, float16, float32 or float64, on the CPU.
     dim : int
         The dimension normalised over.
     mask : Tensor of bool, optional
@@ -376,15 +392,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         needs = any(ctx.needs_input_grad[i] for i in (0, 1, 3))
         if needs and reduction != "none":
             loss, gx, gw, gb = _cs.linear_cross_entropy_with_grad(*arrays, **options)
-            saved = [torch.from_numpy(gx), torch.from_numpy(gw)]
+            saved = [_from_numpy(gx), _from_numpy(gw)]
             if gb is not None:
-                saved.append(torch.from_numpy(gb))
+                saved.append(_from_numpy(gb))
             ctx.save_for_backward(*saved)
         else:
             loss = _cs.linear_cross_entropy(*arrays, **options)
             if needs:  # "none": recomputed in backward with the upstream factors
                 ctx.arrays, ctx.options = arrays, options
-        return _scalar_tensor(loss) if np.ndim(loss) == 0 else torch.from_numpy(loss)
+        return _scalar_tensor(loss) if np.ndim(loss) == 0 else _from_numpy(loss)
 
     @staticmethod
     @_first_order_only
@@ -395,8 +411,8 @@ class LinearCrossEntropy(torch.autograd.Function):
             scale = grad_output.detach().to(torch.float64).contiguous().numpy()
             _, gx, gw, gb = _linear.call(None, *ctx.arrays, True, row_scale=scale,
                                          **ctx.options)
-            grads = [torch.from_numpy(gx), torch.from_numpy(gw),
-                     None if gb is None else torch.from_numpy(gb)]
+            grads = [_from_numpy(gx), _from_numpy(gw),
+                     None if gb is None else _from_numpy(gb)]
         else:
             saved = list(ctx.saved_tensors)
             go = grad_output.to(saved[0].dtype)

@@ -121,7 +121,9 @@ def fast_rows(int op, object x, object axis, object out, object num_threads):
     """softmax (op 0) or log_softmax (op 1) of x over its last axis, into out
     or a new array; None when declined."""
     cdef int typenum = _float_array(x)
-    if typenum < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
+    if typenum < 0:
+        return _fast_half_rows(op, x, axis, out, num_threads)
+    if not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
         return None
     cdef cnp.ndarray a = <cnp.ndarray>x
     cdef Py_ssize_t requested = _requested_threads(num_threads)
@@ -147,7 +149,9 @@ def fast_logsumexp(object x, object axis, object num_threads):
     """logsumexp of x over its last axis (a NumPy scalar for 1-D x); None when
     declined."""
     cdef int typenum = _float_array(x)
-    if typenum < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
+    if typenum < 0:
+        return _fast_half_logsumexp(x, axis, num_threads)
+    if not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
         return None
     cdef cnp.ndarray a = <cnp.ndarray>x
     cdef Py_ssize_t requested = _requested_threads(num_threads)
@@ -171,7 +175,9 @@ def fast_backward(int op, object grad_output, object output, object axis, object
     """The gradient through softmax (op 0) or log_softmax (op 1) over the last
     axis, into out or a new array; None when declined."""
     cdef int typenum = _float_array(output)
-    if typenum < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>output)):
+    if typenum < 0:
+        return _fast_half_backward(op, grad_output, output, axis, out, num_threads)
+    if not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>output)):
         return None
     cdef cnp.ndarray a = <cnp.ndarray>output
     if not _like(grad_output, a, typenum, False):
@@ -300,8 +306,14 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     or probability targets of the logits' shape and dtype; None when
     declined."""
     cdef _FastCall c
+    cdef int kind = -1  # 16-bit logits: their kind (fasthalf.pxi)
     c.typenum = _float_array(logits)
-    if c.typenum < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>logits)):
+    if c.typenum < 0:
+        kind = _half_kind(logits)
+        if kind < 0:
+            return None
+        c.typenum = cnp.PyArray_TYPE(<cnp.ndarray>logits)
+    if not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>logits)):
         return None
     cdef cnp.ndarray x = <cnp.ndarray>logits
     c.nd = cnp.PyArray_NDIM(x)
@@ -325,7 +337,8 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     c.ignore_index = ignore_index
     c.label_smoothing = label_smoothing
     cdef Py_ssize_t requested = _requested_threads(num_threads)
-    if requested < 0 or (with_grad and not _valid_out(out, x, c.typenum)):
+    if requested < 0 or (with_grad and not (_half_valid_out(out, x) if kind >= 0
+                                            else _valid_out(out, x, c.typenum))):
         return None
     # the targets: labels (int32, int64, or one Python int) or probabilities
     cdef int64_t one_label
@@ -339,7 +352,8 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     elif c.nd > 1:
         label_size = _label_size(target, x)
     if label_size < 0:
-        if not _like(target, x, c.typenum, False) or c.ignore_index >= 0:
+        if (not (_half_like(target, x, False) if kind >= 0
+                 else _like(target, x, c.typenum, False)) or c.ignore_index >= 0):
             return None
         y = <cnp.ndarray>target
         if with_grad and out is not None and not _apart_or_same(y, <cnp.ndarray>out):
@@ -361,7 +375,12 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
         yp = cnp.PyArray_DATA(y)
     if grad is not None:
         gp = cnp.PyArray_DATA(grad)
-    if c.typenum == cnp.NPY_FLOAT32:
+    if kind >= 0:
+        if label_size == 4:
+            loss = _fast_half_cross_entropy(&c, kind, x, <const int32_t *>tp, y, grad)
+        else:
+            loss = _fast_half_cross_entropy(&c, kind, x, <const int64_t *>tp, y, grad)
+    elif c.typenum == cnp.NPY_FLOAT32:
         if label_size == 4:
             loss = _fast_cross_entropy_run(&c, <const float *>xp, <const int32_t *>tp,
                                            <const float *>NULL, <float *>gp)

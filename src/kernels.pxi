@@ -714,3 +714,44 @@ include "calls.pxi"
 
 include "strided.pxi"
 include "masked.pxi"
+include "half.pxi"
+
+
+# ---- the exp floor (bench) ----------------------------------------------
+
+cdef enum:
+    FLOOR_BLOCK = 4096    # elements: 16 KiB of float32, read twice from L1
+
+cdef double _exp_floor_part(const floating *p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k0 = 0, m
+    cdef double s = 0.0
+    while k0 < n:
+        m = min(<Py_ssize_t>FLOOR_BLOCK, n - k0)
+        s += row_exp_sum(p + k0, m, row_max(p + k0, m))
+        k0 += m
+    return s
+
+
+def exp_floor(const floating[:, ::1] x, int n_threads):
+    """The sum over blocks of 4096 elements of x of sum(exp(x - max(block))),
+    in n_threads equal parts.
+
+    The least work of a loss-only pass with these kernels' max and exp: a max
+    and an exp-sum over the data, without the per-row costs (no row ends, no
+    log, no target, nothing stored).  The bench times it to bound what a loss
+    can reach on the logits, whatever their shape.
+    """
+    cdef Py_ssize_t n = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t part, i, start
+    cdef double total = 0.0
+    if n == 0:
+        return 0.0
+    cdef const floating *p = &x[0, 0]
+    n_threads = max(1, n_threads)
+    part = (n + n_threads - 1) // n_threads
+    with nogil:
+        for i in prange(n_threads, schedule="static", num_threads=n_threads):
+            start = i * part
+            if start < n:
+                total += _exp_floor_part(p + start, min(part, n - start))
+    return total

@@ -144,6 +144,49 @@ def test_bench_targets_evaluate_new_kinds():
     assert unmeasured["verdict"] == "n/a"
 
 
+
+def test_bench_exp_floor_bounds_failed_faster_targets():
+    """A failed "faster" target notes the peer's time over the exp floor's."""
+    _import_bench()
+    from bench import targets
+
+    times = {"csoftmax": 2.0, "torch": 6.0, "exp_floor": 1.5}
+    results = [{"op": "cross_entropy", "shape": [65536, 10], "dtype": "float32",
+                "threads": 2, "results": {name: {"status": "ok", "time": t}
+                                          for name, t in times.items()}}]
+    rows = targets.evaluate_all(results, ["float32"], 2)
+    row = next(r for r in rows if r["op"] == "cross_entropy" and r["shape"] == [65536, 10]
+               and r["criterion"] == ">= 5x faster than torch")
+    assert row["verdict"] == "FAIL"
+    assert row["by_dtype"]["float32"]["note"] == "bound: torch / exp floor = 4.00x"
+    passed = next(r for r in rows if r["op"] == "cross_entropy" and r["shape"] == [65536, 10]
+                  and r["criterion"] == ">= 2x faster than sklearn")
+    assert "bound" not in passed["by_dtype"]["float32"]["note"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exp_floor_kernel(dtype):
+    """kernels.exp_floor: sum over blocks of 4096 of sum(exp(x - block max)), per thread part."""
+    import numpy as np
+
+    from csoftmax import _dispatch
+
+    if _dispatch.KERNELS is None:
+        pytest.skip("compiled kernels absent")
+    x = np.random.default_rng(0).standard_normal((300, 50)).astype(dtype) * 4
+    flat = x.ravel().astype(np.float64)
+
+    def ref(parts):
+        total = 0.0
+        for part in np.array_split(flat, np.arange(1, parts) * -(-flat.size // parts)):
+            for block in np.split(part, np.arange(4096, part.size, 4096)):
+                total += np.exp(block - block.max()).sum()
+        return total
+
+    for threads in (1, 2, 3):
+        assert _dispatch.KERNELS.exp_floor(x, threads) == pytest.approx(ref(threads), rel=1e-6)
+    assert _dispatch.KERNELS.exp_floor(x[:0], 2) == 0.0
+
 #: Tiny stand-ins of the parity cases' shapes (same ranks and class axes).
 TINY_PARITY = {"ce_axis1": (2, 5, 8, 8), "ce_3d": (2, 8, 50), "softmax_axis1": (4, 30, 6),
                "softmax_axis0": (30, 40), "masked_padding": (16, 64),
@@ -215,8 +258,49 @@ def test_bench_parity_mismatch_fails_its_criteria():
     assert rows[0]["verdict"] == "FAIL"
     assert rows[0]["by_dtype"]["float64"]["note"] == "float32 only"
     assert "2-D" in rows[0]["criterion"]
-    # the full targets list holds the parity rows and plans no case for them
+    # the full targets list holds the parity rows (and the 16-bit cases', see bench.half)
+    # and plans no case for them
+    from bench import half
+
     assert sum(t.kind == "parity" for t in targets.TARGETS) == sum(
-        len(s.criteria) for s in parity.SPECS)
+        len(s.criteria) for s in parity.SPECS + half.ALL_SPECS)
     assert all(c.op.name in targets.OPS for c in targets.plan(["float32"], 2))
     assert np.isfinite(result["calls"]["csoftmax_out"]["time"])
+
+
+def test_bench_half_cli_tiny(tmp_path, capsys, monkeypatch):
+    """``--dtypes bfloat16,float16`` on tiny shapes: every 16-bit case checked, timed and
+    judged, and its target rows in the 16-bit dtype's column of the targets table."""
+    pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    cli = _import_bench()
+    import dataclasses
+
+    from bench import half, targets
+
+    tiny = {name: [dataclasses.replace(s, shape=(8, 300)) for s in specs]
+            for name, specs in half.SPECS.items()}
+    monkeypatch.setattr(half, "SPECS", tiny)
+    out = tmp_path / "half.json"
+    assert cli.main(["--dtypes", "bfloat16,float16", "--budget", "0.01", "--threads", "2",
+                     "--json", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    text = capsys.readouterr().out
+    assert "## bfloat16 / float16: timings" in text
+    assert "MISMATCH" not in text
+    data = json.loads(out.read_text())
+    assert data["problems"] == []
+    assert [r["dtype"] for r in data["half"]] == ["bfloat16"] * 3 + ["float16"] * 3
+    for result in data["half"]:
+        assert result["status"] == "ok", result["message"]
+        for name, call in result["calls"].items():
+            assert call["time"] > 0, name
+            if name != "copyto":
+                assert call["error"] <= half.TOLERANCE[result["dtype"]], name
+        for row in result["criteria"]:
+            assert row["value"] > 0 and isinstance(row["passed"], bool), row
+    # the targets table: a 16-bit row is judged in its own dtype's column only
+    rows = targets.evaluate_all([], ["float32", "bfloat16", "float16"], 2,
+                                parity_results=data["half"],
+                                rows=targets.parity_rows(tiny["bfloat16"]))
+    assert all(r["by_dtype"]["bfloat16"]["passed"] is not None for r in rows)
+    assert all(r["by_dtype"]["float16"]["note"] == "bfloat16 only" for r in rows)

@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import csoftmax
-from csoftmax import _dispatch, slow
+from csoftmax import _dispatch, _half, slow
 
 #: casts of huge values (float64 -> float32, in the package and the twin alike) overflow
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -105,7 +105,14 @@ VALID = st.integers(0, 19).map(lambda v: v < 11)
 # ---------------------------------------------------------------------------------------------
 # dtypes and values
 
-FLOATS = ["float16", "float32", "float64", "longdouble"]
+try:  # bfloat16 where ml_dtypes gives NumPy one
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
+    ml_dtypes = BFLOAT16 = None
+
+FLOATS = ["float16", "float32", "float64", "longdouble"] + (["bfloat16"] if BFLOAT16 else [])
 INTS = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 OTHERS = [
     "complex64", "complex128", "clongdouble", "object", "U6", "S6", "datetime64[ns]",
@@ -126,7 +133,14 @@ SPECIALS = MODERATE_SPECIALS + (1.7e308, -1.7e308)
 def _np_dtype(name):
     if name == "record":
         return np.dtype([("a", "f8"), ("b", "i4")])
+    if name == "bfloat16":
+        return BFLOAT16
     return np.dtype(name)
+
+
+def _is_float(dtype):
+    """A real floating dtype, bfloat16 (ml_dtypes, kind "V") included."""
+    return dtype.kind == "f" or dtype == BFLOAT16
 
 
 def float_values(rng, shape, mode, scale):
@@ -160,7 +174,7 @@ def typed_values(rng, shape, dtype, mode, scale):
         return np.asarray(rng.random(shape) < 0.5)
     x = float_values(rng, shape, mode, scale)
     with np.errstate(over="ignore", invalid="ignore"):
-        if dtype.kind in "fc":
+        if dtype.kind in "fc" or _is_float(dtype):
             return np.asarray(x.astype(dtype))
         if dtype.kind == "O":
             return np.asarray(x.astype(object))
@@ -325,13 +339,13 @@ def _result_dtype(arrays):
     for a in arrays:
         if not isinstance(a, np.ndarray):
             return None
-        if a.dtype.kind == "f":
+        if _is_float(a.dtype):
             r = a.dtype.newbyteorder("=")
         elif a.dtype.kind in "iub":
             r = np.dtype("f8")
         else:
             return None
-        result = r if result is None else np.promote_types(result, r)
+        result = r if result is None else _half.promote(result, r)
     return result
 
 
@@ -398,6 +412,8 @@ def _tolerance(dtype):
         return 1e-11
     if dtype.itemsize == 4:
         return 2e-5
+    if dtype == BFLOAT16:  # 8 significant bits: one rounding step apart
+        return 1.6e-2
     return 4e-3
 
 
@@ -420,11 +436,11 @@ def assert_agree(actual, expected, what, scale=1.0):
     a, e = np.asarray(actual), np.asarray(expected)
     assert a.dtype == e.dtype, f"{what}: dtype {a.dtype} vs {e.dtype}"
     assert a.shape == e.shape, f"{what}: shape {a.shape} vs {e.shape}"
-    if a.dtype.kind != "f":
+    if not _is_float(a.dtype):
         assert np.array_equal(a, e), f"{what}: values differ"
         return
     tol = _tolerance(a.dtype)
-    big = float(np.finfo(a.dtype).max) / 4
+    big = float((ml_dtypes.finfo if a.dtype == BFLOAT16 else np.finfo)(a.dtype).max) / 4
     with np.errstate(all="ignore"):
         a64, e64 = a.astype(np.float64), e.astype(np.float64)
         nan_a, nan_e = np.isnan(a64), np.isnan(e64)
@@ -479,7 +495,7 @@ def check_call(test, fn_name, build, target, seed, scales=None, known_bug=None, 
         return
     out_unit = units[-1] if isinstance(units, tuple) else units
     for i, (a, ta) in enumerate(zip(arrays, tarrays)):
-        if shared[i] and a.dtype.kind == "f":  # written through out: as the twin's
+        if shared[i] and _is_float(a.dtype):  # written through out: as the twin's
             try:
                 unit = np.broadcast_to(out_unit, a.shape)
             except ValueError:
@@ -698,7 +714,7 @@ def build_backward(case):
         g, g_behind = make_operand(case["g"], rng)
         a, a_behind = make_operand(case["a"], rng)
         if (case["a_values"] == "probabilities" and isinstance(a, np.ndarray)
-                and a.dtype.kind == "f"):
+                and _is_float(a.dtype)):
             with np.errstate(all="ignore"):
                 p = np.abs(a.astype(np.float64))
                 p = p / max(1.0, float(np.nansum(p)))
@@ -881,7 +897,7 @@ def _weight(kind, rng, c, dtype):
         return w.astype(object)
     elif kind == "list":
         return w.tolist()
-    return w.astype(dtype if dtype.kind == "f" else np.float64)
+    return w.astype(dtype if _is_float(dtype) else np.float64)
 
 
 def _overlapping(out_shape, result, other):
@@ -903,7 +919,7 @@ def build_ce(case):
         kind = case["target_kind"]
         if kind == "prob":
             target, _ = make_operand(dict(case["prob"], shape=shape), rng)
-            if (isinstance(target, np.ndarray) and target.dtype.kind == "f"
+            if (isinstance(target, np.ndarray) and _is_float(target.dtype)
                     and case["prob_positive"]):
                 with np.errstate(all="ignore"):
                     target = LAYOUTS[case["prob"]["layout"]](np.abs(target))
@@ -929,7 +945,7 @@ def build_ce(case):
         if okind in ("overlap-target", "overlap-weight"):
             other = target if okind == "overlap-target" else weight
             if (isinstance(logits, np.ndarray) and isinstance(other, np.ndarray)
-                    and other.dtype.kind == "f"):
+                    and _is_float(other.dtype)):
                 out, other = _overlapping(logits.shape, _result_dtype([logits]) or
                                           np.dtype("f8"), other)
                 if okind == "overlap-target":
@@ -970,11 +986,12 @@ def ce_scales(fn_name, args, kwargs):
     c = x.shape[-1] if x.ndim else 1
     with np.errstate(all="ignore"):
         wsum = float(np.nansum(np.abs(w))) if w is not None and w.ndim == 1 else c
-        ymax = _finite_max(y) if y is not None and y.dtype.kind == "f" and y.ndim == x.ndim \
+        ymax = _finite_max(y) if y is not None and _is_float(y.dtype) and y.ndim == x.ndim \
             else 1.0
         loss = 2 * _finite_max(x) * max(1.0, wsum) * ymax * c * max(1, n)
         grad = max(1.0, wsum) * ymax
-    if any(v is not None and v.dtype.kind in "fc" and np.isinf(v).any() for v in (w, y)):
+    if any(v is not None and (v.dtype.kind in "fc" or _is_float(v.dtype)) and np.isinf(v).any()
+           for v in (w, y)):
         return np.inf, min(grad, 1e300)
     return min(loss, 1e300), min(grad, 1e300)
 

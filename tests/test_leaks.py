@@ -11,7 +11,7 @@ dispatch tables and the OpenMP thread pool):
 * the resident set size grows by at most ``RSS_BOUND`` (Linux, read from /proc).
 
 By default each function makes ``CALLS`` = 300 calls (a few seconds for the whole file);
-``CSOFTMAX_LEAK_CALLS=100000`` is the long version (README: "Security and reliability"), with
+``CSOFTMAX_LEAK_CALLS=100000`` is the long version (docs/security.md), with
 the same bounds: at 100,000 calls they are 2.6 bytes per call (tracemalloc) and 168 bytes per
 call (RSS), so any per-call leak of a Python object or an array shows.  Each test prints
 its figures (``-s`` shows them).

@@ -1,0 +1,297 @@
+"""bfloat16 and float16: ``python -m bench --dtypes bfloat16,float16`` (and ``--targets``).
+
+The cases of the 16-bit issue, each timed interleaved (:func:`bench.timing.interleave`) in
+one process, on 16-bit logits (float16, or ``ml_dtypes.bfloat16``: skipped when ml_dtypes
+is not installed):
+
+- ``cross_entropy_with_grad(x16, t, out=g16)`` at 4096x32000 and 4096x4096 against
+  ``np.copyto`` of the 16-bit logits, csoftmax's own float32 call on the same values
+  (``out=``), and PyTorch's ``F.cross_entropy`` forward + backward on the 16-bit tensor;
+- ``softmax(x16, out=o16)`` at 4096x32000 against the float32 call and ``torch.softmax``
+  of the 16-bit tensor.
+
+Each call is first checked against a float64 reference (on the first rows for the
+full-size outputs, to bound the memory; relative error 1e-2 for bfloat16, 2e-3 for
+float16). The cases reuse :mod:`bench.parity`'s cases, criteria and verdicts (rows of
+kind ``parity`` in the targets table, in the 16-bit dtype's column).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import time
+
+import numpy as np
+
+from . import parity
+from .ops import LOGIT_SCALE, shape_label
+from .peers import to_arrays
+from .runner import rel_error
+from .timing import interleave
+
+#: The 16-bit dtypes (names as on the command line and in the results).
+DTYPES = ("bfloat16", "float16")
+#: Largest accepted error of each dtype, relative to the reference's largest magnitude.
+TOLERANCE = {"bfloat16": 1e-2, "float16": 2e-3}
+#: Rows of the full-size outputs checked against the float64 reference.
+CHECKED_ROWS = 64
+CE_SHAPES = ((4096, 32000), (4096, 4096))
+SOFTMAX_SHAPE = (4096, 32000)
+
+
+def numpy_dtype(name):
+    """The NumPy dtype of ``name`` (``ml_dtypes.bfloat16``), or None when unavailable."""
+    if name == "float16":
+        return np.dtype(np.float16)
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _tensor(torch, a):
+    """A torch view of a 16-bit array (bfloat16 through its int16 view)."""
+    if a.dtype == np.float16:
+        return torch.from_numpy(a)
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+
+
+def _head(outputs):
+    """The loss as it is, the first CHECKED_ROWS rows of a full-size output."""
+    return tuple(np.asarray(a, np.float64) if np.ndim(a) < 2 else
+                 np.asarray(a[:CHECKED_ROWS], np.float64) for a in outputs)
+
+
+def _outputs(result):
+    return _head(to_arrays(result))
+
+
+def _ce_reference(x, t):
+    """float64 mean loss over every row (by blocks), gradient of the first rows."""
+    n, total = x.shape[0], 0.0
+    for s in range(0, n, 256):
+        z = x[s:s + 256].astype(np.float64)
+        m = z.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+        total += float(np.sum(lse - z[np.arange(z.shape[0]), t[s:s + 256]]))
+    z = x[:CHECKED_ROWS].astype(np.float64)
+    g = np.exp(z - z.max(axis=1, keepdims=True))
+    g /= g.sum(axis=1, keepdims=True)
+    g[np.arange(g.shape[0]), t[:CHECKED_ROWS]] -= 1
+    return np.float64(total / n), g / n
+
+
+def _softmax_reference(x):
+    z = x[:CHECKED_ROWS].astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True),)
+
+
+def _logits(shape, dtype, seed):
+    rng = np.random.default_rng([seed, *shape])
+    x32 = (LOGIT_SCALE * rng.standard_normal(shape, dtype=np.float32))
+    return x32.astype(dtype), rng
+
+
+def _ce_builder(dtype_name):
+    def build(shape, threads, seed, torch):
+        import csoftmax
+
+        dtype = numpy_dtype(dtype_name)
+        x, rng = _logits(shape, dtype, seed)
+        x32 = x.astype(np.float32)  # the same values in float32
+        t = rng.integers(0, shape[1], size=shape[0])
+        g, g32, dst = np.empty_like(x), np.empty_like(x32), np.empty_like(x)
+        calls = {
+            "csoftmax_out": lambda: csoftmax.cross_entropy_with_grad(
+                x, t, out=g, num_threads=threads),
+            "csoftmax_f32_out": lambda: csoftmax.cross_entropy_with_grad(
+                x32, t, out=g32, num_threads=threads)}
+        labels = {"csoftmax_out": f"cross_entropy_with_grad(x {dtype_name}, t, out=g)",
+                  "csoftmax_f32_out": "cross_entropy_with_grad(x float32, t, out=g)"}
+        outputs = {"csoftmax_out": _outputs, "csoftmax_f32_out": _outputs}
+        if torch is not None:
+            leaf = _tensor(torch, x).clone().requires_grad_(True)
+            tt = torch.from_numpy(t)
+            func = torch.nn.functional.cross_entropy
+
+            def forward_backward():
+                leaf.grad = None
+                loss = func(leaf, tt)
+                loss.backward()
+                return loss.float(), leaf.grad.float()
+
+            calls["torch"] = forward_backward
+            labels["torch"] = f"F.cross_entropy(xt {dtype_name}, tt) + backward"
+            outputs["torch"] = _outputs
+        calls["copyto"] = lambda: np.copyto(dst, x)
+        labels["copyto"] = f"np.copyto(dst, x) ({dtype_name})"
+        return parity.Built(calls, labels, outputs, lambda: _ce_reference(x, t))
+
+    return build
+
+
+def _softmax_builder(dtype_name):
+    def build(shape, threads, seed, torch):
+        import csoftmax
+
+        dtype = numpy_dtype(dtype_name)
+        x, _ = _logits(shape, dtype, seed)
+        x32 = x.astype(np.float32)
+        out, out32, dst = np.empty_like(x), np.empty_like(x32), np.empty_like(x)
+        calls = {
+            "csoftmax_out": lambda: csoftmax.softmax(x, out=out, num_threads=threads),
+            "csoftmax_f32_out": lambda: csoftmax.softmax(x32, out=out32, num_threads=threads)}
+        labels = {"csoftmax_out": f"csoftmax.softmax(x {dtype_name}, out=o)",
+                  "csoftmax_f32_out": "csoftmax.softmax(x float32, out=o)"}
+        outputs = {"csoftmax_out": _outputs, "csoftmax_f32_out": _outputs}
+        if torch is not None:
+            xt = _tensor(torch, x)
+            calls["torch"] = lambda: torch.softmax(xt, -1)
+            labels["torch"] = f"torch.softmax(xt {dtype_name}, -1)"
+            outputs["torch"] = lambda r: _head((r.float(),))
+        calls["copyto"] = lambda: np.copyto(dst, x)
+        labels["copyto"] = f"np.copyto(dst, x) ({dtype_name})"
+        return parity.Built(calls, labels, outputs, lambda: _softmax_reference(x))
+
+    return build
+
+
+def _specs(dtype_name):
+    short = "bf16" if dtype_name == "bfloat16" else "f16"
+    f32 = parity.Criterion("f32", "csoftmax_f32_out", "csoftmax_out", 1.7, True,
+                           ">= 1.7x faster than csoftmax's float32 call (out=)")
+    specs = [parity.Spec(
+        f"{short}_ce_{shape_label(shape)}", f"{dtype_name}: fused CE loss+grad, out=",
+        "cross_entropy_with_grad out=", shape, _ce_builder(dtype_name),
+        (parity.Criterion("copyto", "csoftmax_out", "copyto", 1.3, False,
+                          f"<= 1.3x np.copyto of the {dtype_name} logits"),
+         f32,
+         parity.Criterion("torch", "torch", "csoftmax_out", 5, True,
+                          f">= 5x faster than F.cross_entropy fwd+bwd ({dtype_name})")))
+        for shape in CE_SHAPES]
+    specs.append(parity.Spec(
+        f"{short}_softmax_{shape_label(SOFTMAX_SHAPE)}", f"{dtype_name}: softmax, out=",
+        "softmax out=", SOFTMAX_SHAPE, _softmax_builder(dtype_name),
+        (f32, parity.Criterion("torch", "torch", "csoftmax_out", 2, True,
+                               f">= 2x faster than torch.softmax ({dtype_name})"))))
+    return specs
+
+
+#: The cases, by dtype name.
+SPECS = {name: _specs(name) for name in DTYPES}
+ALL_SPECS = [s for specs in SPECS.values() for s in specs]
+#: The dtype of each case key (its column in the targets table).
+KEY_DTYPE = {s.key: name for name, specs in SPECS.items() for s in specs}
+
+
+def _verify(built, tol, dtype):
+    """Run each call once (the warm-up) and compare its outputs with the reference."""
+    expected = built.reference()
+    checks = {}
+    for name, call in built.calls.items():
+        check = checks[name] = {"label": built.labels[name], "status": "ok"}
+        try:
+            result = call()
+        except Exception as exc:  # noqa: BLE001 - reported in the row
+            check.update(status="error", message=f"{type(exc).__name__}: {exc}")
+            continue
+        if name not in built.outputs:
+            check["status"] = "unchecked"
+            continue
+        if name == "csoftmax_out":
+            kept = to_arrays(result)[-1].dtype
+            if kept != dtype:
+                check.update(status="mismatch", message=f"output dtype {kept}, not {dtype}")
+                continue
+        err = check["error"] = rel_error(built.outputs[name](result), expected)
+        if not err <= (tol if name != "csoftmax_f32_out" else 1e-4):
+            check.update(status="mismatch", message=f"error {err:.2e} vs float64 reference")
+    return checks
+
+
+def measure(spec, dtype_name, threads, budget=1.0, stat="min", seed=0, min_rounds=5,
+            min_sample=1e-3, torch=None):
+    """Verify and time one case, then judge its criteria (as :func:`bench.parity.measure`)."""
+    start = time.perf_counter()
+    result = {"key": spec.key, "group": spec.group, "op": spec.op, "shape": list(spec.shape),
+              "dtype": dtype_name, "threads": threads, "status": "ok", "message": "",
+              "calls": {}, "criteria": [], "seconds": None}
+    try:
+        built = spec.build(tuple(spec.shape), threads, seed, torch)
+        checks = _verify(built, TOLERANCE[dtype_name], numpy_dtype(dtype_name))
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        result.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        result["criteria"] = parity.judge(spec, result)
+        return result
+    result["calls"] = checks
+    bad = [f"{name}: {c['status'].upper()}: {c['message']}" for name, c in checks.items()
+           if c["status"] in {"mismatch", "error"}]
+    if bad:
+        result.update(status="error" if any(c["status"] == "error" for c in checks.values())
+                      else "mismatch", message="; ".join(bad))
+    timed = {name: call for name, call in built.calls.items()
+             if checks[name]["status"] != "error"}
+    gc.collect()
+    samples = interleave(timed, budget, min_rounds=min_rounds, min_sample=min_sample,
+                         warmup=0) if timed else {}
+    for name, s in samples.items():
+        checks[name].update(s.summary())
+        checks[name]["time"] = checks[name][stat]
+    del built, timed, samples
+    gc.collect()
+    result["criteria"] = parity.judge(spec, result)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def run(dtypes, threads=2, budget=1.0, stat="min", seed=0, min_rounds=5, min_sample=1e-3,
+        stream=None):
+    """Measure the cases of the 16-bit ``dtypes`` (names; bfloat16 needs ml_dtypes).
+
+    Returns
+    -------
+    results : list of dict
+        See :func:`bench.parity.measure`; ``dtype`` is the 16-bit dtype's name.
+    skipped : dict of str to str
+        The dtypes left out, and why.
+    """
+    try:
+        torch = importlib.import_module("torch")
+    except Exception:  # noqa: BLE001 - optional: its calls are left out
+        torch = None
+    saved = torch.get_num_threads() if torch is not None else None
+    results, skipped = [], {}
+    try:
+        if torch is not None:
+            torch.set_num_threads(threads)
+        for name in dtypes:
+            if numpy_dtype(name) is None:
+                skipped[name] = "ml_dtypes not installed"
+                continue
+            for spec in SPECS[name]:
+                if stream is not None:
+                    print(f"16-bit: {spec.key} {shape_label(spec.shape)} t={threads}",
+                          file=stream, flush=True)
+                results.append(measure(spec, name, threads, budget, stat, seed, min_rounds,
+                                       min_sample, torch))
+                if stream is not None and results[-1]["status"] != "ok":
+                    print(f"!! 16-bit {spec.key}: {results[-1]['status'].upper()}: "
+                          f"{results[-1]['message']}", file=stream, flush=True)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(saved)
+    return results, skipped
+
+
+def table_lines(results, skipped=None, simd=None):
+    """The Markdown lines of the 16-bit timings table (as :func:`bench.parity.table_lines`)."""
+    lines = parity.table_lines(results, simd)
+    threads = results[0]["threads"] if results else "?"
+    lines[0] = (f"## bfloat16 / float16: timings (SIMD path: {simd or 'unknown'}; {threads} "
+                "thread(s); error: relative to the float64 reference, first rows)")
+    lines += [f"- skipped: {name} ({why})" for name, why in (skipped or {}).items()]
+    return lines
+

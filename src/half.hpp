@@ -1,0 +1,223 @@
+/*
+ * half.hpp -- float16 and bfloat16 storage <-> float32, vectorised.
+ *
+ * The 16-bit kernels (half.pxi) keep 16-bit arrays as uint16_t and convert
+ * blocks of rows to float32 scratch and back with these two functions:
+ *
+ *   half_load(kind, src, dst, n)    16-bit -> float32 (exact)
+ *   half_store(kind, src, dst, n)   float32 -> 16-bit, round to nearest even
+ *
+ * kind is HALF_F16 (IEEE binary16) or HALF_BF16 (bfloat16).  float16 uses
+ * F16C (vcvtph2ps / vcvtps2ph, the AVX2 and AVX-512 builds) or AVX-512F's
+ * 512-bit forms; bfloat16 is integer work: a load is a shift left by 16, a
+ * store adds 0x7fff plus the kept part's lowest bit and shifts right (round
+ * to nearest even), NaN kept NaN (quiet bit set).  The scalar functions give
+ * the same bits as the instructions for every input (tested over all 65536
+ * 16-bit patterns and the rounding boundaries next to each, on every build):
+ *
+ * - float16 -> float32: exact; a NaN gets its quiet bit set (as vcvtph2ps);
+ * - float32 -> float16: round to nearest even, overflow to +-inf (from
+ *   65520 up), float16 subnormals rounded correctly (never flushed); a NaN
+ *   keeps the top 10 bits of its payload and gets the quiet bit;
+ * - float32 -> bfloat16: round to nearest even (overflow to +-inf), a NaN
+ *   keeps the top 7 bits of its payload and gets the quiet bit.
+ *
+ * The SIMD forms do not depend on the floating-point environment; the
+ * scalar ones assume its default rounding (to nearest even), which csoftmax
+ * never changes, for float16 subnormals.
+ */
+#ifndef CSOFTMAX_HALF_HPP
+#define CSOFTMAX_HALF_HPP
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace csoftmax {
+
+enum { HALF_F16 = 0, HALF_BF16 = 1 };
+
+static inline uint32_t half_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float half_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- scalar ------------------------------------------------------------ */
+
+/* Branch-free (selects only), so that the loops over them vectorise in the
+ * baseline build too. */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t e = h & 0x7c00u, m = h & 0x3ffu;
+    uint32_t bits = (uint32_t)(h & 0x7fffu) << 13;
+    uint32_t normal = bits + 0x38000000u;
+    uint32_t special = bits + 0x70000000u | (m ? 0x400000u : 0u);  /* inf, NaN (quieted) */
+    /* a subnormal (or zero): m * 2^-24, exact */
+    uint32_t sub = half_f32_bits((float)(int32_t)m * 5.9604644775390625e-8f);
+    uint32_t r = e == 0x7c00u ? special : (e == 0 ? sub : normal);
+    return half_bits_f32(sign | r);
+}
+
+static inline uint16_t f32_to_f16(float f) {
+    uint32_t u = half_f32_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    /* a normal float16 (>= 2^-14): round the mantissa to 10 bits, to nearest even */
+    uint32_t normal = (a + 0xfffu + ((a >> 13) & 1u) - 0x38000000u) >> 13;
+    /* below 2^-14: |f| + 0.5 rounds |f| to a multiple of 2^-24 (the float16
+     * subnormals' step; the default rounding mode, to nearest even, assumed:
+     * csoftmax never changes it), exactly */
+    uint32_t sub = half_f32_bits(half_bits_f32(a) + 0.5f) - 0x3f000000u;
+    uint32_t r = a >= 0x38800000u ? normal : sub;
+    r = a >= 0x477ff000u ? 0x7c00u : r;                               /* >= 65520: inf */
+    r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu)) : r;       /* NaN, quieted */
+    return (uint16_t)(sign | r);
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    return half_bits_f32((uint32_t)h << 16);
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u = half_f32_bits(f);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+}
+
+/* float64 -> 16 bits, rounded once (a loss): to float32 rounding to odd
+ * (toward zero, then the last bit set where inexact), then to nearest even;
+ * the same as rounding the double directly, float32 keeping more than two
+ * extra bits (csoftmax._half.round_once does the same in NumPy). */
+static inline uint16_t f64_to_half(int kind, double v) {
+    float f = (float)v;
+    uint32_t u = half_f32_bits(f);
+    if (v == v && (double)f != v) {
+        if (v > 0 ? (double)f > v : (double)f < v)
+            u -= 1;
+        u |= 1u;
+    }
+    f = half_bits_f32(u);
+    return kind == HALF_F16 ? f32_to_f16(f) : f32_to_bf16(f);
+}
+
+/* ---- vectors (8 or 16 elements) ---------------------------------------- */
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+enum { HALF_LANES = 16 };
+
+static inline void f16_load_v(const uint16_t *s, float *d) {
+    _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s)));
+}
+
+static inline void f16_store_v(const float *s, uint16_t *d) {
+    _mm256_storeu_si256((__m256i *)d,
+                        _mm512_cvtps_ph(_mm512_loadu_ps(s), _MM_FROUND_TO_NEAREST_INT));
+}
+
+static inline void bf16_load_v(const uint16_t *s, float *d) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s));
+    _mm512_storeu_si512((void *)d, _mm512_slli_epi32(w, 16));
+}
+
+static inline void bf16_store_v(const float *s, uint16_t *d) {
+    __m512 v = _mm512_loadu_ps(s);
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(r));
+}
+#define CS_HALF_SIMD 1
+#elif defined(__AVX2__) && defined(__F16C__)
+enum { HALF_LANES = 8 };
+
+static inline void f16_load_v(const uint16_t *s, float *d) {
+    _mm256_storeu_ps(d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s)));
+}
+
+static inline void f16_store_v(const float *s, uint16_t *d) {
+    _mm_storeu_si128((__m128i *)d,
+                     _mm256_cvtps_ph(_mm256_loadu_ps(s), _MM_FROUND_TO_NEAREST_INT));
+}
+
+static inline void bf16_load_v(const uint16_t *s, float *d) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)s));
+    _mm256_storeu_si256((__m256i *)d, _mm256_slli_epi32(w, 16));
+}
+
+static inline void bf16_store_v(const float *s, uint16_t *d) {
+    __m256 v = _mm256_loadu_ps(s);
+    __m256i u = _mm256_castps_si256(v);
+    __m256i hi = _mm256_srli_epi32(u, 16);
+    __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    __m256i q = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
+    r = _mm256_blendv_epi8(r, q, nan);
+    __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    _mm_storeu_si128((__m128i *)d, p);
+}
+#define CS_HALF_SIMD 1
+#endif
+
+/* ---- rows ---------------------------------------------------------------- */
+
+static inline void half_load(int kind, const uint16_t *src, float *dst, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#ifdef CS_HALF_SIMD
+    if (kind == HALF_F16)
+        for (; i + HALF_LANES <= n; i += HALF_LANES)
+            f16_load_v(src + i, dst + i);
+    else
+        for (; i + HALF_LANES <= n; i += HALF_LANES)
+            bf16_load_v(src + i, dst + i);
+#endif
+    if (kind == HALF_F16) {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = f16_to_f32(src[k]);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = bf16_to_f32(src[k]);
+    }
+}
+
+static inline void half_store(int kind, const float *src, uint16_t *dst, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#ifdef CS_HALF_SIMD
+    if (kind == HALF_F16)
+        for (; i + HALF_LANES <= n; i += HALF_LANES)
+            f16_store_v(src + i, dst + i);
+    else
+        for (; i + HALF_LANES <= n; i += HALF_LANES)
+            bf16_store_v(src + i, dst + i);
+#endif
+    if (kind == HALF_F16) {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = f32_to_f16(src[k]);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = f32_to_bf16(src[k]);
+    }
+}
+
+}  // namespace csoftmax
+
+#endif

@@ -1,0 +1,503 @@
+# The 16-bit kernels: float16 and bfloat16 storage, float32 arithmetic
+# (included by kernels.pxi).
+#
+# 16-bit arrays arrive as uint16 views, with their kind (HALF_F16 or
+# HALF_BF16, see half.hpp).  Nothing of the input's size is converted ahead:
+# each thread takes a block of whole rows at a time (at most STAGE float32
+# elements, at least one row), converts it into its own float32 scratch
+# (half_load), runs the float32 units of kernels.pxi over the scratch -- the
+# same short-row tiles, long-row loops and cross-entropy options as a float32
+# call -- and rounds the result or gradient once into the 16-bit output
+# (half_store).  So a 16-bit result is the float32 computation's result on
+# the converted input, rounded once, bit for bit; per-row losses stay double.
+# Blocks of short rows hold whole tiles, so the tiles (and the sum of the row
+# losses, see _loss_total) are the float32 call's; a block's size never
+# changes a bit of the result, and so neither does the thread count.
+#
+# Scratch per thread: one block (two for the backward functions and 16-bit
+# probability targets, one more with a soft cap), so a row longer than STAGE
+# takes a block of one row.  Rows split over threads (fewer rows than two per
+# thread, longer than CHUNK) are converted whole into float32 (at most two
+# rows per thread) and computed by the float32 cores, which split them.
+
+from libc.stdint cimport uint16_t
+from libc.string cimport memset
+
+cdef extern from "half.hpp" namespace "csoftmax" nogil:
+    void half_load(int kind, const uint16_t *src, float *dst, Py_ssize_t n) noexcept
+    void half_store(int kind, const float *src, uint16_t *dst, Py_ssize_t n) noexcept
+
+cdef enum:
+    # float32 elements of a block of rows (128 KiB: with a second input and a
+    # capped copy, three stay within a 512 KiB L2)
+    STAGE = 1 << 15
+    # elements per unit of the plain conversions over threads
+    CONVERT_BLOCK = 1 << 16
+    # ops of the staged kernels beyond those of kernels.pxi
+    OP_SOFTMAX_BACKWARD = 5
+    OP_LOG_SOFTMAX_BACKWARD = 6
+
+
+cdef struct _Half:
+    int op, kind
+    Py_ssize_t n_rows, n, block, stage  # rows, columns, rows per block, scratch per buffer
+    const uint16_t *x
+    const uint16_t *y16     # backward: the forward output; 16-bit probability targets
+    const float *y32        # float32 probability targets
+    uint16_t *out           # the 16-bit result or gradient (NULL: the loss alone)
+    float *out32            # logsumexp: one value per row
+    const float *w          # class weights (float32) or NULL
+    double *loss            # per-row losses
+    double *tile_loss       # per-tile loss sums of short rows (or NULL)
+    _CrossEntropyArgs *ce
+    float cap
+    double smoothing        # label smoothing
+
+
+cdef Py_ssize_t _half_block_rows(Py_ssize_t n_rows, Py_ssize_t n, int n_threads) noexcept nogil:
+    """Rows per block: STAGE elements (at least one row), no more than a
+    thread's share of the rows, whole tiles for short rows."""
+    cdef Py_ssize_t b = max(<Py_ssize_t>1, STAGE // n)
+    b = min(b, (n_rows + n_threads - 1) // n_threads)
+    if n < SHORT_ROW:
+        b = (b + _tile_rows(n) - 1) // _tile_rows(n) * _tile_rows(n)
+    return max(<Py_ssize_t>1, b)
+
+
+cdef inline void _half_ce_index(
+    const _Half *h, const label_t *t, float *xs, float *cs, Py_ssize_t r0, Py_ssize_t rows
+) noexcept nogil:
+    """Rows r0 .. r0 + rows of a class-index cross-entropy, xs holding them in
+    float32 (their gradient on return when h.out), cs room for the capped
+    logits (a block, or a row for long rows) when h.cap != 0."""
+    cdef const _CrossEntropyArgs *ce = h.ce
+    cdef Py_ssize_t i, n = h.n
+    cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if n < SHORT_ROW else 0
+    cdef CrossEntropyExtra ex
+    cdef const CrossEntropyExtra *exp = NULL
+    cdef float *grad = xs if h.out != NULL else NULL
+    cdef const float *xin = xs
+    cdef float *capped = NULL
+    cdef double w_total = ce.w_total
+    if ce.ex != NULL:
+        ex = ce.ex[0]
+        if ex.zrow != NULL:
+            ex.zrow = ex.zrow + r0
+        if ex.acc != NULL:
+            ex.acc = ex.acc + r0
+        exp = &ex
+    if h.cap != 0.0:
+        if n < SHORT_ROW:  # as the float32 call: a capped copy, the gradient back through it
+            row_softcap(xs, cs, rows * n, h.cap)
+            xin = cs
+        else:
+            capped = cs
+    for i in range(_n_units(rows, n)):
+        _cross_entropy_index_unit(xin, t + r0, rows, n, ce.ignore_index, h.w, w_total,
+                                  ce.alpha, ce.beta, h.loss + r0,
+                                  h.tile_loss if h.tile_loss == NULL else h.tile_loss + tile0,
+                                  grad, ce.scale, exp, capped, h.cap, i)
+    if grad != NULL and h.cap != 0.0 and n < SHORT_ROW:
+        row_softcap_grad(grad, cs, rows * n, h.cap)
+
+
+cdef inline void _half_ce_prob(
+    const _Half *h, float *xs, const float *ys, float *cs, Py_ssize_t r0, Py_ssize_t rows
+) noexcept nogil:
+    """As _half_ce_index with probability targets ys (float32); the cap, as in
+    the float32 call, always through a capped copy."""
+    cdef const _CrossEntropyArgs *ce = h.ce
+    cdef Py_ssize_t i, n = h.n
+    cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if n < SHORT_ROW else 0
+    cdef CrossEntropyExtra ex
+    cdef const CrossEntropyExtra *exp = NULL
+    cdef float *grad = xs if h.out != NULL else NULL
+    cdef const float *xin = xs
+    if ce.ex != NULL:
+        ex = ce.ex[0]
+        if ex.zrow != NULL:
+            ex.zrow = ex.zrow + r0
+        exp = &ex
+    if h.cap != 0.0:
+        row_softcap(xs, cs, rows * n, h.cap)
+        xin = cs
+    for i in range(_n_units(rows, n)):
+        _cross_entropy_prob_unit(xin, ys, rows, n, h.w, ce.alpha, ce.beta, h.loss + r0,
+                                 h.tile_loss if h.tile_loss == NULL else h.tile_loss + tile0,
+                                 grad, ce.scale, exp, i)
+    if grad != NULL and h.cap != 0.0:
+        row_softcap_grad(grad, cs, rows * n, h.cap)
+
+
+# Long rows of softmax and log_softmax: the row's conversion fused with its
+# maximum, and its last step with the rounding, a CHUNK_16 elements at a time
+# (in L1), so that the scratch row is walked as often as a float32 row is.
+# The same arithmetic as _softmax_row and _log_softmax_row: the maximum by
+# row_max over chunks (the largest of their maxima is the row's: NaN left
+# out, +0 for zeros; a short last chunk takes the row's last MAX_SPAN
+# elements, as row_max does), then the elementwise steps.
+
+cdef enum:
+    CHUNK_16 = 512
+    MAX_SPAN = 64   # row_max's block of floats (256 bytes)
+
+
+cdef inline float _half_load_max(int kind, const uint16_t *x, float *xs,
+                                 Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t c = 0, k
+    cdef float m = -INFINITY, r
+    while c < n:
+        k = min(<Py_ssize_t>CHUNK_16, n - c)
+        half_load(kind, x + c, xs + c, k)
+        if k < MAX_SPAN and n >= MAX_SPAN:
+            r = row_max(<const float *>xs + n - MAX_SPAN, MAX_SPAN)
+        else:
+            r = row_max(<const float *>xs + c, k)
+        m = r if r > m else m
+        c += k
+    return m
+
+
+cdef inline void _half_row_finish(int op, int kind, float *xs, uint16_t *out, Py_ssize_t n,
+                                  float m, float v) noexcept nogil:
+    """softmax: out = xs * v (xs the exponentials, v = 1 / their sum);
+    log_softmax: out = (xs - m) - v (v the logsumexp), rounded to 16 bits."""
+    cdef Py_ssize_t c = 0, k
+    while c < n:
+        k = min(<Py_ssize_t>CHUNK_16, n - c)
+        if op == OP_SOFTMAX:
+            row_scale(xs + c, k, v)
+        else:
+            row_log_softmax_from(<const float *>xs + c, xs + c, k, m, v)
+        half_store(kind, xs + c, out + c, k)
+        c += k
+
+
+cdef inline void _half_long_row(int op, int kind, const uint16_t *x, float *xs, uint16_t *out,
+                                Py_ssize_t n) noexcept nogil:
+    """softmax or log_softmax of one long row (n >= SHORT_ROW), xs its scratch."""
+    cdef float m = _half_load_max(kind, x, xs, n)
+    if op == OP_SOFTMAX:
+        _half_row_finish(op, kind, xs, out, n, m,
+                         <float>(1.0 / row_exp_store_sum(<const float *>xs, xs, n, m)))
+    else:
+        _half_row_finish(op, kind, xs, out, n, m,
+                         <float>log(row_exp_sum(<const float *>xs, n, m)))
+
+
+cdef void _half_block(
+    const _Half *h, const label_t *t, float *scratch, Py_ssize_t b
+) noexcept nogil:
+    """Block b of rows: loaded into scratch (h.stage floats per buffer),
+    computed by the float32 units, the result stored in 16 bits."""
+    cdef Py_ssize_t i, n = h.n, r0 = b * h.block
+    cdef Py_ssize_t rows = min(h.block, h.n_rows - r0)
+    cdef Py_ssize_t off = r0 * n, size = rows * n
+    cdef float *xs = scratch
+    cdef float *ys = scratch + h.stage
+    cdef const float *yp = ys
+    if (h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX) and n >= SHORT_ROW:
+        for i in range(rows):
+            _half_long_row(h.op, h.kind, h.x + off + i * n, xs + i * n, h.out + off + i * n, n)
+        return
+    half_load(h.kind, h.x + off, xs, size)
+    if h.op == OP_LOGSUMEXP:
+        for i in range(_n_units(rows, n)):
+            _rows_unit(OP_LOGSUMEXP, <const float *>xs, h.out32 + r0, rows, n, i)
+        return
+    if h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX:
+        for i in range(_n_units(rows, n)):
+            _rows_unit(h.op, <const float *>xs, xs, rows, n, i)
+    elif h.op == OP_SOFTMAX_BACKWARD or h.op == OP_LOG_SOFTMAX_BACKWARD:
+        half_load(h.kind, h.y16 + off, ys, size)
+        for i in range(rows):
+            _backward_unit(OP_SOFTMAX if h.op == OP_SOFTMAX_BACKWARD else OP_LOG_SOFTMAX,
+                           <const float *>xs, <const float *>ys, xs, n, i)
+    elif h.op == OP_CROSS_ENTROPY_INDEX:
+        _half_ce_index(h, t, xs, ys, r0, rows)
+    else:
+        if h.y16 != NULL:
+            half_load(h.kind, h.y16 + off, ys, size)
+        else:
+            yp = h.y32 + off
+        _half_ce_prob(h, xs, yp, scratch + 2 * h.stage, r0, rows)
+    if h.out != NULL:
+        half_store(h.kind, xs, h.out + off, size)
+
+
+cdef void _half_serial(const _Half *h, const label_t *t, float *scratch,
+                       Py_ssize_t n_blocks) noexcept nogil:
+    cdef Py_ssize_t b
+    for b in range(n_blocks):
+        _half_block(h, t, scratch, b)
+
+
+cdef int _half_staged(_Half *h, const label_t *t, int n_threads) except -1:
+    """Every block of rows of h (n_rows >= 1) over n_threads."""
+    h.block = _half_block_rows(h.n_rows, h.n, n_threads)
+    h.stage = h.block * h.n
+    cdef Py_ssize_t b, n_blocks = (h.n_rows + h.block - 1) // h.block
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_blocks)
+    cdef Py_ssize_t buffers = 1
+    if h.op == OP_SOFTMAX_BACKWARD or h.op == OP_LOG_SOFTMAX_BACKWARD:
+        buffers = 2
+    elif h.op == OP_CROSS_ENTROPY_INDEX and h.cap != 0.0:
+        buffers = 2
+    elif h.op == OP_CROSS_ENTROPY_PROB:
+        buffers = 3 if h.cap != 0.0 else 2
+    cdef Py_ssize_t per_thread = buffers * h.stage
+    cdef float *scratch = <float *>malloc(n_threads * per_thread * sizeof(float))
+    if scratch == NULL:
+        raise MemoryError()
+    if n_threads > 1:
+        for b in prange(n_blocks, nogil=True, schedule="static", num_threads=n_threads):
+            _half_block(h, t, scratch + threadid() * per_thread, b)
+    elif h.n_rows * h.n < GIL_WORK:
+        _half_serial(h, t, scratch, n_blocks)
+    else:
+        with nogil:
+            _half_serial(h, t, scratch, n_blocks)
+    free(scratch)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# whole arrays converted (rows split over threads; the Python layer's paths
+# that have no 16-bit kernel)
+
+cdef void _convert_unit(int kind, bint to_half, const void *src, void *dst, Py_ssize_t size,
+                        Py_ssize_t u) noexcept nogil:
+    cdef Py_ssize_t k0 = u * CONVERT_BLOCK
+    cdef Py_ssize_t k = min(<Py_ssize_t>CONVERT_BLOCK, size - k0)
+    if to_half:
+        half_store(kind, <const float *>src + k0, <uint16_t *>dst + k0, k)
+    else:
+        half_load(kind, <const uint16_t *>src + k0, <float *>dst + k0, k)
+
+
+cdef int _convert(int kind, bint to_half, const void *src, void *dst, Py_ssize_t size,
+                  int n_threads) except -1:
+    cdef Py_ssize_t u, nu = (size + CONVERT_BLOCK - 1) // CONVERT_BLOCK
+    n_threads = <int>min(<Py_ssize_t>n_threads, nu)
+    if n_threads > 1:
+        for u in prange(nu, nogil=True, schedule="static", num_threads=n_threads):
+            _convert_unit(kind, to_half, src, dst, size, u)
+    elif size < GIL_WORK:
+        for u in range(nu):
+            _convert_unit(kind, to_half, src, dst, size, u)
+    else:
+        with nogil:
+            for u in range(nu):
+                _convert_unit(kind, to_half, src, dst, size, u)
+    return 0
+
+
+def half_load_array(const uint16_t[::1] src, float[::1] dst, int kind, int n_threads=1):
+    """dst = src (16-bit bits of kind 0: float16, 1: bfloat16) as float32, exactly."""
+    if src.shape[0]:
+        _convert(kind, False, &src[0], &dst[0], src.shape[0], n_threads)
+
+
+def half_store_array(const float[::1] src, uint16_t[::1] dst, int kind, int n_threads=1):
+    """dst = src rounded to 16 bits of kind (to nearest even, NaN kept NaN)."""
+    if src.shape[0]:
+        _convert(kind, True, &src[0], &dst[0], src.shape[0], n_threads)
+
+
+cdef float *_half_widen(int kind, const uint16_t *x, Py_ssize_t size,
+                        int n_threads) except NULL:
+    cdef float *f = <float *>malloc(max(size, 1) * sizeof(float))
+    if f == NULL:
+        raise MemoryError()
+    _convert(kind, False, x, f, size, n_threads)
+    return f
+
+
+cdef double _half_whole(_Half *h, const label_t *t, int n_threads) except? -1:
+    """h over float32 copies by the float32 cores (rows split over threads);
+    returns the cross-entropy's loss total (0 for the others)."""
+    cdef Py_ssize_t size = h.n_rows * h.n
+    cdef float *x = _half_widen(h.kind, h.x, size, n_threads)
+    cdef float *y = NULL
+    cdef double total = 0.0
+    cdef _CrossEntropyArgs *ce = h.ce
+    try:
+        if h.op == OP_CROSS_ENTROPY_PROB and h.y16 != NULL:
+            y = _half_widen(h.kind, h.y16, size, n_threads)
+        if h.op == OP_LOGSUMEXP:
+            _rows_core(OP_LOGSUMEXP, <const float *>x, h.out32, h.n_rows, h.n, n_threads)
+        elif h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX:
+            _rows_core(h.op, <const float *>x, x, h.n_rows, h.n, n_threads)
+        elif h.op == OP_CROSS_ENTROPY_INDEX:
+            total = _cross_entropy_index_core(
+                <const float *>x, t, h.n_rows, h.n, h.w, ce.ignore_index, h.smoothing,
+                ce.scale, h.loss, x if h.out != NULL else NULL, n_threads, ce.ex, h.cap)
+        else:
+            total = _cross_entropy_prob_core(
+                <const float *>x, <const float *>y if y != NULL else h.y32, h.n_rows, h.n,
+                h.w, h.smoothing, ce.scale, h.loss, x if h.out != NULL else NULL,
+                n_threads, ce.ex, h.cap)
+        if h.out != NULL and h.op != OP_LOGSUMEXP:
+            _convert(h.kind, True, x, h.out, size, n_threads)
+    finally:
+        free(x)
+        free(y)
+    return total
+
+
+cdef double _half_run(_Half *h, const label_t *t, int n_threads) except? -1:
+    """h over its rows; the cross-entropy's loss total (see _loss_total)."""
+    cdef bint ce = h.op == OP_CROSS_ENTROPY_INDEX or h.op == OP_CROSS_ENTROPY_PROB
+    if (h.op != OP_SOFTMAX_BACKWARD and h.op != OP_LOG_SOFTMAX_BACKWARD
+            and _split_rows(h.n_rows, h.n, n_threads)):
+        return _half_whole(h, t, n_threads)
+    h.tile_loss = NULL
+    if ce:
+        h.tile_loss = _tile_loss_alloc(h.n_rows, h.n)
+    try:
+        _half_staged(h, t, n_threads)
+    except MemoryError:
+        free(h.tile_loss)
+        raise
+    cdef double total = 0.0
+    if ce:
+        total = _loss_total(h.loss, h.tile_loss, h.n_rows, h.n)
+    free(h.tile_loss)
+    return total
+
+
+cdef _Half _half_args(int op, int kind, const uint16_t[:, ::1] x) noexcept:
+    cdef _Half h
+    memset(&h, 0, sizeof(_Half))
+    h.op = op
+    h.kind = kind
+    h.n_rows = x.shape[0]
+    h.n = x.shape[1]
+    h.x = &x[0, 0]
+    return h
+
+
+# ---------------------------------------------------------------------------
+# the entry points (x and outputs: uint16 views of float16/bfloat16 arrays)
+
+def half_rows(int op, const uint16_t[:, ::1] x, uint16_t[:, ::1] out, int kind,
+              int n_threads):
+    """softmax (op 0) or log_softmax (op 1) of every row of 16-bit x into out
+    (may be x)."""
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return
+    cdef _Half h = _half_args(op, kind, x)
+    h.out = &out[0, 0]
+    _half_run(&h, <const int32_t *>NULL, n_threads)
+
+
+def half_logsumexp_rows(const uint16_t[:, ::1] x, float[::1] out, int kind, int n_threads):
+    """The logsumexp of every row of 16-bit x, in float32 (-inf for empty rows)."""
+    if x.shape[0] == 0:
+        return
+    if x.shape[1] == 0:
+        out[:] = -INFINITY
+        return
+    cdef _Half h = _half_args(OP_LOGSUMEXP, kind, x)
+    h.out32 = &out[0]
+    _half_run(&h, <const int32_t *>NULL, n_threads)
+
+
+def half_backward_rows(int op, const uint16_t[:, ::1] grad_output,
+                       const uint16_t[:, ::1] output, uint16_t[:, ::1] out, int kind,
+                       int n_threads):
+    """The gradient through softmax (op 0) or log_softmax (op 1), 16-bit
+    arrays of one kind; out may be grad_output or output."""
+    if output.shape[0] == 0 or output.shape[1] == 0:
+        return
+    cdef _Half h = _half_args(OP_SOFTMAX_BACKWARD if op == OP_SOFTMAX
+                              else OP_LOG_SOFTMAX_BACKWARD, kind, grad_output)
+    h.y16 = &output[0, 0]
+    h.out = &out[0, 0]
+    _half_run(&h, <const int32_t *>NULL, n_threads)
+
+
+cdef double _half_cross_entropy(
+    _Half *h, const label_t *t, const float[::1] weight, Py_ssize_t ignore_index,
+    double label_smoothing, double grad_scale, double[::1] row_loss, uint16_t[:, ::1] grad,
+    int n_threads, double z_loss, double z_scale, double softcap, double[::1] row_z,
+    double[::1] row_acc,
+) except? -1:
+    cdef CrossEntropyExtra ex
+    cdef _CrossEntropyArgs ce
+    ce.ex = _extra_args(&ex, z_loss, z_scale, row_z, row_acc)
+    ce.ignore_index = ignore_index
+    ce.alpha = 1.0 - label_smoothing
+    ce.beta = label_smoothing / h.n
+    ce.scale = grad_scale
+    ce.loss = &row_loss[0]
+    h.ce = &ce
+    h.loss = &row_loss[0]
+    h.cap = <float>softcap
+    h.smoothing = label_smoothing
+    if weight is not None:
+        h.w = &weight[0]
+    ce.w_total = <double>h.n if h.w == NULL else row_sum(h.w, h.n)
+    if grad is not None:
+        h.out = &grad[0, 0]
+    return _half_run(h, t, n_threads)
+
+
+def half_cross_entropy_index_rows(const uint16_t[:, ::1] logits,
+                                  const label_t[::1] target,
+                                  const float[::1] weight,
+                                  Py_ssize_t ignore_index,
+                                  double label_smoothing,
+                                  double grad_scale,
+                                  double[::1] row_loss,
+                                  uint16_t[:, ::1] grad,
+                                  int kind,
+                                  int n_threads,
+                                  double z_loss=0.0,
+                                  double z_scale=0.0,
+                                  double softcap=0.0,
+                                  double[::1] row_z=None,
+                                  double[::1] row_acc=None):
+    """cross_entropy_index_rows (calls.pxi) over 16-bit logits (the gradient
+    in 16 bits, of the same kind; grad may be logits); weight in float32."""
+    if logits.shape[0] == 0:
+        return 0.0
+    cdef _Half h = _half_args(OP_CROSS_ENTROPY_INDEX, kind, logits)
+    return _half_cross_entropy(&h, &target[0], weight, ignore_index, label_smoothing,
+                               grad_scale, row_loss, grad, n_threads, z_loss, z_scale,
+                               softcap, row_z, row_acc)
+
+
+def half_cross_entropy_prob_rows(const uint16_t[:, ::1] logits,
+                                 object target,
+                                 const float[::1] weight,
+                                 double label_smoothing,
+                                 double grad_scale,
+                                 double[::1] row_loss,
+                                 uint16_t[:, ::1] grad,
+                                 int kind,
+                                 int n_threads,
+                                 double z_loss=0.0,
+                                 double z_scale=0.0,
+                                 double softcap=0.0,
+                                 double[::1] row_z=None):
+    """cross_entropy_prob_rows over 16-bit logits; target: 16-bit of the
+    logits' kind (a uint16 view) or float32, of the logits' shape."""
+    if logits.shape[0] == 0:
+        return 0.0
+    cdef _Half h = _half_args(OP_CROSS_ENTROPY_PROB, kind, logits)
+    cdef const uint16_t[:, ::1] y16
+    cdef const float[:, ::1] y32
+    cdef double[::1] no_acc = None
+    if target.dtype == np.uint16:
+        y16 = target
+        h.y16 = &y16[0, 0]
+    else:
+        y32 = target
+        h.y32 = &y32[0, 0]
+    return _half_cross_entropy(&h, <const int32_t *>NULL, weight, 0, label_smoothing,
+                               grad_scale, row_loss, grad, n_threads, z_loss, z_scale,
+                               softcap, row_z, no_acc)
+
+
+include "fasthalf.pxi"

@@ -1,0 +1,503 @@
+"""float16 and bfloat16: conversions and the 16-bit kernels (src/half.hpp, src/half.pxi).
+
+* The conversions of every compiled variant and of the NumPy twin: all 65536 16-bit
+  patterns to float32 (exact), and float32 to 16 bits on the rounding boundaries next
+  to every 16-bit value, against NumPy's float16 and ml_dtypes' bfloat16 casts, and
+  bitwise the same across variants (NaN payloads included).
+* Every 16-bit kernel gives the float32 computation on the converted input rounded once,
+  bit for bit (the float32 kernels of the same variant as the reference), at any
+  thread count; per-row losses and their sum exactly the float32 kernels' doubles.
+* The public functions: dtypes kept, out= and in place, other axes, masks, the loss
+  rounded once from double, both backends close, ml_dtypes absent: a TypeError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from arrays import KERNEL_FRONTENDS, assert_bitwise_equal, make_rng
+
+from csoftmax import _half
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+DTYPES = {"float16": F16, "bfloat16": BF16}
+KIND = {F16: _half.F16, BF16: _half.BF16}
+
+
+def _kernels(name):
+    return KERNEL_FRONTENDS[name].kernels
+
+
+# ---------------------------------------------------------------------------
+# conversions
+
+ALL_BITS = np.arange(1 << 16, dtype=np.uint16)
+
+
+def _boundary_floats():
+    """float32 values next to every float16/bfloat16 rounding decision: each 16-bit
+    value widened, +-1 and 2 ulp around it, the midpoints to the next value and +-1
+    ulp around them; plus random bit patterns."""
+    f = np.concatenate([_half.load_numpy(ALL_BITS, _half.F16),
+                        _half.load_numpy(ALL_BITS, _half.BF16)])
+    nxt = np.concatenate([_half.load_numpy(ALL_BITS + np.uint16(1), _half.F16),
+                          _half.load_numpy(ALL_BITS + np.uint16(1), _half.BF16)])
+    with np.errstate(invalid="ignore", over="ignore"):
+        mid = ((f.astype(np.float64) + nxt.astype(np.float64)) / 2).astype(np.float32)
+    u = np.concatenate([f.view(np.uint32), mid.view(np.uint32)]).astype(np.int64)
+    u = (u[:, None] + np.arange(-2, 3)).ravel() % (1 << 32)
+    rand = make_rng("half-bits").integers(0, 1 << 32, size=1 << 19)
+    return np.concatenate([u, rand]).astype(np.uint32).view(np.float32)
+
+
+FLOATS = _boundary_floats()
+
+
+def _same_or_both_nan(got, want, what):
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan, err_msg=what)
+    np.testing.assert_array_equal(got.view(np.uint32)[~nan] if got.dtype == np.float32
+                                  else got.view(np.uint16)[~nan],
+                                  want.view(np.uint32)[~nan] if want.dtype == np.float32
+                                  else want.view(np.uint16)[~nan], err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_load_all_bits(dtype):
+    want = ALL_BITS.view(dtype).astype(np.float32)
+    results = {}
+    for name in KERNEL_FRONTENDS:
+        got = np.empty(ALL_BITS.size, np.float32)
+        _kernels(name).half_load_array(ALL_BITS, got, KIND[dtype], 2)
+        _same_or_both_nan(got, want, f"{name} {dtype}")
+        results[name] = got
+    first = next(iter(results.values()))
+    for name, got in results.items():  # NaN bits too: every variant the same
+        assert_bitwise_equal(got, first, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_store_rounding_boundaries(dtype):
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = FLOATS.astype(dtype)  # NumPy's float16, ml_dtypes' bfloat16: nearest even
+    results = {}
+    for name in KERNEL_FRONTENDS:
+        got = np.empty(FLOATS.size, np.uint16)
+        _kernels(name).half_store_array(FLOATS, got, KIND[dtype], 2)
+        _same_or_both_nan(got.view(dtype), want, f"{name} {dtype}")
+        results[name] = got
+    first = next(iter(results.values()))
+    for name, got in results.items():
+        assert_bitwise_equal(got, first, name)
+    nan = np.isnan(FLOATS)  # NaN stays NaN, quiet, sign kept
+    quiet = 0x0200 if dtype == F16 else 0x0040
+    assert np.all(first[nan] & quiet)
+    np.testing.assert_array_equal(first[nan] >> 15, FLOATS[nan].view(np.uint32) >> 31)
+
+
+def test_round_once_from_double():
+    # 1 + 2**-8 + 2**-30: above the midpoint of two bfloat16 values; through float32
+    # it becomes the midpoint, and rounds to even (down): rounding twice
+    v = 1.0 + 2.0**-8 + 2.0**-30
+    assert float(_half.round_once(v, BF16)) == 1.0 + 2.0**-7
+    assert _half.round_once(v, BF16).dtype == BF16
+    rng = make_rng("round-once")
+    x = rng.standard_normal(4096) * np.exp2(rng.integers(-140, 130, 4096))
+    x = np.concatenate([x, [np.inf, -np.inf, np.nan, 0.0, -0.0, 3.4e38, -3.4e38, 1e-45]])
+    got = _half.round_once(x, BF16).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        grid = np.unique(ALL_BITS.view(BF16).astype(np.float64))
+    grid = grid[np.isfinite(grid)]
+    finite = np.isfinite(x) & (np.abs(x) < 3.38e38)
+    # the nearest bfloat16: no other value is closer
+    err = np.abs(got[finite] - x[finite])
+    nearest = np.abs(grid[np.clip(np.searchsorted(grid, x[finite]), 1, grid.size - 1)]
+                     - x[finite])
+    below = np.abs(grid[np.clip(np.searchsorted(grid, x[finite]) - 1, 0, grid.size - 1)]
+                   - x[finite])
+    assert np.all(err <= np.minimum(nearest, below))
+    assert np.isnan(got[np.isnan(x)]).all()
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(_half.round_once(x, F16), x.astype(F16))
+
+
+# ---------------------------------------------------------------------------
+# the kernels: the float32 kernels' results rounded once, bit for bit
+
+#: every compiled variant (not "cython" too: it is one of them)
+COMPILED = ([name for name in KERNEL_FRONTENDS if name.startswith("cython-")]
+            or [name for name in KERNEL_FRONTENDS if name != "numpy"])
+#: (rows, classes): short rows (tiles), long rows, a row longer than a block, rows
+#: split over threads
+SHAPES = [(37, 5), (70, 31), (64, 1000), (9, 40_000), (2, 40_000)]
+
+
+def _inputs(shape, dtype, rng, extreme):
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    if extreme:
+        k = rng.random(shape)
+        x[k < 0.03] = -np.inf
+        x[(k > 0.5) & (k < 0.52)] = 6e4 if dtype == F16 else 3e38   # near the overflow
+        x[(k > 0.6) & (k < 0.62)] = 3e-6                          # float16 subnormals
+        x[(k > 0.7) & (k < 0.71)] = -7e4 if dtype == F16 else -1e38
+        x[0, 1] = np.nan
+        if shape[0] > 3:
+            x[2] = -np.inf
+            x[3, 0] = np.inf
+    with np.errstate(over="ignore"):
+        return x.astype(dtype)
+
+
+def _round(r32, dtype):
+    out = np.empty(r32.shape, np.uint16)
+    _half.store_numpy(r32, out, KIND[dtype])
+    return out
+
+
+@pytest.mark.parametrize("extreme", [False, True], ids=["normal", "extreme"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", COMPILED)
+def test_rows_kernels_round_float32_once(name, dtype, shape, extreme):
+    k = _kernels(name)
+    rng = make_rng(f"{name}{dtype}{shape}{extreme}")
+    x = _inputs(shape, dtype, rng, extreme)
+    x32 = x.astype(np.float32)
+    kind = KIND[dtype]
+    for threads in (1, 3):
+        for op, rows in ((0, k.softmax_rows), (1, k.log_softmax_rows)):
+            want = np.empty(shape, np.float32)
+            rows(x32, want, threads)
+            got = np.empty(shape, np.uint16)
+            k.half_rows(op, x.view(np.uint16), got, kind, threads)
+            assert_bitwise_equal(got, _round(want, dtype), f"op {op} threads {threads}")
+        want = np.empty(shape[0], np.float32)
+        k.logsumexp_rows(x32, want, threads)
+        got = np.empty(shape[0], np.float32)
+        k.half_logsumexp_rows(x.view(np.uint16), got, kind, threads)
+        assert_bitwise_equal(got, want, "logsumexp")
+        g = (rng.standard_normal(shape)).astype(dtype)
+        for op, rows in ((0, k.softmax_backward_rows), (1, k.log_softmax_backward_rows)):
+            want = np.empty(shape, np.float32)
+            rows(g.astype(np.float32), x32, want, threads)
+            got = np.empty(shape, np.uint16)
+            k.half_backward_rows(op, g.view(np.uint16), x.view(np.uint16), got, kind, threads)
+            assert_bitwise_equal(got, _round(want, dtype), f"backward {op}")
+
+
+CE_OPTIONS = [
+    {},
+    {"label_smoothing": 0.1, "weight": True},
+    {"z_loss": 1e-3, "softcap": 7.0},
+    {"softcap": 5.0, "row_acc": True},
+    {"z_loss": 1e-4, "row_acc": True, "weight": True},
+]
+
+
+def _ce_call(kernel, logits, target, opts, grad, threads, extra_args=()):
+    n = logits.shape[0]
+    c = logits.shape[1]
+    w = (np.linspace(0.5, 2.0, c).astype(np.float32) if opts.get("weight") else None)
+    row_loss = np.empty(n)
+    extra = {}
+    if "z_loss" in opts:
+        extra.update(z_loss=opts["z_loss"], z_scale=0.5, row_z=np.empty(n))
+    if "softcap" in opts:
+        extra["softcap"] = opts["softcap"]
+    if opts.get("row_acc"):
+        extra["row_acc"] = np.empty(n)
+    if target.ndim == 1:
+        total = kernel(logits, target, w, -100, opts.get("label_smoothing", 0.0), 0.25,
+                       row_loss, grad, *extra_args, threads, **extra)
+    else:
+        extra.pop("row_acc", None)
+        total = kernel(logits, target, w, opts.get("label_smoothing", 0.0), 0.25, row_loss,
+                       grad, *extra_args, threads, **extra)
+    return total, row_loss, extra
+
+
+@pytest.mark.parametrize("opts", CE_OPTIONS, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", COMPILED)
+def test_cross_entropy_kernels_round_float32_once(name, dtype, shape, opts):
+    k = _kernels(name)
+    rng = make_rng(f"ce{name}{dtype}{shape}{opts}")
+    x = _inputs(shape, dtype, rng, extreme=True)
+    x32 = x.astype(np.float32)
+    labels = rng.integers(0, shape[1], shape[0])
+    labels[::5] = -100
+    probs16 = rng.random(shape).astype(dtype)
+    kind = KIND[dtype]
+    for threads in (1, 3):
+        for target, target16 in ((labels, labels), (probs16.astype(np.float32),
+                                                     probs16.view(np.uint16))):
+            if target.ndim == 1:
+                k32, k16 = k.cross_entropy_index_rows, k.half_cross_entropy_index_rows
+            else:
+                k32, k16 = k.cross_entropy_prob_rows, k.half_cross_entropy_prob_rows
+            g32 = np.empty(shape, np.float32)
+            want = _ce_call(k32, x32, target, opts, g32, threads)
+            g16 = np.empty(shape, np.uint16)
+            got = _ce_call(k16, x.view(np.uint16), target16, opts, g16, threads, (kind,))
+            what = f"threads {threads} target {target.ndim}-D"
+            assert got[0] == want[0] or (np.isnan(got[0]) and np.isnan(want[0])), what
+            assert_bitwise_equal(got[1], want[1], what)
+            for key in ("row_z", "row_acc"):
+                if key in want[2]:
+                    assert_bitwise_equal(got[2][key], want[2][key], f"{what} {key}")
+            assert_bitwise_equal(g16, _round(g32, dtype), what)
+            # the loss alone, and in place (grad = logits)
+            assert _ce_call(k16, x.view(np.uint16), target16, opts, None, threads,
+                            (kind,))[1].tobytes() == want[1].tobytes()
+            inplace = x.copy().view(np.uint16)
+            _ce_call(k16, inplace, target16, opts, inplace, threads, (kind,))
+            assert_bitwise_equal(inplace, g16, what + " in place")
+
+
+# ---------------------------------------------------------------------------
+# the public functions
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_public_functions(kernel_frontend, dtype):
+    fe = kernel_frontend
+    rng = make_rng(f"public{fe.name}{dtype}")
+    x = _inputs((40, 300), dtype, rng, extreme=True)
+    x32 = x.astype(np.float32)
+    for fn in (fe.softmax, fe.log_softmax):
+        want = _round(fn(x32), dtype).view(dtype)
+        got = fn(x)
+        assert got.dtype == dtype
+        assert_bitwise_equal(got, want, fn.__name__)
+        out = np.empty_like(x)
+        assert fn(x, out=out) is out
+        assert_bitwise_equal(out, want, "out=")
+        inplace = x.copy()
+        fn(inplace, out=inplace)
+        assert_bitwise_equal(inplace, want, "in place")
+        # another axis (through 16-bit copies), a byte-swapped input, a mask
+        assert_bitwise_equal(fn(x.T, axis=0), want.T.copy(), "axis 0")
+        if dtype == F16:
+            assert_bitwise_equal(fn(x.astype(">f2")), want, "byte-swapped")
+        keep = rng.random(x.shape) < 0.8
+        want_m = _round(fn(x32, where=keep), dtype).view(dtype)
+        assert_bitwise_equal(fn(x, where=keep), want_m, "where=")
+    lse = fe.logsumexp(x)
+    assert lse.dtype == dtype
+    assert_bitwise_equal(lse, _round(fe.logsumexp(x32), dtype).view(dtype), "logsumexp")
+    assert fe.logsumexp(x[0]).dtype == dtype  # a scalar
+    a = fe.softmax(x)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    got = fe.softmax_backward(g, a)
+    assert got.dtype == dtype
+    want = _round(fe.softmax_backward(g.astype(np.float32), a.astype(np.float32)), dtype)
+    assert_bitwise_equal(got, want.view(dtype), "softmax_backward")
+    got = fe.log_softmax_backward(g, a, out=g)
+    assert got is g
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_public_cross_entropy(kernel_frontend, dtype, reduction):
+    fe = kernel_frontend
+    rng = make_rng(f"ce-public{fe.name}{dtype}{reduction}")
+    x = _inputs((50, 700), dtype, rng, extreme=False)
+    x32 = x.astype(np.float32)
+    labels = rng.integers(0, 700, 50)
+    labels[::7] = -100
+    g32 = np.empty(x.shape, np.float32)
+    row_loss = np.empty(50)
+    scale = 1.0
+    if reduction == "mean":
+        scale = 1.0 / np.count_nonzero(labels != -100)
+    total = fe.kernels.cross_entropy_index_rows(x32, labels, None, -100, 0.0, scale,
+                                                row_loss, g32, 1)
+    loss, grad = fe.cross_entropy_with_grad(x, labels, reduction=reduction)
+    assert grad.dtype == dtype and loss.dtype == dtype
+    assert_bitwise_equal(grad, _round(g32, dtype).view(dtype), "grad")
+    if reduction == "none":
+        assert_bitwise_equal(loss, _half.round_once(row_loss, dtype), "loss")
+    else:
+        want = total * scale if reduction == "mean" else total
+        assert loss == _half.round_once(want, dtype)
+        assert loss.tobytes() == _half.round_once(want, dtype).tobytes()
+    assert_bitwise_equal(fe.cross_entropy(x, labels, reduction=reduction), loss, "loss alone")
+    out = np.empty_like(x)
+    assert fe.cross_entropy_with_grad(x, labels, reduction=reduction, out=out)[1] is out
+    assert_bitwise_equal(out, grad, "out=")
+    inplace = x.copy()
+    fe.cross_entropy_with_grad(inplace, labels, reduction=reduction, out=inplace)
+    assert_bitwise_equal(inplace, grad, "in place")
+    # (N, C, d) logits, class axis 1: through a 16-bit moved copy
+    x3 = np.ascontiguousarray(x.reshape(5, 10, 700).transpose(0, 2, 1))
+    l3, g3 = fe.cross_entropy_with_grad(x3, labels.reshape(5, 10), axis=1,
+                                        reduction=reduction)
+    assert_bitwise_equal(g3, grad.reshape(5, 10, 700).transpose(0, 2, 1).copy(), "axis=1")
+    # probability targets of the logits' dtype, and of float32: the same values
+    probs = rng.random(x.shape).astype(dtype)
+    l16, g16 = fe.cross_entropy_with_grad(x, probs, reduction=reduction)
+    l32, gf = fe.cross_entropy_with_grad(x, probs.astype(np.float32), reduction=reduction)
+    assert_bitwise_equal(g16, gf, "16-bit probabilities")
+    assert_bitwise_equal(l16, l32, "16-bit probabilities")
+    assert g16.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_backends_agree(dtype):
+    from csoftmax import _dispatch
+
+    fronts = _dispatch.FRONTENDS
+    rng = make_rng(f"agree{dtype}")
+    x = _inputs((64, 500), dtype, rng, extreme=False)
+    labels = rng.integers(0, 500, 64)
+    results = {name: (fe.softmax(x), *fe.cross_entropy_with_grad(x, labels))
+               for name, fe in fronts.items()}
+    ref = results["numpy"]
+    tol = 2.0**-7 if dtype == BF16 else 2.0**-10
+    for name, r in results.items():
+        for a, b in zip(r, ref):
+            assert a.dtype == b.dtype == dtype
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                       rtol=tol, atol=1e-6, err_msg=name)
+
+
+def test_bfloat16_needs_ml_dtypes(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import csoftmax
+
+    t = torch.zeros(2, 3, dtype=torch.bfloat16)
+    assert csoftmax.softmax(t).dtype == BF16  # with ml_dtypes: read as a view
+    monkeypatch.setattr(_half, "_BF16", False)
+    with pytest.raises(TypeError, match="ml_dtypes"):
+        csoftmax.softmax(t)
+    with pytest.raises(TypeError, match="ml_dtypes"):
+        csoftmax.cross_entropy(t, np.zeros(2, int))
+    import csoftmax.torch as ct
+
+    with pytest.raises(TypeError, match="ml_dtypes"):
+        ct.softmax(t, -1)
+    # float16 needs nothing
+    assert csoftmax.softmax(t.to(torch.float16)).dtype == F16
+
+
+def test_ml_dtypes_imported_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, csoftmax; csoftmax.softmax(np.zeros((2, 3), np.float16)); "
+            "assert 'ml_dtypes' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------
+# the C fast path (src/fasthalf.pxi): taken, and the full path's bits
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", COMPILED)
+def test_fast_path(name, dtype):
+    from csoftmax import _api
+
+    fast = KERNEL_FRONTENDS[name]
+    full = _api.Frontend(fast.kernels, f"full-{name}", fast=False)
+    k = fast.kernels
+    rng = make_rng(f"fast{name}{dtype}")
+    for shape in [(1, 10), (7, 3), (33, 40), (300, 70), (2, 40_000), (1000,)]:
+        x = _inputs(shape if len(shape) == 2 else (1,) + shape, dtype, rng, extreme=False)
+        x = x.reshape(shape)
+        assert k.fast_rows(0, x, -1, None, None) is not None  # taken
+        assert k.fast_logsumexp(x, -1, None) is not None
+        for fn in ("softmax", "log_softmax", "logsumexp"):
+            a, b = getattr(fast, fn)(x), getattr(full, fn)(x)
+            assert type(a) is type(b)
+            assert_bitwise_equal(a, b, f"{fn} {shape}")
+        out = np.empty_like(x)
+        assert fast.softmax(x, out=out) is out
+        assert_bitwise_equal(out, full.softmax(x), "out=")
+        a = fast.softmax(x)
+        g = rng.standard_normal(shape).astype(dtype)
+        assert k.fast_backward(0, g, a, -1, None, None) is not None
+        for fn in ("softmax_backward", "log_softmax_backward"):
+            assert_bitwise_equal(getattr(fast, fn)(g, a), getattr(full, fn)(g, a), fn)
+        c = shape[-1]
+        labels = rng.integers(0, c, shape[:-1]).astype(np.int32)
+        if len(shape) == 2:
+            labels[::3] = -100
+        probs = rng.random(shape).astype(dtype)
+        targets = [labels, probs, labels.astype(np.int64)]
+        if len(shape) == 1:  # one sample: the fast path takes a Python int
+            targets = [int(labels), probs]
+        for target in targets:
+            for reduction in ("mean", "sum", "none"):
+                kw = dict(reduction=reduction, label_smoothing=0.1)
+                labelled = not isinstance(target, np.ndarray) or target.dtype.kind == "i"
+                assert k.fast_cross_entropy(x, target, -1, -100 if labelled else -1,
+                                            reduction, 0.1, None, True, None) is not None
+                ignore = {} if labelled else {"ignore_index": -1}
+                lf, gf = fast.cross_entropy_with_grad(x, target, **kw, **ignore)
+                lo, go = full.cross_entropy_with_grad(x, target, **kw, **ignore)
+                assert type(lf) is type(lo)
+                assert_bitwise_equal(lf, lo, f"loss {shape} {reduction}")
+                assert_bitwise_equal(gf, go, f"grad {shape} {reduction}")
+                assert_bitwise_equal(fast.cross_entropy(x, target, **kw, **ignore), lo,
+                                     "loss alone")
+        inplace = x.copy()
+        fast.cross_entropy_with_grad(inplace, targets[0], out=inplace)
+        assert_bitwise_equal(inplace, full.cross_entropy_with_grad(x, targets[0])[1],
+                             "in place")
+    # declined: float16 with bfloat16, byte-swapped, out of another dtype
+    x = _inputs((4, 8), dtype, rng, extreme=False)
+    assert k.fast_rows(0, x, -1, np.empty(x.shape, np.float32), None) is None
+    other = F16 if dtype == BF16 else BF16
+    assert k.fast_backward(0, x.astype(other), x, -1, None, None) is None
+
+
+# ---------------------------------------------------------------------------
+# csoftmax.torch on bfloat16 / float16 tensors: PyTorch's results, within its error
+
+@pytest.mark.parametrize("tdtype", ["bfloat16", "float16"])
+def test_torch_adapter_16bit(tdtype):
+    torch = pytest.importorskip("torch")
+    import csoftmax.torch as ct
+
+    dt = getattr(torch, tdtype)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 500, generator=gen) * 3).to(dt)
+    t = torch.randint(0, 500, (64,), generator=gen)
+    t[::9] = -100
+    # tolerance: a few units of the 16-bit format's rounding (PyTorch computes in float32
+    # internally too, but rounds some intermediate steps to 16 bits)
+    eps = 2.0**-7 if tdtype == "bfloat16" else 2.0**-10
+    # PyTorch in the 16-bit dtype itself, and (label smoothing: its float16 smoothing
+    # term overflows to inf) in float32 on the same values
+    for kw, ref_dt in (({}, dt), ({"reduction": "sum"}, dt),
+                       ({"label_smoothing": 0.1}, torch.float32)):
+        a = x.clone().requires_grad_(True)
+        b = x.to(ref_dt, copy=True).requires_grad_(True)
+        la = ct.cross_entropy(a, t, **kw)
+        lb = torch.nn.functional.cross_entropy(b, t, **kw)
+        assert la.dtype == dt and la.shape == lb.shape
+        la.backward()
+        lb.backward()
+        assert a.grad.dtype == dt
+        torch.testing.assert_close(la.float(), lb.float(), rtol=4 * eps, atol=0)
+        torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=4 * eps,
+                                   atol=4 * eps * float(b.grad.float().abs().max()))
+    for fn, ref in ((ct.softmax, torch.softmax), (ct.log_softmax, torch.log_softmax)):
+        a = x.clone().requires_grad_(True)
+        b = x.clone().requires_grad_(True)
+        ya, yb = fn(a, -1), ref(b, -1)
+        assert ya.dtype == dt
+        torch.testing.assert_close(ya.float(), yb.float(), rtol=2 * eps, atol=1e-6)
+        w = torch.randn(ya.shape, generator=gen).to(dt)
+        (ya.float() * w.float()).sum().backward()
+        (yb.float() * w.float()).sum().backward()
+        torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=8 * eps,
+                                   atol=8 * eps * float(b.grad.float().abs().max()))
+    # viewed, not copied: the NumPy array shares the tensor's memory
+    from csoftmax.torch import _as_numpy
+
+    arr = _as_numpy(x, "x")
+    assert arr.__array_interface__["data"][0] == x.data_ptr()
+    assert arr.dtype.name == tdtype
