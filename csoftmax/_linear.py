@@ -54,7 +54,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _threads
+from . import _half, _threads
 from ._cross_entropy_api import CrossEntropyResult
 from ._validation import (
     _as_label_array,
@@ -383,7 +383,7 @@ def run(frontend, args, with_grad, row_scale=None):
 
 def _per_position(args, rows):
     """Per-row values as a "none" result: the result dtype, a scalar for (D,) input."""
-    r = rows.astype(args.result, copy=False)
+    r = _as_result(rows, args.result)
     return r[0] if args.one_sample else r
 
 
@@ -392,16 +392,24 @@ def _finish_loss(args, total_loss, row_loss, denominator):
         return _per_position(args, row_loss)
     if args.reduction == "mean":
         total_loss = total_loss / denominator if denominator != 0.0 else float("nan")
-    return args.result.type(total_loss)
+    return _as_result(total_loss, args.result)
 
 
 def _cast_grads(args, gx, gw, gb):
     r = args.result
     gx = gx.reshape(args.x_shape)
     if r != args.compute:
-        gx, gw = gx.astype(r), gw.astype(r)
-        gb = None if gb is None else gb.astype(r)
+        gx, gw = _as_grad(gx, r), _as_grad(gw, r)
+        gb = None if gb is None else _as_grad(gb, r)
     return gx, gw, gb
+
+
+def _as_grad(g, result):
+    """A gradient in the result dtype: to float16/bfloat16 by the kernels'
+    rounding (NumPy's float32 -> float16 cast takes ~100 ns a subnormal value)."""
+    if _half.half_kind(result) is not None:
+        return _half.store(g, result)
+    return g.astype(result)
 
 
 def _divide(value, by):
@@ -481,9 +489,9 @@ class _Extras:
                 z_sum = self.z_sum
                 if args.reduction == "mean":
                     z_sum = _divide(z_sum, self.z_div)
-                z = args.result.type(z_sum)
+                z = _as_result(z_sum, args.result)
             if args.return_token_accuracy:
-                acc = args.result.type(_divide(self.correct, float(self.n_kept)))
+                acc = _as_result(_divide(self.correct, float(self.n_kept)), args.result)
         return loss, z, acc
 
 
@@ -606,6 +614,9 @@ def _as_results(r, args):
 
 
 def _as_result(loss, result):
+    """Losses (double sums) in the result dtype, rounded once (also to bfloat16)."""
+    if _half.half_kind(result) is not None:
+        return _half.round_once(loss, result)
     if np.ndim(loss) == 0:
         return result.type(loss)
     return loss.astype(result, copy=False)

@@ -501,3 +501,37 @@ def test_torch_adapter_16bit(tdtype):
     arr = _as_numpy(x, "x")
     assert arr.__array_interface__["data"][0] == x.data_ptr()
     assert arr.dtype.name == tdtype
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_cross_entropy_16bit_is_float32_rounded_once(dtype, reduction):
+    """linear_cross_entropy on 16-bit input: the float32 computation on the same
+    values, the gradients rounded once by the kernels' conversion (no NumPy cast)
+    and the loss, z-loss and accuracy rounded once from double."""
+    import csoftmax
+
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = make_rng(7)
+    x = rng.standard_normal((40, 16)).astype(dt)
+    w = (rng.standard_normal((300, 16)) * 0.5).astype(dt)
+    b = rng.standard_normal(300).astype(dt)
+    t = rng.integers(0, 300, 40)
+    t[3] = -100
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+    opts = dict(reduction=reduction, z_loss=1e-3, return_z_loss=True,
+                return_token_accuracy=True, chunk_size=16)
+    loss, gx, gw, gb, z, acc = csoftmax.linear_cross_entropy_with_grad(
+        x, w, t, linear_bias=b, **opts)
+    l32, gx32, gw32, gb32, z32, a32 = csoftmax.linear_cross_entropy_with_grad(
+        x32, w32, t, linear_bias=b32, **opts)
+    for got, want in ((gx, gx32), (gw, gw32), (gb, gb32)):
+        assert got.dtype == dt
+        assert_bitwise_equal(got, _half.store(want, dt))
+    for got, want in ((loss, l32), (z, z32), (acc, a32)):
+        assert np.asarray(got).dtype == dt
+        ref = _half.round_once(np.asarray(want, np.float64), dt)
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(ref, np.float64),
+                                   rtol=2 ** -7)
+    only = csoftmax.linear_cross_entropy(x, w, t, linear_bias=b, reduction=reduction)
+    assert np.asarray(only).dtype == dt
