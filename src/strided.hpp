@@ -102,6 +102,35 @@ static inline void sblock_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, 
     for (idx_t j = 0; j < w; ++j) m[j] = m[j] + (T)0;
 }
 
+/* sblock_max of the soft-capped block (cap != 0): each class row capped into
+ * stage (row_softcap: the cap of every path), the max taken there.  The
+ * later passes read the capped block from stage, and the gradient goes back
+ * through the cap from it (sblock_softcap_grad). */
+template <typename T, int W>
+static inline void sblock_capped_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, T *stage,
+                                     T cap) {
+    const idx_t w = W > 0 ? (idx_t)W : w_;
+    const idx_t B = StridedBlock<T>::B;
+    for (idx_t j = 0; j < w; ++j) m[j] = (T)-INFINITY;
+    for (idx_t c = 0; c < C; ++c) {
+        const T *xc = x + c * inner;
+        T *sc = stage + c * B;
+        if (c + PREFETCH_ROWS < C) prefetch_row(xc + PREFETCH_ROWS * inner, w, 0);
+        row_softcap(xc, sc, w, cap);
+#pragma omp simd
+        for (idx_t j = 0; j < w; ++j) m[j] = sc[j] > m[j] ? sc[j] : m[j];
+    }
+    for (idx_t j = 0; j < w; ++j) m[j] = m[j] + (T)0;
+}
+
+/* the gradient of a block through the soft cap, from the capped block */
+template <typename T>
+static inline void sblock_softcap_grad(T *grad, const T *stage, idx_t C, idx_t inner, idx_t w,
+                                       T cap) {
+    const idx_t B = StridedBlock<T>::B;
+    for (idx_t c = 0; c < C; ++c) row_softcap_grad(grad + c * inner, stage + c * B, w, cap);
+}
+
 /* s[j] = sum over classes of exp(x - m[j]): in T over SUM_CLASSES classes,
  * then in double */
 template <typename T, int W>
@@ -205,13 +234,16 @@ template <bool Grad, typename T, typename L, int W>
 static inline void sblock_cross_entropy_index(
         const T *x, const L *target, idx_t C, idx_t inner, idx_t w_, idx_t ignore_index,
         const T *wt_, double w_total, double alpha, double beta, double *loss, T *grad,
-        double scale, T *stage, const CrossEntropyExtra *ex) {
+        double scale, T *stage, const CrossEntropyExtra *ex, T cap) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
     enum { B = StridedBlock<T>::B };
     T m[B], c1[B], ct[B], fill[B];
     double s[B], sm[B], xt[B], wt[B];
     int32_t lab[B];                    /* the label, -1 ignored, -2 out of range */
-    sblock_max<T, W>(x, C, inner, w, m, stage);
+    if (cap != (T)0)                   /* soft-capped: always staged */
+        sblock_capped_max<T, W>(x, C, inner, w, m, stage, cap);
+    else
+        sblock_max<T, W>(x, C, inner, w, m, stage);
     const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
     const idx_t ld = stage != NULL ? (idx_t)B : inner;
     int special = 0;
@@ -271,15 +303,17 @@ static inline void sblock_cross_entropy_index(
     }
     for (idx_t j = 0; j < w; ++j)
         if (lab[j] >= 0) grad[lab[j] * inner + j] -= ct[j];
+    if (cap != (T)0) sblock_softcap_grad(grad, stage, C, inner, w, cap);
 }
 
 /* Unit u (as strided_unit) of cross-entropy: x (outer, C, inner), target and
- * loss (outer, inner), grad like x or NULL. */
+ * loss (outer, inner), grad like x or NULL; cap != 0: the logits soft-capped
+ * at cap (stage then holds C x B elements). */
 template <typename T, typename L>
 static CS_REDUCTION void strided_cross_entropy_index_unit(
         const T *x, const L *target, idx_t C, idx_t inner, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        idx_t u, T *stage, const CrossEntropyExtra *ex) {
+        idx_t u, T *stage, const CrossEntropyExtra *ex, T cap) {
     enum { B = StridedBlock<T>::B };
     idx_t nb = strided_blocks<T>(inner);
     idx_t o = u / nb, j0 = (u - o * nb) * B;
@@ -298,17 +332,17 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
     if (n == B) {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, lb, gb, scale, stage, ex);
+                                                      w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
         else
             sblock_cross_entropy_index<false, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, lb, gb, scale, stage, ex);
+                                                       w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
     } else {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, lb, gb, scale, stage, ex);
+                                                      w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
         else
             sblock_cross_entropy_index<false, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, lb, gb, scale, stage, ex);
+                                                       w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
     }
 }
 
