@@ -30,6 +30,7 @@
 #define CSOFTMAX_STRIDED_HPP
 
 #include "rowops.hpp"
+#include "tiles.hpp"  /* log_ge1 */
 
 namespace csoftmax {
 
@@ -223,10 +224,35 @@ static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t
 }
 
 /* ---- cross-entropy with class indices over the middle axis -------------
+ * sblock_index_finish: the losses and gradient coefficients of a block's w
+ * positions from their sums, the formulas of cross_entropy_index_loss as one
+ * vector loop, the log by log_ge1 (s is in [1, C] or NaN: the largest term
+ * is exp(0) = 1), where a libm log per position bounded the kernel. */
+template <typename T>
+static inline void sblock_index_finish(idx_t w, const int32_t *lab, const double *wt,
+                                       const double *xt, const double *sm, const double *s,
+                                       double w_total, double alpha, double beta, double scale,
+                                       double *loss, T *c1, T *ct, T *fill) {
+    const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+#pragma omp simd
+    for (idx_t j = 0; j < w; ++j) {
+        double lse = log_ge1(s[j]);
+        double aw = alpha * wt[j];
+        double l = aw * (lse - xt[j]);
+        if (beta != 0.0) l += beta * (w_total * lse - sm[j]);
+        loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
+        c1[j] = (T)((aw + y_extra) / s[j] * scale);
+        ct[j] = (T)(aw * scale);
+        fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
+    }
+}
+
+/* Cross-entropy over the middle axis, a block of positions.
  * The formulas of _cross_entropy_index_row (kernels.pxi) per position:
  *   y'_k = alpha w_t [k == t] + beta w_k,
  *   loss = sum(y') lse - sum(y'_k (x_k - m)),  grad = e sum(y') / s - y',
- * with cross_entropy_index_loss (rowops.hpp) for the loss.  Each label is
+ * with cross_entropy_index_loss (rowops.hpp) for the loss (sblock_index_finish
+ * without z-loss and accuracy).  Each label is
  * read once; ignore_index gives loss 0 and a zero gradient column whatever
  * the logits, any other label outside [0, C) a NaN loss and column.  x_t and
  * the sums are read before the gradient is written (grad may be x). */
@@ -266,22 +292,25 @@ static inline void sblock_cross_entropy_index(
             for (idx_t j = 0; j < w; ++j) sm[j] += wc * ((double)xc[j] - (double)m[j]);
         }
     }
-    for (idx_t j = 0; j < w; ++j) {
-        double y_sum = 0.0;
-        double l = cross_entropy_index_loss(wt[j], w_total, alpha, beta, xt[j], sm[j], s[j], &y_sum);
-        loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
-        double c = y_sum / s[j] * scale;
-        if (ex != NULL) {              /* z-loss and accuracy, as the row kernels */
+    if (ex == NULL) {
+        sblock_index_finish(w, lab, wt, xt, sm, s, w_total, alpha, beta, scale, loss, c1, ct, fill);
+    } else {
+        for (idx_t j = 0; j < w; ++j) {    /* with z-loss and accuracy, as the row kernels */
+            double y_sum = 0.0;
+            double l = cross_entropy_index_loss(wt[j], w_total, alpha, beta, xt[j], sm[j], s[j],
+                                                &y_sum);
+            loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
+            double c = y_sum / s[j] * scale;
             double skip = lab[j] == -1 ? 0.0 : (double)NAN;
             double zl = 0.0;
             if (ex->z != 0.0 && lab[j] >= 0)
                 zl = z_loss_terms(ex->z, ex->zscale, y_sum, scale, (double)m[j], s[j], &c);
             if (ex->zrow != NULL) ex->zrow[j] = lab[j] >= 0 ? zl : skip;
             if (ex->acc != NULL) ex->acc[j] = lab[j] >= 0 ? token_correct(xt[j], s[j]) : skip;
+            c1[j] = (T)c;
+            ct[j] = (T)(alpha * wt[j] * scale);
+            fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
         }
-        c1[j] = (T)c;
-        ct[j] = (T)(alpha * wt[j] * scale);
-        fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
     }
     if (!Grad) return;
     const T cb = (T)(beta * scale);
