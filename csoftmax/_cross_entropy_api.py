@@ -95,7 +95,15 @@ class CrossEntropyFunctions:
             extra["row_acc"] = row_acc
         total_loss = 0.0  # the kernels' sum of the row losses, in an order fixed by the shape
         if n_rows:
-            if args.middle is not None:
+            if args.middle is not None and args.probs is not None:
+                outer, _, inner = args.middle
+                total_loss = self.kernels.cross_entropy_prob_strided(
+                    args.logits, args.probs, args.weight, args.label_smoothing, scale,
+                    row_loss, grad,
+                    _threads_strided(outer, n_classes, inner, args.compute.itemsize,
+                                     num_threads), **extra,
+                )
+            elif args.middle is not None:
                 outer, _, inner = args.middle
                 total_loss = self.kernels.cross_entropy_index_strided(
                     args.logits, args.labels.reshape(outer, inner), args.weight,

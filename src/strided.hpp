@@ -375,6 +375,105 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
     }
 }
 
+/* ---- cross-entropy with probability targets over the middle axis ------
+ * The formulas of _cross_entropy_prob_row (kernels.pxi) per position, with
+ * y'_k = w_k (alpha y_k + beta):
+ *   loss = sum(y') lse - sum(y'_k (x_k - m))  (cross_entropy_prob_loss),
+ *   grad = e c1 - y',  c1 = sum(y') / s (plus the z-loss term, z_loss_terms),
+ * the targets' terms and sums in double.  y has x's layout (outer, C, inner)
+ * and is read in place (it is not staged: each of its elements is read
+ * twice, in pass 2 and in pass 3).  cap != 0: soft-capped as the class-index
+ * kernel (the block staged capped).  grad may be x, not y. */
+template <bool Grad, typename T, int W>
+static inline void sblock_cross_entropy_prob(
+        const T *x, const T *y, idx_t C, idx_t inner, idx_t w_, const T *wt_, double alpha,
+        double beta, double *loss, T *grad, double scale, T *stage, const CrossEntropyExtra *ex,
+        T cap) {
+    const idx_t w = W > 0 ? (idx_t)W : w_;
+    enum { B = StridedBlock<T>::B };
+    T m[B], c1[B];
+    double s[B], ys[B], yd[B];
+    if (cap != (T)0)
+        sblock_capped_max<T, W>(x, C, inner, w, m, stage, cap);
+    else
+        sblock_max<T, W>(x, C, inner, w, m, stage);
+    const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
+    const idx_t ld = stage != NULL ? (idx_t)B : inner;
+    for (idx_t j = 0; j < w; ++j) ys[j] = 0.0, yd[j] = 0.0;
+    for (idx_t c = 0; c < C; ++c) {
+        const T *xc = xr + c * ld;
+        const T *yc = y + c * inner;
+        double wc = wt_ != NULL ? (double)wt_[c] : 1.0;
+#pragma omp simd
+        for (idx_t j = 0; j < w; ++j) {
+            double yk = wc * (alpha * (double)yc[j] + beta);
+            ys[j] += yk;
+            yd[j] += yk * ((double)xc[j] - (double)m[j]);
+        }
+    }
+    sblock_exp_sum<T, W>(xr, C, ld, w, m, s);
+    for (idx_t j = 0; j < w; ++j) {
+        double c = ys[j] / s[j] * scale;
+        if (ex != NULL && ex->z != 0.0) {
+            double zl = z_loss_terms(ex->z, ex->zscale, ys[j], scale, (double)m[j], s[j], &c);
+            if (ex->zrow != NULL) ex->zrow[j] = zl;
+        }
+        loss[j] = cross_entropy_prob_loss(ys[j], yd[j], s[j]);
+        c1[j] = (T)c;
+    }
+    if (!Grad) return;
+    const T a2 = (T)(alpha * scale), b2 = (T)(beta * scale);
+    for (idx_t c = 0; c < C; ++c) {
+        const T *xc = xr + c * ld;
+        const T *yc = y + c * inner;
+        T *gc = grad + c * inner;
+        if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
+        T wc = wt_ != NULL ? wt_[c] : (T)1;
+#pragma omp simd
+        for (idx_t j = 0; j < w; ++j)
+            gc[j] = exp_nonpositive((T)(xc[j] - m[j])) * c1[j] - wc * (a2 * yc[j] + b2);
+    }
+    if (cap != (T)0) sblock_softcap_grad(grad, stage, C, inner, w, cap);
+}
+
+/* Unit u (as strided_unit) of cross-entropy with probability targets: x and y
+ * (outer, C, inner), loss (outer, inner), grad like x or NULL. */
+template <typename T>
+static CS_REDUCTION void strided_cross_entropy_prob_unit(
+        const T *x, const T *y, idx_t C, idx_t inner, const T *w, double alpha, double beta,
+        double *loss, T *grad, double scale, idx_t u, T *stage, const CrossEntropyExtra *ex,
+        T cap) {
+    enum { B = StridedBlock<T>::B };
+    idx_t nb = strided_blocks<T>(inner);
+    idx_t o = u / nb, j0 = (u - o * nb) * B;
+    idx_t n = inner - j0 > B ? (idx_t)B : inner - j0;
+    const T *xb = x + o * C * inner + j0;
+    const T *yb = y + o * C * inner + j0;
+    double *lb = loss + o * inner + j0;
+    T *gb = grad == NULL ? grad : grad + o * C * inner + j0;
+    CrossEntropyExtra bex;             /* ex with its arrays from this block's first position */
+    if (ex != NULL) {
+        bex = *ex;
+        if (bex.zrow != NULL) bex.zrow += o * inner + j0;
+        ex = &bex;
+    }
+    if (n == B) {
+        if (grad != NULL)
+            sblock_cross_entropy_prob<true, T, B>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
+                                                  scale, stage, ex, cap);
+        else
+            sblock_cross_entropy_prob<false, T, B>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
+                                                   scale, stage, ex, cap);
+    } else {
+        if (grad != NULL)
+            sblock_cross_entropy_prob<true, T, 0>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
+                                                  scale, stage, ex, cap);
+        else
+            sblock_cross_entropy_prob<false, T, 0>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
+                                                   scale, stage, ex, cap);
+    }
+}
+
 }  // namespace csoftmax
 
 #endif
