@@ -16,6 +16,11 @@ in one process with what a PyTorch user writes for the same result, float32:
   ``torch.masked.softmax(xt, -1, mask=mt)``, ``xt.masked_fill(~mt, -inf).softmax(-1)``
   and (broadcast mask) csoftmax's unmasked softmax.
 
+- the fused cross-entropy's options (issue 13, section 3) on ``(8192, 1000)`` and
+  ``(1024, 32000)``, class indices: ``z_loss=1e-4``, ``softcap=30.0`` and
+  ``return_token_accuracy=True``, each against the plain call (``out=`` both,
+  interleaved): at most 1.15x its time.
+
 Every call's result is first checked against a float64 NumPy reference
 (relative error ``1e-4``, as :mod:`bench.runner`); the masks leave no slice
 empty, so that torch's two masked forms (NaN or 0 there) agree with csoftmax. A
@@ -248,6 +253,64 @@ def _softmax_builder(axis):
     return build
 
 
+#: The options of the fused cross-entropy timed against its plain call (``extras`` cases).
+EXTRAS = {"z_loss": {"z_loss": 1e-4}, "softcap": {"softcap": 30.0},
+          "token_accuracy": {"return_token_accuracy": True}}
+
+
+def _ce_extras_reference(x, t, z=0.0, cap=None):
+    """(loss, grad[, accuracy]) in float64 of the mean cross-entropy of ``x`` (classes last)
+    with the z-loss ``z mean(lse**2)`` and the soft cap ``cap tanh(x / cap)``; the token
+    accuracy (the target's logit is the row maximum) when ``z`` is None."""
+    xc = x.astype(np.float64)
+    if cap:
+        np.tanh(np.divide(xc, cap, out=xc), out=xc)
+        xc *= cap
+    n = t.size
+    lse = _lse64(xc, -1)
+    picked = np.take_along_axis(xc, t[:, None], -1)
+    zz = z or 0.0
+    loss = np.float64(np.mean(lse - picked) + zz * np.mean(lse * lse))
+    accuracy = np.float64(np.mean(picked[:, 0] == np.max(xc, axis=-1)))
+    grad = xc - lse
+    np.exp(grad, out=grad)
+    grad *= (1.0 + 2.0 * zz * lse) / n
+    np.put_along_axis(grad, t[:, None], np.take_along_axis(grad, t[:, None], -1) - 1.0 / n, -1)
+    if cap:
+        xc /= cap
+        np.square(xc, out=xc)
+        grad *= 1.0 - xc
+    return (loss, grad) if z is not None else (loss, grad, accuracy)
+
+
+def _build_ce_extras(shape, threads, seed, torch):
+    """The fused call with each option of :data:`EXTRAS` and without (``out=`` all)."""
+    import csoftmax
+
+    x, rng = _logits(shape, seed)
+    t = rng.integers(0, shape[-1], size=shape[:-1])
+    g = np.empty_like(x)
+    calls = {"csoftmax_plain_out": lambda: csoftmax.cross_entropy_with_grad(
+        x, t, out=g, num_threads=threads)}
+    labels = {"csoftmax_plain_out": "cross_entropy_with_grad(x, t, out=g)"}
+    outputs = {"csoftmax_plain_out": _own}
+    references = {}
+    for name, opts in EXTRAS.items():
+        key = f"csoftmax_{name}_out"
+        calls[key] = (lambda o: lambda: csoftmax.cross_entropy_with_grad(
+            x, t, out=g, num_threads=threads, **o))(opts)
+        labels[key] = "cross_entropy_with_grad(x, t, out=g, " + ", ".join(
+            f"{k}={v!r}" for k, v in opts.items()) + ")"
+        outputs[key] = _own if name != "token_accuracy" else (
+            lambda r: (np.asarray(r.loss), r.grad, np.asarray(r.token_accuracy)))
+        if name == "token_accuracy":
+            references[key] = lambda: _ce_extras_reference(x, t, z=None)
+        else:
+            references[key] = (lambda o: lambda: _ce_extras_reference(
+                x, t, z=o.get("z_loss", 0.0), cap=o.get("softcap")))(opts)
+    return Built(calls, labels, outputs, lambda: _ce_extras_reference(x, t), references)
+
+
 def padding_mask(shape):
     """The broadcast ``(1, C)`` mask: True but on the last :data:`PADDING` of the columns."""
     mask = np.ones((1, shape[-1]), dtype=bool)
@@ -312,6 +375,11 @@ _MASKED_CRITERIA = (
     _faster("torch_masked_fill", "csoftmax", 2, "masked_fill(-inf).softmax",
             "csoftmax_out"))
 
+_EXTRAS_CRITERIA = tuple(
+    Criterion(name, f"csoftmax_{name}_out", "csoftmax_plain_out", 1.15, False,
+              f"{name} on: <= 1.15x the plain call's time (out=, interleaved)")
+    for name in EXTRAS)
+
 #: The parity cases, in table order.
 SPECS = [
     Spec("ce_axis1", "parity: CE loss+grad, class axis 1 (segmentation)",
@@ -333,6 +401,10 @@ SPECS = [
                     "<= 1.2x csoftmax's unmasked softmax time (out=, interleaved)"))),
     Spec("masked_random", "parity: masked softmax, full random mask", "softmax where=",
          (8192, 1024), _masked_builder("random"), _MASKED_CRITERIA),
+    Spec("extras_1000", "z-loss, softcap, token accuracy: CE loss+grad vs the plain call",
+         "cross_entropy_with_grad out=", (8192, 1000), _build_ce_extras, _EXTRAS_CRITERIA),
+    Spec("extras_32000", "z-loss, softcap, token accuracy: CE loss+grad vs the plain call",
+         "cross_entropy_with_grad out=", (1024, 32000), _build_ce_extras, _EXTRAS_CRITERIA),
 ]
 
 

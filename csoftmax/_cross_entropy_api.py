@@ -99,6 +99,14 @@ class CrossEntropyFunctions:
             if args.half is not None:
                 total_loss = self._half_cross_entropy(args, scale, row_loss, grad, threads,
                                                       extra)
+            elif args.middle is not None and args.probs is not None:
+                outer, _, inner = args.middle
+                total_loss = self.kernels.cross_entropy_prob_strided(
+                    args.logits, args.probs, args.weight, args.label_smoothing, scale,
+                    row_loss, grad,
+                    _threads_strided(outer, n_classes, inner, args.compute.itemsize,
+                                     num_threads), **extra,
+                )
             elif args.middle is not None:
                 outer, _, inner = args.middle
                 total_loss = self.kernels.cross_entropy_index_strided(

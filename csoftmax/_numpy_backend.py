@@ -330,6 +330,19 @@ def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoo
     return total
 
 
+def cross_entropy_prob_strided(logits, target, weight, label_smoothing, grad_scale,
+                               row_loss, grad, n_threads, **options):
+    if row_loss.size == 0:
+        return 0.0
+    r = _moved(logits)
+    g = None if grad is None else np.empty_like(r)
+    total = cross_entropy_prob_rows(r, _moved(target), weight, label_smoothing, grad_scale,
+                                    row_loss, g, n_threads, **options)
+    if grad is not None:
+        grad[...] = _moved_back(g, logits.shape)
+    return total
+
+
 # ---------------------------------------------------------------------------
 # masked (where=): the mask is a csoftmax._validation.MaskRows; its rows are
 # read block by block (a copy of one block's rows at a time)

@@ -289,9 +289,9 @@ class CrossEntropyArgs:
     (the caller's labels, flattened, for messages), ``weight`` (1-D compute
     dtype, or None), ``ignore_index``, ``reduction``, ``label_smoothing``.
     ``middle`` is ``(outer, classes, inner)`` when the class axis is not the
-    last and the targets are class indices: ``logits`` then has that shape
-    (no copy).  With probability targets such an axis is moved last (a copy,
-    ``moved``) and :meth:`restore` moves it back in a gradient.
+    last: ``logits`` (and ``probs``) then have that shape (no copy).
+    ``moved`` is kept for :meth:`restore` (always False now: no layout is
+    moved).
     """
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
@@ -326,12 +326,12 @@ class CrossEntropyArgs:
 
         y = as_ndarray(target, "target")
         # The logits' layout for the kernels: (positions, classes) rows when the
-        # class axis is last; class-index targets over another axis read the
-        # classes with their stride: (outer, classes, inner) without a copy
-        # (``middle``); probability targets there are moved last (a copy).
+        # class axis is last; over another axis the kernels read the classes
+        # with their stride: (outer, classes, inner) without a copy (``middle``),
+        # probability targets in the same layout.
         last = math.prod(x.shape[self.axis + 1:]) == 1  # the classes are contiguous
         self.middle = None
-        if not last and y.dtype.kind in "iu" and self.half is None:
+        if not last and y.dtype.kind in "iuf" and self.half is None:
             self.middle = (math.prod(x.shape[:self.axis]), n_classes,
                            math.prod(x.shape[self.axis + 1:]))
         self.moved = not last and self.middle is None
@@ -363,10 +363,13 @@ class CrossEntropyArgs:
                     f"ignore_index={ignore_index} is not supported with probability "
                     "targets (it must be negative)"
                 )
-            # 16-bit targets of the logits' dtype stay 16-bit too
-            same = self.half is not None and y.dtype.newbyteorder("=") == self.storage
-            self.probs = self._rows(y, n_rows, n_classes,
-                                    self.storage if same else self.compute)
+            if self.middle is None:
+                # 16-bit targets of the logits' dtype stay 16-bit too
+                same = self.half is not None and y.dtype.newbyteorder("=") == self.storage
+                self.probs = self._rows(y, n_rows, n_classes,
+                                        self.storage if same else self.compute)
+            else:
+                self.probs = contiguous(y, self.compute).reshape(self.middle)
         else:
             raise TypeError(
                 f"target has dtype {y.dtype}: expected integer class indices or "

@@ -233,46 +233,6 @@ cdef void _cross_entropy_index_serial(
                                   loss, tile_loss, grad, scale, ex, capped, cap, i)
 
 
-# ---------------------------------------------------------------------------
-# the soft cap of a whole array (the paths that do not cap row by row: short
-# rows, rows split over threads, probability targets, the strided kernel):
-# the capped logits in a temporary array, and the gradient taken back through
-# the cap afterwards.  Elementwise, by blocks over the threads: the same bits
-# as the row-by-row cap (row_softcap, row_softcap_grad) at any thread count.
-
-cdef enum:
-    CAP_BLOCK = 1 << 14
-
-
-cdef floating *_softcap_copy(
-    const floating *x, Py_ssize_t size, floating cap, int n_threads
-) except? NULL:
-    cdef floating *c = <floating *>malloc(max(size, 1) * sizeof(floating))
-    if c == NULL:
-        raise MemoryError()
-    cdef Py_ssize_t b, nb = (size + CAP_BLOCK - 1) // CAP_BLOCK
-    if n_threads > 1:
-        for b in prange(nb, nogil=True, schedule="static", num_threads=n_threads):
-            row_softcap(x + b * CAP_BLOCK, c + b * CAP_BLOCK,
-                        min(<Py_ssize_t>CAP_BLOCK, size - b * CAP_BLOCK), cap)
-    else:
-        with nogil:
-            row_softcap(x, c, size, cap)
-    return c
-
-
-cdef void _softcap_back(
-    floating *g, const floating *c, Py_ssize_t size, floating cap, int n_threads
-) noexcept nogil:
-    cdef Py_ssize_t b, nb = (size + CAP_BLOCK - 1) // CAP_BLOCK
-    if n_threads > 1:
-        for b in prange(nb, schedule="static", num_threads=n_threads):
-            row_softcap_grad(g + b * CAP_BLOCK, c + b * CAP_BLOCK,
-                             min(<Py_ssize_t>CAP_BLOCK, size - b * CAP_BLOCK), cap)
-    else:
-        row_softcap_grad(g, c, size, cap)
-
-
 cdef double _cross_entropy_index_core(
     const floating *x, const label_t *t, Py_ssize_t n_rows, Py_ssize_t n,
     const floating *w, Py_ssize_t ignore_index, double label_smoothing, double scale,
@@ -282,34 +242,21 @@ cdef double _cross_entropy_index_core(
     """Row losses with class indices (checked) into loss, the gradient times
     scale into grad unless NULL (grad may be x); returns the sum of the row
     losses (see _loss_total).  ex: z-loss and per-row extras (NULL: none);
-    cap > 0: the logits soft-capped at cap (row by row in a thread's scratch
-    row on the common path, else through a capped copy).  n_rows >= 1."""
+    cap > 0: the logits soft-capped at cap (see softcap.pxi: a long row in a
+    thread's scratch row, a tile on the stack, a split row by chunks).
+    n_rows >= 1."""
     cdef Py_ssize_t i
     cdef double w_total = <double>n if w == NULL else row_sum(w, n)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / n
     cdef _CrossEntropyArgs ce = _CrossEntropyArgs(ignore_index, w_total, alpha, beta, scale,
                                                   loss, ex)
-    cdef floating *xc
     cdef double total
-    cdef bint split = _split_rows(n_rows, n, n_threads)
-    if cap != 0.0 and (split or n < SHORT_ROW):
-        xc = _softcap_copy(x, n_rows * n, <floating>cap, n_threads)
-        total = _cross_entropy_index_core(xc, t, n_rows, n, w, ignore_index, label_smoothing,
-                                          scale, loss, grad, n_threads, ex, 0.0)
-        if grad != NULL:
-            _softcap_back(grad, xc, n_rows * n, <floating>cap, n_threads)
-        free(xc)
-        return total
-    if split:
+    if _split_rows(n_rows, n, n_threads):
         _split_columns(OP_CROSS_ENTROPY_INDEX, x, <const floating *>NULL, t, w, grad, &ce,
-                       n_rows, n, n_threads)
+                       n_rows, n, n_threads, <floating>cap)
         return _loss_total(loss, NULL, n_rows, n)
-    cdef floating *capped = NULL  # n columns of scratch per thread
-    if cap != 0.0:
-        capped = <floating *>malloc(n_threads * n * sizeof(floating))
-        if capped == NULL:
-            raise MemoryError()
+    cdef floating *capped = _row_cap_scratch(x, n, cap, n_threads)  # n columns per thread
     cdef double *tl = _tile_loss_alloc(n_rows, n)
     if n_threads > 1:
         for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
@@ -335,12 +282,13 @@ cdef double _cross_entropy_index_core(
 cdef void _cross_entropy_prob_serial(
     const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
     const floating *w, double alpha, double beta, double *loss, double *tile_loss,
-    floating *grad, double scale, const CrossEntropyExtra *ex,
+    floating *grad, double scale, const CrossEntropyExtra *ex, floating *capped,
+    floating cap,
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(_n_units(n_rows, n)):
         _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tile_loss, grad,
-                                 scale, ex, i)
+                                 scale, ex, capped, cap, i)
 
 
 cdef double _cross_entropy_prob_core(
@@ -349,39 +297,35 @@ cdef double _cross_entropy_prob_core(
     int n_threads, const CrossEntropyExtra *ex=NULL, double cap=0.0,
 ) except? -1:
     """As _cross_entropy_index_core, with probability targets y (grad may be
-    x but not y); the soft cap always through a capped copy."""
+    x but not y)."""
     cdef Py_ssize_t i
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / n
     cdef _CrossEntropyArgs ce = _CrossEntropyArgs(0, 0.0, alpha, beta, scale, loss, ex)
-    cdef floating *xc
     cdef double total
-    if cap != 0.0:
-        xc = _softcap_copy(x, n_rows * n, <floating>cap, n_threads)
-        total = _cross_entropy_prob_core(xc, y, n_rows, n, w, label_smoothing, scale, loss,
-                                         grad, n_threads, ex, 0.0)
-        if grad != NULL:
-            _softcap_back(grad, xc, n_rows * n, <floating>cap, n_threads)
-        free(xc)
-        return total
     if _split_rows(n_rows, n, n_threads):
         _split_columns(OP_CROSS_ENTROPY_PROB, x, y, <const int32_t *>NULL, w, grad, &ce,
-                       n_rows, n, n_threads)
+                       n_rows, n, n_threads, <floating>cap)
         return _loss_total(loss, NULL, n_rows, n)
+    cdef floating *capped = _row_cap_scratch(x, n, cap, n_threads)  # n columns per thread
     cdef double *tl = _tile_loss_alloc(n_rows, n)
     if n_threads > 1:
         for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
                         num_threads=n_threads):
             _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tl, grad,
-                                     scale, ex, i)
+                                     scale, ex,
+                                     capped if capped == NULL else capped + threadid() * n,
+                                     <floating>cap, i)
     elif n_rows * n < GIL_WORK:
-        _cross_entropy_prob_serial(x, y, n_rows, n, w, alpha, beta, loss, tl, grad, scale, ex)
+        _cross_entropy_prob_serial(x, y, n_rows, n, w, alpha, beta, loss, tl, grad, scale, ex,
+                                   capped, <floating>cap)
     else:
         with nogil:
             _cross_entropy_prob_serial(x, y, n_rows, n, w, alpha, beta, loss, tl, grad,
-                                       scale, ex)
+                                       scale, ex, capped, <floating>cap)
     total = _loss_total(loss, tl, n_rows, n)
     free(tl)
+    free(capped)
     return total
 
 

@@ -68,16 +68,15 @@ cdef inline void _half_ce_index(
     const _Half *h, const label_t *t, float *xs, float *cs, Py_ssize_t r0, Py_ssize_t rows
 ) noexcept nogil:
     """Rows r0 .. r0 + rows of a class-index cross-entropy, xs holding them in
-    float32 (their gradient on return when h.out), cs room for the capped
-    logits (a block, or a row for long rows) when h.cap != 0."""
+    float32 (their gradient on return when h.out), cs room for a capped row
+    (long rows) when h.cap != 0."""
     cdef const _CrossEntropyArgs *ce = h.ce
     cdef Py_ssize_t i, n = h.n
     cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if n < SHORT_ROW else 0
     cdef CrossEntropyExtra ex
     cdef const CrossEntropyExtra *exp = NULL
     cdef float *grad = xs if h.out != NULL else NULL
-    cdef const float *xin = xs
-    cdef float *capped = NULL
+    cdef float *capped = cs if h.cap != 0.0 and n >= SHORT_ROW else NULL
     cdef double w_total = ce.w_total
     if ce.ex != NULL:
         ex = ce.ex[0]
@@ -86,47 +85,35 @@ cdef inline void _half_ce_index(
         if ex.acc != NULL:
             ex.acc = ex.acc + r0
         exp = &ex
-    if h.cap != 0.0:
-        if n < SHORT_ROW:  # as the float32 call: a capped copy, the gradient back through it
-            row_softcap(xs, cs, rows * n, h.cap)
-            xin = cs
-        else:
-            capped = cs
+    # the soft cap as in the float32 call: short rows capped in their tile,
+    # long rows through the scratch row cs
     for i in range(_n_units(rows, n)):
-        _cross_entropy_index_unit(xin, t + r0, rows, n, ce.ignore_index, h.w, w_total,
+        _cross_entropy_index_unit(xs, t + r0, rows, n, ce.ignore_index, h.w, w_total,
                                   ce.alpha, ce.beta, h.loss + r0,
                                   h.tile_loss if h.tile_loss == NULL else h.tile_loss + tile0,
                                   grad, ce.scale, exp, capped, h.cap, i)
-    if grad != NULL and h.cap != 0.0 and n < SHORT_ROW:
-        row_softcap_grad(grad, cs, rows * n, h.cap)
 
 
 cdef inline void _half_ce_prob(
     const _Half *h, float *xs, const float *ys, float *cs, Py_ssize_t r0, Py_ssize_t rows
 ) noexcept nogil:
-    """As _half_ce_index with probability targets ys (float32); the cap, as in
-    the float32 call, always through a capped copy."""
+    """As _half_ce_index with probability targets ys (float32)."""
     cdef const _CrossEntropyArgs *ce = h.ce
     cdef Py_ssize_t i, n = h.n
     cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if n < SHORT_ROW else 0
     cdef CrossEntropyExtra ex
     cdef const CrossEntropyExtra *exp = NULL
     cdef float *grad = xs if h.out != NULL else NULL
-    cdef const float *xin = xs
+    cdef float *capped = cs if h.cap != 0.0 and n >= SHORT_ROW else NULL
     if ce.ex != NULL:
         ex = ce.ex[0]
         if ex.zrow != NULL:
             ex.zrow = ex.zrow + r0
         exp = &ex
-    if h.cap != 0.0:
-        row_softcap(xs, cs, rows * n, h.cap)
-        xin = cs
     for i in range(_n_units(rows, n)):
-        _cross_entropy_prob_unit(xin, ys, rows, n, h.w, ce.alpha, ce.beta, h.loss + r0,
+        _cross_entropy_prob_unit(xs, ys, rows, n, h.w, ce.alpha, ce.beta, h.loss + r0,
                                  h.tile_loss if h.tile_loss == NULL else h.tile_loss + tile0,
-                                 grad, ce.scale, exp, i)
-    if grad != NULL and h.cap != 0.0:
-        row_softcap_grad(grad, cs, rows * n, h.cap)
+                                 grad, ce.scale, exp, capped, h.cap, i)
 
 
 # Long rows of softmax and log_softmax: the row's conversion fused with its

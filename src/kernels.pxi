@@ -89,6 +89,7 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
                         double s, double *c1) noexcept
     double token_correct(double x_t_shifted, double s) noexcept
     void row_softcap[T](const T *x, T *out, Py_ssize_t n, T cap) noexcept
+    T row_softcap_max[T](const T *x, T *out, Py_ssize_t n, T cap) noexcept
     void row_softcap_grad[T](T *g, const T *c, Py_ssize_t n, T cap) noexcept
     double add_chunk(double s, double p, Py_ssize_t c0) noexcept
     Py_ssize_t labels_count_bad[L](
@@ -283,10 +284,12 @@ cdef inline double _cross_entropy_index_row(
     and with ex (or NULL) its z-loss and accuracy.  capped (or NULL): room
     for the row soft-capped at cap, which the row is then computed from; the
     gradient goes back through the cap."""
+    cdef floating m
     if capped != NULL:
-        row_softcap(x, capped, n, cap)
+        m = row_softcap_max(x, capped, n, cap)
         x = capped
-    cdef floating m = row_max(x, n)
+    else:
+        m = row_max(x, n)
     cdef double x_t = <double>x[t] - <double>m
     cdef double smooth = 0.0
     cdef double s
@@ -305,10 +308,11 @@ cdef inline double _cross_entropy_index_row(
     cdef double c1 = y_sum / s * scale
     if ex != NULL:
         _extra_row(ex, i, x_t, m, s, y_sum, scale, &c1)
-    if grad != NULL:
+    if grad != NULL and capped != NULL:
+        _cross_entropy_index_grad_capped(grad, capped, n, t, w, w_t, alpha, beta, c1, scale,
+                                         cap)
+    elif grad != NULL:
         _cross_entropy_index_grad(grad, n, t, w, w_t, alpha, beta, c1, scale)
-        if capped != NULL:
-            row_softcap_grad(grad, capped, n, cap)
     return loss
 
 
@@ -443,17 +447,22 @@ cdef inline void _cross_entropy_index_unit(
     cdef Py_ssize_t t
     cdef CrossEntropyExtra tile_ex
     if n < SHORT_ROW:
-        # (soft-capped short rows come capped: capped is NULL here)
         if ex != NULL:
             tile_ex = ex[0]
             if tile_ex.zrow != NULL:
                 tile_ex.zrow = tile_ex.zrow + r0
             if tile_ex.acc != NULL:
                 tile_ex.acc = tile_ex.acc + r0
-        tile_cross_entropy_index(
-            x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
-            loss + r0, grad if grad == NULL else grad + r0 * n, scale,
-            <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex)
+        if cap != 0:  # soft-capped into a tile on the stack (softcap.hpp)
+            tile_cross_entropy_index_capped(
+                x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
+                loss + r0, grad if grad == NULL else grad + r0 * n, scale,
+                <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex, cap)
+        else:
+            tile_cross_entropy_index(
+                x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
+                loss + r0, grad if grad == NULL else grad + r0 * n, scale,
+                <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex)
         tile_loss[i] = row_sum(loss + r0, rows)
         return
     t = target[i]
@@ -471,15 +480,27 @@ cdef inline void _cross_entropy_index_unit(
 cdef inline void _cross_entropy_prob_unit(
     const floating *x, const floating *y, Py_ssize_t n_rows, Py_ssize_t n,
     const floating *w, double alpha, double beta, double *loss, double *tile_loss,
-    floating *grad, double scale, const CrossEntropyExtra *ex, Py_ssize_t i,
+    floating *grad, double scale, const CrossEntropyExtra *ex, floating *capped,
+    floating cap, Py_ssize_t i,
 ) noexcept nogil:
+    """capped, cap: as for _cross_entropy_index_unit (short rows need no
+    capped: their tile is capped on the stack)."""
     cdef Py_ssize_t r0 = i * _tile_rows(n)
     cdef Py_ssize_t rows = min(_tile_rows(n), n_rows - r0)
-    if n < SHORT_ROW:
+    if n < SHORT_ROW and cap != 0:
+        _cross_entropy_prob_tile_capped(
+            x + r0 * n, y + r0 * n, rows, n, w, alpha, beta, loss + r0,
+            grad if grad == NULL else grad + r0 * n, scale, ex, r0, cap)
+        tile_loss[i] = row_sum(loss + r0, rows)
+    elif n < SHORT_ROW:
         _cross_entropy_prob_tile(
             x + r0 * n, y + r0 * n, rows, n, w, alpha, beta, loss + r0,
             grad if grad == NULL else grad + r0 * n, scale, ex, r0)
         tile_loss[i] = row_sum(loss + r0, rows)
+    elif capped != NULL:
+        loss[i] = _cross_entropy_prob_row_capped(
+            x + i * n, y + i * n, n, w, alpha, beta,
+            grad if grad == NULL else grad + i * n, scale, ex, i, capped, cap)
     else:
         loss[i] = _cross_entropy_prob_row(
             x + i * n, y + i * n, n, w, alpha, beta,
@@ -688,12 +709,16 @@ cdef inline void _split_rows_step(
 cdef int _split_columns(
     int op, const floating *x, const floating *y, const label_t *target, const floating *w,
     floating *out, const _CrossEntropyArgs *ce, Py_ssize_t n_rows, Py_ssize_t n,
-    int n_threads,
+    int n_threads, floating cap=0,
 ) except -1:
     """op over rows split into chunks (see above).  out: the result (softmax,
     log_softmax, logsumexp) or the gradient (cross-entropy; NULL for the loss
-    alone, which ce.loss receives); y: probability targets; target: labels."""
+    alone, which ce.loss receives); y: probability targets; target: labels.
+    cap != 0 (cross-entropy): the logits soft-capped at cap, a chunk at a time
+    (_split_chunk_capped, softcap.pxi)."""
     cdef _Split sp
+    cdef floating *scratch = _split_cap_scratch(cap, n_threads)
+    cdef const floating *xs = _split_capped_source(x, out, cap)
     _split_alloc(&sp, n_rows, n)
     cdef Py_ssize_t u, n_units = n_rows * sp.nc
     cdef int step
@@ -701,11 +726,18 @@ cdef int _split_columns(
     with nogil:
         for step in range(n_steps):
             for u in prange(n_units, schedule="static", num_threads=n_threads):
-                _split_chunk(op, step, x, y, w, out, ce, &sp, u)
+                if cap != 0:
+                    _split_chunk_capped(op, step, x, y, w, out, ce, &sp, u, cap,
+                                        scratch + threadid() * CHUNK)
+                else:
+                    _split_chunk(op, step, x, y, w, out, ce, &sp, u)
             if step < 2:
-                _split_rows_step(op, step, x, target, w, out, ce, &sp)
+                _split_rows_step(op, step, xs, target, w, out, ce, &sp)
+            if step == 0 and cap != 0 and out == NULL:
+                _split_capped_labels(op, x, cap, &sp)
     free(sp.row)
     free(sp.chunk)
+    free(scratch)
     return 0
 
 
@@ -715,6 +747,7 @@ include "calls.pxi"
 include "strided.pxi"
 include "masked.pxi"
 include "half.pxi"
+include "softcap.pxi"
 
 
 # ---- the exp floor (bench) ----------------------------------------------

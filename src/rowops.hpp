@@ -730,49 +730,135 @@ static inline double token_correct(double x_t_shifted, double s) {
     return x_t_shifted == 0.0 && s == s ? 1.0 : 0.0;
 }
 
-/* tanh(y): an odd polynomial (float; Cephes tanhf) or rational function
- * (double; Cephes tanh) for |y| < 0.625, where 1 - 2 / (exp(2|y|) + 1) would
- * cancel, else that form with exp_poly; both are computed and one selected
- * (vector code).  A few ulp; +-inf give +-1, NaN propagates. */
-static inline float tanh_poly(float y) {
-    float a = y < 0.0f ? -y : y;
+/* tanh(y) for |y| < TANH_SMALL: an odd polynomial (float; Cephes tanhf) or
+ * rational function (double; Cephes tanh). */
+#define CS_TANH_SMALL 0.625
+
+static inline float tanh_small(float y) {
     float z = y * y;
-    float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
-                1.33314422036e-1f) * z - 3.33332819422e-1f) * z * y + y;
-    float big = 1.0f - 2.0f / (exp_poly(2.0f * a) + 1.0f);
-    big = y < 0.0f ? -big : big;
-    return a < 0.625f ? p : big;
+    return ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
+             1.33314422036e-1f) * z - 3.33332819422e-1f) * z * y + y;
 }
 
-static inline double tanh_poly(double y) {
-    double a = y < 0.0 ? -y : y;
+static inline double tanh_small(double y) {
     double z = y * y;
-    double p = y + y * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z -
-                            1.61468768441708447952e3) /
-                       (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z +
-                        4.84406305325125486048e3);
-    double big = 1.0 - 2.0 / (exp_poly(2.0 * a) + 1.0);
-    big = y < 0.0 ? -big : big;
-    return a < 0.625 ? p : big;
+    return y + y * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z -
+                        1.61468768441708447952e3) /
+                   (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z +
+                    4.84406305325125486048e3);
 }
 
-/* out_k = cap tanh(x_k / cap): the soft-capped logits (out may be x).  Out of
- * line: every path caps with the same compiled code. */
-template <typename T> static CS_REDUCTION void row_softcap(const T *x, T *out, idx_t n, T cap) {
+/* tanh(y): tanh_small for |y| < TANH_SMALL, where the form below would
+ * cancel, else 1 - 2e / (1 + e) with e = exp(-2|y|) <= 0.29 (exp_nonpositive),
+ * the sign of y; both are computed and one selected (vector code).  At most
+ * 1.5 ulp (float and double, measured against long double); +-inf give +-1,
+ * NaN propagates. */
+template <typename T> static inline T tanh_poly(T y) {
+    T a = y < (T)0 ? -y : y;
+    T e = exp_nonpositive((T)-2 * a);
+    T big = (T)1 - (T)2 * e / ((T)1 + e);
+    big = y < (T)0 ? -big : big;
+    return a < (T)CS_TANH_SMALL ? tanh_small(y) : big;
+}
+
+/* out_k = cap tanh(x_k / cap): the soft-capped logits (out may be x), with
+ * x_k / cap taken as x_k (1 / cap); returns the largest of them (as row_max
+ * of out: NaN skipped, +0 for a zero maximum, -inf for n == 0), in the same
+ * pass.  By blocks of CAP_BLOCK: each block is first capped with tanh_small
+ * alone (no exp, no division); where a |x_k| / cap of the block turns out to
+ * be TANH_SMALL or more (rare for logits well inside the cap) the block is
+ * capped again with tanh_poly.  The values are tanh_poly's either way (it
+ * selects tanh_small there); NaN is skipped by the maxima and propagates
+ * through tanh_small.  Out of line: every path caps with the same compiled
+ * code. */
+enum { CAP_BLOCK = 512, CAP_LANES = 16 };
+
+/* x[0, n) capped into out, the maxima of |x_k / cap| and of the capped
+ * values into the lanes al and ml (element k into lane k mod CAP_LANES);
+ * Small: tanh_small, else tanh_poly */
+template <bool Small, typename T>
+static inline void cap_block(const T *x, T *out, idx_t n, T cap, T inv, T *al, T *ml) {
+    for (int l = 0; l < CAP_LANES; ++l) al[l] = (T)0, ml[l] = (T)-INFINITY;
+    idx_t nv = n / CAP_LANES * CAP_LANES;
+    for (idx_t k = 0; k < nv; k += CAP_LANES) {
 #pragma omp simd
-    for (idx_t k = 0; k < n; ++k) out[k] = cap * tanh_poly(x[k] / cap);
+        for (int l = 0; l < CAP_LANES; ++l) {
+            T y = x[k + l] * inv;
+            T a = y < (T)0 ? -y : y;
+            T v = cap * (Small ? tanh_small(y) : tanh_poly(y));
+            out[k + l] = v;
+            al[l] = a > al[l] ? a : al[l];
+            ml[l] = v > ml[l] ? v : ml[l];
+        }
+    }
+    for (idx_t k = nv; k < n; ++k) {
+        T y = x[k] * inv;
+        T a = y < (T)0 ? -y : y;
+        T v = cap * (Small ? tanh_small(y) : tanh_poly(y));
+        out[k] = v;
+        al[k - nv] = a > al[k - nv] ? a : al[k - nv];
+        ml[k - nv] = v > ml[k - nv] ? v : ml[k - nv];
+    }
+}
+
+/* the largest of CAP_LANES lanes (folded in halves: max is exact) */
+template <typename T> static inline T cap_lanes_max(T *d) {
+    for (int h = CAP_LANES / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; ++l) d[l] = d[l + h] > d[l] ? d[l + h] : d[l];
+    return d[0];
+}
+
+template <typename T> static CS_REDUCTION T row_softcap_max(const T *x, T *out, idx_t n, T cap) {
+    const T inv = (T)1 / cap;
+    if (!(inv < (T)INFINITY)) {        /* a subnormal cap: 1 / cap overflows */
+        T m = (T)-INFINITY;
+        for (idx_t k = 0; k < n; ++k) {
+            out[k] = cap * tanh_poly(x[k] / cap);
+            m = out[k] > m ? out[k] : m;
+        }
+        return m + (T)0;
+    }
+    T ml[CAP_LANES], bl[CAP_LANES], al[CAP_LANES];
+    T buf[CAP_BLOCK];                  /* in place (out == x): a block's first try */
+    for (int l = 0; l < CAP_LANES; ++l) ml[l] = (T)-INFINITY;
+    for (idx_t b = 0; b < n; b += CAP_BLOCK) {
+        idx_t len = n - b > CAP_BLOCK ? CAP_BLOCK : n - b;
+        T *o = out == x ? buf : out + b;
+        cap_block<true>(x + b, o, len, cap, inv, al, bl);
+        if (!(cap_lanes_max(al) < (T)CS_TANH_SMALL))
+            cap_block<false>(x + b, out + b, len, cap, inv, al, bl);
+        else if (o == buf)
+            memcpy(out + b, buf, (size_t)len * sizeof(T));
+#pragma omp simd
+        for (int l = 0; l < CAP_LANES; ++l) ml[l] = bl[l] > ml[l] ? bl[l] : ml[l];
+    }
     vector_upper_clear();
+    return cap_lanes_max(ml) + (T)0;
+}
+
+template <typename T> static CS_REDUCTION void row_softcap(const T *x, T *out, idx_t n, T cap) {
+    (void)row_softcap_max(x, out, n, cap);
 }
 
 /* g_k *= 1 - (c_k / cap)^2, c the capped logits: the chain rule through the
- * soft cap (d/dx cap tanh(x / cap) = 1 - tanh^2). */
+ * soft cap (d/dx cap tanh(x / cap) = 1 - tanh^2), c_k / cap taken as
+ * c_k (1 / cap) as in row_softcap. */
 template <typename T> static CS_REDUCTION void row_softcap_grad(T *g, const T *c, idx_t n, T cap) {
+    /* a zero gradient stays zero: an ignored row holding NaN logits keeps its
+     * all-zero gradient (0 * NaN would be NaN) */
+    const T inv = (T)1 / cap;
+    if (!(inv < (T)INFINITY)) {        /* a subnormal cap */
 #pragma omp simd
-    for (idx_t k = 0; k < n; ++k) {
-        T u = c[k] / cap;
-        /* a zero gradient stays zero: an ignored row holding NaN logits keeps
-         * its all-zero gradient (0 * NaN would be NaN) */
-        g[k] = g[k] != (T)0 ? g[k] * ((T)1 - u * u) : g[k];
+        for (idx_t k = 0; k < n; ++k) {
+            T u = c[k] / cap;
+            g[k] = g[k] != (T)0 ? g[k] * ((T)1 - u * u) : g[k];
+        }
+    } else {
+#pragma omp simd
+        for (idx_t k = 0; k < n; ++k) {
+            T u = c[k] * inv;
+            g[k] = g[k] != (T)0 ? g[k] * ((T)1 - u * u) : g[k];
+        }
     }
     vector_upper_clear();
 }

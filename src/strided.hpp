@@ -30,6 +30,7 @@
 #define CSOFTMAX_STRIDED_HPP
 
 #include "rowops.hpp"
+#include "tiles.hpp"  /* log_ge1 */
 
 namespace csoftmax {
 
@@ -100,6 +101,35 @@ static inline void sblock_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, 
         }
     }
     for (idx_t j = 0; j < w; ++j) m[j] = m[j] + (T)0;
+}
+
+/* sblock_max of the soft-capped block (cap != 0): each class row capped into
+ * stage (row_softcap: the cap of every path), the max taken there.  The
+ * later passes read the capped block from stage, and the gradient goes back
+ * through the cap from it (sblock_softcap_grad). */
+template <typename T, int W>
+static inline void sblock_capped_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, T *stage,
+                                     T cap) {
+    const idx_t w = W > 0 ? (idx_t)W : w_;
+    const idx_t B = StridedBlock<T>::B;
+    for (idx_t j = 0; j < w; ++j) m[j] = (T)-INFINITY;
+    for (idx_t c = 0; c < C; ++c) {
+        const T *xc = x + c * inner;
+        T *sc = stage + c * B;
+        if (c + PREFETCH_ROWS < C) prefetch_row(xc + PREFETCH_ROWS * inner, w, 0);
+        row_softcap(xc, sc, w, cap);
+#pragma omp simd
+        for (idx_t j = 0; j < w; ++j) m[j] = sc[j] > m[j] ? sc[j] : m[j];
+    }
+    for (idx_t j = 0; j < w; ++j) m[j] = m[j] + (T)0;
+}
+
+/* the gradient of a block through the soft cap, from the capped block */
+template <typename T>
+static inline void sblock_softcap_grad(T *grad, const T *stage, idx_t C, idx_t inner, idx_t w,
+                                       T cap) {
+    const idx_t B = StridedBlock<T>::B;
+    for (idx_t c = 0; c < C; ++c) row_softcap_grad(grad + c * inner, stage + c * B, w, cap);
 }
 
 /* s[j] = sum over classes of exp(x - m[j]): in T over SUM_CLASSES classes,
@@ -194,10 +224,35 @@ static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t
 }
 
 /* ---- cross-entropy with class indices over the middle axis -------------
+ * sblock_index_finish: the losses and gradient coefficients of a block's w
+ * positions from their sums, the formulas of cross_entropy_index_loss as one
+ * vector loop, the log by log_ge1 (s is in [1, C] or NaN: the largest term
+ * is exp(0) = 1), where a libm log per position bounded the kernel. */
+template <typename T>
+static inline void sblock_index_finish(idx_t w, const int32_t *lab, const double *wt,
+                                       const double *xt, const double *sm, const double *s,
+                                       double w_total, double alpha, double beta, double scale,
+                                       double *loss, T *c1, T *ct, T *fill) {
+    const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+#pragma omp simd
+    for (idx_t j = 0; j < w; ++j) {
+        double lse = log_ge1(s[j]);
+        double aw = alpha * wt[j];
+        double l = aw * (lse - xt[j]);
+        if (beta != 0.0) l += beta * (w_total * lse - sm[j]);
+        loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
+        c1[j] = (T)((aw + y_extra) / s[j] * scale);
+        ct[j] = (T)(aw * scale);
+        fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
+    }
+}
+
+/* Cross-entropy over the middle axis, a block of positions.
  * The formulas of _cross_entropy_index_row (kernels.pxi) per position:
  *   y'_k = alpha w_t [k == t] + beta w_k,
  *   loss = sum(y') lse - sum(y'_k (x_k - m)),  grad = e sum(y') / s - y',
- * with cross_entropy_index_loss (rowops.hpp) for the loss.  Each label is
+ * with cross_entropy_index_loss (rowops.hpp) for the loss (sblock_index_finish
+ * without z-loss and accuracy).  Each label is
  * read once; ignore_index gives loss 0 and a zero gradient column whatever
  * the logits, any other label outside [0, C) a NaN loss and column.  x_t and
  * the sums are read before the gradient is written (grad may be x). */
@@ -205,13 +260,16 @@ template <bool Grad, typename T, typename L, int W>
 static inline void sblock_cross_entropy_index(
         const T *x, const L *target, idx_t C, idx_t inner, idx_t w_, idx_t ignore_index,
         const T *wt_, double w_total, double alpha, double beta, double *loss, T *grad,
-        double scale, T *stage, const CrossEntropyExtra *ex) {
+        double scale, T *stage, const CrossEntropyExtra *ex, T cap) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
     enum { B = StridedBlock<T>::B };
     T m[B], c1[B], ct[B], fill[B];
     double s[B], sm[B], xt[B], wt[B];
     int32_t lab[B];                    /* the label, -1 ignored, -2 out of range */
-    sblock_max<T, W>(x, C, inner, w, m, stage);
+    if (cap != (T)0)                   /* soft-capped: always staged */
+        sblock_capped_max<T, W>(x, C, inner, w, m, stage, cap);
+    else
+        sblock_max<T, W>(x, C, inner, w, m, stage);
     const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
     const idx_t ld = stage != NULL ? (idx_t)B : inner;
     int special = 0;
@@ -234,22 +292,25 @@ static inline void sblock_cross_entropy_index(
             for (idx_t j = 0; j < w; ++j) sm[j] += wc * ((double)xc[j] - (double)m[j]);
         }
     }
-    for (idx_t j = 0; j < w; ++j) {
-        double y_sum = 0.0;
-        double l = cross_entropy_index_loss(wt[j], w_total, alpha, beta, xt[j], sm[j], s[j], &y_sum);
-        loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
-        double c = y_sum / s[j] * scale;
-        if (ex != NULL) {              /* z-loss and accuracy, as the row kernels */
+    if (ex == NULL) {
+        sblock_index_finish(w, lab, wt, xt, sm, s, w_total, alpha, beta, scale, loss, c1, ct, fill);
+    } else {
+        for (idx_t j = 0; j < w; ++j) {    /* with z-loss and accuracy, as the row kernels */
+            double y_sum = 0.0;
+            double l = cross_entropy_index_loss(wt[j], w_total, alpha, beta, xt[j], sm[j], s[j],
+                                                &y_sum);
+            loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
+            double c = y_sum / s[j] * scale;
             double skip = lab[j] == -1 ? 0.0 : (double)NAN;
             double zl = 0.0;
             if (ex->z != 0.0 && lab[j] >= 0)
                 zl = z_loss_terms(ex->z, ex->zscale, y_sum, scale, (double)m[j], s[j], &c);
             if (ex->zrow != NULL) ex->zrow[j] = lab[j] >= 0 ? zl : skip;
             if (ex->acc != NULL) ex->acc[j] = lab[j] >= 0 ? token_correct(xt[j], s[j]) : skip;
+            c1[j] = (T)c;
+            ct[j] = (T)(alpha * wt[j] * scale);
+            fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
         }
-        c1[j] = (T)c;
-        ct[j] = (T)(alpha * wt[j] * scale);
-        fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
     }
     if (!Grad) return;
     const T cb = (T)(beta * scale);
@@ -271,15 +332,17 @@ static inline void sblock_cross_entropy_index(
     }
     for (idx_t j = 0; j < w; ++j)
         if (lab[j] >= 0) grad[lab[j] * inner + j] -= ct[j];
+    if (cap != (T)0) sblock_softcap_grad(grad, stage, C, inner, w, cap);
 }
 
 /* Unit u (as strided_unit) of cross-entropy: x (outer, C, inner), target and
- * loss (outer, inner), grad like x or NULL. */
+ * loss (outer, inner), grad like x or NULL; cap != 0: the logits soft-capped
+ * at cap (stage then holds C x B elements). */
 template <typename T, typename L>
 static CS_REDUCTION void strided_cross_entropy_index_unit(
         const T *x, const L *target, idx_t C, idx_t inner, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        idx_t u, T *stage, const CrossEntropyExtra *ex) {
+        idx_t u, T *stage, const CrossEntropyExtra *ex, T cap) {
     enum { B = StridedBlock<T>::B };
     idx_t nb = strided_blocks<T>(inner);
     idx_t o = u / nb, j0 = (u - o * nb) * B;
@@ -298,17 +361,116 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
     if (n == B) {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, lb, gb, scale, stage, ex);
+                                                      w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
         else
             sblock_cross_entropy_index<false, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, lb, gb, scale, stage, ex);
+                                                       w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
     } else {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, lb, gb, scale, stage, ex);
+                                                      w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
         else
             sblock_cross_entropy_index<false, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, lb, gb, scale, stage, ex);
+                                                       w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
+    }
+}
+
+/* ---- cross-entropy with probability targets over the middle axis ------
+ * The formulas of _cross_entropy_prob_row (kernels.pxi) per position, with
+ * y'_k = w_k (alpha y_k + beta):
+ *   loss = sum(y') lse - sum(y'_k (x_k - m))  (cross_entropy_prob_loss),
+ *   grad = e c1 - y',  c1 = sum(y') / s (plus the z-loss term, z_loss_terms),
+ * the targets' terms and sums in double.  y has x's layout (outer, C, inner)
+ * and is read in place (it is not staged: each of its elements is read
+ * twice, in pass 2 and in pass 3).  cap != 0: soft-capped as the class-index
+ * kernel (the block staged capped).  grad may be x, not y. */
+template <bool Grad, typename T, int W>
+static inline void sblock_cross_entropy_prob(
+        const T *x, const T *y, idx_t C, idx_t inner, idx_t w_, const T *wt_, double alpha,
+        double beta, double *loss, T *grad, double scale, T *stage, const CrossEntropyExtra *ex,
+        T cap) {
+    const idx_t w = W > 0 ? (idx_t)W : w_;
+    enum { B = StridedBlock<T>::B };
+    T m[B], c1[B];
+    double s[B], ys[B], yd[B];
+    if (cap != (T)0)
+        sblock_capped_max<T, W>(x, C, inner, w, m, stage, cap);
+    else
+        sblock_max<T, W>(x, C, inner, w, m, stage);
+    const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
+    const idx_t ld = stage != NULL ? (idx_t)B : inner;
+    for (idx_t j = 0; j < w; ++j) ys[j] = 0.0, yd[j] = 0.0;
+    for (idx_t c = 0; c < C; ++c) {
+        const T *xc = xr + c * ld;
+        const T *yc = y + c * inner;
+        double wc = wt_ != NULL ? (double)wt_[c] : 1.0;
+#pragma omp simd
+        for (idx_t j = 0; j < w; ++j) {
+            double yk = wc * (alpha * (double)yc[j] + beta);
+            ys[j] += yk;
+            yd[j] += yk * ((double)xc[j] - (double)m[j]);
+        }
+    }
+    sblock_exp_sum<T, W>(xr, C, ld, w, m, s);
+    for (idx_t j = 0; j < w; ++j) {
+        double c = ys[j] / s[j] * scale;
+        if (ex != NULL && ex->z != 0.0) {
+            double zl = z_loss_terms(ex->z, ex->zscale, ys[j], scale, (double)m[j], s[j], &c);
+            if (ex->zrow != NULL) ex->zrow[j] = zl;
+        }
+        loss[j] = cross_entropy_prob_loss(ys[j], yd[j], s[j]);
+        c1[j] = (T)c;
+    }
+    if (!Grad) return;
+    const T a2 = (T)(alpha * scale), b2 = (T)(beta * scale);
+    for (idx_t c = 0; c < C; ++c) {
+        const T *xc = xr + c * ld;
+        const T *yc = y + c * inner;
+        T *gc = grad + c * inner;
+        if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
+        T wc = wt_ != NULL ? wt_[c] : (T)1;
+#pragma omp simd
+        for (idx_t j = 0; j < w; ++j)
+            gc[j] = exp_nonpositive((T)(xc[j] - m[j])) * c1[j] - wc * (a2 * yc[j] + b2);
+    }
+    if (cap != (T)0) sblock_softcap_grad(grad, stage, C, inner, w, cap);
+}
+
+/* Unit u (as strided_unit) of cross-entropy with probability targets: x and y
+ * (outer, C, inner), loss (outer, inner), grad like x or NULL. */
+template <typename T>
+static CS_REDUCTION void strided_cross_entropy_prob_unit(
+        const T *x, const T *y, idx_t C, idx_t inner, const T *w, double alpha, double beta,
+        double *loss, T *grad, double scale, idx_t u, T *stage, const CrossEntropyExtra *ex,
+        T cap) {
+    enum { B = StridedBlock<T>::B };
+    idx_t nb = strided_blocks<T>(inner);
+    idx_t o = u / nb, j0 = (u - o * nb) * B;
+    idx_t n = inner - j0 > B ? (idx_t)B : inner - j0;
+    const T *xb = x + o * C * inner + j0;
+    const T *yb = y + o * C * inner + j0;
+    double *lb = loss + o * inner + j0;
+    T *gb = grad == NULL ? grad : grad + o * C * inner + j0;
+    CrossEntropyExtra bex;             /* ex with its arrays from this block's first position */
+    if (ex != NULL) {
+        bex = *ex;
+        if (bex.zrow != NULL) bex.zrow += o * inner + j0;
+        ex = &bex;
+    }
+    if (n == B) {
+        if (grad != NULL)
+            sblock_cross_entropy_prob<true, T, B>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
+                                                  scale, stage, ex, cap);
+        else
+            sblock_cross_entropy_prob<false, T, B>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
+                                                   scale, stage, ex, cap);
+    } else {
+        if (grad != NULL)
+            sblock_cross_entropy_prob<true, T, 0>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
+                                                  scale, stage, ex, cap);
+        else
+            sblock_cross_entropy_prob<false, T, 0>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
+                                                   scale, stage, ex, cap);
     }
 }
 

@@ -17,7 +17,11 @@ cdef extern from "strided.hpp" namespace "csoftmax" nogil:
         const T *x, const L *target, Py_ssize_t C, Py_ssize_t inner,
         Py_ssize_t ignore_index, const T *w, double w_total, double alpha, double beta,
         double *loss, T *grad, double scale, Py_ssize_t u, T *stage,
-        const CrossEntropyExtra *ex) noexcept
+        const CrossEntropyExtra *ex, T cap) noexcept
+    void strided_cross_entropy_prob_unit[T](
+        const T *x, const T *y, Py_ssize_t C, Py_ssize_t inner, const T *w, double alpha,
+        double beta, double *loss, T *grad, double scale, Py_ssize_t u, T *stage,
+        const CrossEntropyExtra *ex, T cap) noexcept
     Py_ssize_t strided_stage_elems[T](const T *x, Py_ssize_t C, Py_ssize_t inner) noexcept
 
 
@@ -33,10 +37,14 @@ cdef inline Py_ssize_t _strided_blocks(Py_ssize_t inner, size_t itemsize) noexce
 
 cdef floating *_stage_alloc(
     const floating *x, Py_ssize_t C, Py_ssize_t inner, int n_threads, Py_ssize_t *elems,
+    bint capped=False,
 ) except? NULL:
     """Thread-private scratch for staged blocks (see strided.hpp), n_threads
-    times elems[0] elements; NULL (elems[0] = 0) where blocks are not staged."""
+    times elems[0] elements; NULL (elems[0] = 0) where blocks are not staged.
+    capped: soft-capped blocks, always staged."""
     elems[0] = strided_stage_elems(x, C, inner)
+    if capped:
+        elems[0] = C * (STRIDED_BYTES // <Py_ssize_t>sizeof(floating))
     if elems[0] == 0:
         return NULL
     cdef floating *p = <floating *>malloc(n_threads * elems[0] * sizeof(floating))
@@ -105,12 +113,12 @@ cdef void _strided_ce_serial(
     const floating *x, const label_t *t, Py_ssize_t C, Py_ssize_t inner,
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
     double *loss, floating *grad, double scale, Py_ssize_t n_units, floating *stage,
-    const CrossEntropyExtra *ex,
+    const CrossEntropyExtra *ex, floating cap,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
         strided_cross_entropy_index_unit(x, t, C, inner, ignore_index, w, w_total, alpha,
-                                         beta, loss, grad, scale, u, stage, ex)
+                                         beta, loss, grad, scale, u, stage, ex, cap)
 
 
 def cross_entropy_index_strided(const floating[:, :, ::1] logits,
@@ -134,7 +142,8 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
     grad when grad is not None.  Semantics of cross_entropy_index_rows: labels
     (outer, inner) must have been checked with label_summary; weight may be
     None; grad may be logits.  z_loss, z_scale, softcap, row_z, row_acc: as
-    for cross_entropy_index_rows (the soft cap through a capped copy)."""
+    for cross_entropy_index_rows (the soft cap: each block capped into its
+    staging scratch)."""
     cdef Py_ssize_t outer = logits.shape[0], C = logits.shape[1], inner = logits.shape[2]
     cdef Py_ssize_t u, n_rows = outer * inner
     if n_rows == 0:
@@ -148,34 +157,93 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
     cdef const floating *x = &logits[0, 0, 0]
     cdef CrossEntropyExtra ex_args
     cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, row_acc)
-    cdef floating *xc = NULL
-    if softcap != 0.0:
-        xc = _softcap_copy(x, n_rows * C, <floating>softcap, n_threads)
-        x = xc
     cdef const label_t *t = &target[0, 0]
     cdef double *loss = &row_loss[0]
     cdef double w_total = <double>C if w == NULL else row_sum(w, C)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
     cdef Py_ssize_t elems, n_units = outer * _strided_blocks(inner, sizeof(floating))
-    cdef int cap_threads = n_threads
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
-    cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems)
+    cdef floating cap = <floating>softcap
+    cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             strided_cross_entropy_index_unit(
                 x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g, grad_scale, u,
-                stage if stage == NULL else stage + threadid() * elems, ex)
+                stage if stage == NULL else stage + threadid() * elems, ex, cap)
     elif n_rows * C < GIL_WORK:
         _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g,
-                           grad_scale, n_units, stage, ex)
+                           grad_scale, n_units, stage, ex, cap)
     else:
         with nogil:
             _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss,
-                               g, grad_scale, n_units, stage, ex)
+                               g, grad_scale, n_units, stage, ex, cap)
     free(stage)
-    if xc != NULL:
-        if g != NULL:
-            _softcap_back(g, xc, n_rows * C, <floating>softcap, cap_threads)
-        free(xc)
+    return pairwise_sum(loss, n_rows)
+
+
+cdef void _strided_prob_serial(
+    const floating *x, const floating *y, Py_ssize_t C, Py_ssize_t inner, const floating *w,
+    double alpha, double beta, double *loss, floating *grad, double scale,
+    Py_ssize_t n_units, floating *stage, const CrossEntropyExtra *ex, floating cap,
+) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(n_units):
+        strided_cross_entropy_prob_unit(x, y, C, inner, w, alpha, beta, loss, grad, scale, u,
+                                        stage, ex, cap)
+
+
+def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
+                               const floating[:, :, ::1] target,
+                               const floating[::1] weight,
+                               double label_smoothing,
+                               double grad_scale,
+                               double[::1] row_loss,
+                               floating[:, :, ::1] grad,
+                               int n_threads,
+                               double z_loss=0.0,
+                               double z_scale=0.0,
+                               double softcap=0.0,
+                               double[::1] row_z=None):
+    """Cross-entropy with probability targets (logits' layout) over the
+    middle axis of logits (outer, C, inner): the loss of position (o, j) into
+    row_loss[o * inner + j] and returns their sum, added pairwise in that
+    order; the gradient (times grad_scale) into grad when grad is not None.
+    Semantics of cross_entropy_prob_rows: weight may be None; grad may be
+    logits but not target.  z_loss, z_scale, softcap, row_z: as for
+    cross_entropy_prob_rows."""
+    cdef Py_ssize_t outer = logits.shape[0], C = logits.shape[1], inner = logits.shape[2]
+    cdef Py_ssize_t u, n_rows = outer * inner
+    if n_rows == 0:
+        return 0.0
+    cdef const floating *w = NULL
+    cdef floating *g = NULL
+    if weight is not None:
+        w = &weight[0]
+    if grad is not None:
+        g = &grad[0, 0, 0]
+    cdef const floating *x = &logits[0, 0, 0]
+    cdef const floating *y = &target[0, 0, 0]
+    cdef CrossEntropyExtra ex_args
+    cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, None)
+    cdef double *loss = &row_loss[0]
+    cdef double alpha = 1.0 - label_smoothing
+    cdef double beta = label_smoothing / C
+    cdef Py_ssize_t elems, n_units = outer * _strided_blocks(inner, sizeof(floating))
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef floating cap = <floating>softcap
+    cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            strided_cross_entropy_prob_unit(
+                x, y, C, inner, w, alpha, beta, loss, g, grad_scale, u,
+                stage if stage == NULL else stage + threadid() * elems, ex, cap)
+    elif n_rows * C < GIL_WORK:
+        _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale, n_units,
+                             stage, ex, cap)
+    else:
+        with nogil:
+            _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale,
+                                 n_units, stage, ex, cap)
+    free(stage)
     return pairwise_sum(loss, n_rows)
