@@ -645,13 +645,12 @@ _DOC_PARAMS = """
         and get an all-zero ``grad_input`` row.
     z_loss, softcap, return_z_loss, return_token_accuracy
         As for :func:`csoftmax.cross_entropy`, on the logits
-        ``input @ linear_weight.T + linear_bias``: the z-loss ``z_loss *
-        lse**2`` per counted row (for "mean" divided by the number of counted
-        rows, not by the summed class weight), the soft cap ``softcap *
-        tanh(logits / softcap)`` applied before everything else (a chunk
-        buffer's copy at most, for rows of fewer than 32 classes or
-        probability targets), the z-loss part and the token accuracy returned
-        with a flag.
+        ``input @ linear_weight.T + linear_bias``: the z-loss
+        ``z_loss * lse**2`` per counted row (for "mean" divided by the number
+        of counted rows, not by the summed class weight), the soft cap
+        ``softcap * tanh(logits / softcap)`` applied before everything else
+        (with no copy of the logits), the z-loss part and the token accuracy
+        returned with a flag.
     num_threads : int, optional
         The threads of every part of the call: the cross-entropy kernels and
         the BLAS (limited with ``threadpoolctl`` where it is installed).
@@ -749,11 +748,10 @@ linear_cross_entropy_with_grad.__doc__ = """The linear cross-entropy and its gra
         ``d loss / d linear_weight``, linear_weight's shape.
     grad_linear_bias : ndarray or None
         ``d loss / d linear_bias``; None without a bias.
-        The gradients have the logits' dtype.
-
-    With a ``return_*`` flag: a :class:`LinearCrossEntropyGradResult` named
-    tuple ``(loss, grad_input, grad_linear_weight, grad_linear_bias, z_loss,
-    token_accuracy)``.
+        The gradients have the logits' dtype. With a ``return_*`` flag the
+        result is a :class:`LinearCrossEntropyGradResult` named tuple
+        ``(loss, grad_input, grad_linear_weight, grad_linear_bias, z_loss,
+        token_accuracy)``.
 
     Examples
     --------
