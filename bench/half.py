@@ -18,9 +18,7 @@ kind ``parity`` in the targets table, in the 16-bit dtype's column).
 
 from __future__ import annotations
 
-import gc
 import importlib
-import time
 
 import numpy as np
 
@@ -28,7 +26,6 @@ from . import parity
 from .ops import LOGIT_SCALE, shape_label
 from .peers import to_arrays
 from .runner import rel_error
-from .timing import interleave
 
 #: The 16-bit dtypes (names as on the command line and in the results).
 DTYPES = ("bfloat16", "float16")
@@ -214,37 +211,13 @@ def _verify(built, tol, dtype):
 
 def measure(spec, dtype_name, threads, budget=1.0, stat="min", seed=0, min_rounds=5,
             min_sample=1e-3, torch=None):
-    """Verify and time one case, then judge its criteria (as :func:`bench.parity.measure`)."""
-    start = time.perf_counter()
-    result = {"key": spec.key, "group": spec.group, "op": spec.op, "shape": list(spec.shape),
-              "dtype": dtype_name, "threads": threads, "status": "ok", "message": "",
-              "calls": {}, "criteria": [], "seconds": None}
-    try:
-        built = spec.build(tuple(spec.shape), threads, seed, torch)
-        checks = _verify(built, TOLERANCE[dtype_name], numpy_dtype(dtype_name))
-    except Exception as exc:  # noqa: BLE001 - reported in the row
-        result.update(status="error", message=f"{type(exc).__name__}: {exc}")
-        result["criteria"] = parity.judge(spec, result)
-        return result
-    result["calls"] = checks
-    bad = [f"{name}: {c['status'].upper()}: {c['message']}" for name, c in checks.items()
-           if c["status"] in {"mismatch", "error"}]
-    if bad:
-        result.update(status="error" if any(c["status"] == "error" for c in checks.values())
-                      else "mismatch", message="; ".join(bad))
-    timed = {name: call for name, call in built.calls.items()
-             if checks[name]["status"] != "error"}
-    gc.collect()
-    samples = interleave(timed, budget, min_rounds=min_rounds, min_sample=min_sample,
-                         warmup=0) if timed else {}
-    for name, s in samples.items():
-        checks[name].update(s.summary())
-        checks[name]["time"] = checks[name][stat]
-    del built, timed, samples
-    gc.collect()
-    result["criteria"] = parity.judge(spec, result)
-    result["seconds"] = round(time.perf_counter() - start, 2)
-    return result
+    """Verify and time one case, then judge its criteria (:func:`bench.parity.measure`,
+    checked at the 16-bit dtype's tolerance)."""
+    def verify(built):
+        return _verify(built, TOLERANCE[dtype_name], numpy_dtype(dtype_name))
+
+    return parity.measure(spec, threads, budget, stat, seed, min_rounds, min_sample, torch,
+                          dtype=dtype_name, verify=verify)
 
 
 def run(dtypes, threads=2, budget=1.0, stat="min", seed=0, min_rounds=5, min_sample=1e-3,

@@ -451,7 +451,7 @@ def _verify(built, tol):
 
 
 def measure(spec, threads, budget=1.0, stat="min", seed=0, min_rounds=5, min_sample=1e-3,
-            torch=None):
+            torch=None, dtype=DTYPE, verify=None):
     """Verify and time one parity case, then judge its criteria.
 
     Parameters
@@ -468,6 +468,11 @@ def measure(spec, threads, budget=1.0, stat="min", seed=0, min_rounds=5, min_sam
     min_sample : float, optional
     torch : module, optional
         PyTorch, or None to leave its calls out.
+    dtype : str, optional
+        The case's dtype (recorded; :mod:`bench.half` measures 16-bit cases).
+    verify : callable, optional
+        ``verify(built)`` -> the checks of the built calls (default: against the
+        float64 reference at float32's tolerance).
 
     Returns
     -------
@@ -480,11 +485,11 @@ def measure(spec, threads, budget=1.0, stat="min", seed=0, min_rounds=5, min_sam
     """
     start = time.perf_counter()
     result = {"key": spec.key, "group": spec.group, "op": spec.op, "shape": list(spec.shape),
-              "dtype": DTYPE, "threads": threads, "status": "ok", "message": "",
+              "dtype": dtype, "threads": threads, "status": "ok", "message": "",
               "calls": {}, "criteria": [], "seconds": None}
     try:
         built = spec.build(tuple(spec.shape), threads, seed, torch)
-        checks = _verify(built, TOLERANCE[DTYPE])
+        checks = verify(built) if verify is not None else _verify(built, TOLERANCE[DTYPE])
     except Exception as exc:  # noqa: BLE001 - reported in the row
         result.update(status="error", message=f"{type(exc).__name__}: {exc}")
         result["criteria"] = judge(spec, result)
