@@ -184,29 +184,20 @@ ALL_SPECS = [s for specs in SPECS.values() for s in specs]
 KEY_DTYPE = {s.key: name for name, specs in SPECS.items() for s in specs}
 
 
-def _verify(built, tol, dtype):
-    """Run each call once (the warm-up) and compare its outputs with the reference."""
-    expected = built.reference()
-    checks = {}
-    for name, call in built.calls.items():
-        check = checks[name] = {"label": built.labels[name], "status": "ok"}
-        try:
-            result = call()
-        except Exception as exc:  # noqa: BLE001 - reported in the row
-            check.update(status="error", message=f"{type(exc).__name__}: {exc}")
-            continue
-        if name not in built.outputs:
-            check["status"] = "unchecked"
-            continue
+def _compare(dtype):
+    """The comparison of :func:`bench.parity._verify` for a 16-bit case: csoftmax's
+    ``out=`` result in ``dtype``, the float32 call's at float32's tolerance."""
+    def compare(built, name, result, expected, tol, check):
         if name == "csoftmax_out":
             kept = to_arrays(result)[-1].dtype
             if kept != dtype:
                 check.update(status="mismatch", message=f"output dtype {kept}, not {dtype}")
-                continue
+                return
         err = check["error"] = rel_error(built.outputs[name](result), expected)
         if not err <= (tol if name != "csoftmax_f32_out" else 1e-4):
             check.update(status="mismatch", message=f"error {err:.2e} vs float64 reference")
-    return checks
+
+    return compare
 
 
 def measure(spec, dtype_name, threads, budget=1.0, stat="min", seed=0, min_rounds=5,
@@ -214,7 +205,7 @@ def measure(spec, dtype_name, threads, budget=1.0, stat="min", seed=0, min_round
     """Verify and time one case, then judge its criteria (:func:`bench.parity.measure`,
     checked at the 16-bit dtype's tolerance)."""
     def verify(built):
-        return _verify(built, TOLERANCE[dtype_name], numpy_dtype(dtype_name))
+        return parity._verify(built, TOLERANCE[dtype_name], _compare(numpy_dtype(dtype_name)))
 
     return parity.measure(spec, threads, budget, stat, seed, min_rounds, min_sample, torch,
                           dtype=dtype_name, verify=verify)
