@@ -363,11 +363,12 @@ class ExpFloor(Peer):
     def prepare(self, op, inputs, threads):  # noqa: D102
         from csoftmax import _dispatch
 
-        if op.linear or _dispatch.KERNELS is None or "x" not in inputs:
+        # the compiled kernels only (not the NumPy fallback, CSOFTMAX_BACKEND=numpy)
+        exp_floor = getattr(_dispatch.KERNELS, "exp_floor", None)
+        if op.linear or exp_floor is None or "x" not in inputs:
             return None
         x = inputs["x"]
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1] if x.ndim else 1)
-        exp_floor = _dispatch.KERNELS.exp_floor
         return Prepared(lambda: exp_floor(x2, threads), verify=False)
 
 
