@@ -163,7 +163,7 @@ def test_examples_run(page):
         pytest.skip(f"{page} is not beside tests/")
     blocks = python_blocks(path)
     assert blocks, f"{page} has no python example"
-    for needs in ("torch", "dask", "threadpoolctl"):  # optional: run where installed
+    for needs in ("torch", "dask", "threadpoolctl", "ml_dtypes"):  # optional: where installed
         if any(re.search(rf"^\s*(from|import) ({needs}|csoftmax\.{needs})\b", b, re.M)
                for b in blocks):
             pytest.importorskip(needs)

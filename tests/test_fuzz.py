@@ -138,9 +138,14 @@ def _np_dtype(name):
     return np.dtype(name)
 
 
+def _is_bf16(dtype):
+    """bfloat16 (never without ml_dtypes: ``dtype == None`` would be True for float64)."""
+    return BFLOAT16 is not None and dtype == BFLOAT16
+
+
 def _is_float(dtype):
     """A real floating dtype, bfloat16 (ml_dtypes, kind "V") included."""
-    return dtype.kind == "f" or dtype == BFLOAT16
+    return dtype.kind == "f" or _is_bf16(dtype)
 
 
 def float_values(rng, shape, mode, scale):
@@ -412,7 +417,7 @@ def _tolerance(dtype):
         return 1e-11
     if dtype.itemsize == 4:
         return 2e-5
-    if dtype == BFLOAT16:  # 8 significant bits: one rounding step apart
+    if _is_bf16(dtype):  # 8 significant bits: one rounding step apart
         return 1.6e-2
     return 4e-3
 
@@ -440,7 +445,7 @@ def assert_agree(actual, expected, what, scale=1.0):
         assert np.array_equal(a, e), f"{what}: values differ"
         return
     tol = _tolerance(a.dtype)
-    big = float((ml_dtypes.finfo if a.dtype == BFLOAT16 else np.finfo)(a.dtype).max) / 4
+    big = float((ml_dtypes.finfo if _is_bf16(a.dtype) else np.finfo)(a.dtype).max) / 4
     with np.errstate(all="ignore"):
         a64, e64 = a.astype(np.float64), e.astype(np.float64)
         nan_a, nan_e = np.isnan(a64), np.isnan(e64)
