@@ -239,13 +239,15 @@ CS_INLINE double log_ge1(double x) {
                  Lg5 = 1.818357216161805012e-01, Lg6 = 1.531383769920937332e-01,
                  Lg7 = 1.479819860511658591e-01;
     uint64_t b = double_bits(x);
-    int64_t k = (int64_t)(b >> 52) - 1023;                      /* x >= 1: no sign bit */
+    /* the exponent k as a double without an int64 -> double conversion,
+     * which AVX2 lacks (GCC left the whole loop scalar): its biased bits
+     * (x >= 1: no sign bit) in the mantissa of 2^52, less 2^52 + 1023 */
+    double dk = bits_as_double((b >> 52) | 0x4330000000000000ull) - (4503599627370496.0 + 1023.0);
     double f = bits_as_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
     int big = f > 1.4142135623730951;                          /* f in [sqrt2/2, sqrt2) */
     f = big ? 0.5 * f : f;
-    k = big ? k + 1 : k;
+    dk = big ? dk + 1.0 : dk;
     f = f - 1.0;
-    double dk = (double)k;
     double hfsq = 0.5 * f * f;
     double s = f / (2.0 + f);
     double z = s * s, w = z * z;
@@ -302,23 +304,18 @@ template <typename T> static inline void tile_skipped_row(T *grad, idx_t n, int 
         row_fill(grad, n, (T)NAN);
 }
 
-/* One block (LANES rows, transposed in c) of tile_cross_entropy_index_any:
- * the losses into bl, the gradient (Grad) into c.  lab: the labels (-1
- * ignored and padding, -2 out of range), wt: their weights (all ones
- * without class weights: never NULL, since GCC if-converts a NULL test into
- * masked loads from the NULL pointer, which on AVX2 take a microcode assist
- * each -- the whole tile ran 1.8x slower). */
-template <bool Grad, bool Extra, typename T>
-static inline void block_cross_entropy_index(
-        T *c, idx_t n, const int32_t *lab, const double *wt, const T *w, double w_total,
-        double alpha, double beta, double scale, double *bl, const CrossEntropyExtra *ex,
-        double *bz, double *ba) {
-    T m[LANES], xv[LANES], c1[LANES], ct[LANES];
-    double s[LANES];
-    double smooth[LANES];
-    /* the max and the target's logit (a select per column: no gather) */
+/* The row statistics of one block (LANES rows, transposed in c) of
+ * tile_cross_entropy_index_any: the max m, the target's logit xv (a select
+ * per column: no gather; lab -1 or -2 selects nothing), with smoothing the
+ * weighted sum of x - m, and the exp-sum s (Grad: the exponentials replace
+ * c).  The finish (log, loss, gradient coefficients) is left to one loop over
+ * the whole tile: per block its log was a chain of dependent operations that
+ * the next block's loops could not hide (17 % of the AVX2 loss at 65536x10). */
+template <bool Grad, typename T>
+static inline void block_cross_entropy_stats(T *c, idx_t n, const int32_t *lab, const T *w,
+                                             double beta, T *m, T *xv, double *smooth, double *s) {
 #pragma omp simd
-    for (idx_t l = 0; l < LANES; ++l) m[l] = (T)-INFINITY, xv[l] = (T)0, smooth[l] = 0.0;
+    for (idx_t l = 0; l < LANES; ++l) m[l] = (T)-INFINITY, xv[l] = (T)0;
     for (idx_t k = 0; k < n; ++k) {
         const T *ck = c + k * LANES;
 #pragma omp simd
@@ -329,51 +326,26 @@ static inline void block_cross_entropy_index(
         }
     }
     if (beta != 0.0) {
+        double sm[LANES];
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) sm[l] = 0.0;
         for (idx_t k = 0; k < n; ++k) {
             double wk = w != NULL ? (double)w[k] : 1.0;
 #pragma omp simd
             for (idx_t l = 0; l < LANES; ++l)
-                smooth[l] += wk * ((double)c[k * LANES + l] - (double)m[l]);
+                sm[l] += wk * ((double)c[k * LANES + l] - (double)m[l]);
         }
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) smooth[l] = sm[l];
     }
     block_exp_sum<Grad>(c, n, m, s);
-    const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
-    if (Extra) {
-        /* z-loss and accuracy (see CrossEntropyExtra): the z term with this
-         * path's lse, and its gradient coefficient only where z != 0 */
-        const double z = ex->z, zs = ex->zscale;
-#pragma omp simd
-        for (idx_t l = 0; l < LANES; ++l) {
-            double lse = (double)log_ge1((T)s[l]);    /* the logits' precision */
-            double aw = alpha * wt[l];
-            double v = aw * (lse - ((double)xv[l] - (double)m[l]));
-            if (beta != 0.0) v += beta * (w_total * lse - smooth[l]);
-            double skip = lab[l] == -1 ? 0.0 : (double)NAN;
-            bl[l] = lab[l] >= 0 ? v : skip;
-            double lt = (double)m[l] + lse;
-            bz[l] = lab[l] >= 0 ? z * lt * lt : skip;
-            ba[l] = lab[l] >= 0 ? (xv[l] == m[l] && s[l] == s[l] ? 1.0 : 0.0) : skip;
-            if (Grad) {
-                c1[l] = z != 0.0 ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / (double)s[l])
-                                 : (T)((aw + y_extra) / (double)s[l] * scale);
-                ct[l] = (T)(aw * scale);
-            }
-        }
-    } else {
-#pragma omp simd
-    for (idx_t l = 0; l < LANES; ++l) {
-        double lse = (double)log_ge1((T)s[l]);    /* the logits' precision */
-        double aw = alpha * wt[l];
-        double v = aw * (lse - ((double)xv[l] - (double)m[l]));
-        if (beta != 0.0) v += beta * (w_total * lse - smooth[l]);
-        bl[l] = lab[l] >= 0 ? v : (lab[l] == -1 ? 0.0 : (double)NAN);
-        if (Grad) {
-            c1[l] = (T)((aw + y_extra) / (double)s[l] * scale);
-            ct[l] = (T)(aw * scale);
-        }
-    }
-    }
-    if (!Grad) return;
+}
+
+/* The gradient of one block from its exponentials in c:
+ * e c1 [- beta scale w_k] [- ct at the target]. */
+template <typename T>
+static inline void block_cross_entropy_grad(T *c, idx_t n, const int32_t *lab, const T *w,
+                                            double beta, double scale, const T *c1, const T *ct) {
     const T cb = (T)(beta * scale);
     for (idx_t k = 0; k < n; ++k) {
         T *ck = c + k * LANES;
@@ -390,15 +362,69 @@ static inline void block_cross_entropy_index(
     }
 }
 
+/* The finish of `rows` rows (a multiple of LANES) from their statistics:
+ * the loss into bl, with Extra the z term and the accuracy into bz and ba,
+ * with Grad the gradient coefficients c1 (of the exponentials) and ct (of
+ * the target).  bl may be smooth (each row's sum is read before its loss is
+ * written).  lab: the labels (-1 ignored and padding, -2 out of range),
+ * wt: their weights (all ones without class weights: never NULL, since GCC
+ * if-converts a NULL test into masked loads from the NULL pointer, which on
+ * AVX2 take a microcode assist each -- the whole tile ran 1.8x slower). */
+template <bool Grad, bool Extra, typename T>
+static inline void tile_cross_entropy_finish(
+        idx_t rows, const int32_t *lab, const double *wt, const T *m, const T *xv,
+        const double *smooth, const double *s, double w_total, double alpha, double beta,
+        double scale, const CrossEntropyExtra *ex, double *bl, double *bz, double *ba, T *c1,
+        T *ct) {
+    const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+    if (Extra) {
+        /* z-loss and accuracy (see CrossEntropyExtra): the z term with this
+         * path's lse, and its gradient coefficient only where z != 0 */
+        const double z = ex->z, zs = ex->zscale;
+#pragma omp simd
+        for (idx_t r = 0; r < rows; ++r) {
+            double lse = (double)log_ge1((T)s[r]);    /* the logits' precision */
+            double aw = alpha * wt[r];
+            double v = aw * (lse - ((double)xv[r] - (double)m[r]));
+            if (beta != 0.0) v += beta * (w_total * lse - smooth[r]);
+            double skip = lab[r] == -1 ? 0.0 : (double)NAN;
+            bl[r] = lab[r] >= 0 ? v : skip;
+            double lt = (double)m[r] + lse;
+            bz[r] = lab[r] >= 0 ? z * lt * lt : skip;
+            ba[r] = lab[r] >= 0 ? (xv[r] == m[r] && s[r] == s[r] ? 1.0 : 0.0) : skip;
+            if (Grad) {
+                c1[r] = z != 0.0 ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / (double)s[r])
+                                 : (T)((aw + y_extra) / (double)s[r] * scale);
+                ct[r] = (T)(aw * scale);
+            }
+        }
+    } else {
+#pragma omp simd
+        for (idx_t r = 0; r < rows; ++r) {
+            double lse = (double)log_ge1((T)s[r]);    /* the logits' precision */
+            double aw = alpha * wt[r];
+            double v = aw * (lse - ((double)xv[r] - (double)m[r]));
+            if (beta != 0.0) v += beta * (w_total * lse - smooth[r]);
+            bl[r] = lab[r] >= 0 ? v : (lab[r] == -1 ? 0.0 : (double)NAN);
+            if (Grad) {
+                c1[r] = (T)((aw + y_extra) / (double)s[r] * scale);
+                ct[r] = (T)(aw * scale);
+            }
+        }
+    }
+}
+
 template <bool Grad, bool Extra, typename T, typename L>
 static inline void tile_cross_entropy_index_any(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
         const CrossEntropyExtra *ex) {
+    enum { R = TILE + LANES };
     T c[TILE_BLOCKS];
-    int32_t lab[TILE + LANES];
-    double wt[TILE + LANES], bl[TILE + LANES];
-    double bz[Extra ? TILE + LANES : 1], ba[Extra ? TILE + LANES : 1];
+    int32_t lab[R];
+    double wt[R], bl[R], s[R];         /* bl holds the smoothing sums until the finish */
+    T m[R], xv[R], c1[Grad ? R : 1], ct[Grad ? R : 1];
+    double bz[Extra ? R : 1], ba[Extra ? R : 1];
     int special = 0;                   /* rows ignored or with a label out of range */
     idx_t padded = (rows + LANES - 1) / LANES * LANES;
 #pragma omp simd reduction(+ : special)
@@ -411,17 +437,20 @@ static inline void tile_cross_entropy_index_any(
     for (idx_t r = rows; r < padded; ++r) lab[r] = -1;
     if (w != NULL)                     /* loads at a data-dependent index */
         for (idx_t r = 0; r < padded; ++r) wt[r] = lab[r] >= 0 ? (double)w[lab[r]] : 1.0;
+    else
+        for (idx_t r = 0; r < padded; ++r) wt[r] = 1.0;
     tile_in(x, rows, n, c);            /* x is not read again: grad may overwrite it */
-    static_assert(LANES == 16, "ones holds one weight per lane");
-    static const double ones[LANES] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     for (idx_t r = 0; r < rows; r += LANES)
-        block_cross_entropy_index<Grad, Extra>(c + r * n, n, lab + r, w != NULL ? wt + r : ones,
-                                               w, w_total, alpha, beta, scale, bl + r, ex,
-                                               Extra ? bz + r : bz, Extra ? ba + r : ba);
+        block_cross_entropy_stats<Grad>(c + r * n, n, lab + r, w, beta, m + r, xv + r, bl + r,
+                                        s + r);
+    tile_cross_entropy_finish<Grad, Extra>(padded, lab, wt, m, xv, bl, s, w_total, alpha,
+                                           beta, scale, ex, bl, bz, ba, c1, ct);
     memcpy(loss, bl, (size_t)rows * sizeof(double));
     if (Extra && ex->zrow != NULL) memcpy(ex->zrow, bz, (size_t)rows * sizeof(double));
     if (Extra && ex->acc != NULL) memcpy(ex->acc, ba, (size_t)rows * sizeof(double));
     if (!Grad) return;
+    for (idx_t r = 0; r < rows; r += LANES)
+        block_cross_entropy_grad(c + r * n, n, lab + r, w, beta, scale, c1 + r, ct + r);
     tile_out(c, rows, n, grad);
     if (special > 0)
         for (idx_t r = 0; r < rows; ++r)
@@ -432,7 +461,20 @@ static inline void tile_cross_entropy_index_any(
  * On the transposed blocks (see tile_in), like the cross-entropy above; the
  * sum of exponentials in double, the log by log_ge1 (s is in [1, 31] or NaN). */
 
-/* out = softmax of each row (out may be x) */
+/* The max m and the exp-sum s of every row of a tile in its transposed
+ * blocks c (Store: the exponentials replace c).  The per-row finish (a
+ * division, a log) is then one loop over the whole tile: done per block it
+ * was a chain of dependent operations that the next block could not hide. */
+template <bool Store, typename T>
+static inline void tile_blocks_max_exp_sum(T *c, idx_t rows, idx_t n, T *m, double *s) {
+    for (idx_t r = 0; r < rows; r += LANES) {
+        block_max(c + r * n, n, m + r);
+        block_exp_sum<Store>(c + r * n, n, m + r, s + r);
+    }
+}
+
+/* out = softmax of each row (out may be x); its 1 / s per block (deferred
+ * to a loop over the tile, as the logs below, it measured 3 % slower) */
 template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, idx_t rows, idx_t n) {
     T c[TILE_BLOCKS], m[LANES], inv[LANES];
     double s[LANES];
@@ -453,18 +495,19 @@ template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, 
 
 /* out = log_softmax of each row, (x - m) - lse (out may be x) */
 template <typename T> static CS_REDUCTION void tile_log_softmax(const T *x, T *out, idx_t rows, idx_t n) {
-    T c[TILE_BLOCKS], m[LANES], lse[LANES];
-    double s[LANES];
+    T c[TILE_BLOCKS], m[TILE + LANES], lse[TILE + LANES];
+    double s[TILE + LANES];
+    idx_t padded = (rows + LANES - 1) / LANES * LANES;
     tile_in(x, rows, n, c);
+    tile_blocks_max_exp_sum<false>(c, rows, n, m, s);
+#pragma omp simd
+    for (idx_t r = 0; r < padded; ++r) lse[r] = (T)log_ge1(s[r]);
     for (idx_t r = 0; r < rows; r += LANES) {
         T *cb = c + r * n;
-        block_max(cb, n, m);
-        block_exp_sum<false>(cb, n, m, s);
-#pragma omp simd
-        for (idx_t l = 0; l < LANES; ++l) lse[l] = (T)log_ge1(s[l]);
         for (idx_t k = 0; k < n; ++k) {
 #pragma omp simd
-            for (idx_t l = 0; l < LANES; ++l) cb[k * LANES + l] = (cb[k * LANES + l] - m[l]) - lse[l];
+            for (idx_t l = 0; l < LANES; ++l)
+                cb[k * LANES + l] = (cb[k * LANES + l] - m[r + l]) - lse[r + l];
         }
     }
     tile_out(c, rows, n, out);
@@ -473,19 +516,16 @@ template <typename T> static CS_REDUCTION void tile_log_softmax(const T *x, T *o
 /* out[r] = log(sum(exp(x_r))); rows whose max is +-inf: +-inf, or NaN if
  * the row holds one (rare: done row by row) */
 template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out, idx_t rows, idx_t n) {
-    T c[TILE_BLOCKS], m[LANES], o[TILE + LANES];
-    double s[LANES];
+    T c[TILE_BLOCKS], m[TILE + LANES], o[TILE + LANES];
+    double s[TILE + LANES];
     int inf_max = 0;
+    idx_t padded = (rows + LANES - 1) / LANES * LANES;
     tile_in(x, rows, n, c);
-    for (idx_t r = 0; r < rows; r += LANES) {
-        T *cb = c + r * n;
-        block_max(cb, n, m);
-        block_exp_sum<false>(cb, n, m, s);
+    tile_blocks_max_exp_sum<false>(c, rows, n, m, s);
 #pragma omp simd reduction(+ : inf_max)
-        for (idx_t l = 0; l < LANES; ++l) {
-            o[r + l] = (T)((double)m[l] + log_ge1(s[l]));
-            inf_max += m[l] == (T)INFINITY || m[l] == (T)-INFINITY;
-        }
+    for (idx_t r = 0; r < padded; ++r) {
+        o[r] = (T)((double)m[r] + log_ge1(s[r]));
+        inf_max += m[r] == (T)INFINITY || m[r] == (T)-INFINITY;
     }
     for (idx_t r = 0; r < rows; ++r) out[r] = o[r];
     if (inf_max > 0)
