@@ -241,7 +241,9 @@ cdef double _cross_entropy_index_core(
 ) except? -1:
     """Row losses with class indices (checked) into loss, the gradient times
     scale into grad unless NULL (grad may be x); returns the sum of the row
-    losses (see _loss_total).  ex: z-loss and per-row extras (NULL: none);
+    losses (see _loss_total).  loss may be NULL for short rows (n <
+    SHORT_ROW), whose tiles then give only their sums.  ex: z-loss and per-row
+    extras (NULL: none);
     cap > 0: the logits soft-capped at cap (see softcap.pxi: a long row in a
     thread's scratch row, a tile on the stack, a split row by chunks).
     n_rows >= 1."""

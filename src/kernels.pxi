@@ -102,7 +102,7 @@ cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
     void tile_max[T](const T *x, Py_ssize_t rows, Py_ssize_t n, T *m) noexcept
     void tile_exp_shifted[T](
         const T *x, T *e, Py_ssize_t rows, Py_ssize_t n, const T *m, double *s) noexcept
-    void tile_cross_entropy_index[T, L](
+    double tile_cross_entropy_index[T, L](
         const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
         const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
         double scale, const CrossEntropyExtra *ex) noexcept
@@ -453,17 +453,17 @@ cdef inline void _cross_entropy_index_unit(
                 tile_ex.zrow = tile_ex.zrow + r0
             if tile_ex.acc != NULL:
                 tile_ex.acc = tile_ex.acc + r0
+        # the tile's loss sum; its row losses too unless loss is NULL
         if cap != 0:  # soft-capped into a tile on the stack (softcap.hpp)
-            tile_cross_entropy_index_capped(
+            tile_loss[i] = tile_cross_entropy_index_capped(
                 x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
-                loss + r0, grad if grad == NULL else grad + r0 * n, scale,
-                <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex, cap)
+                loss if loss == NULL else loss + r0, grad if grad == NULL else grad + r0 * n,
+                scale, <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex, cap)
         else:
-            tile_cross_entropy_index(
+            tile_loss[i] = tile_cross_entropy_index(
                 x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
-                loss + r0, grad if grad == NULL else grad + r0 * n, scale,
-                <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex)
-        tile_loss[i] = row_sum(loss + r0, rows)
+                loss if loss == NULL else loss + r0, grad if grad == NULL else grad + r0 * n,
+                scale, <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex)
         return
     t = target[i]
     if t == ignore_index or not 0 <= t < n:

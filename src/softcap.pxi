@@ -17,7 +17,7 @@
 from libc.string cimport memcpy
 
 cdef extern from "softcap.hpp" namespace "csoftmax" nogil:
-    void tile_cross_entropy_index_capped[T, L](
+    double tile_cross_entropy_index_capped[T, L](
         const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
         const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
         double scale, const CrossEntropyExtra *ex, T cap) noexcept

@@ -415,7 +415,7 @@ static inline void tile_cross_entropy_finish(
 }
 
 template <bool Grad, bool Extra, typename T, typename L>
-static inline void tile_cross_entropy_index_any(
+static inline double tile_cross_entropy_index_any(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
         const CrossEntropyExtra *ex) {
@@ -445,16 +445,18 @@ static inline void tile_cross_entropy_index_any(
                                         s + r);
     tile_cross_entropy_finish<Grad, Extra>(padded, lab, wt, m, xv, bl, s, w_total, alpha,
                                            beta, scale, ex, bl, bz, ba, c1, ct);
-    memcpy(loss, bl, (size_t)rows * sizeof(double));
+    if (loss != NULL) memcpy(loss, bl, (size_t)rows * sizeof(double));
     if (Extra && ex->zrow != NULL) memcpy(ex->zrow, bz, (size_t)rows * sizeof(double));
     if (Extra && ex->acc != NULL) memcpy(ex->acc, ba, (size_t)rows * sizeof(double));
-    if (!Grad) return;
+    double total = row_sum(bl, rows);
+    if (!Grad) return total;
     for (idx_t r = 0; r < rows; r += LANES)
         block_cross_entropy_grad(c + r * n, n, lab + r, w, beta, scale, c1 + r, ct + r);
     tile_out(c, rows, n, grad);
     if (special > 0)
         for (idx_t r = 0; r < rows; ++r)
             if (lab[r] < 0) tile_skipped_row(grad + r * n, n, lab[r] == -1);
+    return total;
 }
 
 /* ---- softmax, log_softmax, logsumexp over a tile of short rows ----------
@@ -542,7 +544,7 @@ template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out
  * vector loop over the rows does everything, with the same formulas and
  * order of operations. */
 template <bool Grad, bool Extra, typename T, typename L>
-static inline void tile_cross_entropy_binary(
+static inline double tile_cross_entropy_binary(
         const T *x, const L *target, idx_t rows, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
         const CrossEntropyExtra *ex) {
@@ -552,6 +554,7 @@ static inline void tile_cross_entropy_binary(
     const T cb0 = (T)(beta * scale) * (w != NULL ? w[0] : (T)1);
     const T cb1 = (T)(beta * scale) * (w != NULL ? w[1] : (T)1);
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+    double bl[TILE / 2];
     int32_t skipped[TILE / 2];         /* 0 computed, 1 ignored, 2 label out of range */
     int special = 0;
 #pragma omp simd reduction(+ : special)
@@ -574,7 +577,7 @@ static inline void tile_cross_entropy_binary(
         double l = aw * (lse - ((double)(is1 ? x1 : x0) - (double)m));
         if (beta != 0.0)
             l += beta * (w_total * lse - (w0 * ((double)x0 - (double)m) + w1 * ((double)x1 - (double)m)));
-        loss[r] = valid ? l : (t == ignore_index ? 0.0 : (double)NAN);
+        bl[r] = valid ? l : (t == ignore_index ? 0.0 : (double)NAN);
         special += !valid;
         double lt = 0.0;
         if (Extra) {
@@ -596,45 +599,49 @@ static inline void tile_cross_entropy_binary(
             grad[2 * r + 1] = is1 ? g1 - ct : g1;
         }
     }
+    if (loss != NULL) memcpy(loss, bl, (size_t)rows * sizeof(double));
     if (Extra && ex->zrow != NULL) memcpy(ex->zrow, bz, (size_t)rows * sizeof(double));
     if (Extra && ex->acc != NULL) memcpy(ex->acc, ba, (size_t)rows * sizeof(double));
     if (Grad && special > 0)           /* the labels as read above: each is read once */
         for (idx_t r = 0; r < rows; ++r)
             if (skipped[r] != 0) tile_skipped_row(grad + 2 * r, 2, skipped[r] == 1);
+    return row_sum(bl, rows);
 }
 
 template <bool Extra, typename T, typename L>
-static inline void tile_cross_entropy_index_with(
+static inline double tile_cross_entropy_index_with(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
         const CrossEntropyExtra *ex) {
     if (n == 2 && grad != NULL)  /* binary classification: the common short row */
-        tile_cross_entropy_binary<true, Extra>(x, target, rows, ignore_index, w, w_total, alpha,
-                                               beta, loss, grad, scale, ex);
-    else if (n == 2)
-        tile_cross_entropy_binary<false, Extra>(x, target, rows, ignore_index, w, w_total, alpha,
-                                                beta, loss, grad, scale, ex);
-    else if (grad != NULL)
-        tile_cross_entropy_index_any<true, Extra>(x, target, rows, n, ignore_index, w, w_total,
-                                                  alpha, beta, loss, grad, scale, ex);
-    else
-        tile_cross_entropy_index_any<false, Extra>(x, target, rows, n, ignore_index, w, w_total,
-                                                   alpha, beta, loss, grad, scale, ex);
+        return tile_cross_entropy_binary<true, Extra>(x, target, rows, ignore_index, w, w_total,
+                                                      alpha, beta, loss, grad, scale, ex);
+    if (n == 2)
+        return tile_cross_entropy_binary<false, Extra>(x, target, rows, ignore_index, w, w_total,
+                                                       alpha, beta, loss, grad, scale, ex);
+    if (grad != NULL)
+        return tile_cross_entropy_index_any<true, Extra>(x, target, rows, n, ignore_index, w,
+                                                         w_total, alpha, beta, loss, grad, scale,
+                                                         ex);
+    return tile_cross_entropy_index_any<false, Extra>(x, target, rows, n, ignore_index, w,
+                                                      w_total, alpha, beta, loss, grad, scale, ex);
 }
 
 /* ex: z-loss and per-row extras (CrossEntropyExtra, its arrays from the
- * tile's first row), NULL for none: the plain code. */
+ * tile's first row), NULL for none: the plain code.  Returns the sum of the
+ * tile's row losses (row_sum, in row order); loss may be NULL (a reduced
+ * loss needs only the sum: no store of 8 bytes per row, as many as a row of
+ * two float32 logits). */
 template <typename T, typename L>
-static CS_REDUCTION void tile_cross_entropy_index(
+static CS_REDUCTION double tile_cross_entropy_index(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
         const CrossEntropyExtra *ex) {
     if (ex != NULL)
-        tile_cross_entropy_index_with<true>(x, target, rows, n, ignore_index, w, w_total, alpha,
-                                            beta, loss, grad, scale, ex);
-    else
-        tile_cross_entropy_index_with<false>(x, target, rows, n, ignore_index, w, w_total, alpha,
-                                             beta, loss, grad, scale, ex);
+        return tile_cross_entropy_index_with<true>(x, target, rows, n, ignore_index, w, w_total,
+                                                   alpha, beta, loss, grad, scale, ex);
+    return tile_cross_entropy_index_with<false>(x, target, rows, n, ignore_index, w, w_total,
+                                                alpha, beta, loss, grad, scale, ex);
 }
 
 }  // namespace csoftmax
