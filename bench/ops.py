@@ -54,6 +54,18 @@ class Op:
         return self.func in {"cross_entropy_with_grad", "linear_cross_entropy_with_grad"}
 
     @property
+    def memory_units(self):
+        """Logits-sized arrays the call must move, in np.copyto's (one read,
+        one write): its memory floor is this times the copy's time.  None for
+        ``linear_cross_entropy`` (bounded by its GEMMs)."""
+        if self.linear:
+            return None
+        arrays = 1 + (self.target == "prob") + (self.func == "softmax_backward")
+        written = self.with_grad or self.func in {"softmax", "log_softmax",
+                                                  "softmax_backward"}
+        return (arrays + written) / 2
+
+    @property
     def has_out(self):
         """Whether csoftmax's function takes a full-size ``out=`` array."""
         return self.func in {"softmax", "log_softmax", "softmax_backward",

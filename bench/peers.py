@@ -373,6 +373,25 @@ class ExpFloor(Peer):
 
 
 @dataclass
+class CopyFloor(Peer):
+    """The memory floor at the case's thread count: a copy of the logits into
+    an array of their size in ``threads`` parts (``kernels.copy_floor``;
+    ``np.copyto`` runs on one thread).  Times the logits-sized arrays a call
+    moves (:attr:`bench.ops.Op.memory_units`), it bounds the call's speed."""
+
+    def prepare(self, op, inputs, threads):  # noqa: D102
+        from csoftmax import _dispatch
+
+        copy_floor = getattr(_dispatch.KERNELS, "copy_floor", None)
+        if op.linear or copy_floor is None or "x" not in inputs:
+            return None
+        x = inputs["x"]
+        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1] if x.ndim else 1)
+        out = np.empty_like(x2)
+        return Prepared(lambda: copy_floor(x2, out, threads), verify=False)
+
+
+@dataclass
 class Gemm(Peer):
     """The floor of linear cross-entropy: the bare logits GEMM
     ``np.matmul(x, W.T, out=buf)`` (NumPy's BLAS, its threads limited to the case's)."""
@@ -422,6 +441,7 @@ def all_peers():
         CsoftmaxHalfIgnored("csoftmax_half", "csoftmax half ignored", "csoftmax"),
         Copyto("copyto", "np.copyto", "numpy", threaded=False),
         ExpFloor("exp_floor", "exp floor", "csoftmax"),
+        CopyFloor("copy_floor", "copy (threads)", "csoftmax"),
         Gemm("gemm", "bare GEMM", "numpy"),
     ]
 

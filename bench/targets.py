@@ -266,9 +266,8 @@ def evaluate(target, index, dtype, threads):
         elif other is None:
             note = f"{target.peer} not timed"
         passed = None if value is None else value >= target.bound
-        floor = _time(result, "exp_floor")
-        if passed is False and other and floor and not note:
-            note = f"bound: {target.peer} / exp floor = {other / floor:.2f}x"
+        if passed is False and other and not note:
+            note = _bound_note(target, result, other)
     elif target.kind == "floor":
         value = copy_ratio(result)
         passed = None if value is None else value <= target.bound
@@ -283,6 +282,27 @@ def evaluate(target, index, dtype, threads):
         if value is None:
             note = "needs 2 usable cores"
     return {"value": value, "passed": passed, "note": note}
+
+
+def _bound_note(target, result, other):
+    """What bounds a missed speed-up: the peer's time over the larger of the
+    exp floor (the least compute of a loss) and the memory floor (the faster
+    copy of the logits, np.copyto or :class:`bench.peers.CopyFloor` on the
+    case's threads, times the logits-sized arrays the call moves, see
+    :attr:`bench.ops.Op.memory_units`)."""
+    floors = []
+    exp_floor = _time(result, "exp_floor")
+    if exp_floor:
+        floors.append((exp_floor, "exp floor"))
+    op = OPS.get(target.op)
+    units = op.memory_units if op else None
+    copies = [t for t in (_time(result, "copyto"), _time(result, "copy_floor")) if t]
+    if units and copies:  # the faster copy: np.copyto, or one on the case's threads
+        floors.append((units * min(copies), f"memory floor ({units:g}x a copy)"))
+    if not floors:
+        return ""
+    floor, what = max(floors)
+    return f"bound: {target.peer} / {what} = {other / floor:.2f}x"
 
 
 def _relative(target, result, index, dtype, threads):

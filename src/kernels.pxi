@@ -788,3 +788,25 @@ def exp_floor(const floating[:, ::1] x, int n_threads):
             if start < n:
                 total += _exp_floor_part(p + start, min(part, n - start))
     return total
+
+
+def copy_floor(const floating[:, ::1] x, floating[:, ::1] out, int n_threads):
+    """out[...] = x, in n_threads equal parts (one memcpy each).
+
+    The memory floor of a pass that reads the logits once and writes an array
+    of their size, at a thread count (np.copyto runs on one thread): the bench
+    scales it by the arrays a call moves to bound what the call can reach.
+    """
+    cdef Py_ssize_t n = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t part, i, start
+    if n == 0:
+        return
+    cdef const floating *p = &x[0, 0]
+    cdef floating *q = &out[0, 0]
+    n_threads = max(1, n_threads)
+    part = (n + n_threads - 1) // n_threads
+    with nogil:
+        for i in prange(n_threads, schedule="static", num_threads=n_threads):
+            start = i * part
+            if start < n:
+                memcpy(q + start, p + start, min(part, n - start) * sizeof(floating))

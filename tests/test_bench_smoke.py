@@ -164,6 +164,47 @@ def test_bench_exp_floor_bounds_failed_faster_targets():
     assert "bound" not in passed["by_dtype"]["float32"]["note"]
 
 
+def test_bench_memory_floor_bounds_failed_faster_targets():
+    """Where moving the call's arrays takes longer than the exp floor, the note
+    names the memory floor: the faster copy times the logits-sized arrays moved
+    (probability targets with the gradient: x and y read, grad written, 1.5)."""
+    _import_bench()
+    from bench import targets
+    from bench.ops import OPS
+
+    assert OPS["cross_entropy"].memory_units == 0.5
+    assert OPS["cross_entropy_with_grad"].memory_units == 1.0
+    assert OPS["softmax"].memory_units == 1.0
+    assert OPS["linear_cross_entropy"].memory_units is None
+    times = {"csoftmax": 6.9, "torch": 22.5, "exp_floor": 2.5, "copyto": 4.8,
+             "copy_floor": 4.0}
+    results = [{"op": "cross_entropy_with_grad_prob", "shape": [8192, 1000],
+                "dtype": "float32", "threads": 2,
+                "results": {name: {"status": "ok", "time": t} for name, t in times.items()}}]
+    rows = targets.evaluate_all(results, ["float32"], 2)
+    row = next(r for r in rows if r["op"] == "cross_entropy_with_grad_prob")
+    assert row["verdict"] == "FAIL"
+    assert row["by_dtype"]["float32"]["note"] == (
+        "bound: torch / memory floor (1.5x a copy) = 3.75x")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_copy_floor_kernel(dtype):
+    """kernels.copy_floor copies x into out whatever the thread count."""
+    import numpy as np
+
+    from csoftmax import _dispatch
+
+    if not hasattr(_dispatch.KERNELS, "copy_floor"):
+        pytest.skip("compiled kernels absent (the NumPy fallback has no copy floor)")
+    x = np.random.default_rng(0).standard_normal((301, 7)).astype(dtype)
+    for threads in (1, 2, 3):
+        out = np.zeros_like(x)
+        _dispatch.KERNELS.copy_floor(x, out, threads)
+        np.testing.assert_array_equal(out, x)
+    _dispatch.KERNELS.copy_floor(x[:0], np.empty((0, 7), dtype), 2)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_exp_floor_kernel(dtype):
     """kernels.exp_floor: sum over blocks of 4096 of sum(exp(x - block max)), per thread part."""
