@@ -133,10 +133,11 @@ static inline void sblock_softcap_grad(T *grad, const T *stage, idx_t C, idx_t i
 }
 
 /* s[j] = sum over classes of exp(x - m[j]): in T over SUM_CLASSES classes,
- * then in double */
+ * then in double.  With e (not NULL) the exponentials are also stored there
+ * (rows e_ld apart) for pass 3 to rescale (see strided_store_exp). */
 template <typename T, int W>
 static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, const T *m,
-                                  double *s) {
+                                  double *s, T *e = NULL, idx_t e_ld = 0) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
     T part[StridedBlock<T>::B];
     for (idx_t j = 0; j < w; ++j) s[j] = 0.0;
@@ -145,11 +146,35 @@ static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, co
         for (idx_t j = 0; j < w; ++j) part[j] = 0;
         for (idx_t c = c0; c < c1; ++c) {
             const T *xc = x + c * inner;
+            if (e != NULL) {
+                T *ec = e + c * e_ld;
 #pragma omp simd
-            for (idx_t j = 0; j < w; ++j) part[j] += exp_nonpositive((T)(xc[j] - m[j]));
+                for (idx_t j = 0; j < w; ++j) {
+                    T v = exp_nonpositive((T)(xc[j] - m[j]));
+                    ec[j] = v;
+                    part[j] += v;
+                }
+            } else {
+#pragma omp simd
+                for (idx_t j = 0; j < w; ++j) part[j] += exp_nonpositive((T)(xc[j] - m[j]));
+            }
         }
         for (idx_t j = 0; j < w; ++j) s[j] += (double)part[j];
     }
+}
+
+/* Whether pass 2 stores a block's exponentials (in its staged copy, else in
+ * the output) for pass 3 to rescale, rather than pass 3 computing them
+ * again: where the block stays in L2 between the passes (C x STRIDED_BYTES
+ * <= STORE_EXP_BYTES), a store and a load cost less than an exp (AVX2, the
+ * segmentation loss 8x21x256x256: 1.1x faster; softmax of 64x1000x64 over
+ * axis 1: 1.2x); larger blocks would go to memory and back.  A staged block
+ * keeps them in the stage: the output's rows of a large power-of-two stride
+ * share a few cache sets (see STAGE_STRIDE).  The values are the same either
+ * way.  Depends on the shape only. */
+enum { STORE_EXP_BYTES = 1 << 18 };
+static inline bool strided_store_exp(idx_t C) {
+    return C * (idx_t)STRIDED_BYTES <= (idx_t)STORE_EXP_BYTES;
 }
 
 /* 1 if the column x[c * inner], c < C, holds a NaN (rare lanes only) */
@@ -173,7 +198,11 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
     sblock_max<T, W>(x, C, inner, w, m, stage);
     const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
     const idx_t ld = stage != NULL ? (idx_t)B : inner;
-    sblock_exp_sum<T, W>(xr, C, ld, w, m, s);
+    /* the exponentials kept for pass 3: in the staged block, else in out */
+    const bool store = Op == STRIDED_SOFTMAX && strided_store_exp(C);
+    T *e = store ? (stage != NULL ? stage : out) : (T *)NULL;
+    const idx_t e_ld = stage != NULL ? (idx_t)B : inner;
+    sblock_exp_sum<T, W>(xr, C, ld, w, m, s, e, e_ld);
     if (Op == STRIDED_LOGSUMEXP) {
         for (idx_t j = 0; j < w; ++j) {
             if (m[j] == (T)INFINITY || m[j] == (T)-INFINITY)
@@ -189,7 +218,11 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
         const T *xc = xr + c * ld;
         T *oc = out + c * inner;
         if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(oc + PREFETCH_ROWS * inner, w, 1);
-        if (Op == STRIDED_SOFTMAX) {
+        if (Op == STRIDED_SOFTMAX && store) {
+            const T *ec = e + c * e_ld;
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) oc[j] = ec[j] * f[j];
+        } else if (Op == STRIDED_SOFTMAX) {
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) oc[j] = exp_nonpositive((T)(xc[j] - m[j])) * f[j];
         } else {
@@ -282,7 +315,6 @@ static inline void sblock_cross_entropy_index(
         xt[j] = (double)xr[tt * ld + j] - (double)m[j];
         wt[j] = wt_ != NULL ? (double)wt_[tt] : 1.0;
     }
-    sblock_exp_sum<T, W>(xr, C, ld, w, m, s);
     for (idx_t j = 0; j < w; ++j) sm[j] = 0.0;
     if (beta != 0.0) {
         for (idx_t c = 0; c < C; ++c) {
@@ -292,6 +324,19 @@ static inline void sblock_cross_entropy_index(
             for (idx_t j = 0; j < w; ++j) sm[j] += wc * ((double)xc[j] - (double)m[j]);
         }
     }
+    /* with Grad the exponentials kept for pass 3: in the staged block
+     * (unless capped: the gradient goes back through the cap from it), else
+     * in grad (x is not read after this pass: grad may be x) */
+    T *e = NULL;
+    idx_t e_ld = inner;
+    if (Grad && strided_store_exp(C)) {
+        if (stage == NULL)
+            e = grad;
+        else if (cap == (T)0)
+            e = stage, e_ld = B;
+    }
+    const bool store = e != NULL;
+    sblock_exp_sum<T, W>(xr, C, ld, w, m, s, e, e_ld);
     if (ex == NULL) {
         sblock_index_finish(w, lab, wt, xt, sm, s, w_total, alpha, beta, scale, loss, c1, ct, fill);
     } else {
@@ -319,7 +364,14 @@ static inline void sblock_cross_entropy_index(
         T *gc = grad + c * inner;
         if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
         T cw = beta != 0.0 ? cb * (wt_ != NULL ? wt_[c] : (T)1) : (T)0;
-        if (special) {
+        const T *ec = store ? e + c * e_ld : xc;
+        if (store && special) {
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) gc[j] = lab[j] >= 0 ? ec[j] * c1[j] - cw : fill[j];
+        } else if (store) {
+#pragma omp simd
+            for (idx_t j = 0; j < w; ++j) gc[j] = ec[j] * c1[j] - cw;
+        } else if (special) {
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) {
                 T g = exp_nonpositive((T)(xc[j] - m[j])) * c1[j] - cw;
