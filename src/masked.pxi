@@ -21,6 +21,8 @@ cdef extern from "masked.hpp" namespace "csoftmax" nogil:
         int64_t col_stride
         const int64_t *col_off
         uint8_t *scratch
+        int64_t prefix
+    Py_ssize_t kept_prefix(const uint8_t *k, Py_ssize_t n) noexcept
     void masked_unit[T](int op, const T *x, const T *g, T *out, Py_ssize_t n,
                         const MaskRows *mk, Py_ssize_t i) noexcept
     enum:
@@ -77,6 +79,11 @@ cdef object _mask_rows(object mask, Py_ssize_t n, int n_threads, MaskRows *mk):
     if col_off is not None or mk.col_stride not in (0, 1):
         scratch = np.empty(max(n_threads, 1) * n, np.uint8)
         mk.scratch = <uint8_t *>cnp.PyArray_DATA(scratch)
+    # one contiguous mask row for every row (a broadcast (1, C) mask): its
+    # padding prefix found once, not per row
+    mk.prefix = -2
+    if row_off is None and mk.row_stride == 0 and col_off is None and mk.col_stride == 1:
+        mk.prefix = kept_prefix(mk.base, n)
     return (view, row_off, col_off, scratch)
 
 

@@ -168,6 +168,46 @@ def test_all_true_is_the_unmasked_call(kernel_frontend, dtype, shape, rng):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
+@pytest.mark.parametrize("n, kept", [(40, 33), (40, 1), (40, 31), (100, 64), (1000, 900),
+                                     (7, 3)])
+def test_padding_mask_is_the_unmasked_call_on_the_kept_prefix(kernel_frontend, dtype, n, kept,
+                                                              rng):
+    """A mask keeping the first `kept` entries of each row (a padding mask; broadcast or full,
+    mixed with rows of other masks): the kept outputs are the unmasked call's on x[..., :kept]
+    (within rounding: the compiled kernels compute them as that call, bitwise for prefixes of
+    32 or more), the masked ones 0 / -inf whatever x holds there (NaN, +inf)."""
+    x = rng.standard_normal((6, n)).astype(dtype) * 3
+    x[:, kept:] = np.nan
+    x[::2, -1] = np.inf
+    g = rng.standard_normal((6, n)).astype(dtype)
+    prefix = np.arange(n) < kept
+    mixed = np.tile(prefix, (6, 1))
+    mixed[1] = rng.random(n) < 0.5   # not a prefix: the masked code on that row
+    mixed[1, kept:] = False
+    pre = slice(None), slice(0, kept)
+    fill = {"softmax": 0.0, "log_softmax": NINF}
+    for where in (prefix, mixed):
+        rows = [0, 2, 3, 4, 5] if where is mixed else slice(None)
+        for name in FORWARD:
+            fn = getattr(kernel_frontend, name)
+            got, want = fn(x, where=where)[rows], fn(np.ascontiguousarray(x[pre]))[rows]
+            if name == "logsumexp":
+                assert_close(got, want, dtype, row_scale([want]), what=name)
+                continue
+            assert np.all(got[:, kept:] == fill[name]), name
+            assert_close(got[:, :kept], want, dtype, row_scale([want]), what=name)
+            if kept >= 32 and "_kernels" in kernel_frontend.kernels.__name__:
+                assert_bitwise_equal(got[:, :kept], want, what=name)
+        for fwd, name in zip(("softmax", "log_softmax"), BACKWARD):
+            out = getattr(kernel_frontend, fwd)(x, where=where)
+            fn = getattr(kernel_frontend, name)
+            got = fn(g, out, where=where)[rows]
+            want = fn(np.ascontiguousarray(g[pre]), np.ascontiguousarray(out[pre]))[rows]
+            assert np.all(got[:, kept:] == 0), name
+            assert_close(got[:, :kept], want, dtype, row_scale([want, g[rows]]), what=name)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
 @pytest.mark.parametrize("shape", [(4, 6), (3, 50), (2, 3, 40)])
 def test_all_false_and_empty(kernel_frontend, dtype, shape, rng):
     x = special(shape, rng).astype(dtype)  # NaN and inf at masked entries are ignored
