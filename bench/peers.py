@@ -352,6 +352,19 @@ class Copyto(Peer):
         return Prepared(lambda: copyto(dst, src), verify=False)
 
 
+def _floor_kernel(name, op, inputs):
+    """``(kernel, logits as 2-D)`` for a floor peer: the compiled kernels'
+    function ``name`` (the NumPy fallback, ``CSOFTMAX_BACKEND=numpy``, has none)
+    and the case's logits; None where the case has none or is linear."""
+    from csoftmax import _dispatch
+
+    kernel = getattr(_dispatch.KERNELS, name, None)
+    if op.linear or kernel is None or "x" not in inputs:
+        return None
+    x = inputs["x"]
+    return kernel, np.ascontiguousarray(x).reshape(-1, x.shape[-1] if x.ndim else 1)
+
+
 @dataclass
 class ExpFloor(Peer):
     """The compute floor of a loss without gradient: csoftmax's own max and
@@ -361,14 +374,10 @@ class ExpFloor(Peer):
     speed-up over that peer (the targets table notes it where a target fails)."""
 
     def prepare(self, op, inputs, threads):  # noqa: D102
-        from csoftmax import _dispatch
-
-        # the compiled kernels only (not the NumPy fallback, CSOFTMAX_BACKEND=numpy)
-        exp_floor = getattr(_dispatch.KERNELS, "exp_floor", None)
-        if op.linear or exp_floor is None or "x" not in inputs:
+        found = _floor_kernel("exp_floor", op, inputs)
+        if found is None:
             return None
-        x = inputs["x"]
-        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1] if x.ndim else 1)
+        exp_floor, x2 = found
         return Prepared(lambda: exp_floor(x2, threads), verify=False)
 
 
@@ -380,13 +389,10 @@ class CopyFloor(Peer):
     moves (:attr:`bench.ops.Op.memory_units`), it bounds the call's speed."""
 
     def prepare(self, op, inputs, threads):  # noqa: D102
-        from csoftmax import _dispatch
-
-        copy_floor = getattr(_dispatch.KERNELS, "copy_floor", None)
-        if op.linear or copy_floor is None or "x" not in inputs:
+        found = _floor_kernel("copy_floor", op, inputs)
+        if found is None:
             return None
-        x = inputs["x"]
-        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1] if x.ndim else 1)
+        copy_floor, x2 = found
         out = np.empty_like(x2)
         return Prepared(lambda: copy_floor(x2, out, threads), verify=False)
 

@@ -377,39 +377,27 @@ static inline void tile_cross_entropy_finish(
         double scale, const CrossEntropyExtra *ex, double *bl, double *bz, double *ba, T *c1,
         T *ct) {
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
-    if (Extra) {
-        /* z-loss and accuracy (see CrossEntropyExtra): the z term with this
-         * path's lse, and its gradient coefficient only where z != 0 */
-        const double z = ex->z, zs = ex->zscale;
+    /* Extra: z-loss and accuracy (see CrossEntropyExtra), the z term with
+     * this path's lse, and its gradient coefficient only where z != 0 */
+    const double z = Extra ? ex->z : 0.0, zs = Extra ? ex->zscale : 0.0;
 #pragma omp simd
-        for (idx_t r = 0; r < rows; ++r) {
-            double lse = (double)log_ge1((T)s[r]);    /* the logits' precision */
-            double aw = alpha * wt[r];
-            double v = aw * (lse - ((double)xv[r] - (double)m[r]));
-            if (beta != 0.0) v += beta * (w_total * lse - smooth[r]);
-            double skip = lab[r] == -1 ? 0.0 : (double)NAN;
-            bl[r] = lab[r] >= 0 ? v : skip;
-            double lt = (double)m[r] + lse;
+    for (idx_t r = 0; r < rows; ++r) {
+        double lse = (double)log_ge1((T)s[r]);    /* the logits' precision */
+        double aw = alpha * wt[r];
+        double v = aw * (lse - ((double)xv[r] - (double)m[r]));
+        if (beta != 0.0) v += beta * (w_total * lse - smooth[r]);
+        double skip = lab[r] == -1 ? 0.0 : (double)NAN;
+        bl[r] = lab[r] >= 0 ? v : skip;
+        double lt = (double)m[r] + lse;
+        if (Extra) {
             bz[r] = lab[r] >= 0 ? z * lt * lt : skip;
             ba[r] = lab[r] >= 0 ? (xv[r] == m[r] && s[r] == s[r] ? 1.0 : 0.0) : skip;
-            if (Grad) {
-                c1[r] = z != 0.0 ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / (double)s[r])
-                                 : (T)((aw + y_extra) / (double)s[r] * scale);
-                ct[r] = (T)(aw * scale);
-            }
         }
-    } else {
-#pragma omp simd
-        for (idx_t r = 0; r < rows; ++r) {
-            double lse = (double)log_ge1((T)s[r]);    /* the logits' precision */
-            double aw = alpha * wt[r];
-            double v = aw * (lse - ((double)xv[r] - (double)m[r]));
-            if (beta != 0.0) v += beta * (w_total * lse - smooth[r]);
-            bl[r] = lab[r] >= 0 ? v : (lab[r] == -1 ? 0.0 : (double)NAN);
-            if (Grad) {
-                c1[r] = (T)((aw + y_extra) / (double)s[r] * scale);
-                ct[r] = (T)(aw * scale);
-            }
+        if (Grad) {
+            c1[r] = Extra && z != 0.0
+                        ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / (double)s[r])
+                        : (T)((aw + y_extra) / (double)s[r] * scale);
+            ct[r] = (T)(aw * scale);
         }
     }
 }
