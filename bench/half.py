@@ -111,16 +111,8 @@ def _ce_builder(dtype_name):
         outputs = {"csoftmax_out": _outputs, "csoftmax_f32_out": _outputs}
         if torch is not None:
             leaf = _tensor(torch, x).clone().requires_grad_(True)
-            tt = torch.from_numpy(t)
-            func = torch.nn.functional.cross_entropy
-
-            def forward_backward():
-                leaf.grad = None
-                loss = func(leaf, tt)
-                loss.backward()
-                return loss.float(), leaf.grad.float()
-
-            calls["torch"] = forward_backward
+            forward_backward = parity.torch_forward_backward(torch, leaf, torch.from_numpy(t))
+            calls["torch"] = lambda: tuple(v.float() for v in forward_backward())
             labels["torch"] = f"F.cross_entropy(xt {dtype_name}, tt) + backward"
             outputs["torch"] = _outputs
         calls["copyto"] = lambda: np.copyto(dst, x)

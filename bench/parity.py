@@ -191,16 +191,7 @@ def _build_ce_axis1(shape, threads, seed, torch):
     outputs = {"csoftmax_out": _own}
     if torch is not None:
         leaf = torch.from_numpy(x).requires_grad_(True)
-        tt = torch.from_numpy(t)
-        func = torch.nn.functional.cross_entropy
-
-        def forward_backward():
-            leaf.grad = None
-            loss = func(leaf, tt)
-            loss.backward()
-            return loss, leaf.grad
-
-        calls["torch"] = forward_backward
+        calls["torch"] = torch_forward_backward(torch, leaf, torch.from_numpy(t))
         labels["torch"] = "F.cross_entropy(xt, tt) + backward (xt requires grad)"
         outputs["torch"] = to_arrays
     calls["copyto"] = lambda: np.copyto(dst, x)
@@ -309,6 +300,20 @@ def _build_ce_extras(shape, threads, seed, torch):
             references[key] = (lambda o: lambda: _ce_extras_reference(
                 x, t, z=o.get("z_loss", 0.0), cap=o.get("softcap")))(opts)
     return Built(calls, labels, outputs, lambda: _ce_extras_reference(x, t), references)
+
+
+def torch_forward_backward(torch, leaf, target):
+    """A call of ``F.cross_entropy(leaf, target)`` and its backward (the leaf's
+    gradient cleared first), returning ``(loss, grad)``."""
+    func = torch.nn.functional.cross_entropy
+
+    def forward_backward():
+        leaf.grad = None
+        loss = func(leaf, target)
+        loss.backward()
+        return loss, leaf.grad
+
+    return forward_backward
 
 
 def padding_mask(shape):

@@ -232,19 +232,43 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
     }
 }
 
-/* Unit u of op over x (outer, C, inner): outer index u / blocks, block
- * u % blocks.  out: (outer, C, inner), or (outer, inner) for logsumexp.  Out
+/* Where unit u's block lies in (outer, C, inner): outer index u / blocks,
+ * block u % blocks; its first element's offset in a (outer, C, inner) array
+ * (el) and in a per-position (outer, inner) array (pos), and its width. */
+struct StridedBlockAt {
+    idx_t el, pos, w;
+};
+
+template <typename T> static inline StridedBlockAt strided_block_at(idx_t C, idx_t inner, idx_t u) {
+    enum { B = StridedBlock<T>::B };
+    idx_t nb = strided_blocks<T>(inner);
+    idx_t o = u / nb, j0 = (u - o * nb) * B;
+    StridedBlockAt at = {o * C * inner + j0, o * inner + j0, inner - j0 > B ? (idx_t)B : inner - j0};
+    return at;
+}
+
+/* ex with its per-position arrays from position pos (a copy in *bex), or
+ * NULL for none */
+static inline const CrossEntropyExtra *extra_at(const CrossEntropyExtra *ex, idx_t pos,
+                                                CrossEntropyExtra *bex) {
+    if (ex == NULL) return ex;
+    *bex = *ex;
+    if (bex->zrow != NULL) bex->zrow += pos;
+    if (bex->acc != NULL) bex->acc += pos;
+    return bex;
+}
+
+/* Unit u of op over x (outer, C, inner) (see strided_block_at).  out: (outer, C, inner), or (outer, inner) for logsumexp.  Out
  * of line (see CS_REDUCTION): one compiled copy for the serial and the
  * threaded loop. */
 template <typename T>
 static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t inner, idx_t u,
                                       T *stage) {
     enum { B = StridedBlock<T>::B };
-    idx_t nb = strided_blocks<T>(inner);
-    idx_t o = u / nb, j0 = (u - o * nb) * B;
-    idx_t w = inner - j0 > B ? (idx_t)B : inner - j0;
-    const T *xb = x + o * C * inner + j0;
-    T *ob = out + (op == STRIDED_LOGSUMEXP ? o * inner : o * C * inner) + j0;
+    StridedBlockAt at = strided_block_at<T>(C, inner, u);
+    idx_t w = at.w;
+    const T *xb = x + at.el;
+    T *ob = out + (op == STRIDED_LOGSUMEXP ? at.pos : at.el);
     if (w == B) {
         if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, B>(xb, ob, C, inner, w, stage);
         else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, B>(xb, ob, C, inner, w, stage);
@@ -396,20 +420,14 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
         idx_t u, T *stage, const CrossEntropyExtra *ex, T cap) {
     enum { B = StridedBlock<T>::B };
-    idx_t nb = strided_blocks<T>(inner);
-    idx_t o = u / nb, j0 = (u - o * nb) * B;
-    idx_t n = inner - j0 > B ? (idx_t)B : inner - j0;
-    const T *xb = x + o * C * inner + j0;
-    const L *tb = target + o * inner + j0;
-    double *lb = loss + o * inner + j0;
-    T *gb = grad == NULL ? grad : grad + o * C * inner + j0;
-    CrossEntropyExtra bex;             /* ex with its arrays from this block's first position */
-    if (ex != NULL) {
-        bex = *ex;
-        if (bex.zrow != NULL) bex.zrow += o * inner + j0;
-        if (bex.acc != NULL) bex.acc += o * inner + j0;
-        ex = &bex;
-    }
+    StridedBlockAt at = strided_block_at<T>(C, inner, u);
+    idx_t n = at.w;
+    const T *xb = x + at.el;
+    const L *tb = target + at.pos;
+    double *lb = loss + at.pos;
+    T *gb = grad == NULL ? grad : grad + at.el;
+    CrossEntropyExtra bex;
+    ex = extra_at(ex, at.pos, &bex);
     if (n == B) {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
@@ -496,19 +514,14 @@ static CS_REDUCTION void strided_cross_entropy_prob_unit(
         double *loss, T *grad, double scale, idx_t u, T *stage, const CrossEntropyExtra *ex,
         T cap) {
     enum { B = StridedBlock<T>::B };
-    idx_t nb = strided_blocks<T>(inner);
-    idx_t o = u / nb, j0 = (u - o * nb) * B;
-    idx_t n = inner - j0 > B ? (idx_t)B : inner - j0;
-    const T *xb = x + o * C * inner + j0;
-    const T *yb = y + o * C * inner + j0;
-    double *lb = loss + o * inner + j0;
-    T *gb = grad == NULL ? grad : grad + o * C * inner + j0;
-    CrossEntropyExtra bex;             /* ex with its arrays from this block's first position */
-    if (ex != NULL) {
-        bex = *ex;
-        if (bex.zrow != NULL) bex.zrow += o * inner + j0;
-        ex = &bex;
-    }
+    StridedBlockAt at = strided_block_at<T>(C, inner, u);
+    idx_t n = at.w;
+    const T *xb = x + at.el;
+    const T *yb = y + at.el;
+    double *lb = loss + at.pos;
+    T *gb = grad == NULL ? grad : grad + at.el;
+    CrossEntropyExtra bex;
+    ex = extra_at(ex, at.pos, &bex);
     if (n == B) {
         if (grad != NULL)
             sblock_cross_entropy_prob<true, T, B>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
