@@ -81,13 +81,14 @@ class Frontend(SoftmaxFunctions, CrossEntropyFunctions):
         # src/fastpath.pxi): it returns None for anything else, and the full
         # path below runs.  fast=False leaves it out (tests compare the two).
         self._fast_rows = self._fast_logsumexp = self._fast_backward = _declined
-        self._fast_cross_entropy = _declined
+        self._fast_cross_entropy = self._fast_linear_cross_entropy = _declined
         if fast and hasattr(kernels, "fast_rows"):
             kernels.configure(SMALL_WORK, MAX_THREADS, _threads.get_num_threads)
             self._fast_rows = kernels.fast_rows
             self._fast_logsumexp = kernels.fast_logsumexp
             self._fast_backward = kernels.fast_backward
             self._fast_cross_entropy = kernels.fast_cross_entropy
+            self._fast_linear_cross_entropy = kernels.fast_linear_cross_entropy
 
     def _kernel(self, op, *dtypes):
         """The kernel ``op`` specialised for ``dtypes`` (the fused arguments'),

@@ -35,12 +35,26 @@ overrides it all.
 
 Threads: ``num_threads`` (default :func:`csoftmax.get_num_threads`) is the
 thread count of the BLAS, limited with ``threadpoolctl`` where it is
-installed; the chunks' cross-entropy runs on one thread (a few per cent of
-the time: waking an OpenMP team between two BLAS calls, whose threads still
-spin, cost more than it saved on 2 cores), so no more than ``num_threads``
-threads ever run.  Calls under :data:`SMALL_WORK` run on one thread, BLAS
-included.  GEMM results may differ in the last bits between thread counts
-(OpenBLAS splits the sums by thread); the cross-entropy part does not.
+installed and where the BLAS runs another count; the chunks' cross-entropy
+runs on one thread (a few per cent of the time: waking an OpenMP team
+between two BLAS calls, whose threads still spin, cost more than it saved on
+2 cores), so no more than ``num_threads`` threads ever run.  Small products
+are left to the BLAS, which runs those under 2**18 multiply-adds on one
+thread by itself (OpenBLAS): forcing one thread on (64, 256, 1000) made the
+loss 1.6x slower on 2 idle cores (on a loaded machine 2 threads lose, as
+every threaded call does; ``num_threads=1`` is then the choice).  GEMM
+results may differ in the last bits between thread counts (OpenBLAS splits
+the sums by thread); the cross-entropy part does not.
+
+The loss alone of a common call whose logits fit one chunk of
+:data:`WHOLE_BYTES` (no class weights, z-loss, soft cap or flags; float32 or
+float64 arrays, native integer labels; the BLAS at the call's thread count)
+takes the compiled kernels' C fast path (``src/fastlinear.pxi``): SciPy's
+GEMM into a scratch buffer and the fast cross-entropy core, none of the
+steps above in Python.  A one-row call took 74 us on the Python path (18 us
+of it the GEMM), 23 us on the fast path.  Its rows with ``ignore_index`` go
+through the GEMM (they are a small call's); its ``"mean"`` is rounded once
+from the double sum (the chunked path's twice: 1 ulp apart at most).
 
 A K-dimensional ``linear_weight`` ``(V, d1, ..., D)`` (logits
 ``(N, V, d1, ...)``, classes on axis 1, as PyTorch allows) takes a plain
@@ -49,13 +63,15 @@ path that holds the logits.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _half, _threads
-from ._cross_entropy_api import CrossEntropyResult
+from ._cross_entropy_api import CrossEntropyResult, _plain_options
 from ._validation import (
     _as_label_array,
     as_ndarray,
@@ -112,13 +128,9 @@ MIN_CHUNK_ROWS = 512
 WHOLE_BYTES = 8 << 20
 FEWEST_ROWS = 64
 
-#: Below this many multiply-adds per GEMM (N * D * V) a call runs on one
-#: thread, BLAS included: on 2 cores (64, 256, 1000) took 0.95 ms on one
-#: thread and 0.5-8 ms on two (the OpenMP and BLAS thread pools stall each
-#: other whenever the machine is busy).
-SMALL_WORK = 1 << 24
-
 _controller = None
+_blas_libs = ()
+_gemm_given = {}  # id(kernels module) -> whether its fast path has the GEMM
 
 
 def _load_scipy_blas():
@@ -131,19 +143,67 @@ def _load_scipy_blas():
 
 def _blas_limits(n):
     """A context manager limiting the BLAS libraries to ``n`` threads (a
-    no-op without threadpoolctl).  The controller (the list of loaded
-    libraries) is made once: building it costs about a millisecond."""
-    global _controller, _threadpoolctl
+    no-op without threadpoolctl, or where every BLAS already runs ``n``:
+    setting and restoring a limit costs ~20 us, more than a one-row call's
+    GEMM)."""
+    if _blas_at(n):
+        return contextlib.nullcontext()
+    return _controller.limit(limits=n, user_api="blas")
+
+
+def _blas_at(n):
+    """True where the call's BLAS needs no limit: every BLAS library runs ``n``
+    threads, or threadpoolctl (the means of a limit) is not installed.  The
+    controller (the list of loaded libraries) is made once: building it costs
+    about a millisecond."""
+    global _controller, _blas_libs, _threadpoolctl
     if _threadpoolctl is _MISSING:
         _threadpoolctl = _optional("threadpoolctl")
     _load_scipy_blas()  # loaded first, so that the controller limits its BLAS too
     if _threadpoolctl is None:
-        import contextlib
-
-        return contextlib.nullcontext()
+        return True
     if _controller is None:
         _controller = _threadpoolctl.ThreadpoolController()
-    return _controller.limit(limits=n, user_api="blas")
+        _blas_libs = _controller.select(user_api="blas").lib_controllers
+    return all(lib.get_num_threads() == n for lib in _blas_libs)
+
+
+def _fast_loss(input, linear_weight, target, linear_bias, ignore_index, reduction,
+               label_smoothing, num_threads):
+    """The loss by the compiled kernels' C fast path (src/fastlinear.pxi) where
+    it applies: logits within one default chunk (:data:`WHOLE_BYTES`), SciPy's
+    GEMM, the BLAS at the call's thread count; None otherwise (the caller
+    then takes the Python path, which validates and raises)."""
+    frontend = _check_frontend(None)
+    fast = frontend._fast_linear_cross_entropy
+    if num_threads is None:
+        n = _threads.get_num_threads()
+    elif type(num_threads) is int and num_threads >= 1:
+        n = num_threads
+    else:
+        return None
+    kernels = frontend.kernels
+    given = _gemm_given.get(id(kernels))
+    if given is None:
+        given = _give_gemm(kernels)
+    if not given or not _blas_at(n):
+        return None
+    return fast(input, linear_weight, target, linear_bias, ignore_index, reduction,
+                label_smoothing, n, WHOLE_BYTES)
+
+
+def _give_gemm(kernels):
+    """Hands SciPy's sgemm/dgemm (their cython_blas capsules) to ``kernels``'s
+    fast path, once; False without SciPy or a fast path."""
+    given = False
+    if hasattr(kernels, "set_gemm") and _load_scipy_blas() is not None:
+        from scipy.linalg import cython_blas
+
+        capi = cython_blas.__pyx_capi__
+        kernels.set_gemm(capi["sgemm"], capi["dgemm"])
+        given = True
+    _gemm_given[id(kernels)] = given
+    return given
 
 
 def default_chunk_rows(n_rows, n_classes, itemsize):
@@ -249,10 +309,21 @@ class LinearArgs:
                     f"weight has shape {cw.shape}, expected ({self.n_classes},) for "
                     f"linear_weight of shape {w.shape}")
             self.weight = contiguous(cw, self.compute)
+        # False where no row is ignored (known from the labels' range), else
+        # None: _run_chunked looks
+        self.any_ignored = None if self.labels is not None else False
         if self.labels is not None and self.labels.size:
             labels = self.labels
-            bad = ((labels < 0) | (labels >= self.n_classes)) & (labels != ignore_index)
-            if bad.any():
+            # two reductions settle the common case (every label a class; a
+            # small call is made of such steps)
+            low, high = labels.min(), labels.max()
+            if 0 <= low and high < self.n_classes:
+                if not low <= ignore_index <= high:
+                    self.any_ignored = False
+                bad = None
+            else:
+                bad = ((labels < 0) | (labels >= self.n_classes)) & (labels != ignore_index)
+            if bad is not None and bad.any():
                 row = int(np.argmax(bad))
                 index = row
                 if len(positions) > 1:
@@ -276,12 +347,14 @@ class LinearArgs:
 
 def _denominator(args, kept):
     """The "mean" reduction's divisor: the summed weight of the counted rows
-    (their number without weights; N for probability targets)."""
+    (their number without weights; N for probability targets).  ``kept``:
+    the counted rows' indices, None for all."""
     if args.labels is None:
         return float(args.n_rows)
     if args.weight is None:
-        return float(kept.size)
-    return float(np.sum(args.weight.astype(np.float64)[args.labels[kept]]))
+        return float(args.n_rows if kept is None else kept.size)
+    labels = args.labels if kept is None else args.labels[kept]
+    return float(np.sum(args.weight.astype(np.float64)[labels]))
 
 
 class _Gemms:
@@ -364,8 +437,6 @@ def run(frontend, args, with_grad, row_scale=None):
     (one factor per position, for ``reduction="none"``): the gradients of
     ``sum(row_scale * losses)`` (an upstream gradient, as autograd gives)."""
     n_threads = args.threads()
-    if args.n_rows * args.n_features * args.w.size // max(1, args.n_features) < SMALL_WORK:
-        n_threads = 1  # waking two thread pools costs more than it saves here
     if row_scale is not None:
         row_scale = np.asarray(row_scale, args.compute).reshape(-1)
     # NaN or inf in the inputs give NaN/inf logits, as the cross-entropy functions
@@ -500,12 +571,12 @@ def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
     n, d = x.shape
     v = args.n_classes
     compute = args.compute
-    if args.labels is not None:
+    if args.any_ignored is False:
+        kept, all_kept = None, True
+    else:
         kept = np.flatnonzero(args.labels != args.ignore_index)
         all_kept = kept.size == n
-    else:
-        kept, all_kept = np.arange(n), True
-    n_kept = kept.size
+    n_kept = n if kept is None else kept.size
     denominator = _denominator(args, kept)
     extras = _Extras(args, n, n_kept, denominator)
     rows = args.chunk_size or default_chunk_rows(n_kept, v, compute.itemsize)
@@ -617,7 +688,7 @@ def _as_result(loss, result):
     """Losses (double sums) in the result dtype, rounded once (also to bfloat16)."""
     if _half.half_kind(result) is not None:
         return _half.round_once(loss, result)
-    if np.ndim(loss) == 0:
+    if not isinstance(loss, np.ndarray):
         return result.type(loss)
     return loss.astype(result, copy=False)
 
@@ -641,8 +712,10 @@ _DOC_PARAMS = """
         Added to the logits.
     weight, ignore_index, reduction, label_smoothing
         As for :func:`csoftmax.cross_entropy`.  Rows whose target is
-        ``ignore_index`` are dropped before any arithmetic: they cost nothing
-        and get an all-zero ``grad_input`` row.
+        ``ignore_index`` are dropped before any arithmetic (but a loss-only
+        call whose logits fit 8 MiB computes their logits too: one GEMM is
+        cheaper than the steps that drop them) and get an all-zero
+        ``grad_input`` row.
     z_loss, softcap, return_z_loss, return_token_accuracy
         As for :func:`csoftmax.cross_entropy`, on the logits
         ``input @ linear_weight.T + linear_bias``: the z-loss
@@ -666,9 +739,7 @@ _DOC_PARAMS = """
 
 def _check_frontend(frontend):
     if frontend is None:
-        from . import _dispatch
-
-        return _dispatch.ACTIVE
+        return sys.modules["csoftmax._dispatch"].ACTIVE  # imported by csoftmax
     return frontend
 
 
@@ -676,6 +747,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                          ignore_index=-100, reduction="mean", label_smoothing=0.0,
                          z_loss=0.0, softcap=None, return_z_loss=False,
                          return_token_accuracy=False, num_threads=None, chunk_size=None):
+    if (weight is None and chunk_size is None
+            and _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy)):
+        r = _fast_loss(input, linear_weight, target, linear_bias, ignore_index, reduction,
+                       label_smoothing, num_threads)
+        if r is not None:
+            return r
     args = LinearArgs(input, linear_weight, target, linear_bias, weight, ignore_index,
                       reduction, label_smoothing, num_threads, chunk_size, z_loss, softcap,
                       return_z_loss, return_token_accuracy)

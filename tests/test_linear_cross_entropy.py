@@ -281,6 +281,122 @@ def test_zero_counted_weight_gives_nan(rng):
     assert not gx[0].any()
 
 
+# -- the C fast path of the loss (src/fastlinear.pxi) ------------------------
+
+def fast_path(frontend):
+    """frontend's C fast path of the loss with SciPy's GEMM handed to it (skips
+    where there is none: the NumPy twin, no SciPy)."""
+    if not _linear._give_gemm(frontend.kernels):
+        pytest.skip("no C fast path of linear_cross_entropy here")
+    return frontend._fast_linear_cross_entropy
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+def test_fast_loss_is_the_python_paths(kernel_frontend, rng, dtype, reduction, bias,
+                                       label_dtype):
+    """The fast path's loss is the chunked Python path's (the same GEMM and bias
+    add; its "mean" rounded once, the Python path's twice: 1 ulp apart at most)."""
+    fast = fast_path(kernel_frontend)
+    x, w, b, t = case(rng, n=37, d=9, v=11, bias=bias)
+    x, w = x.astype(dtype), w.astype(dtype)
+    b = None if b is None else b.astype(dtype)
+    t = t.astype(label_dtype)
+    threads = _linear._threads.get_num_threads()
+    got = fast(x, w, t, b, -100, reduction, 0.1, threads, 1 << 20)
+    want = _linear.call(kernel_frontend, x, w, t, False, linear_bias=b, reduction=reduction,
+                        label_smoothing=0.1)
+    assert got is not None and type(got) is type(want) and got.dtype == want.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=2 * np.finfo(dtype).eps, atol=0)
+    ref = reference(x, w, t, b, with_grad=False, reduction=reduction, label_smoothing=0.1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    # one sample: (D,) input and a Python int
+    one = fast(x[3], w, 4, b, -100, reduction, 0.0, threads, 1 << 20)
+    want = _linear.call(kernel_frontend, x[3], w, 4, False, linear_bias=b, reduction=reduction)
+    assert np.ndim(one) == 0 and one.dtype == dtype
+    np.testing.assert_allclose(one, want, rtol=2 * np.finfo(dtype).eps, atol=0)
+
+
+def test_fast_loss_declines_all_else(kernel_frontend, rng):
+    """Anything but the common call gives None (the Python path then validates,
+    raises and computes), bad labels included, before anything is written."""
+    fast = fast_path(kernel_frontend)
+    x, w, b, t = case(rng, n=6, d=4, v=5)
+    args = [x, w, t, b, -100, "mean", 0.0, 1, 1 << 20]
+    assert fast(*args) is not None
+
+    def declined(**changes):
+        a = list(args)
+        names = ["x", "w", "t", "b", "ignore_index", "reduction", "label_smoothing",
+                 "threads", "max_bytes"]
+        for k, v in changes.items():
+            a[names.index(k)] = v
+        return fast(*a) is None
+
+    assert declined(x=x.astype(np.float32))  # mixed dtypes: the Python path promotes
+    assert declined(x=np.asfortranarray(x))
+    assert declined(x=x[:, None])
+    assert declined(x=x.tolist())
+    assert declined(w=w[:, :3])
+    assert declined(w=w[:, None])
+    assert declined(b=b[:4])
+    assert declined(b=b.astype(np.float32))
+    assert declined(t=t.astype(np.uint8))
+    assert declined(t=t.astype(np.int16))
+    assert declined(t=t[:5])
+    assert declined(t=t.tolist())
+    bad = t.copy()
+    bad[2] = 5
+    assert declined(t=bad)  # not a class: the Python path names it
+    assert declined(reduction="avg")
+    assert declined(ignore_index=1.5)
+    assert declined(label_smoothing=1.5)
+    assert declined(threads=0)
+    assert declined(max_bytes=6 * 5 * 8 - 1)  # logits over one chunk
+    assert not declined(max_bytes=6 * 5 * 8)
+    assert declined(x=x.astype(np.float16), w=w.astype(np.float16), b=None)
+
+
+def test_public_loss_takes_the_fast_path(rng, monkeypatch):
+    """The common call never builds the Python path's argument object; an option
+    the fast path lacks (class weights) does, with the same loss."""
+    x, w, b, t = case(rng, n=9, d=4, v=6)
+    if _linear._fast_loss(x, w, t, b, -100, "mean", 0.0, None) is None:
+        pytest.skip("no C fast path here (NumPy twin, no SciPy, or BLAS threads differ)")
+    want = csoftmax.linear_cross_entropy(x, w, t, linear_bias=b, weight=np.ones(6))
+    built = []
+    real = _linear.LinearArgs.__init__
+
+    def spy(self, *a, **k):
+        built.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(_linear.LinearArgs, "__init__", spy)
+    got = csoftmax.linear_cross_entropy(x, w, t, linear_bias=b)
+    assert not built
+    np.testing.assert_allclose(got, want, rtol=1e-15)
+    csoftmax.linear_cross_entropy(x, w, t, linear_bias=b, weight=np.ones(6))
+    assert built
+    with pytest.raises(ValueError, match=r"target\[0\] = 6 is not a class index"):
+        csoftmax.linear_cross_entropy(x, w, np.full(9, 6), linear_bias=b)
+
+
+def test_fast_loss_needs_the_blas_at_the_calls_threads(rng):
+    """Where a limit would be needed (the BLAS runs other than the call's
+    threads) the fast path is not taken: the Python path sets the limit."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x, w, b, t = case(rng)
+    if _linear._fast_loss(x, w, t, b, -100, "mean", 0.0, None) is None:
+        pytest.skip("no C fast path here")
+    blas = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas"]
+    other = max(blas) + 1
+    assert _linear._fast_loss(x, w, t, b, -100, "mean", 0.0, other) is None
+    assert _linear._fast_loss(x, w, t, b, -100, "mean", 0.0, "2") is None
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_threads(rng, threads):
     x, w, b, t = case(rng, n=300, d=40, v=200)

@@ -1,0 +1,177 @@
+# The C fast path of linear_cross_entropy (included by calls.pxi after
+# fastpath.pxi): the loss of a call whose logits fit one chunk of the Python
+# layer (csoftmax/_linear.py), computed without its Python steps -- the
+# logits by SciPy's BLAS GEMM into a scratch buffer, then the fast
+# cross-entropy core (_fast_cross_entropy_run) on them.  A one-row call
+# (scoring one token) took 74 us on the Python path, 18 us of it the GEMM.
+#
+# The GEMM is SciPy's ?gemm from scipy.linalg.cython_blas, its address taken
+# from the module's capsules by set_gemm (no build-time SciPy).  The product,
+# its arguments and the bias added after it are those of the Python path's
+# _Gemms.logits and np.add, so the logits have the same bits; the loss is the
+# fast core's (the "mean" of the double row sums, rounded once).  As every
+# fast_* function, it declines (None) anything else before it writes
+# anything; the BLAS's thread count is the caller's to check.
+
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+
+ctypedef void (*_sgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
+                          float *alpha, float *a, int *lda, float *b, int *ldb,
+                          float *beta, float *c, int *ldc) noexcept nogil
+ctypedef void (*_dgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
+                          double *alpha, double *a, int *lda, double *b, int *ldb,
+                          double *beta, double *c, int *ldc) noexcept nogil
+
+cdef _sgemm_t _sgemm = NULL
+cdef _dgemm_t _dgemm = NULL
+
+
+def set_gemm(object sgemm, object dgemm):
+    """Takes SciPy's sgemm and dgemm (scipy.linalg.cython_blas.__pyx_capi__
+    capsules) for fast_linear_cross_entropy."""
+    global _sgemm, _dgemm
+    _sgemm = <_sgemm_t>PyCapsule_GetPointer(sgemm, PyCapsule_GetName(sgemm))
+    _dgemm = <_dgemm_t>PyCapsule_GetPointer(dgemm, PyCapsule_GetName(dgemm))
+
+
+def has_gemm():
+    return _sgemm != NULL and _dgemm != NULL
+
+
+cdef void _logits_gemm(const floating *x, const floating *w, floating *out,
+                       int m, int v, int d) noexcept nogil:
+    """out (m, v) = x (m, d) @ w (v, d).T, all C-contiguous: in the BLAS's
+    column-major terms out.T (v, m) = w.T' (v, d) @ x.T (d, m)."""
+    cdef char ta = b"T"
+    cdef char tb = b"N"
+    cdef floating one = 1.0
+    cdef floating zero = 0.0
+    if floating is float:
+        _sgemm(&ta, &tb, &v, &m, &d, &one, <float *>w, &d, <float *>x, &d, &zero, out, &v)
+    else:
+        _dgemm(&ta, &tb, &v, &m, &d, &one, <double *>w, &d, <double *>x, &d, &zero, out, &v)
+
+
+cdef object _fast_linear_run(_FastCall *c, const floating *x, const floating *w,
+                             const floating *b, const label_t *t, int d):
+    """The loss of a checked call: labels t checked first (None when one is not
+    a class nor ignore_index), then the logits into a scratch buffer."""
+    cdef Py_ssize_t kept, i, k
+    if _labels_count_bad(t, c.n_rows, c.n, c.ignore_index, &kept, c.threads) != 0:
+        return None  # the full path names the first bad label
+    cdef floating *logits = <floating *>malloc(c.n_rows * c.n * sizeof(floating))
+    if logits == NULL:
+        raise MemoryError()
+    try:
+        # as the Python path: the GIL released around the product where the
+        # BLAS may run threads (it keeps one below 2**18 multiply-adds)
+        if c.n_rows * c.n * <Py_ssize_t>d < GIL_WORK * 16:
+            _logits_gemm(x, w, logits, <int>c.n_rows, <int>c.n, d)
+        else:
+            with nogil:
+                _logits_gemm(x, w, logits, <int>c.n_rows, <int>c.n, d)
+        if b != NULL:
+            for i in range(c.n_rows):
+                for k in range(c.n):
+                    logits[i * c.n + k] = logits[i * c.n + k] + b[k]
+        return _fast_cross_entropy_run(c, <const floating *>logits, t,
+                                       <const floating *>NULL, <floating *>NULL)
+    finally:
+        free(logits)
+
+
+def fast_linear_cross_entropy(object input, object linear_weight, object target,
+                              object linear_bias, object ignore_index, object reduction,
+                              object label_smoothing, int threads, Py_ssize_t max_bytes):
+    """linear_cross_entropy without class weights or extras, loss only: input
+    (N, D) or (D,), linear_weight (V, D) and linear_bias (V,) or None of one
+    float dtype, native int32/int64 labels (N,) (a Python int for (D,) input),
+    logits of at most max_bytes; threads: the call's (the BLAS's own count,
+    checked by the caller).  None when declined."""
+    if _sgemm == NULL or threads < 1:
+        return None
+    cdef int typenum = _float_array(input)
+    if typenum < 0 or _float_array(linear_weight) != typenum:
+        return None
+    cdef cnp.ndarray x = <cnp.ndarray>input
+    cdef cnp.ndarray w = <cnp.ndarray>linear_weight
+    cdef int nd = cnp.PyArray_NDIM(x)
+    if nd > 2 or cnp.PyArray_NDIM(w) != 2:
+        return None
+    cdef Py_ssize_t d = cnp.PyArray_DIMS(x)[nd - 1]
+    cdef Py_ssize_t v = cnp.PyArray_DIMS(w)[0]
+    cdef Py_ssize_t n_rows = 1 if nd == 1 else cnp.PyArray_DIMS(x)[0]
+    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(x)
+    if (cnp.PyArray_DIMS(w)[1] != d or d > (1 << 30) or v > (1 << 30)
+            or n_rows > max_bytes // (v * itemsize)):
+        return None
+    cdef const void *bp = NULL
+    if linear_bias is not None:
+        if (_float_array(linear_bias) != typenum
+                or cnp.PyArray_NDIM(<cnp.ndarray>linear_bias) != 1
+                or cnp.PyArray_DIMS(<cnp.ndarray>linear_bias)[0] != v):
+            return None
+        bp = cnp.PyArray_DATA(<cnp.ndarray>linear_bias)
+    cdef _FastCall c
+    if type(reduction) is not str:
+        return None
+    if reduction == "mean":
+        c.reduction = REDUCTION_MEAN
+    elif reduction == "sum":
+        c.reduction = REDUCTION_SUM
+    elif reduction == "none":
+        c.reduction = REDUCTION_NONE
+    else:
+        return None
+    if (type(ignore_index) is not int or not -(1 << 62) < ignore_index < (1 << 62)
+            or type(label_smoothing) not in (float, int)
+            or not 0.0 <= label_smoothing <= 1.0):
+        return None
+    # the targets: a Python int for (D,) input, else labels of shape (N,)
+    cdef int64_t one_label
+    cdef int label_size
+    cdef cnp.ndarray t
+    cdef const void *tp
+    if nd == 1:
+        if type(target) is not int or not -(1 << 62) < target < (1 << 62):
+            return None
+        one_label = target
+        tp = &one_label
+        label_size = 8
+    else:
+        if type(target) is not cnp.ndarray:
+            return None
+        t = <cnp.ndarray>target
+        label_size = cnp.PyArray_ITEMSIZE(t)
+        if (cnp.PyArray_NDIM(t) != 1 or cnp.PyArray_DIMS(t)[0] != n_rows
+                or not cnp.PyArray_ISSIGNED(t) or (label_size != 4 and label_size != 8)
+                or not cnp.PyArray_ISCARRAY_RO(t) or not cnp.PyArray_ISNOTSWAPPED(t)):
+            return None
+        tp = cnp.PyArray_DATA(t)
+    # the logits as the fast cross-entropy sees them: (N, V), or (V,)
+    cdef cnp.npy_intp dims[2]
+    dims[0] = n_rows
+    dims[1] = v
+    c.n_rows = n_rows
+    c.n = v
+    c.typenum = typenum
+    c.nd = nd
+    c.dims = &dims[0] if nd == 2 else &dims[1]
+    c.ignore_index = ignore_index
+    c.label_smoothing = label_smoothing
+    # the cross-entropy after the BLAS on one thread, as the Python path runs
+    # its chunks (an OpenMP team woken between BLAS calls fights its threads)
+    c.threads = 1
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef const void *wp = cnp.PyArray_DATA(w)
+    if typenum == cnp.NPY_FLOAT32:
+        if label_size == 4:
+            return _fast_linear_run(&c, <const float *>xp, <const float *>wp,
+                                    <const float *>bp, <const int32_t *>tp, <int>d)
+        return _fast_linear_run(&c, <const float *>xp, <const float *>wp,
+                                <const float *>bp, <const int64_t *>tp, <int>d)
+    if label_size == 4:
+        return _fast_linear_run(&c, <const double *>xp, <const double *>wp,
+                                <const double *>bp, <const int32_t *>tp, <int>d)
+    return _fast_linear_run(&c, <const double *>xp, <const double *>wp,
+                            <const double *>bp, <const int64_t *>tp, <int>d)
