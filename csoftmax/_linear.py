@@ -54,7 +54,9 @@ GEMM into a scratch buffer and the fast cross-entropy core, none of the
 steps above in Python.  A one-row call took 74 us on the Python path (18 us
 of it the GEMM), 23 us on the fast path.  Its rows with ``ignore_index`` go
 through the GEMM (they are a small call's); its ``"mean"`` is rounded once
-from the double sum (the chunked path's twice: 1 ulp apart at most).
+from the double sum (the chunked path's twice: 1 ulp apart at most; a
+few ulp where rows are ignored, which the chunked path leaves out of its
+product and OpenBLAS may then round differently).
 
 A K-dimensional ``linear_weight`` ``(V, d1, ..., D)`` (logits
 ``(N, V, d1, ...)``, classes on axis 1, as PyTorch allows) takes a plain
@@ -72,6 +74,7 @@ import numpy as np
 
 from . import _half, _threads
 from ._cross_entropy_api import CrossEntropyResult, _plain_options
+from ._runner import MAX_THREADS
 from ._validation import (
     _as_label_array,
     as_ndarray,
@@ -178,9 +181,11 @@ def _fast_loss(input, linear_weight, target, linear_bias, ignore_index, reductio
     fast = frontend._fast_linear_cross_entropy
     if num_threads is None:
         n = _threads.get_num_threads()
-    elif type(num_threads) is int and num_threads >= 1:
+    elif type(num_threads) is int:
         n = num_threads
     else:
+        return None
+    if not 1 <= n <= MAX_THREADS:  # the Python path's to check (or clip)
         return None
     kernels = frontend.kernels
     given = _gemm_given.get(id(kernels))

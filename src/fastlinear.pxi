@@ -82,7 +82,8 @@ cdef object _fast_linear_run(_FastCall *c, const floating *x, const floating *w,
 
 def fast_linear_cross_entropy(object input, object linear_weight, object target,
                               object linear_bias, object ignore_index, object reduction,
-                              object label_smoothing, int threads, Py_ssize_t max_bytes):
+                              object label_smoothing, Py_ssize_t threads,
+                              Py_ssize_t max_bytes):
     """linear_cross_entropy without class weights or extras, loss only: input
     (N, D) or (D,), linear_weight (V, D) and linear_bias (V,) or None of one
     float dtype, native int32/int64 labels (N,) (a Python int for (D,) input),
