@@ -426,7 +426,7 @@ class _Gemms:
         it writes them, and each such page then faults twice (mapped to the
         shared zero page, then copied on write), the second time flushing the
         other cores' TLBs (an interprocessor interrupt, costly in a VM): a
-        (64, 256, 1000) call took 5.7 ms without SciPy (0.85 ms with this)."""
+        (64, 256, 1000) call took 5.7 ms without SciPy (0.76 ms with this)."""
         if self.gemm is None:
             if first:
                 np.matmul(g.T, x, out=grad_w)
