@@ -114,41 +114,22 @@ def fast_linear_cross_entropy(object input, object linear_weight, object target,
             return None
         bp = cnp.PyArray_DATA(<cnp.ndarray>linear_bias)
     cdef _FastCall c
-    if type(reduction) is not str:
-        return None
-    if reduction == "mean":
-        c.reduction = REDUCTION_MEAN
-    elif reduction == "sum":
-        c.reduction = REDUCTION_SUM
-    elif reduction == "none":
-        c.reduction = REDUCTION_NONE
-    else:
-        return None
-    if (type(ignore_index) is not int or not -(1 << 62) < ignore_index < (1 << 62)
-            or type(label_smoothing) not in (float, int)
-            or not 0.0 <= label_smoothing <= 1.0):
+    if not _loss_options(&c, reduction, ignore_index, label_smoothing):
         return None
     # the targets: a Python int for (D,) input, else labels of shape (N,)
     cdef int64_t one_label
     cdef int label_size
-    cdef cnp.ndarray t
     cdef const void *tp
     if nd == 1:
-        if type(target) is not int or not -(1 << 62) < target < (1 << 62):
+        if not _python_label(target, &one_label):
             return None
-        one_label = target
         tp = &one_label
         label_size = 8
     else:
-        if type(target) is not cnp.ndarray:
+        label_size = _label_size(target, x)  # (N,) from x's (N, D)
+        if label_size < 0:
             return None
-        t = <cnp.ndarray>target
-        label_size = cnp.PyArray_ITEMSIZE(t)
-        if (cnp.PyArray_NDIM(t) != 1 or cnp.PyArray_DIMS(t)[0] != n_rows
-                or not cnp.PyArray_ISSIGNED(t) or (label_size != 4 and label_size != 8)
-                or not cnp.PyArray_ISCARRAY_RO(t) or not cnp.PyArray_ISNOTSWAPPED(t)):
-            return None
-        tp = cnp.PyArray_DATA(t)
+        tp = cnp.PyArray_DATA(<cnp.ndarray>target)
     # the logits as the fast cross-entropy sees them: (N, V), or (V,)
     cdef cnp.npy_intp dims[2]
     dims[0] = n_rows
@@ -158,8 +139,6 @@ def fast_linear_cross_entropy(object input, object linear_weight, object target,
     c.typenum = typenum
     c.nd = nd
     c.dims = &dims[0] if nd == 2 else &dims[1]
-    c.ignore_index = ignore_index
-    c.label_smoothing = label_smoothing
     # the cross-entropy after the BLAS on one thread, as the Python path runs
     # its chunks (an OpenMP team woken between BLAS calls fights its threads)
     c.threads = 1

@@ -299,6 +299,39 @@ cdef int _label_size(object v, cnp.ndarray x) noexcept:
     return size
 
 
+cdef bint _loss_options(_FastCall *c, object reduction, object ignore_index,
+                        object label_smoothing) noexcept:
+    """The reduction, ignore_index and label_smoothing of a loss call into c
+    when they are what the fast path takes (a reduction's name, Python ints
+    and numbers in range); False for anything else."""
+    if type(reduction) is not str:
+        return False
+    if reduction == "mean":
+        c.reduction = REDUCTION_MEAN
+    elif reduction == "sum":
+        c.reduction = REDUCTION_SUM
+    elif reduction == "none":
+        c.reduction = REDUCTION_NONE
+    else:
+        return False
+    if (type(ignore_index) is not int or not -(1 << 62) < ignore_index < (1 << 62)
+            or type(label_smoothing) not in (float, int)
+            or not 0.0 <= label_smoothing <= 1.0):
+        return False
+    c.ignore_index = ignore_index
+    c.label_smoothing = label_smoothing
+    return True
+
+
+cdef bint _python_label(object target, int64_t *label) noexcept:
+    """A Python int class index of one sample into label (False if it is not
+    one, or out of the range the kernels take)."""
+    if type(target) is not int or not -(1 << 62) < target < (1 << 62):
+        return False
+    label[0] = target
+    return True
+
+
 def fast_cross_entropy(object logits, object target, object axis, object ignore_index,
                        object reduction, object label_smoothing, object num_threads,
                        bint with_grad, object out):
@@ -322,22 +355,8 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     c.dims = cnp.PyArray_DIMS(x)
     c.n = c.dims[c.nd - 1]
     c.n_rows = _rows_of(x)
-    if type(reduction) is not str:
+    if not _loss_options(&c, reduction, ignore_index, label_smoothing):
         return None
-    if reduction == "mean":
-        c.reduction = REDUCTION_MEAN
-    elif reduction == "sum":
-        c.reduction = REDUCTION_SUM
-    elif reduction == "none":
-        c.reduction = REDUCTION_NONE
-    else:
-        return None
-    if (type(ignore_index) is not int or not -(1 << 62) < ignore_index < (1 << 62)
-            or type(label_smoothing) not in (float, int)
-            or not 0.0 <= label_smoothing <= 1.0):
-        return None
-    c.ignore_index = ignore_index
-    c.label_smoothing = label_smoothing
     cdef Py_ssize_t requested = _requested_threads(num_threads)
     if requested < 0 or (with_grad and not (_half_valid_out(out, x) if kind >= 0
                                             else _valid_out(out, x, c.typenum))):
@@ -347,9 +366,8 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     cdef int label_size = -1
     cdef cnp.ndarray y = None
     if c.nd == 1 and type(target) is int:
-        if not -(1 << 62) < target < (1 << 62):
+        if not _python_label(target, &one_label):
             return None
-        one_label = target
         label_size = 0
     elif c.nd > 1:
         label_size = _label_size(target, x)
