@@ -280,6 +280,33 @@ def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
                         None)
 
 
+@blockwise(0, 2, 4, 5, 6)
+def logsumexp_slice_fold(logits, bias, target, class0, row_max, row_sum, target_logit,
+                         n_threads):
+    """The compiled kernel's twin (src/vocabsplit.pxi): logits (m, k), the
+    classes [class0, class0 + k) of m rows (bias (k,) or None added in place),
+    folded into each row's running max and exp-sum; the target's logit copied
+    where it lies in the slice.  NaN or +inf in a slice makes the sum NaN."""
+    if bias is not None:
+        np.add(logits, bias, out=logits)
+    k = logits.shape[1]
+    t = target.astype(np.intp) - class0
+    here = np.flatnonzero((t >= 0) & (t < k))
+    target_logit[here] = logits[here, t[here]]
+    m = np.fmax.reduce(logits, axis=1)  # NaN left out, as the kernel's row_max
+    bad = (m == np.inf) | np.isnan(logits).any(axis=1)
+    live = np.flatnonzero(np.isfinite(m) & ~bad)
+    mk = m[live].astype(np.float64)
+    s = np.exp(logits[live] - m[live, None]).sum(axis=1, dtype=np.float64)
+    old = row_max[live]
+    up = mk > old
+    with np.errstate(invalid="ignore", over="ignore"):
+        row_sum[live] = np.where(up, row_sum[live] * np.exp(old - mk) + s,
+                                 row_sum[live] + s * np.exp(mk - old))
+    row_max[live] = np.maximum(old, mk)
+    row_sum[bad] = np.nan
+
+
 # ---------------------------------------------------------------------------
 # over the middle axis of (outer, C, inner) arrays: the row kernels above on
 # the class axis moved last (a copy), with the compiled kernels' signatures

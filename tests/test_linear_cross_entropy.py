@@ -192,6 +192,126 @@ def test_chunking_invariance(frontend, rng, kind, reduction):
     assert_close(results[0], want, rtol=1e-10)
 
 
+def _spy_slices(monkeypatch, min_slice=16):
+    """Vocabulary slices of at least ``min_slice`` classes (the slice path on
+    small cases); returns the list that each slice-path call appends to."""
+    monkeypatch.setattr(_linear, "MIN_SLICE", min_slice)
+    calls = []
+    run = _linear._run_vocab_slices
+
+    def spy(*args):
+        calls.append(args[4])  # the block's logits
+        return run(*args)
+
+    monkeypatch.setattr(_linear, "_run_vocab_slices", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("opts", [dict(), dict(weight=True), dict(bias=True),
+                                  dict(weight=True, bias=True, ignore=0.0)],
+                         ids=["plain", "weight", "bias", "weight-bias-all-kept"])
+def test_vocabulary_slices_are_the_row_chunks(frontend, rng, monkeypatch, dtype, reduction,
+                                              opts):
+    """The loss by blocks of rows x vocabulary slices (2 x 6 blocks here, the
+    last slice narrower) is the row chunks' loss and the float64 one's."""
+    x, w, b, t = case(rng, n=120, d=6, v=100, bias=opts.get("bias", False),
+                      ignore=opts.get("ignore", 0.3))
+    x, w = x.astype(dtype), w.astype(dtype)
+    b = None if b is None else b.astype(dtype)
+    weight = rng.random(100).astype(dtype) + 0.1 if opts.get("weight") else None
+    kw = dict(linear_bias=b, weight=weight, reduction=reduction, chunk_size=8)
+    by_rows = _linear.call(frontend, x, w, t, **kw)
+    calls = _spy_slices(monkeypatch)
+    by_slices = _linear.call(frontend, x, w, t, **kw)
+    assert calls == [8 * 100]
+    assert np.asarray(by_slices).dtype == dtype and np.shape(by_slices) == np.shape(by_rows)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(by_slices, by_rows, rtol=16 * eps, atol=16 * eps)
+    want = reference(x, w, t, b, with_grad=False, weight=weight, reduction=reduction)
+    np.testing.assert_allclose(by_slices, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    if reduction == "none":
+        assert np.all(by_slices[t == -100] == 0)
+
+
+def test_vocabulary_slices_declined(rng, monkeypatch):
+    """Gradients, probability targets, label smoothing, z-loss, the soft cap,
+    the flags and a call of one chunk go by row chunks."""
+    x, w, b, t = case(rng, n=40, d=4, v=64)
+    probs = rng.random((40, 64))
+    calls = _spy_slices(monkeypatch)
+    for target, kw in [(t, dict(label_smoothing=0.1)), (t, dict(z_loss=1e-3)),
+                       (t, dict(softcap=5.0)), (t, dict(return_token_accuracy=True)),
+                       (probs, {}), (t, dict(chunk_size=None))]:
+        kw.setdefault("chunk_size", 8)
+        csoftmax.linear_cross_entropy(x, w, target, **kw)
+    csoftmax.linear_cross_entropy_with_grad(x, w, t, chunk_size=8)
+    assert calls == []
+    csoftmax.linear_cross_entropy(x, w, t, chunk_size=8)
+    assert calls == [8 * 64]
+    monkeypatch.setattr(_linear, "MIN_SLICE", 33)  # 64 classes: fewer than two slices
+    csoftmax.linear_cross_entropy(x, w, t, chunk_size=8)
+    assert calls == [8 * 64]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_slice_fold_special_values(kernel_frontend, dtype):
+    """Folding slices of a row gives its whole-row loss: NaN for a NaN or +inf
+    anywhere, inf for a -inf target, NaN for a row of -inf; a slice of -inf
+    adds nothing."""
+    inf, nan = np.inf, np.nan
+    big = 0.9 * np.finfo(dtype).max
+    rows = [
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        [nan, 1.0, 2.0, 3.0, 4.0, 5.0],
+        [0.0, 1.0, 2.0, 3.0, inf, 5.0],
+        [-inf, -inf, -inf, -inf, -inf, -inf],
+        [-inf, -inf, 2.0, 3.0, -inf, 5.0],
+        [-inf, -inf, nan, -inf, -inf, -inf],
+        [9.0, 1.0, -3.0, 80.0, -inf, -inf],
+        [-80.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        [big, 0.0, 1.0, 2.0, 3.0, big],
+    ]
+    x = np.array(rows, dtype)
+    t = np.array([2, 2, 1, 0, 0, 3, 5, 0, 5], np.int64)
+    want = csoftmax.cross_entropy(x, t, reduction="none").astype(np.float64)
+    for width in (1, 2, 4, 6):
+        row_max, row_sum = np.full(len(t), -np.inf), np.zeros(len(t))
+        target_logit = np.zeros(len(t))
+        for v0 in range(0, 6, width):
+            block = np.ascontiguousarray(x[:, v0:v0 + width])
+            kernel_frontend.kernels.logsumexp_slice_fold(block, None, t, v0, row_max, row_sum,
+                                                         target_logit, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            got = np.log(row_sum) - (target_logit - row_max)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=str(width))
+        np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps, err_msg=str(width))
+
+
+def test_slice_fold_bias_and_threads(kernel_frontend, rng):
+    """The bias is added in place first; threads give the same bits."""
+    x = rng.standard_normal((37, 50))
+    b = rng.standard_normal(50)
+    t = rng.integers(0, 120, 37)
+    results = []
+    for threads in (1, 2, 3):
+        block = x.copy()
+        state = [np.full(37, -np.inf), np.zeros(37), np.zeros(37)]
+        kernel_frontend.kernels.logsumexp_slice_fold(block, b, t, 40, *state, threads)
+        np.testing.assert_array_equal(block, x + b)
+        results.append(state)
+    for r in results[1:]:
+        for a, c in zip(r, results[0]):
+            np.testing.assert_array_equal(a, c)
+    here = (t >= 40) & (t < 90)
+    np.testing.assert_array_equal(results[0][2][here], (x + b)[here, t[here] - 40])
+    assert np.all(results[0][2][~here] == 0)
+    np.testing.assert_allclose(results[0][0], (x + b).max(1))
+    np.testing.assert_allclose(results[0][1], np.exp(x + b - (x + b).max(1, keepdims=True)).sum(1),
+                               rtol=1e-13)
+
+
 def test_frontends_agree(rng):
     from csoftmax._dispatch import FRONTENDS
 
