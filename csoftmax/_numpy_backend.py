@@ -280,15 +280,23 @@ def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
                         None)
 
 
-@blockwise(0, 2, 4, 5, 6)
+@blockwise(0, 2, 4, 5, 6, 10)
 def logsumexp_slice_fold(logits, bias, target, class0, row_max, row_sum, target_logit,
-                         n_threads):
+                         n_threads, softcap=0.0, weight=None, smooth=None):
     """The compiled kernel's twin (src/vocabsplit.pxi): logits (m, k), the
-    classes [class0, class0 + k) of m rows (bias (k,) or None added in place),
-    folded into each row's running max and exp-sum; the target's logit copied
-    where it lies in the slice.  NaN or +inf in a slice makes the sum NaN."""
+    classes [class0, class0 + k) of m rows (bias (k,) or None added in place,
+    then capped if softcap > 0), folded into each row's running max and
+    exp-sum; the target's logit copied where it lies in the slice; smooth
+    (or None) gains each row's sum of weight_j x_j.  NaN or +inf in a slice
+    makes the sum NaN."""
     if bias is not None:
         np.add(logits, bias, out=logits)
+    if softcap > 0:
+        logits[...] = _softcapped(logits, softcap)
+    if smooth is not None:
+        with np.errstate(invalid="ignore"):
+            smooth += (logits.sum(axis=1, dtype=np.float64) if weight is None
+                       else logits.astype(np.float64) @ weight.astype(np.float64))
     k = logits.shape[1]
     t = target.astype(np.intp) - class0
     here = np.flatnonzero((t >= 0) & (t < k))
