@@ -867,7 +867,10 @@ _DOC_PARAMS = """
         512 rows, at most N / 5 (when the logits exceed 8 MiB), the chunks
         made equal: memory beyond
         the inputs and the results is one chunk buffer (plus, for the
-        gradients without SciPy, a ``linear_weight``-sized temporary).
+        gradients without SciPy, a ``linear_weight``-sized temporary).  A
+        loss alone with class indices over more than one chunk goes by
+        blocks of rows x vocabulary slices of the same size instead (a
+        chunk of rows multiplies by the whole weight again).
 """
 
 
