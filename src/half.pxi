@@ -172,6 +172,55 @@ cdef inline void _half_long_row(int op, int kind, const uint16_t *x, float *xs, 
                          <float>log(row_exp_sum(<const float *>xs, n, m)))
 
 
+cdef inline void _half_ce_index_long(
+    const _Half *h, const label_t *t, float *xs, Py_ssize_t r0, Py_ssize_t rows
+) noexcept nogil:
+    """Rows r0 .. r0 + rows (n >= SHORT_ROW, no soft cap) of a class-index
+    cross-entropy, a row at a time in the scratch row xs: its conversion
+    fused with its maximum, and its gradient's last step with the rounding
+    to 16 bits, CHUNK_16 elements at a time (as _half_long_row), so that the
+    scratch row is walked as often as a float32 row is.  A converted block
+    took five walks: the conversion, the maximum, the exponentials, the
+    gradient, the rounding.  The arithmetic is _cross_entropy_index_row's."""
+    cdef const _CrossEntropyArgs *ce = h.ce
+    cdef Py_ssize_t i, c, k, ti, n = h.n
+    cdef CrossEntropyExtra ex
+    cdef const CrossEntropyExtra *exp = NULL
+    cdef float *grad = xs if h.out != NULL else NULL
+    cdef uint16_t *out
+    cdef float m
+    cdef double c1, w_t
+    if ce.ex != NULL:
+        ex = ce.ex[0]
+        if ex.zrow != NULL:
+            ex.zrow = ex.zrow + r0
+        if ex.acc != NULL:
+            ex.acc = ex.acc + r0
+        exp = &ex
+    for i in range(rows):
+        ti = t[r0 + i]
+        out = <uint16_t *>NULL if h.out == NULL else h.out + (r0 + i) * n
+        if ti == ce.ignore_index or not 0 <= ti < n:
+            h.loss[r0 + i] = _skipped_row(grad, n, ti == ce.ignore_index)
+            _extra_skipped(exp, i, ti == ce.ignore_index)
+            if out != NULL:
+                half_store(h.kind, xs, out, n)
+            continue
+        m = _half_load_max(h.kind, h.x + (r0 + i) * n, xs, n)
+        h.loss[r0 + i] = _cross_entropy_index_from_max(
+            <const float *>xs, n, ti, m, h.w, ce.w_total, ce.alpha, ce.beta, grad, ce.scale,
+            exp, i, &c1, &w_t)
+        if out == NULL:
+            continue
+        c = 0
+        while c < n:
+            k = min(<Py_ssize_t>CHUNK_16, n - c)
+            _cross_entropy_index_grad(xs + c, k, ti - c, h.w if h.w == NULL else h.w + c, w_t,
+                                      ce.alpha, ce.beta, c1, ce.scale)
+            half_store(h.kind, xs + c, out + c, k)
+            c += k
+
+
 cdef void _half_block(
     const _Half *h, const label_t *t, float *scratch, Py_ssize_t b
 ) noexcept nogil:
@@ -186,6 +235,9 @@ cdef void _half_block(
     if (h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX) and n >= SHORT_ROW:
         for i in range(rows):
             _half_long_row(h.op, h.kind, h.x + off + i * n, xs + i * n, h.out + off + i * n, n)
+        return
+    if h.op == OP_CROSS_ENTROPY_INDEX and n >= SHORT_ROW and h.cap == 0.0:
+        _half_ce_index_long(h, t, xs, r0, rows)
         return
     half_load(h.kind, h.x + off, xs, size)
     if h.op == OP_LOGSUMEXP:

@@ -275,6 +275,36 @@ cdef inline void _extra_skipped(
         ex.acc[i] = 0.0 if ignored else NAN
 
 
+cdef inline double _cross_entropy_index_from_max(
+    const floating *x, Py_ssize_t n, Py_ssize_t t, floating m, const floating *w,
+    double w_total, double alpha, double beta, floating *grad, double scale,
+    const CrossEntropyExtra *ex, Py_ssize_t i, double *c1, double *w_t,
+) noexcept nogil:
+    """The loss of row i (x, class t, maximum m); unless grad is NULL its
+    exponentials into grad, and into c1 and w_t their coefficient and the
+    target's weight (see _cross_entropy_index_grad); with ex (or NULL) its
+    z-loss and accuracy."""
+    cdef double x_t = <double>x[t] - <double>m
+    cdef double smooth = 0.0
+    cdef double s
+    if grad == NULL:
+        if beta != 0.0:
+            smooth = row_weighted_shifted_sum(x, w, n, m)
+        s = row_exp_sum(x, n, m)
+    elif beta != 0.0:
+        s = row_exp_store_sum_smooth(x, grad, w, n, m, &smooth)
+    else:
+        s = row_exp_store_sum(x, grad, n, m)
+    w_t[0] = 1.0 if w == NULL else w[t]
+    cdef double y_sum
+    cdef double loss = cross_entropy_index_loss(
+        w_t[0], w_total, alpha, beta, x_t, smooth, s, &y_sum)
+    c1[0] = y_sum / s * scale
+    if ex != NULL:
+        _extra_row(ex, i, x_t, m, s, y_sum, scale, c1)
+    return loss
+
+
 cdef inline double _cross_entropy_index_row(
     const floating *x, Py_ssize_t n, Py_ssize_t t, const floating *w,
     double w_total, double alpha, double beta, floating *grad, double scale,
@@ -290,24 +320,9 @@ cdef inline double _cross_entropy_index_row(
         x = capped
     else:
         m = row_max(x, n)
-    cdef double x_t = <double>x[t] - <double>m
-    cdef double smooth = 0.0
-    cdef double s
-    if grad == NULL:
-        if beta != 0.0:
-            smooth = row_weighted_shifted_sum(x, w, n, m)
-        s = row_exp_sum(x, n, m)
-    elif beta != 0.0:
-        s = row_exp_store_sum_smooth(x, grad, w, n, m, &smooth)
-    else:
-        s = row_exp_store_sum(x, grad, n, m)
-    cdef double w_t = 1.0 if w == NULL else w[t]
-    cdef double y_sum
-    cdef double loss = cross_entropy_index_loss(
-        w_t, w_total, alpha, beta, x_t, smooth, s, &y_sum)
-    cdef double c1 = y_sum / s * scale
-    if ex != NULL:
-        _extra_row(ex, i, x_t, m, s, y_sum, scale, &c1)
+    cdef double c1, w_t
+    cdef double loss = _cross_entropy_index_from_max(x, n, t, m, w, w_total, alpha, beta, grad,
+                                                     scale, ex, i, &c1, &w_t)
     if grad != NULL and capped != NULL:
         _cross_entropy_index_grad_capped(grad, capped, n, t, w, w_t, alpha, beta, c1, scale,
                                          cap)

@@ -54,7 +54,7 @@ cdef inline void _fold_slice_row(
 
 cdef inline double *_entry(double *a, Py_ssize_t i) noexcept nogil:
     """&a[i], or NULL for a NULL array."""
-    return NULL if a == NULL else a + i
+    return <double *>NULL if a == NULL else a + i
 
 
 def logsumexp_slice_fold(floating[:, ::1] logits, const floating[::1] bias,
