@@ -644,7 +644,8 @@ def _run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
             sel = slice(start, stop)
         else:
             sel = kept[start:stop]
-            x_c = np.take(x, sel, axis=0, out=xbuf[:m])
+            # mode="clip": with out=, "raise" buffers a copy first (the rows are valid)
+            x_c = np.take(x, sel, axis=0, out=xbuf[:m], mode="clip")
         logits = buf[:m]
         gemms.logits(x_c, w, logits)
         if b is not None:
@@ -689,12 +690,18 @@ def _slices_apply(args, rows, n_kept):
     return args.labels is not None and n_kept > rows and args.n_classes >= 2 * MIN_SLICE
 
 
-def _slice_shape(n_kept, n_classes, elements):
-    """(rows, classes) of a block of at most ``elements`` logits: all rows where
-    that leaves slices of at least :data:`MIN_SLICE` classes, and equal parts."""
-    rows = max(1, min(n_kept, elements // MIN_SLICE))
+def _slice_shape(n_kept, n_classes, elements, gathered=0):
+    """(rows, classes) of a block: as many rows as leave slices of
+    :data:`MIN_SLICE` classes, then equal parts (a slice may then be
+    narrower, down to about ``MIN_SLICE / 2``).  The block's logits, and
+    with ``gathered`` (the input's features, where the kept rows are
+    gathered into a buffer: rows are ignored) that buffer, stay within what a
+    row chunk holds: ``elements`` logits and ``elements / n_classes``
+    gathered rows."""
+    budget = elements + elements // n_classes * gathered
+    rows = max(1, min(n_kept, budget // (MIN_SLICE + gathered)))
     rows = -(-n_kept // -(-n_kept // rows))
-    width = max(1, min(n_classes, elements // rows))
+    width = max(1, min(n_classes, (budget - rows * gathered) // rows))
     width = -(-n_classes // -(-n_classes // width))
     return rows, width
 
@@ -714,15 +721,20 @@ def _run_vocab_slices(frontend, args, kept, n_kept, elements, denominator, extra
     Why: a GEMM over a chunk of rows packs the whole weight again, one over
     a slice packs its part once (2048 x 2048 x 128256 in 5 parts: 4.19 s by
     rows, 3.87 s by slices, 3.70 s whole).  The block holds at most
-    ``elements`` logits (what a row chunk would), so the memory bound is
-    the row chunks'.  The sums of a row stay in double across slices and
-    the total is rounded once (the row chunks round each chunk's sum)."""
+    ``elements`` logits (what a row chunk would) and, where rows are
+    ignored, the gathered kept rows of the input stay within a row chunk's
+    share too (see :func:`_slice_shape`); beyond them, four float64 values
+    per row.  The sums of a row stay in double across slices and the total
+    is rounded once (the row chunks round each chunk's sum).  Known edge:
+    float64 logits near the dtype's maximum with label smoothing give NaN
+    where the row kernels give inf (the smoothing sum is formed unshifted,
+    ``sum_k w_k x_k - m W``)."""
     x, w, b = args.x, args.w, args.b
     compute = args.compute
     n, d = x.shape
     v = args.n_classes
     labels = args.labels if kept is None else args.labels[kept]
-    rows, width = _slice_shape(n_kept, v, elements)
+    rows, width = _slice_shape(n_kept, v, elements, 0 if kept is None else d)
     row_max = np.full(n_kept, -np.inf)
     row_sum = np.zeros(n_kept)
     target_logit = np.zeros(n_kept)
@@ -739,7 +751,7 @@ def _run_vocab_slices(frontend, args, kept, n_kept, elements, denominator, extra
         if kept is None:
             x_r = x[r0:r1]
         else:
-            x_r = np.take(x, kept[r0:r1], axis=0, out=xbuf[:m])
+            x_r = np.take(x, kept[r0:r1], axis=0, out=xbuf[:m], mode="clip")
         for v0 in range(0, v, width):
             v1 = min(v0 + width, v)
             logits = buf[: m * (v1 - v0)].reshape(m, v1 - v0)
@@ -748,6 +760,9 @@ def _run_vocab_slices(frontend, args, kept, n_kept, elements, denominator, extra
                  row_max[r0:r1], row_sum[r0:r1], target_logit[r0:r1], SLICE_FOLD_THREADS,
                  softcap, None if smooth is None or args.weight is None else args.weight[v0:v1],
                  None if smooth is None else smooth[r0:r1])
+    # a row of -inf folded nothing (m = -inf, s = 0): its sum is NaN, as the
+    # whole-row kernel's exp(-inf - -inf) (NaN loss, z-loss and accuracy 0)
+    row_sum[row_max == -np.inf] = np.nan
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         lse = np.log(row_sum)
         x_t = target_logit - row_max
@@ -868,9 +883,10 @@ _DOC_PARAMS = """
         made equal: memory beyond
         the inputs and the results is one chunk buffer (plus, for the
         gradients without SciPy, a ``linear_weight``-sized temporary).  A
-        loss alone with class indices over more than one chunk goes by
-        blocks of rows x vocabulary slices of the same size instead (a
-        chunk of rows multiplies by the whole weight again).
+        loss alone with class indices over more than one chunk and at least
+        4096 classes goes by blocks of rows x vocabulary slices within the
+        same memory instead (a chunk of rows multiplies by the whole weight
+        again).
 """
 
 

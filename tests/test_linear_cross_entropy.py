@@ -274,6 +274,43 @@ def test_vocabulary_slices_declined(rng, monkeypatch):
     assert calls == [8 * 64]
 
 
+def test_slice_shape_within_a_row_chunk():
+    """A block and its gathered input rows hold no more than a row chunk's
+    logits and gathered rows; the slices cover the vocabulary in equal parts."""
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        v = int(rng.integers(2 * _linear.MIN_SLICE, 300_000))
+        n_kept = int(rng.integers(2, 20_000))
+        chunk_rows = int(rng.integers(1, n_kept))
+        gathered = int(rng.choice([0, 1, 64, 768, 4096, 16384]))
+        rows, width = _linear._slice_shape(n_kept, v, chunk_rows * v, gathered)
+        assert 1 <= rows <= n_kept and 1 <= width <= v
+        assert rows * width + rows * gathered <= chunk_rows * (v + gathered)
+        assert width >= min(v, _linear.MIN_SLICE) // 2 - 1
+        assert -(-v // width) * width - v < width  # equal parts, the last one shorter
+
+
+def test_vocabulary_slices_row_of_minus_inf(frontend, monkeypatch):
+    """A row of -inf logits: NaN loss and z-loss, accuracy 0, as by rows."""
+    x = np.ones((4, 2))
+    x[0] = [np.inf, 0.0]
+    w = np.ones((64, 2))
+    w[:, 0] = -1.0
+    t = np.array([1, 2, 3, 4])
+    kw = dict(linear_bias=np.zeros(64), z_loss=1e-3, return_z_loss=True,
+              return_token_accuracy=True, chunk_size=2)
+    for reduction in ("none", "sum"):
+        by_rows = _linear.call(frontend, x, w, t, reduction=reduction, **kw)
+        calls = _spy_slices(monkeypatch)
+        by_slices = _linear.call(frontend, x, w, t, reduction=reduction, **kw)
+        monkeypatch.undo()
+        assert calls
+        for got, want in zip(by_slices, by_rows):
+            np.testing.assert_allclose(got, want, rtol=1e-14)
+        assert np.isnan(np.asarray(by_slices[0]).flat[0])
+        assert np.isnan(np.asarray(by_slices[1]).flat[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_slice_fold_special_values(kernel_frontend, dtype):
     """Folding slices of a row gives its whole-row loss: NaN for a NaN or +inf
