@@ -120,9 +120,8 @@ static inline void f16_load_v(const uint16_t *s, float *d) {
     _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s)));
 }
 
-static inline void f16_store_v(const float *s, uint16_t *d) {
-    _mm256_storeu_si256((__m256i *)d,
-                        _mm512_cvtps_ph(_mm512_loadu_ps(s), _MM_FROUND_TO_NEAREST_INT));
+static inline void f16_store_vec(__m512 v, uint16_t *d) {
+    _mm256_storeu_si256((__m256i *)d, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
 static inline void bf16_load_v(const uint16_t *s, float *d) {
@@ -130,8 +129,7 @@ static inline void bf16_load_v(const uint16_t *s, float *d) {
     _mm512_storeu_si512((void *)d, _mm512_slli_epi32(w, 16));
 }
 
-static inline void bf16_store_v(const float *s, uint16_t *d) {
-    __m512 v = _mm512_loadu_ps(s);
+static inline void bf16_store_vec(__m512 v, uint16_t *d) {
     __m512i u = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     __m512i r = _mm512_srli_epi32(
@@ -140,6 +138,10 @@ static inline void bf16_store_v(const float *s, uint16_t *d) {
     r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(r));
 }
+
+typedef __m512 half_vec;
+static inline half_vec half_vec_load(const float *s) { return _mm512_loadu_ps(s); }
+static inline half_vec half_vec_mul(half_vec a, float c) { return _mm512_mul_ps(a, _mm512_set1_ps(c)); }
 #define CS_HALF_SIMD 1
 #elif defined(__AVX2__) && defined(__F16C__)
 enum { HALF_LANES = 8 };
@@ -148,9 +150,8 @@ static inline void f16_load_v(const uint16_t *s, float *d) {
     _mm256_storeu_ps(d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s)));
 }
 
-static inline void f16_store_v(const float *s, uint16_t *d) {
-    _mm_storeu_si128((__m128i *)d,
-                     _mm256_cvtps_ph(_mm256_loadu_ps(s), _MM_FROUND_TO_NEAREST_INT));
+static inline void f16_store_vec(__m256 v, uint16_t *d) {
+    _mm_storeu_si128((__m128i *)d, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
 static inline void bf16_load_v(const uint16_t *s, float *d) {
@@ -158,8 +159,7 @@ static inline void bf16_load_v(const uint16_t *s, float *d) {
     _mm256_storeu_si256((__m256i *)d, _mm256_slli_epi32(w, 16));
 }
 
-static inline void bf16_store_v(const float *s, uint16_t *d) {
-    __m256 v = _mm256_loadu_ps(s);
+static inline void bf16_store_vec(__m256 v, uint16_t *d) {
     __m256i u = _mm256_castps_si256(v);
     __m256i hi = _mm256_srli_epi32(u, 16);
     __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
@@ -171,7 +171,16 @@ static inline void bf16_store_v(const float *s, uint16_t *d) {
     __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
     _mm_storeu_si128((__m128i *)d, p);
 }
+
+typedef __m256 half_vec;
+static inline half_vec half_vec_load(const float *s) { return _mm256_loadu_ps(s); }
+static inline half_vec half_vec_mul(half_vec a, float c) { return _mm256_mul_ps(a, _mm256_set1_ps(c)); }
 #define CS_HALF_SIMD 1
+#endif
+
+#ifdef CS_HALF_SIMD
+static inline void f16_store_v(const float *s, uint16_t *d) { f16_store_vec(half_vec_load(s), d); }
+static inline void bf16_store_v(const float *s, uint16_t *d) { bf16_store_vec(half_vec_load(s), d); }
 #endif
 
 /* ---- rows ---------------------------------------------------------------- */
@@ -215,6 +224,39 @@ static inline void half_store(int kind, const float *src, uint16_t *dst, ptrdiff
 #pragma omp simd
         for (ptrdiff_t k = i; k < n; k++)
             dst[k] = f32_to_bf16(src[k]);
+    }
+}
+
+/* dst = src * c rounded to 16 bits, element t (if 0 <= t < n) then
+ * src[t] * c - ct: the gradient of a cross-entropy row's chunk from its
+ * exponentials (row_scale, then the target's term), rounded once as
+ * half_store would round it, without writing the float32 gradient back. */
+static inline void half_store_scaled(int kind, const float *src, float c, uint16_t *dst,
+                                     ptrdiff_t n, ptrdiff_t t, float ct) {
+    ptrdiff_t i = 0;
+#ifdef CS_HALF_SIMD
+    if (kind == HALF_F16)
+        for (; i + HALF_LANES <= n; i += HALF_LANES)
+            f16_store_vec(half_vec_mul(half_vec_load(src + i), c), dst + i);
+    else
+        for (; i + HALF_LANES <= n; i += HALF_LANES)
+            bf16_store_vec(half_vec_mul(half_vec_load(src + i), c), dst + i);
+#endif
+    if (kind == HALF_F16) {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = f32_to_f16(src[k] * c);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t k = i; k < n; k++)
+            dst[k] = f32_to_bf16(src[k] * c);
+    }
+    if (0 <= t && t < n) {
+        /* two roundings, as row_scale then the target's subtraction: the
+         * volatile keeps GCC (-ffp-contract=fast) from fusing them into an FMA */
+        volatile float scaled = src[t] * c;
+        float v = scaled - ct;
+        dst[t] = kind == HALF_F16 ? f32_to_f16(v) : f32_to_bf16(v);
     }
 }
 

@@ -26,6 +26,8 @@ from libc.string cimport memset
 cdef extern from "half.hpp" namespace "csoftmax" nogil:
     void half_load(int kind, const uint16_t *src, float *dst, Py_ssize_t n) noexcept
     void half_store(int kind, const float *src, uint16_t *dst, Py_ssize_t n) noexcept
+    void half_store_scaled(int kind, const float *src, float c, uint16_t *dst, Py_ssize_t n,
+                           Py_ssize_t t, float ct) noexcept
 
 cdef enum:
     # float32 elements of a block of rows (128 KiB: with a second input and a
@@ -211,6 +213,10 @@ cdef inline void _half_ce_index_long(
             <const float *>xs, n, ti, m, h.w, ce.w_total, ce.alpha, ce.beta, grad, ce.scale,
             exp, i, &c1, &w_t)
         if out == NULL:
+            continue
+        if ce.beta == 0.0:  # e c1 (and the target's term), rounded as it is formed
+            half_store_scaled(h.kind, xs, <float>c1, out, n, ti,
+                              <float>(ce.alpha * w_t * ce.scale))
             continue
         c = 0
         while c < n:
