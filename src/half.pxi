@@ -152,12 +152,12 @@ cdef inline void _half_row_finish(int op, int kind, float *xs, uint16_t *out, Py
     """softmax: out = xs * v (xs the exponentials, v = 1 / their sum);
     log_softmax: out = (xs - m) - v (v the logsumexp), rounded to 16 bits."""
     cdef Py_ssize_t c = 0, k
+    if op == OP_SOFTMAX:  # rounded as it is scaled (row_scale's product), not written back
+        half_store_scaled(kind, xs, v, out, n, -1, 0.0)
+        return
     while c < n:
         k = min(<Py_ssize_t>CHUNK_16, n - c)
-        if op == OP_SOFTMAX:
-            row_scale(xs + c, k, v)
-        else:
-            row_log_softmax_from(<const float *>xs + c, xs + c, k, m, v)
+        row_log_softmax_from(<const float *>xs + c, xs + c, k, m, v)
         half_store(kind, xs + c, out + c, k)
         c += k
 
