@@ -120,23 +120,25 @@ static inline void f16_load_v(const uint16_t *s, float *d) {
     _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s)));
 }
 
-static inline void f16_store_vec(__m512 v, uint16_t *d) {
-    _mm256_storeu_si256((__m256i *)d, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-}
+typedef __m256i half_packed;   /* HALF_LANES 16-bit values */
+static inline void packed_store(uint16_t *d, half_packed p) { _mm256_storeu_si256((__m256i *)d, p); }
+static inline void packed_stream(uint16_t *d, half_packed p) { _mm256_stream_si256((__m256i *)d, p); }
+
+static inline half_packed f16_pack(__m512 v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
 
 static inline void bf16_load_v(const uint16_t *s, float *d) {
     __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s));
     _mm512_storeu_si512((void *)d, _mm512_slli_epi32(w, 16));
 }
 
-static inline void bf16_store_vec(__m512 v, uint16_t *d) {
+static inline half_packed bf16_pack(__m512 v) {
     __m512i u = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     __m512i r = _mm512_srli_epi32(
         _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
     __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(r));
+    return _mm512_cvtepi32_epi16(r);
 }
 
 typedef __m512 half_vec;
@@ -150,16 +152,18 @@ static inline void f16_load_v(const uint16_t *s, float *d) {
     _mm256_storeu_ps(d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s)));
 }
 
-static inline void f16_store_vec(__m256 v, uint16_t *d) {
-    _mm_storeu_si128((__m128i *)d, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-}
+typedef __m128i half_packed;   /* HALF_LANES 16-bit values */
+static inline void packed_store(uint16_t *d, half_packed p) { _mm_storeu_si128((__m128i *)d, p); }
+static inline void packed_stream(uint16_t *d, half_packed p) { _mm_stream_si128((__m128i *)d, p); }
+
+static inline half_packed f16_pack(__m256 v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
 
 static inline void bf16_load_v(const uint16_t *s, float *d) {
     __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)s));
     _mm256_storeu_si256((__m256i *)d, _mm256_slli_epi32(w, 16));
 }
 
-static inline void bf16_store_vec(__m256 v, uint16_t *d) {
+static inline half_packed bf16_pack(__m256 v) {
     __m256i u = _mm256_castps_si256(v);
     __m256i hi = _mm256_srli_epi32(u, 16);
     __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
@@ -168,8 +172,7 @@ static inline void bf16_store_vec(__m256 v, uint16_t *d) {
     __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     __m256i q = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
     r = _mm256_blendv_epi8(r, q, nan);
-    __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-    _mm_storeu_si128((__m128i *)d, p);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
 }
 
 typedef __m256 half_vec;
@@ -179,8 +182,8 @@ static inline half_vec half_vec_mul(half_vec a, float c) { return _mm256_mul_ps(
 #endif
 
 #ifdef CS_HALF_SIMD
-static inline void f16_store_v(const float *s, uint16_t *d) { f16_store_vec(half_vec_load(s), d); }
-static inline void bf16_store_v(const float *s, uint16_t *d) { bf16_store_vec(half_vec_load(s), d); }
+static inline void f16_store_v(const float *s, uint16_t *d) { packed_store(d, f16_pack(half_vec_load(s))); }
+static inline void bf16_store_v(const float *s, uint16_t *d) { packed_store(d, bf16_pack(half_vec_load(s))); }
 #endif
 
 /* ---- rows ---------------------------------------------------------------- */
@@ -227,20 +230,40 @@ static inline void half_store(int kind, const float *src, uint16_t *dst, ptrdiff
     }
 }
 
+static inline uint16_t f32_to_half(int kind, float v) {
+    return kind == HALF_F16 ? f32_to_f16(v) : f32_to_bf16(v);
+}
+
 /* dst = src * c rounded to 16 bits, element t (if 0 <= t < n) then
- * src[t] * c - ct: the gradient of a cross-entropy row's chunk from its
+ * src[t] * c - ct: the gradient of a cross-entropy row from its
  * exponentials (row_scale, then the target's term), rounded once as
- * half_store would round it, without writing the float32 gradient back. */
+ * half_store would round it, without writing the float32 gradient back.
+ * stream: with non-temporal stores (from the first vector-aligned element),
+ * for outputs much larger than the caches: a plain store first reads the
+ * destination's line (half of the traffic of writing a large output). */
 static inline void half_store_scaled(int kind, const float *src, float c, uint16_t *dst,
-                                     ptrdiff_t n, ptrdiff_t t, float ct) {
+                                     ptrdiff_t n, ptrdiff_t t, float ct, int stream) {
     ptrdiff_t i = 0;
 #ifdef CS_HALF_SIMD
-    if (kind == HALF_F16)
+    if (stream && ((uintptr_t)dst & 1) == 0) {
+        ptrdiff_t head = (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)dst) & (sizeof(half_packed) - 1)) / 2);
+        for (; i < head && i < n; ++i) dst[i] = f32_to_half(kind, src[i] * c);
+        if (kind == HALF_F16)
+            for (; i + HALF_LANES <= n; i += HALF_LANES)
+                packed_stream(dst + i, f16_pack(half_vec_mul(half_vec_load(src + i), c)));
+        else
+            for (; i + HALF_LANES <= n; i += HALF_LANES)
+                packed_stream(dst + i, bf16_pack(half_vec_mul(half_vec_load(src + i), c)));
+        _mm_sfence();   /* the streamed lines before the plain stores below */
+    } else if (kind == HALF_F16) {
         for (; i + HALF_LANES <= n; i += HALF_LANES)
-            f16_store_vec(half_vec_mul(half_vec_load(src + i), c), dst + i);
-    else
+            packed_store(dst + i, f16_pack(half_vec_mul(half_vec_load(src + i), c)));
+    } else {
         for (; i + HALF_LANES <= n; i += HALF_LANES)
-            bf16_store_vec(half_vec_mul(half_vec_load(src + i), c), dst + i);
+            packed_store(dst + i, bf16_pack(half_vec_mul(half_vec_load(src + i), c)));
+    }
+#else
+    (void)stream;
 #endif
     if (kind == HALF_F16) {
 #pragma omp simd
@@ -256,7 +279,7 @@ static inline void half_store_scaled(int kind, const float *src, float c, uint16
          * volatile keeps GCC (-ffp-contract=fast) from fusing them into an FMA */
         volatile float scaled = src[t] * c;
         float v = scaled - ct;
-        dst[t] = kind == HALF_F16 ? f32_to_f16(v) : f32_to_bf16(v);
+        dst[t] = f32_to_half(kind, v);
     }
 }
 

@@ -257,6 +257,44 @@ def test_cross_entropy_kernels_round_float32_once(name, dtype, shape, opts):
             assert_bitwise_equal(inplace, g16, what + " in place")
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", COMPILED)
+def test_streamed_outputs_same_bits(name, dtype):
+    """Outputs written with non-temporal stores (threshold 0 here; large
+    outputs by default) have the plain stores' bits, at any alignment of the
+    output (its first element at 0, 2, 4 ... bytes past a vector boundary, or
+    at an odd address, which is not streamed)."""
+    k = _kernels(name)
+    rng = make_rng(f"stream{name}{dtype}")
+    shape = (6, 1003)
+    x = _inputs(shape, dtype, rng, extreme=True)
+    labels = rng.integers(0, shape[1], shape[0])
+    labels[1] = -100
+    kind = KIND[dtype]
+    plain_ce = np.empty(shape, np.uint16)
+    _ce_call(k.half_cross_entropy_index_rows, x.view(np.uint16), labels, {}, plain_ce, 1,
+             (kind,))
+    plain_sm = np.empty(shape, np.uint16)
+    k.half_rows(0, x.view(np.uint16), plain_sm, kind, 1)
+    default = k.half_stream_bytes()
+    assert default >= 1 << 20
+    try:
+        k.half_stream_bytes(0)
+        for offset in (0, 2, 6, 30, 1):
+            raw = np.zeros(plain_ce.nbytes + 64 + offset, np.uint8)
+            start = (-raw.ctypes.data) % 64 + offset
+            out = raw[start:start + plain_ce.nbytes].view(np.uint16).reshape(shape)
+            got = _ce_call(k.half_cross_entropy_index_rows, x.view(np.uint16), labels, {},
+                           out, 1, (kind,))
+            assert_bitwise_equal(out, plain_ce, f"cross-entropy, offset {offset}")
+            assert np.isfinite(got[0]) or np.isnan(got[0])
+            k.half_rows(0, x.view(np.uint16), out, kind, 2)
+            assert_bitwise_equal(out, plain_sm, f"softmax, offset {offset}")
+    finally:
+        k.half_stream_bytes(default)
+    assert k.half_stream_bytes() == default
+
+
 # ---------------------------------------------------------------------------
 # the public functions
 
