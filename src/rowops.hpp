@@ -144,6 +144,8 @@ template <> struct ExpFormat<float> {
     enum { BIAS = 127, MANTISSA = 23, K = 25 };
     static float hi() { return 88.8f; }
     static float lo() { return -104.0f; }
+    /* exp_nonpositive's clamp: n = -(BIAS + K) there (-105.3 / ln 2 = -151.9) */
+    static float lo_nonpositive() { return -105.3f; }
     static float two_minus_k() { return 2.98023223876953125e-8f; }       /* 2^-25 */
     static float from_bits(Bits u) { return bits_as_float(u); }
     static Bits to_bits(float f) { return float_bits(f); }
@@ -172,6 +174,7 @@ template <> struct ExpFormat<double> {
     enum { BIAS = 1023, MANTISSA = 52, K = 55 };
     static double hi() { return 709.9; }
     static double lo() { return -746.0; }
+    static double lo_nonpositive() { return -747.2; }                    /* n = -1078 */
     static double two_minus_k() { return 2.7755575615628914e-17; }      /* 2^-55 */
     static double from_bits(Bits u) { return bits_as_double(u); }
     static Bits to_bits(double d) { return double_bits(d); }
@@ -250,23 +253,47 @@ template <typename T> static inline T exp_poly(T x) {
 }
 
 /* exp(x) for x <= 0 (or NaN): the exponentials of a row shifted by its
- * maximum.  n is in [-150, 0] (float) / [-1076, 0] (double), so with the
+ * maximum.  n is in [-152, 0] (float) / [-1078, 0] (double), so with the
  * shifter offset BIAS + K the low bits of t are the biased exponent of
- * 2^(n + K), a normal number: shifting them into the exponent field gives
- * it (the bits of S above are shifted out).  (1 + u) 2^-K is formed, rounded
+ * 2^(n + K): shifting them into the exponent field gives it (the bits of S
+ * above are shifted out), a normal number, or +0 at n = -(BIAS + K).  The
+ * clamp lo (lo_nonpositive) is at that n, where exp(x) rounds to 0 anyway:
+ * every smaller argument (-inf: masked and padded entries) gives +0 as a
+ * product with 0, where a product with a subnormal result takes a microcode
+ * assist on x86 (exp_poly's lo did: masked softmax ran 4.6x slower, its
+ * -inf entries clamped there).  (1 + u) 2^-K is formed, rounded
  * once, by u 2^-K + 2^-K (all normal numbers: scaling by 2^-K is exact), and
  * one product by 2^(n + K) then is exact, or, where the result is subnormal,
  * rounded once: correctly rounded subnormals.  Only x <= 0 or NaN are valid:
  * the callers pass x_k - max_k x_k, which IEEE subtraction keeps <= 0, and
  * skipping a clamp from above is the point (larger x give wrong values, never
  * undefined behaviour). */
-template <typename T> static inline T exp_nonpositive(T x) {
+template <typename T> static inline T exp_nonpositive(T x, T lo) {
     typedef ExpFormat<T> F;
-    T xc = x < F::lo() ? F::lo() : x;
+    T xc = x < lo ? lo : x;
     T t;
     T u = exp_reduced_u(xc, (T)((int)F::BIAS + (int)F::K), &t);
     T y = u * F::two_minus_k() + F::two_minus_k();
     return y * F::from_bits(F::to_bits(t) << F::MANTISSA);
+}
+
+template <typename T> static inline T exp_nonpositive(T x) { return exp_nonpositive(x, ExpFormat<T>::lo_nonpositive()); }
+
+/* ExpFormat<T>::lo() as a value the compiler cannot see through, for vector
+ * loops to take once and pass to exp_nonpositive(x, lo).  With the constant,
+ * GCC folds exp_nonpositive(lo) to 0 and moves the clamp's select past the
+ * whole exp into what uses it: on AVX2 (no mask registers) a sum in double
+ * then took a compare, two sign extensions and two ANDs per vector in place
+ * of one vmaxps, and the extra registers spilled the accumulators (the
+ * 65536x10 loss: 20 % more instructions).  An empty asm statement hides the
+ * value; inside the loop it would stop the vectorisation, so callers take it
+ * before. */
+template <typename T> static inline T exp_lo() {
+    T lo = ExpFormat<T>::lo_nonpositive();
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    __asm__("" : "+x"(lo));
+#endif
+    return lo;
 }
 
 /* ---- reductions over one row -------------------------------------------- */
@@ -397,6 +424,7 @@ static CS_REDUCTION double add_chunk(double s, double p, idx_t c0) { return c0 =
 template <bool Store, typename T> static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift) {
     double sd[SUM_LANES];
     lanes_zero(sd);
+    const T lo = exp_lo<T>();
     idx_t nv = vector_part(n);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
@@ -405,7 +433,7 @@ template <bool Store, typename T> static inline double chunk_exp_lanes(const T *
         for (idx_t k = k0; k < k1; k += SUM_LANES) {
 #pragma omp simd
             for (int l = 0; l < SUM_LANES; ++l) {
-                T v = exp_nonpositive((T)(x[k + l] - shift));
+                T v = exp_nonpositive((T)(x[k + l] - shift), lo);
                 if (Store) e[k + l] = v;
                 bs[l] += v;
             }
@@ -443,6 +471,7 @@ template <typename T>
 static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, idx_t n, T shift,
                                                  double *smooth) {
     double sd[SUM_LANES], sa[SUM_LANES], a = 0.0;
+    const T lo = exp_lo<T>();
     lanes_zero(sd);
     lanes_zero(sa);
     idx_t nv = vector_part(n);
@@ -472,7 +501,7 @@ static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, id
                 for (int l = 0; l < SUM_LANES; ++l) {
                     T d = x[k + l] - shift;
                     ba[l] += d;
-                    T v = exp_nonpositive(d);
+                    T v = exp_nonpositive(d, lo);
                     e[k + l] = v;
                     bs[l] += v;
                 }
@@ -481,7 +510,7 @@ static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, id
                 for (int l = 0; l < SUM_LANES; ++l) {
                     T d = x[k + l] - shift;
                     ba[l] += w[k + l] * d;
-                    T v = exp_nonpositive(d);
+                    T v = exp_nonpositive(d, lo);
                     e[k + l] = v;
                     bs[l] += v;
                 }

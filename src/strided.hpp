@@ -139,6 +139,7 @@ template <typename T, int W>
 static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, const T *m,
                                   double *s, T *e = NULL, idx_t e_ld = 0) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
+    const T lo = exp_lo<T>();
     T part[StridedBlock<T>::B];
     for (idx_t j = 0; j < w; ++j) s[j] = 0.0;
     for (idx_t c0 = 0; c0 < C; c0 += SUM_CLASSES) {
@@ -150,13 +151,13 @@ static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, co
                 T *ec = e + c * e_ld;
 #pragma omp simd
                 for (idx_t j = 0; j < w; ++j) {
-                    T v = exp_nonpositive((T)(xc[j] - m[j]));
+                    T v = exp_nonpositive((T)(xc[j] - m[j]), lo);
                     ec[j] = v;
                     part[j] += v;
                 }
             } else {
 #pragma omp simd
-                for (idx_t j = 0; j < w; ++j) part[j] += exp_nonpositive((T)(xc[j] - m[j]));
+                for (idx_t j = 0; j < w; ++j) part[j] += exp_nonpositive((T)(xc[j] - m[j]), lo);
             }
         }
         for (idx_t j = 0; j < w; ++j) s[j] += (double)part[j];
@@ -214,6 +215,7 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
     }
     for (idx_t j = 0; j < w; ++j)
         f[j] = Op == STRIDED_SOFTMAX ? (T)(1.0 / s[j]) : (T)log(s[j]);
+    const T lo = exp_lo<T>();
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = xr + c * ld;
         T *oc = out + c * inner;
@@ -224,7 +226,7 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
             for (idx_t j = 0; j < w; ++j) oc[j] = ec[j] * f[j];
         } else if (Op == STRIDED_SOFTMAX) {
 #pragma omp simd
-            for (idx_t j = 0; j < w; ++j) oc[j] = exp_nonpositive((T)(xc[j] - m[j])) * f[j];
+            for (idx_t j = 0; j < w; ++j) oc[j] = exp_nonpositive((T)(xc[j] - m[j]), lo) * f[j];
         } else {
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) oc[j] = (xc[j] - m[j]) - f[j];
@@ -382,7 +384,7 @@ static inline void sblock_cross_entropy_index(
         }
     }
     if (!Grad) return;
-    const T cb = (T)(beta * scale);
+    const T cb = (T)(beta * scale), lo = exp_lo<T>();
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = xr + c * ld;
         T *gc = grad + c * inner;
@@ -398,12 +400,12 @@ static inline void sblock_cross_entropy_index(
         } else if (special) {
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) {
-                T g = exp_nonpositive((T)(xc[j] - m[j])) * c1[j] - cw;
+                T g = exp_nonpositive((T)(xc[j] - m[j]), lo) * c1[j] - cw;
                 gc[j] = lab[j] >= 0 ? g : fill[j];
             }
         } else {
 #pragma omp simd
-            for (idx_t j = 0; j < w; ++j) gc[j] = exp_nonpositive((T)(xc[j] - m[j])) * c1[j] - cw;
+            for (idx_t j = 0; j < w; ++j) gc[j] = exp_nonpositive((T)(xc[j] - m[j]), lo) * c1[j] - cw;
         }
     }
     for (idx_t j = 0; j < w; ++j)
@@ -492,7 +494,7 @@ static inline void sblock_cross_entropy_prob(
         c1[j] = (T)c;
     }
     if (!Grad) return;
-    const T a2 = (T)(alpha * scale), b2 = (T)(beta * scale);
+    const T a2 = (T)(alpha * scale), b2 = (T)(beta * scale), lo = exp_lo<T>();
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = xr + c * ld;
         const T *yc = y + c * inner;
@@ -501,7 +503,7 @@ static inline void sblock_cross_entropy_prob(
         T wc = wt_ != NULL ? wt_[c] : (T)1;
 #pragma omp simd
         for (idx_t j = 0; j < w; ++j)
-            gc[j] = exp_nonpositive((T)(xc[j] - m[j])) * c1[j] - wc * (a2 * yc[j] + b2);
+            gc[j] = exp_nonpositive((T)(xc[j] - m[j]), lo) * c1[j] - wc * (a2 * yc[j] + b2);
     }
     if (cap != (T)0) sblock_softcap_grad(grad, stage, C, inner, w, cap);
 }

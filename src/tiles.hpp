@@ -41,8 +41,9 @@ static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n,
     for (idx_t r = 0; r < rows; ++r)
         for (idx_t k = 0; k < n; ++k) e[r * n + k] = x[r * n + k] - m[r];
     idx_t total = rows * n, nv = vector_part(total);
+    const T lo = exp_lo<T>();
 #pragma omp simd
-    for (idx_t k = 0; k < nv; ++k) e[k] = exp_nonpositive(e[k]);
+    for (idx_t k = 0; k < nv; ++k) e[k] = exp_nonpositive(e[k], lo);
     if (nv < total) {
         T buf[EXP_TAIL];
         exp_tail<true>(e + nv, total - nv, (T)0, buf);
@@ -212,12 +213,13 @@ template <typename T> static inline void block_max(const T *c, idx_t n, T *m) {
 template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n, const T *m, double *s) {
     double acc[LANES];                 /* local: no aliasing with c, so kept in registers */
     T mk[LANES];
+    const T lo = exp_lo<T>();
 #pragma omp simd
     for (idx_t l = 0; l < LANES; ++l) acc[l] = 0.0, mk[l] = m[l];
     for (idx_t k = 0; k < n; ++k) {
 #pragma omp simd
         for (idx_t l = 0; l < LANES; ++l) {
-            T v = exp_nonpositive((T)(c[k * LANES + l] - mk[l]));
+            T v = exp_nonpositive((T)(c[k * LANES + l] - mk[l]), lo);
             if (Store) c[k * LANES + l] = v;
             acc[l] += (double)v;
         }
