@@ -134,12 +134,14 @@ static inline void sblock_softcap_grad(T *grad, const T *stage, idx_t C, idx_t i
 
 /* s[j] = sum over classes of exp(x - m[j]): in T over SUM_CLASSES classes,
  * then in double.  With e (not NULL) the exponentials are also stored there
- * (rows e_ld apart) for pass 3 to rescale (see strided_store_exp). */
-template <typename T, int W>
+ * (rows e_ld apart) for pass 3 to rescale (see strided_store_exp); else
+ * Summand: the terms of exp_summand (the op reads nothing but the sum, as
+ * the row kernels' row_exp_sum). */
+template <bool Summand, typename T, int W>
 static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, const T *m,
                                   double *s, T *e = NULL, idx_t e_ld = 0) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
-    const T lo = exp_lo<T>();
+    const T lo = exp_lo<T>(), lo_sum = exp_lo<T, Summand>();
     T part[StridedBlock<T>::B];
     for (idx_t j = 0; j < w; ++j) s[j] = 0.0;
     for (idx_t c0 = 0; c0 < C; c0 += SUM_CLASSES) {
@@ -157,7 +159,8 @@ static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, co
                 }
             } else {
 #pragma omp simd
-                for (idx_t j = 0; j < w; ++j) part[j] += exp_nonpositive((T)(xc[j] - m[j]), lo);
+                for (idx_t j = 0; j < w; ++j)
+                    part[j] += exp_nonpositive_as<Summand>((T)(xc[j] - m[j]), lo_sum);
             }
         }
         for (idx_t j = 0; j < w; ++j) s[j] += (double)part[j];
@@ -203,7 +206,7 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
     const bool store = Op == STRIDED_SOFTMAX && strided_store_exp(C);
     T *e = store ? (stage != NULL ? stage : out) : (T *)NULL;
     const idx_t e_ld = stage != NULL ? (idx_t)B : inner;
-    sblock_exp_sum<T, W>(xr, C, ld, w, m, s, e, e_ld);
+    sblock_exp_sum<Op != STRIDED_SOFTMAX, T, W>(xr, C, ld, w, m, s, e, e_ld);
     if (Op == STRIDED_LOGSUMEXP) {
         for (idx_t j = 0; j < w; ++j) {
             if (m[j] == (T)INFINITY || m[j] == (T)-INFINITY)
@@ -362,7 +365,7 @@ static inline void sblock_cross_entropy_index(
             e = stage, e_ld = B;
     }
     const bool store = e != NULL;
-    sblock_exp_sum<T, W>(xr, C, ld, w, m, s, e, e_ld);
+    sblock_exp_sum<!Grad, T, W>(xr, C, ld, w, m, s, e, e_ld);
     if (ex == NULL) {
         sblock_index_finish(w, lab, wt, xt, sm, s, w_total, alpha, beta, scale, loss, c1, ct, fill);
     } else {
@@ -483,7 +486,7 @@ static inline void sblock_cross_entropy_prob(
             yd[j] += yk * ((double)xc[j] - (double)m[j]);
         }
     }
-    sblock_exp_sum<T, W>(xr, C, ld, w, m, s);
+    sblock_exp_sum<!Grad, T, W>(xr, C, ld, w, m, s);
     for (idx_t j = 0; j < w; ++j) {
         double c = ys[j] / s[j] * scale;
         if (ex != NULL && ex->z != 0.0) {

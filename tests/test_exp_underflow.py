@@ -61,3 +61,34 @@ def test_softmax_and_gradient_underflow(kernel_frontend, dtype, n):
     assert_bitwise_equal(g[:, 1], p[:, 1], f"gradient at d, {n} columns")
     assert np.all(loss == 0) and np.all(g[:, 0] == 0)
     assert_bitwise_equal(kernel_frontend.logsumexp(x), np.zeros(len(x), dtype), "logsumexp")
+
+
+@pytest.mark.parametrize("shape", [(512, 2), (512, 10), (128, 1000), (4, 40000)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sums_drop_subnormal_terms_without_changing_them(kernel_frontend, dtype, shape):
+    """A loss without its gradient, logsumexp and log_softmax sum exp_summand's terms, which
+    are +0 below 2^-125 (2^-1021), where the calls that store the exponentials keep them.
+    On logits spread far beyond that (a fifth of the terms dropped) the sums, at least 1 and
+    in double, have the same bits: the loss alone equals the loss beside its gradient, on
+    every path (rows, tiles, split rows, the class axis first: the strided kernels);
+    logsumexp and log_softmax against float64."""
+    rng = np.random.default_rng(shape[1])
+    x = (rng.standard_normal(shape) * (30 if dtype == "float32" else 250)).astype(dtype)
+    x[rng.random(shape) < 0.01] = -np.inf
+    t = rng.integers(0, shape[1], shape[0])
+    loss, grad = kernel_frontend.cross_entropy_with_grad(x, t, reduction="none")
+    for threads in (1, 2):
+        alone = kernel_frontend.cross_entropy(x, t, reduction="none", num_threads=threads)
+        assert_bitwise_equal(alone, loss, f"loss alone, {threads} threads")
+    xt = np.ascontiguousarray(x.T)
+    first, _ = kernel_frontend.cross_entropy_with_grad(xt, t, axis=0, reduction="none")
+    alone = kernel_frontend.cross_entropy(xt, t, axis=0, reduction="none")
+    assert_bitwise_equal(alone, first, "loss alone, class axis 0")
+    x64 = x.astype(np.float64)
+    m = x64.max(1, keepdims=True)
+    lse = m + np.log(np.exp(x64 - m).sum(1, keepdims=True))
+    eps = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(kernel_frontend.logsumexp(x), lse[:, 0], rtol=eps, atol=eps)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(kernel_frontend.log_softmax(x), x64 - lse, rtol=eps,
+                                   atol=eps * np.abs(x64[np.isfinite(x64)]).max())
