@@ -19,7 +19,11 @@ in one process with what a PyTorch user writes for the same result, float32:
 - the fused cross-entropy's options (issue 13, section 3) on ``(8192, 1000)`` and
   ``(1024, 32000)``, class indices: ``z_loss=1e-4``, ``softcap=30.0`` and
   ``return_token_accuracy=True``, each against the plain call (``out=`` both,
-  interleaved): at most 1.15x its time.
+  interleaved): at most 1.15x its time;
+- ``cross_entropy(x, t)`` (the loss alone) and ``logsumexp`` on ``(8192, 1000)``
+  logits ``N(0, 30^2)``, a fifth of whose exponentials fall below float32's normal
+  range, against the same loss on ``N(0, 1)`` logits and ``F.cross_entropy`` under
+  ``no_grad``.
 
 Every call's result is first checked against a float64 NumPy reference
 (relative error ``1e-4``, as :mod:`bench.runner`); the masks leave no slice
@@ -176,6 +180,47 @@ def _own(result):
 
 
 # ---------------------------------------------------------------- cases
+
+#: The spread of the ``wide_logits`` case: N(0, WIDE_SCALE^2) logits, a fifth of whose
+#: exponentials exp(x - max) are below float32's normal range (subnormal, or 0).
+WIDE_SCALE = 30.0
+
+
+def _build_wide_loss(shape, threads, seed, torch):
+    """The loss alone (and logsumexp) of logits spread beyond the exp's normal range,
+    against the same call on N(0, 1) logits and PyTorch's loss under ``no_grad``."""
+    import csoftmax
+
+    rng = np.random.default_rng([seed, *shape])
+    narrow = rng.standard_normal(shape, dtype=np.float32)
+    x = (WIDE_SCALE * narrow).astype(DTYPE)
+    t = rng.integers(0, shape[-1], size=shape[:-1])
+    dst = np.empty_like(x)
+    calls = {
+        "csoftmax": lambda: csoftmax.cross_entropy(x, t, num_threads=threads),
+        "csoftmax_narrow": lambda: csoftmax.cross_entropy(narrow, t, num_threads=threads),
+        "csoftmax_logsumexp": lambda: csoftmax.logsumexp(x, num_threads=threads)}
+    labels = {"csoftmax": f"cross_entropy(x, t), x ~ N(0, {WIDE_SCALE:g}^2)",
+              "csoftmax_narrow": "cross_entropy(x1, t), x1 ~ N(0, 1)",
+              "csoftmax_logsumexp": "logsumexp(x)"}
+    outputs = {"csoftmax": _own, "csoftmax_narrow": _own, "csoftmax_logsumexp": _own}
+    references = {"csoftmax_narrow": lambda: _ce_reference(narrow, t, -1)[:1],
+                  "csoftmax_logsumexp": lambda: (_lse64(x.astype(np.float64), -1)[..., 0],)}
+    if torch is not None:
+        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+
+        def torch_loss():
+            with torch.no_grad():
+                return torch.nn.functional.cross_entropy(xt, tt)
+
+        calls["torch"] = torch_loss
+        labels["torch"] = "F.cross_entropy(xt, tt) under no_grad"
+        outputs["torch"] = to_arrays
+    calls["copyto"] = lambda: np.copyto(dst, x)
+    labels["copyto"] = "np.copyto(dst, x)"
+    return Built(calls, labels, outputs, lambda: _ce_reference(x, t, -1)[:1], references)
+
+
 
 
 def _build_ce_axis1(shape, threads, seed, torch):
@@ -406,6 +451,11 @@ SPECS = [
                     "<= 1.2x csoftmax's unmasked softmax time (out=, interleaved)"))),
     Spec("masked_random", "parity: masked softmax, full random mask", "softmax where=",
          (8192, 1024), _masked_builder("random"), _MASKED_CRITERIA),
+    Spec("wide_logits", "loss only (no grad), logits N(0, 30^2): exponentials below the "
+         "normal range", "cross_entropy", (8192, 1000), _build_wide_loss,
+         (Criterion("narrow", "csoftmax", "csoftmax_narrow", 1.3, False,
+                    "<= 1.3x the same call on N(0, 1) logits (interleaved)"),
+          _faster("torch", "csoftmax", 3, "F.cross_entropy under no_grad"))),
     Spec("extras_1000", "z-loss, softcap, token accuracy: CE loss+grad vs the plain call",
          "cross_entropy_with_grad out=", (8192, 1000), _build_ce_extras, _EXTRAS_CRITERIA),
     Spec("extras_32000", "z-loss, softcap, token accuracy: CE loss+grad vs the plain call",
