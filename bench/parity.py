@@ -221,8 +221,6 @@ def _build_wide_loss(shape, threads, seed, torch):
     return Built(calls, labels, outputs, lambda: _ce_reference(x, t, -1)[:1], references)
 
 
-
-
 def _build_ce_axis1(shape, threads, seed, torch):
     """Segmentation logits ``(N, C, H, W)``, classes on axis 1, integer targets."""
     import csoftmax

@@ -127,7 +127,7 @@ template <typename T> static inline T masked_row_max(const T *x, const uint8_t *
 template <bool Store, typename T>
 static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, idx_t n, T shift) {
     const T ninf = (T)-INFINITY;
-    const T lo = Store ? ExpFormat<T>::lo_nonpositive() : ExpFormat<T>::lo_summand();
+    const T lo = exp_clamp<T, !Store>();  /* a sum alone: Summand, as chunk_exp_lanes */
     double sd[SUM_LANES];
     lanes_zero(sd);
     idx_t nv = vector_part(n);
@@ -145,7 +145,7 @@ static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, 
 #pragma omp simd
             for (int l = 0; l < SUM_LANES; ++l) {
                 T d = x[j + l] - shift;  /* loaded whatever the mask: a select, no masked load */
-                T v = exp_nonpositive_as<!Store>(km[j - k0 + l] != 0 ? d : ninf, lo);  /* see chunk_exp_lanes */
+                T v = exp_nonpositive_as<!Store>(km[j - k0 + l] != 0 ? d : ninf, lo);
                 if (Store) e[j + l] = v;
                 bs[l] += v;
             }
@@ -173,7 +173,7 @@ static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, 
 template <bool Store, bool All, typename T>
 static inline double masked_short_exp_sum(const T *x, const uint8_t *k, T *e, idx_t n, T shift) {
     const T ninf = (T)-INFINITY;
-    const T lo = Store ? ExpFormat<T>::lo_nonpositive() : ExpFormat<T>::lo_summand();
+    const T lo = exp_clamp<T, !Store>();  /* a sum alone: Summand, as chunk_exp_lanes */
     T buf[MASKED_SHORT_ROW];
     for (idx_t l = 0; l < MASKED_SHORT_ROW; ++l) buf[l] = ninf;
     for (idx_t l = 0; l < n; ++l) {

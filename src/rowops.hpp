@@ -146,7 +146,7 @@ template <> struct ExpFormat<float> {
     static float lo() { return -104.0f; }
     /* exp_nonpositive's clamp: n = -(BIAS + K) there (-105.3 / ln 2 = -151.9) */
     static float lo_nonpositive() { return -105.3f; }
-    /* exp_summand's clamp: n = -126 there (-87.3 / ln 2 = -125.95) */
+    /* exp_nonpositive_as<true>'s clamp: n = -126 there (-87.3 / ln 2 = -125.95) */
     static float lo_summand() { return -87.3f; }
     static float two_minus_k() { return 2.98023223876953125e-8f; }       /* 2^-25 */
     static float from_bits(Bits u) { return bits_as_float(u); }
@@ -255,6 +255,11 @@ template <typename T> static inline T exp_poly(T x) {
     return (y * pow2<T>(n1)) * pow2<T>(n - n1);
 }
 
+/* The clamp of exp_nonpositive_as<Summand>: lo_nonpositive, or lo_summand. */
+template <typename T, bool Summand> static inline T exp_clamp() {
+    return Summand ? ExpFormat<T>::lo_summand() : ExpFormat<T>::lo_nonpositive();
+}
+
 /* exp(x) for x <= 0 (or NaN): the exponentials of a row shifted by its
  * maximum.  n is in [-152, 0] (float) / [-1078, 0] (double), so with the
  * shifter offset BIAS + K the low bits of t are the biased exponent of
@@ -270,7 +275,19 @@ template <typename T> static inline T exp_poly(T x) {
  * rounded once: correctly rounded subnormals.  Only x <= 0 or NaN are valid:
  * the callers pass x_k - max_k x_k, which IEEE subtraction keeps <= 0, and
  * skipping a clamp from above is the point (larger x give wrong values, never
- * undefined behaviour). */
+ * undefined behaviour).
+ *
+ * Summand: exp(x) as a term of a sum that nothing else reads (a loss without
+ * its gradient, logsumexp, log_softmax): the value above where n >= -125
+ * (float; -1021 double), else +0.  The same code with K = -1: 2^(n - 1) is
+ * then normal down to n = -125, and its exponent field 0 (+0) at n = -126,
+ * where the clamp lo_summand is.  Where the product above is subnormal it
+ * takes a microcode assist on x86: the loss of 8192x1000 logits with a spread
+ * beyond 87 (N(0, 30^2)) ran 5.6x slower than of N(0, 1) ones.  The terms
+ * dropped are below 2^-125 (2^-1021) and the sum is at least 1 (its largest
+ * term, exp(0)), in double: they move it by far less than its last bit, and
+ * can change its rounding only where the exact sum lies within them of a
+ * rounding boundary. */
 template <bool Summand, typename T> static inline T exp_nonpositive_as(T x, T lo) {
     typedef ExpFormat<T> F;
     const int k = Summand ? -1 : (int)F::K;
@@ -284,32 +301,19 @@ template <bool Summand, typename T> static inline T exp_nonpositive_as(T x, T lo
 
 template <typename T> static inline T exp_nonpositive(T x, T lo) { return exp_nonpositive_as<false>(x, lo); }
 
-template <typename T> static inline T exp_nonpositive(T x) { return exp_nonpositive(x, ExpFormat<T>::lo_nonpositive()); }
+template <typename T> static inline T exp_nonpositive(T x) { return exp_nonpositive(x, exp_clamp<T, false>()); }
 
-/* exp(x) for x <= 0 (or NaN) as a term of a sum that nothing else reads (a
- * loss without its gradient, logsumexp, log_softmax): exp_nonpositive's value
- * where n >= -125 (float; -1021 double), else +0.  The same code with K = -1:
- * 2^(n - 1) is then normal down to n = -125, and its exponent field 0 (+0) at
- * n = -126, where the clamp lo_summand is.  Where exp_nonpositive's product
- * is subnormal it takes a microcode assist on x86: the loss of 8192x1000
- * logits with a spread beyond 87 (N(0, 30^2)) ran 5.6x slower than of N(0, 1)
- * ones.  The terms dropped are below 2^-125 (2^-1021) and the sum is at least
- * 1 (its largest term, exp(0)), in double: they move it by far less than its
- * last bit, and can change its rounding only where the exact sum lies within
- * them of a rounding boundary. */
-template <typename T> static inline T exp_summand(T x, T lo) { return exp_nonpositive_as<true>(x, lo); }
-
-/* The clamp of exp_nonpositive (Summand: of exp_summand) as a value the
- * compiler cannot see through, for vector loops to take once and pass on.
- * With the constant, GCC folds exp_nonpositive(lo) to 0 and moves the
- * clamp's select past the whole exp into what uses it: on AVX2 (no mask
+/* exp_clamp<T, Summand>() as a value the compiler cannot see through, for
+ * vector loops to take once and pass on.  With the constant, GCC folds
+ * exp_nonpositive(lo) to 0 and moves the clamp's select past the whole exp
+ * into what uses it: on AVX2 (no mask
  * registers) a sum in double then took a compare, two sign extensions and
  * two ANDs per vector in place of one vmaxps, and the extra registers
  * spilled the accumulators (the 65536x10 loss: 6 % more instructions, 5 %
  * slower).  An empty asm statement hides the value; inside the loop it would
  * stop the vectorisation, so callers take it before. */
 template <typename T, bool Summand = false> static inline T exp_lo() {
-    T lo = Summand ? ExpFormat<T>::lo_summand() : ExpFormat<T>::lo_nonpositive();
+    T lo = exp_clamp<T, Summand>();
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     __asm__("" : "+x"(lo));
 #endif
@@ -447,7 +451,7 @@ static CS_REDUCTION double add_chunk(double s, double p, idx_t c0) { return c0 =
 template <bool Store, typename T> static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift) {
     double sd[SUM_LANES];
     lanes_zero(sd);
-    const T lo = exp_lo<T, !Store>();  /* a sum alone: exp_summand */
+    const T lo = exp_lo<T, !Store>();  /* a sum alone: Summand */
     idx_t nv = vector_part(n);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);

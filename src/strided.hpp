@@ -135,7 +135,7 @@ static inline void sblock_softcap_grad(T *grad, const T *stage, idx_t C, idx_t i
 /* s[j] = sum over classes of exp(x - m[j]): in T over SUM_CLASSES classes,
  * then in double.  With e (not NULL) the exponentials are also stored there
  * (rows e_ld apart) for pass 3 to rescale (see strided_store_exp); else
- * Summand: the terms of exp_summand (the op reads nothing but the sum, as
+ * Summand: the terms of exp_nonpositive_as<true> (the op reads nothing but the sum, as
  * the row kernels' row_exp_sum). */
 template <bool Summand, typename T, int W>
 static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, const T *m,

@@ -213,7 +213,7 @@ template <typename T> static inline void block_max(const T *c, idx_t n, T *m) {
 template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n, const T *m, double *s) {
     double acc[LANES];                 /* local: no aliasing with c, so kept in registers */
     T mk[LANES];
-    const T lo = exp_lo<T, !Store>();  /* a sum alone: exp_summand */
+    const T lo = exp_lo<T, !Store>();  /* a sum alone: Summand */
 #pragma omp simd
     for (idx_t l = 0; l < LANES; ++l) acc[l] = 0.0, mk[l] = m[l];
     for (idx_t k = 0; k < n; ++k) {
@@ -559,8 +559,7 @@ static inline double tile_cross_entropy_binary(
         /* one of d0, d1 is 0 (exp = 1 exactly) unless NaN is about: one exp of
          * their sum gives the other, and NaN still reaches both sums */
         T d0 = x0 - m, d1 = x1 - m;
-        T e_other = exp_nonpositive_as<!Grad>(
-            (T)(d0 + d1), Grad ? ExpFormat<T>::lo_nonpositive() : ExpFormat<T>::lo_summand());
+        T e_other = exp_nonpositive_as<!Grad>((T)(d0 + d1), exp_clamp<T, !Grad>());
         T e0 = d0 == (T)0 ? (T)1 : e_other, e1 = d1 == (T)0 ? (T)1 : e_other;
         double s = (double)e0 + (double)e1;
         double lse = (double)log_ge1((T)s);

@@ -66,8 +66,9 @@ def test_softmax_and_gradient_underflow(kernel_frontend, dtype, n):
 @pytest.mark.parametrize("shape", [(512, 2), (512, 10), (128, 1000), (4, 40000)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_sums_drop_subnormal_terms_without_changing_them(kernel_frontend, dtype, shape):
-    """A loss without its gradient, logsumexp and log_softmax sum exp_summand's terms, which
-    are +0 below 2^-125 (2^-1021), where the calls that store the exponentials keep them.
+    """A loss without its gradient, logsumexp and log_softmax sum the summand exp's terms
+    (exp_nonpositive_as<true>), +0 below 2^-125 (2^-1021), where the calls that store the
+    exponentials keep them.
     On logits spread far beyond that (a fifth of the terms dropped) the sums, at least 1 and
     in double, have the same bits: the loss alone equals the loss beside its gradient, on
     every path (rows, tiles, split rows, the class axis first: the strided kernels);
