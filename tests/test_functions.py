@@ -767,6 +767,70 @@ def test_cross_entropy_ignore_index_beyond_label_dtype(kernel_frontend, c, ignor
     check_array(grad, exp_grad, np.float64, what="grad")
 
 
+@pytest.mark.parametrize("c", [2, 3, 10, 31])
+@pytest.mark.parametrize("where", ["first", "last", "none"])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_short_rows_ignore_index_a_class(kernel_frontend, c, where, label_dtype,
+                                                        smoothing):
+    """The short-row tiles first copy the labels and test them all at once, and classify
+    them row by row only where one is ignore_index or out of range: an ignore_index that
+    is a class (0 or c - 1) drops exactly its rows, and none at all where no label takes
+    it, with and without the gradient, weighted and not."""
+    rng = make_rng("ce-short-ignore", c, where)
+    n = 700                            # a tile and a part of one, at every c
+    logits = normal((n, c), rng)
+    target = rng.integers(0, c, n).astype(label_dtype)
+    ignore_index = {"first": 0, "last": c - 1, "none": -100}[where]
+    w = rng.random(c) + 0.5
+    for weight in (None, w):
+        kw = dict(ignore_index=ignore_index, label_smoothing=smoothing, weight=weight)
+        exp_loss, exp_grad = ref.cross_entropy_with_grad(logits, target.astype(np.int64),
+                                                         reduction="none", **kw)
+        loss, grad = kernel_frontend.cross_entropy_with_grad(logits, target, reduction="none",
+                                                             **kw)
+        dropped = target == ignore_index
+        assert np.all(loss[dropped] == 0.0) and np.all(grad[dropped] == 0.0)
+        check_array(loss, exp_loss, np.float64, what="loss")
+        check_array(grad, exp_grad, np.float64, what="grad")
+        loss_only = kernel_frontend.cross_entropy(logits, target, reduction="none", **kw)
+        assert loss_only.tobytes() == loss.tobytes()
+
+
+@pytest.mark.parametrize("c", [2, 3, 10])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+def test_cross_entropy_tile_kernel_label_out_of_range(kernel_frontend, c, label_dtype):
+    """The kernels themselves (called without the label check) give a row whose label is
+    out of range a NaN loss and a NaN gradient row, and an ignored row 0, beside rows
+    computed as usual: nothing is read at an index out of range."""
+    if kernel_frontend.name == "numpy":
+        pytest.skip("the NumPy twin's kernels take checked labels only")
+    k = kernel_frontend.kernels
+    rng = make_rng("ce-tile-kernel-range", c)
+    n = 100
+    x = normal((n, c), rng)
+    t = rng.integers(0, c, n).astype(label_dtype)
+    bad = {3: -1, 40: c, 41: -100, 77: np.iinfo(label_dtype).max, 78: np.iinfo(label_dtype).min}
+    good_t = t.copy()
+    for r, v in bad.items():
+        t[r] = v
+    for grad in (np.empty_like(x), None):
+        row_loss = np.empty(n)
+        k.cross_entropy_index_rows(x, t, None, -100, 0.0, 1.0, row_loss, grad, 1)
+        ref_loss = np.empty(n)
+        ref_grad = np.empty_like(x)
+        k.cross_entropy_index_rows(x, good_t, None, -100, 0.0, 1.0, ref_loss, ref_grad, 1)
+        keep = np.ones(n, bool)
+        keep[list(bad)] = False
+        assert row_loss[keep].tobytes() == ref_loss[keep].tobytes()
+        assert row_loss[41] == 0.0
+        assert np.isnan(row_loss[[3, 40, 77, 78]]).all()
+        if grad is not None:
+            assert grad[keep].tobytes() == ref_grad[keep].tobytes()
+            assert np.all(grad[41] == 0.0)
+            assert np.isnan(grad[[3, 40, 77, 78]]).all()
+
+
 @pytest.mark.parametrize("c", [5, 40, 300])
 def test_cross_entropy_sums_beyond_float32_range(kernel_frontend, c):
     """Sums of targets and of shifted logits that leave the float32 range while the results
