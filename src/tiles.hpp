@@ -313,10 +313,9 @@ CS_INLINE float log_ge1(float x) {
  * 64-bit tests (as one classifying loop, GCC carried each row's tests as
  * 64-bit masks through compares, ANDs and blends, and packed them to 32
  * bits: 5 instructions a row, 13 % of the AVX2 loss and gradient of
- * 262144x2).  Where a
- * label is not, the labels are classified again, read once more: every lab
- * then comes from that one read (ignore_index is compared in 64 bits: it need
- * not fit in L). */
+ * 262144x2).  Where a label is not, the labels are classified again, read
+ * once more: every lab then comes from that one read (ignore_index is
+ * compared in 64 bits: it need not fit in L). */
 template <typename L>
 static inline int tile_labels(const L *target, idx_t rows, idx_t n, idx_t ignore_index, int32_t *lab) {
     idx_t other = 0;
