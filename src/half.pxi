@@ -25,6 +25,7 @@ from libc.string cimport memset
 
 cdef extern from "half.hpp" namespace "csoftmax" nogil:
     void half_load(int kind, const uint16_t *src, float *dst, Py_ssize_t n) noexcept
+    float half_load_max(int kind, const uint16_t *src, float *dst, Py_ssize_t n) noexcept
     void half_store(int kind, const float *src, uint16_t *dst, Py_ssize_t n) noexcept
     void half_store_scaled(int kind, const float *src, float c, uint16_t *dst, Py_ssize_t n,
                            Py_ssize_t t, float ct, int stream) noexcept
@@ -119,32 +120,13 @@ cdef inline void _half_ce_prob(
 
 
 # Long rows of softmax and log_softmax: the row's conversion fused with its
-# maximum, and its last step with the rounding, a CHUNK_16 elements at a time
-# (in L1), so that the scratch row is walked as often as a float32 row is.
-# The same arithmetic as _softmax_row and _log_softmax_row: the maximum by
-# row_max over chunks (the largest of their maxima is the row's: NaN left
-# out, +0 for zeros; a short last chunk takes the row's last MAX_SPAN
-# elements, as row_max does), then the elementwise steps.
+# maximum (half_load_max: the largest converted value, as row_max takes it),
+# and its last step with the rounding, a CHUNK_16 elements at a time (in L1),
+# so that the scratch row is walked as often as a float32 row is.  The same
+# arithmetic as _softmax_row and _log_softmax_row.
 
 cdef enum:
     CHUNK_16 = 512
-    MAX_SPAN = 64   # row_max's block of floats (256 bytes)
-
-
-cdef inline float _half_load_max(int kind, const uint16_t *x, float *xs,
-                                 Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t c = 0, k
-    cdef float m = -INFINITY, r
-    while c < n:
-        k = min(<Py_ssize_t>CHUNK_16, n - c)
-        half_load(kind, x + c, xs + c, k)
-        if k < MAX_SPAN and n >= MAX_SPAN:
-            r = row_max(<const float *>xs + n - MAX_SPAN, MAX_SPAN)
-        else:
-            r = row_max(<const float *>xs + c, k)
-        m = r if r > m else m
-        c += k
-    return m
 
 
 # 16-bit outputs of at least this many bytes are written with non-temporal
@@ -186,7 +168,7 @@ cdef inline void _half_row_finish(int op, int kind, float *xs, uint16_t *out, Py
 cdef inline void _half_long_row(int op, int kind, const uint16_t *x, float *xs, uint16_t *out,
                                 Py_ssize_t n, int stream) noexcept nogil:
     """softmax or log_softmax of one long row (n >= SHORT_ROW), xs its scratch."""
-    cdef float m = _half_load_max(kind, x, xs, n)
+    cdef float m = half_load_max(kind, x, xs, n)
     if op == OP_SOFTMAX:
         _half_row_finish(op, kind, xs, out, n, m,
                          <float>(1.0 / row_exp_store_sum(<const float *>xs, xs, n, m)), stream)
@@ -230,7 +212,7 @@ cdef inline void _half_ce_index_long(
             if out != NULL:
                 half_store(h.kind, xs, out, n)
             continue
-        m = _half_load_max(h.kind, h.x + (r0 + i) * n, xs, n)
+        m = half_load_max(h.kind, h.x + (r0 + i) * n, xs, n)
         h.loss[r0 + i] = _cross_entropy_index_from_max(
             <const float *>xs, n, ti, m, h.w, ce.w_total, ce.alpha, ce.beta, grad, ce.scale,
             exp, i, &c1, &w_t)

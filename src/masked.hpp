@@ -116,9 +116,7 @@ template <typename T> static inline T masked_row_max(const T *x, const uint8_t *
             acc[l] = v > acc[l] ? v : acc[l];
         }
     }
-    for (int h = L / 2; h >= 1; h /= 2)
-        for (int l = 0; l < h; ++l) acc[l] = acc[l + h] > acc[l] ? acc[l + h] : acc[l];
-    m = acc[0];
+    m = lanes_max<L>(acc);
     return m + (T)0;
 }
 

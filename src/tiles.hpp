@@ -165,7 +165,8 @@ static inline idx_t tile_rows(idx_t n) { return TILE / n / LANES * LANES; }
 /* The element of row r, column k of a tile in its transposed blocks: block
  * b (rows [b LANES, (b + 1) LANES)) is at c + b n LANES. */
 static inline idx_t tile_at(idx_t r, idx_t k, idx_t n) {
-    return (r / LANES) * n * LANES + k * LANES + r % LANES;
+    size_t u = (size_t)r;              /* r >= 0: a shift and a mask, no signed division */
+    return (idx_t)(u / LANES) * n * LANES + k * LANES + (idx_t)(u % LANES);
 }
 
 /* A tile's rows into its transposed blocks, padding lanes 0.  G rows at a
@@ -178,11 +179,14 @@ template <typename T> static inline void tile_in(const T *x, idx_t rows, idx_t n
     typedef Transpose4<T> TR;
     idx_t r0 = 0;
     if (HAVE_TRANSPOSE4 && n >= 4) {
-        for (; r0 + TR::G <= rows; r0 += TR::G)
-            for (idx_t k0 = 0; k0 < n; k0 += 4) {
-                idx_t k = k0 + 4 <= n ? k0 : n - 4;
-                TR::in(x + r0 * n + k, n, c + tile_at(r0, k, n));
-            }
+        /* column k of the G rows at r0 goes to cr + k LANES (tile_at) */
+        for (; r0 + TR::G <= rows; r0 += TR::G) {
+            const T *xr = x + r0 * n;
+            T *cr = c + tile_at(r0, 0, n);
+            idx_t k = 0;
+            for (; k + 4 <= n; k += 4) TR::in(xr + k, n, cr + k * LANES);
+            if (k < n) TR::in(xr + (n - 4), n, cr + (n - 4) * LANES);
+        }
     }
     for (idx_t r = r0; r < rows; ++r)
         for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = x[r * n + k];
@@ -194,11 +198,13 @@ template <typename T> static inline void tile_out(const T *c, idx_t rows, idx_t 
     typedef Transpose4<T> TR;
     idx_t r0 = 0;
     if (HAVE_TRANSPOSE4 && n >= 4) {
-        for (; r0 + TR::G <= rows; r0 += TR::G)
-            for (idx_t k0 = 0; k0 < n; k0 += 4) {
-                idx_t k = k0 + 4 <= n ? k0 : n - 4;
-                TR::out(c + tile_at(r0, k, n), n, out + r0 * n + k);
-            }
+        for (; r0 + TR::G <= rows; r0 += TR::G) {
+            T *xr = out + r0 * n;
+            const T *cr = c + tile_at(r0, 0, n);
+            idx_t k = 0;
+            for (; k + 4 <= n; k += 4) TR::out(cr + k * LANES, n, xr + k);
+            if (k < n) TR::out(cr + (n - 4) * LANES, n, xr + (n - 4));
+        }
     }
     for (idx_t r = r0; r < rows; ++r)
         for (idx_t k = 0; k < n; ++k) out[r * n + k] = c[tile_at(r, k, n)];
