@@ -658,7 +658,7 @@ template <typename T> static inline double chunk_weighted_shifted_sum(const T *x
  * tail's in lanes 0..), added by lanes_total: one accumulator was a chain of
  * dependent additions, an FMA's latency per vector (1.4 ms of a 8192x1000
  * loss on two AVX2 cores, more than the exp pass). */
-template <bool Weighted, typename T>
+template <bool Weighted, bool Plain, typename T>
 static inline void soft_target_lanes(const T *x, const T *y, const T *w, idx_t n, T m, double alpha,
                                      double beta, double *sy, double *sd) {
     lanes_zero(sy);
@@ -667,7 +667,7 @@ static inline void soft_target_lanes(const T *x, const T *y, const T *w, idx_t n
     for (idx_t k = 0; k < nv; k += SUM_LANES) {
 #pragma omp simd
         for (int l = 0; l < SUM_LANES; ++l) {
-            double yk = alpha * (double)y[k + l] + beta;
+            double yk = Plain ? (double)y[k + l] : alpha * (double)y[k + l] + beta;
             if (Weighted) yk *= (double)w[k + l];
             sy[l] += yk;
             sd[l] += yk * ((double)x[k + l] - (double)m);
@@ -685,10 +685,15 @@ template <typename T>
 static inline double chunk_soft_target_sums(const T *x, const T *y, const T *w, idx_t n, T m,
                                              double alpha, double beta, double *ydot) {
     double sy[SUM_LANES], sd[SUM_LANES];
-    if (w == NULL)
-        soft_target_lanes<false>(x, y, w, n, m, alpha, beta, sy, sd);
+    /* Plain (no smoothing: alpha 1, beta 0): y'_k = y_k without the FMA,
+     * the same sums (1 y + 0 is y but for the sign of a zero, which the
+     * sums, started at +0, do not keep) */
+    if (w != NULL)
+        soft_target_lanes<true, false>(x, y, w, n, m, alpha, beta, sy, sd);
+    else if (alpha == 1.0 && beta == 0.0)
+        soft_target_lanes<false, true>(x, y, w, n, m, alpha, beta, sy, sd);
     else
-        soft_target_lanes<true>(x, y, w, n, m, alpha, beta, sy, sd);
+        soft_target_lanes<false, false>(x, y, w, n, m, alpha, beta, sy, sd);
     *ydot = lanes_total(sd);
     return lanes_total(sy);
 }
