@@ -347,7 +347,9 @@ template <typename T, bool Summand = false> static inline T exp_lo() {
 template <int L, typename T> static inline T lanes_max(T *acc) {
     enum { STEPS = L >= 64 ? 6 : L >= 32 ? 5 : L >= 16 ? 4 : L >= 8 ? 3 : L >= 4 ? 2 : L >= 2 ? 1 : 0 };
     static_assert((1 << STEPS) == L, "L is a power of two up to 64");
+#if defined(__GNUC__)
 #pragma GCC unroll 8
+#endif
     for (int i = 1; i <= (int)STEPS; ++i) {
         const int h = L >> i;
 #pragma omp simd
