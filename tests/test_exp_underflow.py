@@ -1,5 +1,5 @@
 """The exponentials where they underflow: subnormal probabilities and the clamp of the
-kernels' exp (src/rowops.hpp, exp_nonpositive) below which every argument gives +0, -inf
+kernels' exp (src/exp.hpp, exp_nonpositive) below which every argument gives +0, -inf
 included.  A row [0, d, -inf, ...] sums to exactly 1 (in double, 1 + exp(d) rounds to 1), so
 its softmax at d, and the cross-entropy gradient there with reduction="none", is exp(d)
 as the kernel's exp gives it: within one ulp of exp(d) rounded once, and +0
