@@ -248,12 +248,6 @@ static inline void half_load(int kind, const uint16_t *src, float *dst, ptrdiff_
     }
 }
 
-/* half_load that also returns the largest value loaded, as row_max takes it
- * (v > m ? v : m: NaN skipped, exact, so in any order; +0 for a zero
- * maximum, -inf for n == 0): the conversion and the maximum in one walk, two
- * vectors a step.  The conversion and then row_max over the converted chunk
- * took 1.3 of the 6.9 instructions per element of a bfloat16 32000-column
- * loss with its gradient on AVX2. */
 #ifdef CS_HALF_SIMD
 template <int Kind> static inline half_vec half_vec_of(const uint16_t *s) {
     return Kind == HALF_F16 ? f16_vec(s) : bf16_vec(s);
@@ -273,6 +267,12 @@ static inline void half_load_max_vec(const uint16_t *src, float *dst, ptrdiff_t 
 }
 #endif
 
+/* half_load that also returns the largest value loaded, as row_max takes it
+ * (v > m ? v : m: NaN skipped, exact, so in any order; +0 for a zero
+ * maximum, -inf for n == 0): the conversion and the maximum in one walk, two
+ * vectors a step.  The conversion and then row_max over the converted chunk
+ * took 1.3 of the 6.9 instructions per element of a bfloat16 32000-column
+ * loss with its gradient on AVX2. */
 static inline float half_load_max(int kind, const uint16_t *src, float *dst, ptrdiff_t n) {
     float m = -INFINITY;
     ptrdiff_t i = 0;

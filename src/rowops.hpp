@@ -593,9 +593,6 @@ static inline void cap_block(const T *x, T *out, idx_t n, T cap, T inv, T *al, T
     }
 }
 
-/* the largest of CAP_LANES lanes (folded in halves: max is exact) */
-template <typename T> static inline T cap_lanes_max(T *d) { return lanes_max<CAP_LANES>(d); }
-
 template <typename T> static CS_REDUCTION T row_softcap_max(const T *x, T *out, idx_t n, T cap) {
     const T inv = (T)1 / cap;
     if (!(inv < (T)INFINITY)) {        /* a subnormal cap: 1 / cap overflows */
@@ -613,7 +610,7 @@ template <typename T> static CS_REDUCTION T row_softcap_max(const T *x, T *out, 
         idx_t len = n - b > CAP_BLOCK ? CAP_BLOCK : n - b;
         T *o = out == x ? buf : out + b;
         cap_block<true>(x + b, o, len, cap, inv, al, bl);
-        if (!(cap_lanes_max(al) < (T)CS_TANH_SMALL))
+        if (!(lanes_max<CAP_LANES>(al) < (T)CS_TANH_SMALL))
             cap_block<false>(x + b, out + b, len, cap, inv, al, bl);
         else if (o == buf)
             memcpy(out + b, buf, (size_t)len * sizeof(T));
@@ -621,7 +618,7 @@ template <typename T> static CS_REDUCTION T row_softcap_max(const T *x, T *out, 
         for (int l = 0; l < CAP_LANES; ++l) ml[l] = bl[l] > ml[l] ? bl[l] : ml[l];
     }
     vector_upper_clear();
-    return cap_lanes_max(ml) + (T)0;
+    return lanes_max<CAP_LANES>(ml) + (T)0;
 }
 
 template <typename T> static CS_REDUCTION void row_softcap(const T *x, T *out, idx_t n, T cap) {
