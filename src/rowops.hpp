@@ -522,22 +522,26 @@ static inline double token_correct(double x_t_shifted, double s) {
     return x_t_shifted == 0.0 && s == s ? 1.0 : 0.0;
 }
 
-/* tanh(y) for |y| < TANH_SMALL: an odd polynomial (float; Cephes tanhf) or
- * rational function (double; Cephes tanh). */
+/* tanh(y) for |y| < TANH_SMALL: y + y z tanh_odd(z), z = y^2, with an odd
+ * polynomial (float; Cephes tanhf) or rational function (double; Cephes
+ * tanh). */
 #define CS_TANH_SMALL 0.625
 
-static inline float tanh_small(float y) {
-    float z = y * y;
-    return ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
-             1.33314422036e-1f) * z - 3.33332819422e-1f) * z * y + y;
+static inline float tanh_odd(float z) {
+    return (((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
+            1.33314422036e-1f) * z - 3.33332819422e-1f;
 }
 
-static inline double tanh_small(double y) {
-    double z = y * y;
-    return y + y * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z -
-                        1.61468768441708447952e3) /
-                   (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z +
-                    4.84406305325125486048e3);
+static inline double tanh_odd(double z) {
+    return ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z -
+            1.61468768441708447952e3) /
+           (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z +
+            4.84406305325125486048e3);
+}
+
+template <typename T> static inline T tanh_small(T y) {
+    T z = y * y;
+    return y + y * z * tanh_odd(z);
 }
 
 /* tanh(y): tanh_small for |y| < TANH_SMALL, where the form below would
@@ -554,41 +558,55 @@ template <typename T> static inline T tanh_poly(T y) {
 }
 
 /* out_k = cap tanh(x_k / cap): the soft-capped logits (out may be x), with
- * x_k / cap taken as x_k (1 / cap); returns the largest of them (as row_max
- * of out: NaN skipped, +0 for a zero maximum, -inf for n == 0), in the same
- * pass.  By blocks of CAP_BLOCK: each block is first capped with tanh_small
- * alone (no exp, no division); where a |x_k| / cap of the block turns out to
- * be TANH_SMALL or more (rare for logits well inside the cap) the block is
- * capped again with tanh_poly.  The values are tanh_poly's either way (it
- * selects tanh_small there); NaN is skipped by the maxima and propagates
- * through tanh_small.  Out of line: every path caps with the same compiled
- * code. */
+ * x_k / cap taken as y = x_k (1 / cap); returns the largest of them (as
+ * row_max of out: NaN skipped, +0 for a zero maximum, -inf for n == 0), in
+ * the same pass.  Where y^2 < TANH_SMALL^2 the capped logit is
+ * x + x y^2 tanh_odd(y^2) (cap tanh_small(y) with cap y taken as the x it
+ * came from: no multiply by the cap, no rounding of x / cap back to x), else
+ * cap tanh_poly(y).  By blocks of CAP_BLOCK: each block is first capped with
+ * the small form alone (no exp, no division); where a y^2 of the block turns
+ * out to be TANH_SMALL^2 or more (rare for logits well inside the cap) the
+ * block is capped again with both forms, selected per element, so that a
+ * logit gets the same value whatever block it is in.  NaN is skipped by the
+ * maxima and propagates through either form.  Out of line: every path caps
+ * with the same compiled code. */
 enum { CAP_BLOCK = 512, CAP_LANES = 16 };
+#define CS_TANH_SMALL_SQ (CS_TANH_SMALL * CS_TANH_SMALL)
 
-/* x[0, n) capped into out, the maxima of |x_k / cap| and of the capped
- * values into the lanes al and ml (element k into lane k mod CAP_LANES);
- * Small: tanh_small, else tanh_poly */
+/* the capped logit of x, y = x (1 / cap), z = y^2; Small: the small form
+ * alone */
+template <bool Small, typename T> static inline T cap_value(T x, T y, T z, T cap) {
+    T small = x + x * z * tanh_odd(z);
+    if (Small) return small;
+    T e = exp_nonpositive((T)-2 * (y < (T)0 ? -y : y));
+    T big = (T)1 - (T)2 * e / ((T)1 + e);
+    big = cap * (y < (T)0 ? -big : big);
+    return z < (T)CS_TANH_SMALL_SQ ? small : big;
+}
+
+/* x[0, n) capped into out, the maxima of y^2 and of the capped values into
+ * the lanes zl and ml (element k into lane k mod CAP_LANES) */
 template <bool Small, typename T>
-static inline void cap_block(const T *x, T *out, idx_t n, T cap, T inv, T *al, T *ml) {
-    for (int l = 0; l < CAP_LANES; ++l) al[l] = (T)0, ml[l] = (T)-INFINITY;
+static inline void cap_block(const T *x, T *out, idx_t n, T cap, T inv, T *zl, T *ml) {
+    for (int l = 0; l < CAP_LANES; ++l) zl[l] = (T)0, ml[l] = (T)-INFINITY;
     idx_t nv = n / CAP_LANES * CAP_LANES;
     for (idx_t k = 0; k < nv; k += CAP_LANES) {
 #pragma omp simd
         for (int l = 0; l < CAP_LANES; ++l) {
             T y = x[k + l] * inv;
-            T a = y < (T)0 ? -y : y;
-            T v = cap * (Small ? tanh_small(y) : tanh_poly(y));
+            T z = y * y;
+            T v = cap_value<Small>(x[k + l], y, z, cap);
             out[k + l] = v;
-            al[l] = a > al[l] ? a : al[l];
+            zl[l] = z > zl[l] ? z : zl[l];
             ml[l] = v > ml[l] ? v : ml[l];
         }
     }
     for (idx_t k = nv; k < n; ++k) {
         T y = x[k] * inv;
-        T a = y < (T)0 ? -y : y;
-        T v = cap * (Small ? tanh_small(y) : tanh_poly(y));
+        T z = y * y;
+        T v = cap_value<Small>(x[k], y, z, cap);
         out[k] = v;
-        al[k - nv] = a > al[k - nv] ? a : al[k - nv];
+        zl[k - nv] = z > zl[k - nv] ? z : zl[k - nv];
         ml[k - nv] = v > ml[k - nv] ? v : ml[k - nv];
     }
 }
@@ -603,15 +621,15 @@ template <typename T> static CS_REDUCTION T row_softcap_max(const T *x, T *out, 
         }
         return m + (T)0;
     }
-    T ml[CAP_LANES], bl[CAP_LANES], al[CAP_LANES];
+    T ml[CAP_LANES], bl[CAP_LANES], zl[CAP_LANES];
     T buf[CAP_BLOCK];                  /* in place (out == x): a block's first try */
     for (int l = 0; l < CAP_LANES; ++l) ml[l] = (T)-INFINITY;
     for (idx_t b = 0; b < n; b += CAP_BLOCK) {
         idx_t len = n - b > CAP_BLOCK ? CAP_BLOCK : n - b;
         T *o = out == x ? buf : out + b;
-        cap_block<true>(x + b, o, len, cap, inv, al, bl);
-        if (!(lanes_max<CAP_LANES>(al) < (T)CS_TANH_SMALL))
-            cap_block<false>(x + b, out + b, len, cap, inv, al, bl);
+        cap_block<true>(x + b, o, len, cap, inv, zl, bl);
+        if (!(lanes_max<CAP_LANES>(zl) < (T)CS_TANH_SMALL_SQ))
+            cap_block<false>(x + b, out + b, len, cap, inv, zl, bl);
         else if (o == buf)
             memcpy(out + b, buf, (size_t)len * sizeof(T));
 #pragma omp simd

@@ -20,8 +20,11 @@ namespace csoftmax {
 /* The cross-entropy gradient of a soft-capped row (or chunk) with class
  * indices from its exponentials e (in g), in one pass:
  *   g_k = ((e_k c1 - c2 w_k) - [k == t] ct) (1 - (c_k / cap)^2)
- * (w == NULL: ones; c the capped logits; t outside [0, n): no label here),
- * the chain factor taken as row_softcap_grad takes it (a zero stays zero).
+ * (w == NULL: ones; c the capped logits; t outside [0, n): no label here).
+ * The rows given here are computed ones (a skipped row is zeroed apart), so
+ * unlike row_softcap_grad no zero is kept from a NaN logit's factor: a NaN
+ * logit makes its e_k NaN anyway; without that select the loop is two
+ * instructions a vector shorter.
  * Out of line: whole rows and the chunks of split rows get the same bits. */
 template <typename T>
 static CS_REDUCTION void row_grad_softcap(T *g, const T *c, const T *w, idx_t n, T c1, T c2,
@@ -45,20 +48,20 @@ static CS_REDUCTION void row_grad_softcap(T *g, const T *c, const T *w, idx_t n,
         for (idx_t k = 0; k < n; ++k) {
             T v = g[k] * c1 - c2;
             T u = c[k] * inv;
-            g[k] = v != (T)0 ? v * ((T)1 - u * u) : v;
+            g[k] = v * ((T)1 - u * u);
         }
     } else {
 #pragma omp simd
         for (idx_t k = 0; k < n; ++k) {
             T v = g[k] * c1 - c2 * w[k];
             T u = c[k] * inv;
-            g[k] = v != (T)0 ? v * ((T)1 - u * u) : v;
+            g[k] = v * ((T)1 - u * u);
         }
     }
     if (has_t) {
         T v = (et * c1 - c2 * (w == NULL ? (T)1 : w[t])) - ct;
         T u = c[t] * inv;
-        g[t] = v != (T)0 ? v * ((T)1 - u * u) : v;
+        g[t] = v * ((T)1 - u * u);
     }
     vector_upper_clear();
 }
