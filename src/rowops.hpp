@@ -160,16 +160,33 @@ template <typename T> static inline const T *offset_or_null(const T *w, idx_t k)
  * (its sign bit would then depend on the thread count). */
 static CS_REDUCTION double add_chunk(double s, double p, idx_t c0) { return c0 == 0 ? p : s + p; }
 
+/* Prefetching the next row.  A long row is read from memory once, by its
+ * maximum; the exp pass and those after it work from the cache, and
+ * meanwhile the memory bus stood idle: the hardware prefetchers follow a
+ * stream within a 4 KB page and do not run ahead of a pass that misses
+ * nothing.  So the exp pass of row i prefetches row i + 1 as it goes (its
+ * block at column k0, the same columns of the next row), and the next
+ * maximum finds its row in the cache.  Spread over the pass, not issued at
+ * once: all of a 4000-column row's lines prefetched before its exp pass made
+ * the loss 1.05-1.1x slower (the misses queue up and the loads behind them
+ * wait), spread over it 0.66x the time (AMD Zen 3, AVX2, one thread, 1000
+ * to 32000 columns).  No result changes. */
+
 /* sum_k exp(x_k - shift), shift = max_k x_k, and with Store e_k = exp(x_k -
  * shift) (e may be x).  The tail (n mod SUM_LANES elements) is one more
- * vector of lanes, padded with exp(-inf) = 0. */
-template <bool Store, typename T> static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift) {
+ * vector of lanes, padded with exp(-inf) = 0.  next (or NULL): the same
+ * columns of the next row, prefetched as the blocks go (see above). */
+template <bool Store, typename T>
+static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift, const T *next) {
     double sd[SUM_LANES];
     lanes_zero(sd);
     const T lo = exp_lo<T, !Store>();  /* a sum alone: Summand */
     idx_t nv = vector_part(n);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
+        if (next != NULL)              /* the last block: the tail's columns too */
+            for (idx_t k = k0; k < (k1 < nv ? k1 : n); k += 64 / (idx_t)sizeof(T))
+                __builtin_prefetch(next + k);
         T bs[SUM_LANES];
         lanes_zero(bs);
         for (idx_t k = k0; k < k1; k += SUM_LANES) {
@@ -192,15 +209,17 @@ template <bool Store, typename T> static inline double chunk_exp_lanes(const T *
     return lanes_total(sd);
 }
 
-template <typename T> static inline double chunk_exp_sum(const T *x, idx_t n, T shift) {
-    return chunk_exp_lanes<false>(x, (T *)NULL, n, shift);
+template <typename T>
+static inline double chunk_exp_sum(const T *x, idx_t n, T shift, const T *next = NULL) {
+    return chunk_exp_lanes<false>(x, (T *)NULL, n, shift, next);
 }
 
 /* e_k = exp(x_k - shift) and returns sum_k e_k, shift = max_k x_k.  e may be x.
  * The same sum, bit for bit, as chunk_exp_sum: a loss has the same bits with
  * or without its gradient. */
-template <typename T> static inline double chunk_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
-    return chunk_exp_lanes<true>(x, e, n, shift);
+template <typename T>
+static inline double chunk_exp_store_sum(const T *x, T *e, idx_t n, T shift, const T *next = NULL) {
+    return chunk_exp_lanes<true>(x, e, n, shift, next);
 }
 
 template <typename T>
@@ -393,18 +412,26 @@ static inline void vector_upper_clear(void) {
 #endif
 }
 
-template <typename T> static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift) {
+/* sum_k exp(x_k - shift) of a row (row_exp_store_sum: the exponentials into
+ * e); next (or NULL): the next row, prefetched meanwhile (chunk_exp_lanes) */
+template <typename T>
+static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift, const T *next = NULL) {
     double s = 0.0;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
-        s = add_chunk(s, chunk_exp_sum(x + c0, chunk_len(c0, n), shift), c0);
+        s = add_chunk(s, chunk_exp_sum(x + c0, chunk_len(c0, n), shift, offset_or_null(next, c0)),
+                      c0);
     vector_upper_clear();
     return s;
 }
 
-template <typename T> static CS_REDUCTION double row_exp_store_sum(const T *x, T *e, idx_t n, T shift) {
+template <typename T>
+static CS_REDUCTION double row_exp_store_sum(const T *x, T *e, idx_t n, T shift,
+                                             const T *next = NULL) {
     double s = 0.0;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
-        s = add_chunk(s, chunk_exp_store_sum(x + c0, e + c0, chunk_len(c0, n), shift), c0);
+        s = add_chunk(s, chunk_exp_store_sum(x + c0, e + c0, chunk_len(c0, n), shift,
+                                             offset_or_null(next, c0)),
+                      c0);
     vector_upper_clear();
     return s;
 }
