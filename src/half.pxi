@@ -20,7 +20,6 @@
 # thread, longer than CHUNK) are converted whole into float32 (at most two
 # rows per thread) and computed by the float32 cores, which split them.
 
-from libc.stdint cimport uint16_t
 from libc.string cimport memset
 
 cdef extern from "half.hpp" namespace "csoftmax" nogil:
@@ -169,16 +168,28 @@ cdef inline void _half_row_finish(int op, int kind, float *xs, uint16_t *out, Py
         c += k
 
 
+cdef inline const uint16_t *_half_next_row(
+    const _Half *h, Py_ssize_t r, Py_ssize_t n
+) noexcept nogil:
+    """The 16-bit row after row r that the exp pass of row r prefetches, as
+    _next_row (NULL after the last row and under PREFETCH_ROW_BYTES)."""
+    if r + 1 >= h.n_rows or n * 2 < PREFETCH_ROW_BYTES:
+        return NULL
+    return h.x + (r + 1) * n
+
+
 cdef inline void _half_long_row(int op, int kind, const uint16_t *x, float *xs, uint16_t *out,
-                                Py_ssize_t n, int stream) noexcept nogil:
-    """softmax or log_softmax of one long row (n >= SHORT_ROW), xs its scratch."""
+                                Py_ssize_t n, int stream, const uint16_t *nxt) noexcept nogil:
+    """softmax or log_softmax of one long row (n >= SHORT_ROW), xs its scratch;
+    nxt (or NULL): the next row, prefetched by the exp pass."""
     cdef float m = half_load_max(kind, x, xs, n)
     if op == OP_SOFTMAX:
         _half_row_finish(op, kind, xs, out, n, m,
-                         <float>(1.0 / row_exp_store_sum(<const float *>xs, xs, n, m)), stream)
+                         <float>(1.0 / row_exp_store_sum(<const float *>xs, xs, n, m, nxt)),
+                         stream)
     else:
         _half_row_finish(op, kind, xs, out, n, m,
-                         <float>log(row_exp_sum(<const float *>xs, n, m)), stream)
+                         <float>log(row_exp_sum(<const float *>xs, n, m, nxt)), stream)
 
 
 cdef inline void _half_ce_index_long(
@@ -219,7 +230,7 @@ cdef inline void _half_ce_index_long(
         m = half_load_max(h.kind, h.x + (r0 + i) * n, xs, n)
         h.loss[r0 + i] = _cross_entropy_index_from_max(
             <const float *>xs, n, ti, m, h.w, ce.w_total, ce.alpha, ce.beta, grad, ce.scale,
-            exp, i, &c1, &w_t)
+            exp, i, &c1, &w_t, NULL, _half_next_row(h, r0 + i, n))
         if out == NULL:
             continue
         if ce.beta == 0.0:  # e c1 (and the target's term), rounded as it is formed
@@ -249,7 +260,7 @@ cdef void _half_block(
     if (h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX) and n >= SHORT_ROW:
         for i in range(rows):
             _half_long_row(h.op, h.kind, h.x + off + i * n, xs + i * n, h.out + off + i * n, n,
-                           _half_streams(h))
+                           _half_streams(h), _half_next_row(h, r0 + i, n))
         return
     if h.op == OP_CROSS_ENTROPY_INDEX and n >= SHORT_ROW and h.cap == 0.0:
         _half_ce_index_long(h, t, xs, r0, rows)

@@ -34,7 +34,7 @@ from cython.parallel cimport prange, threadid
 cimport numpy as cnp
 from libc.math cimport log, INFINITY, NAN
 from libc.stdlib cimport calloc, free, malloc
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t
 
 ctypedef fused label_t:
     int32_t
@@ -49,12 +49,16 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
     T exp_poly[T](T x) noexcept
     T row_max[T](const T *x, Py_ssize_t n) noexcept
     int row_has_nan[T](const T *x, Py_ssize_t n) noexcept
-    # with and without next, the row to prefetch (chunk_exp_lanes)
+    # with and without next, the row to prefetch (chunk_exp_lanes): of x's
+    # type, or the 16-bit storage of a converted row
     double row_exp_sum[T](const T *x, Py_ssize_t n, T shift) noexcept
     double row_exp_sum[T](const T *x, Py_ssize_t n, T shift, const T *next) noexcept
+    double row_exp_sum[T](const T *x, Py_ssize_t n, T shift, const uint16_t *next) noexcept
     double row_exp_store_sum[T](const T *x, T *e, Py_ssize_t n, T shift) noexcept
     double row_exp_store_sum[T](const T *x, T *e, Py_ssize_t n, T shift,
                                 const T *next) noexcept
+    double row_exp_store_sum[T](const T *x, T *e, Py_ssize_t n, T shift,
+                                const uint16_t *next) noexcept
     double row_exp_store_sum_smooth[T](
         const T *x, T *e, const T *w, Py_ssize_t n, T shift, double *smooth) noexcept
     double row_exp_store_sum_soft[T](
@@ -298,22 +302,25 @@ cdef inline double _cross_entropy_index_from_max(
     const floating *x, Py_ssize_t n, Py_ssize_t t, floating m, const floating *w,
     double w_total, double alpha, double beta, floating *grad, double scale,
     const CrossEntropyExtra *ex, Py_ssize_t i, double *c1, double *w_t,
-    const floating *nxt=NULL,
+    const floating *nxt=NULL, const uint16_t *nxt16=NULL,
 ) noexcept nogil:
     """The loss of row i (x, class t, maximum m); unless grad is NULL its
     exponentials into grad, and into c1 and w_t their coefficient and the
     target's weight (see _cross_entropy_index_grad); with ex (or NULL) its
     z-loss and accuracy.  nxt (or NULL): the next row, prefetched by the exp
-    pass (_next_row)."""
+    pass (_next_row); nxt16 instead, for x converted from 16 bits: the next
+    row's 16-bit storage."""
     cdef double x_t = <double>x[t] - <double>m
     cdef double smooth = 0.0
     cdef double s
     if grad == NULL:
         if beta != 0.0:
             smooth = row_weighted_shifted_sum(x, w, n, m)
-        s = row_exp_sum(x, n, m, nxt)
+        s = row_exp_sum(x, n, m, nxt16) if nxt16 != NULL else row_exp_sum(x, n, m, nxt)
     elif beta != 0.0:
         s = row_exp_store_sum_smooth(x, grad, w, n, m, &smooth)
+    elif nxt16 != NULL:
+        s = row_exp_store_sum(x, grad, n, m, nxt16)
     else:
         s = row_exp_store_sum(x, grad, n, m, nxt)
     w_t[0] = 1.0 if w == NULL else w[t]

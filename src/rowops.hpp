@@ -176,8 +176,8 @@ static CS_REDUCTION double add_chunk(double s, double p, idx_t c0) { return c0 =
  * shift) (e may be x).  The tail (n mod SUM_LANES elements) is one more
  * vector of lanes, padded with exp(-inf) = 0.  next (or NULL): the same
  * columns of the next row, prefetched as the blocks go (see above). */
-template <bool Store, typename T>
-static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift, const T *next) {
+template <bool Store, typename T, typename N>
+static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift, const N *next) {
     double sd[SUM_LANES];
     lanes_zero(sd);
     const T lo = exp_lo<T, !Store>();  /* a sum alone: Summand */
@@ -185,7 +185,7 @@ static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift, const T
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
         if (next != NULL)              /* the last block: the tail's columns too */
-            for (idx_t k = k0; k < (k1 < nv ? k1 : n); k += 64 / (idx_t)sizeof(T))
+            for (idx_t k = k0; k < (k1 < nv ? k1 : n); k += 64 / (idx_t)sizeof(N))
                 __builtin_prefetch(next + k);
         T bs[SUM_LANES];
         lanes_zero(bs);
@@ -209,16 +209,17 @@ static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift, const T
     return lanes_total(sd);
 }
 
-template <typename T>
-static inline double chunk_exp_sum(const T *x, idx_t n, T shift, const T *next = NULL) {
+template <typename T, typename N = T>
+static inline double chunk_exp_sum(const T *x, idx_t n, T shift, const N *next = NULL) {
     return chunk_exp_lanes<false>(x, (T *)NULL, n, shift, next);
 }
 
 /* e_k = exp(x_k - shift) and returns sum_k e_k, shift = max_k x_k.  e may be x.
  * The same sum, bit for bit, as chunk_exp_sum: a loss has the same bits with
  * or without its gradient. */
-template <typename T>
-static inline double chunk_exp_store_sum(const T *x, T *e, idx_t n, T shift, const T *next = NULL) {
+template <typename T, typename N = T>
+static inline double chunk_exp_store_sum(const T *x, T *e, idx_t n, T shift,
+                                         const N *next = NULL) {
     return chunk_exp_lanes<true>(x, e, n, shift, next);
 }
 
@@ -413,9 +414,10 @@ static inline void vector_upper_clear(void) {
 }
 
 /* sum_k exp(x_k - shift) of a row (row_exp_store_sum: the exponentials into
- * e); next (or NULL): the next row, prefetched meanwhile (chunk_exp_lanes) */
-template <typename T>
-static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift, const T *next = NULL) {
+ * e); next (or NULL): the next row, prefetched meanwhile (chunk_exp_lanes),
+ * of x's type or, for a row converted from 16 bits, of its storage type N */
+template <typename T, typename N = T>
+static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift, const N *next = NULL) {
     double s = 0.0;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
         s = add_chunk(s, chunk_exp_sum(x + c0, chunk_len(c0, n), shift, offset_or_null(next, c0)),
@@ -424,9 +426,9 @@ static CS_REDUCTION double row_exp_sum(const T *x, idx_t n, T shift, const T *ne
     return s;
 }
 
-template <typename T>
+template <typename T, typename N = T>
 static CS_REDUCTION double row_exp_store_sum(const T *x, T *e, idx_t n, T shift,
-                                             const T *next = NULL) {
+                                             const N *next = NULL) {
     double s = 0.0;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
         s = add_chunk(s, chunk_exp_store_sum(x + c0, e + c0, chunk_len(c0, n), shift,
