@@ -61,9 +61,15 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
                                 const uint16_t *next) noexcept
     double row_exp_store_sum_smooth[T](
         const T *x, T *e, const T *w, Py_ssize_t n, T shift, double *smooth) noexcept
+    double row_exp_store_sum_smooth[T](
+        const T *x, T *e, const T *w, Py_ssize_t n, T shift, double *smooth,
+        const T *next) noexcept
     double row_exp_store_sum_soft[T](
         const T *x, const T *y, const T *w, T *e, Py_ssize_t n, T shift, double alpha,
         double beta, double *y_sum, double *y_dot) noexcept
+    double row_exp_store_sum_soft[T](
+        const T *x, const T *y, const T *w, T *e, Py_ssize_t n, T shift, double alpha,
+        double beta, double *y_sum, double *y_dot, const T *next) noexcept
     double row_dot[T](const T *a, const T *b, Py_ssize_t n) noexcept
     double row_sum[T](const T *a, Py_ssize_t n) noexcept
     double pairwise_sum[T](const T *a, Py_ssize_t n) noexcept
@@ -318,7 +324,7 @@ cdef inline double _cross_entropy_index_from_max(
             smooth = row_weighted_shifted_sum(x, w, n, m)
         s = row_exp_sum(x, n, m, nxt16) if nxt16 != NULL else row_exp_sum(x, n, m, nxt)
     elif beta != 0.0:
-        s = row_exp_store_sum_smooth(x, grad, w, n, m, &smooth)
+        s = row_exp_store_sum_smooth(x, grad, w, n, m, &smooth, nxt)
     elif nxt16 != NULL:
         s = row_exp_store_sum(x, grad, n, m, nxt16)
     else:
@@ -385,14 +391,14 @@ cdef inline double _cross_entropy_prob_row(
     double alpha, double beta, floating *grad, double scale,
     const CrossEntropyExtra *ex, Py_ssize_t i, const floating *nxt=NULL,
 ) noexcept nogil:
-    """nxt: the next row of x, prefetched by the loss's exp pass (_next_row)."""
+    """nxt: the next row of x, prefetched by the exp pass (_next_row)."""
     cdef floating m = row_max(x, n)
     cdef double y_dot, y_sum, s
     if grad == NULL:
         y_sum = row_soft_target_sums(x, y, w, n, m, alpha, beta, &y_dot)
         s = row_exp_sum(x, n, m, nxt)
     else:
-        s = row_exp_store_sum_soft(x, y, w, grad, n, m, alpha, beta, &y_sum, &y_dot)
+        s = row_exp_store_sum_soft(x, y, w, grad, n, m, alpha, beta, &y_sum, &y_dot, nxt)
     return _cross_entropy_prob_finish(grad, y, n, w, alpha, beta, y_sum, y_dot, s, scale,
                                       m, ex, i)
 
