@@ -123,7 +123,8 @@ template <typename T> static inline T masked_row_max(const T *x, const uint8_t *
 /* chunk_exp_lanes over the kept entries: e_k = exp(x_k - shift) where kept,
  * +0 elsewhere (with Store; e may be x), and their sum in the same lanes. */
 template <bool Store, typename T>
-static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, idx_t n, T shift) {
+static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, idx_t n, T shift,
+                                             const T *next) {
     const T ninf = (T)-INFINITY;
     const T lo = exp_clamp<T, !Store>();  /* a sum alone: Summand, as chunk_exp_lanes */
     double sd[SUM_LANES];
@@ -131,6 +132,7 @@ static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, 
     idx_t nv = vector_part(n);
     for (idx_t k0 = 0; k0 < nv; k0 += SUM_BLOCK) {
         idx_t k1 = block_end(k0, nv);
+        prefetch_columns(next, k0, k1 < nv ? k1 : n);  /* as in chunk_exp_lanes */
         T bs[SUM_LANES];
         lanes_zero(bs);
         /* the block's mask bytes widened to T's width first (in L1): the exp
@@ -189,15 +191,18 @@ static inline double masked_short_exp_sum(const T *x, const uint8_t *k, T *e, id
 
 /* sum of exp(x_k - shift) over the kept entries, e_k stored with Store: by
  * chunks added in chunk order (row_exp_store_sum's), or for short rows in
- * column order; All: exactly the unmasked kernels' code. */
+ * column order; All: exactly the unmasked kernels' code.  next (or NULL):
+ * the next row, prefetched meanwhile (see chunk_exp_lanes). */
 template <bool Store, bool All, typename T>
-static inline double masked_exp_sum(const T *x, const uint8_t *k, T *e, idx_t n, T shift) {
+static inline double masked_exp_sum(const T *x, const uint8_t *k, T *e, idx_t n, T shift,
+                                    const T *next) {
     if (n < MASKED_SHORT_ROW) return masked_short_exp_sum<Store, All>(x, k, e, n, shift);
-    if (All) return Store ? row_exp_store_sum(x, e, n, shift) : row_exp_sum(x, n, shift);
+    if (All) return Store ? row_exp_store_sum(x, e, n, shift, next) : row_exp_sum(x, n, shift, next);
     double s = 0.0;
     for (idx_t c0 = 0; c0 < n; c0 += CHUNK)
         s = add_chunk(s, masked_chunk_exp_lanes<Store>(x + c0, k + c0, Store ? e + c0 : e,
-                                                        chunk_len(c0, n), shift), c0);
+                                                        chunk_len(c0, n), shift,
+                                                        offset_or_null(next, c0)), c0);
     vector_upper_clear();
     return s;
 }
@@ -208,9 +213,10 @@ template <bool All, typename T> static inline T masked_max(const T *x, const uin
 
 /* ---- one row ------------------------------------------------------------- */
 
-template <bool All, typename T> static inline void masked_softmax_row(const T *x, const uint8_t *k, T *out, idx_t n) {
+template <bool All, typename T>
+static inline void masked_softmax_row(const T *x, const uint8_t *k, T *out, idx_t n, const T *next) {
     T m = masked_max<All>(x, k, n);
-    double s = masked_exp_sum<true, All>(x, k, out, n, m);
+    double s = masked_exp_sum<true, All>(x, k, out, n, m, next);
     row_scale(out, n, (T)(1.0 / s));
     if (!All && !(s >= 1.0)) {
         /* s >= 1 (exp(0) of the max) unless the row keeps nothing (s = 0) or
@@ -219,9 +225,11 @@ template <bool All, typename T> static inline void masked_softmax_row(const T *x
     }
 }
 
-template <bool All, typename T> static inline void masked_log_softmax_row(const T *x, const uint8_t *k, T *out, idx_t n) {
+template <bool All, typename T>
+static inline void masked_log_softmax_row(const T *x, const uint8_t *k, T *out, idx_t n,
+                                          const T *next) {
     T m = masked_max<All>(x, k, n);
-    T lse = (T)log(masked_exp_sum<false, All>(x, k, (T *)NULL, n, m));
+    T lse = (T)log(masked_exp_sum<false, All>(x, k, (T *)NULL, n, m, next));
     if (All) {
         row_log_softmax_from(x, out, n, m, lse);
         return;
@@ -234,9 +242,10 @@ template <bool All, typename T> static inline void masked_log_softmax_row(const 
     }
 }
 
-template <bool All, typename T> static inline T masked_logsumexp_row(const T *x, const uint8_t *k, idx_t n) {
+template <bool All, typename T>
+static inline T masked_logsumexp_row(const T *x, const uint8_t *k, idx_t n, const T *next) {
     T m = masked_max<All>(x, k, n);
-    double s = masked_exp_sum<false, All>(x, k, (T *)NULL, n, m);
+    double s = masked_exp_sum<false, All>(x, k, (T *)NULL, n, m, next);
     if (m == (T)INFINITY || m == (T)-INFINITY) {
         /* nothing kept or only -inf: -inf; +inf: +inf; unless a kept NaN */
         for (idx_t j = 0; j < n; ++j)
@@ -332,11 +341,12 @@ static inline idx_t kept_prefix(const uint8_t *k, idx_t n) {
 }
 
 template <bool All, typename T>
-static inline void masked_op_row(int op, const T *x, const T *g, const uint8_t *k, T *out, idx_t n) {
+static inline void masked_op_row(int op, const T *x, const T *g, const uint8_t *k, T *out, idx_t n,
+                                 const T *next) {
     switch (op) {
-    case MASKED_SOFTMAX: masked_softmax_row<All>(x, k, out, n); break;
-    case MASKED_LOG_SOFTMAX: masked_log_softmax_row<All>(x, k, out, n); break;
-    case MASKED_LOGSUMEXP: out[0] = masked_logsumexp_row<All>(x, k, n); break;
+    case MASKED_SOFTMAX: masked_softmax_row<All>(x, k, out, n, next); break;
+    case MASKED_LOG_SOFTMAX: masked_log_softmax_row<All>(x, k, out, n, next); break;
+    case MASKED_LOGSUMEXP: out[0] = masked_logsumexp_row<All>(x, k, n, next); break;
     case MASKED_SOFTMAX_BACKWARD: masked_softmax_backward_row<All>(g, x, k, out, n); break;
     default: masked_log_softmax_backward_row<All>(g, x, k, out, n); break;
     }
@@ -344,11 +354,12 @@ static inline void masked_op_row(int op, const T *x, const T *g, const uint8_t *
 
 /* Row i of op over n_rows x n C-contiguous rows (n >= 1): x the input (the
  * forward output for the backward ops), g the upstream gradient (backward
- * ops), out the result (one value per row for logsumexp; may be x or g).
+ * ops), out the result (one value per row for logsumexp; may be x or g),
+ * next the next row of x or NULL (prefetched by the forward ops' exp pass).
  * Out of line: the serial loop and the OpenMP loop run the same code. */
 template <typename T>
 static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx_t n,
-                                     const MaskRows *mk, idx_t i) {
+                                     const MaskRows *mk, idx_t i, const T *next) {
     int uniform;
     const uint8_t *k = mask_row(mk, i, n, &uniform);
     const T *xr = x + i * n;
@@ -362,13 +373,13 @@ static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx
     if (p == n) uniform = 1;
     if (p == 0) uniform = 0;
     if (0 < p && p < n) {
-        masked_op_row<true>(op, xr, gr, k, o, p);
+        masked_op_row<true>(op, xr, gr, k, o, p, next);
         if (op == MASKED_LOG_SOFTMAX)
             row_fill(o + p, n - p, (T)-INFINITY);
         else if (op != MASKED_LOGSUMEXP)
             row_zero(o + p, n - p);
     } else if (uniform == 1) {
-        masked_op_row<true>(op, xr, gr, k, o, n);
+        masked_op_row<true>(op, xr, gr, k, o, n, next);
     } else if (uniform == 0) {  /* nothing kept */
         if (op == MASKED_LOGSUMEXP)
             o[0] = (T)-INFINITY;
@@ -377,7 +388,7 @@ static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx
         else
             row_zero(o, n);
     } else {
-        masked_op_row<false>(op, xr, gr, k, o, n);
+        masked_op_row<false>(op, xr, gr, k, o, n, next);
     }
     vector_upper_clear();
 }

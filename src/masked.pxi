@@ -24,7 +24,7 @@ cdef extern from "masked.hpp" namespace "csoftmax" nogil:
         int64_t prefix
     Py_ssize_t kept_prefix(const uint8_t *k, Py_ssize_t n) noexcept
     void masked_unit[T](int op, const T *x, const T *g, T *out, Py_ssize_t n,
-                        const MaskRows *mk, Py_ssize_t i) noexcept
+                        const MaskRows *mk, Py_ssize_t i, const T *next) noexcept
     enum:
         MASKED_SOFTMAX
         MASKED_LOG_SOFTMAX
@@ -39,7 +39,7 @@ cdef void _masked_serial(
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n_rows):
-        masked_unit(op, x, g, out, n, mk, i)
+        masked_unit(op, x, g, out, n, mk, i, _next_row(x, n_rows, n, i))
 
 
 cdef int _masked_core(
@@ -50,7 +50,7 @@ cdef int _masked_core(
     cdef Py_ssize_t i
     if n_threads > 1:
         for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-            masked_unit(op, x, g, out, n, mk, i)
+            masked_unit(op, x, g, out, n, mk, i, _next_row(x, n_rows, n, i))
     elif n_rows * n < GIL_WORK:
         _masked_serial(op, x, g, out, n_rows, n, mk)
     else:
