@@ -578,17 +578,20 @@ template <typename T> static inline T tanh_small(T y) {
     return y + y * z * tanh_odd(z);
 }
 
-/* tanh(y): tanh_small for |y| < TANH_SMALL, where the form below would
- * cancel, else 1 - 2e / (1 + e) with e = exp(-2|y|) <= 0.29 (exp_nonpositive),
- * the sign of y; both are computed and one selected (vector code).  At most
- * 1.5 ulp (float and double, measured against long double); +-inf give +-1,
- * NaN propagates. */
+/* tanh(y) for |y| >= TANH_SMALL: 1 - 2e / (1 + e) with e = exp(-2|y|) <= 0.29
+ * (exp_nonpositive), the sign of y; +-inf give +-1, NaN propagates. */
+template <typename T> static inline T tanh_big(T y) {
+    T e = exp_nonpositive((T)-2 * (y < (T)0 ? -y : y));
+    T big = (T)1 - (T)2 * e / ((T)1 + e);
+    return y < (T)0 ? -big : big;
+}
+
+/* tanh(y): tanh_small for |y| < TANH_SMALL, where tanh_big's form would
+ * cancel, else tanh_big; both are computed and one selected (vector code).
+ * At most 1.5 ulp (float and double, measured against long double). */
 template <typename T> static inline T tanh_poly(T y) {
     T a = y < (T)0 ? -y : y;
-    T e = exp_nonpositive((T)-2 * a);
-    T big = (T)1 - (T)2 * e / ((T)1 + e);
-    big = y < (T)0 ? -big : big;
-    return a < (T)CS_TANH_SMALL ? tanh_small(y) : big;
+    return a < (T)CS_TANH_SMALL ? tanh_small(y) : tanh_big(y);
 }
 
 /* out_k = cap tanh(x_k / cap): the soft-capped logits (out may be x), with
@@ -612,10 +615,7 @@ enum { CAP_BLOCK = 512, CAP_LANES = 16 };
 template <bool Small, typename T> static inline T cap_value(T x, T y, T z, T cap) {
     T small = x + x * z * tanh_odd(z);
     if (Small) return small;
-    T e = exp_nonpositive((T)-2 * (y < (T)0 ? -y : y));
-    T big = (T)1 - (T)2 * e / ((T)1 + e);
-    big = cap * (y < (T)0 ? -big : big);
-    return z < (T)CS_TANH_SMALL_SQ ? small : big;
+    return z < (T)CS_TANH_SMALL_SQ ? small : cap * tanh_big(y);
 }
 
 /* x[0, n) capped into out, the maxima of y^2 and of the capped values into
