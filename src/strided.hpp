@@ -3,12 +3,13 @@
  * middle axis of a C-contiguous array viewed as (outer, C, inner): the class
  * (reduced) axis has stride `inner` elements, and the `inner` positions of one
  * outer index are contiguous.  No transposed copy is made: the kernels work on
- * a block of STRIDED_BYTES of consecutive positions at a time, the positions
- * as the vector lanes and the classes as the loop, so every load and store is
- * a contiguous vector.
+ * a block of consecutive positions at a time (STRIDED_BYTES of them, up to
+ * WIDE_BYTES for few classes), the positions as the vector lanes and the
+ * classes as the loop, so every load and store is a contiguous vector.
  *
- * Passes over a block (each reads the block's C x B elements; a block of
- * C = 1000 classes is 256 KiB, so passes 2 and 3 mostly hit L2):
+ * Passes over a block (each reads the block's C rows; a block of C = 1000
+ * classes is 256 KiB, so passes 2 and 3 mostly hit L2; a staged block's
+ * pass 2 also prefetches the next block, and its pass 3 may stream):
  *   1. m = max over classes;
  *   2. s = sum over classes of exp(x - m) (cross-entropy: also the smoothing
  *      sum and the label's logit);
@@ -34,17 +35,14 @@
 
 namespace csoftmax {
 
-/* bytes of consecutive positions per block: 64 floats or 32 doubles (four
- * AVX-512 vectors, eight AVX2 ones) */
-enum { STRIDED_BYTES = 256, SUM_CLASSES = 16 };
+/* bytes of consecutive positions per block: at least STRIDED_BYTES, 64
+ * floats or 32 doubles (four AVX-512 vectors, eight AVX2 ones), and for few
+ * classes up to WIDE_BYTES (strided_block_bytes) */
+enum { STRIDED_BYTES = 256, WIDE_BYTES = 4096, SUM_CLASSES = 16 };
 
-template <typename T> struct StridedBlock { enum { B = STRIDED_BYTES / (int)sizeof(T) }; };
-
-/* the blocks of one outer index: ceil(inner / B) */
-template <typename T> static inline idx_t strided_blocks(idx_t inner) {
-    const idx_t B = StridedBlock<T>::B;
-    return (inner + B - 1) / B;
-}
+template <typename T> struct StridedBlock {
+    enum { B = STRIDED_BYTES / (int)sizeof(T), WIDE = WIDE_BYTES / (int)sizeof(T) };
+};
 
 /* Staging.  Where a block's rows are far apart (a stride of STAGE_STRIDE
  * bytes or more) its passes 2 and 3 read it from a contiguous copy made in
@@ -55,6 +53,40 @@ template <typename T> static inline idx_t strided_blocks(idx_t inner) {
  * inner = 128 staging cost 10%).  Blocks of more than STAGE_BYTES are read in
  * place.  Whether a block is staged depends on the shape only. */
 enum { STAGE_BYTES = 1 << 20, STAGE_STRIDE = 2048 };
+
+/* Wide blocks.  A staged block reads each of its C rows from memory in
+ * pass 1 and writes each row of the result in pass 3: C streams of one
+ * block's row.  Rows of STRIDED_BYTES (4 cache lines) are too short for the
+ * hardware prefetchers and the memory's open pages, so where the classes are
+ * few the block widens, doubling while C x width stays within WIDE_STAGE
+ * (the staged block in L2) up to WIDE_BYTES (a page), as long as the outer
+ * index keeps two blocks.  The segmentation loss 8x21x256x256 (blocks of
+ * 4 KiB): loss + gradient 0.76x the time, loss 0.80x (AVX2, 2 threads).
+ * Many classes keep STRIDED_BYTES: their blocks are large already. */
+enum { WIDE_STAGE = 1 << 17 };
+
+/* the bytes of positions per block over C classes of inner_bytes each: a
+ * power of two from STRIDED_BYTES to WIDE_BYTES; the shape's, not the
+ * thread count's */
+static inline idx_t strided_block_bytes(idx_t C, idx_t inner_bytes) {
+    idx_t b = STRIDED_BYTES;
+    if (inner_bytes >= (idx_t)STAGE_STRIDE)
+        while (2 * b <= (idx_t)WIDE_BYTES && C * 2 * b <= (idx_t)WIDE_STAGE &&
+               4 * b <= inner_bytes)
+            b *= 2;
+    return b;
+}
+
+/* positions per block (strided_block_bytes) */
+template <typename T> static inline idx_t strided_width(idx_t C, idx_t inner) {
+    return strided_block_bytes(C, inner * (idx_t)sizeof(T)) / (idx_t)sizeof(T);
+}
+
+/* the blocks of one outer index: ceil(inner / width) */
+template <typename T> static inline idx_t strided_blocks(idx_t C, idx_t inner) {
+    const idx_t bw = strided_width<T>(C, inner);
+    return (inner + bw - 1) / bw;
+}
 
 /* Rows of a block that are not contiguous (inner > B) lie in a new page each
  * (at inner >= 1024 floats), where the hardware prefetchers stop: the passes
@@ -68,9 +100,56 @@ template <typename T> static inline void prefetch_row(const T *p, idx_t w, int w
     }
 }
 
+/* Streamed rows.  Pass 3 of a staged block writes each row of the result
+ * once and reads nothing of it back; where the output is larger than the
+ * caches (the caller's stream flag), the row is formed in an L1 buffer and
+ * written with non-temporal stores, since a plain store first reads the line:
+ * a third of the traffic of a loss + gradient.  stream_row copies with them
+ * (the whole 64-byte lines; plain stores at the ends and in builds without
+ * AVX); stream_fence orders them before the unit returns. */
+template <typename T> static inline void stream_row(T *dst, const T *src, idx_t n) {
+    idx_t i = 0;
+#ifdef __AVX__
+    /* whole cache lines only: a line written partly by plain stores and
+     * partly streamed is flushed half-full (softmax of 1000x4096 over axis 0
+     * into an output 16 bytes off a line took 4-9x the time) */
+    const idx_t line = 64 / (idx_t)sizeof(T), half = line / 2;
+    for (; i < n && ((uintptr_t)(dst + i) & 63) != 0; ++i) dst[i] = src[i];
+    for (; i + line <= n; i += line) {
+        _mm256_stream_si256((__m256i *)(dst + i), _mm256_loadu_si256((const __m256i *)(src + i)));
+        _mm256_stream_si256((__m256i *)(dst + i + half),
+                            _mm256_loadu_si256((const __m256i *)(src + i + half)));
+    }
+#endif
+    for (; i < n; ++i) dst[i] = src[i];
+}
+
+/* Whether a block streams its rows (given the caller's stream flag): staged
+ * (pass 3 reads the stage only), and either rows of STREAM_ROW_BYTES or more
+ * (a partial line at each end) or rows of whole lines (out and the row
+ * distance a multiple of 64 bytes).  Short rows off the lines (softmax of
+ * 1000x4096 over axis 0, blocks of 256 bytes, output 16 bytes off a line)
+ * were slower streamed: the line each pair of blocks shares is read twice. */
+enum { STREAM_ROW_BYTES = 1024 };
+template <typename T>
+static inline bool streams_rows(const T *stage, const T *out, idx_t inner, idx_t w) {
+    const idx_t row = w * (idx_t)sizeof(T);
+    return stage != NULL &&
+           (row >= (idx_t)STREAM_ROW_BYTES ||
+            (((uintptr_t)out & 63) == 0 && row % 64 == 0 && inner * (idx_t)sizeof(T) % 64 == 0));
+}
+
+static inline void stream_fence(void) {
+#ifdef __AVX__
+    _mm_sfence();
+#endif
+}
+
 template <typename T> static inline idx_t strided_stage_elems(const T *, idx_t C, idx_t inner) {
-    const idx_t B = StridedBlock<T>::B;
-    return inner * (idx_t)sizeof(T) >= (idx_t)STAGE_STRIDE && inner > B && C * (idx_t)STRIDED_BYTES <= (idx_t)STAGE_BYTES ? C * B : 0;
+    const idx_t bw = strided_width<T>(C, inner);
+    return inner * (idx_t)sizeof(T) >= (idx_t)STAGE_STRIDE && inner > bw &&
+                   C * bw * (idx_t)sizeof(T) <= (idx_t)STAGE_BYTES
+               ? C * bw : 0;
 }
 
 /* m[j] = max over classes of x[c * inner + j], j < w (+0 for a zero max).
@@ -79,12 +158,11 @@ template <typename T> static inline idx_t strided_stage_elems(const T *, idx_t C
 template <typename T, int W>
 static inline void sblock_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, T *stage) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
-    const idx_t B = StridedBlock<T>::B;
     for (idx_t j = 0; j < w; ++j) m[j] = (T)-INFINITY;
     if (stage != NULL) {
         for (idx_t c = 0; c < C; ++c) {
             const T *xc = x + c * inner;
-            T *sc = stage + c * B;
+            T *sc = stage + c * w;
             if (c + PREFETCH_ROWS < C) prefetch_row(xc + PREFETCH_ROWS * inner, w, 0);
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) {
@@ -106,16 +184,15 @@ static inline void sblock_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, 
 /* sblock_max of the soft-capped block (cap != 0): each class row capped into
  * stage (row_softcap: the cap of every path), the max taken there.  The
  * later passes read the capped block from stage, and the gradient goes back
- * through the cap from it (sblock_softcap_grad). */
+ * through the cap from it (row_softcap_grad, row by row in pass 3). */
 template <typename T, int W>
 static inline void sblock_capped_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, T *stage,
                                      T cap) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
-    const idx_t B = StridedBlock<T>::B;
     for (idx_t j = 0; j < w; ++j) m[j] = (T)-INFINITY;
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = x + c * inner;
-        T *sc = stage + c * B;
+        T *sc = stage + c * w;
         if (c + PREFETCH_ROWS < C) prefetch_row(xc + PREFETCH_ROWS * inner, w, 0);
         row_softcap(xc, sc, w, cap);
 #pragma omp simd
@@ -124,13 +201,18 @@ static inline void sblock_capped_max(const T *x, idx_t C, idx_t inner, idx_t w_,
     for (idx_t j = 0; j < w; ++j) m[j] = m[j] + (T)0;
 }
 
-/* the gradient of a block through the soft cap, from the capped block */
-template <typename T>
-static inline void sblock_softcap_grad(T *grad, const T *stage, idx_t C, idx_t inner, idx_t w,
-                                       T cap) {
-    const idx_t B = StridedBlock<T>::B;
-    for (idx_t c = 0; c < C; ++c) row_softcap_grad(grad + c * inner, stage + c * B, w, cap);
-}
+/* The next block of a staged one, read while this block's pass 2 runs
+ * (strided_next): pass 1 of a block otherwise waits on memory for its C
+ * rows (the segmentation loss 8x21x256x256 spent a quarter of its time
+ * there), as a row's max pass did before the row kernels prefetched the next
+ * row.  Only where both blocks fit in L2 beside each other (C x width <=
+ * WIDE_STAGE), in spans of NEXT_SPAN elements (4 prefetches per span of
+ * floats): a burst of a whole row at once was slower for the row kernels. */
+template <typename T> struct StridedNext {
+    const T *x;     /* its first element in place, or NULL for none */
+    idx_t w, ld;    /* its width; its rows' distance (inner) */
+};
+enum { NEXT_SPAN = 64 };
 
 /* s[j] = sum over classes of exp(x - m[j]): in T over SUM_CLASSES classes,
  * then in double.  With e (not NULL) the exponentials are also stored there
@@ -139,28 +221,35 @@ static inline void sblock_softcap_grad(T *grad, const T *stage, idx_t C, idx_t i
  * the row kernels' row_exp_sum). */
 template <bool Summand, typename T, int W>
 static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, const T *m,
-                                  double *s, T *e = NULL, idx_t e_ld = 0) {
+                                  double *s, T *e, idx_t e_ld, const StridedNext<T> &next) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
     const T lo = exp_lo<T>(), lo_sum = exp_lo<T, Summand>();
-    T part[StridedBlock<T>::B];
+    T part[W > 0 ? W : StridedBlock<T>::WIDE];
     for (idx_t j = 0; j < w; ++j) s[j] = 0.0;
     for (idx_t c0 = 0; c0 < C; c0 += SUM_CLASSES) {
         idx_t c1 = C - c0 > SUM_CLASSES ? c0 + SUM_CLASSES : C;
         for (idx_t j = 0; j < w; ++j) part[j] = 0;
         for (idx_t c = c0; c < c1; ++c) {
             const T *xc = x + c * inner;
-            if (e != NULL) {
-                T *ec = e + c * e_ld;
+            const T *pc = next.x != NULL ? next.x + c * next.ld : NULL;
+            /* spans of the row, each prefetching its share of the next
+             * block's row (the spans do not change the arithmetic) */
+            for (idx_t k0 = 0; k0 < w; k0 += NEXT_SPAN) {
+                idx_t k1 = w - k0 > NEXT_SPAN ? k0 + NEXT_SPAN : w;
+                if (pc != NULL && k0 < next.w) prefetch_columns(pc, k0, k1 < next.w ? k1 : next.w);
+                if (e != NULL) {
+                    T *ec = e + c * e_ld;
 #pragma omp simd
-                for (idx_t j = 0; j < w; ++j) {
-                    T v = exp_nonpositive((T)(xc[j] - m[j]), lo);
-                    ec[j] = v;
-                    part[j] += v;
+                    for (idx_t j = k0; j < k1; ++j) {
+                        T v = exp_nonpositive((T)(xc[j] - m[j]), lo);
+                        ec[j] = v;
+                        part[j] += v;
+                    }
+                } else {
+#pragma omp simd
+                    for (idx_t j = k0; j < k1; ++j)
+                        part[j] += exp_nonpositive_as<Summand>((T)(xc[j] - m[j]), lo_sum);
                 }
-            } else {
-#pragma omp simd
-                for (idx_t j = 0; j < w; ++j)
-                    part[j] += exp_nonpositive_as<Summand>((T)(xc[j] - m[j]), lo_sum);
             }
         }
         for (idx_t j = 0; j < w; ++j) s[j] += (double)part[j];
@@ -193,20 +282,21 @@ enum { STRIDED_SOFTMAX = 0, STRIDED_LOG_SOFTMAX = 1, STRIDED_LOGSUMEXP = 2 };
 /* one block of w positions (W > 0: w == W known at compile time).
  * x: the block's first element; out: likewise (logsumexp: its w results). */
 template <int Op, typename T, int W>
-static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_t w_, T *stage) {
+static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_t w_, T *stage,
+                                  int stream, const StridedNext<T> &next) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
-    enum { B = StridedBlock<T>::B };
-    T m[B];
-    double s[B];
-    T f[B];
+    enum { BW = W > 0 ? W : StridedBlock<T>::WIDE };
+    T m[BW];
+    double s[BW];
+    T f[BW];
     sblock_max<T, W>(x, C, inner, w, m, stage);
     const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
-    const idx_t ld = stage != NULL ? (idx_t)B : inner;
+    const idx_t ld = stage != NULL ? w : inner;
     /* the exponentials kept for pass 3: in the staged block, else in out */
     const bool store = Op == STRIDED_SOFTMAX && strided_store_exp(C);
     T *e = store ? (stage != NULL ? stage : out) : (T *)NULL;
-    const idx_t e_ld = stage != NULL ? (idx_t)B : inner;
-    sblock_exp_sum<Op != STRIDED_SOFTMAX, T, W>(xr, C, ld, w, m, s, e, e_ld);
+    const idx_t e_ld = stage != NULL ? w : inner;
+    sblock_exp_sum<Op != STRIDED_SOFTMAX, T, W>(xr, C, ld, w, m, s, e, e_ld, next);
     if (Op == STRIDED_LOGSUMEXP) {
         for (idx_t j = 0; j < w; ++j) {
             if (m[j] == (T)INFINITY || m[j] == (T)-INFINITY)
@@ -219,10 +309,13 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
     for (idx_t j = 0; j < w; ++j)
         f[j] = Op == STRIDED_SOFTMAX ? (T)(1.0 / s[j]) : (T)log(s[j]);
     const T lo = exp_lo<T>();
+    stream = stream && streams_rows(stage, out, inner, w);
+    T row[BW];                         /* a streamed row, formed here */
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = xr + c * ld;
-        T *oc = out + c * inner;
-        if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(oc + PREFETCH_ROWS * inner, w, 1);
+        T *oc = stream ? row : out + c * inner;
+        if (!stream && inner > w && c + PREFETCH_ROWS < C)
+            prefetch_row(oc + PREFETCH_ROWS * inner, w, 1);
         if (Op == STRIDED_SOFTMAX && store) {
             const T *ec = e + c * e_ld;
 #pragma omp simd
@@ -234,22 +327,38 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) oc[j] = (xc[j] - m[j]) - f[j];
         }
+        if (stream) stream_row(out + c * inner, row, w);
     }
+    if (stream) stream_fence();
 }
 
 /* Where unit u's block lies in (outer, C, inner): outer index u / blocks,
  * block u % blocks; its first element's offset in a (outer, C, inner) array
  * (el) and in a per-position (outer, inner) array (pos), and its width. */
 struct StridedBlockAt {
-    idx_t el, pos, w;
+    idx_t el, pos, w, j0;   /* j0: its first position's index in the outer index */
 };
 
 template <typename T> static inline StridedBlockAt strided_block_at(idx_t C, idx_t inner, idx_t u) {
-    enum { B = StridedBlock<T>::B };
-    idx_t nb = strided_blocks<T>(inner);
-    idx_t o = u / nb, j0 = (u - o * nb) * B;
-    StridedBlockAt at = {o * C * inner + j0, o * inner + j0, inner - j0 > B ? (idx_t)B : inner - j0};
+    const idx_t bw = strided_width<T>(C, inner);
+    idx_t nb = (inner + bw - 1) / bw;
+    idx_t o = u / nb, j0 = (u - o * nb) * bw;
+    StridedBlockAt at = {o * C * inner + j0, o * inner + j0, inner - j0 > bw ? bw : inner - j0, j0};
     return at;
+}
+
+/* the block after the staged block `at` of x, when there is one in the same
+ * outer index and the two fit in L2 (see StridedNext) */
+template <typename T>
+static inline StridedNext<T> strided_next(const T *x, idx_t C, idx_t inner, StridedBlockAt at,
+                                          const T *stage) {
+    StridedNext<T> next = {NULL, 0, inner};
+    idx_t j1 = at.j0 + at.w;
+    if (stage != NULL && j1 < inner && C * at.w * (idx_t)sizeof(T) <= (idx_t)WIDE_STAGE) {
+        next.x = x + at.el + at.w;
+        next.w = inner - j1 < at.w ? inner - j1 : at.w;
+    }
+    return next;
 }
 
 /* ex with its per-position arrays from position pos (a copy in *bex), or
@@ -263,25 +372,27 @@ static inline const CrossEntropyExtra *extra_at(const CrossEntropyExtra *ex, idx
     return bex;
 }
 
-/* Unit u of op over x (outer, C, inner) (see strided_block_at).  out: (outer, C, inner), or (outer, inner) for logsumexp.  Out
- * of line (see CS_REDUCTION): one compiled copy for the serial and the
- * threaded loop. */
+/* Unit u of op over x (outer, C, inner) (see strided_block_at).  out:
+ * (outer, C, inner), or (outer, inner) for logsumexp; stream: a staged
+ * block's rows are streamed (see stream_row).  Out of line (see
+ * CS_REDUCTION): one compiled copy for the serial and the threaded loop. */
 template <typename T>
 static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t inner, idx_t u,
-                                      T *stage) {
+                                      T *stage, int stream) {
     enum { B = StridedBlock<T>::B };
     StridedBlockAt at = strided_block_at<T>(C, inner, u);
     idx_t w = at.w;
     const T *xb = x + at.el;
     T *ob = out + (op == STRIDED_LOGSUMEXP ? at.pos : at.el);
+    const StridedNext<T> next = strided_next(x, C, inner, at, stage);
     if (w == B) {
-        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, B>(xb, ob, C, inner, w, stage);
-        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, B>(xb, ob, C, inner, w, stage);
-        else sblock_softmax<STRIDED_LOGSUMEXP, T, B>(xb, ob, C, inner, w, stage);
+        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, B>(xb, ob, C, inner, w, stage, stream, next);
+        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, B>(xb, ob, C, inner, w, stage, stream, next);
+        else sblock_softmax<STRIDED_LOGSUMEXP, T, B>(xb, ob, C, inner, w, stage, stream, next);
     } else {
-        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, 0>(xb, ob, C, inner, w, stage);
-        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, 0>(xb, ob, C, inner, w, stage);
-        else sblock_softmax<STRIDED_LOGSUMEXP, T, 0>(xb, ob, C, inner, w, stage);
+        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, 0>(xb, ob, C, inner, w, stage, stream, next);
+        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, 0>(xb, ob, C, inner, w, stage, stream, next);
+        else sblock_softmax<STRIDED_LOGSUMEXP, T, 0>(xb, ob, C, inner, w, stage, stream, next);
     }
 }
 
@@ -322,18 +433,19 @@ template <bool Grad, typename T, typename L, int W>
 static inline void sblock_cross_entropy_index(
         const T *x, const L *target, idx_t C, idx_t inner, idx_t w_, idx_t ignore_index,
         const T *wt_, double w_total, double alpha, double beta, double *loss, T *grad,
-        double scale, T *stage, const CrossEntropyExtra *ex, T cap) {
+        double scale, T *stage, const CrossEntropyExtra *ex, T cap, int stream,
+        const StridedNext<T> &next) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
-    enum { B = StridedBlock<T>::B };
-    T m[B], c1[B], ct[B], fill[B];
-    double s[B], sm[B], xt[B], wt[B];
-    int32_t lab[B];                    /* the label, -1 ignored, -2 out of range */
+    enum { BW = W > 0 ? W : StridedBlock<T>::WIDE };
+    T m[BW], c1[BW], ct[BW], fill[BW];
+    double s[BW], sm[BW], xt[BW], wt[BW];
+    int32_t lab[BW];                    /* the label, -1 ignored, -2 out of range */
     if (cap != (T)0)                   /* soft-capped: always staged */
         sblock_capped_max<T, W>(x, C, inner, w, m, stage, cap);
     else
         sblock_max<T, W>(x, C, inner, w, m, stage);
     const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
-    const idx_t ld = stage != NULL ? (idx_t)B : inner;
+    const idx_t ld = stage != NULL ? w : inner;
     int special = 0;
     for (idx_t j = 0; j < w; ++j) {
         idx_t t = (idx_t)target[j];    /* in 64 bits: ignore_index need not fit in L */
@@ -362,10 +474,10 @@ static inline void sblock_cross_entropy_index(
         if (stage == NULL)
             e = grad;
         else if (cap == (T)0)
-            e = stage, e_ld = B;
+            e = stage, e_ld = w;
     }
     const bool store = e != NULL;
-    sblock_exp_sum<!Grad, T, W>(xr, C, ld, w, m, s, e, e_ld);
+    sblock_exp_sum<!Grad, T, W>(xr, C, ld, w, m, s, e, e_ld, next);
     if (ex == NULL) {
         sblock_index_finish(w, lab, wt, xt, sm, s, w_total, alpha, beta, scale, loss, c1, ct, fill);
     } else {
@@ -387,33 +499,50 @@ static inline void sblock_cross_entropy_index(
         }
     }
     if (!Grad) return;
+    /* each row of the gradient formed whole (its targets' lanes and the soft
+     * cap's chain included) before the next, so that it can be streamed */
     const T cb = (T)(beta * scale), lo = exp_lo<T>();
+    stream = stream && streams_rows(stage, grad, inner, w);
+    T row[BW];                         /* a streamed row, formed here */
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = xr + c * ld;
-        T *gc = grad + c * inner;
-        if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
+        T *gc = stream ? row : grad + c * inner;
+        if (!stream && inner > w && c + PREFETCH_ROWS < C)
+            prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
         T cw = beta != 0.0 ? cb * (wt_ != NULL ? wt_[c] : (T)1) : (T)0;
         const T *ec = store ? e + c * e_ld : xc;
+        const int32_t cl = (int32_t)c;
         if (store && special) {
 #pragma omp simd
-            for (idx_t j = 0; j < w; ++j) gc[j] = lab[j] >= 0 ? ec[j] * c1[j] - cw : fill[j];
+            for (idx_t j = 0; j < w; ++j) {
+                T g = ec[j] * c1[j] - cw;
+                g = lab[j] == cl ? g - ct[j] : g;
+                gc[j] = lab[j] >= 0 ? g : fill[j];
+            }
         } else if (store) {
 #pragma omp simd
-            for (idx_t j = 0; j < w; ++j) gc[j] = ec[j] * c1[j] - cw;
+            for (idx_t j = 0; j < w; ++j) {
+                T g = ec[j] * c1[j] - cw;
+                gc[j] = lab[j] == cl ? g - ct[j] : g;
+            }
         } else if (special) {
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) {
                 T g = exp_nonpositive((T)(xc[j] - m[j]), lo) * c1[j] - cw;
+                g = lab[j] == cl ? g - ct[j] : g;
                 gc[j] = lab[j] >= 0 ? g : fill[j];
             }
         } else {
 #pragma omp simd
-            for (idx_t j = 0; j < w; ++j) gc[j] = exp_nonpositive((T)(xc[j] - m[j]), lo) * c1[j] - cw;
+            for (idx_t j = 0; j < w; ++j) {
+                T g = exp_nonpositive((T)(xc[j] - m[j]), lo) * c1[j] - cw;
+                gc[j] = lab[j] == cl ? g - ct[j] : g;
+            }
         }
+        if (cap != (T)0) row_softcap_grad(gc, stage + c * w, w, cap);
+        if (stream) stream_row(grad + c * inner, row, w);
     }
-    for (idx_t j = 0; j < w; ++j)
-        if (lab[j] >= 0) grad[lab[j] * inner + j] -= ct[j];
-    if (cap != (T)0) sblock_softcap_grad(grad, stage, C, inner, w, cap);
+    if (stream) stream_fence();
 }
 
 /* Unit u (as strided_unit) of cross-entropy: x (outer, C, inner), target and
@@ -423,7 +552,7 @@ template <typename T, typename L>
 static CS_REDUCTION void strided_cross_entropy_index_unit(
         const T *x, const L *target, idx_t C, idx_t inner, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        idx_t u, T *stage, const CrossEntropyExtra *ex, T cap) {
+        idx_t u, T *stage, const CrossEntropyExtra *ex, T cap, int stream) {
     enum { B = StridedBlock<T>::B };
     StridedBlockAt at = strided_block_at<T>(C, inner, u);
     idx_t n = at.w;
@@ -433,20 +562,21 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
     T *gb = grad == NULL ? grad : grad + at.el;
     CrossEntropyExtra bex;
     ex = extra_at(ex, at.pos, &bex);
+    const StridedNext<T> next = strided_next(x, C, inner, at, stage);
     if (n == B) {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
+                                                      w_total, alpha, beta, lb, gb, scale, stage, ex, cap, stream, next);
         else
             sblock_cross_entropy_index<false, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
+                                                       w_total, alpha, beta, lb, gb, scale, stage, ex, cap, stream, next);
     } else {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
+                                                      w_total, alpha, beta, lb, gb, scale, stage, ex, cap, stream, next);
         else
             sblock_cross_entropy_index<false, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, lb, gb, scale, stage, ex, cap);
+                                                       w_total, alpha, beta, lb, gb, scale, stage, ex, cap, stream, next);
     }
 }
 
@@ -463,17 +593,17 @@ template <bool Grad, typename T, int W>
 static inline void sblock_cross_entropy_prob(
         const T *x, const T *y, idx_t C, idx_t inner, idx_t w_, const T *wt_, double alpha,
         double beta, double *loss, T *grad, double scale, T *stage, const CrossEntropyExtra *ex,
-        T cap) {
+        T cap, int stream, const StridedNext<T> &next) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
-    enum { B = StridedBlock<T>::B };
-    T m[B], c1[B];
-    double s[B], ys[B], yd[B];
+    enum { BW = W > 0 ? W : StridedBlock<T>::WIDE };
+    T m[BW], c1[BW];
+    double s[BW], ys[BW], yd[BW];
     if (cap != (T)0)
         sblock_capped_max<T, W>(x, C, inner, w, m, stage, cap);
     else
         sblock_max<T, W>(x, C, inner, w, m, stage);
     const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
-    const idx_t ld = stage != NULL ? (idx_t)B : inner;
+    const idx_t ld = stage != NULL ? w : inner;
     for (idx_t j = 0; j < w; ++j) ys[j] = 0.0, yd[j] = 0.0;
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = xr + c * ld;
@@ -486,7 +616,7 @@ static inline void sblock_cross_entropy_prob(
             yd[j] += yk * ((double)xc[j] - (double)m[j]);
         }
     }
-    sblock_exp_sum<!Grad, T, W>(xr, C, ld, w, m, s);
+    sblock_exp_sum<!Grad, T, W>(xr, C, ld, w, m, s, (T *)NULL, 0, next);
     for (idx_t j = 0; j < w; ++j) {
         double c = ys[j] / s[j] * scale;
         if (ex != NULL && ex->z != 0.0) {
@@ -498,17 +628,22 @@ static inline void sblock_cross_entropy_prob(
     }
     if (!Grad) return;
     const T a2 = (T)(alpha * scale), b2 = (T)(beta * scale), lo = exp_lo<T>();
+    stream = stream && streams_rows(stage, grad, inner, w);
+    T row[BW];                         /* a streamed row, formed here */
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = xr + c * ld;
         const T *yc = y + c * inner;
-        T *gc = grad + c * inner;
-        if (inner > B && c + PREFETCH_ROWS < C) prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
+        T *gc = stream ? row : grad + c * inner;
+        if (!stream && inner > w && c + PREFETCH_ROWS < C)
+            prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
         T wc = wt_ != NULL ? wt_[c] : (T)1;
 #pragma omp simd
         for (idx_t j = 0; j < w; ++j)
             gc[j] = exp_nonpositive((T)(xc[j] - m[j]), lo) * c1[j] - wc * (a2 * yc[j] + b2);
+        if (cap != (T)0) row_softcap_grad(gc, stage + c * w, w, cap);
+        if (stream) stream_row(grad + c * inner, row, w);
     }
-    if (cap != (T)0) sblock_softcap_grad(grad, stage, C, inner, w, cap);
+    if (stream) stream_fence();
 }
 
 /* Unit u (as strided_unit) of cross-entropy with probability targets: x and y
@@ -517,7 +652,7 @@ template <typename T>
 static CS_REDUCTION void strided_cross_entropy_prob_unit(
         const T *x, const T *y, idx_t C, idx_t inner, const T *w, double alpha, double beta,
         double *loss, T *grad, double scale, idx_t u, T *stage, const CrossEntropyExtra *ex,
-        T cap) {
+        T cap, int stream) {
     enum { B = StridedBlock<T>::B };
     StridedBlockAt at = strided_block_at<T>(C, inner, u);
     idx_t n = at.w;
@@ -527,20 +662,21 @@ static CS_REDUCTION void strided_cross_entropy_prob_unit(
     T *gb = grad == NULL ? grad : grad + at.el;
     CrossEntropyExtra bex;
     ex = extra_at(ex, at.pos, &bex);
+    const StridedNext<T> next = strided_next(x, C, inner, at, stage);
     if (n == B) {
         if (grad != NULL)
             sblock_cross_entropy_prob<true, T, B>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
-                                                  scale, stage, ex, cap);
+                                                  scale, stage, ex, cap, stream, next);
         else
             sblock_cross_entropy_prob<false, T, B>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
-                                                   scale, stage, ex, cap);
+                                                   scale, stage, ex, cap, stream, next);
     } else {
         if (grad != NULL)
             sblock_cross_entropy_prob<true, T, 0>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
-                                                  scale, stage, ex, cap);
+                                                  scale, stage, ex, cap, stream, next);
         else
             sblock_cross_entropy_prob<false, T, 0>(xb, yb, C, inner, n, w, alpha, beta, lb, gb,
-                                                   scale, stage, ex, cap);
+                                                   scale, stage, ex, cap, stream, next);
     }
 }
 

@@ -12,27 +12,54 @@ cdef extern from "strided.hpp" namespace "csoftmax" nogil:
     enum: STRIDED_BYTES
     void strided_unit[T](
         int op, const T *x, T *out, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t u,
-        T *stage) noexcept
+        T *stage, int stream) noexcept
     void strided_cross_entropy_index_unit[T, L](
         const T *x, const L *target, Py_ssize_t C, Py_ssize_t inner,
         Py_ssize_t ignore_index, const T *w, double w_total, double alpha, double beta,
         double *loss, T *grad, double scale, Py_ssize_t u, T *stage,
-        const CrossEntropyExtra *ex, T cap) noexcept
+        const CrossEntropyExtra *ex, T cap, int stream) noexcept
     void strided_cross_entropy_prob_unit[T](
         const T *x, const T *y, Py_ssize_t C, Py_ssize_t inner, const T *w, double alpha,
         double beta, double *loss, T *grad, double scale, Py_ssize_t u, T *stage,
-        const CrossEntropyExtra *ex, T cap) noexcept
+        const CrossEntropyExtra *ex, T cap, int stream) noexcept
     Py_ssize_t strided_stage_elems[T](const T *x, Py_ssize_t C, Py_ssize_t inner) noexcept
+    Py_ssize_t strided_block_bytes(Py_ssize_t C, Py_ssize_t inner_bytes) noexcept
 
 
-# bytes of consecutive positions per unit (the Python layer sizes a call's
-# team with it)
+# bytes of consecutive positions per unit, at least (the Python layer sizes a
+# call's team with it)
 STRIDED_BLOCK_BYTES = STRIDED_BYTES
 
 
-cdef inline Py_ssize_t _strided_blocks(Py_ssize_t inner, size_t itemsize) noexcept nogil:
+def strided_unit_bytes(Py_ssize_t C, Py_ssize_t inner_bytes):
+    """Bytes of consecutive positions per unit over C classes of inner_bytes
+    (strided_block_bytes in strided.hpp; a test checks the Python layer's
+    copy)."""
+    return strided_block_bytes(C, inner_bytes)
+
+
+cdef inline Py_ssize_t _strided_blocks(Py_ssize_t C, Py_ssize_t inner,
+                                       size_t itemsize) noexcept nogil:
     """Blocks of positions per outer index (strided_blocks in strided.hpp)."""
-    return (inner * <Py_ssize_t>itemsize + STRIDED_BYTES - 1) // STRIDED_BYTES
+    cdef Py_ssize_t b = strided_block_bytes(C, inner * <Py_ssize_t>itemsize)
+    return (inner * <Py_ssize_t>itemsize + b - 1) // b
+
+
+# Outputs of at least this many bytes are written with non-temporal stores
+# where the blocks are staged (stream_row in strided.hpp): beyond the caches,
+# where a plain store first reads the line.  AVX2, 2 threads, streamed / plain
+# time: the segmentation loss + gradient 8x21x256x256 (44 MiB) 0.85-0.95x,
+# softmax of 1000x4096 over axis 0 into a line-aligned output 0.83x.
+cdef Py_ssize_t _strided_stream_bytes = 8 << 20
+
+
+def strided_stream_bytes(Py_ssize_t n=-1):
+    """The output size from which staged blocks stream their rows; n >= 0
+    sets it (tests)."""
+    global _strided_stream_bytes
+    if n >= 0:
+        _strided_stream_bytes = n
+    return _strided_stream_bytes
 
 
 cdef floating *_stage_alloc(
@@ -44,7 +71,8 @@ cdef floating *_stage_alloc(
     capped: soft-capped blocks, always staged."""
     elems[0] = strided_stage_elems(x, C, inner)
     if capped:
-        elems[0] = C * (STRIDED_BYTES // <Py_ssize_t>sizeof(floating))
+        elems[0] = C * (strided_block_bytes(C, inner * <Py_ssize_t>sizeof(floating))
+                        // <Py_ssize_t>sizeof(floating))
     if elems[0] == 0:
         return NULL
     cdef floating *p = <floating *>malloc(n_threads * elems[0] * sizeof(floating))
@@ -55,11 +83,11 @@ cdef floating *_stage_alloc(
 
 cdef void _strided_serial(
     int op, const floating *x, floating *out, Py_ssize_t C, Py_ssize_t inner,
-    Py_ssize_t n_units, floating *stage,
+    Py_ssize_t n_units, floating *stage, int stream,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
-        strided_unit(op, x, out, C, inner, u, stage)
+        strided_unit(op, x, out, C, inner, u, stage, stream)
 
 
 cdef int _strided_core(
@@ -68,18 +96,19 @@ cdef int _strided_core(
 ) except -1:
     """op (OP_SOFTMAX, OP_LOG_SOFTMAX: out like x; OP_LOGSUMEXP: out
     (outer, inner)) over x (outer, C, inner), all >= 1."""
-    cdef Py_ssize_t u, elems, n_units = outer * _strided_blocks(inner, sizeof(floating))
+    cdef Py_ssize_t u, elems, n_units = outer * _strided_blocks(C, inner, sizeof(floating))
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems)
+    cdef int stream = outer * C * inner * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             strided_unit(op, x, out, C, inner, u,
-                         stage if stage == NULL else stage + threadid() * elems)
+                         stage if stage == NULL else stage + threadid() * elems, stream)
     elif outer * C * inner < GIL_WORK:
-        _strided_serial(op, x, out, C, inner, n_units, stage)
+        _strided_serial(op, x, out, C, inner, n_units, stage, stream)
     else:
         with nogil:
-            _strided_serial(op, x, out, C, inner, n_units, stage)
+            _strided_serial(op, x, out, C, inner, n_units, stage, stream)
     free(stage)
     return 0
 
@@ -113,12 +142,12 @@ cdef void _strided_ce_serial(
     const floating *x, const label_t *t, Py_ssize_t C, Py_ssize_t inner,
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
     double *loss, floating *grad, double scale, Py_ssize_t n_units, floating *stage,
-    const CrossEntropyExtra *ex, floating cap,
+    const CrossEntropyExtra *ex, floating cap, int stream,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
         strided_cross_entropy_index_unit(x, t, C, inner, ignore_index, w, w_total, alpha,
-                                         beta, loss, grad, scale, u, stage, ex, cap)
+                                         beta, loss, grad, scale, u, stage, ex, cap, stream)
 
 
 def cross_entropy_index_strided(const floating[:, :, ::1] logits,
@@ -162,22 +191,24 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
     cdef double w_total = <double>C if w == NULL else row_sum(w, C)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
-    cdef Py_ssize_t elems, n_units = outer * _strided_blocks(inner, sizeof(floating))
+    cdef Py_ssize_t elems, n_units = outer * _strided_blocks(C, inner, sizeof(floating))
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating cap = <floating>softcap
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
+    cdef int stream = (g != NULL and
+                       n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             strided_cross_entropy_index_unit(
                 x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g, grad_scale, u,
-                stage if stage == NULL else stage + threadid() * elems, ex, cap)
+                stage if stage == NULL else stage + threadid() * elems, ex, cap, stream)
     elif n_rows * C < GIL_WORK:
         _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g,
-                           grad_scale, n_units, stage, ex, cap)
+                           grad_scale, n_units, stage, ex, cap, stream)
     else:
         with nogil:
             _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss,
-                               g, grad_scale, n_units, stage, ex, cap)
+                               g, grad_scale, n_units, stage, ex, cap, stream)
     free(stage)
     return pairwise_sum(loss, n_rows)
 
@@ -185,12 +216,12 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
 cdef void _strided_prob_serial(
     const floating *x, const floating *y, Py_ssize_t C, Py_ssize_t inner, const floating *w,
     double alpha, double beta, double *loss, floating *grad, double scale,
-    Py_ssize_t n_units, floating *stage, const CrossEntropyExtra *ex, floating cap,
+    Py_ssize_t n_units, floating *stage, const CrossEntropyExtra *ex, floating cap, int stream,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
         strided_cross_entropy_prob_unit(x, y, C, inner, w, alpha, beta, loss, grad, scale, u,
-                                        stage, ex, cap)
+                                        stage, ex, cap, stream)
 
 
 def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
@@ -229,21 +260,23 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
     cdef double *loss = &row_loss[0]
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
-    cdef Py_ssize_t elems, n_units = outer * _strided_blocks(inner, sizeof(floating))
+    cdef Py_ssize_t elems, n_units = outer * _strided_blocks(C, inner, sizeof(floating))
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating cap = <floating>softcap
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
+    cdef int stream = (g != NULL and
+                       n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             strided_cross_entropy_prob_unit(
                 x, y, C, inner, w, alpha, beta, loss, g, grad_scale, u,
-                stage if stage == NULL else stage + threadid() * elems, ex, cap)
+                stage if stage == NULL else stage + threadid() * elems, ex, cap, stream)
     elif n_rows * C < GIL_WORK:
         _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale, n_units,
-                             stage, ex, cap)
+                             stage, ex, cap, stream)
     else:
         with nogil:
             _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale,
-                                 n_units, stage, ex, cap)
+                                 n_units, stage, ex, cap, stream)
     free(stage)
     return pairwise_sum(loss, n_rows)

@@ -13,6 +13,7 @@ from arrays import (
     BOTH_FRONTENDS,
     FLOAT_DTYPES,
     FLOAT_IDS,
+    KERNEL_FRONTENDS,
     assert_bitwise_equal,
     assert_close,
     row_scale,
@@ -200,3 +201,95 @@ def test_cross_entropy_strided_threads_bitwise(kernel_frontend, dtype, shape, rn
         assert_bitwise_equal(loss, results[0][1], "loss")
         assert_bitwise_equal(grad, results[0][2], "grad")
         assert_bitwise_equal(total, results[0][0], "total")
+
+
+# ---------------------------------------------------------------------------
+# streamed rows and wide blocks (src/strided.hpp: stream_row, strided_block_bytes)
+
+COMPILED = ([name for name in KERNEL_FRONTENDS if name.startswith("cython-")]
+            or [name for name in KERNEL_FRONTENDS if name != "numpy"])
+
+
+def _offset_empty(shape, dtype, offset):
+    """An empty array whose first element lies offset elements past a 64-byte line."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(int(np.prod(shape)) * itemsize + 64 + offset * itemsize, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset * itemsize
+    return raw[start:start + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
+
+
+def _strided_outputs(k, x, t, y, offset):
+    """Every strided kernel's output (into arrays offset elements off a line)."""
+    outer, c, inner = x.shape
+    n = outer * inner
+    w = (np.arange(c) % 3 + 0.5).astype(x.dtype)
+    res = {}
+    for name in ("softmax_strided", "log_softmax_strided"):
+        out = _offset_empty(x.shape, x.dtype, offset)
+        getattr(k, name)(x, out, 2)
+        res[name] = out.copy()
+    for label, kwargs in (("plain", {}), ("capped", {"softcap": 3.0}),
+                          ("z-loss", {"z_loss": 1e-3, "z_scale": 0.5})):
+        loss, grad = np.empty(n), _offset_empty(x.shape, x.dtype, offset)
+        total = k.cross_entropy_index_strided(x, t, w, -1, 0.1, 0.5, loss, grad, 2, **kwargs)
+        res[f"index {label}"] = (np.float64(total), loss, grad.copy())
+        loss, grad = np.empty(n), _offset_empty(x.shape, x.dtype, offset)
+        total = k.cross_entropy_prob_strided(x, y, w, 0.1, 0.5, loss, grad, 2, **kwargs)
+        res[f"prob {label}"] = (np.float64(total), loss, grad.copy())
+    return res
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
+@pytest.mark.parametrize("shape", [(2, 21, 2118), (1, 300, 1024), (2, 5, 5000)], ids=str)
+def test_streamed_rows_same_bits(name, dtype, shape, rng):
+    """Rows streamed with non-temporal stores (threshold 0 here; outputs of 8 MiB or more by
+    default) have the plain stores' bits, at every offset of the output from a cache line:
+    wide blocks (partial lines at their ends), narrow ones (streamed on whole lines only),
+    their tails, ignored and out-of-range labels, NaN positions, the soft cap and z-loss."""
+    k = KERNEL_FRONTENDS[name].kernels
+    x, t = _ce_case(rng, shape, dtype, np.int64, -1)
+    t[0, 1] = shape[1] + 3  # out of range: NaN loss and gradient
+    y = rng.random(shape).astype(dtype)
+    y /= y.sum(1, keepdims=True)
+    default = k.strided_stream_bytes()
+    assert default >= 1 << 20
+    for offset in (0, 1, 4):
+        plain = _strided_outputs(k, x, t, y, offset)
+        try:
+            k.strided_stream_bytes(0)
+            streamed = _strided_outputs(k, x, t, y, offset)
+        finally:
+            k.strided_stream_bytes(default)
+        for key, want in plain.items():
+            for got, ref_ in zip(streamed[key] if isinstance(want, tuple) else (streamed[key],),
+                                 want if isinstance(want, tuple) else (want,)):
+                assert_bitwise_equal(got, ref_, f"{key}, offset {offset}")
+    assert k.strided_stream_bytes() == default
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
+@pytest.mark.parametrize("shape", [(3, 21, 4096 + 70), (2, 33, 3000), (1, 8, 700)], ids=str)
+def test_wide_blocks(kernel_frontend, dtype, shape, rng):
+    """Few classes over many positions take blocks of up to 4 KiB of positions (a full one,
+    narrower ones and a tail here): the same values as the row kernel on the moved array,
+    and the same bits at every thread count."""
+    k = kernel_frontend.kernels
+    x, t = _ce_case(rng, shape, dtype, np.int64, -1)
+    n = shape[0] * shape[2]
+    want_loss, want_grad = np.empty(n), np.empty((n, shape[1]), dtype)
+    k.cross_entropy_index_rows(_moved(x), t.reshape(-1), None, -1, 0.0, 1.0, want_loss,
+                               want_grad, 1)
+    first = None
+    for threads in (1, 2, 3):
+        loss, grad = np.empty(n), np.empty_like(x)
+        k.cross_entropy_index_strided(x, t, None, -1, 0.0, 1.0, loss, grad, threads)
+        if first is None:
+            first = loss, grad
+            np.testing.assert_allclose(loss, want_loss, **_ce_tol(dtype))
+            np.testing.assert_allclose(_moved(grad), want_grad, **_ce_tol(dtype))
+        else:
+            assert_bitwise_equal(loss, first[0], f"loss, {threads} threads")
+            assert_bitwise_equal(grad, first[1], f"grad, {threads} threads")
+    for name in FUNCS:
+        _check(kernel_frontend, name, x, 1)

@@ -202,11 +202,15 @@ def test_split_rows_with_special_values(dtype, rows):
 
 @needs_cython
 def test_team_size_counts_column_chunks():
-    from csoftmax import _api
+    from csoftmax import _api, _runner
 
     for module in {fe.kernels for name, fe in FRONTENDS.items() if name != "numpy"}:
         assert module.COLUMN_CHUNK == _api.COLUMN_CHUNK
         assert module.STRIDED_BLOCK_BYTES == _api.STRIDED_BLOCK_BYTES
+        for n in (1, 2, 21, 32, 33, 64, 128, 256, 257, 1000):
+            for inner_bytes in (4, 256, 2044, 2048, 4096, 8192, 16384, 65536, 1 << 20):
+                assert module.strided_unit_bytes(n, inner_bytes) == _runner._strided_unit_bytes(
+                    n, inner_bytes), (n, inner_bytes)
     chunk = _api.COLUMN_CHUNK
     assert _api._threads_for(1, 4 * chunk, 8) == 4  # one row: as many threads as chunks
     assert _api._threads_for(1, chunk, 8) == 1  # one chunk: one thread
