@@ -24,6 +24,7 @@ cdef extern from "strided.hpp" namespace "csoftmax" nogil:
         const CrossEntropyExtra *ex, T cap, int stream) noexcept
     Py_ssize_t strided_stage_elems[T](const T *x, Py_ssize_t C, Py_ssize_t inner) noexcept
     Py_ssize_t strided_block_bytes(Py_ssize_t C, Py_ssize_t inner_bytes) noexcept
+    Py_ssize_t strided_units[T](const T *out, Py_ssize_t C, Py_ssize_t inner, int stream) noexcept
 
 
 # bytes of consecutive positions per unit, at least (the Python layer sizes a
@@ -36,13 +37,6 @@ def strided_unit_bytes(Py_ssize_t C, Py_ssize_t inner_bytes):
     (strided_block_bytes in strided.hpp; a test checks the Python layer's
     copy)."""
     return strided_block_bytes(C, inner_bytes)
-
-
-cdef inline Py_ssize_t _strided_blocks(Py_ssize_t C, Py_ssize_t inner,
-                                       size_t itemsize) noexcept nogil:
-    """Blocks of positions per outer index (strided_blocks in strided.hpp)."""
-    cdef Py_ssize_t b = strided_block_bytes(C, inner * <Py_ssize_t>itemsize)
-    return (inner * <Py_ssize_t>itemsize + b - 1) // b
 
 
 # Outputs of at least this many bytes are written with non-temporal stores
@@ -96,10 +90,11 @@ cdef int _strided_core(
 ) except -1:
     """op (OP_SOFTMAX, OP_LOG_SOFTMAX: out like x; OP_LOGSUMEXP: out
     (outer, inner)) over x (outer, C, inner), all >= 1."""
-    cdef Py_ssize_t u, elems, n_units = outer * _strided_blocks(C, inner, sizeof(floating))
+    cdef int stream = (op != OP_LOGSUMEXP and
+                       outer * C * inner * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
+    cdef Py_ssize_t u, elems, n_units = outer * strided_units(out, C, inner, stream)
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems)
-    cdef int stream = outer * C * inner * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             strided_unit(op, x, out, C, inner, u,
@@ -191,12 +186,13 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
     cdef double w_total = <double>C if w == NULL else row_sum(w, C)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
-    cdef Py_ssize_t elems, n_units = outer * _strided_blocks(C, inner, sizeof(floating))
+    cdef int stream = (g != NULL and
+                       n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
+    cdef int shifts = stream and <floating>softcap == 0  # see strided_blocks_of
+    cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, shifts)
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating cap = <floating>softcap
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
-    cdef int stream = (g != NULL and
-                       n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             strided_cross_entropy_index_unit(
@@ -260,12 +256,13 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
     cdef double *loss = &row_loss[0]
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
-    cdef Py_ssize_t elems, n_units = outer * _strided_blocks(C, inner, sizeof(floating))
+    cdef int stream = (g != NULL and
+                       n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
+    cdef int shifts = stream and <floating>softcap == 0  # see strided_blocks_of
+    cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, shifts)
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating cap = <floating>softcap
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
-    cdef int stream = (g != NULL and
-                       n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             strided_cross_entropy_prob_unit(
