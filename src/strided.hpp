@@ -337,21 +337,22 @@ struct StridedBlockAt {
  * outer index, except where narrow rows would stream (see streams_rows) into
  * an output off the cache lines: then a first block of `shift` positions
  * puts the others on whole lines, so that they stream (softmax of 1000x4096
- * over axis 0 into an output 16 bytes off a line: 0.7x the time).  A
- * position's values do not depend on where its block starts (its sums run
- * over the classes in order; tested bitwise), and out's address only moves
- * the starts; the soft-capped cross-entropy does not shift (row_softcap
- * picks its form per vector of a row: moved vectors can round differently).
- * nb: the blocks of an outer index. */
+ * over axis 0 into an output 16 or 32 bytes off a line: 0.82-0.84x the time,
+ * medians).  A position's values do not depend on where its block starts
+ * (its sums run over the classes in order; tested bitwise), and out's
+ * address only moves the starts; a soft-capped call (cap != 0) does not
+ * shift (row_softcap picks its form per vector of a row: moved vectors can
+ * round differently).  nb: the blocks of an outer index. */
 struct StridedBlocks {
     idx_t bw, shift, nb;
 };
 
 template <typename T>
-static inline StridedBlocks strided_blocks_of(const T *out, idx_t C, idx_t inner, int stream) {
+static inline StridedBlocks strided_blocks_of(const T *out, idx_t C, idx_t inner, int stream,
+                                             T cap) {
     StridedBlocks b = {strided_width<T>(C, inner), 0, 0};
     const idx_t line = 64, size = (idx_t)sizeof(T), a = (idx_t)((uintptr_t)out % line);
-    if (stream && b.bw * size < (idx_t)STREAM_ROW_BYTES && strided_stage_elems(out, C, inner) &&
+    if (stream && cap == (T)0 && b.bw * size < (idx_t)STREAM_ROW_BYTES && strided_stage_elems(out, C, inner) &&
         inner * size % line == 0 && a % size == 0)
         b.shift = (line - a) % line / size;
     b.nb = (b.shift > 0) + (inner - b.shift + b.bw - 1) / b.bw;
@@ -360,8 +361,8 @@ static inline StridedBlocks strided_blocks_of(const T *out, idx_t C, idx_t inner
 
 /* the units (blocks) of an outer index: see strided_blocks_of */
 template <typename T>
-static inline idx_t strided_units(const T *out, idx_t C, idx_t inner, int stream) {
-    return strided_blocks_of(out, C, inner, stream).nb;
+static inline idx_t strided_units(const T *out, idx_t C, idx_t inner, int stream, T cap) {
+    return strided_blocks_of(out, C, inner, stream, cap).nb;
 }
 
 static inline StridedBlockAt strided_block_at(const StridedBlocks &b, idx_t C, idx_t inner,
@@ -406,7 +407,7 @@ template <typename T>
 static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t inner, idx_t u,
                                       T *stage, int stream) {
     enum { B = StridedBlock<T>::B };
-    StridedBlockAt at = strided_block_at(strided_blocks_of(out, C, inner, stream), C, inner, u);
+    StridedBlockAt at = strided_block_at(strided_blocks_of(out, C, inner, stream, (T)0), C, inner, u);
     idx_t w = at.w;
     const T *xb = x + at.el;
     T *ob = out + (op == STRIDED_LOGSUMEXP ? at.pos : at.el);
@@ -580,9 +581,8 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
         idx_t u, T *stage, const CrossEntropyExtra *ex, T cap, int stream) {
     enum { B = StridedBlock<T>::B };
-    /* not shifted when capped: the cap's form is chosen per vector of a row */
-    StridedBlockAt at = strided_block_at(strided_blocks_of(grad, C, inner, stream && cap == (T)0),
-                                         C, inner, u);
+    StridedBlockAt at = strided_block_at(strided_blocks_of(grad, C, inner, stream, cap), C, inner,
+                                         u);
     idx_t n = at.w;
     const T *xb = x + at.el;
     const L *tb = target + at.pos;
@@ -682,9 +682,8 @@ static CS_REDUCTION void strided_cross_entropy_prob_unit(
         double *loss, T *grad, double scale, idx_t u, T *stage, const CrossEntropyExtra *ex,
         T cap, int stream) {
     enum { B = StridedBlock<T>::B };
-    /* not shifted when capped: the cap's form is chosen per vector of a row */
-    StridedBlockAt at = strided_block_at(strided_blocks_of(grad, C, inner, stream && cap == (T)0),
-                                         C, inner, u);
+    StridedBlockAt at = strided_block_at(strided_blocks_of(grad, C, inner, stream, cap), C, inner,
+                                         u);
     idx_t n = at.w;
     const T *xb = x + at.el;
     const T *yb = y + at.el;

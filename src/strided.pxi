@@ -24,7 +24,8 @@ cdef extern from "strided.hpp" namespace "csoftmax" nogil:
         const CrossEntropyExtra *ex, T cap, int stream) noexcept
     Py_ssize_t strided_stage_elems[T](const T *x, Py_ssize_t C, Py_ssize_t inner) noexcept
     Py_ssize_t strided_block_bytes(Py_ssize_t C, Py_ssize_t inner_bytes) noexcept
-    Py_ssize_t strided_units[T](const T *out, Py_ssize_t C, Py_ssize_t inner, int stream) noexcept
+    Py_ssize_t strided_units[T](const T *out, Py_ssize_t C, Py_ssize_t inner, int stream,
+                                T cap) noexcept
 
 
 # bytes of consecutive positions per unit, at least (the Python layer sizes a
@@ -92,7 +93,7 @@ cdef int _strided_core(
     (outer, inner)) over x (outer, C, inner), all >= 1."""
     cdef int stream = (op != OP_LOGSUMEXP and
                        outer * C * inner * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
-    cdef Py_ssize_t u, elems, n_units = outer * strided_units(out, C, inner, stream)
+    cdef Py_ssize_t u, elems, n_units = outer * strided_units(out, C, inner, stream, <floating>0)
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems)
     if n_threads > 1:
@@ -188,10 +189,9 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
     cdef double beta = label_smoothing / C
     cdef int stream = (g != NULL and
                        n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
-    cdef int shifts = stream and <floating>softcap == 0  # see strided_blocks_of
-    cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, shifts)
-    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating cap = <floating>softcap
+    cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, stream, cap)
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
@@ -258,10 +258,9 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
     cdef double beta = label_smoothing / C
     cdef int stream = (g != NULL and
                        n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
-    cdef int shifts = stream and <floating>softcap == 0  # see strided_blocks_of
-    cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, shifts)
-    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating cap = <floating>softcap
+    cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, stream, cap)
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
