@@ -94,12 +94,14 @@ def logsumexp_rows(const floating[:, ::1] x, floating[::1] out, int n_threads):
 # the backward functions (each row on one thread)
 
 cdef inline void _backward_unit(
-    int op, const floating *g, const floating *a, floating *out, Py_ssize_t n, Py_ssize_t i
+    int op, const floating *g, const floating *a, floating *out, Py_ssize_t n, Py_ssize_t i,
+    bint nxt=False,
 ) noexcept nogil:
+    """nxt: prefetch the next rows of the inputs (_backward_next)."""
     if op == OP_SOFTMAX:
-        _softmax_backward_unit(g, a, out, n, i)
+        _softmax_backward_unit(g, a, out, n, i, nxt)
     else:
-        _log_softmax_backward_unit(g, a, out, n, i)
+        _log_softmax_backward_unit(g, a, out, n, i, nxt)
 
 
 cdef void _backward_serial(
@@ -108,7 +110,7 @@ cdef void _backward_serial(
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n_rows):
-        _backward_unit(op, g, a, out, n, i)
+        _backward_unit(op, g, a, out, n, i, _backward_next(g, n_rows, n, i))
 
 
 cdef int _backward_core(
@@ -120,7 +122,7 @@ cdef int _backward_core(
     cdef Py_ssize_t i
     if n_threads > 1:
         for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-            _backward_unit(op, g, a, out, n, i)
+            _backward_unit(op, g, a, out, n, i, _backward_next(g, n_rows, n, i))
     elif n_rows * n < GIL_WORK:
         _backward_serial(op, g, a, out, n_rows, n)
     else:

@@ -380,6 +380,43 @@ def test_cross_entropy_row_length_sweep(kernel_frontend, kind, dtype):
             check_array(grad, exp_grad, dtype, what=f"grad {what}")
 
 
+@pytest.mark.parametrize("c", [256, 1000, 4099, 20000])
+@float_dtypes
+def test_next_row_prefetch_same_bits(kernel_frontend, c, dtype):
+    """Rows of 1 KB or more prefetch the next row as they go (the backward functions' writing
+    pass in spans, the probability targets' pass): each row of a 3-row call has the bits of
+    the same row computed alone, which has no next row and runs the passes unsplit."""
+    rng = make_rng("prefetch", c)
+    x, g = normal((3, c), rng).astype(dtype), normal((3, c), rng).astype(dtype)
+    y = rng.random((3, c)).astype(dtype)
+    y /= y.sum(axis=1, keepdims=True)
+    f = kernel_frontend
+    cases = {
+        "softmax_backward": lambda s: f.softmax_backward(g[s], f.softmax(x[s]), num_threads=1),
+        "log_softmax_backward": lambda s: f.log_softmax_backward(
+            g[s], f.log_softmax(x[s]), num_threads=1
+        ),
+        "prob loss": lambda s: f.cross_entropy(x[s], y[s], reduction="none", num_threads=1),
+    }
+    for smoothing in (0.0, 0.1):
+        cases[f"prob loss+grad {smoothing}"] = lambda s, a=smoothing: np.concatenate(
+            [
+                np.atleast_1d(v).ravel()
+                for v in f.cross_entropy_with_grad(
+                    x[s], y[s], reduction="none", label_smoothing=a, num_threads=1
+                )
+            ]
+        )
+    for what, call in cases.items():
+        whole = call(slice(None))
+        rows = [call(slice(i, i + 1)) for i in range(3)]
+        if what.startswith("prob loss+grad"):  # losses first, then the gradient rows
+            want = np.concatenate([r[:1] for r in rows] + [r[1:] for r in rows])
+        else:
+            want = np.concatenate([np.atleast_1d(r).ravel() for r in rows])
+        assert_bitwise_equal(np.ravel(whole), want, f"{what}, {c} columns")
+
+
 # ---------------------------------------------------------------------------------------------
 # out=
 
