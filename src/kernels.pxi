@@ -493,10 +493,10 @@ cdef inline bint _backward_next(
     inputs (row_softmax_backward, rowops.hpp): rows of PREFETCH_ROW_BYTES up
     to BACKWARD_PREFETCH_MAX_BYTES that have a next row.  Measured (AMD Zen 3,
     AVX2, float32, interleaved A/B, one and two threads): 512 to 16384
-    columns 0.84-0.99x the time, log_softmax_backward also at 32000 columns
-    (0.90-0.98x); softmax_backward at 32000 columns 1.05x: the next rows of
-    both inputs (256 KB) pushed the current ones out of L2 before their
-    second pass."""
+    columns 0.83-0.99x the time; at 32000 columns softmax_backward took 1.05x
+    (the next rows of both inputs, 256 KB, pushed the current ones out of L2
+    before their second pass), log_softmax_backward 0.90-0.98x: one rule
+    serves both."""
     cdef Py_ssize_t row_bytes = n * <Py_ssize_t>sizeof(floating)
     return (i + 1 < n_rows and row_bytes >= PREFETCH_ROW_BYTES
             and row_bytes <= BACKWARD_PREFETCH_MAX_BYTES)
