@@ -85,9 +85,11 @@ cdef extern from "rowops.hpp" namespace "csoftmax" nogil:
     void row_log_softmax_from[T](
         const T *x, T *out, Py_ssize_t n, T m, T lse) noexcept
     void row_softmax_backward[T](
-        const T *g, const T *a, T *out, Py_ssize_t n, T dot, bint next) noexcept
+        const T *g, const T *a, T *out, Py_ssize_t n, T dot, const T *gnext,
+        const T *anext) noexcept
     void row_log_softmax_backward[T](
-        const T *g, const T *o, T *out, Py_ssize_t n, T gsum, bint next) noexcept
+        const T *g, const T *o, T *out, Py_ssize_t n, T gsum, const T *gnext,
+        const T *onext) noexcept
     void row_grad_affine[T](T *e, const T *w, Py_ssize_t n, T c1, T c2) noexcept
     void row_grad_soft[T](
         T *e, const T *y, const T *w, Py_ssize_t n, T c1, T a2, T b2) noexcept
@@ -490,7 +492,8 @@ cdef inline bint _backward_next(
     const floating *g, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t i
 ) noexcept nogil:
     """Whether row i of a backward function prefetches row i + 1 of its
-    inputs (row_softmax_backward, rowops.hpp): rows of PREFETCH_ROW_BYTES up
+    inputs (row_softmax_backward, rowops.hpp; the masked functions' rows that
+    keep all or a prefix of their entries too): rows of PREFETCH_ROW_BYTES up
     to BACKWARD_PREFETCH_MAX_BYTES that have a next row.  Measured (AMD Zen 3,
     AVX2, float32, interleaved A/B, one and two threads): 512 to 16384
     columns 0.83-0.99x the time; at 32000 columns softmax_backward took 1.05x
@@ -508,7 +511,11 @@ cdef inline void _softmax_backward_unit(
 ) noexcept nogil:
     """nxt: prefetch the next rows of g and a (_backward_next)."""
     cdef Py_ssize_t r = i * n
-    row_softmax_backward(g + r, a + r, out + r, n, <floating>row_dot(g + r, a + r, n), nxt)
+    cdef const floating *gn = NULL
+    cdef const floating *an = NULL
+    if nxt:
+        gn, an = g + r + n, a + r + n
+    row_softmax_backward(g + r, a + r, out + r, n, <floating>row_dot(g + r, a + r, n), gn, an)
 
 
 cdef inline void _log_softmax_backward_unit(
@@ -517,7 +524,11 @@ cdef inline void _log_softmax_backward_unit(
 ) noexcept nogil:
     """nxt: prefetch the next rows of g and o (_backward_next)."""
     cdef Py_ssize_t r = i * n
-    row_log_softmax_backward(g + r, o + r, out + r, n, <floating>row_sum(g + r, n), nxt)
+    cdef const floating *gn = NULL
+    cdef const floating *on = NULL
+    if nxt:
+        gn, on = g + r + n, o + r + n
+    row_log_softmax_backward(g + r, o + r, out + r, n, <floating>row_sum(g + r, n), gn, on)
 
 
 cdef inline void _cross_entropy_index_unit(

@@ -255,9 +255,14 @@ static inline T masked_logsumexp_row(const T *x, const uint8_t *k, idx_t n, cons
     return (T)((double)m + log(s));
 }
 
-template <bool All, typename T> static inline void masked_softmax_backward_row(const T *g, const T *a, const uint8_t *k, T *out, idx_t n) {
+/* The backward rows: gnext, anext (or NULL) the next rows of g and a,
+ * prefetched by the rows that keep all their entries (see
+ * row_softmax_backward). */
+template <bool All, typename T>
+static inline void masked_softmax_backward_row(const T *g, const T *a, const uint8_t *k, T *out,
+                                               idx_t n, const T *gnext, const T *anext) {
     if (All) {
-        row_softmax_backward(g, a, out, n, (T)row_dot(g, a, n));
+        row_softmax_backward(g, a, out, n, (T)row_dot(g, a, n), gnext, anext);
         return;
     }
     double dot = 0.0;
@@ -274,9 +279,12 @@ template <bool All, typename T> static inline void masked_softmax_backward_row(c
     }
 }
 
-template <bool All, typename T> static inline void masked_log_softmax_backward_row(const T *g, const T *o, const uint8_t *k, T *out, idx_t n) {
+template <bool All, typename T>
+static inline void masked_log_softmax_backward_row(const T *g, const T *o, const uint8_t *k,
+                                                   T *out, idx_t n, const T *gnext,
+                                                   const T *onext) {
     if (All) {
-        row_log_softmax_backward(g, o, out, n, (T)row_sum(g, n));
+        row_log_softmax_backward(g, o, out, n, (T)row_sum(g, n), gnext, onext);
         return;
     }
     double gs = 0.0;
@@ -342,20 +350,23 @@ static inline idx_t kept_prefix(const uint8_t *k, idx_t n) {
 
 template <bool All, typename T>
 static inline void masked_op_row(int op, const T *x, const T *g, const uint8_t *k, T *out, idx_t n,
-                                 const T *next) {
+                                 const T *next, const T *gnext) {
     switch (op) {
     case MASKED_SOFTMAX: masked_softmax_row<All>(x, k, out, n, next); break;
     case MASKED_LOG_SOFTMAX: masked_log_softmax_row<All>(x, k, out, n, next); break;
     case MASKED_LOGSUMEXP: out[0] = masked_logsumexp_row<All>(x, k, n, next); break;
-    case MASKED_SOFTMAX_BACKWARD: masked_softmax_backward_row<All>(g, x, k, out, n); break;
-    default: masked_log_softmax_backward_row<All>(g, x, k, out, n); break;
+    case MASKED_SOFTMAX_BACKWARD:
+        masked_softmax_backward_row<All>(g, x, k, out, n, gnext, next);
+        break;
+    default: masked_log_softmax_backward_row<All>(g, x, k, out, n, gnext, next); break;
     }
 }
 
 /* Row i of op over n_rows x n C-contiguous rows (n >= 1): x the input (the
  * forward output for the backward ops), g the upstream gradient (backward
  * ops), out the result (one value per row for logsumexp; may be x or g),
- * next the next row of x or NULL (prefetched by the forward ops' exp pass).
+ * next the next row of x or NULL (prefetched by the forward ops' exp pass,
+ * and with the next row of g by the backward ops' writing pass).
  * Out of line: the serial loop and the OpenMP loop run the same code. */
 template <typename T>
 static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx_t n,
@@ -364,6 +375,7 @@ static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx
     const uint8_t *k = mask_row(mk, i, n, &uniform);
     const T *xr = x + i * n;
     const T *gr = g != NULL ? g + i * n : g;
+    const T *gnext = g != NULL && next != NULL ? gr + n : (const T *)NULL;
     T *o = op == MASKED_LOGSUMEXP ? out + i : out + i * n;
     /* a row that keeps its first p entries (padding): the unmasked code on
      * them, and the masked rest filled (-inf for log_softmax, else 0), with
@@ -373,13 +385,13 @@ static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx
     if (p == n) uniform = 1;
     if (p == 0) uniform = 0;
     if (0 < p && p < n) {
-        masked_op_row<true>(op, xr, gr, k, o, p, next);
+        masked_op_row<true>(op, xr, gr, k, o, p, next, gnext);
         if (op == MASKED_LOG_SOFTMAX)
             row_fill(o + p, n - p, (T)-INFINITY);
         else if (op != MASKED_LOGSUMEXP)
             row_zero(o + p, n - p);
     } else if (uniform == 1) {
-        masked_op_row<true>(op, xr, gr, k, o, n, next);
+        masked_op_row<true>(op, xr, gr, k, o, n, next, gnext);
     } else if (uniform == 0) {  /* nothing kept */
         if (op == MASKED_LOGSUMEXP)
             o[0] = (T)-INFINITY;
@@ -388,7 +400,7 @@ static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx
         else
             row_zero(o, n);
     } else {
-        masked_op_row<false>(op, xr, gr, k, o, n, next);
+        masked_op_row<false>(op, xr, gr, k, o, n, next, gnext);
     }
     vector_upper_clear();
 }

@@ -33,13 +33,24 @@ cdef extern from "masked.hpp" namespace "csoftmax" nogil:
         MASKED_LOG_SOFTMAX_BACKWARD
 
 
+cdef inline const floating *_masked_next(
+    int op, const floating *x, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t i
+) noexcept nogil:
+    """The next row of x that row i prefetches: the forward ops' rule
+    (_next_row), or the backward functions' (_backward_next)."""
+    if op == MASKED_SOFTMAX_BACKWARD or op == MASKED_LOG_SOFTMAX_BACKWARD:
+        if not _backward_next(x, n_rows, n, i):
+            return NULL
+    return _next_row(x, n_rows, n, i)
+
+
 cdef void _masked_serial(
     int op, const floating *x, const floating *g, floating *out, Py_ssize_t n_rows,
     Py_ssize_t n, const MaskRows *mk
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n_rows):
-        masked_unit(op, x, g, out, n, mk, i, _next_row(x, n_rows, n, i))
+        masked_unit(op, x, g, out, n, mk, i, _masked_next(op, x, n_rows, n, i))
 
 
 cdef int _masked_core(
@@ -50,7 +61,7 @@ cdef int _masked_core(
     cdef Py_ssize_t i
     if n_threads > 1:
         for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-            masked_unit(op, x, g, out, n, mk, i, _next_row(x, n_rows, n, i))
+            masked_unit(op, x, g, out, n, mk, i, _masked_next(op, x, n_rows, n, i))
     elif n_rows * n < GIL_WORK:
         _masked_serial(op, x, g, out, n_rows, n, mk)
     else:

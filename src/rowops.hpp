@@ -730,9 +730,9 @@ template <typename T> static inline void row_log_softmax_from(const T *x, T *out
 
 /* The backward passes read their two inputs from memory in their first pass
  * (the dot or the sum) and from the cache in the pass that writes, which left
- * the memory bus idle; with next, the writing pass prefetches the same
- * columns of the next row of both inputs (the rows contiguous), a span of
- * BACKWARD_SPAN elements at a time, as chunk_exp_lanes does.  Without next
+ * the memory bus idle; given the next rows of both inputs (gnext and anext,
+ * or NULL), the writing pass prefetches their same columns, a span of
+ * BACKWARD_SPAN elements at a time, as chunk_exp_lanes does.  Without them
  * the pass is one loop: in spans, the rows of 32000 columns, which do not
  * prefetch, took 1.04-1.08x the time of log_softmax_backward. */
 enum { BACKWARD_SPAN = 64 };
@@ -745,11 +745,12 @@ static inline idx_t backward_span_end(idx_t k0, idx_t n) {
 /* softmax backward: out_k = a_k (g_k - dot).  out may be g or a. */
 template <typename T>
 static inline void row_softmax_backward(const T *g, const T *a, T *out, idx_t n, T dot,
-                                        bool next = false) {
+                                        const T *gnext = NULL, const T *anext = NULL) {
+    const bool next = gnext != NULL;
     idx_t span = next ? BACKWARD_SPAN : n;
     for (idx_t k0 = 0; k0 < n; k0 += span) {
         idx_t k1 = next ? backward_span_end(k0, n) : n;
-        if (next) prefetch_columns(g + n, k0, k1), prefetch_columns(a + n, k0, k1);
+        if (next) prefetch_columns(gnext, k0, k1), prefetch_columns(anext, k0, k1);
 #pragma omp simd
         for (idx_t k = k0; k < k1; ++k) out[k] = a[k] * (g[k] - dot);
     }
@@ -758,12 +759,13 @@ static inline void row_softmax_backward(const T *g, const T *a, T *out, idx_t n,
 /* log_softmax backward: out_k = g_k - exp(o_k) * gsum.  out may be g or o. */
 template <typename T>
 static inline void row_log_softmax_backward(const T *g, const T *o, T *out, idx_t n, T gsum,
-                                            bool next = false) {
+                                            const T *gnext = NULL, const T *onext = NULL) {
+    const bool next = gnext != NULL;
     idx_t nv = vector_part(n);
     idx_t span = next ? BACKWARD_SPAN : nv;
     for (idx_t k0 = 0; k0 < nv; k0 += span) {
         idx_t k1 = next ? backward_span_end(k0, nv) : nv;
-        if (next) prefetch_columns(g + n, k0, k1), prefetch_columns(o + n, k0, k1);
+        if (next) prefetch_columns(gnext, k0, k1), prefetch_columns(onext, k0, k1);
 #pragma omp simd
         for (idx_t k = k0; k < k1; ++k) out[k] = g[k] - exp_poly(o[k]) * gsum;
     }

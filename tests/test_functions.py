@@ -384,12 +384,15 @@ def test_cross_entropy_row_length_sweep(kernel_frontend, kind, dtype):
 @float_dtypes
 def test_next_row_prefetch_same_bits(kernel_frontend, c, dtype):
     """Rows of 1 KB or more prefetch the next row as they go (the backward functions' writing
-    pass in spans, the probability targets' pass): each row of a 3-row call has the bits of
-    the same row computed alone, which has no next row and runs the passes unsplit."""
+    pass in spans, also under a `where=` mask that keeps all or a prefix of a row; the
+    probability targets' pass): each row of a 3-row call has the bits of the same row computed
+    alone, which has no next row and runs the passes unsplit."""
     rng = make_rng("prefetch", c)
     x, g = normal((3, c), rng).astype(dtype), normal((3, c), rng).astype(dtype)
     y = rng.random((3, c)).astype(dtype)
     y /= y.sum(axis=1, keepdims=True)
+    prefix = np.arange(c) < c - c // 10  # every row keeps its first 90 %
+    keep_all = np.ones(c, dtype=bool)
     f = kernel_frontend
     cases = {
         "softmax_backward": lambda s: f.softmax_backward(g[s], f.softmax(x[s]), num_threads=1),
@@ -398,6 +401,13 @@ def test_next_row_prefetch_same_bits(kernel_frontend, c, dtype):
         ),
         "prob loss": lambda s: f.cross_entropy(x[s], y[s], reduction="none", num_threads=1),
     }
+    for name, mask in (("prefix", prefix), ("all kept", keep_all)):
+        cases[f"softmax_backward where {name}"] = lambda s, m=mask: f.softmax_backward(
+            g[s], f.softmax(x[s], where=m), where=m, num_threads=1
+        )
+        cases[f"log_softmax_backward where {name}"] = lambda s, m=mask: f.log_softmax_backward(
+            g[s], f.log_softmax(x[s], where=m), where=m, num_threads=1
+        )
     for smoothing in (0.0, 0.1):
         cases[f"prob loss+grad {smoothing}"] = lambda s, a=smoothing: np.concatenate(
             [
