@@ -352,8 +352,8 @@ static inline StridedBlocks strided_blocks_of(const T *out, idx_t C, idx_t inner
                                              T cap) {
     StridedBlocks b = {strided_width<T>(C, inner), 0, 0};
     const idx_t line = 64, size = (idx_t)sizeof(T), a = (idx_t)((uintptr_t)out % line);
-    if (stream && cap == (T)0 && b.bw * size < (idx_t)STREAM_ROW_BYTES && strided_stage_elems(out, C, inner) &&
-        inner * size % line == 0 && a % size == 0)
+    if (stream && cap == (T)0 && b.bw * size < (idx_t)STREAM_ROW_BYTES &&
+        strided_stage_elems(out, C, inner) && inner * size % line == 0 && a % size == 0)
         b.shift = (line - a) % line / size;
     b.nb = (b.shift > 0) + (inner - b.shift + b.bw - 1) / b.bw;
     return b;
@@ -372,6 +372,13 @@ static inline StridedBlockAt strided_block_at(const StridedBlocks &b, idx_t C, i
     idx_t w = b.shift > 0 && k == 0 ? b.shift : (inner - j0 > b.bw ? b.bw : inner - j0);
     StridedBlockAt at = {o * C * inner + j0, o * inner + j0, w, j0};
     return at;
+}
+
+/* Unit u's block of a call (strided_blocks_of, then strided_block_at). */
+template <typename T>
+static inline StridedBlockAt strided_unit_block(const T *out, idx_t C, idx_t inner, int stream,
+                                                T cap, idx_t u) {
+    return strided_block_at(strided_blocks_of(out, C, inner, stream, cap), C, inner, u);
 }
 
 /* the block after the staged block `at` of x, when there is one in the same
@@ -407,7 +414,7 @@ template <typename T>
 static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t inner, idx_t u,
                                       T *stage, int stream) {
     enum { B = StridedBlock<T>::B };
-    StridedBlockAt at = strided_block_at(strided_blocks_of(out, C, inner, stream, (T)0), C, inner, u);
+    StridedBlockAt at = strided_unit_block(out, C, inner, stream, (T)0, u);
     idx_t w = at.w;
     const T *xb = x + at.el;
     T *ob = out + (op == STRIDED_LOGSUMEXP ? at.pos : at.el);
@@ -581,8 +588,7 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
         idx_t u, T *stage, const CrossEntropyExtra *ex, T cap, int stream) {
     enum { B = StridedBlock<T>::B };
-    StridedBlockAt at = strided_block_at(strided_blocks_of(grad, C, inner, stream, cap), C, inner,
-                                         u);
+    StridedBlockAt at = strided_unit_block(grad, C, inner, stream, cap, u);
     idx_t n = at.w;
     const T *xb = x + at.el;
     const L *tb = target + at.pos;
@@ -682,8 +688,7 @@ static CS_REDUCTION void strided_cross_entropy_prob_unit(
         double *loss, T *grad, double scale, idx_t u, T *stage, const CrossEntropyExtra *ex,
         T cap, int stream) {
     enum { B = StridedBlock<T>::B };
-    StridedBlockAt at = strided_block_at(strided_blocks_of(grad, C, inner, stream, cap), C, inner,
-                                         u);
+    StridedBlockAt at = strided_unit_block(grad, C, inner, stream, cap, u);
     idx_t n = at.w;
     const T *xb = x + at.el;
     const T *yb = y + at.el;
