@@ -405,13 +405,13 @@ class Gemm(Peer):
     def prepare(self, op, inputs, threads):  # noqa: D102
         if not op.linear:
             return None
-        from csoftmax._linear import _blas_limits
+        from csoftmax._linear_blas import blas_limits
 
         x, w = inputs["input"], inputs["linear_weight"]
         buf = np.empty((x.shape[0], w.shape[0]), x.dtype)
 
         def gemm():
-            with _blas_limits(threads):
+            with blas_limits(threads):
                 np.matmul(x, w.T, out=buf)
 
         return Prepared(gemm, verify=False)

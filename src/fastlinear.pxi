@@ -8,8 +8,9 @@
 # The GEMM is SciPy's ?gemm from scipy.linalg.cython_blas, its address taken
 # from the module's capsules by set_gemm (no build-time SciPy).  The product,
 # its arguments and the bias added after it are those of the Python path's
-# _Gemms.logits and np.add, so the logits have the same bits; the loss is the
-# fast core's (the "mean" of the double row sums, rounded once).  As every
+# Gemms.logits (csoftmax/_linear_blas.py) and np.add, so the logits have the
+# same bits; the loss is the fast core's (the "mean" of the double row sums,
+# rounded once).  As every
 # fast_* function, it declines (None) anything else before it writes
 # anything; the BLAS's thread count is the caller's to check.
 

@@ -1,6 +1,6 @@
 # The loss-only linear cross-entropy by vocabulary slices (included by
-# calls.pxi; csoftmax/_linear.py, _run_vocab_slices): the logits of all rows
-# over classes [class0, class0 + k) come from one GEMM, and each row's
+# calls.pxi; csoftmax/_linear_chunks.py, run_vocab_slices): the logits of all
+# rows over classes [class0, class0 + k) come from one GEMM, and each row's
 # running maximum and exp-sum take them in, as an online logsumexp.
 #
 # Why slices of the vocabulary rather than of the rows: a GEMM of a row chunk

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import csoftmax
-from csoftmax import _linear
+from csoftmax import _linear, _linear_args, _linear_blas, _linear_chunks
 
 try:
     import torch
@@ -195,15 +195,15 @@ def test_chunking_invariance(frontend, rng, kind, reduction):
 def _spy_slices(monkeypatch, min_slice=16):
     """Vocabulary slices of at least ``min_slice`` classes (the slice path on
     small cases); returns the list that each slice-path call appends to."""
-    monkeypatch.setattr(_linear, "MIN_SLICE", min_slice)
+    monkeypatch.setattr(_linear_chunks, "MIN_SLICE", min_slice)
     calls = []
-    run = _linear._run_vocab_slices
+    run = _linear_chunks.run_vocab_slices
 
     def spy(*args):
         calls.append(args[4])  # the block's logits
         return run(*args)
 
-    monkeypatch.setattr(_linear, "_run_vocab_slices", spy)
+    monkeypatch.setattr(_linear_chunks, "run_vocab_slices", spy)
     return calls
 
 
@@ -269,7 +269,7 @@ def test_vocabulary_slices_declined(rng, monkeypatch):
     assert calls == []
     csoftmax.linear_cross_entropy(x, w, t, chunk_size=8)
     assert calls == [8 * 64]
-    monkeypatch.setattr(_linear, "MIN_SLICE", 33)  # 64 classes: fewer than two slices
+    monkeypatch.setattr(_linear_chunks, "MIN_SLICE", 33)  # 64 classes: fewer than two slices
     csoftmax.linear_cross_entropy(x, w, t, chunk_size=8)
     assert calls == [8 * 64]
 
@@ -279,14 +279,14 @@ def test_slice_shape_within_a_row_chunk():
     logits and gathered rows; the slices cover the vocabulary in equal parts."""
     rng = np.random.default_rng(7)
     for _ in range(2000):
-        v = int(rng.integers(2 * _linear.MIN_SLICE, 300_000))
+        v = int(rng.integers(2 * _linear_chunks.MIN_SLICE, 300_000))
         n_kept = int(rng.integers(2, 20_000))
         chunk_rows = int(rng.integers(1, n_kept))
         gathered = int(rng.choice([0, 1, 64, 768, 4096, 16384]))
-        rows, width = _linear._slice_shape(n_kept, v, chunk_rows * v, gathered)
+        rows, width = _linear_chunks.slice_shape(n_kept, v, chunk_rows * v, gathered)
         assert 1 <= rows <= n_kept and 1 <= width <= v
         assert rows * width + rows * gathered <= chunk_rows * (v + gathered)
-        assert width >= min(v, _linear.MIN_SLICE) // 2 - 1
+        assert width >= min(v, _linear_chunks.MIN_SLICE) // 2 - 1
         assert -(-v // width) * width - v < width  # equal parts, the last one shorter
 
 
@@ -462,7 +462,7 @@ def test_zero_counted_weight_gives_nan(rng):
 def fast_path(frontend):
     """frontend's C fast path of the loss with SciPy's GEMM handed to it (skips
     where there is none: the NumPy twin, no SciPy)."""
-    if not _linear._give_gemm(frontend.kernels):
+    if not _linear_blas.gemm_given(frontend.kernels):
         pytest.skip("no C fast path of linear_cross_entropy here")
     return frontend._fast_linear_cross_entropy
 
@@ -481,7 +481,7 @@ def test_fast_loss_is_the_python_paths(kernel_frontend, rng, dtype, reduction, b
     x, w = x.astype(dtype), w.astype(dtype)
     b = None if b is None else b.astype(dtype)
     t = t.astype(label_dtype)
-    threads = _linear._threads.get_num_threads()
+    threads = csoftmax.get_num_threads()
     got = fast(x, w, t, b, -100, reduction, 0.1, threads, 1 << 20)
     want = _linear.call(kernel_frontend, x, w, t, False, linear_bias=b, reduction=reduction,
                         label_smoothing=0.1)
@@ -554,13 +554,13 @@ def test_public_loss_takes_the_fast_path(rng, monkeypatch):
         pytest.skip("no C fast path here (NumPy twin, no SciPy, or BLAS threads differ)")
     want = csoftmax.linear_cross_entropy(x, w, t, linear_bias=b, weight=np.ones(6))
     built = []
-    real = _linear.LinearArgs.__init__
+    real = _linear_args.LinearArgs.__init__
 
     def spy(self, *a, **k):
         built.append(1)
         real(self, *a, **k)
 
-    monkeypatch.setattr(_linear.LinearArgs, "__init__", spy)
+    monkeypatch.setattr(_linear_args.LinearArgs, "__init__", spy)
     got = csoftmax.linear_cross_entropy(x, w, t, linear_bias=b)
     assert not built
     np.testing.assert_allclose(got, want, rtol=1e-15)
@@ -598,14 +598,14 @@ def test_blas_threads_limited(rng, monkeypatch):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     seen = []
     x, w, b, t = case(rng)
-    real = _linear._Gemms.add_grad_weight
+    real = _linear_blas.Gemms.add_grad_weight
 
     def spy(self, *a):
         seen.append({i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
                      if i["user_api"] == "blas"})
         return real(self, *a)
 
-    monkeypatch.setattr(_linear._Gemms, "add_grad_weight", spy)
+    monkeypatch.setattr(_linear_blas.Gemms, "add_grad_weight", spy)
     csoftmax.linear_cross_entropy_with_grad(x, w, t, num_threads=1)
     assert seen and all(n == 1 for s in seen for n in s.values())
 
@@ -618,8 +618,8 @@ def test_without_scipy_the_same(rng, monkeypatch, dtype):
                   for a in case(rng, n=40, d=7, v=30))
     opts = dict(linear_bias=b, chunk_size=6, weight=np.linspace(0.5, 2, 30), z_loss=0.01)
     with_scipy = csoftmax.linear_cross_entropy_with_grad(x, w, t, **opts)
-    monkeypatch.setattr(_linear, "_scipy_blas", None)
-    gemms = _linear._Gemms(np.dtype(dtype))
+    monkeypatch.setattr(_linear_blas, "_scipy_blas", None)
+    gemms = _linear_blas.Gemms(np.dtype(dtype))
     assert gemms.gemm is None
     without = csoftmax.linear_cross_entropy_with_grad(x, w, t, **opts)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
@@ -629,7 +629,7 @@ def test_without_scipy_the_same(rng, monkeypatch, dtype):
 
 
 def test_default_chunk_rows():
-    rows = _linear.default_chunk_rows
+    rows = _linear_chunks.default_chunk_rows
     assert rows(4096, 32000, 4) == 512  # 64 MiB: 524 rows, made 8 equal chunks
     assert rows(16384, 32000, 4) == 512
     assert rows(2048, 128256, 4) == 410  # at least 512, but at most N / 5 (rounded up)
@@ -642,7 +642,7 @@ def test_default_chunk_rows():
         r = rows(n, v, 4)
         chunks = -(-n // r)
         assert r * chunks - n < chunks  # equal chunks
-        assert r * v * 4 <= max(n * v * 4 / 4, _linear.WHOLE_BYTES)  # a quarter of the logits
+        assert r * v * 4 <= max(n * v * 4 / 4, _linear_chunks.WHOLE_BYTES)  # a quarter of them
 
 
 @pytest.mark.parametrize("with_grad", [False, True])
