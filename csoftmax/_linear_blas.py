@@ -127,7 +127,7 @@ class Gemms:
         a ``(grad_input, rows)`` pair to scatter the rows into)."""
         m, d = g.shape[0], w.shape[1]
         scatter = isinstance(out, tuple)
-        if self.gemm is None:
+        if self.gemm is None or d == 0:  # no features: SciPy's GEMM refuses an empty C
             res = np.matmul(g, w, out=None if scatter else out)
             if alpha != 1.0:
                 np.multiply(res, alpha, out=res)
@@ -156,7 +156,7 @@ class Gemms:
         shared zero page, then copied on write), the second time flushing the
         other cores' TLBs (an interprocessor interrupt, costly in a VM): a
         (64, 256, 1000) call took 5.7 ms without SciPy (0.76 ms with this)."""
-        if self.gemm is None:
+        if self.gemm is None or grad_w.size == 0:
             if first:
                 np.matmul(g.T, x, out=grad_w)
                 return

@@ -269,13 +269,15 @@ class SoftmaxFunctions:
             log_b = np.log(np.abs(bc))
             pos = np.where(bc > 0, xc + log_b, -np.inf)
             neg = np.where(bc < 0, xc + log_b, -np.inf)
-            nan = np.isnan(bc) | np.isnan(xc)
+            # a zero factor drops its term, NaN included (as a masked entry)
+            nan = np.isnan(bc) | (np.isnan(xc) & (bc != 0))
             pos[nan] = np.nan
             lp = np.asarray(self.logsumexp(pos, axis, keepdims=keepdims, num_threads=num_threads))
             ln = np.asarray(self.logsumexp(neg, axis, keepdims=keepdims, num_threads=num_threads))
             big, small = np.maximum(lp, ln), np.minimum(lp, ln)
             r = big + np.log1p(-np.exp(small - big))
-            r = np.where(lp == ln, np.where(np.isnan(lp), np.nan, -np.inf), r)
+            # equal parts cancel exactly (log 0 = -inf), but inf - inf is NaN
+            r = np.where(lp == ln, np.where(np.isnan(lp) | (lp == np.inf), np.nan, -np.inf), r)
             sign = np.where(lp > ln, 1.0, np.where(lp < ln, -1.0, 0.0))
             sign = np.where(np.isnan(r), np.nan, sign)
         if return_sign:

@@ -67,13 +67,17 @@ cdef bint _like(object v, cnp.ndarray x, int typenum, bint writeable) noexcept:
     return _float_array(v, writeable) == typenum and _same_shape(<cnp.ndarray>v, x)
 
 
+cdef bint _apart(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """a and b (both C-contiguous) share no byte."""
+    cdef char *pa = <char *>cnp.PyArray_DATA(a)
+    cdef char *pb = <char *>cnp.PyArray_DATA(b)
+    return pa >= pb + cnp.PyArray_NBYTES(b) or pb >= pa + cnp.PyArray_NBYTES(a)
+
+
 cdef bint _apart_or_same(cnp.ndarray out, cnp.ndarray x) noexcept:
     """out (of x's shape and dtype, both C-contiguous) is x itself (in place)
     or does not overlap it: anything in between the full path sorts out."""
-    cdef char *o = <char *>cnp.PyArray_DATA(out)
-    cdef char *p = <char *>cnp.PyArray_DATA(x)
-    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(x)
-    return o == p or o >= p + nbytes or p >= o + nbytes
+    return cnp.PyArray_DATA(out) == cnp.PyArray_DATA(x) or _apart(out, x)
 
 
 cdef bint _valid_out(object out, cnp.ndarray x, int typenum) noexcept:
@@ -375,9 +379,13 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
         if (not (_half_like(target, x, False) if kind >= 0
                  else _like(target, x, c.typenum, False)) or c.ignore_index >= 0):
             return None
+    # the kernels read the targets while they write the gradient: out must
+    # not overlap them, not even as the same array (the full path refuses it)
+    if (with_grad and out is not None and label_size != 0
+            and not _apart(<cnp.ndarray>target, <cnp.ndarray>out)):
+        return None
+    if label_size < 0:
         y = <cnp.ndarray>target
-        if with_grad and out is not None and not _apart_or_same(y, <cnp.ndarray>out):
-            return None
     c.threads = _call_threads(c.n_rows, c.n, requested, True)
     cdef cnp.ndarray grad = None
     if with_grad:

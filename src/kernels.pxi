@@ -32,7 +32,7 @@
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 cimport numpy as cnp
-from libc.math cimport log, INFINITY, NAN
+from libc.math cimport fabs, isfinite, log, INFINITY, NAN
 from libc.stdlib cimport calloc, free, malloc
 from libc.stdint cimport int32_t, int64_t, uint16_t
 

@@ -139,6 +139,28 @@ static inline void stream_fence(void) {
 #endif
 }
 
+/* Pass 3 of a block: its C rows of w positions (row distance inner in out),
+ * each formed whole by write_row(c, dst) -- into out's row c, or where the
+ * block streams its rows (streams_rows) into an L1 row then streamed there --
+ * with the rows PREFETCH_ROWS ahead prefetched for writing where they are
+ * not streamed.  W: the block's constant width, 0 for any (as the sblock
+ * functions). */
+template <typename T, int W, typename WriteRow>
+static inline void sblock_write_rows(T *out, idx_t C, idx_t inner, idx_t w, const T *stage,
+                                     int stream, WriteRow write_row) {
+    enum { BW = W > 0 ? W : StridedBlock<T>::WIDE };
+    stream = stream && streams_rows(stage, out, inner, w);
+    T row[BW];                         /* a streamed row, formed here */
+    for (idx_t c = 0; c < C; ++c) {
+        T *oc = stream ? row : out + c * inner;
+        if (!stream && inner > w && c + PREFETCH_ROWS < C)
+            prefetch_row(oc + PREFETCH_ROWS * inner, w, 1);
+        write_row(c, oc);
+        if (stream) stream_row(out + c * inner, row, w);
+    }
+    if (stream) stream_fence();
+}
+
 template <typename T> static inline idx_t strided_stage_elems(const T *, idx_t C, idx_t inner) {
     const idx_t bw = strided_width<T>(C, inner);
     return inner * (idx_t)sizeof(T) >= (idx_t)STAGE_STRIDE && inner > bw &&
@@ -303,13 +325,8 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
     for (idx_t j = 0; j < w; ++j)
         f[j] = Op == STRIDED_SOFTMAX ? (T)(1.0 / s[j]) : (T)log(s[j]);
     const T lo = exp_lo<T>();
-    stream = stream && streams_rows(stage, out, inner, w);
-    T row[BW];                         /* a streamed row, formed here */
-    for (idx_t c = 0; c < C; ++c) {
+    sblock_write_rows<T, W>(out, C, inner, w, stage, stream, [&](idx_t c, T *oc) {
         const T *xc = xr + c * ld;
-        T *oc = stream ? row : out + c * inner;
-        if (!stream && inner > w && c + PREFETCH_ROWS < C)
-            prefetch_row(oc + PREFETCH_ROWS * inner, w, 1);
         if (Op == STRIDED_SOFTMAX && store) {
             const T *ec = e + c * e_ld;
 #pragma omp simd
@@ -321,9 +338,7 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) oc[j] = (xc[j] - m[j]) - f[j];
         }
-        if (stream) stream_row(out + c * inner, row, w);
-    }
-    if (stream) stream_fence();
+    });
 }
 
 /* Where unit u's block lies in (outer, C, inner): outer index u / blocks,
@@ -536,13 +551,8 @@ static inline void sblock_cross_entropy_index(
     /* each row of the gradient formed whole (its targets' lanes and the soft
      * cap's chain included) before the next, so that it can be streamed */
     const T cb = (T)(beta * scale), lo = exp_lo<T>();
-    stream = stream && streams_rows(stage, grad, inner, w);
-    T row[BW];                         /* a streamed row, formed here */
-    for (idx_t c = 0; c < C; ++c) {
+    sblock_write_rows<T, W>(grad, C, inner, w, stage, stream, [&](idx_t c, T *gc) {
         const T *xc = xr + c * ld;
-        T *gc = stream ? row : grad + c * inner;
-        if (!stream && inner > w && c + PREFETCH_ROWS < C)
-            prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
         T cw = beta != 0.0 ? cb * (wt_ != NULL ? wt_[c] : (T)1) : (T)0;
         const T *ec = store ? e + c * e_ld : xc;
         const int32_t cl = (int32_t)c;
@@ -574,9 +584,7 @@ static inline void sblock_cross_entropy_index(
             }
         }
         if (cap != (T)0) row_softcap_grad(gc, stage + c * w, w, cap);
-        if (stream) stream_row(grad + c * inner, row, w);
-    }
-    if (stream) stream_fence();
+    });
 }
 
 /* Unit u (as strided_unit) of cross-entropy: x (outer, C, inner), target and
@@ -662,22 +670,15 @@ static inline void sblock_cross_entropy_prob(
     }
     if (!Grad) return;
     const T a2 = (T)(alpha * scale), b2 = (T)(beta * scale), lo = exp_lo<T>();
-    stream = stream && streams_rows(stage, grad, inner, w);
-    T row[BW];                         /* a streamed row, formed here */
-    for (idx_t c = 0; c < C; ++c) {
+    sblock_write_rows<T, W>(grad, C, inner, w, stage, stream, [&](idx_t c, T *gc) {
         const T *xc = xr + c * ld;
         const T *yc = y + c * inner;
-        T *gc = stream ? row : grad + c * inner;
-        if (!stream && inner > w && c + PREFETCH_ROWS < C)
-            prefetch_row(gc + PREFETCH_ROWS * inner, w, 1);
         T wc = wt_ != NULL ? wt_[c] : (T)1;
 #pragma omp simd
         for (idx_t j = 0; j < w; ++j)
             gc[j] = exp_nonpositive((T)(xc[j] - m[j]), lo) * c1[j] - wc * (a2 * yc[j] + b2);
         if (cap != (T)0) row_softcap_grad(gc, stage + c * w, w, cap);
-        if (stream) stream_row(grad + c * inner, row, w);
-    }
-    if (stream) stream_fence();
+    });
 }
 
 /* Unit u (as strided_unit) of cross-entropy with probability targets: x and y

@@ -281,3 +281,47 @@ def test_bad_input_declined_before_writing(variant):
     assert k.fast_cross_entropy(buf[:30].reshape(6, 5), labels, -1, -100, "mean", 0.0, None, True,
                                 partial) is None
     assert (buf == 0).all()
+
+
+def _targets_in_out(x, rng):
+    """(what, target, out) where out's memory holds the target: the target is out itself,
+    the logits are both (out=x, target=x), labels are viewed in out's buffer (int32 and
+    int64, at its start and in its middle)."""
+    n, c = x.shape
+    probs_out = rng.random((n, c)).astype(x.dtype)
+    cases = [("probabilities are out", probs_out, probs_out)]
+    xx = x.copy()
+    cases.append(("out=x, target=x", xx, xx))
+    for label_dtype in (np.int32, np.int64):
+        for at in (0, x.nbytes // 2 // 8 * 8):
+            out = np.zeros_like(x)
+            buf = out.reshape(-1).view(np.uint8)[at:at + n * np.dtype(label_dtype).itemsize]
+            labels = buf.view(label_dtype)
+            labels[:] = rng.integers(0, c, size=n)
+            cases.append((f"{np.dtype(label_dtype).name} labels in out at byte {at}", labels, out))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_out_overlapping_target_refused(variant, dtype):
+    """An ``out=`` that shares memory with the targets (even as the same array) is refused
+    with the full path's ValueError: the kernels read the targets while they write the
+    gradient (the fast path once accepted them and returned a wrong gradient, or NaN rows
+    from labels overwritten mid-call).  The raw fast path declines them before writing."""
+    fast, full = PAIRS[variant]
+    rng = make_rng("fast-out-target")
+    x = rng.standard_normal((8, 64)).astype(dtype)
+    for what, target, out in _targets_in_out(x, rng):
+        logits = target if target is out else x
+        before_target, before_out = target.copy(), out.copy()
+        assert fast.kernels.fast_cross_entropy(logits, target, -1, -100, "mean", 0.0, None,
+                                               True, out) is None, what
+        assert_bitwise_equal(out, before_out, what)
+        for frontend in (fast, full):
+            with pytest.raises(ValueError, match="^out must not overlap target$"):
+                frontend.cross_entropy_with_grad(logits, target, out=out)
+            assert_bitwise_equal(target, before_target, what)
+        # the loss alone reads and writes nothing of it: accepted, the same bits
+        assert_same(fast.cross_entropy(logits, target), full.cross_entropy(logits, target),
+                    what)

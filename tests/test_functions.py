@@ -327,6 +327,51 @@ def test_like_scipy(frontend, name, case, rng):
     assert_close(ours, theirs, np.float64, scale, what=name, factor=4.0)
 
 
+# (x, b, where) of logsumexp with factors at the edges: NaN under a zero factor or a mask
+# (dropped with its term), parts that cancel exactly (-inf) or are both +inf (NaN)
+_SCALED_EDGES = [
+    ([0.0, np.nan], [1.0, 0.0], None),
+    ([0.0, np.nan], [1.0, 1.0], [True, False]),
+    ([np.nan, 2.0, 1.0], [0.0, -1.0, 0.5], None),
+    ([np.inf, np.inf], [1.0, -1.0], None),
+    ([0.0, 0.0], [np.inf, -np.inf], None),
+    ([1.0, 1.0], [1.0, -1.0], None),
+    ([-np.inf, -np.inf], [1.0, -1.0], None),
+    ([np.inf, 3.0], [2.0, -1.0], None),
+    ([0.0, np.nan], [np.nan, 1.0], None),
+]
+
+
+@pytest.mark.parametrize(("x", "b", "where"), _SCALED_EDGES)
+def test_logsumexp_scaled_edges_like_scipy(frontend, x, b, where):
+    """logsumexp with ``b`` (and ``return_sign``) at the edges as ``scipy.special`` gives it,
+    ``where=`` as dropping the masked entries."""
+    special = pytest.importorskip("scipy.special")
+    x, b = np.array(x), np.array(b)
+    keep = np.ones(x.shape, bool) if where is None else np.array(where)
+    with np.errstate(all="ignore"):
+        want = special.logsumexp(x[keep], b=b[keep], return_sign=True)
+    got = frontend.logsumexp(x, b=b, where=None if where is None else keep, return_sign=True)
+    for g, w in zip(got, want):  # NaN where SciPy has NaN, inf where it has inf
+        np.testing.assert_allclose(g, w, rtol=4 * np.finfo(np.float64).eps, atol=0)
+
+
+def test_weighted_mean_denominator_exact(frontend):
+    """The "mean" divides by the summed class weight of the counted rows, summed to within an
+    ulp or two (a plain running sum of the 200000 weights below was about 600 ulp off)."""
+    rng = make_rng("weighted-total")
+    n = 200_000
+    x = rng.standard_normal((n, 3)) * 10
+    t = rng.integers(0, 3, size=n)
+    t[::7] = -100
+    w = rng.random(3)
+    rows = frontend.cross_entropy(x, t, weight=w, reduction="none")
+    kept = t[t != -100]
+    exact = math.fsum(rows.tolist()) / math.fsum(w[kept].tolist())
+    got = frontend.cross_entropy(x, t, weight=w)
+    assert abs(got - exact) <= 4 * np.spacing(exact)
+
+
 # Row lengths around every SIMD width and tile size, on every instruction-set variant
 SWEEP_C = [*range(1, 41), 47, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1025, 4099]
 

@@ -9,6 +9,7 @@ and a memory test that fails if the N x V logits are ever allocated.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import tracemalloc
 
@@ -43,7 +44,7 @@ def reference(x, w, t, b=None, with_grad=True, **kw):
     """float64 through the materialised logits and csoftmax.cross_entropy_with_grad."""
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     d = x.shape[-1]
-    w2 = w.reshape(-1, d)
+    w2 = w.reshape(math.prod(w.shape[:-1]), d)  # not -1: D may be 0
     logits = x @ w2.T
     if b is not None:
         logits = logits + np.asarray(b, np.float64).reshape(-1)
@@ -54,7 +55,7 @@ def reference(x, w, t, b=None, with_grad=True, **kw):
     loss, g = csoftmax.cross_entropy_with_grad(logits, t, axis=axis, **kw)
     g2 = g.reshape(-1, w2.shape[0]) if x.ndim == 2 else g.reshape(1, -1)
     gx = (g2 @ w2).reshape(x.shape)
-    gw = (g2.T @ x.reshape(-1, d)).reshape(w.shape)
+    gw = (g2.T @ x.reshape(math.prod(x.shape[:-1]), d)).reshape(w.shape)
     gb = None if b is None else g2.sum(0).reshape(w.shape[:-1])
     return loss, gx, gw, gb
 
@@ -885,3 +886,46 @@ def test_import_csoftmax_imports_no_optional_dependency():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=root)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_features(frontend, dtype, chunk_size):
+    """D = 0: the logits are the bias (or zeros), grad_input and grad_linear_weight empty
+    (SciPy's GEMM refuses an empty result: the products then go through NumPy)."""
+    rng = np.random.default_rng(3)
+    x, w = np.zeros((3, 0), dtype), np.zeros((5, 0), dtype)
+    t = np.array([0, 4, -100])
+    for b in (None, rng.standard_normal(5).astype(dtype)):
+        for reduction in ("mean", "sum", "none"):
+            kw = dict(linear_bias=b, reduction=reduction, chunk_size=chunk_size)
+            loss, gx, gw, gb = _linear.call(frontend, x, w, t, True, **kw)
+            want = reference(x, w, t, b, reduction=reduction)
+            assert gx.shape == (3, 0) and gw.shape == (5, 0)
+            assert gx.dtype == gw.dtype == dtype
+            tol = dict(rtol=1e-6) if dtype == np.float32 else dict(rtol=1e-14)
+            np.testing.assert_allclose(loss, want[0], **tol)
+            if b is not None:
+                np.testing.assert_allclose(gb, want[3], atol=1e-7, **tol)
+            np.testing.assert_allclose(_linear.call(frontend, x, w, t, **kw), loss, **tol)
+
+
+def test_slow_module_has_the_linear_functions(rng):
+    """csoftmax.slow's linear functions: the public signatures, the NumPy twin's results."""
+    import inspect
+
+    from csoftmax import slow
+    from csoftmax._dispatch import FRONTENDS
+
+    x, w, b, t = case(rng)
+    for name, with_grad in (("linear_cross_entropy", False),
+                            ("linear_cross_entropy_with_grad", True)):
+        ours = getattr(slow, name)
+        assert inspect.signature(ours) == inspect.signature(getattr(csoftmax, name))
+        got = ours(x, w, t, linear_bias=b, label_smoothing=0.1, chunk_size=4)
+        want = _linear.call(FRONTENDS["numpy"], x, w, t, with_grad, linear_bias=b,
+                            label_smoothing=0.1, chunk_size=4)
+        for g, v in zip(got if with_grad else (got,), want if with_grad else (want,)):
+            np.testing.assert_array_equal(g, v)
+        with pytest.raises(TypeError):
+            ours(x, w, t, b)
