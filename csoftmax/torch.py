@@ -188,16 +188,18 @@ class _RowFunction(torch.autograd.Function):
         out = _from_numpy(cls._forward(_as_numpy(input, "input"), axis=dim, where=where))
         ctx.dim = dim
         ctx.name = cls._name
-        ctx.where = where
-        ctx.save_for_backward(out)
+        # the mask too through save_for_backward: autograd then refuses a
+        # backward after it was changed in place, as it refuses a changed output
+        ctx.save_for_backward(out, mask)
         return out
 
     @classmethod
     def _run_backward(cls, ctx, grad_output):
-        (out,) = ctx.saved_tensors
+        out, mask = ctx.saved_tensors
         g = _as_numpy(grad_output.to(out.dtype), "grad_output")
         a = _as_numpy(out, "output")
-        grad = cls._backward(g, a, axis=ctx.dim, where=ctx.where)
+        where = None if mask is None else mask.detach().numpy()
+        grad = cls._backward(g, a, axis=ctx.dim, where=where)
         return _from_numpy(grad), None, None
 
 
@@ -377,12 +379,9 @@ class LinearCrossEntropy(torch.autograd.Function):
                 f"csoftmax.torch.linear_cross_entropy differentiates with respect to input, "
                 f"linear_weight and linear_bias only, but {which} requires grad: detach it, "
                 f"or use torch.nn.functional.linear_cross_entropy")
-        arrays = (_as_numpy(input, "input"), _as_numpy(linear_weight, "linear_weight"),
-                  _as_numpy(target, "target"))
-        options = dict(linear_bias=None if linear_bias is None else _as_numpy(linear_bias,
-                                                                              "linear_bias"),
-                       weight=None if weight is None else _as_numpy(weight, "weight"),
-                       ignore_index=ignore_index, reduction=reduction,
+        arrays, arrays_options = LinearCrossEntropy._arrays(input, linear_weight, target,
+                                                            linear_bias, weight)
+        options = dict(ignore_index=ignore_index, reduction=reduction,
                        label_smoothing=label_smoothing)
         if not (softcap is None and type(z_loss) in (float, int) and z_loss == 0):
             options.update(z_loss=z_loss, softcap=softcap)
@@ -391,16 +390,31 @@ class LinearCrossEntropy(torch.autograd.Function):
         ctx.has_bias = linear_bias is not None
         needs = any(ctx.needs_input_grad[i] for i in (0, 1, 3))
         if needs and reduction != "none":
-            loss, gx, gw, gb = _cs.linear_cross_entropy_with_grad(*arrays, **options)
+            loss, gx, gw, gb = _cs.linear_cross_entropy_with_grad(*arrays, **arrays_options,
+                                                                  **options)
             saved = [_from_numpy(gx), _from_numpy(gw)]
             if gb is not None:
                 saved.append(_from_numpy(gb))
             ctx.save_for_backward(*saved)
         else:
-            loss = _cs.linear_cross_entropy(*arrays, **options)
-            if needs:  # "none": recomputed in backward with the upstream factors
-                ctx.arrays, ctx.options = arrays, options
+            loss = _cs.linear_cross_entropy(*arrays, **arrays_options, **options)
+            if needs:
+                # "none": recomputed in backward with the upstream factors, from the
+                # inputs saved through autograd, which refuses a backward after
+                # one of them was changed in place (as PyTorch's own function does)
+                ctx.save_for_backward(input, linear_weight, target, linear_bias, weight)
+                ctx.options = options
         return _scalar_tensor(loss) if np.ndim(loss) == 0 else _from_numpy(loss)
+
+    @staticmethod
+    def _arrays(input, linear_weight, target, linear_bias, weight):
+        """(input, linear_weight, target) and the bias and class weights (keywords)
+        as NumPy views."""
+        arrays = (_as_numpy(input, "input"), _as_numpy(linear_weight, "linear_weight"),
+                  _as_numpy(target, "target"))
+        return arrays, dict(
+            linear_bias=None if linear_bias is None else _as_numpy(linear_bias, "linear_bias"),
+            weight=None if weight is None else _as_numpy(weight, "weight"))
 
     @staticmethod
     @_first_order_only
@@ -408,9 +422,10 @@ class LinearCrossEntropy(torch.autograd.Function):
         if ctx.reduction == "none":
             from . import _linear
 
+            arrays, arrays_options = LinearCrossEntropy._arrays(*ctx.saved_tensors)
             scale = grad_output.detach().to(torch.float64).contiguous().numpy()
-            _, gx, gw, gb = _linear.call(None, *ctx.arrays, True, row_scale=scale,
-                                         **ctx.options)
+            _, gx, gw, gb = _linear.call(None, *arrays, True, row_scale=scale,
+                                         **arrays_options, **ctx.options)
             grads = [_from_numpy(gx), _from_numpy(gw),
                      None if gb is None else _from_numpy(gb)]
         else:

@@ -260,6 +260,41 @@ cdef inline void _half_ce_index_long(
             c += k
 
 
+cdef inline void _half_ce_prob_long(
+    const _Half *h, float *xs, float *ys, Py_ssize_t r0, Py_ssize_t rows
+) noexcept nogil:
+    """Rows r0 .. r0 + rows (n >= SHORT_ROW, no soft cap) of a cross-entropy
+    with probability targets, a row at a time in the scratch rows xs (the
+    logits, then their gradient) and ys (16-bit targets, converted): the
+    logits' conversion fused with their maximum, as _half_ce_index_long.
+    Converted a block at a time, then walked by the float32 row kernel
+    (maximum, exponentials, gradient), bfloat16 targets and logits took
+    longer than float32 ones.  The arithmetic is _cross_entropy_prob_row's."""
+    cdef const _CrossEntropyArgs *ce = h.ce
+    cdef Py_ssize_t i, n = h.n
+    cdef CrossEntropyExtra ex
+    cdef const CrossEntropyExtra *exp = NULL
+    cdef float *grad = xs if h.out != NULL else NULL
+    cdef const float *y
+    cdef float m
+    if ce.ex != NULL:
+        ex = ce.ex[0]
+        if ex.zrow != NULL:
+            ex.zrow = ex.zrow + r0
+        exp = &ex
+    for i in range(rows):
+        m = half_load_max(h.kind, h.x + (r0 + i) * n, xs, n)
+        if h.y16 != NULL:
+            half_load(h.kind, h.y16 + (r0 + i) * n, ys, n)
+            y = ys
+        else:
+            y = h.y32 + (r0 + i) * n
+        h.loss[r0 + i] = _cross_entropy_prob_from_max(
+            <const float *>xs, y, n, h.w, ce.alpha, ce.beta, grad, ce.scale, exp, i, m)
+        if h.out != NULL:
+            half_store(h.kind, xs, h.out + (r0 + i) * n, n)
+
+
 cdef void _half_block(
     const _Half *h, const label_t *t, float *scratch, Py_ssize_t b
 ) noexcept nogil:
@@ -278,6 +313,9 @@ cdef void _half_block(
         return
     if h.op == OP_CROSS_ENTROPY_INDEX and n >= SHORT_ROW and h.cap == 0.0:
         _half_ce_index_long(h, t, xs, r0, rows)
+        return
+    if h.op == OP_CROSS_ENTROPY_PROB and n >= SHORT_ROW and h.cap == 0.0:
+        _half_ce_prob_long(h, xs, ys, r0, rows)
         return
     if h.op == OP_LOGSUMEXP and n >= SHORT_ROW:
         for i in range(rows):

@@ -401,7 +401,17 @@ cdef inline double _cross_entropy_prob_row(
 ) noexcept nogil:
     """nxt: the next row of x, prefetched by the exp pass (_next_row); the
     next row of y then too, by the targets' pass."""
-    cdef floating m = row_max(x, n)
+    return _cross_entropy_prob_from_max(x, y, n, w, alpha, beta, grad, scale, ex, i,
+                                        row_max(x, n), nxt)
+
+
+cdef inline double _cross_entropy_prob_from_max(
+    const floating *x, const floating *y, Py_ssize_t n, const floating *w,
+    double alpha, double beta, floating *grad, double scale,
+    const CrossEntropyExtra *ex, Py_ssize_t i, floating m, const floating *nxt=NULL,
+) noexcept nogil:
+    """_cross_entropy_prob_row of a row whose maximum m is known (16-bit rows
+    find it as they are converted)."""
     cdef double y_dot, y_sum, s
     cdef const floating *ynxt = NULL
     if nxt != NULL:

@@ -287,3 +287,36 @@ def test_import_without_torch_is_a_clear_import_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "csoftmax.torch")
     with pytest.raises(ImportError, match=r"csoftmax\.torch needs PyTorch.*pip install"):
         importlib.import_module("csoftmax.torch")
+
+
+def test_inputs_changed_in_place_before_backward_are_refused():
+    """What backward reads again is saved through autograd, whose version check refuses a
+    backward after an in-place change (as torch.nn.functional's own functions do): the inputs
+    of linear_cross_entropy with reduction="none" (recomputed in backward), and the mask of
+    softmax/log_softmax (once read again in place: log_softmax then gave 1, not 0, at the
+    entries that were masked in the forward)."""
+    torch.manual_seed(0)
+    h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    for changed in ("linear_weight", "target", "linear_bias"):
+        t = torch.tensor([0, 1, 2, 3])
+        b = torch.randn(5, dtype=torch.float64)
+        w2 = w.detach().clone().requires_grad_()
+        loss = ct.linear_cross_entropy(h, w2, t, linear_bias=b, reduction="none")
+        with torch.no_grad():
+            {"linear_weight": w2, "target": t, "linear_bias": b}[changed].add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.sum().backward()
+    for fn in (ct.softmax, ct.log_softmax):
+        x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+        mask = torch.tensor([True, True, False, False])
+        y = fn(x, 1, mask=mask)
+        mask[:] = True
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+    # unchanged, the saved inputs give PyTorch's gradients
+    t = torch.tensor([0, 1, 2, 3])
+    ref = torch.autograd.grad(F.linear_cross_entropy(h, w, t, reduction="none").sum(), (h, w))
+    got = torch.autograd.grad(ct.linear_cross_entropy(h, w, t, reduction="none").sum(), (h, w))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, **TOL[torch.float64])
