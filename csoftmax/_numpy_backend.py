@@ -485,6 +485,25 @@ def half_backward_rows(op, grad_output, output, out, kind, n_threads):
     _half.store_numpy(g, out, kind)
 
 
+#: masked_row's ops (src/masked.hpp): their float32 kernels above
+_MASKED_KERNELS = (masked_softmax_rows, masked_log_softmax_rows, masked_logsumexp_rows,
+                   masked_softmax_backward_rows, masked_log_softmax_backward_rows)
+
+
+def half_masked_rows(op, x, grad_output, mask, out, kind, n_threads):
+    kernel = _MASKED_KERNELS[op]
+    a = _half.load_numpy(x, kind)
+    if op == 2:  # logsumexp: float32 out
+        kernel(a, mask, out, n_threads)
+    elif grad_output is None:
+        kernel(a, mask, a, n_threads)
+        _half.store_numpy(a, out, kind)
+    else:
+        g = _half.load_numpy(grad_output, kind)
+        kernel(g, a, mask, a, n_threads)
+        _half.store_numpy(a, out, kind)
+
+
 def half_cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
                                   grad_scale, row_loss, grad, kind, n_threads, **extra):
     x = _half.load_numpy(logits, kind)

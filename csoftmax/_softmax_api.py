@@ -26,6 +26,10 @@ from ._validation import (
     half_array,
 )
 
+#: the masked kernels' ops (masked_row, src/masked.hpp), for half_masked_rows
+(_MASKED_SOFTMAX, _MASKED_LOG_SOFTMAX, _MASKED_LOGSUMEXP, _MASKED_SOFTMAX_BACKWARD,
+ _MASKED_LOG_SOFTMAX_BACKWARD) = range(5)
+
 
 class SoftmaxFunctions:
     """softmax, log_softmax, logsumexp, softmax_backward, log_softmax_backward."""
@@ -69,8 +73,16 @@ class SoftmaxFunctions:
         return _run_rows(run, inputs, compute, result, axis, out, num_threads,
                          split_rows=False)
 
-    def _masked_rowwise(self, kernel, x, where, axis, out, num_threads):
-        xc, compute, result = as_compute_array(x, "x")
+    def _masked_rowwise(self, kernel, x, where, axis, out, num_threads, masked_op):
+        xh, kind = half_array(x, "x")
+        if kind is not None:  # 16-bit rows computed in float32 a row at a time, no copy
+            half_masked = self.kernels.half_masked_rows
+
+            def run(x2, mask, r2, threads):
+                half_masked(masked_op, bits(x2), None, mask, bits(r2), kind, threads)
+
+            return self._masked(run, (xh,), where, xh.dtype, xh.dtype, axis, out, num_threads)
+        xc, compute, result = as_compute_array(xh, "x")
         return self._masked(kernel, (xc,), where, compute, result, axis, out, num_threads)
 
     # -- softmax family ----------------------------------------------------
@@ -127,7 +139,7 @@ class SoftmaxFunctions:
         """
         if where is not None:
             return self._masked_rowwise(self.kernels.masked_softmax_rows, x, where, axis, out,
-                                        num_threads)
+                                        num_threads, _MASKED_SOFTMAX)
         r = self._fast_rows(_OP_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
@@ -151,7 +163,7 @@ class SoftmaxFunctions:
         """
         if where is not None:
             return self._masked_rowwise(self.kernels.masked_log_softmax_rows, x, where, axis,
-                                        out, num_threads)
+                                        out, num_threads, _MASKED_LOG_SOFTMAX)
         r = self._fast_rows(_OP_LOG_SOFTMAX, x, axis, out, num_threads)
         if r is not None:
             return r
@@ -238,18 +250,26 @@ class SoftmaxFunctions:
 
     def _logsumexp_masked(self, x, where, axis, keepdims, b, return_sign, num_threads):
         """logsumexp over the entries ``where`` keeps (-inf where none is)."""
-        xc, compute, result = as_compute_array(x, "x")
+        xh, kind = half_array(x, "x")
         if b is not None:
             # b = 0 drops a term whatever x holds: the mask as factors (b and
             # x are made full-size there anyway)
-            w = check_where(where, xc.shape)
+            w = check_where(where, xh.shape)
             return self._logsumexp_scaled(x, np.where(w, as_compute_array(b, "b")[0], 0), axis,
                                           keepdims, return_sign, num_threads)
+        if kind is None:
+            xc, compute, result = as_compute_array(xh, "x")
+        else:  # 16-bit rows read as they are, the results in float32 rounded once
+            xc, compute, result = xh, np.dtype(np.float32), xh.dtype
         layout = RowLayout(xc.shape, axis)
         mask = MaskRows(where, xc.shape, layout)
         r = np.empty(layout.n_rows, compute)
-        self.kernels.masked_logsumexp_rows(
-            layout.rows(xc), mask, r, _threads_for(layout.n_rows, layout.n, num_threads, False))
+        threads = _threads_for(layout.n_rows, layout.n, num_threads, False)
+        if kind is None:
+            self.kernels.masked_logsumexp_rows(layout.rows(xc), mask, r, threads)
+        else:
+            self.kernels.half_masked_rows(_MASKED_LOGSUMEXP, bits(layout.rows(xc)), None, mask,
+                                          r, kind, threads)
         return _reduction_result(r, layout, keepdims, result, return_sign)
 
     def _logsumexp_scaled(self, x, b, axis, keepdims, return_sign, num_threads):
@@ -288,7 +308,18 @@ class SoftmaxFunctions:
                   op=None):
         gh, g_kind = half_array(grad_output, "grad_output")
         ah, kind = half_array(output, "output")
-        if kind is not None and g_kind == kind and where is None:
+        if kind is not None and g_kind == kind and where is not None:
+            check_same_shape(gh, ah, "grad_output", "output")
+            half_masked = self.kernels.half_masked_rows
+            masked_op = (_MASKED_SOFTMAX_BACKWARD if op == _OP_SOFTMAX
+                         else _MASKED_LOG_SOFTMAX_BACKWARD)
+
+            def run_masked(g2, a2, mask, r2, threads):
+                half_masked(masked_op, bits(a2), bits(g2), mask, bits(r2), kind, threads)
+
+            return self._masked(run_masked, (gh, ah), where, ah.dtype, ah.dtype, axis, out,
+                                num_threads, "output")
+        if kind is not None and g_kind == kind:
             check_same_shape(gh, ah, "grad_output", "output")
             half_backward = self.kernels.half_backward_rows
 
@@ -347,7 +378,7 @@ class SoftmaxFunctions:
         """
         if where is not None:
             return self._backward(self.kernels.masked_softmax_backward_rows, grad_output, output,
-                                  axis, out, num_threads, where)
+                                  axis, out, num_threads, where, _OP_SOFTMAX)
         r = self._fast_backward(_OP_SOFTMAX, grad_output, output, axis, out, num_threads)
         if r is not None:
             return r
@@ -385,7 +416,7 @@ class SoftmaxFunctions:
         """
         if where is not None:
             return self._backward(self.kernels.masked_log_softmax_backward_rows, grad_output,
-                                  output, axis, out, num_threads, where)
+                                  output, axis, out, num_threads, where, _OP_LOG_SOFTMAX)
         r = self._fast_backward(_OP_LOG_SOFTMAX, grad_output, output, axis, out, num_threads)
         if r is not None:
             return r

@@ -525,6 +525,87 @@ def half_logsumexp_rows(const uint16_t[:, ::1] x, float[::1] out, int kind, int 
     _half_run(&h, <const int32_t *>NULL, n_threads)
 
 
+# ---------------------------------------------------------------------------
+# where= on 16-bit rows: each row converted into float32 scratch rows of its
+# thread (two: the input and the upstream gradient), computed by the float32
+# masked row (masked_row, masked.hpp) and rounded to 16 bits: the float32
+# kernel's bits on the converted values, with no float32 copy of the arrays.
+
+cdef inline void _half_masked_unit(
+    int op, int kind, const uint16_t *x, const uint16_t *g, uint16_t *out, float *out32,
+    Py_ssize_t n, const MaskRows *mk, Py_ssize_t i, float *xs
+) noexcept nogil:
+    """Row i of masked op (MASKED_*) of 16-bit x (g: grad_output or NULL), in
+    the scratch rows xs and xs + n; the result rounded into out, or for
+    logsumexp into out32[i] (float32, rounded once by the caller)."""
+    cdef float *gs = xs + n
+    half_load(kind, x + i * n, xs, n)
+    if op == MASKED_LOGSUMEXP:
+        masked_row(op, <const float *>xs, <const float *>NULL, out32 + i, n, mk, i,
+                   <const float *>NULL, <const float *>NULL)
+        return
+    if g != NULL:
+        half_load(kind, g + i * n, gs, n)
+    else:
+        gs = NULL
+    masked_row(op, <const float *>xs, <const float *>gs, xs, n, mk, i, <const float *>NULL,
+               <const float *>NULL)
+    half_store(kind, xs, out + i * n, n)
+
+
+def half_masked_rows(int op, const uint16_t[:, ::1] x, object grad_output, object mask,
+                     object out, int kind, int n_threads):
+    """Masked op (MASKED_*, masked.hpp) over 16-bit rows of one kind: x the
+    input (the forward output for the backward ops), grad_output 16-bit like x
+    for the backward ops (else None), out 16-bit like x (may be x or
+    grad_output), or float32 (n_rows,) for logsumexp; mask as for
+    masked_softmax_rows."""
+    cdef Py_ssize_t i, n_rows = x.shape[0], n = x.shape[1]
+    cdef MaskRows mk
+    cdef const uint16_t[:, ::1] g
+    cdef uint16_t[:, ::1] o16
+    cdef float[::1] o32
+    cdef const uint16_t *gp = NULL
+    cdef uint16_t *op16 = NULL
+    cdef float *op32 = NULL
+    if n_rows == 0:
+        return
+    if op == MASKED_LOGSUMEXP:
+        o32 = out
+        if n == 0:
+            o32[:] = -INFINITY
+            return
+        op32 = &o32[0]
+    elif n == 0:
+        return
+    else:
+        o16 = out
+        op16 = &o16[0, 0]
+    if grad_output is not None:
+        g = grad_output
+        gp = &g[0, 0]
+    keep = _mask_rows(mask, n, n_threads, &mk)
+    cdef const uint16_t *xp = &x[0, 0]
+    cdef Py_ssize_t per_thread = 2 * n
+    cdef float *scratch = <float *>malloc(max(n_threads, 1) * per_thread * sizeof(float))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        if n_threads > 1:
+            for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+                _half_masked_unit(op, kind, xp, gp, op16, op32, n, &mk, i,
+                                  scratch + threadid() * per_thread)
+        elif n_rows * n < GIL_WORK:
+            for i in range(n_rows):
+                _half_masked_unit(op, kind, xp, gp, op16, op32, n, &mk, i, scratch)
+        else:
+            with nogil:
+                for i in range(n_rows):
+                    _half_masked_unit(op, kind, xp, gp, op16, op32, n, &mk, i, scratch)
+    finally:
+        free(scratch)
+
+
 def half_backward_rows(int op, const uint16_t[:, ::1] grad_output,
                        const uint16_t[:, ::1] output, uint16_t[:, ::1] out, int kind,
                        int n_threads):

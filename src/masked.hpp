@@ -27,7 +27,7 @@
  * gives the same bits; shorter rows are summed in column order in double,
  * where the unmasked kernels' transposed tiles (tiles.hpp) sum in T: the
  * same values within rounding.  A row is always
- * computed by one thread, by out-of-line code (masked_unit), so results do not
+ * computed by one thread, by out-of-line code (masked_row), so results do not
  * depend on the thread count.
  *
  * Rows with no kept entry: softmax 0, log_softmax -inf, logsumexp -inf (the
@@ -362,21 +362,19 @@ static inline void masked_op_row(int op, const T *x, const T *g, const uint8_t *
     }
 }
 
-/* Row i of op over n_rows x n C-contiguous rows (n >= 1): x the input (the
- * forward output for the backward ops), g the upstream gradient (backward
- * ops), out the result (one value per row for logsumexp; may be x or g),
- * next the next row of x or NULL (prefetched by the forward ops' exp pass,
- * and with the next row of g by the backward ops' writing pass).
- * Out of line: the serial loop and the OpenMP loop run the same code. */
+/* Row i of op (n >= 1 columns; its mask row i of mk): xr the input row (the
+ * forward output for the backward ops), gr the upstream gradient's row
+ * (backward ops, else NULL), o the result (one value for logsumexp; may be
+ * xr or gr), next and gnext the next rows of x and g or NULL (prefetched by
+ * the forward ops' exp pass, and by the backward ops' writing pass).  Out of
+ * line: the serial loop and the OpenMP loop run the same code, and so do
+ * the float32 rows of 16-bit arrays (src/half.pxi, half_masked_rows). */
 template <typename T>
-static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx_t n,
-                                     const MaskRows *mk, idx_t i, const T *next) {
+static CS_REDUCTION void masked_row(int op, const T *xr, const T *gr, T *o, idx_t n,
+                                   const MaskRows *mk, idx_t i, const T *next,
+                                   const T *gnext) {
     int uniform;
     const uint8_t *k = mask_row(mk, i, n, &uniform);
-    const T *xr = x + i * n;
-    const T *gr = g != NULL ? g + i * n : g;
-    const T *gnext = g != NULL && next != NULL ? gr + n : (const T *)NULL;
-    T *o = op == MASKED_LOGSUMEXP ? out + i : out + i * n;
     /* a row that keeps its first p entries (padding): the unmasked code on
      * them, and the masked rest filled (-inf for log_softmax, else 0), with
      * no select or mask read per element (1.24x the unmasked softmax's time
@@ -403,6 +401,17 @@ static CS_REDUCTION void masked_unit(int op, const T *x, const T *g, T *out, idx
         masked_op_row<false>(op, xr, gr, k, o, n, next, gnext);
     }
     vector_upper_clear();
+}
+
+/* Row i of op over whole arrays: x and g (the backward functions' grad_output,
+ * else NULL) n_rows x n, out like them (one value a row for logsumexp). */
+template <typename T>
+static inline void masked_unit(int op, const T *x, const T *g, T *out, idx_t n,
+                               const MaskRows *mk, idx_t i, const T *next) {
+    const T *gr = g != NULL ? g + i * n : g;
+    const T *gnext = g != NULL && next != NULL ? gr + n : (const T *)NULL;
+    masked_row(op, x + i * n, gr, op == MASKED_LOGSUMEXP ? out + i : out + i * n, n, mk, i,
+               next, gnext);
 }
 
 }  // namespace csoftmax

@@ -6,7 +6,7 @@
 # with its axes moved as x's by a data pointer, a row stride or per-row byte
 # offsets (O(rows)), and a column stride or per-column offsets (O(columns));
 # zero strides are the broadcast axes.  The row arithmetic lives in
-# masked.hpp (masked_unit: one row, out of line, on one thread).  Rows are
+# masked.hpp (masked_row: one row, out of line, on one thread).  Rows are
 # spread over threads as _rows_core spreads them (static prange; one thread,
 # and the GIL kept, below GIL_WORK elements); a row is never split over
 # threads, so results are the same bits at every thread count.
@@ -25,6 +25,9 @@ cdef extern from "masked.hpp" namespace "csoftmax" nogil:
     Py_ssize_t kept_prefix(const uint8_t *k, Py_ssize_t n) noexcept
     void masked_unit[T](int op, const T *x, const T *g, T *out, Py_ssize_t n,
                         const MaskRows *mk, Py_ssize_t i, const T *next) noexcept
+    void masked_row[T](int op, const T *xr, const T *gr, T *o, Py_ssize_t n,
+                       const MaskRows *mk, Py_ssize_t i, const T *next,
+                       const T *gnext) noexcept
     enum:
         MASKED_SOFTMAX
         MASKED_LOG_SOFTMAX
