@@ -462,10 +462,24 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         _loss_block, "i", p.logits, "ij", p.target, p._target_index(), start_a, "i", stop_a, "i",
         adjust_chunks={"i": 2 if p.split_z else 1}, dtype=np.float64, concatenate=True,
         align_arrays=False, meta=np.empty((0,), np.float64), **kwargs)
-    total = p.total() if reduction == "mean" else None
-    count = p.total(weighted=False) if p.split_z else None
-    loss = dask.delayed(_finish, pure=True)(sums, total, p.dtype, count)
-    return da.from_delayed(loss, shape=(), dtype=p.dtype, meta=np.empty((), p.dtype))
+    # the chunks' sums reduced by dask's own tree, then finished as an array task: one
+    # delayed task over all of them made the scheduler compute every logits chunk before
+    # the first loss block (a rechunked (2**18, 513) float32 input: 665 MB peak against
+    # 216 MB; the logits are 513 MB)
+    reduced = sums.reshape(-1, 2).sum(axis=0) if p.split_z else sums.sum(keepdims=True)
+    finals = [a for a in (p.total() if reduction == "mean" else None,
+                          p.total(weighted=False) if p.split_z else None) if a is not None]
+    return da.blockwise(_finish_reduced, "", reduced, "i", *(x for a in finals for x in (a, "")),
+                        dtype=p.dtype, concatenate=True, meta=np.empty((), p.dtype),
+                        dtype_out=p.dtype, n_finals=len(finals))
+
+
+def _finish_reduced(parts, *finals, dtype_out, n_finals):
+    """_finish of the tree-reduced sums: finals are the "mean" denominator and,
+    for a weighted "mean" with z-loss, the count of counted rows."""
+    total = finals[0] if n_finals else None
+    count = finals[1] if n_finals > 1 else None
+    return _finish(parts, total, dtype_out, count)
 
 
 def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
