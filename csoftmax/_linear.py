@@ -73,6 +73,7 @@ product and OpenBLAS may then round differently).
 A K-dimensional ``linear_weight`` ``(V, d1, ..., D)`` (logits
 ``(N, V, d1, ...)``, classes on axis 1, as PyTorch allows) takes a plain
 path that holds the logits.
+
 Where each part lives: this module holds the public functions and the C fast
 path's gate; ``_linear_args`` validates (:class:`LinearArgs`),
 ``_linear_chunks`` runs the row chunks, the vocabulary slices and the
@@ -89,10 +90,10 @@ import sys
 
 import numpy as np
 
-from . import _linear_blas, _threads
+from . import _linear_blas, _linear_chunks, _threads
 from ._cross_entropy_api import CrossEntropyResult, _plain_options
 from ._linear_args import LinearArgs
-from ._linear_chunks import WHOLE_BYTES, run_chunked, run_materialised
+from ._linear_chunks import run_chunked, run_materialised
 from ._linear_results import LinearCrossEntropyGradResult
 from ._runner import MAX_THREADS
 
@@ -121,7 +122,6 @@ def run(frontend, args, with_grad, row_scale=None):
     return LinearCrossEntropyGradResult(loss, gx, gw, gb, z, acc)
 
 
-
 def _fast_loss(input, linear_weight, target, linear_bias, ignore_index, reduction,
                label_smoothing, num_threads):
     """The loss by the compiled kernels' C fast path (src/fastlinear.pxi) where
@@ -142,8 +142,7 @@ def _fast_loss(input, linear_weight, target, linear_bias, ignore_index, reductio
     if not _linear_blas.gemm_given(kernels) or not _linear_blas.blas_at(n):
         return None
     return fast(input, linear_weight, target, linear_bias, ignore_index, reduction,
-                label_smoothing, n, WHOLE_BYTES)
-
+                label_smoothing, n, _linear_chunks.WHOLE_BYTES)
 
 
 # -- the public functions ----------------------------------------------------

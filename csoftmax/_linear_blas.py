@@ -29,6 +29,7 @@ def _optional(name):
         return None
     return module
 
+
 _controller = None
 _blas_libs = ()
 _gemm_given = {}  # id(kernels module) -> whether its fast path has the GEMM
@@ -88,7 +89,6 @@ def gemm_given(kernels):
     first call, see :func:`_give_gemm`)."""
     given = _gemm_given.get(id(kernels))
     return _give_gemm(kernels) if given is None else given
-
 
 
 class Gemms:

@@ -6,6 +6,8 @@ chunks (:func:`run_chunked`), vocabulary slices for a loss alone
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._linear_blas import Gemms
@@ -35,7 +37,6 @@ def default_chunk_rows(n_rows, n_classes, itemsize):
     rows = max(1, min(rows, n_rows))
     chunks = -(-n_rows // rows)
     return -(-n_rows // chunks)  # equal chunks, none larger than ``rows``
-
 
 
 def run_chunked(frontend, args, with_grad, n_threads, row_scale=None):
@@ -238,7 +239,7 @@ def run_materialised(frontend, args, with_grad, n_threads, row_scale=None):
     """K-dimensional weights: the logits (N, V, d1, ...) in full."""
     x, w = args.x, args.w
     d = args.n_features
-    w2 = w.reshape(-1, d)
+    w2 = w.reshape(math.prod(args.w_shape[:-1]), d)  # not -1: D or V may be 0
     logits = np.matmul(x, w2.T)
     if args.b is not None:
         logits += args.b.reshape(-1)
@@ -258,7 +259,7 @@ def run_materialised(frontend, args, with_grad, n_threads, row_scale=None):
     loss, g = r[0], r[1]
     if row_scale is not None:
         g *= row_scale.reshape((args.n_rows, 1) + args.extra)
-    g2 = g.reshape(args.n_rows, -1)
+    g2 = g.reshape(args.n_rows, w2.shape[0])  # not -1: N may be 0
     grad_x = g2 @ w2
     grad_w = (g2.T @ x).reshape(args.w_shape)
     grad_b = None if args.b is None else g2.sum(axis=0).reshape(args.w_shape[:-1])

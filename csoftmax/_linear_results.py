@@ -37,7 +37,6 @@ def mean_denominator(args, kept):
     return float(np.sum(args.weight.astype(np.float64)[labels]))
 
 
-
 def _per_position(args, rows):
     """Per-row values as a "none" result: the result dtype, a scalar for (D,) input."""
     r = _as_result(rows, args.result)
@@ -150,7 +149,6 @@ class Extras:
             if args.return_token_accuracy:
                 acc = _as_result(divide(self.correct, float(self.n_kept)), args.result)
         return loss, z, acc
-
 
 
 def as_results(r, args):

@@ -297,7 +297,7 @@ class SoftmaxFunctions:
             big, small = np.maximum(lp, ln), np.minimum(lp, ln)
             r = big + np.log1p(-np.exp(small - big))
             # equal parts cancel exactly (log 0 = -inf), but inf - inf is NaN
-            r = np.where(lp == ln, np.where(np.isnan(lp) | (lp == np.inf), np.nan, -np.inf), r)
+            r = np.where(lp == ln, np.where(lp == np.inf, np.nan, -np.inf), r)
             sign = np.where(lp > ln, 1.0, np.where(lp < ln, -1.0, 0.0))
             sign = np.where(np.isnan(r), np.nan, sign)
         if return_sign:

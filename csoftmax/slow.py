@@ -15,8 +15,6 @@ True
 
 from __future__ import annotations
 
-import functools
-
 from . import _linear
 from ._dispatch import FRONTENDS
 
@@ -30,15 +28,33 @@ cross_entropy = _twin.cross_entropy
 cross_entropy_with_grad = _twin.cross_entropy_with_grad
 
 
-@functools.wraps(_linear.linear_cross_entropy)
-def linear_cross_entropy(input, linear_weight, target, **options):
-    return _linear.call(_twin, input, linear_weight, target, False, **options)
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                         z_loss=0.0, softcap=None, return_z_loss=False,
+                         return_token_accuracy=False, num_threads=None, chunk_size=None):
+    return _linear.call(_twin, input, linear_weight, target, False, linear_bias=linear_bias,
+                        weight=weight, ignore_index=ignore_index, reduction=reduction,
+                        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                        return_z_loss=return_z_loss,
+                        return_token_accuracy=return_token_accuracy,
+                        num_threads=num_threads, chunk_size=chunk_size)
 
 
-@functools.wraps(_linear.linear_cross_entropy_with_grad)
-def linear_cross_entropy_with_grad(input, linear_weight, target, **options):
-    return _linear.call(_twin, input, linear_weight, target, True, **options)
+def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=None,
+                                   weight=None, ignore_index=-100, reduction="mean",
+                                   label_smoothing=0.0, z_loss=0.0, softcap=None,
+                                   return_z_loss=False, return_token_accuracy=False,
+                                   num_threads=None, chunk_size=None):
+    return _linear.call(_twin, input, linear_weight, target, True, linear_bias=linear_bias,
+                        weight=weight, ignore_index=ignore_index, reduction=reduction,
+                        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                        return_z_loss=return_z_loss,
+                        return_token_accuracy=return_token_accuracy,
+                        num_threads=num_threads, chunk_size=chunk_size)
 
+
+linear_cross_entropy.__doc__ = _linear.linear_cross_entropy.__doc__
+linear_cross_entropy_with_grad.__doc__ = _linear.linear_cross_entropy_with_grad.__doc__
 
 __all__ = ["cross_entropy", "cross_entropy_with_grad", "linear_cross_entropy",
            "linear_cross_entropy_with_grad", "log_softmax", "log_softmax_backward",

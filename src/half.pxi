@@ -137,20 +137,31 @@ cdef enum:
 # 0.99, 1024 (8 MiB) 0.93 / 0.95, 2048 (16 MiB) 0.93 / 0.96, 4096 (32 MiB)
 # 0.86 / 0.94; float16 softmax 2048x4096 0.83 / 0.85.
 cdef Py_ssize_t _stream_bytes = 8 << 20
+# ... and rows of at least this many bytes: shorter rows were slower streamed
+# (a partial line at each end of a row of 2 KB): streamed / plain time,
+# bfloat16, AVX2 (AMD Zen 3), 2 threads, one process, minimum and median:
+# 8192x1000 loss + gradient 1.34-1.60x, softmax 1.13-1.23x; 4096x2048
+# 1.06-1.28x and 0.94-1.00x; 2048x4096 0.96-1.00x and 0.90-0.94x; 512x16384
+# 0.91x and 0.83-0.91x.
+cdef Py_ssize_t _stream_row_bytes = 8192
 
 
-def half_stream_bytes(Py_ssize_t n=-1):
-    """The size from which 16-bit outputs are streamed; n >= 0 sets it (tests)."""
-    global _stream_bytes
+def half_stream_bytes(Py_ssize_t n=-1, Py_ssize_t row=-1):
+    """The size of output, and of its rows, from which 16-bit outputs are
+    streamed; n >= 0 and row >= 0 set them (tests).  Returns the first."""
+    global _stream_bytes, _stream_row_bytes
     if n >= 0:
         _stream_bytes = n
+    if row >= 0:
+        _stream_row_bytes = row
     return _stream_bytes
 
 
 cdef inline int _half_streams(const _Half *h) noexcept nogil:
     """Whether the 16-bit output is written with non-temporal stores (at least
-    _stream_bytes of it)."""
-    return h.out != NULL and h.n_rows * h.n * 2 >= _stream_bytes
+    _stream_bytes of it, in rows of at least _stream_row_bytes)."""
+    return (h.out != NULL and h.n_rows * h.n * 2 >= _stream_bytes
+            and h.n * 2 >= _stream_row_bytes)
 
 
 cdef inline void _half_row_finish(int op, int kind, float *xs, uint16_t *out, Py_ssize_t n,
@@ -277,6 +288,7 @@ cdef inline void _half_ce_prob_long(
     cdef float *grad = xs if h.out != NULL else NULL
     cdef const float *y
     cdef float m
+    cdef int stream = _half_streams(h)
     if ce.ex != NULL:
         ex = ce.ex[0]
         if ex.zrow != NULL:
@@ -291,8 +303,8 @@ cdef inline void _half_ce_prob_long(
             y = h.y32 + (r0 + i) * n
         h.loss[r0 + i] = _cross_entropy_prob_from_max(
             <const float *>xs, y, n, h.w, ce.alpha, ce.beta, grad, ce.scale, exp, i, m)
-        if h.out != NULL:
-            half_store(h.kind, xs, h.out + (r0 + i) * n, n)
+        if h.out != NULL:  # rounded (times 1: the same values), streamed when large
+            half_store_scaled(h.kind, xs, 1.0, h.out + (r0 + i) * n, n, -1, 0.0, stream)
 
 
 cdef void _half_block(

@@ -279,7 +279,7 @@ def test_streamed_outputs_same_bits(name, dtype):
     default = k.half_stream_bytes()
     assert default >= 1 << 20
     try:
-        k.half_stream_bytes(0)
+        k.half_stream_bytes(0, 0)
         for offset in (0, 2, 6, 30, 1):
             raw = np.zeros(plain_ce.nbytes + 64 + offset, np.uint8)
             start = (-raw.ctypes.data) % 64 + offset
@@ -291,7 +291,7 @@ def test_streamed_outputs_same_bits(name, dtype):
             k.half_rows(0, x.view(np.uint16), out, kind, 2)
             assert_bitwise_equal(out, plain_sm, f"softmax, offset {offset}")
     finally:
-        k.half_stream_bytes(default)
+        k.half_stream_bytes(default, 8192)
     assert k.half_stream_bytes() == default
 
 

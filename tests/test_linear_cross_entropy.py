@@ -929,3 +929,38 @@ def test_slow_module_has_the_linear_functions(rng):
             np.testing.assert_array_equal(g, v)
         with pytest.raises(TypeError):
             ours(x, w, t, b)
+
+
+@pytest.mark.parametrize("with_grad", [False, True])
+@pytest.mark.parametrize(("n", "d"), [(3, 0), (0, 3), (0, 0)])
+def test_k_dimensional_empty(frontend, n, d, with_grad):
+    """A K-dimensional weight with no features or no rows: the loss (NaN for a "mean" of
+    nothing) and gradients of the input's and weight's shapes."""
+    x, w = np.zeros((n, d)), np.zeros((5, 2, d))
+    t = np.zeros((n, 2), int)
+    for reduction in ("mean", "sum", "none"):
+        got = _linear.call(frontend, x, w, t, with_grad, reduction=reduction)
+        want = reference(x, w, t, with_grad=with_grad, reduction=reduction)
+        if with_grad:
+            assert got[1].shape == x.shape and got[2].shape == w.shape
+            got, want = got[0], want[0]
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+@needs_torch
+def test_no_features_through_torch():
+    """D = 0 through csoftmax.torch: PyTorch's loss and gradients."""
+    import csoftmax.torch as ct
+
+    for reduction in ("mean", "none"):
+        xs = [torch.zeros(3, 0, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+        ws = [torch.zeros(5, 0, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+        bs = [torch.arange(5.0, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+        t = torch.tensor([0, 4, 2])
+        ours = ct.linear_cross_entropy(xs[0], ws[0], t, linear_bias=bs[0], reduction=reduction)
+        theirs = F.cross_entropy(xs[1] @ ws[1].T + bs[1], t, reduction=reduction)
+        torch.testing.assert_close(ours, theirs)
+        ours.sum().backward()
+        theirs.sum().backward()
+        torch.testing.assert_close(bs[0].grad, bs[1].grad)
+        assert xs[0].grad.shape == (3, 0) and ws[0].grad.shape == (5, 0)
