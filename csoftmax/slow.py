@@ -15,7 +15,7 @@ True
 
 from __future__ import annotations
 
-from . import _linear
+from . import _linear as _linear_api
 from ._dispatch import FRONTENDS
 
 _twin = FRONTENDS["numpy"]
@@ -28,16 +28,15 @@ cross_entropy = _twin.cross_entropy
 cross_entropy_with_grad = _twin.cross_entropy_with_grad
 
 
+def _linear(with_grad, input, linear_weight, target, **options):
+    return _linear_api.call(_twin, input, linear_weight, target, with_grad, **options)
+
+
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          ignore_index=-100, reduction="mean", label_smoothing=0.0,
                          z_loss=0.0, softcap=None, return_z_loss=False,
                          return_token_accuracy=False, num_threads=None, chunk_size=None):
-    return _linear.call(_twin, input, linear_weight, target, False, linear_bias=linear_bias,
-                        weight=weight, ignore_index=ignore_index, reduction=reduction,
-                        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                        return_z_loss=return_z_loss,
-                        return_token_accuracy=return_token_accuracy,
-                        num_threads=num_threads, chunk_size=chunk_size)
+    return _linear(False, **locals())  # the parameters, by name
 
 
 def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=None,
@@ -45,16 +44,11 @@ def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=
                                    label_smoothing=0.0, z_loss=0.0, softcap=None,
                                    return_z_loss=False, return_token_accuracy=False,
                                    num_threads=None, chunk_size=None):
-    return _linear.call(_twin, input, linear_weight, target, True, linear_bias=linear_bias,
-                        weight=weight, ignore_index=ignore_index, reduction=reduction,
-                        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                        return_z_loss=return_z_loss,
-                        return_token_accuracy=return_token_accuracy,
-                        num_threads=num_threads, chunk_size=chunk_size)
+    return _linear(True, **locals())
 
 
-linear_cross_entropy.__doc__ = _linear.linear_cross_entropy.__doc__
-linear_cross_entropy_with_grad.__doc__ = _linear.linear_cross_entropy_with_grad.__doc__
+linear_cross_entropy.__doc__ = _linear_api.linear_cross_entropy.__doc__
+linear_cross_entropy_with_grad.__doc__ = _linear_api.linear_cross_entropy_with_grad.__doc__
 
 __all__ = ["cross_entropy", "cross_entropy_with_grad", "linear_cross_entropy",
            "linear_cross_entropy_with_grad", "log_softmax", "log_softmax_backward",
