@@ -76,17 +76,11 @@ cdef inline void _half_ce_index(
     cdef Py_ssize_t i, n = h.n
     cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if n < SHORT_ROW else 0
     cdef CrossEntropyExtra ex
-    cdef const CrossEntropyExtra *exp = NULL
+    cdef const CrossEntropyExtra *exp
     cdef float *grad = xs if h.out != NULL else NULL
     cdef float *capped = cs if h.cap != 0.0 and n >= SHORT_ROW else NULL
     cdef double w_total = ce.w_total
-    if ce.ex != NULL:
-        ex = ce.ex[0]
-        if ex.zrow != NULL:
-            ex.zrow = ex.zrow + r0
-        if ex.acc != NULL:
-            ex.acc = ex.acc + r0
-        exp = &ex
+    exp = extra_at(ce.ex, r0, &ex)  # the per-row extras from row r0
     # the soft cap as in the float32 call: short rows capped in their tile,
     # long rows through the scratch row cs
     for i in range(_n_units(rows, n)):
@@ -104,14 +98,10 @@ cdef inline void _half_ce_prob(
     cdef Py_ssize_t i, n = h.n
     cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if n < SHORT_ROW else 0
     cdef CrossEntropyExtra ex
-    cdef const CrossEntropyExtra *exp = NULL
+    cdef const CrossEntropyExtra *exp
     cdef float *grad = xs if h.out != NULL else NULL
     cdef float *capped = cs if h.cap != 0.0 and n >= SHORT_ROW else NULL
-    if ce.ex != NULL:
-        ex = ce.ex[0]
-        if ex.zrow != NULL:
-            ex.zrow = ex.zrow + r0
-        exp = &ex
+    exp = extra_at(ce.ex, r0, &ex)  # the per-row extras from row r0
     for i in range(_n_units(rows, n)):
         _cross_entropy_prob_unit(xs, ys, rows, n, h.w, ce.alpha, ce.beta, h.loss + r0,
                                  h.tile_loss if h.tile_loss == NULL else h.tile_loss + tile0,
@@ -230,19 +220,13 @@ cdef inline void _half_ce_index_long(
     cdef const _CrossEntropyArgs *ce = h.ce
     cdef Py_ssize_t i, c, k, ti, n = h.n
     cdef CrossEntropyExtra ex
-    cdef const CrossEntropyExtra *exp = NULL
+    cdef const CrossEntropyExtra *exp
     cdef float *grad = xs if h.out != NULL else NULL
     cdef uint16_t *out
     cdef float m
     cdef double c1, w_t
     cdef int stream = _half_streams(h)
-    if ce.ex != NULL:
-        ex = ce.ex[0]
-        if ex.zrow != NULL:
-            ex.zrow = ex.zrow + r0
-        if ex.acc != NULL:
-            ex.acc = ex.acc + r0
-        exp = &ex
+    exp = extra_at(ce.ex, r0, &ex)  # the per-row extras from row r0
     for i in range(rows):
         ti = t[r0 + i]
         out = <uint16_t *>NULL if h.out == NULL else h.out + (r0 + i) * n
@@ -284,16 +268,12 @@ cdef inline void _half_ce_prob_long(
     cdef const _CrossEntropyArgs *ce = h.ce
     cdef Py_ssize_t i, n = h.n
     cdef CrossEntropyExtra ex
-    cdef const CrossEntropyExtra *exp = NULL
+    cdef const CrossEntropyExtra *exp
     cdef float *grad = xs if h.out != NULL else NULL
     cdef const float *y
     cdef float m
     cdef int stream = _half_streams(h)
-    if ce.ex != NULL:
-        ex = ce.ex[0]
-        if ex.zrow != NULL:
-            ex.zrow = ex.zrow + r0
-        exp = &ex
+    exp = extra_at(ce.ex, r0, &ex)  # the per-row extras from row r0
     for i in range(rows):
         m = half_load_max(h.kind, h.x + (r0 + i) * n, xs, n)
         if h.y16 != NULL:

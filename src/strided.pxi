@@ -10,6 +10,8 @@
 
 cdef extern from "strided.hpp" namespace "csoftmax" nogil:
     enum: STRIDED_BYTES
+    const CrossEntropyExtra *extra_at(const CrossEntropyExtra *ex, Py_ssize_t pos,
+                                      CrossEntropyExtra *bex) noexcept
     void strided_unit[T](
         int op, const T *x, T *out, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t u,
         T *stage, int stream) noexcept
