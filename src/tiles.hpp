@@ -150,16 +150,54 @@ template <> struct Transpose4<double> {
     }
 };
 
-/* Rows of exactly 3 columns (three-class problems), which Transpose4 cannot
- * take: G consecutive rows are 3 whole vectors, a, b, cc; each column's
+/* Rows of 2 and 3 columns, which Transpose4 cannot take: G consecutive rows
+ * are N whole vectors, in and out of N columns of the block.  Element by
+ * element, n = 3 was the slowest short row (softmax of 655360 float32
+ * logits: 2x the time of n = 4; AVX2, Zen 3), n = 2 the next.  (The loss of
+ * n = 2 has its own kernel, tile_cross_entropy_binary, without a block.)
+ *
+ * Two columns: one shuffle a column picks the even or the odd elements of two
+ * vectors, lane by lane; a permute of 64-bit pairs puts them in row order. */
+template <typename T> struct Transpose2;
+template <> struct Transpose2<float> {
+    enum { G = 8, N = 2 };
+    static inline __m256 pairs(__m256 v) {    /* 64-bit pairs 0 2 1 3: its own inverse */
+        return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xd8));
+    }
+    static inline void in(const float *x, float *c) {
+        __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
+        _mm256_storeu_ps(c, pairs(_mm256_shuffle_ps(a, b, 0x88)));          /* 0 2 of each 4 */
+        _mm256_storeu_ps(c + LANES, pairs(_mm256_shuffle_ps(a, b, 0xdd)));  /* 1 3 */
+    }
+    static inline void out(const float *c, float *x) {
+        __m256 k0 = pairs(_mm256_loadu_ps(c)), k1 = pairs(_mm256_loadu_ps(c + LANES));
+        _mm256_storeu_ps(x, _mm256_unpacklo_ps(k0, k1));
+        _mm256_storeu_ps(x + 8, _mm256_unpackhi_ps(k0, k1));
+    }
+};
+template <> struct Transpose2<double> {
+    enum { G = 4, N = 2 };
+    static inline void in(const double *x, double *c) {
+        __m256d a = _mm256_loadu_pd(x), b = _mm256_loadu_pd(x + 4);
+        _mm256_storeu_pd(c, _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xd8));
+        _mm256_storeu_pd(c + LANES, _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xd8));
+    }
+    static inline void out(const double *c, double *x) {
+        __m256d k0 = _mm256_permute4x64_pd(_mm256_loadu_pd(c), 0xd8);
+        __m256d k1 = _mm256_permute4x64_pd(_mm256_loadu_pd(c + LANES), 0xd8);
+        _mm256_storeu_pd(x, _mm256_unpacklo_pd(k0, k1));
+        _mm256_storeu_pd(x + 4, _mm256_unpackhi_pd(k0, k1));
+    }
+};
+
+/* Three columns (three-class problems): G rows are 3 vectors, a, b, cc; each column's
  * elements sit at positions that differ between the three vectors (column 0
  * of 8 float rows: a at 0, 3, 6, b at 1, 4, 7, cc at 2, 5), so two blends
  * gather a column into one vector and one permute puts it in row order.
- * The element by element copy it replaces made n = 3 the slowest short row:
- * 2x the time of n = 4 for softmax of 655360 float32 logits (AVX2, Zen 3). */
+ */
 template <typename T> struct Transpose3;
 template <> struct Transpose3<float> {
-    enum { G = 8 };
+    enum { G = 8, N = 3 };
     static inline __m256i order(int i0, int i1, int i2, int i3, int i4, int i5, int i6, int i7) {
         return _mm256_setr_epi32(i0, i1, i2, i3, i4, i5, i6, i7);
     }
@@ -183,7 +221,7 @@ template <> struct Transpose3<float> {
     }
 };
 template <> struct Transpose3<double> {
-    enum { G = 4 };
+    enum { G = 4, N = 3 };
     static inline void in(const double *x, double *c) {
         __m256d a = _mm256_loadu_pd(x), b = _mm256_loadu_pd(x + 4), cc = _mm256_loadu_pd(x + 8);
         __m256d k0 = _mm256_blend_pd(_mm256_blend_pd(a, b, 0x4), cc, 0x2);  /* a0 c1 b2 a3 */
@@ -210,12 +248,29 @@ template <typename T> struct Transpose4 {
     static inline void in(const T *, idx_t, T *) {}
     static inline void out(const T *, idx_t, T *) {}
 };
+template <typename T> struct Transpose2 {
+    enum { G = 1, N = 2 };
+    static inline void in(const T *, T *) {}
+    static inline void out(const T *, T *) {}
+};
 template <typename T> struct Transpose3 {
-    enum { G = 1 };
+    enum { G = 1, N = 3 };
     static inline void in(const T *, T *) {}
     static inline void out(const T *, T *) {}
 };
 #endif
+
+/* The first rows of a tile of TR::N columns into (Out: out of) its blocks,
+ * TR::G at a time; returns the rows done. */
+template <typename TR, bool Out, typename T>
+static inline idx_t tile_narrow(const T *from, idx_t rows, T *to) {
+    idx_t r0 = 0;
+    for (; r0 + TR::G <= rows; r0 += TR::G) {
+        if (Out) TR::out(from + tile_at(r0, 0, TR::N), to + r0 * TR::N);
+        else TR::in(from + r0 * TR::N, to + tile_at(r0, 0, TR::N));
+    }
+    return r0;
+}
 
 /* Rows per tile for rows of n < 32 columns: a multiple of LANES, so that only
  * an array's last tile has a block with padding lanes. */
@@ -237,9 +292,8 @@ static inline idx_t tile_at(idx_t r, idx_t k, idx_t n) {
 template <typename T> static inline void tile_in(const T *x, idx_t rows, idx_t n, T *c) {
     typedef Transpose4<T> TR;
     idx_t r0 = 0;
-    if (HAVE_TRANSPOSE4 && n == 3)
-        for (; r0 + Transpose3<T>::G <= rows; r0 += Transpose3<T>::G)
-            Transpose3<T>::in(x + r0 * 3, c + tile_at(r0, 0, 3));
+    if (HAVE_TRANSPOSE4 && n == 2) r0 = tile_narrow<Transpose2<T>, false>(x, rows, c);
+    if (HAVE_TRANSPOSE4 && n == 3) r0 = tile_narrow<Transpose3<T>, false>(x, rows, c);
     if (HAVE_TRANSPOSE4 && n >= 4) {
         /* column k of the G rows at r0 goes to cr + k LANES (tile_at) */
         for (; r0 + TR::G <= rows; r0 += TR::G) {
@@ -259,9 +313,8 @@ template <typename T> static inline void tile_in(const T *x, idx_t rows, idx_t n
 template <typename T> static inline void tile_out(const T *c, idx_t rows, idx_t n, T *out) {
     typedef Transpose4<T> TR;
     idx_t r0 = 0;
-    if (HAVE_TRANSPOSE4 && n == 3)
-        for (; r0 + Transpose3<T>::G <= rows; r0 += Transpose3<T>::G)
-            Transpose3<T>::out(c + tile_at(r0, 0, 3), out + r0 * 3);
+    if (HAVE_TRANSPOSE4 && n == 2) r0 = tile_narrow<Transpose2<T>, true>(c, rows, out);
+    if (HAVE_TRANSPOSE4 && n == 3) r0 = tile_narrow<Transpose3<T>, true>(c, rows, out);
     if (HAVE_TRANSPOSE4 && n >= 4) {
         for (; r0 + TR::G <= rows; r0 += TR::G) {
             T *xr = out + r0 * n;
