@@ -23,6 +23,10 @@ FLOAT16 = np.dtype(np.float16)
 _BF16 = None  # the bfloat16 dtype once ml_dtypes is imported, False when absent
 # elements per block of the NumPy conversions (bounds their temporaries)
 _BLOCK = 1 << 16
+# The most classes that the 16-bit kernels over an axis that is not the last
+# take (HALF_STRIDED_MAX_C in src/halfstrided.hpp: a block's float32 scratch
+# stays within 2 MiB a thread); more classes are moved last by a 16-bit copy.
+HALF_STRIDED_CLASSES = 8192
 
 
 def bfloat16():

@@ -468,14 +468,30 @@ def half_store_array(src, dst, kind, n_threads=1):
     _half.store_numpy(src, dst, kind)
 
 
-def half_rows(op, x, out, kind, n_threads):
+def _half_forward(kernels, op, x, out, kind, n_threads):
+    """softmax (op 0) or log_softmax (op 1) of ``kernels`` on the converted 16-bit x."""
     r = _half.load_numpy(x, kind)
-    (softmax_rows if op == 0 else log_softmax_rows)(r, r, n_threads)
+    kernels[op](r, r, n_threads)
     _half.store_numpy(r, out, kind)
+
+
+def half_rows(op, x, out, kind, n_threads):
+    _half_forward((softmax_rows, log_softmax_rows), op, x, out, kind, n_threads)
 
 
 def half_logsumexp_rows(x, out, kind, n_threads):
     logsumexp_rows(_half.load_numpy(x, kind), out, n_threads)
+
+
+HALF_STRIDED_CLASSES = _half.HALF_STRIDED_CLASSES
+
+
+def half_strided(op, x, out, kind, n_threads):
+    _half_forward((softmax_strided, log_softmax_strided), op, x, out, kind, n_threads)
+
+
+def half_logsumexp_strided(x, out, kind, n_threads):
+    logsumexp_strided(_half.load_numpy(x, kind), out, n_threads)
 
 
 def half_backward_rows(op, grad_output, output, out, kind, n_threads):
@@ -504,15 +520,28 @@ def half_masked_rows(op, x, grad_output, mask, out, kind, n_threads):
         _half.store_numpy(a, out, kind)
 
 
-def half_cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
-                                  grad_scale, row_loss, grad, kind, n_threads, **extra):
+def _half_index(kernel, logits, args, grad, kind, n_threads, extra):
+    """The float32 cross-entropy ``kernel(x, *args, grad, n_threads, **extra)`` on
+    the converted 16-bit logits, the gradient rounded into the 16-bit ``grad``."""
     x = _half.load_numpy(logits, kind)
-    total = cross_entropy_index_rows(x, target, weight, ignore_index, label_smoothing,
-                                     grad_scale, row_loss, None if grad is None else x,
-                                     n_threads, **extra)
+    total = kernel(x, *args, None if grad is None else x, n_threads, **extra)
     if grad is not None:
         _half.store_numpy(x, grad, kind)
     return total
+
+
+def half_cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
+                                  grad_scale, row_loss, grad, kind, n_threads, **extra):
+    return _half_index(cross_entropy_index_rows, logits,
+                       (target, weight, ignore_index, label_smoothing, grad_scale, row_loss),
+                       grad, kind, n_threads, extra)
+
+
+def half_cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoothing,
+                                     grad_scale, row_loss, grad, kind, n_threads, **extra):
+    return _half_index(cross_entropy_index_strided, logits,
+                       (target, weight, ignore_index, label_smoothing, grad_scale, row_loss),
+                       grad, kind, n_threads, extra)
 
 
 def half_cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._half import bits, half_kind, promote
+from ._half import HALF_STRIDED_CLASSES, bits, half_kind, promote
 from ._runner import (
     _OP_LOG_SOFTMAX,
     _OP_SOFTMAX,
@@ -40,11 +40,20 @@ class SoftmaxFunctions:
         """Run a shape-preserving row kernel over ``axis`` of x, or over a
         single axis that is not the last the kernel ``strided`` (of the same
         operation over the middle axis of (outer, C, inner), no copy).
-        float16/bfloat16 x runs the 16-bit kernel of ``op`` (softmax or
-        log_softmax; another axis than the last through a 16-bit transposed
-        copy)."""
+        float16/bfloat16 x runs the 16-bit kernels of ``op`` (softmax or
+        log_softmax): over a single axis that is not the last the 16-bit
+        strided kernel (up to HALF_STRIDED_CLASSES classes), else rows (through
+        a 16-bit transposed copy for another axis)."""
         xh, kind = half_array(x, "x")
         if kind is not None:
+            dims = self._half_middle(xh, axis)
+            if dims is not None:
+                half_strided = self.kernels.half_strided
+
+                def run3(x3, r3, threads):
+                    half_strided(op, bits(x3), bits(r3), kind, threads)
+
+                return _run_strided(run3, None, xh, xh.dtype, xh.dtype, dims, out, num_threads)
             half_rows = self.kernels.half_rows
 
             def run(x2, r2, threads):
@@ -58,6 +67,16 @@ class SoftmaxFunctions:
                 return _run_strided(strided, kernel, xc, compute, result, dims, out,
                                     num_threads)
         return _run_rows(kernel, (xc,), compute, result, axis, out, num_threads)
+
+    def _half_middle(self, xh, axis):
+        """``(outer, C, inner)`` where a 16-bit x reduces one axis that is not the
+        last (inner > 1) over at most the 16-bit strided kernels' classes: they
+        read it in place (src/halfstrided.hpp); else None (the rows, or a 16-bit
+        copy with the axis moved last)."""
+        dims = _middle(RowLayout(xh.shape, axis))
+        if dims is None or dims[2] == 1 or dims[1] > HALF_STRIDED_CLASSES:
+            return None
+        return dims
 
     def _masked(self, kernel, inputs, where, compute, result, axis, out, num_threads,
                 name="x"):
@@ -228,8 +247,16 @@ class SoftmaxFunctions:
         if kind is not None:
             layout = RowLayout(xh.shape, axis)
             r = np.empty(layout.n_rows, np.float32)
-            self.kernels.half_logsumexp_rows(
-                bits(layout.rows(xh)), r, kind, _threads_for(layout.n_rows, layout.n, num_threads))
+            dims = self._half_middle(xh, axis)
+            if dims is not None:
+                outer, n, inner = dims
+                self.kernels.half_logsumexp_strided(
+                    bits(xh).reshape(dims), r.reshape(outer, inner), kind,
+                    _threads_strided(outer, n, inner, xh.itemsize, num_threads))
+            else:
+                self.kernels.half_logsumexp_rows(
+                    bits(layout.rows(xh)), r, kind,
+                    _threads_for(layout.n_rows, layout.n, num_threads))
             return _reduction_result(r, layout, keepdims, xh.dtype, return_sign)
         xc, compute, result = as_compute_array(xh, "x")
         layout = RowLayout(xc.shape, axis)

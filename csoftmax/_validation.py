@@ -290,8 +290,9 @@ class CrossEntropyArgs:
     dtype, or None), ``ignore_index``, ``reduction``, ``label_smoothing``.
     ``middle`` is ``(outer, classes, inner)`` when the class axis is not the
     last: ``logits`` (and ``probs``) then have that shape (no copy).
-    ``moved`` is kept for :meth:`restore` (always False now: no layout is
-    moved).
+    ``moved``: the class axis moved last by a copy (16-bit logits with
+    probability targets or more than ``HALF_STRIDED_CLASSES`` classes), undone
+    by :meth:`restore`.
     """
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
@@ -329,14 +330,17 @@ class CrossEntropyArgs:
         # class axis is last; over another axis the kernels read the classes
         # with their stride: (outer, classes, inner) without a copy (``middle``),
         # probability targets in the same layout.
+        # 16-bit logits over a middle axis: class indices only, and at most
+        # HALF_STRIDED_CLASSES classes (else a 16-bit copy moves the axis last)
         last = math.prod(x.shape[self.axis + 1:]) == 1  # the classes are contiguous
         self.middle = None
-        if not last and y.dtype.kind in "iuf" and self.half is None:
+        if not last and (y.dtype.kind in "iuf" if self.half is None else
+                         y.dtype.kind in "iu" and n_classes <= _half.HALF_STRIDED_CLASSES):
             self.middle = (math.prod(x.shape[:self.axis]), n_classes,
                            math.prod(x.shape[self.axis + 1:]))
         self.moved = not last and self.middle is None
         if self.middle is not None:
-            self.logits = contiguous(x, self.compute).reshape(self.middle)
+            self.logits = contiguous(x, self.storage).reshape(self.middle)
         else:
             self.logits = self._rows(x, n_rows, n_classes, self.storage)
         self.labels = self.probs = None

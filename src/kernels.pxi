@@ -853,6 +853,7 @@ include "calls.pxi"
 include "strided.pxi"
 include "masked.pxi"
 include "half.pxi"
+include "halfstrided.pxi"
 include "softcap.pxi"
 
 

@@ -315,8 +315,10 @@ def test_public_functions(kernel_frontend, dtype):
         inplace = x.copy()
         fn(inplace, out=inplace)
         assert_bitwise_equal(inplace, want, "in place")
-        # another axis (through 16-bit copies), a byte-swapped input, a mask
-        assert_bitwise_equal(fn(x.T, axis=0), want.T.copy(), "axis 0")
+        # another axis (the 16-bit strided kernels: the float32 call over that
+        # axis, rounded once), a byte-swapped input, a mask
+        assert_bitwise_equal(fn(x.T, axis=0), _round(fn(x32.T, axis=0), dtype).view(dtype),
+                             "axis 0")
         if dtype == F16:
             assert_bitwise_equal(fn(x.astype(">f2")), want, "byte-swapped")
         keep = rng.random(x.shape) < 0.8
@@ -334,6 +336,107 @@ def test_public_functions(kernel_frontend, dtype):
     assert_bitwise_equal(got, want.view(dtype), "softmax_backward")
     got = fe.log_softmax_backward(g, a, out=g)
     assert got is g
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("outer", "classes", "inner"),
+                         [(2, 1, 70), (3, 3, 63), (2, 21, 1500), (1, 40, 65), (2, 1000, 64),
+                          (1, 5, 4099)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_middle_axis_16bit_in_place(kernel_frontend, dtype, outer, classes, inner, threads):
+    """softmax, log_softmax and logsumexp of a 16-bit array over an axis that is not the
+    last read it in place, block by block through float32 scratch (no transposed copy):
+    the float32 call over the same axis, rounded once, bit for bit, with blocks of 64 to
+    1024 positions and a partial last block, out= and in place."""
+    fe = kernel_frontend
+    rng = make_rng(f"middle16{fe.name}{dtype}{outer}{classes}{inner}")
+    x = _inputs((outer * classes, inner), dtype, rng, extreme=True).reshape(outer, classes, inner)
+    x32 = x.astype(np.float32)
+    kw = dict(axis=1, num_threads=threads)
+    for fn in (fe.softmax, fe.log_softmax):
+        want = _round(fn(x32, **kw), dtype).view(dtype)
+        got = fn(x, **kw)
+        assert got.dtype == dtype
+        assert_bitwise_equal(got, want, fn.__name__)
+        out = np.empty_like(x)
+        assert fn(x, out=out, **kw) is out
+        assert_bitwise_equal(out, want, f"{fn.__name__} out=")
+        inplace = x.copy()
+        assert fn(inplace, out=inplace, **kw) is inplace
+        assert_bitwise_equal(inplace, want, f"{fn.__name__} in place")
+    for keepdims in (False, True):
+        got = fe.logsumexp(x, keepdims=keepdims, **kw)
+        assert got.dtype == dtype
+        assert_bitwise_equal(got, _round(fe.logsumexp(x32, keepdims=keepdims, **kw),
+                                         dtype).view(dtype), "logsumexp")
+
+
+def test_middle_axis_16bit_class_limit_agrees():
+    """The Python layer's limit of the 16-bit kernels over a middle axis is the kernels'
+    (HALF_STRIDED_MAX_C in src/halfstrided.hpp), on every backend."""
+    for fe in KERNEL_FRONTENDS.values():
+        assert fe.kernels.HALF_STRIDED_CLASSES == _half.HALF_STRIDED_CLASSES
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_middle_axis_16bit_many_classes_moved(kernel_frontend, dtype):
+    """Past HALF_STRIDED_CLASSES classes the 16-bit call moves the axis last (the scratch
+    of a block would pass 2 MiB a thread): the float32 rows' result, rounded once."""
+    fe = kernel_frontend
+    classes = fe.kernels.HALF_STRIDED_CLASSES + 1
+    rng = make_rng(f"middle16-many{fe.name}{dtype}")
+    x = _inputs((classes, 3), dtype, rng, extreme=False)
+    x32 = x.astype(np.float32)
+    for fn in (fe.softmax, fe.log_softmax):
+        want = _round(np.ascontiguousarray(fn(np.ascontiguousarray(x32.T)).T), dtype)
+        assert_bitwise_equal(fn(x, axis=0), want.view(dtype), fn.__name__)
+    want = _round(fe.logsumexp(np.ascontiguousarray(x32.T)), dtype).view(dtype)
+    assert_bitwise_equal(fe.logsumexp(x, axis=0), want, "logsumexp")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("outer", "classes", "inner"),
+                         [(2, 1, 70), (3, 3, 63), (2, 21, 1500), (2, 300, 65)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_middle_axis_16bit_cross_entropy(kernel_frontend, dtype, outer, classes, inner,
+                                         threads):
+    """Cross-entropy with class indices over a class axis that is not the last, on 16-bit
+    logits read in place (no transposed copy), with every option: the gradient is the
+    float32 call's over the same axis rounded once, bit for bit (out=, in place); the
+    losses, the z-loss part and the accuracy that call's within a 16-bit rounding."""
+    fe = kernel_frontend
+    rng = make_rng(f"middle16-ce{fe.name}{dtype}{outer}{classes}{inner}")
+    x = _inputs((outer * classes, inner), dtype, rng, extreme=False).reshape(outer, classes,
+                                                                            inner)
+    x32 = x.astype(np.float32)
+    labels = rng.integers(0, classes, (outer, inner))
+    labels[:, ::5] = -100
+    weight = rng.random(classes).astype(np.float32) + 0.5
+    tol = 2.0 ** -7 if dtype == BF16 else 2.0 ** -10
+    for kw in ({}, {"weight": weight, "label_smoothing": 0.1},
+               {"z_loss": 1e-3, "return_z_loss": True, "return_token_accuracy": True},
+               {"softcap": 5.0}):
+        for reduction in ("mean", "none"):
+            kw = dict(kw, axis=1, reduction=reduction, num_threads=threads)
+            r16 = fe.cross_entropy_with_grad(x, labels, **kw)
+            r32 = fe.cross_entropy_with_grad(x32, labels, **kw)
+            assert r16[1].dtype == dtype and r16[1].shape == x.shape
+            want = _round(r32[1], dtype).view(dtype)
+            assert_bitwise_equal(r16[1], want, f"grad {kw}")
+            for got, ref32 in zip([r16[0], *r16[2:]], [r32[0], *r32[2:]]):
+                assert np.asarray(got).dtype == dtype
+                np.testing.assert_allclose(np.asarray(got, np.float64),
+                                           np.asarray(ref32, np.float64), rtol=tol,
+                                           atol=2.0 ** -24)  # float16's subnormal spacing
+            loss_only = fe.cross_entropy(x, labels, **kw)
+            assert_bitwise_equal(np.asarray(loss_only[0] if isinstance(loss_only, tuple)
+                                            else loss_only), np.asarray(r16[0]), "loss alone")
+            out = np.empty_like(x)
+            assert fe.cross_entropy_with_grad(x, labels, out=out, **kw)[1] is out
+            assert_bitwise_equal(out, want, "out=")
+            inplace = x.copy()
+            fe.cross_entropy_with_grad(inplace, labels, out=inplace, **kw)
+            assert_bitwise_equal(inplace, want, "in place")
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -368,11 +471,20 @@ def test_public_cross_entropy(kernel_frontend, dtype, reduction):
     inplace = x.copy()
     fe.cross_entropy_with_grad(inplace, labels, reduction=reduction, out=inplace)
     assert_bitwise_equal(inplace, grad, "in place")
-    # (N, C, d) logits, class axis 1: through a 16-bit moved copy
+    # (N, C, d) logits, class axis 1: read in place (the 16-bit strided kernel), the
+    # float32 call over the same axis rounded once
     x3 = np.ascontiguousarray(x.reshape(5, 10, 700).transpose(0, 2, 1))
     l3, g3 = fe.cross_entropy_with_grad(x3, labels.reshape(5, 10), axis=1,
                                         reduction=reduction)
-    assert_bitwise_equal(g3, grad.reshape(5, 10, 700).transpose(0, 2, 1).copy(), "axis=1")
+    g3_32, loss3 = np.empty(x3.shape, np.float32), np.empty(50)
+    total3 = fe.kernels.cross_entropy_index_strided(
+        x3.astype(np.float32), labels.reshape(5, 10), None, -100, 0.0, scale, loss3, g3_32, 1)
+    assert_bitwise_equal(g3, _round(g3_32, dtype).view(dtype), "axis=1")
+    if reduction == "none":
+        assert_bitwise_equal(l3, _half.round_once(loss3, dtype).reshape(5, 10), "axis=1 loss")
+    else:
+        assert l3.tobytes() == _half.round_once(
+            total3 * scale if reduction == "mean" else total3, dtype).tobytes()
     # probability targets of the logits' dtype, and of float32: the same values
     probs = rng.random(x.shape).astype(dtype)
     l16, g16 = fe.cross_entropy_with_grad(x, probs, reduction=reduction)

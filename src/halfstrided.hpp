@@ -1,0 +1,107 @@
+/*
+ * halfstrided.hpp -- float16 and bfloat16 arrays over a middle axis, viewed
+ * as (outer, C, inner): softmax, log_softmax, logsumexp and cross-entropy
+ * with class indices without the transposed 16-bit copies they took before
+ * (in and out: 4-6x the time of the float32 call over the same axis, slower
+ * than PyTorch's bfloat16 calls).
+ *
+ * A unit is a block of w consecutive positions of one outer index.  Its C
+ * rows of w 16-bit values are converted into the thread's float32 scratch
+ * (C x w, contiguous: the rows of the block, each at most a few cache lines
+ * of the input); the float32 kernel of strided.hpp runs on the scratch as an
+ * array (1, C, w) of its own, in place; the result is rounded once into the
+ * block's 16-bit rows (logsumexp: w float32 values, rounded by the caller;
+ * cross-entropy: the gradient, the losses per position in double).
+ * A position's float32 values do not depend on which block holds it (its
+ * sums run over the classes in order, see strided_blocks_of), so a result
+ * is the float32 call's over the same axis on the converted input, rounded
+ * once, bit for bit, at any w and any thread count.
+ */
+#ifndef CSOFTMAX_HALFSTRIDED_HPP
+#define CSOFTMAX_HALFSTRIDED_HPP
+
+#include "half.hpp"
+#include "strided.hpp"
+
+namespace csoftmax {
+
+/* Positions per unit: as many as keep the scratch within HALF_STRIDED_STAGE
+ * floats (few classes read longer runs of each row: as strided.hpp's wide
+ * blocks), in multiples of 64, from 64 to 1024.  Past HALF_STRIDED_MAX_C
+ * classes even 64 positions need more than 2 MiB of scratch a thread: the
+ * Python layer then moves the axis last instead. */
+enum { HALF_STRIDED_STAGE = 1 << 15, HALF_STRIDED_MIN_W = 64, HALF_STRIDED_MAX_W = 1024,
+       HALF_STRIDED_MAX_C = 8192 };
+
+static inline idx_t half_strided_width(idx_t C) {
+    idx_t w = (idx_t)HALF_STRIDED_STAGE / (C > 0 ? C : 1) / HALF_STRIDED_MIN_W * HALF_STRIDED_MIN_W;
+    return w < HALF_STRIDED_MIN_W ? HALF_STRIDED_MIN_W : (w > HALF_STRIDED_MAX_W ? HALF_STRIDED_MAX_W : w);
+}
+
+/* Unit u's block: outer index o, positions [j0, j0 + w), el its first
+ * element, pos its first position (o * inner + j0). */
+struct HalfStridedBlock {
+    idx_t w, el, pos;
+};
+static inline HalfStridedBlock half_strided_block(idx_t C, idx_t inner, idx_t width, idx_t u) {
+    const idx_t nb = (inner + width - 1) / width;
+    const idx_t o = u / nb, j0 = (u - o * nb) * width;
+    HalfStridedBlock b = {inner - j0 < width ? inner - j0 : width, o * C * inner + j0,
+                          o * inner + j0};
+    return b;
+}
+
+/* the block's C rows (inner apart in x) into stage (C x b.w, contiguous),
+ * and back (rounded once) */
+static inline void half_block_load(int kind, const uint16_t *x, idx_t C, idx_t inner,
+                                   const HalfStridedBlock &b, float *stage) {
+    for (idx_t c = 0; c < C; ++c) half_load(kind, x + b.el + c * inner, stage + c * b.w, b.w);
+}
+static inline void half_block_store(int kind, const float *stage, idx_t C, idx_t inner,
+                                    const HalfStridedBlock &b, uint16_t *out) {
+    for (idx_t c = 0; c < C; ++c) half_store(kind, stage + c * b.w, out + b.el + c * inner, b.w);
+}
+
+/* Unit u of op (STRIDED_SOFTMAX, STRIDED_LOG_SOFTMAX: out (outer, C, inner)
+ * 16-bit; STRIDED_LOGSUMEXP: out32 (outer, inner) float32) over the 16-bit x
+ * of kind `kind`, with width = half_strided_width(C) positions a unit and
+ * stage C x width floats.  out may be x. */
+static CS_REDUCTION void half_strided_unit(int op, int kind, const uint16_t *x, uint16_t *out,
+                                           float *out32, idx_t C, idx_t inner, idx_t width,
+                                           idx_t u, float *stage) {
+    const HalfStridedBlock b = half_strided_block(C, inner, width, u);
+    half_block_load(kind, x, C, inner, b, stage);
+    float *r = op == STRIDED_LOGSUMEXP ? out32 + b.pos : stage;
+    const idx_t units = strided_units<float>(r, C, b.w, 0, 0.0f);
+    for (idx_t s = 0; s < units; ++s) strided_unit<float>(op, stage, r, C, b.w, s, NULL, 0);
+    if (op != STRIDED_LOGSUMEXP) half_block_store(kind, stage, C, inner, b, out);
+}
+
+/* Unit u of cross-entropy with class indices over the middle axis of 16-bit
+ * logits x (outer, C, inner): strided_cross_entropy_index_unit's arguments
+ * (target and loss (outer, inner), ex's per-position arrays likewise), the
+ * gradient rounded into grad (may be x; NULL: the loss alone).  stage: C x
+ * width floats; cap_stage: as many more where cap != 0 (the float32 kernel
+ * caps a block into its staging scratch), else NULL. */
+template <typename L>
+static CS_REDUCTION void half_strided_cross_entropy_index_unit(
+        int kind, const uint16_t *x, const L *target, idx_t C, idx_t inner, idx_t width,
+        idx_t u, idx_t ignore_index, const float *w, double w_total, double alpha, double beta,
+        double *loss, uint16_t *grad, double scale, float *stage, float *cap_stage,
+        const CrossEntropyExtra *ex, float cap) {
+    const HalfStridedBlock b = half_strided_block(C, inner, width, u);
+    half_block_load(kind, x, C, inner, b, stage);
+    CrossEntropyExtra bex;
+    ex = extra_at(ex, b.pos, &bex);
+    float *g = grad != NULL ? stage : NULL;
+    const idx_t units = strided_units<float>(g, C, b.w, 0, cap);
+    for (idx_t s = 0; s < units; ++s)
+        strided_cross_entropy_index_unit<float, L>(stage, target + b.pos, C, b.w, ignore_index,
+                                                   w, w_total, alpha, beta, loss + b.pos, g,
+                                                   scale, s, cap_stage, ex, cap, 0);
+    if (grad != NULL) half_block_store(kind, stage, C, inner, b, grad);
+}
+
+}  // namespace csoftmax
+
+#endif

@@ -1,0 +1,155 @@
+# float16 and bfloat16 over a middle axis (included by kernels.pxi after
+# half.pxi and strided.pxi): softmax, log_softmax, logsumexp and cross-entropy
+# with class indices of 16-bit (outer, C, inner) arrays, block by block
+# through float32 scratch (see halfstrided.hpp); the units spread over
+# threads with a static prange.
+
+
+cdef extern from "halfstrided.hpp" namespace "csoftmax" nogil:
+    enum: HALF_STRIDED_MAX_C
+    Py_ssize_t half_strided_width(Py_ssize_t C) noexcept
+    void half_strided_unit(int op, int kind, const uint16_t *x, uint16_t *out, float *out32,
+                           Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u,
+                           float *stage) noexcept
+    void half_strided_cross_entropy_index_unit[L](
+        int kind, const uint16_t *x, const L *target, Py_ssize_t C, Py_ssize_t inner,
+        Py_ssize_t width, Py_ssize_t u, Py_ssize_t ignore_index, const float *w,
+        double w_total, double alpha, double beta, double *loss, uint16_t *grad, double scale,
+        float *stage, float *cap_stage, const CrossEntropyExtra *ex, float cap) noexcept
+
+
+# the most classes the 16-bit kernels over a middle axis take (more: the
+# Python layer moves the axis last)
+HALF_STRIDED_CLASSES = HALF_STRIDED_MAX_C
+
+
+cdef void _half_strided_serial(
+    int op, int kind, const uint16_t *x, uint16_t *out, float *out32, Py_ssize_t C,
+    Py_ssize_t inner, Py_ssize_t width, Py_ssize_t n_units, float *stage,
+) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(n_units):
+        half_strided_unit(op, kind, x, out, out32, C, inner, width, u, stage)
+
+
+cdef int _half_strided_core(
+    int op, int kind, const uint16_t *x, uint16_t *out, float *out32, Py_ssize_t outer,
+    Py_ssize_t C, Py_ssize_t inner, int n_threads,
+) except -1:
+    """op over 16-bit x (outer, C, inner), all >= 1; C <= HALF_STRIDED_MAX_C."""
+    cdef Py_ssize_t u, width = half_strided_width(C)
+    cdef Py_ssize_t n_units = outer * ((inner + width - 1) // width)
+    cdef Py_ssize_t elems = C * width
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef float *stage = <float *>malloc(n_threads * elems * sizeof(float))
+    if stage == NULL:
+        raise MemoryError()
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            half_strided_unit(op, kind, x, out, out32, C, inner, width, u,
+                              stage + threadid() * elems)
+    elif outer * C * inner < GIL_WORK:
+        _half_strided_serial(op, kind, x, out, out32, C, inner, width, n_units, stage)
+    else:
+        with nogil:
+            _half_strided_serial(op, kind, x, out, out32, C, inner, width, n_units, stage)
+    free(stage)
+    return 0
+
+
+def half_strided(int op, const uint16_t[:, :, ::1] x, uint16_t[:, :, ::1] out, int kind,
+                 int n_threads):
+    """softmax (op 0) or log_softmax (op 1) over axis 1 of 16-bit x (outer, C,
+    inner), rounded into out (may be x); at most HALF_STRIDED_CLASSES classes."""
+    if x.shape[0] and x.shape[1] and x.shape[2]:
+        _half_strided_core(op, kind, &x[0, 0, 0], &out[0, 0, 0], <float *>NULL, x.shape[0],
+                           x.shape[1], x.shape[2], n_threads)
+
+
+def half_logsumexp_strided(const uint16_t[:, :, ::1] x, float[:, ::1] out, int kind,
+                           int n_threads):
+    """out[o, j] = logsumexp(x[o, :, j]) of 16-bit x, in float32 (-inf over an
+    empty axis); at most HALF_STRIDED_CLASSES classes."""
+    if x.shape[0] == 0 or x.shape[2] == 0:
+        return
+    if x.shape[1] == 0:
+        out[:, :] = -INFINITY
+        return
+    _half_strided_core(OP_LOGSUMEXP, kind, &x[0, 0, 0], <uint16_t *>NULL, &out[0, 0],
+                       x.shape[0], x.shape[1], x.shape[2], n_threads)
+
+
+cdef void _half_strided_ce_serial(
+    int kind, const uint16_t *x, const label_t *t, Py_ssize_t C, Py_ssize_t inner,
+    Py_ssize_t width, Py_ssize_t n_units, Py_ssize_t ignore_index, const float *w,
+    double w_total, double alpha, double beta, double *loss, uint16_t *g, double scale,
+    float *stage, Py_ssize_t elems, const CrossEntropyExtra *ex, float cap,
+) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(n_units):
+        half_strided_cross_entropy_index_unit(
+            kind, x, t, C, inner, width, u, ignore_index, w, w_total, alpha, beta, loss, g,
+            scale, stage, stage + elems if cap != 0 else <float *>NULL, ex, cap)
+
+
+def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
+                                     const label_t[:, ::1] target,
+                                     const float[::1] weight,
+                                     Py_ssize_t ignore_index,
+                                     double label_smoothing,
+                                     double grad_scale,
+                                     double[::1] row_loss,
+                                     uint16_t[:, :, ::1] grad,
+                                     int kind,
+                                     int n_threads,
+                                     double z_loss=0.0,
+                                     double z_scale=0.0,
+                                     double softcap=0.0,
+                                     double[::1] row_z=None,
+                                     double[::1] row_acc=None):
+    """cross_entropy_index_strided for 16-bit logits (outer, C, inner) of kind
+    `kind`, at most HALF_STRIDED_CLASSES classes: the same arguments (weight
+    float32), the gradient rounded once into grad (may be logits, or None);
+    returns the sum of the position losses, added pairwise in their order."""
+    cdef Py_ssize_t outer = logits.shape[0], C = logits.shape[1], inner = logits.shape[2]
+    cdef Py_ssize_t u, n_rows = outer * inner
+    if n_rows == 0:
+        return 0.0
+    cdef const float *w = NULL
+    cdef uint16_t *g = NULL
+    if weight is not None:
+        w = &weight[0]
+    if grad is not None:
+        g = &grad[0, 0, 0]
+    cdef const uint16_t *x = &logits[0, 0, 0]
+    cdef CrossEntropyExtra ex_args
+    cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, row_acc)
+    cdef const label_t *t = &target[0, 0]
+    cdef double *loss = &row_loss[0]
+    cdef double w_total = <double>C if w == NULL else row_sum(w, C)
+    cdef double alpha = 1.0 - label_smoothing
+    cdef double beta = label_smoothing / C
+    cdef float cap = <float>softcap
+    cdef Py_ssize_t width = half_strided_width(C)
+    cdef Py_ssize_t n_units = outer * ((inner + width - 1) // width)
+    cdef Py_ssize_t elems = C * width, per_thread = elems * (2 if cap != 0 else 1)
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef float *stage = <float *>malloc(n_threads * per_thread * sizeof(float))
+    if stage == NULL:
+        raise MemoryError()
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            half_strided_cross_entropy_index_unit(
+                kind, x, t, C, inner, width, u, ignore_index, w, w_total, alpha, beta, loss, g,
+                grad_scale, stage + threadid() * per_thread,
+                stage + threadid() * per_thread + elems if cap != 0 else <float *>NULL, ex, cap)
+    elif n_rows * C < GIL_WORK:
+        _half_strided_ce_serial(kind, x, t, C, inner, width, n_units, ignore_index, w, w_total,
+                                alpha, beta, loss, g, grad_scale, stage, elems, ex, cap)
+    else:
+        with nogil:
+            _half_strided_ce_serial(kind, x, t, C, inner, width, n_units, ignore_index, w,
+                                    w_total, alpha, beta, loss, g, grad_scale, stage, elems,
+                                    ex, cap)
+    free(stage)
+    return pairwise_sum(loss, n_rows)
