@@ -331,7 +331,7 @@ def test_bench_half_cli_tiny(tmp_path, capsys, monkeypatch):
     assert "MISMATCH" not in text
     data = json.loads(out.read_text())
     assert data["problems"] == []
-    assert [r["dtype"] for r in data["half"]] == ["bfloat16"] * 3 + ["float16"] * 3
+    assert [r["dtype"] for r in data["half"]] == ["bfloat16"] * 4 + ["float16"] * 3
     for result in data["half"]:
         assert result["status"] == "ok", result["message"]
         for name, call in result["calls"].items():
