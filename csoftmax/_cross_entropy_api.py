@@ -157,20 +157,24 @@ class CrossEntropyFunctions:
         """The 16-bit kernels' call (logits, gradient and 16-bit targets as
         uint16 bits); returns the sum of the row losses."""
         g = None if grad is None else bits(grad)
-        if args.middle is not None:  # class indices over a middle axis (CrossEntropyArgs)
+        probs = args.probs
+        if probs is not None and probs.dtype == args.storage:
+            probs = bits(probs)
+        if args.middle is not None:  # over a middle axis (CrossEntropyArgs)
             outer, n_classes, inner = args.middle
-            return self.kernels.half_cross_entropy_index_strided(
-                bits(args.logits), args.labels.reshape(outer, inner), args.weight,
-                args.ignore_index, args.label_smoothing, scale, row_loss, g, args.half,
-                _threads_strided(outer, n_classes, inner, args.storage.itemsize, threads),
-                **extra)
+            threads = _threads_strided(outer, n_classes, inner, args.storage.itemsize, threads)
+            if args.labels is not None:
+                return self.kernels.half_cross_entropy_index_strided(
+                    bits(args.logits), args.labels.reshape(outer, inner), args.weight,
+                    args.ignore_index, args.label_smoothing, scale, row_loss, g, args.half,
+                    threads, **extra)
+            return self.kernels.half_cross_entropy_prob_strided(
+                bits(args.logits), probs, args.weight, args.label_smoothing, scale, row_loss,
+                g, args.half, threads, **extra)
         if args.labels is not None:
             return self.kernels.half_cross_entropy_index_rows(
                 bits(args.logits), args.labels, args.weight, args.ignore_index,
                 args.label_smoothing, scale, row_loss, g, args.half, threads, **extra)
-        probs = args.probs
-        if probs.dtype == args.storage:
-            probs = bits(probs)
         return self.kernels.half_cross_entropy_prob_rows(
             bits(args.logits), probs, args.weight, args.label_smoothing, scale, row_loss, g,
             args.half, threads, **extra)

@@ -520,7 +520,7 @@ def half_masked_rows(op, x, grad_output, mask, out, kind, n_threads):
         _half.store_numpy(a, out, kind)
 
 
-def _half_index(kernel, logits, args, grad, kind, n_threads, extra):
+def _half_ce(kernel, logits, args, grad, kind, n_threads, extra):
     """The float32 cross-entropy ``kernel(x, *args, grad, n_threads, **extra)`` on
     the converted 16-bit logits, the gradient rounded into the 16-bit ``grad``."""
     x = _half.load_numpy(logits, kind)
@@ -532,25 +532,34 @@ def _half_index(kernel, logits, args, grad, kind, n_threads, extra):
 
 def half_cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
                                   grad_scale, row_loss, grad, kind, n_threads, **extra):
-    return _half_index(cross_entropy_index_rows, logits,
-                       (target, weight, ignore_index, label_smoothing, grad_scale, row_loss),
-                       grad, kind, n_threads, extra)
+    return _half_ce(cross_entropy_index_rows, logits,
+                    (target, weight, ignore_index, label_smoothing, grad_scale, row_loss),
+                    grad, kind, n_threads, extra)
 
 
 def half_cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoothing,
                                      grad_scale, row_loss, grad, kind, n_threads, **extra):
-    return _half_index(cross_entropy_index_strided, logits,
-                       (target, weight, ignore_index, label_smoothing, grad_scale, row_loss),
-                       grad, kind, n_threads, extra)
+    return _half_ce(cross_entropy_index_strided, logits,
+                    (target, weight, ignore_index, label_smoothing, grad_scale, row_loss),
+                    grad, kind, n_threads, extra)
+
+
+def _half_prob(kernel, logits, target, args, grad, kind, n_threads, extra):
+    """_half_ce for probability targets: 16-bit ones (uint16 bits) converted too."""
+    if target.dtype == np.uint16:
+        target = _half.load_numpy(target, kind)
+    return _half_ce(kernel, logits, (target, *args), grad, kind, n_threads, extra)
 
 
 def half_cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
                                  row_loss, grad, kind, n_threads, **extra):
-    x = _half.load_numpy(logits, kind)
-    if target.dtype == np.uint16:
-        target = _half.load_numpy(target, kind)
-    total = cross_entropy_prob_rows(x, target, weight, label_smoothing, grad_scale, row_loss,
-                                    None if grad is None else x, n_threads, **extra)
-    if grad is not None:
-        _half.store_numpy(x, grad, kind)
-    return total
+    return _half_prob(cross_entropy_prob_rows, logits, target,
+                      (weight, label_smoothing, grad_scale, row_loss), grad, kind, n_threads,
+                      extra)
+
+
+def half_cross_entropy_prob_strided(logits, target, weight, label_smoothing, grad_scale,
+                                    row_loss, grad, kind, n_threads, **extra):
+    return _half_prob(cross_entropy_prob_strided, logits, target,
+                      (weight, label_smoothing, grad_scale, row_loss), grad, kind, n_threads,
+                      extra)

@@ -290,9 +290,8 @@ class CrossEntropyArgs:
     dtype, or None), ``ignore_index``, ``reduction``, ``label_smoothing``.
     ``middle`` is ``(outer, classes, inner)`` when the class axis is not the
     last: ``logits`` (and ``probs``) then have that shape (no copy).
-    ``moved``: the class axis moved last by a copy (16-bit logits with
-    probability targets or more than ``HALF_STRIDED_CLASSES`` classes), undone
-    by :meth:`restore`.
+    ``moved``: the class axis moved last by a copy (16-bit logits of more than
+    ``HALF_STRIDED_CLASSES`` classes), undone by :meth:`restore`.
     """
 
     def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing,
@@ -330,12 +329,13 @@ class CrossEntropyArgs:
         # class axis is last; over another axis the kernels read the classes
         # with their stride: (outer, classes, inner) without a copy (``middle``),
         # probability targets in the same layout.
-        # 16-bit logits over a middle axis: class indices only, and at most
-        # HALF_STRIDED_CLASSES classes (else a 16-bit copy moves the axis last)
+        # 16-bit logits over a middle axis: at most HALF_STRIDED_CLASSES classes
+        # (else a 16-bit copy moves the axis last)
         last = math.prod(x.shape[self.axis + 1:]) == 1  # the classes are contiguous
         self.middle = None
         if not last and (y.dtype.kind in "iuf" if self.half is None else
-                         y.dtype.kind in "iu" and n_classes <= _half.HALF_STRIDED_CLASSES):
+                         n_classes <= _half.HALF_STRIDED_CLASSES and (
+                             y.dtype.kind in "iuf" or _half.half_kind(y.dtype) is not None)):
             self.middle = (math.prod(x.shape[:self.axis]), n_classes,
                            math.prod(x.shape[self.axis + 1:]))
         self.moved = not last and self.middle is None
@@ -367,13 +367,13 @@ class CrossEntropyArgs:
                     f"ignore_index={ignore_index} is not supported with probability "
                     "targets (it must be negative)"
                 )
+            # 16-bit targets of the logits' dtype stay 16-bit too
+            same = self.half is not None and y.dtype.newbyteorder("=") == self.storage
+            kept = self.storage if same else self.compute
             if self.middle is None:
-                # 16-bit targets of the logits' dtype stay 16-bit too
-                same = self.half is not None and y.dtype.newbyteorder("=") == self.storage
-                self.probs = self._rows(y, n_rows, n_classes,
-                                        self.storage if same else self.compute)
+                self.probs = self._rows(y, n_rows, n_classes, kept)
             else:
-                self.probs = contiguous(y, self.compute).reshape(self.middle)
+                self.probs = contiguous(y, kept).reshape(self.middle)
         else:
             raise TypeError(
                 f"target has dtype {y.dtype}: expected integer class indices or "

@@ -1,7 +1,8 @@
 /*
  * halfstrided.hpp -- float16 and bfloat16 arrays over a middle axis, viewed
  * as (outer, C, inner): softmax, log_softmax, logsumexp and cross-entropy
- * with class indices without the transposed 16-bit copies they took before
+ * (class indices or probabilities) without the transposed 16-bit copies they
+ * took before
  * (in and out: 4-6x the time of the float32 call over the same axis, slower
  * than PyTorch's bfloat16 calls).
  *
@@ -99,6 +100,33 @@ static CS_REDUCTION void half_strided_cross_entropy_index_unit(
         strided_cross_entropy_index_unit<float, L>(stage, target + b.pos, C, b.w, ignore_index,
                                                    w, w_total, alpha, beta, loss + b.pos, g,
                                                    scale, s, cap_stage, ex, cap, 0);
+    if (grad != NULL) half_block_store(kind, stage, C, inner, b, grad);
+}
+
+/* Unit u of cross-entropy with probability targets over the middle axis of
+ * 16-bit logits x: y (x's layout) 16-bit of the logits' kind (y16) or float32
+ * (y32), its block into ystage (C x width floats) beside the logits' in
+ * stage; the rest as half_strided_cross_entropy_index_unit, with
+ * strided_cross_entropy_prob_unit's arguments. */
+static CS_REDUCTION void half_strided_cross_entropy_prob_unit(
+        int kind, const uint16_t *x, const uint16_t *y16, const float *y32, idx_t C,
+        idx_t inner, idx_t width, idx_t u, const float *w, double alpha, double beta,
+        double *loss, uint16_t *grad, double scale, float *stage, float *ystage,
+        float *cap_stage, const CrossEntropyExtra *ex, float cap) {
+    const HalfStridedBlock b = half_strided_block(C, inner, width, u);
+    half_block_load(kind, x, C, inner, b, stage);
+    if (y16 != NULL)
+        half_block_load(kind, y16, C, inner, b, ystage);
+    else
+        for (idx_t c = 0; c < C; ++c)
+            memcpy(ystage + c * b.w, y32 + b.el + c * inner, (size_t)b.w * sizeof(float));
+    CrossEntropyExtra bex;
+    ex = extra_at(ex, b.pos, &bex);
+    float *g = grad != NULL ? stage : NULL;
+    const idx_t units = strided_units<float>(g, C, b.w, 0, cap);
+    for (idx_t s = 0; s < units; ++s)
+        strided_cross_entropy_prob_unit<float>(stage, ystage, C, b.w, w, alpha, beta,
+                                               loss + b.pos, g, scale, s, cap_stage, ex, cap, 0);
     if (grad != NULL) half_block_store(kind, stage, C, inner, b, grad);
 }
 

@@ -1,6 +1,6 @@
 # float16 and bfloat16 over a middle axis (included by kernels.pxi after
 # half.pxi and strided.pxi): softmax, log_softmax, logsumexp and cross-entropy
-# with class indices of 16-bit (outer, C, inner) arrays, block by block
+# (class indices or probabilities) of 16-bit (outer, C, inner) arrays, block by block
 # through float32 scratch (see halfstrided.hpp); the units spread over
 # threads with a static prange.
 
@@ -16,6 +16,11 @@ cdef extern from "halfstrided.hpp" namespace "csoftmax" nogil:
         Py_ssize_t width, Py_ssize_t u, Py_ssize_t ignore_index, const float *w,
         double w_total, double alpha, double beta, double *loss, uint16_t *grad, double scale,
         float *stage, float *cap_stage, const CrossEntropyExtra *ex, float cap) noexcept
+    void half_strided_cross_entropy_prob_unit(
+        int kind, const uint16_t *x, const uint16_t *y16, const float *y32, Py_ssize_t C,
+        Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u, const float *w, double alpha,
+        double beta, double *loss, uint16_t *grad, double scale, float *stage, float *ystage,
+        float *cap_stage, const CrossEntropyExtra *ex, float cap) noexcept
 
 
 # the most classes the 16-bit kernels over a middle axis take (more: the
@@ -153,3 +158,101 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
                                     ex, cap)
     free(stage)
     return pairwise_sum(loss, n_rows)
+
+
+cdef struct _HalfProb:
+    int kind
+    const uint16_t *x
+    const uint16_t *y16
+    const float *y32
+    Py_ssize_t C, inner, width, elems, per_thread
+    const float *w
+    double alpha, beta, scale
+    double *loss
+    uint16_t *g
+    const CrossEntropyExtra *ex
+    float cap
+
+
+cdef inline void _half_prob_unit(const _HalfProb *p, Py_ssize_t u, float *scratch) noexcept nogil:
+    """Unit u with the thread's scratch: the logits' block, the targets' block,
+    the capped block (cap != 0)."""
+    half_strided_cross_entropy_prob_unit(
+        p.kind, p.x, p.y16, p.y32, p.C, p.inner, p.width, u, p.w, p.alpha, p.beta, p.loss,
+        p.g, p.scale, scratch, scratch + p.elems,
+        scratch + 2 * p.elems if p.cap != 0 else <float *>NULL, p.ex, p.cap)
+
+
+cdef void _half_prob_serial(const _HalfProb *p, Py_ssize_t n_units, float *scratch) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(n_units):
+        _half_prob_unit(p, u, scratch)
+
+
+def half_cross_entropy_prob_strided(const uint16_t[:, :, ::1] logits,
+                                    object target,
+                                    const float[::1] weight,
+                                    double label_smoothing,
+                                    double grad_scale,
+                                    double[::1] row_loss,
+                                    uint16_t[:, :, ::1] grad,
+                                    int kind,
+                                    int n_threads,
+                                    double z_loss=0.0,
+                                    double z_scale=0.0,
+                                    double softcap=0.0,
+                                    double[::1] row_z=None):
+    """cross_entropy_prob_strided for 16-bit logits (outer, C, inner) of kind
+    `kind`, at most HALF_STRIDED_CLASSES classes; target: 16-bit of the
+    logits' kind (a uint16 view) or float32, of the logits' shape; the
+    gradient rounded once into grad (may be logits, not target; or None);
+    returns the sum of the position losses, added pairwise in their order."""
+    cdef Py_ssize_t outer = logits.shape[0], C = logits.shape[1], inner = logits.shape[2]
+    cdef Py_ssize_t u, n_rows = outer * inner
+    if n_rows == 0:
+        return 0.0
+    cdef _HalfProb p
+    cdef const uint16_t[:, :, ::1] y16
+    cdef const float[:, :, ::1] y32
+    cdef CrossEntropyExtra ex_args
+    p.kind = kind
+    p.x = &logits[0, 0, 0]
+    p.y16 = NULL
+    p.y32 = NULL
+    if target.dtype == np.uint16:
+        y16 = target
+        p.y16 = &y16[0, 0, 0]
+    else:
+        y32 = target
+        p.y32 = &y32[0, 0, 0]
+    p.C, p.inner = C, inner
+    p.width = half_strided_width(C)
+    p.elems = C * p.width
+    p.cap = <float>softcap
+    p.per_thread = p.elems * (3 if p.cap != 0 else 2)
+    p.w = NULL
+    if weight is not None:
+        p.w = &weight[0]
+    p.alpha = 1.0 - label_smoothing
+    p.beta = label_smoothing / C
+    p.scale = grad_scale
+    p.loss = &row_loss[0]
+    p.g = NULL
+    if grad is not None:
+        p.g = &grad[0, 0, 0]
+    p.ex = _extra_args(&ex_args, z_loss, z_scale, row_z, None)
+    cdef Py_ssize_t n_units = outer * ((inner + p.width - 1) // p.width)
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef float *scratch = <float *>malloc(n_threads * p.per_thread * sizeof(float))
+    if scratch == NULL:
+        raise MemoryError()
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            _half_prob_unit(&p, u, scratch + threadid() * p.per_thread)
+    elif n_rows * C < GIL_WORK:
+        _half_prob_serial(&p, n_units, scratch)
+    else:
+        with nogil:
+            _half_prob_serial(&p, n_units, scratch)
+    free(scratch)
+    return pairwise_sum(p.loss, n_rows)

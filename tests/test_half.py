@@ -371,6 +371,43 @@ def test_middle_axis_16bit_in_place(kernel_frontend, dtype, outer, classes, inne
                                          dtype).view(dtype), "logsumexp")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("outer", "classes", "inner"),
+                         [(2, 1, 70), (3, 3, 63), (2, 21, 1500), (2, 300, 65)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_middle_axis_16bit_cross_entropy_prob(kernel_frontend, dtype, outer, classes, inner,
+                                              threads):
+    """Probability targets over a class axis that is not the last, 16-bit logits read in
+    place, targets of the logits' dtype (read as 16 bits) or float32: the gradient is the
+    float32 call's over the same axis rounded once, bit for bit; the losses within a 16-bit
+    rounding of that call's."""
+    fe = kernel_frontend
+    rng = make_rng(f"middle16-prob{fe.name}{dtype}{outer}{classes}{inner}")
+    shape = (outer, classes, inner)
+    x = _inputs((outer * classes, inner), dtype, rng, extreme=False).reshape(shape)
+    x32 = x.astype(np.float32)
+    p32 = rng.random(shape).astype(np.float32)
+    p32 /= p32.sum(axis=1, keepdims=True)
+    weight = rng.random(classes).astype(np.float32) + 0.5
+    tol = 2.0 ** -7 if dtype == BF16 else 2.0 ** -10
+    for probs in (p32.astype(dtype), p32):
+        probs32 = probs.astype(np.float32)
+        for kw in ({}, {"weight": weight, "label_smoothing": 0.1},
+                   {"z_loss": 1e-3, "return_z_loss": True}, {"softcap": 5.0}):
+            kw = dict(kw, axis=1, reduction="none", num_threads=threads)
+            r16 = fe.cross_entropy_with_grad(x, probs, **kw)
+            r32 = fe.cross_entropy_with_grad(x32, probs32, **kw)
+            want = _round(r32[1], dtype).view(dtype)
+            assert_bitwise_equal(r16[1], want, f"grad {probs.dtype} {kw}")
+            for got, ref32 in zip([r16[0], *r16[2:3]], [r32[0], *r32[2:3]]):
+                np.testing.assert_allclose(np.asarray(got, np.float64),
+                                           np.asarray(ref32, np.float64), rtol=tol,
+                                           atol=2.0 ** -24)
+            inplace = x.copy()
+            fe.cross_entropy_with_grad(inplace, probs, out=inplace, **kw)
+            assert_bitwise_equal(inplace, want, "in place")
+
+
 def test_middle_axis_16bit_class_limit_agrees():
     """The Python layer's limit of the 16-bit kernels over a middle axis is the kernels'
     (HALF_STRIDED_MAX_C in src/halfstrided.hpp), on every backend."""
