@@ -2,9 +2,8 @@
  * halfstrided.hpp -- float16 and bfloat16 arrays over a middle axis, viewed
  * as (outer, C, inner): softmax, log_softmax, logsumexp and cross-entropy
  * (class indices or probabilities) without the transposed 16-bit copies they
- * took before
- * (in and out: 4-6x the time of the float32 call over the same axis, slower
- * than PyTorch's bfloat16 calls).
+ * took before (in and out: 4-7x the time of the float32 call over the same
+ * axis, slower than PyTorch's bfloat16 calls).
  *
  * A unit is a block of w consecutive positions of one outer index.  Its C
  * rows of w 16-bit values are converted into the thread's float32 scratch
@@ -39,8 +38,9 @@ static inline idx_t half_strided_width(idx_t C) {
     return w < HALF_STRIDED_MIN_W ? HALF_STRIDED_MIN_W : (w > HALF_STRIDED_MAX_W ? HALF_STRIDED_MAX_W : w);
 }
 
-/* Unit u's block: outer index o, positions [j0, j0 + w), el its first
- * element, pos its first position (o * inner + j0). */
+/* Unit u's block, positions [j0, j0 + w) of outer index o = u / (blocks per
+ * outer index): w, el its first element (o C inner + j0), pos its first
+ * position (o inner + j0). */
 struct HalfStridedBlock {
     idx_t w, el, pos;
 };
