@@ -11,6 +11,9 @@ in one process with what a PyTorch user writes for the same result, float32:
   element (both calls have as many elements);
 - ``softmax`` over a non-last axis (``(64, 1000, 64)`` axis 1, ``(1000, 4096)``
   axis 0) against ``torch.softmax`` and ``np.copyto``;
+- ``softmax_backward`` over the same non-last axes against
+  ``torch._softmax_backward_data`` (the op autograd runs for ``torch.softmax``) and
+  ``np.copyto``;
 - ``softmax(x, where=m)`` on ``(8192, 1024)`` with a broadcast ``(1, 1024)``
   padding mask (last 10% False) and with a full random mask, against
   ``torch.masked.softmax(xt, -1, mask=mt)``, ``xt.masked_fill(~mt, -inf).softmax(-1)``
@@ -287,6 +290,36 @@ def _softmax_builder(axis):
     return build
 
 
+def _softmax_backward_builder(axis):
+    def build(shape, threads, seed, torch):
+        import csoftmax
+
+        x, rng = _logits(shape, seed)
+        g = rng.standard_normal(shape).astype(DTYPE)
+        a = csoftmax.softmax(x, axis)
+        out, dst = np.empty_like(x), np.empty_like(x)
+        calls = {"csoftmax_out": lambda: csoftmax.softmax_backward(g, a, axis, out=out,
+                                                                   num_threads=threads)}
+        labels = {"csoftmax_out": f"csoftmax.softmax_backward(g, a, axis={axis}, out=o)"}
+        outputs = {"csoftmax_out": _own}
+        if torch is not None:
+            gt, at = torch.from_numpy(g), torch.from_numpy(a)
+            # the op autograd runs for torch.softmax's backward
+            calls["torch"] = lambda: torch._softmax_backward_data(gt, at, axis, torch.float32)
+            labels["torch"] = f"torch._softmax_backward_data(gt, at, {axis}, float32)"
+            outputs["torch"] = to_arrays
+
+        def reference():
+            a64 = a.astype(np.float64)
+            return (a64 * (g - np.sum(g * a64, axis=axis, keepdims=True)),)
+
+        calls["copyto"] = lambda: np.copyto(dst, x)
+        labels["copyto"] = "np.copyto(dst, x)"
+        return Built(calls, labels, outputs, reference)
+
+    return build
+
+
 #: The options of the fused cross-entropy timed against its plain call (``extras`` cases).
 EXTRAS = {"z_loss": {"z_loss": 1e-4}, "softcap": {"softcap": 30.0},
           "token_accuracy": {"return_token_accuracy": True}}
@@ -418,6 +451,10 @@ def _floor(own, bound):
 
 _SOFTMAX_CRITERIA = (_faster("torch", "csoftmax", 1.5, "torch.softmax", "csoftmax_out"),
                      _floor("csoftmax_out", 1.5))
+#: The backward reads two arrays of the input's size and writes one: its floor is 1.5x
+#: a copy's traffic, so the softmax criteria's bound on the copy scaled by 1.5.
+_BACKWARD_CRITERIA = (_faster("torch", "csoftmax_out", 1.5, "PyTorch's softmax backward"),
+                      _floor("csoftmax_out", 2.25))
 _MASKED_CRITERIA = (
     _faster("torch_masked", "csoftmax", 2, "torch.masked.softmax", "csoftmax_out"),
     _faster("torch_masked_fill", "csoftmax", 2, "masked_fill(-inf).softmax",
@@ -442,6 +479,12 @@ SPECS = [
          (64, 1000, 64), _softmax_builder(1), _SOFTMAX_CRITERIA),
     Spec("softmax_axis0", "parity: softmax over a non-last axis", "softmax axis=0",
          (1000, 4096), _softmax_builder(0), _SOFTMAX_CRITERIA),
+    Spec("softmax_backward_axis1", "parity: softmax backward over a non-last axis",
+         "softmax_backward axis=1", (64, 1000, 64), _softmax_backward_builder(1),
+         _BACKWARD_CRITERIA),
+    Spec("softmax_backward_axis0", "parity: softmax backward over a non-last axis",
+         "softmax_backward axis=0", (1000, 4096), _softmax_backward_builder(0),
+         _BACKWARD_CRITERIA),
     Spec("masked_padding", "parity: masked softmax, (1, C) padding mask (last 10% False)",
          "softmax where=", (8192, 1024), _masked_builder("padding"),
          (*_MASKED_CRITERIA,

@@ -351,6 +351,13 @@ def logsumexp_strided(x, out, n_threads):
         logsumexp_rows(_moved(x), out.reshape(-1), n_threads)
 
 
+def backward_strided(op, grad_output, output, out, n_threads):
+    if output.size:
+        r = np.empty((output.shape[0] * output.shape[2], output.shape[1]), output.dtype)
+        _backward_rows(op, _moved(grad_output), _moved(output), r, n_threads)
+        out[...] = _moved_back(r, output.shape)
+
+
 def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoothing,
                                 grad_scale, row_loss, grad, n_threads, **options):
     if row_loss.size == 0:
@@ -494,11 +501,25 @@ def half_logsumexp_strided(x, out, kind, n_threads):
     logsumexp_strided(_half.load_numpy(x, kind), out, n_threads)
 
 
-def half_backward_rows(op, grad_output, output, out, kind, n_threads):
+def _half_backward(kernel, op, grad_output, output, out, kind, n_threads):
+    """The float32 backward ``kernel(op, g, a, out, n_threads)`` on the converted
+    16-bit inputs, the result rounded into the 16-bit ``out``."""
     g = _half.load_numpy(grad_output, kind)
-    kernel = softmax_backward_rows if op == 0 else log_softmax_backward_rows
-    kernel(g, _half.load_numpy(output, kind), g, n_threads)
+    kernel(op, g, _half.load_numpy(output, kind), g, n_threads)
     _half.store_numpy(g, out, kind)
+
+
+def _backward_rows(op, grad_output, output, out, n_threads):
+    kernel = softmax_backward_rows if op == 0 else log_softmax_backward_rows
+    kernel(grad_output, output, out, n_threads)
+
+
+def half_strided_backward(op, grad_output, output, out, kind, n_threads):
+    _half_backward(backward_strided, op, grad_output, output, out, kind, n_threads)
+
+
+def half_backward_rows(op, grad_output, output, out, kind, n_threads):
+    _half_backward(_backward_rows, op, grad_output, output, out, kind, n_threads)
 
 
 #: masked_row's ops (src/masked.hpp): their float32 kernels above

@@ -135,27 +135,29 @@ def _middle(layout):
 
 
 def _run_strided(kernel, rows_kernel, x, compute, result, dims, out, num_threads):
-    """``kernel(x3, out3, n_threads)`` over x (C-contiguous, compute dtype)
-    viewed as ``dims = (outer, C, inner)`` without a copy: the softmax-like
-    kernels over a middle axis.  inner == 1 is rows of C: ``rows_kernel``.
-    out as in _run_rows: written directly when it can be."""
-    shape = x.shape
+    """``kernel(*x3, out3, n_threads)`` over x (C-contiguous, compute dtype; a
+    tuple of such arrays of one shape for several inputs) viewed as ``dims =
+    (outer, C, inner)`` without a copy: the softmax-like kernels over a
+    middle axis.  inner == 1 is rows of C: ``rows_kernel``.  out as in
+    _run_rows: written directly when it can be."""
+    inputs = x if isinstance(x, tuple) else (x,)
+    shape = inputs[0].shape
     if out is not None:
         check_out(out, shape, result)
     direct = (
         out is not None
         and result == compute
         and out.flags.aligned
-        and (not np.may_share_memory(out, x) or aliases_exactly(out, x))
+        and all(not np.may_share_memory(out, v) or aliases_exactly(out, v) for v in inputs)
     )
     r = out if direct else np.empty(shape, compute)
     outer, n, inner = dims
     if r.size:
         threads = _threads_strided(outer, n, inner, compute.itemsize, num_threads)
         if inner == 1:
-            rows_kernel(x.reshape(outer, n), r.reshape(outer, n), threads)
+            rows_kernel(*(v.reshape(outer, n) for v in inputs), r.reshape(outer, n), threads)
         else:
-            kernel(x.reshape(dims), r.reshape(dims), threads)
+            kernel(*(v.reshape(dims) for v in inputs), r.reshape(dims), threads)
     if direct:
         return out
     return _as_result(r, result, out)

@@ -348,6 +348,15 @@ class SoftmaxFunctions:
                                 num_threads, "output")
         if kind is not None and g_kind == kind:
             check_same_shape(gh, ah, "grad_output", "output")
+            dims = self._half_middle(ah, axis)
+            if dims is not None:
+                half_strided_backward = self.kernels.half_strided_backward
+
+                def run3(g3, a3, r3, threads):
+                    half_strided_backward(op, bits(g3), bits(a3), bits(r3), kind, threads)
+
+                return _run_strided(run3, None, (gh, ah), ah.dtype, ah.dtype, dims, out,
+                                    num_threads)
             half_backward = self.kernels.half_backward_rows
 
             def run(g2, a2, r2, threads):
@@ -367,6 +376,15 @@ class SoftmaxFunctions:
         if where is not None:
             return self._masked(kernel, (g, a), where, compute, result, axis, out, num_threads,
                                 "output")
+        dims = _middle(RowLayout(a.shape, axis))
+        if dims is not None:
+            # over one axis that is not the last: read in place, no moved copies
+            backward_strided = self.kernels.backward_strided
+
+            def run3(g3, a3, r3, threads):
+                backward_strided(op, g3, a3, r3, threads)
+
+            return _run_strided(run3, kernel, (g, a), compute, result, dims, out, num_threads)
         # the backward kernels keep each row on one thread
         return _run_rows(kernel, (g, a), compute, result, axis, out, num_threads,
                          split_rows=False)

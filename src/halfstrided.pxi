@@ -11,6 +11,10 @@ cdef extern from "halfstrided.hpp" namespace "csoftmax" nogil:
     void half_strided_unit(int op, int kind, const uint16_t *x, uint16_t *out, float *out32,
                            Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u,
                            float *stage) noexcept
+    void half_strided_backward_unit(int op, int kind, const uint16_t *g, const uint16_t *a,
+                                    uint16_t *out, Py_ssize_t C, Py_ssize_t inner,
+                                    Py_ssize_t width, Py_ssize_t u, float *stage,
+                                    float *astage) noexcept
     void half_strided_cross_entropy_index_unit[L](
         int kind, const uint16_t *x, const L *target, Py_ssize_t C, Py_ssize_t inner,
         Py_ssize_t width, Py_ssize_t u, Py_ssize_t ignore_index, const float *w,
@@ -28,36 +32,50 @@ cdef extern from "halfstrided.hpp" namespace "csoftmax" nogil:
 HALF_STRIDED_CLASSES = HALF_STRIDED_MAX_C
 
 
+cdef inline void _half_strided_unit(
+    int op, int kind, const uint16_t *g, const uint16_t *x, uint16_t *out, float *out32,
+    Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u, float *stage,
+) noexcept nogil:
+    """g NULL: op of x; else the gradient through op of x (its output), g
+    the upstream gradient (stage: two blocks)."""
+    if g == NULL:
+        half_strided_unit(op, kind, x, out, out32, C, inner, width, u, stage)
+    else:
+        half_strided_backward_unit(op, kind, g, x, out, C, inner, width, u, stage,
+                                   stage + C * width)
+
+
 cdef void _half_strided_serial(
-    int op, int kind, const uint16_t *x, uint16_t *out, float *out32, Py_ssize_t C,
-    Py_ssize_t inner, Py_ssize_t width, Py_ssize_t n_units, float *stage,
+    int op, int kind, const uint16_t *g, const uint16_t *x, uint16_t *out, float *out32,
+    Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t n_units, float *stage,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
-        half_strided_unit(op, kind, x, out, out32, C, inner, width, u, stage)
+        _half_strided_unit(op, kind, g, x, out, out32, C, inner, width, u, stage)
 
 
 cdef int _half_strided_core(
-    int op, int kind, const uint16_t *x, uint16_t *out, float *out32, Py_ssize_t outer,
-    Py_ssize_t C, Py_ssize_t inner, int n_threads,
+    int op, int kind, const uint16_t *g, const uint16_t *x, uint16_t *out, float *out32,
+    Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int n_threads,
 ) except -1:
-    """op over 16-bit x (outer, C, inner), all >= 1; C <= HALF_STRIDED_MAX_C."""
+    """op over 16-bit x (outer, C, inner), all >= 1 (g not NULL: its gradient,
+    see _half_strided_unit); C <= HALF_STRIDED_MAX_C."""
     cdef Py_ssize_t u, width = half_strided_width(C)
     cdef Py_ssize_t n_units = outer * ((inner + width - 1) // width)
-    cdef Py_ssize_t elems = C * width
+    cdef Py_ssize_t elems = C * width * (1 if g == NULL else 2)
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef float *stage = <float *>malloc(n_threads * elems * sizeof(float))
     if stage == NULL:
         raise MemoryError()
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
-            half_strided_unit(op, kind, x, out, out32, C, inner, width, u,
-                              stage + threadid() * elems)
+            _half_strided_unit(op, kind, g, x, out, out32, C, inner, width, u,
+                               stage + threadid() * elems)
     elif outer * C * inner < GIL_WORK:
-        _half_strided_serial(op, kind, x, out, out32, C, inner, width, n_units, stage)
+        _half_strided_serial(op, kind, g, x, out, out32, C, inner, width, n_units, stage)
     else:
         with nogil:
-            _half_strided_serial(op, kind, x, out, out32, C, inner, width, n_units, stage)
+            _half_strided_serial(op, kind, g, x, out, out32, C, inner, width, n_units, stage)
     free(stage)
     return 0
 
@@ -67,8 +85,8 @@ def half_strided(int op, const uint16_t[:, :, ::1] x, uint16_t[:, :, ::1] out, i
     """softmax (op 0) or log_softmax (op 1) over axis 1 of 16-bit x (outer, C,
     inner), rounded into out (may be x); at most HALF_STRIDED_CLASSES classes."""
     if x.shape[0] and x.shape[1] and x.shape[2]:
-        _half_strided_core(op, kind, &x[0, 0, 0], &out[0, 0, 0], <float *>NULL, x.shape[0],
-                           x.shape[1], x.shape[2], n_threads)
+        _half_strided_core(op, kind, NULL, &x[0, 0, 0], &out[0, 0, 0], <float *>NULL,
+                           x.shape[0], x.shape[1], x.shape[2], n_threads)
 
 
 def half_logsumexp_strided(const uint16_t[:, :, ::1] x, float[:, ::1] out, int kind,
@@ -80,8 +98,20 @@ def half_logsumexp_strided(const uint16_t[:, :, ::1] x, float[:, ::1] out, int k
     if x.shape[1] == 0:
         out[:, :] = -INFINITY
         return
-    _half_strided_core(OP_LOGSUMEXP, kind, &x[0, 0, 0], <uint16_t *>NULL, &out[0, 0],
+    _half_strided_core(OP_LOGSUMEXP, kind, NULL, &x[0, 0, 0], <uint16_t *>NULL, &out[0, 0],
                        x.shape[0], x.shape[1], x.shape[2], n_threads)
+
+
+def half_strided_backward(int op, const uint16_t[:, :, ::1] grad_output,
+                          const uint16_t[:, :, ::1] output, uint16_t[:, :, ::1] out, int kind,
+                          int n_threads):
+    """The gradient through softmax (op 0) or log_softmax (op 1) over axis 1
+    of 16-bit (outer, C, inner) arrays, the float32 result rounded once into
+    out (may be either input); at most HALF_STRIDED_CLASSES classes."""
+    if output.shape[0] and output.shape[1] and output.shape[2]:
+        _half_strided_core(op, kind, &grad_output[0, 0, 0], &output[0, 0, 0], &out[0, 0, 0],
+                           <float *>NULL, output.shape[0], output.shape[1], output.shape[2],
+                           n_threads)
 
 
 cdef void _half_strided_ce_serial(

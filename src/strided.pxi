@@ -278,3 +278,59 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
                                  n_units, stage, ex, cap, stream)
     free(stage)
     return pairwise_sum(loss, n_rows)
+
+
+# ---------------------------------------------------------------------------
+# the backward functions over the middle axis (stridedbackward.hpp)
+
+cdef extern from "stridedbackward.hpp" namespace "csoftmax" nogil:
+    void strided_backward_unit[T](
+        int op, const T *g, const T *a, T *out, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t u,
+        T *stage, int stream) noexcept
+    Py_ssize_t strided_backward_units[T](const T *a, Py_ssize_t C, Py_ssize_t inner) noexcept
+    Py_ssize_t strided_backward_stage_elems[T](const T *a, Py_ssize_t C,
+                                               Py_ssize_t inner) noexcept
+
+
+cdef void _strided_backward_serial(
+    int op, const floating *g, const floating *a, floating *out, Py_ssize_t C,
+    Py_ssize_t inner, Py_ssize_t n_units, floating *stage, int stream,
+) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(n_units):
+        strided_backward_unit(op, g, a, out, C, inner, u, stage, stream)
+
+
+def backward_strided(int op, const floating[:, :, ::1] grad_output,
+                     const floating[:, :, ::1] output, floating[:, :, ::1] out,
+                     int n_threads):
+    """The gradient through softmax (op OP_SOFTMAX: out = a (g - sum(g a))) or
+    log_softmax (OP_LOG_SOFTMAX: out = g - exp(o) sum(g)) over the middle
+    axis of (outer, C, inner) arrays, each position's sum over its C classes;
+    out may be grad_output or output."""
+    cdef Py_ssize_t outer = output.shape[0], C = output.shape[1], inner = output.shape[2]
+    if outer == 0 or C == 0 or inner == 0:
+        return
+    cdef const floating *g = &grad_output[0, 0, 0]
+    cdef const floating *a = &output[0, 0, 0]
+    cdef floating *o = &out[0, 0, 0]
+    cdef int stream = outer * C * inner * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes
+    cdef Py_ssize_t u, n_units = outer * strided_backward_units(a, C, inner)
+    cdef Py_ssize_t elems = strided_backward_stage_elems(a, C, inner)
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef floating *stage = NULL
+    if elems:
+        stage = <floating *>malloc(n_threads * elems * sizeof(floating))
+        if stage == NULL:
+            raise MemoryError()
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            strided_backward_unit(op, g, a, o, C, inner, u,
+                                  stage if stage == NULL else stage + threadid() * elems,
+                                  stream)
+    elif outer * C * inner < GIL_WORK:
+        _strided_backward_serial(op, g, a, o, C, inner, n_units, stage, stream)
+    else:
+        with nogil:
+            _strided_backward_serial(op, g, a, o, C, inner, n_units, stage, stream)
+    free(stage)

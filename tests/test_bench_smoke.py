@@ -230,7 +230,8 @@ def test_exp_floor_kernel(dtype):
 
 #: Tiny stand-ins of the parity cases' shapes (same ranks and class axes).
 TINY_PARITY = {"ce_axis1": (2, 5, 8, 8), "ce_3d": (2, 8, 50), "softmax_axis1": (4, 30, 6),
-               "softmax_axis0": (30, 40), "masked_padding": (16, 64),
+               "softmax_axis0": (30, 40), "softmax_backward_axis1": (4, 30, 6),
+               "softmax_backward_axis0": (30, 40), "masked_padding": (16, 64),
                "masked_random": (16, 64), "wide_logits": (32, 100), "extras_1000": (32, 100),
                "extras_32000": (8, 300)}
 
