@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _half
-from ._validation import env_num_threads
+from ._validation import MaskRows, RowLayout, env_num_threads
 
 
 def build_info():
@@ -356,6 +356,27 @@ def backward_strided(op, grad_output, output, out, n_threads):
         r = np.empty((output.shape[0] * output.shape[2], output.shape[1]), output.dtype)
         _backward_rows(op, _moved(grad_output), _moved(output), r, n_threads)
         out[...] = _moved_back(r, output.shape)
+
+
+def masked_strided(op, x, grad_output, mask, so, sc, si, out, n_threads):
+    """The masked row kernels on the moved arrays, the mask (outer, C, inner) by
+    its strides read as a MaskRows of that layout."""
+    outer, c, inner = x.shape
+    if x.size == 0:
+        return
+    mask3 = np.lib.stride_tricks.as_strided(mask, (outer, c, inner), (so, sc, si),
+                                            writeable=False)
+    rows = MaskRows(mask3, mask3.shape, RowLayout(mask3.shape, 1))
+    kernel = _MASKED_KERNELS[op]
+    if op == 2:  # logsumexp: out (outer * inner,)
+        kernel(_moved(x), rows, out, n_threads)
+        return
+    r = np.empty((outer * inner, c), x.dtype)
+    if grad_output is None:
+        kernel(_moved(x), rows, r, n_threads)
+    else:
+        kernel(_moved(grad_output), _moved(x), rows, r, n_threads)
+    out.reshape(x.shape)[...] = _moved_back(r, x.shape)
 
 
 def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoothing,

@@ -24,6 +24,7 @@ from ._validation import (
     check_same_shape,
     check_where,
     half_array,
+    middle_mask,
 )
 
 #: the masked kernels' ops (masked_row, src/masked.hpp), for half_masked_rows
@@ -79,9 +80,25 @@ class SoftmaxFunctions:
         return dims
 
     def _masked(self, kernel, inputs, where, compute, result, axis, out, num_threads,
-                name="x"):
+                name="x", masked_op=None):
         """Run a masked row kernel ``kernel(*rows, mask, rows_of_result, n_threads)``
-        over ``axis``; the mask is read in place (see MaskRows)."""
+        over ``axis``; the mask is read in place (see MaskRows).  With
+        ``masked_op`` (float32/float64 inputs), over one axis that is not the
+        last the kernels over the middle axis read x in place too."""
+        middle = (self._masked_middle(inputs[0].shape, where, axis, name)
+                  if masked_op is not None else None)
+        if middle is not None:
+            dims, view, strides = middle
+            if isinstance(out, np.ndarray) and np.may_share_memory(out, view):
+                raise ValueError("out must not overlap where")
+            masked_strided = self.kernels.masked_strided
+
+            def run3(*args):  # (x3, r3, threads) or (g3, a3, r3, threads)
+                *xs, r3, threads = args
+                g3 = xs[0] if len(xs) == 2 else None
+                masked_strided(masked_op, xs[-1], g3, view, *strides, r3.reshape(-1), threads)
+
+            return _run_strided(run3, None, inputs, compute, result, dims, out, num_threads)
         mask = MaskRows(where, inputs[0].shape, RowLayout(inputs[0].shape, axis), name)
         if isinstance(out, np.ndarray) and np.may_share_memory(out, mask.view):
             raise ValueError("out must not overlap where")
@@ -91,6 +108,21 @@ class SoftmaxFunctions:
 
         return _run_rows(run, inputs, compute, result, axis, out, num_threads,
                          split_rows=False)
+
+    def _masked_middle(self, shape, where, axis, name):
+        """``((outer, C, inner), view, (so, sc, si))`` where a mask over one axis that
+        is not the last (inner > 1, at most HALF_STRIDED_CLASSES classes: the
+        kernels' scratch) is read in place by three strides (middle_mask); else
+        None (the rows path)."""
+        layout = RowLayout(shape, axis)
+        dims = _middle(layout)
+        if (dims is None or dims[2] == 1 or dims[1] > HALF_STRIDED_CLASSES
+                or not hasattr(self.kernels, "masked_strided")):
+            return None
+        mask = middle_mask(where, shape, layout.axes[0], name)
+        if mask is None:
+            return None
+        return dims, mask[0], mask[1:]
 
     def _masked_rowwise(self, kernel, x, where, axis, out, num_threads, masked_op):
         xh, kind = half_array(x, "x")
@@ -102,7 +134,8 @@ class SoftmaxFunctions:
 
             return self._masked(run, (xh,), where, xh.dtype, xh.dtype, axis, out, num_threads)
         xc, compute, result = as_compute_array(xh, "x")
-        return self._masked(kernel, (xc,), where, compute, result, axis, out, num_threads)
+        return self._masked(kernel, (xc,), where, compute, result, axis, out, num_threads,
+                            masked_op=masked_op)
 
     # -- softmax family ----------------------------------------------------
 
@@ -289,6 +322,14 @@ class SoftmaxFunctions:
         else:  # 16-bit rows read as they are, the results in float32 rounded once
             xc, compute, result = xh, np.dtype(np.float32), xh.dtype
         layout = RowLayout(xc.shape, axis)
+        middle = self._masked_middle(xc.shape, where, axis, "x") if kind is None else None
+        if middle is not None:  # over one axis that is not the last: x read in place
+            (outer, n, inner), view, strides = middle
+            r = np.empty(layout.n_rows, compute)
+            self.kernels.masked_strided(
+                _MASKED_LOGSUMEXP, xc.reshape(outer, n, inner), None, view, *strides, r,
+                _threads_strided(outer, n, inner, compute.itemsize, num_threads))
+            return _reduction_result(r, layout, keepdims, result, return_sign)
         mask = MaskRows(where, xc.shape, layout)
         r = np.empty(layout.n_rows, compute)
         threads = _threads_for(layout.n_rows, layout.n, num_threads, False)
@@ -374,8 +415,10 @@ class SoftmaxFunctions:
             g = g.astype(compute, copy=False)
             a = a.astype(compute, copy=False)
         if where is not None:
+            masked_op = (_MASKED_SOFTMAX_BACKWARD if op == _OP_SOFTMAX
+                         else _MASKED_LOG_SOFTMAX_BACKWARD)
             return self._masked(kernel, (g, a), where, compute, result, axis, out, num_threads,
-                                "output")
+                                "output", masked_op)
         dims = _middle(RowLayout(a.shape, axis))
         if dims is not None:
             # over one axis that is not the last: read in place, no moved copies

@@ -511,6 +511,20 @@ def _linear_offsets(shape, strides):
     return 0, offsets
 
 
+def middle_mask(where, shape, axis, name="x"):
+    """``(view, so, sc, si)`` for a mask over the single reduced axis ``axis``
+    (an index) of a C-contiguous ``shape`` viewed as ``(outer, C, inner)``:
+    ``view = np.broadcast_to(where, shape)`` keeps entry ``(o, c, j)`` at byte
+    ``o so + c sc + j si`` of its data; None where the axes before or after
+    ``axis`` do not collapse into one stride (the rows path, MaskRows, then)."""
+    view = np.broadcast_to(check_where(where, shape, name), tuple(shape))
+    so, outer_offsets = _linear_offsets(view.shape[:axis], view.strides[:axis])
+    si, inner_offsets = _linear_offsets(view.shape[axis + 1:], view.strides[axis + 1:])
+    if outer_offsets is not None or inner_offsets is not None:
+        return None
+    return view, so, view.strides[axis], si
+
+
 class MaskRows:
     """A ``where=`` mask as the masked kernels read it, without a copy.
 

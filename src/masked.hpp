@@ -3,6 +3,9 @@
  * softmax, log_softmax, logsumexp and the two backward passes over the
  * entries of a row that a boolean mask keeps.
  *
+ * (Over a single axis that is not the last, float32/float64 x is not moved:
+ * see maskedstrided.hpp.)
+ *
  * The mask is read where it lies: the Python layer passes the data pointer of
  * np.broadcast_to(where, x.shape) with its axes moved as x's, and how to find
  * a row's bytes in it (MaskRows): row i starts at base + row_off[i] (or

@@ -157,3 +157,71 @@ def masked_log_softmax_backward_rows(const floating[:, ::1] grad_output,
         keep = _mask_rows(mask, output.shape[1], n_threads, &mk)
         _masked_core(MASKED_LOG_SOFTMAX_BACKWARD, &output[0, 0], &grad_output[0, 0],
                      &out[0, 0], output.shape[0], output.shape[1], &mk, n_threads)
+
+
+# ---------------------------------------------------------------------------
+# over the middle axis of (outer, C, inner) arrays (maskedstrided.hpp)
+
+cdef extern from "maskedstrided.hpp" namespace "csoftmax" nogil:
+    ctypedef struct MaskStrides:
+        const uint8_t *base
+        int64_t so
+        int64_t sc
+        int64_t si
+    void masked_strided_unit[T](int op, const T *x, const T *g, T *out,
+                                const MaskStrides *mk, Py_ssize_t C, Py_ssize_t inner,
+                                Py_ssize_t width, Py_ssize_t u, T *stage,
+                                T *gstage) noexcept
+    Py_ssize_t masked_strided_width(Py_ssize_t C) noexcept
+
+
+cdef void _masked_strided_serial(
+    int op, const floating *x, const floating *g, floating *out, const MaskStrides *mk,
+    Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t n_units, floating *stage,
+    Py_ssize_t elems,
+) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(n_units):
+        masked_strided_unit(op, x, g, out, mk, C, inner, width, u, stage, stage + elems)
+
+
+def masked_strided(int op, const floating[:, :, ::1] x, const floating[:, :, ::1] grad_output,
+                   object mask, int64_t so, int64_t sc, int64_t si, floating[::1] out,
+                   int n_threads):
+    """Masked op (MASKED_SOFTMAX .. MASKED_LOG_SOFTMAX_BACKWARD) over axis 1
+    of x (outer, C, inner) with C <= HALF_STRIDED_CLASSES: mask (a bool
+    array, np.broadcast_to(where, x.shape)) keeps entry (o, c, j) at byte
+    o so + c sc + j si of its data; grad_output (x's shape) for the backward
+    ops, else None; out: x's elements flattened, or (outer, inner)'s for
+    logsumexp; out may be x or grad_output."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    if outer == 0 or C == 0 or inner == 0:
+        return
+    cdef MaskStrides mk
+    mk.base = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>mask)
+    mk.so = so
+    mk.sc = sc
+    mk.si = si
+    cdef const floating *g = NULL
+    if grad_output is not None:
+        g = &grad_output[0, 0, 0]
+    cdef const floating *xp = &x[0, 0, 0]
+    cdef floating *o = &out[0]
+    cdef Py_ssize_t u, width = masked_strided_width(C)
+    cdef Py_ssize_t n_units = outer * ((inner + width - 1) // width)
+    cdef Py_ssize_t elems = C * width
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef floating *stage = <floating *>malloc(n_threads * 2 * elems * sizeof(floating))
+    if stage == NULL:
+        raise MemoryError()
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            masked_strided_unit(op, xp, g, o, &mk, C, inner, width, u,
+                                stage + threadid() * 2 * elems,
+                                stage + threadid() * 2 * elems + elems)
+    elif outer * C * inner < GIL_WORK:
+        _masked_strided_serial(op, xp, g, o, &mk, C, inner, width, n_units, stage, elems)
+    else:
+        with nogil:
+            _masked_strided_serial(op, xp, g, o, &mk, C, inner, width, n_units, stage, elems)
+    free(stage)

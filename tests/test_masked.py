@@ -384,10 +384,11 @@ def test_out_and_in_place(kernel_frontend, dtype, rng):
         y = x.copy()
         assert fn(y, where=where, out=y) is y
         assert_bitwise_equal(y, expected)
-        # a non-trailing axis: into a fresh array, copied into out
+        # a non-trailing axis (the kernels over the middle axis, which sum in class
+        # order): the same values within rounding
         out_t = np.empty(x.T.shape, dtype)
-        fn(x.T, 0, where=where.T, out=out_t)
-        assert_bitwise_equal(out_t, expected.T)
+        assert fn(x.T, 0, where=where.T, out=out_t) is out_t
+        assert_close(out_t, expected.T, dtype, row_scale([expected.T]), what=name)
     a = kernel_frontend.softmax(x, where=where)
     expected = kernel_frontend.softmax_backward(g, a, where=where)
     gg = g.copy()
