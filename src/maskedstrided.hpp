@@ -100,7 +100,7 @@ static CS_REDUCTION void masked_strided_unit(int op, const T *x, const T *g, T *
     T *r = backward ? gstage : stage;
     if (backward) {
         const int bop = op == MASKED_SOFTMAX_BACKWARD ? STRIDED_SOFTMAX : STRIDED_LOG_SOFTMAX;
-        const idx_t units = strided_backward_units(stage, C, w);
+        const idx_t units = strided_backward_units(stage, C, w, 0);
         for (idx_t s = 0; s < units; ++s)
             strided_backward_unit<T>(bop, gstage, stage, gstage, C, w, s, NULL, 0);
     } else {

@@ -287,7 +287,8 @@ cdef extern from "stridedbackward.hpp" namespace "csoftmax" nogil:
     void strided_backward_unit[T](
         int op, const T *g, const T *a, T *out, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t u,
         T *stage, int stream) noexcept
-    Py_ssize_t strided_backward_units[T](const T *a, Py_ssize_t C, Py_ssize_t inner) noexcept
+    Py_ssize_t strided_backward_units[T](const T *out, Py_ssize_t C, Py_ssize_t inner,
+                                         int stream) noexcept
     Py_ssize_t strided_backward_stage_elems[T](const T *a, Py_ssize_t C,
                                                Py_ssize_t inner) noexcept
 
@@ -315,7 +316,9 @@ def backward_strided(int op, const floating[:, :, ::1] grad_output,
     cdef const floating *a = &output[0, 0, 0]
     cdef floating *o = &out[0, 0, 0]
     cdef int stream = outer * C * inner * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes
-    cdef Py_ssize_t u, n_units = outer * strided_backward_units(a, C, inner)
+    cdef Py_ssize_t n_units = strided_backward_units(<const floating *>o, C, inner, stream)
+    cdef Py_ssize_t u
+    n_units *= outer
     cdef Py_ssize_t elems = strided_backward_stage_elems(a, C, inner)
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = NULL
