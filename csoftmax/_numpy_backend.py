@@ -379,6 +379,17 @@ def masked_strided(op, x, grad_output, mask, so, sc, si, out, n_threads):
     out.reshape(x.shape)[...] = _moved_back(r, x.shape)
 
 
+def half_masked_strided(op, x, grad_output, mask, so, sc, si, out, out32, kind, n_threads):
+    x32 = _half.load_numpy(x, kind)
+    g32 = None if grad_output is None else _half.load_numpy(grad_output, kind)
+    if op == 2:  # logsumexp: float32 out32
+        masked_strided(op, x32, None, mask, so, sc, si, out32, n_threads)
+        return
+    r = np.empty(x32.size, np.float32)
+    masked_strided(op, x32, g32, mask, so, sc, si, r, n_threads)
+    _half.store_numpy(r, out, kind)
+
+
 def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoothing,
                                 grad_scale, row_loss, grad, n_threads, **options):
     if row_loss.size == 0:

@@ -80,23 +80,29 @@ class SoftmaxFunctions:
         return dims
 
     def _masked(self, kernel, inputs, where, compute, result, axis, out, num_threads,
-                name="x", masked_op=None):
+                name="x", masked_op=None, kind=None):
         """Run a masked row kernel ``kernel(*rows, mask, rows_of_result, n_threads)``
         over ``axis``; the mask is read in place (see MaskRows).  With
-        ``masked_op`` (float32/float64 inputs), over one axis that is not the
-        last the kernels over the middle axis read x in place too."""
+        ``masked_op``, over one axis that is not the last the kernels over the
+        middle axis read x in place too (16-bit inputs of ``kind``: as their
+        bits, computed in float32)."""
         middle = (self._masked_middle(inputs[0].shape, where, axis, name)
                   if masked_op is not None else None)
         if middle is not None:
             dims, view, strides = middle
             if isinstance(out, np.ndarray) and np.may_share_memory(out, view):
                 raise ValueError("out must not overlap where")
-            masked_strided = self.kernels.masked_strided
 
             def run3(*args):  # (x3, r3, threads) or (g3, a3, r3, threads)
                 *xs, r3, threads = args
                 g3 = xs[0] if len(xs) == 2 else None
-                masked_strided(masked_op, xs[-1], g3, view, *strides, r3.reshape(-1), threads)
+                if kind is None:
+                    self.kernels.masked_strided(masked_op, xs[-1], g3, view, *strides,
+                                                r3.reshape(-1), threads)
+                else:
+                    self.kernels.half_masked_strided(
+                        masked_op, bits(xs[-1]), None if g3 is None else bits(g3), view,
+                        *strides, bits(r3).reshape(-1), None, kind, threads)
 
             return _run_strided(run3, None, inputs, compute, result, dims, out, num_threads)
         mask = MaskRows(where, inputs[0].shape, RowLayout(inputs[0].shape, axis), name)
@@ -132,7 +138,8 @@ class SoftmaxFunctions:
             def run(x2, mask, r2, threads):
                 half_masked(masked_op, bits(x2), None, mask, bits(r2), kind, threads)
 
-            return self._masked(run, (xh,), where, xh.dtype, xh.dtype, axis, out, num_threads)
+            return self._masked(run, (xh,), where, xh.dtype, xh.dtype, axis, out, num_threads,
+                                masked_op=masked_op, kind=kind)
         xc, compute, result = as_compute_array(xh, "x")
         return self._masked(kernel, (xc,), where, compute, result, axis, out, num_threads,
                             masked_op=masked_op)
@@ -322,13 +329,18 @@ class SoftmaxFunctions:
         else:  # 16-bit rows read as they are, the results in float32 rounded once
             xc, compute, result = xh, np.dtype(np.float32), xh.dtype
         layout = RowLayout(xc.shape, axis)
-        middle = self._masked_middle(xc.shape, where, axis, "x") if kind is None else None
+        middle = self._masked_middle(xc.shape, where, axis, "x")
         if middle is not None:  # over one axis that is not the last: x read in place
             (outer, n, inner), view, strides = middle
             r = np.empty(layout.n_rows, compute)
-            self.kernels.masked_strided(
-                _MASKED_LOGSUMEXP, xc.reshape(outer, n, inner), None, view, *strides, r,
-                _threads_strided(outer, n, inner, compute.itemsize, num_threads))
+            threads = _threads_strided(outer, n, inner, xc.itemsize, num_threads)
+            if kind is None:
+                self.kernels.masked_strided(_MASKED_LOGSUMEXP, xc.reshape(outer, n, inner),
+                                            None, view, *strides, r, threads)
+            else:
+                self.kernels.half_masked_strided(
+                    _MASKED_LOGSUMEXP, bits(xc).reshape(outer, n, inner), None, view,
+                    *strides, None, r, kind, threads)
             return _reduction_result(r, layout, keepdims, result, return_sign)
         mask = MaskRows(where, xc.shape, layout)
         r = np.empty(layout.n_rows, compute)
@@ -386,7 +398,7 @@ class SoftmaxFunctions:
                 half_masked(masked_op, bits(a2), bits(g2), mask, bits(r2), kind, threads)
 
             return self._masked(run_masked, (gh, ah), where, ah.dtype, ah.dtype, axis, out,
-                                num_threads, "output")
+                                num_threads, "output", masked_op, kind)
         if kind is not None and g_kind == kind:
             check_same_shape(gh, ah, "grad_output", "output")
             dims = self._half_middle(ah, axis)

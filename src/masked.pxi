@@ -168,21 +168,63 @@ cdef extern from "maskedstrided.hpp" namespace "csoftmax" nogil:
         int64_t so
         int64_t sc
         int64_t si
-    void masked_strided_unit[T](int op, const T *x, const T *g, T *out,
-                                const MaskStrides *mk, Py_ssize_t C, Py_ssize_t inner,
-                                Py_ssize_t width, Py_ssize_t u, T *stage,
-                                T *gstage) noexcept
+    void masked_strided_unit_of[S](int op, int kind, const S *x, const S *g, S *out,
+                                   void *lse, const MaskStrides *mk, Py_ssize_t C,
+                                   Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u,
+                                   void *stage) noexcept
     Py_ssize_t masked_strided_width(Py_ssize_t C) noexcept
 
 
+ctypedef fused masked_storage:
+    float
+    double
+    uint16_t
+
+
 cdef void _masked_strided_serial(
-    int op, const floating *x, const floating *g, floating *out, const MaskStrides *mk,
-    Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t n_units, floating *stage,
-    Py_ssize_t elems,
+    int op, int kind, const masked_storage *x, const masked_storage *g, masked_storage *out,
+    void *lse, const MaskStrides *mk, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width,
+    Py_ssize_t n_units, char *stage,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
-        masked_strided_unit(op, x, g, out, mk, C, inner, width, u, stage, stage + elems)
+        masked_strided_unit_of(op, kind, x, g, out, lse, mk, C, inner, width, u, stage)
+
+
+cdef int _masked_strided_core(
+    int op, int kind, const masked_storage *x, const masked_storage *g, masked_storage *out,
+    void *lse, object mask, int64_t so, int64_t sc, int64_t si, Py_ssize_t outer,
+    Py_ssize_t C, Py_ssize_t inner, int n_threads,
+) except -1:
+    """masked op over axis 1 of (outer, C, inner) x of storage masked_storage,
+    computed in its type (float32 for 16-bit; see masked_strided)."""
+    cdef MaskStrides mk
+    mk.base = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>mask)
+    mk.so = so
+    mk.sc = sc
+    mk.si = si
+    cdef Py_ssize_t u, width = masked_strided_width(C)
+    cdef Py_ssize_t n_units = outer * ((inner + width - 1) // width)
+    cdef Py_ssize_t compute_size = sizeof(masked_storage)
+    if masked_storage is uint16_t:
+        compute_size = sizeof(float)
+    cdef Py_ssize_t stage_bytes = 2 * C * width * compute_size   # a thread's two blocks
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef char *stage = <char *>malloc(n_threads * stage_bytes)
+    if stage == NULL:
+        raise MemoryError()
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            masked_strided_unit_of(op, kind, x, g, out, lse, &mk, C, inner, width, u,
+                                   stage + threadid() * stage_bytes)
+    elif outer * C * inner < GIL_WORK:
+        _masked_strided_serial(op, kind, x, g, out, lse, &mk, C, inner, width, n_units, stage)
+    else:
+        with nogil:
+            _masked_strided_serial(op, kind, x, g, out, lse, &mk, C, inner, width, n_units,
+                                   stage)
+    free(stage)
+    return 0
 
 
 def masked_strided(int op, const floating[:, :, ::1] x, const floating[:, :, ::1] grad_output,
@@ -194,34 +236,35 @@ def masked_strided(int op, const floating[:, :, ::1] x, const floating[:, :, ::1
     o so + c sc + j si of its data; grad_output (x's shape) for the backward
     ops, else None; out: x's elements flattened, or (outer, inner)'s for
     logsumexp; out may be x or grad_output."""
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    if outer == 0 or C == 0 or inner == 0:
+    if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
         return
-    cdef MaskStrides mk
-    mk.base = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>mask)
-    mk.so = so
-    mk.sc = sc
-    mk.si = si
     cdef const floating *g = NULL
     if grad_output is not None:
         g = &grad_output[0, 0, 0]
-    cdef const floating *xp = &x[0, 0, 0]
     cdef floating *o = &out[0]
-    cdef Py_ssize_t u, width = masked_strided_width(C)
-    cdef Py_ssize_t n_units = outer * ((inner + width - 1) // width)
-    cdef Py_ssize_t elems = C * width
-    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
-    cdef floating *stage = <floating *>malloc(n_threads * 2 * elems * sizeof(floating))
-    if stage == NULL:
-        raise MemoryError()
-    if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
-            masked_strided_unit(op, xp, g, o, &mk, C, inner, width, u,
-                                stage + threadid() * 2 * elems,
-                                stage + threadid() * 2 * elems + elems)
-    elif outer * C * inner < GIL_WORK:
-        _masked_strided_serial(op, xp, g, o, &mk, C, inner, width, n_units, stage, elems)
-    else:
-        with nogil:
-            _masked_strided_serial(op, xp, g, o, &mk, C, inner, width, n_units, stage, elems)
-    free(stage)
+    cdef bint lse = op == MASKED_LOGSUMEXP
+    _masked_strided_core(op, 0, &x[0, 0, 0], g, <floating *>NULL if lse else o,
+                         <void *>o if lse else NULL, mask, so, sc, si, x.shape[0], x.shape[1],
+                         x.shape[2], n_threads)
+
+
+def half_masked_strided(int op, const uint16_t[:, :, ::1] x,
+                        const uint16_t[:, :, ::1] grad_output, object mask, int64_t so,
+                        int64_t sc, int64_t si, uint16_t[::1] out, float[::1] out32, int kind,
+                        int n_threads):
+    """masked_strided for 16-bit x and grad_output of kind `kind`, computed in
+    float32: out (16-bit, the result rounded once) or, for logsumexp, out32
+    (float32, (outer, inner) flattened); the other None."""
+    if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+        return
+    cdef const uint16_t *g = NULL
+    if grad_output is not None:
+        g = &grad_output[0, 0, 0]
+    cdef uint16_t *o = NULL
+    cdef float *o32 = NULL
+    if out is not None:
+        o = &out[0]
+    if out32 is not None:
+        o32 = &out32[0]
+    _masked_strided_core(op, kind, &x[0, 0, 0], g, o, <void *>o32, mask, so, sc, si,
+                         x.shape[0], x.shape[1], x.shape[2], n_threads)

@@ -6,6 +6,10 @@
  * the unmasked call's time, up to 4x PyTorch's masked_fill + softmax (1000 x
  * 4096 over axis 0, AVX2, 2 threads).
  *
+ * float16/bfloat16 rows are converted into the float32 scratch as they are
+ * selected, and each result row rounded once: the float32 masked call over
+ * the same axis rounded once.
+ *
  * The mask is np.broadcast_to(where, x.shape) read in place through three byte
  * strides, one per group of axes (outer, classes, inner; a broadcast axis has
  * stride 0; the Python layer takes this path only where each group collapses
@@ -63,21 +67,51 @@ static inline void select_row(const T *src, const uint8_t *kept, T fill, T *dst,
     for (idx_t j = 0; j < w; ++j) dst[j] = kept[j] != 0 ? src[j] : fill;
 }
 
+/* A row of x (or g) into the scratch with the mask as a select; 16-bit rows
+ * (kind) converted first, then selected in place. */
+template <typename T>
+static inline void load_selected(const T *src, int, const uint8_t *kept, T drop, T *dst,
+                                 idx_t w) {
+    select_row(src, kept, drop, dst, w);
+}
+static inline void load_selected(const uint16_t *src, int kind, const uint8_t *kept, float drop,
+                                 float *dst, idx_t w) {
+    half_load(kind, src, dst, w);
+    select_row(dst, kept, drop, dst, w);
+}
+
+/* A result row out of the scratch with the mask as a select; 16-bit out
+ * selected into `row` (w floats), then rounded once into dst. */
+template <typename T>
+static inline void store_selected(const T *src, const uint8_t *kept, T fill, T *dst, T *, int,
+                                  idx_t w) {
+    select_row(src, kept, fill, dst, w);
+}
+static inline void store_selected(const float *src, const uint8_t *kept, float fill,
+                                  uint16_t *dst, float *row, int kind, idx_t w) {
+    select_row(src, kept, fill, row, w);
+    half_store(kind, row, dst, w);
+}
+
 /* Unit u of masked op (MASKED_SOFTMAX .. MASKED_LOG_SOFTMAX_BACKWARD) over
  * the middle axis of x (the forward's input, or for the backward ops its
  * output) and g (grad_output; NULL for the forward ops), all (outer, C,
- * inner); out likewise, or (outer, inner) for logsumexp; out may be x or g.
- * width: positions a unit; stage (and gstage for the backward ops): C x width
- * elements of the thread's scratch. */
-template <typename T>
-static CS_REDUCTION void masked_strided_unit(int op, const T *x, const T *g, T *out,
-                                             const MaskStrides *mk, idx_t C, idx_t inner,
-                                             idx_t width, idx_t u, T *stage, T *gstage) {
+ * inner) of storage S: T (float, double) or uint16_t (float16/bfloat16 of
+ * kind `kind`, computed in T = float and rounded once); out likewise (may be
+ * x or g), or for logsumexp lse (outer, inner) in T.  width: positions a
+ * unit; stage (and gstage for the backward ops): C x width elements of the
+ * thread's scratch. */
+template <typename S, typename T>
+static CS_REDUCTION void masked_strided_unit(int op, int kind, const S *x, const S *g, S *out,
+                                             T *lse, const MaskStrides *mk, idx_t C,
+                                             idx_t inner, idx_t width, idx_t u, T *stage,
+                                             T *gstage) {
     const HalfStridedBlock b = half_strided_block(C, inner, width, u);
     const idx_t w = b.w, o = b.pos / inner, j0 = b.pos - o * inner;
     const bool backward = op >= MASKED_SOFTMAX_BACKWARD;
     const T drop = backward ? (T)0 : (T)-INFINITY;   /* a masked entry in the scratch */
     uint8_t kept[HALF_STRIDED_MAX_W];
+    T row[sizeof(S) < sizeof(T) ? HALF_STRIDED_MAX_W : 1];   /* a 16-bit result row */
     /* rows apart: prefetched PREFETCH_ROWS ahead, as in strided.hpp (1000 x 4096
      * over axis 0, rows in pages of their own) */
     const bool ahead = inner > w;
@@ -88,13 +122,13 @@ static CS_REDUCTION void masked_strided_unit(int op, const T *x, const T *g, T *
             if (backward) prefetch_row(g + at + PREFETCH_ROWS * inner, w, 0);
         }
         mask_block_row(*mk, o, c, j0, w, kept);
-        select_row(x + at, kept, drop, stage + c * w, w);
-        if (backward) select_row(g + at, kept, drop, gstage + c * w, w);
+        load_selected(x + at, kind, kept, drop, stage + c * w, w);
+        if (backward) load_selected(g + at, kind, kept, drop, gstage + c * w, w);
     }
     if (op == MASKED_LOGSUMEXP) {
-        const idx_t units = strided_units<T>(out + b.pos, C, w, 0, (T)0);
+        const idx_t units = strided_units<T>(lse + b.pos, C, w, 0, (T)0);
         for (idx_t s = 0; s < units; ++s)
-            strided_unit<T>(STRIDED_LOGSUMEXP, stage, out + b.pos, C, w, s, NULL, 0);
+            strided_unit<T>(STRIDED_LOGSUMEXP, stage, lse + b.pos, C, w, s, NULL, 0);
         return;
     }
     T *r = backward ? gstage : stage;
@@ -113,8 +147,23 @@ static CS_REDUCTION void masked_strided_unit(int op, const T *x, const T *g, T *
         const idx_t at = b.el + c * inner;
         if (ahead && c + PREFETCH_ROWS < C) prefetch_row(out + at + PREFETCH_ROWS * inner, w, 1);
         mask_block_row(*mk, o, c, j0, w, kept);
-        select_row(r + c * w, kept, fill, out + at, w);
+        store_selected(r + c * w, kept, fill, out + at, row, kind, w);
     }
+}
+
+/* masked_strided_unit with T the compute type of the storage S (float for
+ * 16-bit storage, else S); lse: T values, stage: 2 C width of them. */
+template <typename S> struct MaskedCompute { typedef S T; };
+template <> struct MaskedCompute<uint16_t> { typedef float T; };
+
+template <typename S>
+static inline void masked_strided_unit_of(int op, int kind, const S *x, const S *g, S *out,
+                                          void *lse, const MaskStrides *mk, idx_t C,
+                                          idx_t inner, idx_t width, idx_t u, void *stage) {
+    typedef typename MaskedCompute<S>::T T;
+    T *st = (T *)stage;
+    masked_strided_unit<S, T>(op, kind, x, g, out, (T *)lse, mk, C, inner, width, u, st,
+                              st + C * width);
 }
 
 }  // namespace csoftmax

@@ -157,11 +157,68 @@ def test_no_moved_copy(kernel_frontend):
     if kernel_frontend.name == "numpy":
         pytest.skip("the NumPy twin moves the axis (copies)")
     x, where, _ = _inputs((16, 200, 256), (16, 1, 256), np.float32, ("memory",))
-    kernel_frontend.softmax(x, 1, where=where)
+    _assert_result_only(kernel_frontend, x, where)
+
+
+def _assert_result_only(fe, x, where):
+    """softmax over axis 1 allocates nothing of x's size but its result."""
+    fe.softmax(x, 1, where=where)
     tracemalloc.start()
     try:
-        kernel_frontend.softmax(x, 1, where=where, num_threads=2)
+        fe.softmax(x, 1, where=where, num_threads=2)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 1.25 * x.nbytes, f"peak {peak} bytes for a result of {x.nbytes}"
+
+
+# ---- float16 and bfloat16 -----------------------------------------------------------------
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+HALF = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def _round(r32, dtype):
+    from csoftmax import _half
+
+    out = np.empty(r32.shape, np.uint16)
+    _half.store_numpy(r32, out, _half.F16 if dtype == np.float16 else _half.BF16)
+    return out.view(dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("shape", "mshape", "axis"), [((3, 7, 5), (3, 7, 5), 1),
+                                                       ((300, 130), (300, 1), 0),
+                                                       ((2, 21, 4, 33), (2, 1, 4, 33), 1)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", list(HALF), ids=list(HALF))
+def test_16bit(kernel_frontend, dtype, shape, mshape, axis, threads):
+    """16-bit inputs over a middle axis are read in place too, computed in float32: the
+    float32 masked call over the same axis on the converted inputs, rounded once, bit for
+    bit (logsumexp: in the logits' dtype as it returns it); out= and in place."""
+    fe = kernel_frontend
+    dt = HALF[dtype]
+    x, where, rng = _inputs(shape, mshape, np.float32, (fe.name, dtype, shape, threads))
+    x = x.astype(dt)
+    x32 = x.astype(np.float32)
+    g = rng.standard_normal(shape).astype(dt)
+    kw = dict(where=where, num_threads=threads)
+    for name in ("softmax", "log_softmax"):
+        fn = getattr(fe, name)
+        want = _round(fn(x32, axis, **kw), dt)
+        assert_bitwise_equal(fn(x, axis, **kw), want, name)
+        y = x.copy()
+        assert fn(y, axis, out=y, **kw) is y
+        assert_bitwise_equal(y, want, f"{name} in place")
+        back = getattr(fe, f"{name}_backward")
+        want_g = _round(back(g.astype(np.float32), want.astype(np.float32), axis, **kw), dt)
+        assert_bitwise_equal(back(g, want, axis, **kw), want_g, f"{name}_backward")
+    assert_bitwise_equal(fe.logsumexp(x, axis, **kw),
+                         fe.logsumexp(x32, axis, **kw).astype(dt), "logsumexp")
+
+
+def test_16bit_no_moved_copy(kernel_frontend):
+    if kernel_frontend.name == "numpy":
+        pytest.skip("the NumPy twin computes on float32 copies")
+    x, where, _ = _inputs((16, 200, 256), (16, 1, 256), np.float32, ("memory16",))
+    _assert_result_only(kernel_frontend, x.astype(HALF["bfloat16"]), where)
