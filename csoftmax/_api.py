@@ -25,7 +25,7 @@ from ._runner import (  # noqa: F401 - re-exported: the thread policy's constant
     COLUMN_CHUNK,
     MAX_THREADS,
     SMALL_WORK,
-    STRIDED_BLOCK_BYTES,
+    STRIDED_MIN_UNIT_BYTES,
     _threads_for,
     _threads_strided,
 )

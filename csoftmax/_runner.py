@@ -30,14 +30,16 @@ _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 # _kernels.COLUMN_CHUNK; a test checks they agree): a call may use as many
 # threads as it has chunks.
 COLUMN_CHUNK = 1 << 14
-# Bytes of consecutive positions per unit of the kernels over a middle axis
-# (STRIDED_BYTES in src/strided.hpp, exported as _kernels.STRIDED_BLOCK_BYTES),
-# doubled for few classes (_strided_unit_bytes): a call over (outer, C, inner)
-# may use as many threads as it has units, outer * ceil(inner * itemsize /
-# unit bytes).
-STRIDED_BLOCK_BYTES = 256
-# the limits of the doubling (WIDE_BYTES, WIDE_STAGE, STAGE_STRIDE there)
-_STRIDED_WIDE_BYTES, _STRIDED_WIDE_STAGE, _STRIDED_STAGE_STRIDE = 4096, 1 << 17, 2048
+# Bytes of consecutive positions of the narrowest unit (a block of positions
+# of one outer index) of the kernels over a middle axis: one cache line, to
+# which the backward kernels' blocks narrow for many classes
+# (strided_backward_width in src/stridedbackward.hpp).  A call over (outer,
+# C, inner) is given at most outer * ceil(inner * itemsize / these bytes)
+# threads, and each kernel takes no more than its own units: the forward's
+# blocks are wider (strided_block_bytes), the 16-bit and masked ones another
+# width again, and one count that never falls short of any of them keeps a
+# second copy of their rules out of this layer.
+STRIDED_MIN_UNIT_BYTES = 64
 # op codes of the compiled fast path (OP_SOFTMAX, OP_LOG_SOFTMAX in src/kernels.pxi)
 _OP_SOFTMAX, _OP_LOG_SOFTMAX = 0, 1
 
@@ -99,28 +101,17 @@ def _as_result(r, result, out=None):
     return r if r.dtype == result else r.astype(result)
 
 
-def _strided_unit_bytes(n, inner_bytes):
-    """Bytes of positions per unit over n classes of inner_bytes
-    (strided_block_bytes in src/strided.hpp; a test checks they agree)."""
-    b = STRIDED_BLOCK_BYTES
-    if inner_bytes >= _STRIDED_STAGE_STRIDE:
-        while (2 * b <= _STRIDED_WIDE_BYTES and n * 2 * b <= _STRIDED_WIDE_STAGE
-               and 4 * b <= inner_bytes):
-            b *= 2
-    return b
-
-
 def _threads_strided(outer, n, inner, itemsize, num_threads):
     """Thread count of a call over the middle axis of (outer, n, inner), as
-    _threads_for: one for small work, at most the units (outer index, block
-    of positions) and MAX_THREADS."""
+    _threads_for: one for small work, at most MAX_THREADS and the units of
+    STRIDED_MIN_UNIT_BYTES (the kernel then takes at most its own units)."""
     if num_threads is not None:
         num_threads = check_num_threads(num_threads)
     if outer * n * inner < SMALL_WORK:
         return 1
     if num_threads is None:
         num_threads = _threads.get_num_threads()
-    units = outer * -(-inner * itemsize // _strided_unit_bytes(n, inner * itemsize))
+    units = outer * -(-inner * itemsize // STRIDED_MIN_UNIT_BYTES)
     return max(1, min(num_threads, units, MAX_THREADS))
 
 

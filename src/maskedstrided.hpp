@@ -114,13 +114,10 @@ static CS_REDUCTION void masked_strided_unit(int op, int kind, const S *x, const
     T row[sizeof(S) < sizeof(T) ? HALF_STRIDED_MAX_W : 1];   /* a 16-bit result row */
     /* rows apart: prefetched PREFETCH_ROWS ahead, as in strided.hpp (1000 x 4096
      * over axis 0, rows in pages of their own) */
-    const bool ahead = inner > w;
     for (idx_t c = 0; c < C; ++c) {
         const idx_t at = b.el + c * inner;
-        if (ahead && c + PREFETCH_ROWS < C) {
-            prefetch_row(x + at + PREFETCH_ROWS * inner, w, 0);
-            if (backward) prefetch_row(g + at + PREFETCH_ROWS * inner, w, 0);
-        }
+        prefetch_ahead(x + at, c, C, inner, w, 0);
+        if (backward) prefetch_ahead(g + at, c, C, inner, w, 0);
         mask_block_row(*mk, o, c, j0, w, kept);
         load_selected(x + at, kind, kept, drop, stage + c * w, w);
         if (backward) load_selected(g + at, kind, kept, drop, gstage + c * w, w);
@@ -145,7 +142,7 @@ static CS_REDUCTION void masked_strided_unit(int op, int kind, const S *x, const
     const T fill = op == MASKED_LOG_SOFTMAX ? (T)-INFINITY : (T)0;
     for (idx_t c = 0; c < C; ++c) {
         const idx_t at = b.el + c * inner;
-        if (ahead && c + PREFETCH_ROWS < C) prefetch_row(out + at + PREFETCH_ROWS * inner, w, 1);
+        prefetch_ahead(out + at, c, C, inner, w, 1);
         mask_block_row(*mk, o, c, j0, w, kept);
         store_selected(r + c * w, kept, fill, out + at, row, kind, w);
     }

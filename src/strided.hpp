@@ -87,7 +87,14 @@ template <typename T> static inline idx_t strided_width(idx_t C, idx_t inner) {
  * that read or write them in place prefetch PREFETCH_ROWS rows ahead. */
 enum { PREFETCH_ROWS = 8 };
 
-template <typename T> static inline void prefetch_row(const T *p, idx_t w, int write) {
+/* From row c of a block in place (p its start; C rows inner apart, w
+ * positions each), the row PREFETCH_ROWS ahead, where the rows are apart
+ * and it is one of the block's: for reading, or for writing (write). */
+template <typename T>
+static inline void prefetch_ahead(const T *p, idx_t c, idx_t C, idx_t inner, idx_t w,
+                                  int write) {
+    if (inner <= w || c + PREFETCH_ROWS >= C) return;
+    p += PREFETCH_ROWS * inner;
     for (idx_t k = 0; k < w; k += 64 / (idx_t)sizeof(T)) {
         if (write) __builtin_prefetch(p + k, 1);
         else __builtin_prefetch(p + k, 0);
@@ -153,8 +160,7 @@ static inline void sblock_write_rows(T *out, idx_t C, idx_t inner, idx_t w, cons
     T row[BW];                         /* a streamed row, formed here */
     for (idx_t c = 0; c < C; ++c) {
         T *oc = stream ? row : out + c * inner;
-        if (!stream && inner > w && c + PREFETCH_ROWS < C)
-            prefetch_row(oc + PREFETCH_ROWS * inner, w, 1);
+        if (!stream) prefetch_ahead(oc, c, C, inner, w, 1);
         write_row(c, oc);
         if (stream) stream_row(out + c * inner, row, w);
     }
@@ -179,7 +185,7 @@ static inline void sblock_max(const T *x, idx_t C, idx_t inner, idx_t w_, T *m, 
         for (idx_t c = 0; c < C; ++c) {
             const T *xc = x + c * inner;
             T *sc = stage + c * w;
-            if (c + PREFETCH_ROWS < C) prefetch_row(xc + PREFETCH_ROWS * inner, w, 0);
+            prefetch_ahead(xc, c, C, inner, w, 0);
 #pragma omp simd
             for (idx_t j = 0; j < w; ++j) {
                 T v = xc[j];
@@ -209,7 +215,7 @@ static inline void sblock_capped_max(const T *x, idx_t C, idx_t inner, idx_t w_,
     for (idx_t c = 0; c < C; ++c) {
         const T *xc = x + c * inner;
         T *sc = stage + c * w;
-        if (c + PREFETCH_ROWS < C) prefetch_row(xc + PREFETCH_ROWS * inner, w, 0);
+        prefetch_ahead(xc, c, C, inner, w, 0);
         row_softcap(xc, sc, w, cap);
 #pragma omp simd
         for (idx_t j = 0; j < w; ++j) m[j] = sc[j] > m[j] ? sc[j] : m[j];
@@ -362,16 +368,26 @@ struct StridedBlocks {
     idx_t bw, shift, nb;
 };
 
+/* The blocks at width bw, shifted as above where `shifts` (the block would
+ * be staged and may stream; strided_blocks_of and strided_backward_blocks
+ * say when) and its rows are narrower than STREAM_ROW_BYTES */
+template <typename T>
+static inline StridedBlocks strided_blocks_at_width(const T *out, idx_t inner, idx_t bw,
+                                                    bool shifts) {
+    StridedBlocks b = {bw, 0, 0};
+    const idx_t line = 64, size = (idx_t)sizeof(T), a = (idx_t)((uintptr_t)out % line);
+    if (shifts && bw * size < (idx_t)STREAM_ROW_BYTES && inner * size % line == 0 &&
+        a % size == 0)
+        b.shift = (line - a) % line / size;
+    b.nb = (b.shift > 0) + (inner - b.shift + bw - 1) / bw;
+    return b;
+}
+
 template <typename T>
 static inline StridedBlocks strided_blocks_of(const T *out, idx_t C, idx_t inner, int stream,
                                              T cap) {
-    StridedBlocks b = {strided_width<T>(C, inner), 0, 0};
-    const idx_t line = 64, size = (idx_t)sizeof(T), a = (idx_t)((uintptr_t)out % line);
-    if (stream && cap == (T)0 && b.bw * size < (idx_t)STREAM_ROW_BYTES &&
-        strided_stage_elems(out, C, inner) && inner * size % line == 0 && a % size == 0)
-        b.shift = (line - a) % line / size;
-    b.nb = (b.shift > 0) + (inner - b.shift + b.bw - 1) / b.bw;
-    return b;
+    return strided_blocks_at_width(out, inner, strided_width<T>(C, inner),
+                                   stream && cap == (T)0 && strided_stage_elems(out, C, inner));
 }
 
 /* the units (blocks) of an outer index: see strided_blocks_of */

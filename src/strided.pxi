@@ -9,7 +9,6 @@
 
 
 cdef extern from "strided.hpp" namespace "csoftmax" nogil:
-    enum: STRIDED_BYTES
     const CrossEntropyExtra *extra_at(const CrossEntropyExtra *ex, Py_ssize_t pos,
                                       CrossEntropyExtra *bex) noexcept
     void strided_unit[T](
@@ -28,18 +27,6 @@ cdef extern from "strided.hpp" namespace "csoftmax" nogil:
     Py_ssize_t strided_block_bytes(Py_ssize_t C, Py_ssize_t inner_bytes) noexcept
     Py_ssize_t strided_units[T](const T *out, Py_ssize_t C, Py_ssize_t inner, int stream,
                                 T cap) noexcept
-
-
-# bytes of consecutive positions per unit, at least (the Python layer sizes a
-# call's team with it)
-STRIDED_BLOCK_BYTES = STRIDED_BYTES
-
-
-def strided_unit_bytes(Py_ssize_t C, Py_ssize_t inner_bytes):
-    """Bytes of consecutive positions per unit over C classes of inner_bytes
-    (strided_block_bytes in strided.hpp; a test checks the Python layer's
-    copy)."""
-    return strided_block_bytes(C, inner_bytes)
 
 
 # Outputs of at least this many bytes are written with non-temporal stores

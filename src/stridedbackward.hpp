@@ -60,13 +60,8 @@ static inline idx_t strided_backward_stage_elems(const T *, idx_t C, idx_t inner
 template <typename T>
 static inline StridedBlocks strided_backward_blocks(const T *out, idx_t C, idx_t inner,
                                                     int stream) {
-    StridedBlocks b = {strided_backward_width<T>(C, inner), 0, 0};
-    const idx_t line = 64, size = (idx_t)sizeof(T), at = (idx_t)((uintptr_t)out % line);
-    if (stream && b.bw * size < (idx_t)STREAM_ROW_BYTES &&
-        strided_backward_stage_elems(out, C, inner) && inner * size % line == 0 && at % size == 0)
-        b.shift = (line - at) % line / size;
-    b.nb = (b.shift > 0) + (inner - b.shift + b.bw - 1) / b.bw;
-    return b;
+    return strided_blocks_at_width(out, inner, strided_backward_width<T>(C, inner),
+                                   stream && strided_backward_stage_elems(out, C, inner));
 }
 
 /* the blocks of an outer index */
@@ -110,10 +105,8 @@ static inline void sblock_backward_sums(const T *g, const T *a, idx_t C, idx_t i
     for (idx_t j = 0; j < w; ++j) s[j] = 0.0;
     for (idx_t c = 0; c < C; ++c) {
         const T *gc = g + c * inner, *ac = a + c * inner;
-        if (inner > w && c + PREFETCH_ROWS < C) {
-            prefetch_row(gc + PREFETCH_ROWS * inner, w, 0);
-            if (Dot || gs != NULL) prefetch_row(ac + PREFETCH_ROWS * inner, w, 0);
-        }
+        prefetch_ahead(gc, c, C, inner, w, 0);
+        if (Dot || gs != NULL) prefetch_ahead(ac, c, C, inner, w, 0);
         backward_row_sums<Dot>(gc, ac, s, w);
         if (gs != NULL) {
             memcpy(gs + c * w, gc, (size_t)w * sizeof(T));
@@ -138,9 +131,9 @@ static inline void sblock_backward(const T *g, const T *a, T *out, idx_t C, idx_
     const idx_t ld = stage != NULL ? w : inner;
     sblock_write_rows<T, W>(out, C, inner, w, stage, stream, [&](idx_t c, T *oc) {
         const T *gc = gr + c * ld, *ac = ar + c * ld;
-        if (stage == NULL && inner > w && c + PREFETCH_ROWS < C) {
-            prefetch_row(gc + PREFETCH_ROWS * ld, w, 0);
-            prefetch_row(ac + PREFETCH_ROWS * ld, w, 0);
+        if (stage == NULL) {
+            prefetch_ahead(gc, c, C, inner, w, 0);
+            prefetch_ahead(ac, c, C, inner, w, 0);
         }
         backward_row_out<Softmax>(gc, ac, f, oc, w);
     });

@@ -9,6 +9,7 @@ read-only), so every function sees every layout with the same expected result.
 from __future__ import annotations
 
 import os
+import tracemalloc
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -339,6 +340,17 @@ def assert_bitwise_equal(a, b, what="result"):
         f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
     )
     assert a.tobytes() == b.tobytes(), f"{what}: not bitwise equal"
+
+
+def peak_traced_bytes(fn):
+    """The peak of the memory that tracemalloc traces (NumPy's data buffers among it) while
+    ``fn()`` runs: a call warmed up first allocates there only what it needs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def _snapshot(args, kwargs):

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from arrays import peak_traced_bytes
 
 import csoftmax
 
@@ -356,19 +357,18 @@ def test_loss_holds_few_logits_chunks(reduction):
     finished by one delayed task, the scheduler computed every logits chunk of a rechunked
     input before the first block (peak: all the logits); reduced by dask's tree it holds a
     few chunks at a time."""
-    import tracemalloc
-
     n, c = 1 << 16, 129
     x = da.broadcast_to(da.from_array(np.zeros(c, np.float32)), (n, c)).rechunk((n // 8, c))
     t = da.from_array(np.broadcast_to(np.int64(7), (n,)), chunks=n // 8)
     loss = cd.cross_entropy(x, t, reduction=reduction, num_threads=1)
-    tracemalloc.start()
-    try:
+    values = []
+
+    def compute():
         with dask.config.set(scheduler="synchronous"):
-            value = float(loss.compute())
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+            values.append(float(loss.compute()))
+
+    peak = peak_traced_bytes(compute)
+    value = values[0]
     want = float(np.log(c)) * (n if reduction == "sum" else 1)
     assert value == pytest.approx(want, rel=1e-6)
     assert peak < x.nbytes / 2, f"peak {peak} bytes of {x.nbytes} bytes of logits"

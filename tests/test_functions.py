@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -34,6 +33,7 @@ from arrays import (
     ce_inputs,
     make_rng,
     normal,
+    peak_traced_bytes,
     row_scale,
 )
 
@@ -528,16 +528,6 @@ def test_out_float16(frontend, func, rng):
     check_array(out, expected, np.float16, scale_for(func, args, expected, -1))
 
 
-def _peak_bytes(fn):
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize(
     "name",
     ["softmax", "log_softmax", "cross_entropy_with_grad-int", "cross_entropy_with_grad-prob"],
@@ -560,7 +550,7 @@ def test_in_place_allocates_nothing_of_input_size(frontend, name, dtype, rng):
             getattr(frontend, name)(x, out=x)
 
     call()  # warm up any lazy imports or caches
-    peak = _peak_bytes(call)
+    peak = peak_traced_bytes(call)
     assert peak < x.nbytes // 4, f"peak {peak} bytes traced for a {x.nbytes}-byte input"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from arrays import KERNEL_FRONTENDS, assert_bitwise_equal, make_rng
+from arrays import KERNEL_FRONTENDS, assert_bitwise_equal, make_rng, peak_traced_bytes
 
 from csoftmax import _half
 
@@ -784,8 +784,6 @@ def test_masked_16bit_no_float32_copy(kernel_frontend, name):
     """The compiled 16-bit where= path allocates no float32 copy of its inputs: its peak
     traced memory stays below the 16-bit output's size plus a little (a float32 copy of
     one input alone is twice that)."""
-    import tracemalloc
-
     fe = kernel_frontend
     if fe.name == "numpy":
         pytest.skip("the NumPy twin computes on float32 copies")
@@ -797,10 +795,5 @@ def test_masked_16bit_no_float32_copy(kernel_frontend, name):
     else:
         call = lambda: getattr(fe, name)(x, where=keep)  # noqa: E731
     call()
-    tracemalloc.start()
-    try:
-        call()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = peak_traced_bytes(call)
     assert peak < x.nbytes + (64 << 10), f"{name}: peak {peak} bytes for {x.nbytes}-byte input"

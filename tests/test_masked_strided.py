@@ -6,8 +6,6 @@ not collapse into one stride, more classes than the scratch takes), and no moved
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 from arrays import (
@@ -17,6 +15,7 @@ from arrays import (
     assert_close,
     call_unmodified,
     make_rng,
+    peak_traced_bytes,
     row_scale,
 )
 from test_masked import BACKWARD, FORWARD, ref_backward, ref_forward
@@ -163,12 +162,7 @@ def test_no_moved_copy(kernel_frontend):
 def _assert_result_only(fe, x, where):
     """softmax over axis 1 allocates nothing of x's size but its result."""
     fe.softmax(x, 1, where=where)
-    tracemalloc.start()
-    try:
-        fe.softmax(x, 1, where=where, num_threads=2)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = peak_traced_bytes(lambda: fe.softmax(x, 1, where=where, num_threads=2))
     assert peak < 1.25 * x.nbytes, f"peak {peak} bytes for a result of {x.nbytes}"
 
 

@@ -202,15 +202,10 @@ def test_split_rows_with_special_values(dtype, rows):
 
 @needs_cython
 def test_team_size_counts_column_chunks():
-    from csoftmax import _api, _runner
+    from csoftmax import _api
 
     for module in {fe.kernels for name, fe in FRONTENDS.items() if name != "numpy"}:
         assert module.COLUMN_CHUNK == _api.COLUMN_CHUNK
-        assert module.STRIDED_BLOCK_BYTES == _api.STRIDED_BLOCK_BYTES
-        for n in (1, 2, 21, 32, 33, 64, 128, 256, 257, 1000):
-            for inner_bytes in (4, 256, 2044, 2048, 4096, 8192, 16384, 65536, 1 << 20):
-                assert module.strided_unit_bytes(n, inner_bytes) == _runner._strided_unit_bytes(
-                    n, inner_bytes), (n, inner_bytes)
     chunk = _api.COLUMN_CHUNK
     assert _api._threads_for(1, 4 * chunk, 8) == 4  # one row: as many threads as chunks
     assert _api._threads_for(1, chunk, 8) == 1  # one chunk: one thread
@@ -219,6 +214,11 @@ def test_team_size_counts_column_chunks():
     # the backward kernels do not split rows: no idle team for one wide row
     assert _api._threads_for(1, 4 * chunk, 8, split_rows=False) == 1
     assert _api._threads_for(3, 4 * chunk, 8, split_rows=False) == 3
+    # over a middle axis: units of one cache line of positions, the backward
+    # kernels' narrowest blocks (4096 classes of 64 floats: 4 blocks, where
+    # the forward's 256-byte blocks make one)
+    assert _api._threads_strided(1, 4096, 64, 4, 8) == 4
+    assert _api._threads_strided(3, 4096, 64, 4, 64) == 12
 
 
 @needs_cython
