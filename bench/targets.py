@@ -6,6 +6,8 @@ judged at all usable cores (PyTorch and scikit-learn at the same thread count),
 thread scaling at 1 against 2 threads, accuracy on every float32 case; the
 ``parity`` rows (float32) come from :mod:`bench.parity`. A target whose
 csoftmax result disagrees with the float64 reference fails whatever the timing.
+The speed targets are float32's (:data:`TARGET_DTYPE`): a float64 column
+shows the same ratios without a verdict.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ WIDE = [(16, 131072), (4, 262144)]
 SMALL = SHAPE_GROUPS["small-call"]
 #: Float32 error within this (relative to the output's scale) counts as a tie.
 ERROR_FLOOR = 2.0 ** -24
+#: The dtype of the speed targets (the issues set them in float32; the 16-bit ones are the
+#: parity rows of :mod:`bench.half`): other dtypes' ratios are shown, not judged.
+TARGET_DTYPE = "float32"
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,8 @@ def evaluate(target, index, dtype, threads):
         passed = None if value is None else value >= target.bound
         if value is None:
             note = "needs 2 usable cores"
+    if dtype != TARGET_DTYPE and value is not None:
+        return {"value": value, "passed": None, "note": "shown: the target is float32's"}
     return {"value": value, "passed": passed, "note": note}
 
 

@@ -164,6 +164,37 @@ def test_bench_exp_floor_bounds_failed_faster_targets():
     assert "bound" not in passed["by_dtype"]["float32"]["note"]
 
 
+def test_bench_targets_judge_float32_and_show_float64():
+    """The speed targets are float32's: a float64 case's ratio is shown without a verdict
+    (a missed float64 ratio fails nothing), and a float64 result that csoftmax got wrong
+    still fails."""
+    _import_bench()
+    from bench import targets
+
+    def case(dtype, status="ok"):
+        times = {"csoftmax": 2.0, "torch": 6.0, "exp_floor": 1.5}
+        res = {name: {"status": "ok", "time": t} for name, t in times.items()}
+        res["csoftmax"]["status"] = status
+        return {"op": "cross_entropy", "shape": [65536, 10], "dtype": dtype, "threads": 2,
+                "results": res}
+
+    def row_of(rows):
+        return next(r for r in rows if r["op"] == "cross_entropy" and r["shape"] == [65536, 10]
+                    and r["criterion"] == ">= 5x faster than torch")
+
+    row = row_of(targets.evaluate_all([case("float64")], ["float64"], 2))
+    assert row["by_dtype"]["float64"]["value"] == 3.0
+    assert row["by_dtype"]["float64"]["passed"] is None
+    assert row["verdict"] == "n/a"
+    row = row_of(targets.evaluate_all([case("float32"), case("float64")],
+                                      ["float32", "float64"], 2))
+    assert row["by_dtype"]["float32"]["passed"] is False
+    assert row["verdict"] == "FAIL"
+    row = row_of(targets.evaluate_all([case("float64", "mismatch")], ["float64"], 2))
+    assert row["by_dtype"]["float64"]["passed"] is False
+    assert row["verdict"] == "FAIL"
+
+
 def test_bench_memory_floor_bounds_failed_faster_targets():
     """Where moving the call's arrays takes longer than the exp floor, the note
     names the memory floor: the faster copy times the logits-sized arrays moved
