@@ -292,12 +292,11 @@ class CrossEntropyFunctions:
         z_loss, softcap, return_z_loss, return_token_accuracy
             As for :func:`cross_entropy`; the gradient includes both terms
             exactly (``2 z_loss lse softmax`` per counted position times the
-            "mean" factor, and the ``1 - tanh**2`` of the cap).  The cap is
-            applied row by row in a scratch row per thread; rows of fewer than
-            32 classes, rows split over threads (fewer rows than two per
-            thread, more than 16384 classes), probability targets and a class
-            axis that is not the last go through a capped copy of the logits
-            instead (one more array of the logits' size).
+            "mean" factor, and the ``1 - tanh**2`` of the cap).  The compiled
+            kernels cap what they read without a capped copy of the logits:
+            long rows in a scratch row per thread, short rows (under 256
+            bytes) in their tile, rows split over threads a chunk at a time,
+            a class axis that is not the last in its staging blocks.
         out : ndarray, optional
             Where to write the gradient: C-contiguous, writeable, the logits'
             shape and dtype.  ``out=logits`` computes in place.

@@ -170,7 +170,9 @@ class SoftmaxFunctions:
             is ``torch._safe_softmax(x)``.  Kept entries follow the rules below
             (NaN or +inf kept, or only -inf kept: the kept entries are NaN).
             The mask is read in place, broadcast axes included (never expanded
-            to x's shape); an all-True mask gives the unmasked result's bits.
+            to x's shape); an all-True mask gives the unmasked result's bits
+            on rows of 256 bytes or more, its values within rounding on
+            shorter rows.
         num_threads : int, optional
             OpenMP threads; default :func:`csoftmax.get_num_threads` (small
             inputs always run on one thread).

@@ -43,7 +43,7 @@ cdef void _rows_serial(
     int op, const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n
 ) noexcept nogil:
     cdef Py_ssize_t i
-    for i in range(_n_units(n_rows, n)):
+    for i in range(_n_units(n_rows, n, sizeof(floating))):
         _rows_unit(op, x, out, n_rows, n, i)
 
 
@@ -57,7 +57,7 @@ cdef int _rows_core(
         return _split_columns(op, x, <const floating *>NULL, <const int32_t *>NULL,
                               <const floating *>NULL, out, NULL, n_rows, n, n_threads)
     if n_threads > 1:
-        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+        for i in prange(_n_units(n_rows, n, sizeof(floating)), nogil=True, schedule="static",
                         num_threads=n_threads):
             _rows_unit(op, x, out, n_rows, n, i)
     elif n_rows * n < GIL_WORK:
@@ -236,7 +236,7 @@ cdef void _cross_entropy_index_serial(
     const CrossEntropyExtra *ex, floating *capped, floating cap,
 ) noexcept nogil:
     cdef Py_ssize_t i
-    for i in range(_n_units(n_rows, n)):
+    for i in range(_n_units(n_rows, n, sizeof(floating))):
         _cross_entropy_index_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
                                   loss, tile_loss, grad, scale, ex, capped, cap, i)
 
@@ -249,8 +249,8 @@ cdef double _cross_entropy_index_core(
 ) except? -1:
     """Row losses with class indices (checked) into loss, the gradient times
     scale into grad unless NULL (grad may be x); returns the sum of the row
-    losses (see _loss_total).  loss may be NULL for short rows (n <
-    SHORT_ROW), whose tiles then give only their sums.  ex: z-loss and per-row
+    losses (see _loss_total).  loss may be NULL for short rows (_short_row),
+    whose tiles then give only their sums.  ex: z-loss and per-row
     extras (NULL: none);
     cap > 0: the logits soft-capped at cap (see softcap.pxi: a long row in a
     thread's scratch row, a tile on the stack, a split row by chunks).
@@ -267,9 +267,9 @@ cdef double _cross_entropy_index_core(
                        n_rows, n, n_threads, <floating>cap)
         return _loss_total(loss, NULL, n_rows, n)
     cdef floating *capped = _row_cap_scratch(x, n, cap, n_threads)  # n columns per thread
-    cdef double *tl = _tile_loss_alloc(n_rows, n)
+    cdef double *tl = _tile_loss_alloc(n_rows, n, sizeof(floating))
     if n_threads > 1:
-        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+        for i in prange(_n_units(n_rows, n, sizeof(floating)), nogil=True, schedule="static",
                         num_threads=n_threads):
             _cross_entropy_index_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
                                       loss, tl, grad, scale, ex,
@@ -296,7 +296,7 @@ cdef void _cross_entropy_prob_serial(
     floating cap,
 ) noexcept nogil:
     cdef Py_ssize_t i
-    for i in range(_n_units(n_rows, n)):
+    for i in range(_n_units(n_rows, n, sizeof(floating))):
         _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tile_loss, grad,
                                  scale, ex, capped, cap, i)
 
@@ -318,9 +318,9 @@ cdef double _cross_entropy_prob_core(
                        n_rows, n, n_threads, <floating>cap)
         return _loss_total(loss, NULL, n_rows, n)
     cdef floating *capped = _row_cap_scratch(x, n, cap, n_threads)  # n columns per thread
-    cdef double *tl = _tile_loss_alloc(n_rows, n)
+    cdef double *tl = _tile_loss_alloc(n_rows, n, sizeof(floating))
     if n_threads > 1:
-        for i in prange(_n_units(n_rows, n), nogil=True, schedule="static",
+        for i in prange(_n_units(n_rows, n, sizeof(floating)), nogil=True, schedule="static",
                         num_threads=n_threads):
             _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tl, grad,
                                      scale, ex,

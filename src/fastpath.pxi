@@ -265,7 +265,7 @@ cdef object _fast_cross_entropy_run(
     if c.reduction == REDUCTION_NONE:
         none_result = cnp.PyArray_EMPTY(c.nd - 1, c.dims, cnp.NPY_FLOAT64, 0)
         loss = <double *>cnp.PyArray_DATA(<cnp.ndarray>none_result)
-    elif t != NULL and c.n < SHORT_ROW:
+    elif t != NULL and _short_row(c.n, sizeof(floating)):
         loss = NULL  # the tiles' sums alone (no 8 bytes stored per row)
     elif c.n_rows > STACK_ROWS:
         loss = <double *>malloc(c.n_rows * sizeof(double))

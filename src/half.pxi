@@ -56,12 +56,18 @@ cdef struct _Half:
     double smoothing        # label smoothing
 
 
+cdef inline bint _half_short(Py_ssize_t n) noexcept nogil:
+    """Whether 16-bit rows of n columns run in tiles: they are computed in
+    float32, by float32's tiles."""
+    return _short_row(n, sizeof(float))
+
+
 cdef Py_ssize_t _half_block_rows(Py_ssize_t n_rows, Py_ssize_t n, int n_threads) noexcept nogil:
     """Rows per block: STAGE elements (at least one row), no more than a
     thread's share of the rows, whole tiles for short rows."""
     cdef Py_ssize_t b = max(<Py_ssize_t>1, STAGE // n)
     b = min(b, (n_rows + n_threads - 1) // n_threads)
-    if n < SHORT_ROW:
+    if _half_short(n):
         b = (b + _tile_rows(n) - 1) // _tile_rows(n) * _tile_rows(n)
     return max(<Py_ssize_t>1, b)
 
@@ -74,16 +80,16 @@ cdef inline void _half_ce_index(
     (long rows) when h.cap != 0."""
     cdef const _CrossEntropyArgs *ce = h.ce
     cdef Py_ssize_t i, n = h.n
-    cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if n < SHORT_ROW else 0
+    cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if _half_short(n) else 0
     cdef CrossEntropyExtra ex
     cdef const CrossEntropyExtra *exp
     cdef float *grad = xs if h.out != NULL else NULL
-    cdef float *capped = cs if h.cap != 0.0 and n >= SHORT_ROW else NULL
+    cdef float *capped = cs if h.cap != 0.0 and not _half_short(n) else NULL
     cdef double w_total = ce.w_total
     exp = extra_at(ce.ex, r0, &ex)  # the per-row extras from row r0
     # the soft cap as in the float32 call: short rows capped in their tile,
     # long rows through the scratch row cs
-    for i in range(_n_units(rows, n)):
+    for i in range(_n_units(rows, n, sizeof(float))):
         _cross_entropy_index_unit(xs, t + r0, rows, n, ce.ignore_index, h.w, w_total,
                                   ce.alpha, ce.beta, h.loss + r0,
                                   h.tile_loss if h.tile_loss == NULL else h.tile_loss + tile0,
@@ -96,13 +102,13 @@ cdef inline void _half_ce_prob(
     """As _half_ce_index with probability targets ys (float32)."""
     cdef const _CrossEntropyArgs *ce = h.ce
     cdef Py_ssize_t i, n = h.n
-    cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if n < SHORT_ROW else 0
+    cdef Py_ssize_t tile0 = r0 // _tile_rows(n) if _half_short(n) else 0
     cdef CrossEntropyExtra ex
     cdef const CrossEntropyExtra *exp
     cdef float *grad = xs if h.out != NULL else NULL
-    cdef float *capped = cs if h.cap != 0.0 and n >= SHORT_ROW else NULL
+    cdef float *capped = cs if h.cap != 0.0 and not _half_short(n) else NULL
     exp = extra_at(ce.ex, r0, &ex)  # the per-row extras from row r0
-    for i in range(_n_units(rows, n)):
+    for i in range(_n_units(rows, n, sizeof(float))):
         _cross_entropy_prob_unit(xs, ys, rows, n, h.w, ce.alpha, ce.beta, h.loss + r0,
                                  h.tile_loss if h.tile_loss == NULL else h.tile_loss + tile0,
                                  grad, ce.scale, exp, capped, h.cap, i)
@@ -181,7 +187,7 @@ cdef inline const uint16_t *_half_next_row(
 
 cdef inline void _half_long_row(int op, int kind, const uint16_t *x, float *xs, uint16_t *out,
                                 Py_ssize_t n, int stream, const uint16_t *nxt) noexcept nogil:
-    """softmax or log_softmax of one long row (n >= SHORT_ROW), xs its scratch;
+    """softmax or log_softmax of one long row (a long row: not _short_row), xs its scratch;
     nxt (or NULL): the next row, prefetched by the exp pass."""
     cdef float m = half_load_max(kind, x, xs, n)
     if op == OP_SOFTMAX:
@@ -196,7 +202,7 @@ cdef inline void _half_long_row(int op, int kind, const uint16_t *x, float *xs, 
 cdef inline float _half_logsumexp_long(
     int kind, const uint16_t *x, float *xs, Py_ssize_t n, const uint16_t *nxt
 ) noexcept nogil:
-    """logsumexp of one long row (n >= SHORT_ROW), xs its scratch: the
+    """logsumexp of one long row (a long row: not _short_row), xs its scratch: the
     conversion fused with the maximum, then the exp-sum prefetching nxt (or
     NULL), as _half_long_row.  Converted whole, then its maximum and exp-sum
     as a float32 row's (_logsumexp_unit), the row took three walks and no
@@ -210,7 +216,7 @@ cdef inline float _half_logsumexp_long(
 cdef inline void _half_ce_index_long(
     const _Half *h, const label_t *t, float *xs, Py_ssize_t r0, Py_ssize_t rows
 ) noexcept nogil:
-    """Rows r0 .. r0 + rows (n >= SHORT_ROW, no soft cap) of a class-index
+    """Rows r0 .. r0 + rows (long rows, no soft cap) of a class-index
     cross-entropy, a row at a time in the scratch row xs: its conversion
     fused with its maximum, and its gradient's last step with the rounding
     to 16 bits, CHUNK_16 elements at a time (as _half_long_row), so that the
@@ -258,7 +264,7 @@ cdef inline void _half_ce_index_long(
 cdef inline void _half_ce_prob_long(
     const _Half *h, float *xs, float *ys, Py_ssize_t r0, Py_ssize_t rows
 ) noexcept nogil:
-    """Rows r0 .. r0 + rows (n >= SHORT_ROW, no soft cap) of a cross-entropy
+    """Rows r0 .. r0 + rows (long rows, no soft cap) of a cross-entropy
     with probability targets, a row at a time in the scratch rows xs (the
     logits, then their gradient) and ys (16-bit targets, converted): the
     logits' conversion fused with their maximum, as _half_ce_index_long.
@@ -298,29 +304,29 @@ cdef void _half_block(
     cdef float *xs = scratch
     cdef float *ys = scratch + h.stage
     cdef const float *yp = ys
-    if (h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX) and n >= SHORT_ROW:
+    if (h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX) and not _half_short(n):
         for i in range(rows):
             _half_long_row(h.op, h.kind, h.x + off + i * n, xs + i * n, h.out + off + i * n, n,
                            _half_streams(h), _half_next_row(h, r0 + i, n))
         return
-    if h.op == OP_CROSS_ENTROPY_INDEX and n >= SHORT_ROW and h.cap == 0.0:
+    if h.op == OP_CROSS_ENTROPY_INDEX and not _half_short(n) and h.cap == 0.0:
         _half_ce_index_long(h, t, xs, r0, rows)
         return
-    if h.op == OP_CROSS_ENTROPY_PROB and n >= SHORT_ROW and h.cap == 0.0:
+    if h.op == OP_CROSS_ENTROPY_PROB and not _half_short(n) and h.cap == 0.0:
         _half_ce_prob_long(h, xs, ys, r0, rows)
         return
-    if h.op == OP_LOGSUMEXP and n >= SHORT_ROW:
+    if h.op == OP_LOGSUMEXP and not _half_short(n):
         for i in range(rows):
             h.out32[r0 + i] = _half_logsumexp_long(h.kind, h.x + off + i * n, xs, n,
                                                    _half_next_row(h, r0 + i, n))
         return
     half_load(h.kind, h.x + off, xs, size)
     if h.op == OP_LOGSUMEXP:
-        for i in range(_n_units(rows, n)):
+        for i in range(_n_units(rows, n, sizeof(float))):
             _rows_unit(OP_LOGSUMEXP, <const float *>xs, h.out32 + r0, rows, n, i)
         return
     if h.op == OP_SOFTMAX or h.op == OP_LOG_SOFTMAX:
-        for i in range(_n_units(rows, n)):
+        for i in range(_n_units(rows, n, sizeof(float))):
             _rows_unit(h.op, <const float *>xs, xs, rows, n, i)
     elif h.op == OP_SOFTMAX_BACKWARD or h.op == OP_LOG_SOFTMAX_BACKWARD:
         half_load(h.kind, h.y16 + off, ys, size)
@@ -467,7 +473,7 @@ cdef double _half_run(_Half *h, const label_t *t, int n_threads) except? -1:
         return _half_whole(h, t, n_threads)
     h.tile_loss = NULL
     if ce:
-        h.tile_loss = _tile_loss_alloc(h.n_rows, h.n)
+        h.tile_loss = _tile_loss_alloc(h.n_rows, h.n, sizeof(float))
     try:
         _half_staged(h, t, n_threads)
     except MemoryError:

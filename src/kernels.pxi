@@ -127,7 +127,9 @@ cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
         double scale, const CrossEntropyExtra *ex) noexcept
     # elements of a tile of short rows (its scratch lives on each thread's stack)
     enum: TILE
-    # rows of a tile of rows of n < 32 columns
+    # rows of fewer bytes are computed a tile of rows at a time (_short_row)
+    enum: SHORT_ROW_BYTES
+    # rows of a tile of short rows of n columns
     Py_ssize_t tile_rows(Py_ssize_t n) noexcept
     void tile_softmax[T](const T *x, T *out, Py_ssize_t rows, Py_ssize_t n) noexcept
     void tile_log_softmax[T](const T *x, T *out, Py_ssize_t rows, Py_ssize_t n) noexcept
@@ -156,6 +158,9 @@ def cpu_features():
 # columns per chunk of a row split over threads (the Python layer sizes a
 # call's team with it)
 COLUMN_CHUNK = CHUNK
+# rows of fewer bytes (of the computing dtype) run in the short-row tiles
+# (tests pick widths by it)
+SHORT_ROW_LIMIT_BYTES = SHORT_ROW_BYTES
 
 
 def default_threads():
@@ -167,15 +172,19 @@ def default_threads():
 # sizes
 
 cdef enum:
-    # Rows narrower than this are computed a tile of rows at a time (see
-    # tile_exp_shifted in tiles.hpp); the choice depends on the width only,
-    # so every row of a given width always takes the same arithmetic path.
-    SHORT_ROW = 32
     # Rows of at least this many bytes prefetch the next row (_next_row).
     PREFETCH_ROW_BYTES = 1024
     # The backward functions' rows prefetch the next row up to this size
     # (_backward_next).
     BACKWARD_PREFETCH_MAX_BYTES = 65536
+
+
+cdef inline bint _short_row(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """Whether rows of n columns of a dtype of itemsize bytes (that the
+    kernel computes in) run in tiles of short rows (float32: n <= 63, float64:
+    n <= 31): by the width and the dtype only, so every row of a given width
+    always takes the same arithmetic path."""
+    return n * itemsize < SHORT_ROW_BYTES
 
 
 cdef inline Py_ssize_t _tile_rows(Py_ssize_t n) noexcept nogil:
@@ -460,15 +469,17 @@ cdef inline void _cross_entropy_prob_tile(
 # 1 us, as much as a whole 1x1000 softmax) and over a static prange otherwise;
 # a unit's arithmetic is the same either way.
 
-cdef inline Py_ssize_t _n_units(Py_ssize_t n_rows, Py_ssize_t n) noexcept nogil:
-    return _n_tiles(n_rows, n) if n < SHORT_ROW else n_rows
+cdef inline Py_ssize_t _n_units(
+    Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t itemsize
+) noexcept nogil:
+    return _n_tiles(n_rows, n) if _short_row(n, itemsize) else n_rows
 
 
 cdef inline void _softmax_unit(
     const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t i
 ) noexcept nogil:
     cdef Py_ssize_t r0 = i * _tile_rows(n)
-    if n < SHORT_ROW:
+    if _short_row(n, sizeof(floating)):
         _softmax_tile(x + r0 * n, out + r0 * n, min(_tile_rows(n), n_rows - r0), n)
     else:
         _softmax_row(x + i * n, out + i * n, n, _next_row(x, n_rows, n, i))
@@ -478,7 +489,7 @@ cdef inline void _log_softmax_unit(
     const floating *x, floating *out, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t i
 ) noexcept nogil:
     cdef Py_ssize_t r0 = i * _tile_rows(n)
-    if n < SHORT_ROW:
+    if _short_row(n, sizeof(floating)):
         _log_softmax_tile(x + r0 * n, out + r0 * n, min(_tile_rows(n), n_rows - r0), n)
     else:
         _log_softmax_row(x + i * n, out + i * n, n, _next_row(x, n_rows, n, i))
@@ -489,7 +500,7 @@ cdef inline void _logsumexp_unit(
 ) noexcept nogil:
     cdef Py_ssize_t r0 = i * _tile_rows(n)
     cdef floating m
-    if n < SHORT_ROW:
+    if _short_row(n, sizeof(floating)):
         _logsumexp_tile(x + r0 * n, out + r0, min(_tile_rows(n), n_rows - r0), n)
     else:
         m = row_max(x + i * n, n)
@@ -551,7 +562,7 @@ cdef inline void _cross_entropy_index_unit(
     cdef Py_ssize_t rows = min(_tile_rows(n), n_rows - r0)
     cdef Py_ssize_t t
     cdef CrossEntropyExtra tile_ex
-    if n < SHORT_ROW:
+    if _short_row(n, sizeof(floating)):
         if ex != NULL:
             tile_ex = ex[0]
             if tile_ex.zrow != NULL:
@@ -593,12 +604,12 @@ cdef inline void _cross_entropy_prob_unit(
     capped: their tile is capped on the stack)."""
     cdef Py_ssize_t r0 = i * _tile_rows(n)
     cdef Py_ssize_t rows = min(_tile_rows(n), n_rows - r0)
-    if n < SHORT_ROW and cap != 0:
+    if _short_row(n, sizeof(floating)) and cap != 0:
         _cross_entropy_prob_tile_capped(
             x + r0 * n, y + r0 * n, rows, n, w, alpha, beta, loss + r0,
             grad if grad == NULL else grad + r0 * n, scale, ex, r0, cap)
         tile_loss[i] = row_sum(loss + r0, rows)
-    elif n < SHORT_ROW:
+    elif _short_row(n, sizeof(floating)):
         _cross_entropy_prob_tile(
             x + r0 * n, y + r0 * n, rows, n, w, alpha, beta, loss + r0,
             grad if grad == NULL else grad + r0 * n, scale, ex, r0)
@@ -621,9 +632,11 @@ cdef inline void _cross_entropy_prob_unit(
 # It replaces a pass over the row losses after the kernel (at 262144x2 that
 # pass cost as much as a tenth of the kernel).
 
-cdef double *_tile_loss_alloc(Py_ssize_t n_rows, Py_ssize_t n) except? NULL:
+cdef double *_tile_loss_alloc(
+    Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t itemsize
+) except? NULL:
     """Room for one loss sum per tile of short rows (NULL for long rows)."""
-    if n >= SHORT_ROW:
+    if not _short_row(n, itemsize):
         return NULL
     cdef double *p = <double *>malloc(_n_tiles(n_rows, n) * sizeof(double))
     if p == NULL:
@@ -634,7 +647,9 @@ cdef double *_tile_loss_alloc(Py_ssize_t n_rows, Py_ssize_t n) except? NULL:
 cdef inline double _loss_total(
     const double *loss, const double *tile_loss, Py_ssize_t n_rows, Py_ssize_t n
 ) noexcept nogil:
-    if n < SHORT_ROW:
+    """tile_loss: the tiles' sums of short rows (_tile_loss_alloc), NULL for
+    long rows."""
+    if tile_loss != NULL:
         return pairwise_sum(tile_loss, _n_tiles(n_rows, n))
     return pairwise_sum(loss, n_rows)
 

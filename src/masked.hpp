@@ -25,11 +25,12 @@
  * The arithmetic is rowops.hpp's with the mask as a select:
  *   m = max_k (kept_k ? x_k : -inf)
  *   e_k = exp_nonpositive(kept_k ? x_k - m : -inf)   (exp(-inf) = +0 exactly)
- * so an all-True row of n >= SHORT_ROW columns runs through the very
+ * so an all-True row too long for the tiles of short rows (SHORT_ROW_BYTES
+ * bytes or more, tiles.hpp) runs through the very
  * operations of the unmasked kernel (the same lanes, blocks and chunks) and
- * gives the same bits; shorter rows are summed in column order in double,
- * where the unmasked kernels' transposed tiles (tiles.hpp) sum in T: the
- * same values within rounding.  A row is always
+ * gives the same bits; shorter rows take the masked row code where the
+ * unmasked kernels use their transposed tiles (tiles.hpp): the same values
+ * within rounding.  A row is always
  * computed by one thread, by out-of-line code (masked_row), so results do not
  * depend on the thread count.
  *
@@ -66,8 +67,9 @@ enum {
     MASKED_LOG_SOFTMAX_BACKWARD = 4,
 };
 
-/* The width below which rows are summed in column order (the width of the
- * unmasked kernels' tiles of short rows: SHORT_ROW of kernels.pxi). */
+/* The width below which masked rows are summed in column order (the rows of
+ * one or two vectors; the unmasked kernels' tiles, tiles.hpp, take rows of
+ * fewer than SHORT_ROW_BYTES bytes: float32 up to 63 columns). */
 enum { MASKED_SHORT_ROW = 32 };
 
 static inline int masked_thread_num(void) {

@@ -70,7 +70,7 @@ cdef floating *_row_cap_scratch(
 ) except? NULL:
     """n columns of scratch per thread for soft-capped long rows (NULL where
     there is no cap or the rows are short: tiles cap on the stack)."""
-    if cap == 0.0 or n < SHORT_ROW:
+    if cap == 0.0 or _short_row(n, sizeof(floating)):
         return NULL
     cdef floating *p = <floating *>malloc(n_threads * n * sizeof(floating))
     if p == NULL:

@@ -1,8 +1,8 @@
 /*
- * tiles.hpp -- short rows (n < 32 columns), a tile of consecutive rows at a
- * time: softmax's and log_softmax's max and exponentials, and cross-entropy
- * with class indices.  Split from rowops.hpp, whose one-row primitives and
- * exp/log these build on.
+ * tiles.hpp -- short rows (fewer than SHORT_ROW_BYTES bytes), a tile of
+ * consecutive rows at a time: softmax's and log_softmax's max and
+ * exponentials, and cross-entropy with class indices.  Split from rowops.hpp,
+ * whose one-row primitives and exp/log these build on.
  */
 #ifndef CSOFTMAX_TILES_HPP
 #define CSOFTMAX_TILES_HPP
@@ -79,8 +79,27 @@ static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n,
  * vector arithmetic (the exp) leaves idle.  A block's padding lanes (a
  * tile's last block) hold 0 and their results are dropped. */
 enum { TILE = 1024, LANES = 16 };
-/* a tile's blocks: rows padded to a multiple of LANES (n < 32) */
-enum { TILE_BLOCKS = TILE + (LANES - 1) * 31 };
+/* Rows of fewer than SHORT_ROW_BYTES bytes (float32: up to 63 columns,
+ * float64: 31; 16-bit rows are computed in float32) are computed a tile of
+ * rows at a time; the choice depends on the width and the dtype only, so every
+ * row of a given width always takes the same arithmetic path.  There the
+ * blocks beat the row loops, whose horizontal reductions and per-row log form
+ * a chain of dependent operations that a short row cannot hide.  Measured on
+ * AVX2 (AMD Zen 3, 2^21 logits, against the row loops, one and two threads):
+ * float32 rows of 32-63 columns take 0.26-0.60x the time for the loss,
+ * 0.41-0.97x for the loss + gradient, 0.39-1.03x for softmax (33 columns:
+ * 0.26x, 0.41x, 0.39x); bfloat16 0.30-0.70x, 0.36-0.84x, 0.48-0.78x.  Rows of
+ * 256 bytes and more lose the gradient's and softmax's lead: float32 rows of
+ * 64 columns 1.03-1.19x and 1.06-1.36x the time in tiles, float64 rows of 48
+ * 1.49x for the loss + gradient, so they run by rows.  On the baseline build
+ * float32 rows of 33-63 columns: loss 0.53-0.86x, loss + gradient
+ * 0.65-1.00x, softmax 0.70-1.21x. */
+enum { SHORT_ROW_BYTES = 256 };
+/* the widest short row in columns (float, the narrowest type computed) */
+enum { SHORT_ROW_MAX = SHORT_ROW_BYTES / sizeof(float) - 1 };
+static_assert(TILE / SHORT_ROW_MAX >= LANES, "a tile holds a block of the widest short rows");
+/* a tile's blocks: rows padded to a multiple of LANES */
+enum { TILE_BLOCKS = TILE + (LANES - 1) * SHORT_ROW_MAX };
 
 /* 4 columns of G consecutive rows (row stride n) to and from 4 columns of a
  * transposed block (lanes l .. l + G - 1 at c, column stride LANES): GCC
@@ -272,7 +291,7 @@ static inline idx_t tile_narrow(const T *from, idx_t rows, T *to) {
     return r0;
 }
 
-/* Rows per tile for rows of n < 32 columns: a multiple of LANES, so that only
+/* Rows per tile for short rows of n columns: a multiple of LANES, so that only
  * an array's last tile has a block with padding lanes. */
 static inline idx_t tile_rows(idx_t n) { return TILE / n / LANES * LANES; }
 
@@ -339,8 +358,8 @@ template <typename T> static inline void block_max(const T *c, idx_t n, T *m) {
     }
 }
 
-/* s[l] = sum_k exp(c_kl - m[l]) in double, in column order (at most 31
- * terms, each <= 1: the largest is exp(0) = 1, so s is in [1, 31] or NaN);
+/* s[l] = sum_k exp(c_kl - m[l]) in double, in column order (at most 63
+ * terms, each <= 1: the largest is exp(0) = 1, so s is in [1, 63] or NaN);
  * Store: the exponentials replace c.  A float sum lost up to n ulp, which
  * every probability of the row inherits (5 ulp at 10 classes, more than
  * PyTorch's error); in double the sum is exact to well below a float ulp.
@@ -364,7 +383,7 @@ enum { EXP_SUM_SPLIT = 1 };
 template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n, const T *m, double *s) {
     double acc[LANES];                 /* local: no aliasing with c, so kept in registers */
     T mk[LANES];
-    T scratch[EXP_SUM_SPLIT && !Store ? 31 * LANES : 1];
+    T scratch[EXP_SUM_SPLIT && !Store ? SHORT_ROW_MAX * LANES : 1];
     T *e = Store ? c : scratch;        /* where the split loop puts the exponentials */
     const T lo = exp_lo<T, !Store>();  /* a sum alone: Summand */
 #pragma omp simd
@@ -440,7 +459,7 @@ CS_INLINE float log_ge1(float x) {
     return x == x ? r : x;
 }
 
-/* Cross-entropy with class indices over a tile of `rows` short rows (n < 32,
+/* Cross-entropy with class indices over a tile of `rows` short rows (n <= SHORT_ROW_MAX,
  * rows * n <= TILE): the loss of each row into loss[r] and, unless grad is
  * NULL, the gradient times `scale` into grad (which may be x).  A block of
  * LANES rows at a time, transposed (see tile_in): the max, the target's
@@ -646,7 +665,7 @@ static inline double tile_cross_entropy_index_any(
 
 /* ---- softmax, log_softmax, logsumexp over a tile of short rows ----------
  * On the transposed blocks (see tile_in), like the cross-entropy above; the
- * sum of exponentials in double, the log by log_ge1 (s is in [1, 31] or NaN). */
+ * sum of exponentials in double, the log by log_ge1 (s is in [1, 63] or NaN). */
 
 /* The max m and the exp-sum s of every row of a tile in its transposed
  * blocks c (Store: the exponentials replace c).  The per-row finish (a

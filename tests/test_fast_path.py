@@ -30,9 +30,10 @@ def _pairs():
 
 PAIRS = _pairs()
 VARIANTS = sorted(PAIRS)
-#: (rows, classes): one sample, short rows (tiles), the small-work bound, several threads,
-#: rows split over threads (> 16384 columns)
-SHAPES = [(1, 10), (1, 1000), (7, 3), (65, 2), (33, 17), (32, 1000), (300, 70), (2, 40_000)]
+#: (rows, classes): one sample, short rows (tiles; 40 columns: float32's tiles, float64's
+#: rows), the small-work bound, several threads, rows split over threads (> 16384 columns)
+SHAPES = [(1, 10), (1, 1000), (7, 3), (65, 2), (33, 17), (50, 40), (32, 1000), (300, 70),
+          (2, 40_000)]
 
 
 def _results(value):

@@ -792,13 +792,14 @@ def test_cross_entropy_special_values(frontend, smoothing, dtype):
         )
 
 
-@pytest.mark.parametrize("c", [1, 2, 3, 10, 31])
+@pytest.mark.parametrize("c", [1, 2, 3, 10, 31, 32, 47, 63])
 @pytest.mark.parametrize(("weighted", "smoothing"), [(False, 0.0), (True, 0.0), (True, 0.2)])
 @float_dtypes
 def test_cross_entropy_short_rows_over_tiles(kernel_frontend, c, weighted, smoothing, dtype):
-    """Short rows (C < 32) run a tile of rows at a time, with rows as vector lanes (and a
-    code path of its own for C = 2): several tiles plus a partial one, special rows in
-    the first and the last tile, ignored rows, in place and loss-only."""
+    """Short rows (float32 C <= 63, float64 C <= 31) run a tile of rows at a time, with rows
+    as vector lanes (and a code path of its own for C = 2): several tiles plus a partial
+    one, special rows in the first and the last tile, ignored rows, in place and
+    loss-only."""
     n = 2 * (1024 // c) + 7
     rng = make_rng("ce-short-tiles", c, weighted, smoothing)
     logits, target, w = ce_inputs(n, c, rng, ignore_index=-100, weight=weighted)
@@ -909,7 +910,7 @@ def test_cross_entropy_short_rows_ignore_index_a_class(kernel_frontend, c, where
         assert loss_only.tobytes() == loss.tobytes()
 
 
-@pytest.mark.parametrize("c", [2, 3, 10])
+@pytest.mark.parametrize("c", [2, 3, 10, 40])
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
 def test_cross_entropy_tile_kernel_label_out_of_range(kernel_frontend, c, label_dtype):
     """The kernels themselves (called without the label check) give a row whose label is
@@ -1049,7 +1050,7 @@ def test_cross_entropy_dtype_rules(frontend, kind, rng):
 # Cross-entropy out=
 
 
-@pytest.mark.parametrize("c", [5, 40, 300])  # a tile of short rows; rows with a vector tail
+@pytest.mark.parametrize("c", [5, 40, 70, 300])  # tiles of short rows; rows with a vector tail
 @pytest.mark.parametrize("kind", ["int", "prob"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("in_place", [False, True], ids=["out", "out=logits"])

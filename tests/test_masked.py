@@ -140,21 +140,30 @@ def test_special_values(kernel_frontend, dtype, n, rng):
                      row_scale([ref_forward(name, x, where, -1)]), what=name)
 
 
+def _bitwise_from(kernel_frontend, dtype):
+    """The row width from which a masked call gives the unmasked call's bits: the first
+    width past the compiled kernels' short-row tiles, rows of fewer than
+    SHORT_ROW_LIMIT_BYTES bytes of the computing dtype (the NumPy twin: 32 columns)."""
+    limit = getattr(kernel_frontend.kernels, "SHORT_ROW_LIMIT_BYTES", None)
+    if limit is None:
+        return 32
+    return limit // (8 if np.dtype(dtype) == np.float64 else 4)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
-@pytest.mark.parametrize("shape", [(5, 1), (5, 7), (5, 31), (5, 32), (7, 100), (3, 1000),
-                                   (2, 20000), (4, 3, 40)])
+@pytest.mark.parametrize("shape", [(5, 1), (5, 7), (5, 31), (5, 32), (5, 63), (5, 64),
+                                   (7, 100), (3, 1000), (2, 20000), (4, 3, 40)])
 def test_all_true_is_the_unmasked_call(kernel_frontend, dtype, shape, rng):
     """An all-True mask, full or broadcast, gives the unmasked call's bits (forward) on rows
-    of 32 or more columns (the same row reductions), within rounding on short rows (the
-    unmasked ones run in transposed tiles that sum in another order) and in the backward
-    passes."""
+    of the compiled kernels' long rows (the same row reductions), within rounding on short
+    rows (the unmasked ones run in transposed tiles) and in the backward passes."""
     x = special(shape, rng).astype(dtype) if shape[-1] >= 3 else rng.standard_normal(shape)
     x = x.astype(dtype)
     g = rng.standard_normal(shape).astype(dtype)
     for where in (np.ones(shape, bool), np.ones(shape[-1:], bool), np.True_):
         for name in FORWARD:
             fn = getattr(kernel_frontend, name)
-            if shape[-1] >= 32:
+            if shape[-1] >= _bitwise_from(kernel_frontend, dtype):
                 assert_bitwise_equal(fn(x, where=where), fn(x), what=name)
             else:
                 want = fn(x)
@@ -168,14 +177,14 @@ def test_all_true_is_the_unmasked_call(kernel_frontend, dtype, shape, rng):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
-@pytest.mark.parametrize("n, kept", [(40, 33), (40, 1), (40, 31), (100, 64), (1000, 900),
-                                     (7, 3)])
+@pytest.mark.parametrize("n, kept", [(40, 33), (40, 1), (40, 31), (100, 63), (100, 64),
+                                     (1000, 900), (7, 3)])
 def test_padding_mask_is_the_unmasked_call_on_the_kept_prefix(kernel_frontend, dtype, n, kept,
                                                               rng):
     """A mask keeping the first `kept` entries of each row (a padding mask; broadcast or full,
     mixed with rows of other masks): the kept outputs are the unmasked call's on x[..., :kept]
     (within rounding: the compiled kernels compute them as that call, bitwise for prefixes of
-    32 or more), the masked ones 0 / -inf whatever x holds there (NaN, +inf)."""
+    long rows), the masked ones 0 / -inf whatever x holds there (NaN, +inf)."""
     x = rng.standard_normal((6, n)).astype(dtype) * 3
     x[:, kept:] = np.nan
     x[::2, -1] = np.inf
@@ -185,6 +194,7 @@ def test_padding_mask_is_the_unmasked_call_on_the_kept_prefix(kernel_frontend, d
     mixed[1] = rng.random(n) < 0.5   # not a prefix: the masked code on that row
     mixed[1, kept:] = False
     pre = slice(None), slice(0, kept)
+    compiled = "_kernels" in kernel_frontend.kernels.__name__
     fill = {"softmax": 0.0, "log_softmax": NINF}
     for where in (prefix, mixed):
         rows = [0, 2, 3, 4, 5] if where is mixed else slice(None)
@@ -196,7 +206,7 @@ def test_padding_mask_is_the_unmasked_call_on_the_kept_prefix(kernel_frontend, d
                 continue
             assert np.all(got[:, kept:] == fill[name]), name
             assert_close(got[:, :kept], want, dtype, row_scale([want]), what=name)
-            if kept >= 32 and "_kernels" in kernel_frontend.kernels.__name__:
+            if kept >= _bitwise_from(kernel_frontend, dtype) and compiled:
                 assert_bitwise_equal(got[:, :kept], want, what=name)
         for fwd, name in zip(("softmax", "log_softmax"), BACKWARD):
             out = getattr(kernel_frontend, fwd)(x, where=where)
