@@ -177,6 +177,10 @@ cdef enum:
     # The backward functions' rows prefetch the next row up to this size
     # (_backward_next).
     BACKWARD_PREFETCH_MAX_BYTES = 65536
+    # The row reductions without an output row (the loss alone, logsumexp)
+    # of long rows up to this size go ROW_GROUP rows a unit (_row_grouped).
+    GROUP_ROW_BYTES = 4096
+    ROW_GROUP = 4
 
 
 cdef inline bint _short_row(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
@@ -347,9 +351,22 @@ cdef inline double _cross_entropy_index_from_max(
     else:
         s = row_exp_store_sum(x, grad, n, m, nxt)
     w_t[0] = 1.0 if w == NULL else w[t]
+    return _cross_entropy_index_finish(x_t, m, w_t[0], w_total, alpha, beta, smooth, s, scale,
+                                       ex, i, c1)
+
+
+cdef inline double _cross_entropy_index_finish(
+    double x_t, double m, double w_t, double w_total, double alpha, double beta,
+    double smooth, double s, double scale, const CrossEntropyExtra *ex, Py_ssize_t i,
+    double *c1,
+) noexcept nogil:
+    """The loss of computed row i from its sums (x_t: the target's logit less
+    the maximum m, w_t its weight; smooth, s: see
+    _cross_entropy_index_from_max), the gradient's coefficient into c1; with
+    ex (or NULL) its z-loss and accuracy."""
     cdef double y_sum
-    cdef double loss = cross_entropy_index_loss(
-        w_t[0], w_total, alpha, beta, x_t, smooth, s, &y_sum)
+    cdef double loss = cross_entropy_index_loss(w_t, w_total, alpha, beta, x_t, smooth, s,
+                                                &y_sum)
     c1[0] = y_sum / s * scale
     if ex != NULL:
         _extra_row(ex, i, x_t, m, s, y_sum, scale, c1)

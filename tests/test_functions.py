@@ -833,6 +833,40 @@ def test_cross_entropy_short_rows_over_tiles(kernel_frontend, c, weighted, smoot
         check_loss(loss, exp_loss, dtype, reduction)
 
 
+@pytest.mark.parametrize("c", [64, 100, 1024])
+@float_dtypes
+def test_row_groups_give_each_row_its_own_bits(kernel_frontend, c, dtype):
+    """The loss alone and logsumexp of long rows up to 4 KiB go four rows a unit, one step
+    of every row before the next: each row's result has the same bits wherever it sits in
+    a group (a call of that row alone, 1-3 threads), with ignored, NaN and infinite rows
+    inside the groups; the loss alone, its z-loss part and its accuracy are those of the
+    loss + gradient call, which computes a row at a time."""
+    rng = make_rng("row-groups", c)
+    n = 23                               # five groups of four and a part of one
+    x = (normal((n, c), rng) * 3).astype(dtype)
+    x[5, 2], x[7, 0] = np.nan, np.inf
+    x[6] = -np.inf
+    t = rng.integers(0, c, n)
+    t[[1, 9, 10, 11, 12]] = -100         # a whole group ignored, and single rows
+    kw = dict(reduction="none", z_loss=1e-3, return_z_loss=True, return_token_accuracy=True)
+    alone = [kernel_frontend.cross_entropy(x[i:i + 1], t[i:i + 1], **kw) for i in range(n)]
+    fused = kernel_frontend.cross_entropy_with_grad(x, t, **kw)
+    lse_alone = np.concatenate([kernel_frontend.logsumexp(x[i:i + 1], axis=-1)
+                                for i in range(n)])
+    for threads in (1, 2, 3):
+        got = kernel_frontend.cross_entropy(x, t, num_threads=threads, **kw)
+        for name in ("loss", "z_loss", "token_accuracy"):
+            want = np.concatenate([getattr(r, name) for r in alone])
+            assert_bitwise_equal(getattr(got, name), want, what=f"{name} ({threads} threads)")
+            assert_bitwise_equal(getattr(got, name), getattr(fused, name), what=f"{name} fused")
+        assert_bitwise_equal(kernel_frontend.logsumexp(x, axis=-1, num_threads=threads),
+                             lse_alone, what=f"logsumexp ({threads} threads)")
+    finite = slice(8, None)                 # the sum of the finite rows' losses
+    total = kernel_frontend.cross_entropy(x[finite], t[finite], reduction="sum")
+    fused_total, _ = kernel_frontend.cross_entropy_with_grad(x[finite], t[finite], reduction="sum")
+    assert np.isfinite(total) and total.tobytes() == fused_total.tobytes()
+
+
 @pytest.mark.parametrize("c", [2, 3, 4])
 @float_dtypes
 def test_narrow_rows_transposed_by_vectors(kernel_frontend, c, dtype):
