@@ -177,9 +177,11 @@ cdef enum:
     # The backward functions' rows prefetch the next row up to this size
     # (_backward_next).
     BACKWARD_PREFETCH_MAX_BYTES = 65536
-    # The row reductions without an output row (the loss alone, logsumexp)
-    # of long rows up to this size go ROW_GROUP rows a unit (_row_grouped).
+    # Long rows up to this size go ROW_GROUP rows a unit in logsumexp and the
+    # loss alone, below GROUP_WRITE_ROW_BYTES in softmax, log_softmax and the
+    # loss + gradient (_row_grouped).
     GROUP_ROW_BYTES = 4096
+    GROUP_WRITE_ROW_BYTES = 1024
     ROW_GROUP = 4
 
 
@@ -338,21 +340,30 @@ cdef inline double _cross_entropy_index_from_max(
     pass (_next_row); nxt16 instead, for x converted from 16 bits: the next
     row's 16-bit storage."""
     cdef double x_t = <double>x[t] - <double>m
-    cdef double smooth = 0.0
-    cdef double s
-    if grad == NULL:
-        if beta != 0.0:
-            smooth = row_weighted_shifted_sum(x, w, n, m)
-        s = row_exp_sum(x, n, m, nxt16) if nxt16 != NULL else row_exp_sum(x, n, m, nxt)
-    elif beta != 0.0:
-        s = row_exp_store_sum_smooth(x, grad, w, n, m, &smooth, nxt)
-    elif nxt16 != NULL:
-        s = row_exp_store_sum(x, grad, n, m, nxt16)
-    else:
-        s = row_exp_store_sum(x, grad, n, m, nxt)
+    cdef double smooth
+    cdef double s = _cross_entropy_index_sums(x, n, m, w, beta, grad, &smooth, nxt, nxt16)
     w_t[0] = 1.0 if w == NULL else w[t]
     return _cross_entropy_index_finish(x_t, m, w_t[0], w_total, alpha, beta, smooth, s, scale,
                                        ex, i, c1)
+
+
+cdef inline double _cross_entropy_index_sums(
+    const floating *x, Py_ssize_t n, floating m, const floating *w, double beta,
+    floating *grad, double *smooth, const floating *nxt=NULL, const uint16_t *nxt16=NULL,
+) noexcept nogil:
+    """The exp-sum of a row (maximum m), its exponentials into grad unless
+    NULL, and into smooth the smoothing sum (0 without smoothing); nxt, nxt16:
+    see _cross_entropy_index_from_max."""
+    smooth[0] = 0.0
+    if grad == NULL:
+        if beta != 0.0:
+            smooth[0] = row_weighted_shifted_sum(x, w, n, m)
+        return row_exp_sum(x, n, m, nxt16) if nxt16 != NULL else row_exp_sum(x, n, m, nxt)
+    if beta != 0.0:
+        return row_exp_store_sum_smooth(x, grad, w, n, m, smooth, nxt)
+    if nxt16 != NULL:
+        return row_exp_store_sum(x, grad, n, m, nxt16)
+    return row_exp_store_sum(x, grad, n, m, nxt)
 
 
 cdef inline double _cross_entropy_index_finish(

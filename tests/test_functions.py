@@ -836,11 +836,11 @@ def test_cross_entropy_short_rows_over_tiles(kernel_frontend, c, weighted, smoot
 @pytest.mark.parametrize("c", [64, 100, 1024])
 @float_dtypes
 def test_row_groups_give_each_row_its_own_bits(kernel_frontend, c, dtype):
-    """The loss alone and logsumexp of long rows up to 4 KiB go four rows a unit, one step
-    of every row before the next: each row's result has the same bits wherever it sits in
-    a group (a call of that row alone, 1-3 threads), with ignored, NaN and infinite rows
-    inside the groups; the loss alone, its z-loss part and its accuracy are those of the
-    loss + gradient call, which computes a row at a time."""
+    """softmax, log_softmax, logsumexp and cross-entropy (loss alone, loss + gradient) of
+    long rows up to 4 KiB go four rows a unit, one step of every row before the next: each
+    row's result has the same bits wherever it sits in a group (a call of that row alone,
+    1-3 threads, in place), with ignored, NaN and infinite rows inside the groups; the loss
+    alone, its z-loss part and its accuracy are those of the loss + gradient call."""
     rng = make_rng("row-groups", c)
     n = 23                               # five groups of four and a part of one
     x = (normal((n, c), rng) * 3).astype(dtype)
@@ -851,6 +851,12 @@ def test_row_groups_give_each_row_its_own_bits(kernel_frontend, c, dtype):
     kw = dict(reduction="none", z_loss=1e-3, return_z_loss=True, return_token_accuracy=True)
     alone = [kernel_frontend.cross_entropy(x[i:i + 1], t[i:i + 1], **kw) for i in range(n)]
     fused = kernel_frontend.cross_entropy_with_grad(x, t, **kw)
+    grad_alone = np.concatenate([kernel_frontend.cross_entropy_with_grad(
+        x[i:i + 1], t[i:i + 1], **kw).grad for i in range(n)])
+    assert_bitwise_equal(fused.grad, grad_alone, what="gradient")
+    in_place = x.copy()
+    kernel_frontend.cross_entropy_with_grad(in_place, t, out=in_place, num_threads=2, **kw)
+    assert_bitwise_equal(in_place, grad_alone, what="gradient in place")
     lse_alone = np.concatenate([kernel_frontend.logsumexp(x[i:i + 1], axis=-1)
                                 for i in range(n)])
     for threads in (1, 2, 3):
@@ -861,6 +867,13 @@ def test_row_groups_give_each_row_its_own_bits(kernel_frontend, c, dtype):
             assert_bitwise_equal(getattr(got, name), getattr(fused, name), what=f"{name} fused")
         assert_bitwise_equal(kernel_frontend.logsumexp(x, axis=-1, num_threads=threads),
                              lse_alone, what=f"logsumexp ({threads} threads)")
+        for name in ("softmax", "log_softmax"):
+            fn = getattr(kernel_frontend, name)
+            want = np.concatenate([fn(x[i:i + 1]) for i in range(n)])
+            assert_bitwise_equal(fn(x, num_threads=threads), want, what=f"{name} ({threads})")
+            in_place = x.copy()
+            fn(in_place, out=in_place, num_threads=threads)
+            assert_bitwise_equal(in_place, want, what=f"{name} in place ({threads})")
     finite = slice(8, None)                 # the sum of the finite rows' losses
     total = kernel_frontend.cross_entropy(x[finite], t[finite], reduction="sum")
     fused_total, _ = kernel_frontend.cross_entropy_with_grad(x[finite], t[finite], reduction="sum")
