@@ -99,6 +99,9 @@ SHAPE_GROUPS = {
     "medium": [(8192, 1000)],
     "vocab-wide": [(1024, 32000), (16, 131072), (4, 262144)],
     "square": [(4096, 4096)],
+    # class counts past the short-row tiles, where each row's chain of reductions bounds
+    # the row loops (float32: 64 and 100 columns)
+    "classes": [(32768, 64), (16384, 100)],
     "tiny": [(1, 10), (1, 1000), (32, 1000)],
     # the calls of inference: one sample to a small batch
     "small-call": [(1, 10), (1, 1000), (32, 1000), (256, 1000)],

@@ -52,7 +52,7 @@ cdef inline bint _row_grouped(Py_ssize_t n, Py_ssize_t itemsize, bint writes) no
     64-128 columns, the loss 0.76-0.92x the time, the loss + gradient
     0.77-0.92x, logsumexp 0.82-0.99x, softmax 0.82-1.05x, log_softmax
     0.82-0.98x; 1000 columns, the loss and logsumexp 0.95-0.99x, but the
-    calls that write rows 1.05-1.11x (a group's rows and outputs overflow the
+    calls that write rows 1.02-1.11x (a group's rows and outputs overflow the
     L1 cache between the passes)."""
     if _short_row(n, itemsize):
         return False
