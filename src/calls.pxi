@@ -161,17 +161,52 @@ def logsumexp_rows(const floating[:, ::1] x, floating[::1] out, int n_threads):
 
 
 # ---------------------------------------------------------------------------
-# the backward functions (each row on one thread)
+# the backward functions (each row, or tile of short rows, on one thread)
+
+cdef extern from "tilesbackward.hpp" namespace "csoftmax" nogil:
+    # softmax_backward's rows of fewer bytes go by tiles (log_softmax_backward's:
+    # _short_row's)
+    enum: SOFTMAX_BACKWARD_TILE_BYTES
+    void tile_softmax_backward[T](const T *g, const T *a, T *out, Py_ssize_t rows,
+                                  Py_ssize_t n) noexcept
+    void tile_log_softmax_backward[T](const T *g, const T *o, T *out, Py_ssize_t rows,
+                                      Py_ssize_t n) noexcept
+
+
+cdef inline bint _backward_tiled(int op, Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """Whether rows of n elements of the gradient through softmax (op OP_SOFTMAX) or
+    log_softmax go a tile of rows a unit (the width and the dtype alone decide: every
+    row of a call takes the same path)."""
+    if op == OP_SOFTMAX:
+        return n * itemsize < SOFTMAX_BACKWARD_TILE_BYTES
+    return _short_row(n, itemsize)
+
+
+cdef inline Py_ssize_t _backward_units(
+    int op, Py_ssize_t n_rows, Py_ssize_t n, Py_ssize_t itemsize
+) noexcept nogil:
+    return _n_tiles(n_rows, n) if _backward_tiled(op, n, itemsize) else n_rows
+
 
 cdef inline void _backward_unit(
-    int op, const floating *g, const floating *a, floating *out, Py_ssize_t n, Py_ssize_t i,
-    bint nxt=False,
+    int op, const floating *g, const floating *a, floating *out, Py_ssize_t n_rows,
+    Py_ssize_t n, Py_ssize_t i
 ) noexcept nogil:
-    """nxt: prefetch the next rows of the inputs (_backward_next)."""
-    if op == OP_SOFTMAX:
-        _softmax_backward_unit(g, a, out, n, i, nxt)
+    """Unit i (_backward_units) of the gradient through softmax (op OP_SOFTMAX) or
+    log_softmax: a tile of short rows, else row i."""
+    cdef Py_ssize_t r0, rows
+    if _backward_tiled(op, n, sizeof(floating)):
+        # (not above: a row's two divisions took 5-10 % of a 1000-column row)
+        r0 = i * _tile_rows(n)
+        rows = min(_tile_rows(n), n_rows - r0)
+        if op == OP_SOFTMAX:
+            tile_softmax_backward(g + r0 * n, a + r0 * n, out + r0 * n, rows, n)
+        else:
+            tile_log_softmax_backward(g + r0 * n, a + r0 * n, out + r0 * n, rows, n)
+    elif op == OP_SOFTMAX:
+        _softmax_backward_unit(g, a, out, n, i, _backward_next(g, n_rows, n, i))
     else:
-        _log_softmax_backward_unit(g, a, out, n, i, nxt)
+        _log_softmax_backward_unit(g, a, out, n, i, _backward_next(g, n_rows, n, i))
 
 
 cdef void _backward_serial(
@@ -179,8 +214,8 @@ cdef void _backward_serial(
     Py_ssize_t n
 ) noexcept nogil:
     cdef Py_ssize_t i
-    for i in range(n_rows):
-        _backward_unit(op, g, a, out, n, i, _backward_next(g, n_rows, n, i))
+    for i in range(_backward_units(op, n_rows, n, sizeof(floating))):
+        _backward_unit(op, g, a, out, n_rows, n, i)
 
 
 cdef int _backward_core(
@@ -191,8 +226,9 @@ cdef int _backward_core(
     g or a."""
     cdef Py_ssize_t i
     if n_threads > 1:
-        for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-            _backward_unit(op, g, a, out, n, i, _backward_next(g, n_rows, n, i))
+        for i in prange(_backward_units(op, n_rows, n, sizeof(floating)),
+                        nogil=True, schedule="static", num_threads=n_threads):
+            _backward_unit(op, g, a, out, n_rows, n, i)
     elif n_rows * n < GIL_WORK:
         _backward_serial(op, g, a, out, n_rows, n)
     else:

@@ -299,6 +299,7 @@ cdef void _half_block(
     """Block b of rows: loaded into scratch (h.stage floats per buffer),
     computed by the float32 units, the result stored in 16 bits."""
     cdef Py_ssize_t i, n = h.n, r0 = b * h.block
+    cdef int op
     cdef Py_ssize_t rows = min(h.block, h.n_rows - r0)
     cdef Py_ssize_t off = r0 * n, size = rows * n
     cdef float *xs = scratch
@@ -330,9 +331,9 @@ cdef void _half_block(
             _rows_unit(h.op, <const float *>xs, xs, rows, n, i)
     elif h.op == OP_SOFTMAX_BACKWARD or h.op == OP_LOG_SOFTMAX_BACKWARD:
         half_load(h.kind, h.y16 + off, ys, size)
-        for i in range(rows):
-            _backward_unit(OP_SOFTMAX if h.op == OP_SOFTMAX_BACKWARD else OP_LOG_SOFTMAX,
-                           <const float *>xs, <const float *>ys, xs, n, i)
+        op = OP_SOFTMAX if h.op == OP_SOFTMAX_BACKWARD else OP_LOG_SOFTMAX
+        for i in range(_backward_units(op, rows, n, sizeof(float))):
+            _backward_unit(op, <const float *>xs, <const float *>ys, xs, rows, n, i)
     elif h.op == OP_CROSS_ENTROPY_INDEX:
         _half_ce_index(h, t, xs, ys, r0, rows)
     else:

@@ -22,6 +22,7 @@ from arrays import (
     FORWARD_FUNCS,
     FUNC_IDS,
     FUNCS,
+    KERNEL_FRONTENDS,
     LAYOUTS,
     OUT_FUNCS,
     ArrayOnly,
@@ -831,6 +832,51 @@ def test_cross_entropy_short_rows_over_tiles(kernel_frontend, c, weighted, smoot
         exp_loss, _ = ref.cross_entropy_with_grad(logits[finite], target[finite], **kw)
         loss, _ = kernel_frontend.cross_entropy_with_grad(logits[finite], target[finite], **kw)
         check_loss(loss, exp_loss, dtype, reduction)
+
+
+@pytest.mark.parametrize("c", [2, 3, 10, 17, 31, 47, 63])
+@float_dtypes
+def test_backward_tiles_give_each_row_its_own_bits(kernel_frontend, c, dtype):
+    """softmax_backward (rows under 128 bytes) and log_softmax_backward (under 256 bytes)
+    compute a tile of short rows at a time, rows as the lanes of transposed blocks: each
+    row's gradient has the same bits wherever it sits in a tile (a call of that row alone,
+    1-3 threads, out= either input), with NaN and infinite entries in some rows."""
+    rng = make_rng("backward-tiles", c)
+    n = 300                                 # tiles, and a last block with padding lanes
+    g = (normal((n, c), rng) * 3).astype(dtype)
+    g[5, 0], g[9, -1] = np.nan, np.inf
+    x = normal((n, c), rng).astype(dtype)
+    for name, out in (("softmax_backward", kernel_frontend.softmax(x)),
+                      ("log_softmax_backward", kernel_frontend.log_softmax(x))):
+        fn = getattr(kernel_frontend, name)
+        want = np.concatenate([fn(g[i:i + 1], out[i:i + 1]) for i in range(n)])
+        for threads in (1, 2, 3):
+            assert_bitwise_equal(fn(g, out, num_threads=threads), want, what=f"{name} ({threads})")
+        for which in ("grad_output", "output"):
+            gi, oi = g.copy(), out.copy()
+            dest = gi if which == "grad_output" else oi
+            assert fn(gi, oi, out=dest, num_threads=2) is dest
+            assert_bitwise_equal(dest, want, what=f"{name} in place of {which}")
+
+
+@pytest.mark.parametrize("c", [10, 31, 47, 100, 1000, 4099])
+@float_dtypes
+def test_softmax_backward_same_bits_on_every_instruction_set(c, dtype):
+    """softmax_backward's dot product <g, a> is summed in double in the same order on every
+    compiled instruction set (32 lanes folded as the row sums are; a tile's rows in column
+    order), so the gradient has the same bits on each of them: float32 everywhere (its
+    products are exact in double), float64 where the build fuses the multiply-add (AVX2,
+    AVX-512; the baseline build rounds the product first)."""
+    names = [name for name in KERNEL_FRONTENDS if name.startswith("cython-")
+             and (dtype == np.float32 or name != "cython-baseline")]
+    if len(names) < 2:
+        pytest.skip("one compiled instruction set on this CPU")
+    rng = make_rng("backward-isa", c)
+    g = (normal((37, c), rng) * 3).astype(dtype)
+    a = KERNEL_FRONTENDS[names[0]].softmax(normal((37, c), rng).astype(dtype))
+    want = KERNEL_FRONTENDS[names[0]].softmax_backward(g, a)
+    for name in names[1:]:
+        assert_bitwise_equal(KERNEL_FRONTENDS[name].softmax_backward(g, a), want, what=name)
 
 
 @pytest.mark.parametrize("c", [64, 100, 1024])
