@@ -166,8 +166,7 @@ static inline double masked_chunk_exp_lanes(const T *x, const uint8_t *k, T *e, 
         }
 #pragma omp simd
         for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = exp_nonpositive_as<!Store>(buf[l], lo);
-        if (Store)
-            for (idx_t l = 0; l < n - nv; ++l) e[nv + l] = buf[l];
+        if (Store) tail_store(e + nv, n - nv, buf);
         lanes_widen_add(sd, buf);
     }
     return lanes_total(sd);

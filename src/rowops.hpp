@@ -15,6 +15,7 @@
 
 #include "base.hpp"
 #include "exp.hpp"
+#include "rowtail.hpp"
 
 namespace csoftmax {
 
@@ -76,25 +77,6 @@ template <typename T> static CS_REDUCTION int row_has_nan(const T *x, idx_t n) {
         if (x[k] != x[k]) return 1;
     return 0;
 }
-
-/* exp(x_l - shift) for the last r < EXP_TAIL elements of a row, into buf
- * (zeros past r).  The vector loops below stop at a multiple of EXP_TAIL and
- * hand the rest here: one fixed-length vector loop instead of a scalar exp
- * per element, which on short rows (C = 2 .. 30) costs more than the rest.
- * Shifted: x_l - shift <= 0 (shift is the row maximum). */
-enum { EXP_TAIL = 16 };
-
-template <bool Shifted, bool Summand = false, typename T>
-static inline void exp_tail(const T *x, idx_t r, T shift, T *buf) {
-    const T lo = exp_lo<T, Summand>();
-    for (idx_t l = 0; l < EXP_TAIL; ++l) buf[l] = (T)-INFINITY;
-    for (idx_t l = 0; l < r; ++l) buf[l] = x[l] - shift;
-#pragma omp simd
-    for (idx_t l = 0; l < EXP_TAIL; ++l)
-        buf[l] = Shifted ? exp_nonpositive_as<Summand>(buf[l], lo) : exp_poly(buf[l]);
-}
-
-static inline idx_t vector_part(idx_t n) { return n - n % EXP_TAIL; }
 
 /* The sums over a row are accumulated in SUM_LANES lanes: lane l holds the
  * terms k = l (mod SUM_LANES).  Within blocks of SUM_BLOCK elements a lane
@@ -204,8 +186,7 @@ static inline double chunk_exp_lanes(const T *x, T *e, idx_t n, T shift, const N
     if (nv < n) {
         T buf[EXP_TAIL];
         exp_tail<true, !Store>(x + nv, n - nv, shift, buf);
-        if (Store)
-            for (idx_t l = 0; l < n - nv; ++l) e[nv + l] = buf[l];
+        if (Store) tail_store(e + nv, n - nv, buf);
         lanes_widen_add(sd, buf);
     }
     return lanes_total(sd);
@@ -297,7 +278,7 @@ static inline double chunk_exp_store_sum_smooth(const T *x, T *e, const T *w, id
     if (nv < n) {
         T buf[EXP_TAIL];
         exp_tail<true>(x + nv, n - nv, shift, buf);
-        for (idx_t l = 0; l < n - nv; ++l) e[nv + l] = buf[l];
+        tail_store(e + nv, n - nv, buf);
         lanes_widen_add(sd, buf);
     }
     *smooth = a + lanes_total(sa);

@@ -57,7 +57,7 @@ static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n,
     if (nv < total) {
         T buf[EXP_TAIL];
         exp_tail<true>(e + nv, total - nv, (T)0, buf);
-        for (idx_t l = 0; l < total - nv; ++l) e[nv + l] = buf[l];
+        tail_store(e + nv, total - nv, buf);
     }
     for (idx_t r = 0; r < rows; ++r) s[r] = 0.0;
     for (idx_t k = 0; k < n; ++k) {
