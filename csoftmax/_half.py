@@ -151,6 +151,12 @@ def store(r, dtype, out=None):
     return out
 
 
+# The largest float32: a float64 at most this large in magnitude casts without
+# overflow (NaN compares false and casts quietly too).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def round_once(value, dtype):
     """float64 value(s) rounded once to ``dtype`` (a 16-bit float dtype; else
     an ordinary cast): a scalar of that dtype for a scalar, else an array.
@@ -158,6 +164,11 @@ def round_once(value, dtype):
     float64 -> float32 by round-to-odd, then to 16 bits by round to nearest
     even: the same as rounding the float64 value directly, since float32
     keeps more than two extra bits."""
+    if type(value) is float and (dtype == _FLOAT64
+                                 or (dtype == _FLOAT32 and not abs(value) > _FLOAT32_MAX)):
+        # a reduced loss: the scalar cast, without the errstate below (1.7 us of
+        # a 1x1000 call's 16 us on the full path)
+        return dtype.type(value)
     v = np.asarray(value, np.float64)
     kind = half_kind(dtype)
     if kind is None or kind == F16:  # NumPy's float64 -> float16 rounds once

@@ -123,6 +123,21 @@ def test_round_once_from_double():
         np.testing.assert_array_equal(_half.round_once(x, F16), x.astype(F16))
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_once_python_floats(dtype):
+    """A reduced loss (a Python float) rounded to float32/float64 by the scalar cast: the
+    array cast's value and type, and no overflow warning where it becomes +-inf."""
+    top = float(np.finfo(np.float32).max)
+    for v in [0.5, -2.5e-45, 1e39, -1e300, np.nan, np.inf, -np.inf, top, -top,
+              np.nextafter(top, np.inf), 3.4028235677973366e38, 1e-320]:
+        got = _half.round_once(v, np.dtype(dtype))
+        with np.errstate(over="ignore"):
+            want = np.asarray(v, np.float64).astype(dtype)[()]
+        assert type(got) is np.dtype(dtype).type
+        assert got.tobytes() == want.tobytes(), v
+
+
 # ---------------------------------------------------------------------------
 # the kernels: the float32 kernels' results rounded once, bit for bit
 
