@@ -859,14 +859,15 @@ def test_backward_tiles_give_each_row_its_own_bits(kernel_frontend, c, dtype):
             assert_bitwise_equal(dest, want, what=f"{name} in place of {which}")
 
 
-@pytest.mark.parametrize("c", [10, 31, 47, 100, 1000, 4099])
+@pytest.mark.parametrize("c", [10, 31, 32, 47, 64, 100, 1000, 4099])
 @float_dtypes
 def test_softmax_backward_same_bits_on_every_instruction_set(c, dtype):
     """softmax_backward's dot product <g, a> is summed in double in the same order on every
     compiled instruction set (32 lanes folded as the row sums are; a tile's rows in column
     order), so the gradient has the same bits on each of them: float32 everywhere (its
     products are exact in double), float64 where the build fuses the multiply-add (AVX2,
-    AVX-512; the baseline build rounds the product first)."""
+    AVX-512; the baseline build rounds the product first).  32 and 64 columns: whole steps
+    of the 32 lanes only; 31, 47, 100: a partial step, alone or after whole ones."""
     names = [name for name in KERNEL_FRONTENDS if name.startswith("cython-")
              and (dtype == np.float32 or name != "cython-baseline")]
     if len(names) < 2:
