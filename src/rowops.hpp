@@ -844,12 +844,12 @@ template <typename T> static inline void row_log_softmax_from(const T *x, T *out
  * the memory bus idle; given the next rows of both inputs (gnext and anext,
  * or NULL), the writing pass prefetches their same columns as it goes, one
  * cache line of each per line of the row, as chunk_exp_lanes does.  Without
- * them the pass is one loop: without prefetches the rows of 32000 columns
- * took 1.04-1.08x the time of log_softmax_backward.  A line at a time (the
- * inner loop a fixed BACKWARD_LINE elements, whole vectors), not in spans of
- * 64 elements each with its own prefetch loop and vector-loop set-up: the
- * spans ran 2.2 instructions an element for softmax_backward's one multiply
- * and subtract (AVX2), a line 0.9. */
+ * them (NULL: the rows that do not prefetch, see _backward_next) the pass is
+ * one loop.  A line at a time (an inner loop of a fixed BackwardLine<T>::N
+ * elements, whole vectors), not in spans of 64 elements each with its own
+ * prefetch loops and vector-loop set-up: the spans ran 2.2 instructions an
+ * element for softmax_backward's one subtract and multiply (AVX2, callgrind),
+ * the lines about 1.0. */
 template <typename T> struct BackwardLine {
     enum { N = 64 / (int)sizeof(T) };
 };
