@@ -67,6 +67,24 @@ def test_special_values(kernel_frontend, dtype, shape, rng):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
+def test_special_values_in_wide_blocks(kernel_frontend, dtype, rng):
+    """Few classes over a long inner axis: staged blocks of 1024 positions (float32),
+    whose logs are one vector loop (log_ge1) and whose positions with an infinite max
+    are redone apart; special positions in the first, a middle and the last vector."""
+    x = (rng.standard_normal((2, 10, 4096)) * 3).astype(dtype)
+    x[0, :, 0] = -np.inf                      # all -inf
+    x[0, 3, 100] = np.inf                     # a +inf max
+    x[0, 3, 1500], x[0, 7, 1500] = np.inf, np.nan   # +inf max and a NaN
+    x[1, 5, 2049] = np.nan
+    x[1, :, 3000] = -np.inf
+    x[1, 2, 3000] = 0.0                       # all -inf but one
+    x[1, :, 4095] = -np.inf
+    x[1, 9, 1023] = -np.inf                   # one -inf among finite values
+    for name in FUNCS:
+        _check(kernel_frontend, name, x, 1)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
 @pytest.mark.parametrize("shape, axis", [((64, 1000, 64), 1), ((1000, 4096), 0)], ids=str)
 def test_large(kernel_frontend, dtype, shape, axis, rng):
     x = (rng.standard_normal(shape) * 3).astype(dtype)
