@@ -264,9 +264,9 @@ class CrossEntropyFunctions:
         (0.6697, 1.0, None)
         """
         plain = _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy)
-        if weight is None and plain:
+        if plain:
             r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
-                                         label_smoothing, num_threads, False, None)
+                                         label_smoothing, num_threads, False, None, weight)
             if r is not None:
                 return r
         args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing,
@@ -320,9 +320,9 @@ class CrossEntropyFunctions:
         (0.6931, array([[ 0.5, -0.5]]))
         """
         plain = _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy)
-        if weight is None and plain:
+        if plain:
             r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
-                                         label_smoothing, num_threads, True, out)
+                                         label_smoothing, num_threads, True, out, weight)
             if r is not None:
                 return r
         args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing,

@@ -295,41 +295,59 @@ cdef Py_ssize_t _labels_count_bad(
     return bad
 
 
+cdef Py_ssize_t _labels_weight_total(
+    const label_t *target, Py_ssize_t n_rows, Py_ssize_t n_classes, Py_ssize_t ignore_index,
+    const floating *weight, double *total_out,
+) noexcept nogil:
+    """The first row whose label is neither in [0, n_classes) nor ignore_index
+    (-1 when all are valid) and into total_out the sum of (double)weight[t] (of
+    1 where weight is NULL) over the non-ignored rows, added in row order with
+    Neumaier's compensation: a plain running sum of 2e6 weights in [0, 1) was
+    86796 ulp off (NumPy's pairwise sum, the twin's, 1 ulp), and float64 losses
+    of a weighted "mean" inherit it.  The one loop of label_summary and of the
+    fast path's weighted calls: the same total either way."""
+    cdef Py_ssize_t i, t
+    cdef double total = 0.0, lost = 0.0, v, s
+    for i in range(n_rows):
+        t = target[i]
+        if t == ignore_index:
+            continue
+        if t < 0 or t >= n_classes:
+            return i
+        v = <double>weight[t] if weight != NULL else 1.0
+        s = total + v
+        lost += (total - s) + v if fabs(total) >= fabs(v) else (v - s) + total
+        total = s
+    # the lost low parts of a finite sum (of an infinite one they are NaN)
+    total_out[0] = total + lost if isfinite(total) else total
+    return -1
+
+
 def label_summary(const label_t[::1] target, Py_ssize_t n_classes,
                   Py_ssize_t ignore_index, const double[::1] weight=None, int n_threads=1):
     """Check class indices and total the weight that a "mean" divides by.
 
     Returns ``(first_bad_row, total)``: the first row whose label is neither in
     ``[0, n_classes)`` nor ``ignore_index`` (-1 when all are valid), and the sum
-    of ``weight[t]`` (of 1 when weight is None) over the non-ignored rows,
-    added in row order with Neumaier's compensation: a plain running sum of
-    2e6 weights in [0, 1) was 86796 ulp off (NumPy's pairwise sum, the
-    twin's, 1 ulp), and float64 losses of a weighted "mean" inherit it.
+    of ``weight[t]`` (of 1 when weight is None) over the non-ignored rows
+    (_labels_weight_total).
     """
-    cdef Py_ssize_t i, t, bad = -1, n_rows = target.shape[0], kept
-    cdef double total = 0.0, lost = 0.0, v, s
-    cdef bint weighted = weight is not None
-    if n_rows > 0 and not weighted:
+    cdef Py_ssize_t bad = -1, n_rows = target.shape[0], kept
+    cdef double total = 0.0
+    cdef const double *w = NULL
+    if n_rows > 0 and weight is None:
         # the common case as one vector pass; the scalar loop below finds the
         # first bad row only when there is one
         bad = _labels_count_bad(&target[0], n_rows, n_classes, ignore_index, &kept, n_threads)
         if bad == 0:
             return -1, <double>kept
-        bad = -1
+    if n_rows == 0:
+        return -1, 0.0
+    if weight is not None:
+        w = &weight[0]
     with nogil:
-        for i in range(n_rows):
-            t = target[i]
-            if t == ignore_index:
-                continue
-            if t < 0 or t >= n_classes:
-                bad = i
-                break
-            v = weight[t] if weighted else 1.0
-            s = total + v
-            lost += (total - s) + v if fabs(total) >= fabs(v) else (v - s) + total
-            total = s
-    # the lost low parts of a finite sum (of an infinite one they are NaN)
-    return bad, total + lost if isfinite(total) else total
+        bad = _labels_weight_total(&target[0], n_rows, n_classes, ignore_index, w, &total)
+    return bad, total
 
 
 # ---------------------------------------------------------------------------

@@ -76,7 +76,8 @@ cdef object _fast_linear_run(_FastCall *c, const floating *x, const floating *w,
                 for k in range(c.n):
                     logits[i * c.n + k] = logits[i * c.n + k] + b[k]
         return _fast_cross_entropy_run(c, <const floating *>logits, t,
-                                       <const floating *>NULL, <floating *>NULL)
+                                       <const floating *>NULL, <floating *>NULL,
+                                       <const floating *>NULL)
     finally:
         free(logits)
 

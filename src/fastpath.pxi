@@ -247,15 +247,23 @@ cdef object _reduced(_FastCall *c, double *row_loss, double total_loss, double c
 
 cdef object _fast_cross_entropy_run(
     _FastCall *c, const floating *x, const label_t *t, const floating *y, floating *grad,
+    const floating *w,
 ):
     """The loss of a checked call with labels t (checked here: None when one is
-    out of range) or probability targets y; the gradient into grad unless
-    NULL."""
+    out of range) or probability targets y, class weights w (or NULL); the
+    gradient into grad unless NULL.  A "mean" divides by the rows' number, or
+    with labels and weights by their labels' summed weight (label_summary's
+    total)."""
     cdef Py_ssize_t kept = c.n_rows
-    if t != NULL and _labels_count_bad(t, c.n_rows, c.n, c.ignore_index, &kept,
-                                       c.threads) != 0:
-        return None  # the full path names the first bad label
-    cdef double count = <double>kept
+    cdef double count
+    if t != NULL and w != NULL:
+        if _labels_weight_total(t, c.n_rows, c.n, c.ignore_index, w, &count) >= 0:
+            return None  # the full path names the first bad label
+    else:
+        if t != NULL and _labels_count_bad(t, c.n_rows, c.n, c.ignore_index, &kept,
+                                           c.threads) != 0:
+            return None
+        count = <double>kept
     cdef double scale = 1.0
     if c.reduction == REDUCTION_MEAN:
         scale = 1.0 / count if count != 0.0 else NAN
@@ -274,12 +282,11 @@ cdef object _fast_cross_entropy_run(
     cdef double total
     try:
         if t != NULL:
-            total = _cross_entropy_index_core(x, t, c.n_rows, c.n, <const floating *>NULL,
-                                              c.ignore_index, c.label_smoothing, scale, loss,
-                                              grad, c.threads)
+            total = _cross_entropy_index_core(x, t, c.n_rows, c.n, w, c.ignore_index,
+                                              c.label_smoothing, scale, loss, grad, c.threads)
         else:
-            total = _cross_entropy_prob_core(x, y, c.n_rows, c.n, <const floating *>NULL,
-                                             c.label_smoothing, scale, loss, grad, c.threads)
+            total = _cross_entropy_prob_core(x, y, c.n_rows, c.n, w, c.label_smoothing, scale,
+                                             loss, grad, c.threads)
         return _reduced(c, loss, total, count, none_result)
     finally:
         if loss != stack_loss and none_result is None:
@@ -336,14 +343,30 @@ cdef bint _python_label(object target, int64_t *label) noexcept:
     return True
 
 
+cdef bint _valid_weight(object weight, cnp.ndarray x, int typenum, int kind, bint with_grad,
+                        object out) noexcept:
+    """weight is None, or (float32/float64 logits) a (C,) array of the logits'
+    dtype that _float_array accepts, apart from out where the call writes a
+    gradient there (the full path refuses an overlap)."""
+    if weight is None:
+        return True
+    if kind >= 0 or _float_array(weight) != typenum:
+        return False
+    cdef cnp.ndarray w = <cnp.ndarray>weight
+    if (cnp.PyArray_NDIM(w) != 1
+            or cnp.PyArray_DIMS(w)[0] != cnp.PyArray_DIMS(x)[cnp.PyArray_NDIM(x) - 1]):
+        return False
+    return not (with_grad and out is not None and not _apart(w, <cnp.ndarray>out))
+
+
 def fast_cross_entropy(object logits, object target, object axis, object ignore_index,
                        object reduction, object label_smoothing, object num_threads,
-                       bint with_grad, object out):
-    """cross_entropy (with_grad False) or cross_entropy_with_grad without class
-    weights, for logits with the classes on the last axis and native
-    int32/int64 labels of the other axes' shape (a Python int for (C,) logits)
-    or probability targets of the logits' shape and dtype; None when
-    declined."""
+                       bint with_grad, object out, object weight=None):
+    """cross_entropy (with_grad False) or cross_entropy_with_grad, for logits
+    with the classes on the last axis and native int32/int64 labels of the
+    other axes' shape (a Python int for (C,) logits) or probability targets of
+    the logits' shape and dtype, and class weights None or (float32/float64
+    logits) a (C,) array of the logits' dtype; None when declined."""
     cdef _FastCall c
     cdef int kind = -1  # 16-bit logits: their kind (fasthalf.pxi)
     c.typenum = _float_array(logits)
@@ -364,6 +387,8 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     cdef Py_ssize_t requested = _requested_threads(num_threads)
     if requested < 0 or (with_grad and not (_half_valid_out(out, x) if kind >= 0
                                             else _valid_out(out, x, c.typenum))):
+        return None
+    if not _valid_weight(weight, x, c.typenum, kind, with_grad, out):
         return None
     # the targets: labels (int32, int64, or one Python int) or probabilities
     cdef int64_t one_label
@@ -403,6 +428,7 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
         yp = cnp.PyArray_DATA(y)
     if grad is not None:
         gp = cnp.PyArray_DATA(grad)
+    cdef void *wp = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
     if kind >= 0:
         if label_size == 4:
             loss = _fast_half_cross_entropy(&c, kind, x, <const int32_t *>tp, y, grad)
@@ -411,17 +437,18 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     elif c.typenum == cnp.NPY_FLOAT32:
         if label_size == 4:
             loss = _fast_cross_entropy_run(&c, <const float *>xp, <const int32_t *>tp,
-                                           <const float *>NULL, <float *>gp)
+                                           <const float *>NULL, <float *>gp, <const float *>wp)
         else:
             loss = _fast_cross_entropy_run(&c, <const float *>xp, <const int64_t *>tp,
-                                           <const float *>yp, <float *>gp)
+                                           <const float *>yp, <float *>gp, <const float *>wp)
     else:
         if label_size == 4:
             loss = _fast_cross_entropy_run(&c, <const double *>xp, <const int32_t *>tp,
-                                           <const double *>NULL, <double *>gp)
+                                           <const double *>NULL, <double *>gp,
+                                           <const double *>wp)
         else:
             loss = _fast_cross_entropy_run(&c, <const double *>xp, <const int64_t *>tp,
-                                           <const double *>yp, <double *>gp)
+                                           <const double *>yp, <double *>gp, <const double *>wp)
     if loss is None:
         return None
     return (loss, grad) if with_grad else loss

@@ -59,6 +59,9 @@ def _calls(n, c, dtype, rng):
     g = rng.standard_normal((n, c)).astype(dtype)
     a = np.exp(x - x.max(axis=1, keepdims=True)).astype(dtype)
     lab32 = labels.astype(np.int32)
+    w = (rng.random(c) + 0.25).astype(dtype)
+    w[0] = 0.0                                   # a class of no weight
+    ignored = np.full(n, -100)
     calls = [
         ("softmax", lambda f: f.softmax(x)),
         ("softmax axis=1", lambda f: f.softmax(x, axis=1)),
@@ -78,6 +81,20 @@ def _calls(n, c, dtype, rng):
             x, lab32, reduction="none", num_threads=2)),
         ("cross_entropy_with_grad prob", lambda f: f.cross_entropy_with_grad(
             x, probs, reduction="sum", label_smoothing=0.5)),
+        ("cross_entropy weighted", lambda f: f.cross_entropy(x, labels, weight=w)),
+        ("cross_entropy weighted int32 none smoothed", lambda f: f.cross_entropy(
+            x, lab32, weight=w, reduction="none", label_smoothing=0.1, num_threads=2)),
+        ("cross_entropy weighted ignore_index", lambda f: f.cross_entropy(
+            x, np.maximum(labels, 0), weight=w, ignore_index=0, reduction="sum")),
+        ("cross_entropy weighted, all ignored", lambda f: f.cross_entropy(
+            x, ignored, weight=w)),
+        ("cross_entropy weighted prob", lambda f: f.cross_entropy(x, probs, weight=w)),
+        ("cross_entropy_with_grad weighted", lambda f: f.cross_entropy_with_grad(
+            x, labels, weight=w)),
+        ("cross_entropy_with_grad weighted smoothed", lambda f: f.cross_entropy_with_grad(
+            x, lab32, weight=w, label_smoothing=0.2, num_threads=2)),
+        ("cross_entropy_with_grad weighted prob", lambda f: f.cross_entropy_with_grad(
+            x, probs, weight=w, reduction="none")),
     ]
     if n == 1:
         x1, g1, a1, p1 = x[0], g[0], a[0], probs[0]
@@ -90,6 +107,9 @@ def _calls(n, c, dtype, rng):
             ("cross_entropy 1-D none", lambda f: f.cross_entropy(x1, t1, reduction="none")),
             ("cross_entropy 1-D prob", lambda f: f.cross_entropy(x1, p1)),
             ("cross_entropy_with_grad 1-D", lambda f: f.cross_entropy_with_grad(x1, t1)),
+            ("cross_entropy 1-D weighted", lambda f: f.cross_entropy(x1, t1, weight=w)),
+            ("cross_entropy_with_grad 1-D weighted", lambda f: f.cross_entropy_with_grad(
+                x1, t1, weight=w)),
         ]
     return calls
 
@@ -129,6 +149,12 @@ def test_fast_path_out(variant, dtype):
                 out = {"new": np.empty_like(x), "g": gg, "a": aa}[target]
                 assert getattr(fast, name)(gg, aa, out=out) is out
                 assert_bitwise_equal(out, want, f"{name} out={target}")
+        w = (rng.random(c) + 0.5).astype(dtype)
+        loss, grad = full.cross_entropy_with_grad(x, labels, weight=w)
+        out = np.empty_like(x)
+        loss2, grad2 = fast.cross_entropy_with_grad(x, labels, weight=w, out=out)
+        assert grad2 is out
+        assert_same((loss2, grad2), (loss, grad), "cross_entropy_with_grad weight= out=")
         loss, grad = full.cross_entropy_with_grad(x, labels)
         out = np.empty_like(x)
         loss2, grad2 = fast.cross_entropy_with_grad(x, labels, out=out)
@@ -142,7 +168,10 @@ def test_fast_path_out(variant, dtype):
 
 def _fast_calls(k, x, labels):
     """The kernels' fast-path functions on the common call: each must accept it."""
+    weight = np.ones(x.shape[1], x.dtype)
     return {
+        "fast_cross_entropy weighted": lambda: k.fast_cross_entropy(
+            x, labels, -1, -100, "mean", 0.0, None, True, None, weight),
         "fast_rows": lambda: k.fast_rows(0, x, -1, None, None),
         "fast_logsumexp": lambda: k.fast_logsumexp(x, -1, None),
         "fast_backward": lambda: k.fast_backward(1, x, x, -1, None, None),
@@ -184,7 +213,13 @@ def _declined_inputs(rng):
         ("axis 0", "softmax", (x,), {"axis": 0}),
         ("axis None", "logsumexp", (x,), {"axis": None}),
         ("keepdims", "logsumexp", (x,), {"keepdims": True}),
-        ("weight", "cross_entropy", (x, labels), {"weight": np.ones(5)}),
+        ("float32 weight for float64 logits", "cross_entropy", (x, labels),
+         {"weight": np.ones(5, np.float32)}),
+        ("weight list", "cross_entropy_with_grad", (x, labels),
+         {"weight": [1.0, 2.0, 1.0, 0.5, 1.0]}),
+        ("strided weight", "cross_entropy", (x, labels), {"weight": np.arange(10.0)[::2]}),
+        ("weight with z_loss", "cross_entropy", (x, labels),
+         {"weight": np.ones(5), "z_loss": 1e-3}),
         ("int16 labels", "cross_entropy", (x, labels.astype(np.int16)), {}),
         ("uint64 labels", "cross_entropy", (x, labels.astype(np.uint64)), {}),
         ("3-D logits", "cross_entropy", (x.reshape(2, 3, 5), labels[:2]), {}),
@@ -203,6 +238,7 @@ def _bad_inputs(x, labels, readonly):
     """Bad input: the full path raises; the fast path must decline and leave it so."""
     bad_label = labels.copy()
     bad_label[3] = 5
+    out_holding_weight = np.ones(40)[:30].reshape(6, 5)   # a view: the test keeps it
     return [
         ("label out of range", "cross_entropy", (x, bad_label), {}),
         ("negative label", "cross_entropy_with_grad", (x, -labels - 1), {}),
@@ -225,6 +261,12 @@ def _bad_inputs(x, labels, readonly):
         ("backward shapes", "softmax_backward", (x, x[:3]), {}),
         ("complex", "softmax", (x.astype(complex),), {}),
         ("1-D logits, array target", "cross_entropy", (x[0], labels), {}),
+        ("weight length", "cross_entropy", (x, labels), {"weight": np.ones(4)}),
+        ("weight 2-D", "cross_entropy_with_grad", (x, labels), {"weight": np.ones((1, 5))}),
+        ("weight complex", "cross_entropy", (x, labels), {"weight": np.ones(5, complex)}),
+        ("weight in out", "cross_entropy_with_grad", (x, labels),
+         {"out": out_holding_weight, "weight": out_holding_weight.reshape(-1)[:5]}),
+        ("weight, label out of range", "cross_entropy", (x, bad_label), {"weight": np.ones(5)}),
     ]
 
 
@@ -271,6 +313,13 @@ def test_bad_input_declined_before_writing(variant):
     assert k.fast_cross_entropy(x, labels, -1, -100, "median", 0.0, None, False, None) is None
     assert k.fast_cross_entropy(x, labels, -1, -100, "mean", 0.0, 0, False, None) is None
     assert k.fast_cross_entropy(x, labels, -1, -100, "mean", 2.0, None, False, None) is None
+    assert k.fast_cross_entropy(x, bad, -1, -100, "mean", 0.0, None, True, out,
+                                np.ones(5)) is None
+    assert k.fast_cross_entropy(x, labels, -1, -100, "mean", 0.0, None, True, out,
+                                out[0]) is None          # the weight in out
+    assert k.fast_cross_entropy(x, labels, -1, -100, "mean", 0.0, None, True, out,
+                                np.ones(4)) is None
+    assert (out == 7.0).all()
     assert k.fast_rows(0, x, 1, np.empty((6, 5), np.float32), None) is None
     assert k.fast_rows(0, x, 0, None, None) is None
     assert k.fast_logsumexp(x, -2, None) is None
