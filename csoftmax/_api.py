@@ -83,7 +83,8 @@ class Frontend(SoftmaxFunctions, CrossEntropyFunctions):
         self._fast_rows = self._fast_logsumexp = self._fast_backward = _declined
         self._fast_cross_entropy = self._fast_linear_cross_entropy = _declined
         if fast and hasattr(kernels, "fast_rows"):
-            kernels.configure(SMALL_WORK, MAX_THREADS, _threads.get_num_threads)
+            kernels.configure(SMALL_WORK, MAX_THREADS, _threads.get_num_threads,
+                              STRIDED_MIN_UNIT_BYTES)
             self._fast_rows = kernels.fast_rows
             self._fast_logsumexp = kernels.fast_logsumexp
             self._fast_backward = kernels.fast_backward

@@ -11,6 +11,7 @@ import numpy as np
 # thread, the cap on a team's size, and the library's default thread count.
 cdef Py_ssize_t _small_work = 1 << 14
 cdef Py_ssize_t _max_threads = 64
+cdef Py_ssize_t _strided_unit_bytes = 64
 cdef object _default_threads = None
 cdef object _float32 = np.float32
 cdef object _float64 = np.float64
@@ -23,14 +24,17 @@ cdef enum:
     STACK_ROWS = 256
 
 
-def configure(Py_ssize_t small_work, Py_ssize_t max_threads, default_threads):
+def configure(Py_ssize_t small_work, Py_ssize_t max_threads, default_threads,
+              Py_ssize_t strided_unit_bytes=64):
     """The thread policy of the Python layer (csoftmax._api), for the fast
-    path: one thread below small_work elements, at most max_threads, and
-    default_threads() when num_threads is None."""
-    global _small_work, _max_threads, _default_threads
+    path: one thread below small_work elements, at most max_threads,
+    default_threads() when num_threads is None, and over a middle axis at most
+    a thread per strided_unit_bytes of each outer index's positions."""
+    global _small_work, _max_threads, _default_threads, _strided_unit_bytes
     _small_work = small_work
     _max_threads = max_threads
     _default_threads = default_threads
+    _strided_unit_bytes = strided_unit_bytes
 
 
 # ---------------------------------------------------------------------------
@@ -108,6 +112,59 @@ cdef int _last_axis(object axis, int nd) noexcept:
     return type(axis) is int and (axis == -1 or axis == nd - 1)
 
 
+cdef int _one_axis(object axis, int nd) noexcept:
+    """axis, a Python int in [-nd, nd), as an index in [0, nd); -1 for
+    anything else (the full path normalises or refuses it)."""
+    if type(axis) is not int or not -nd <= axis < nd:
+        return -1
+    return <int>(axis + nd if axis < 0 else axis)
+
+
+cdef struct _Middle:
+    Py_ssize_t outer, C, inner     # x viewed as (outer, C, inner), C the axis
+
+
+cdef _Middle _middle_of(cnp.ndarray x, int axis) noexcept:
+    cdef _Middle d
+    cdef int i
+    d.outer = d.inner = 1
+    d.C = cnp.PyArray_DIMS(x)[axis]
+    for i in range(axis):
+        d.outer *= cnp.PyArray_DIMS(x)[i]
+    for i in range(axis + 1, cnp.PyArray_NDIM(x)):
+        d.inner *= cnp.PyArray_DIMS(x)[i]
+    return d
+
+
+cdef int _middle_threads(_Middle *d, Py_ssize_t itemsize, Py_ssize_t requested) except -1:
+    """The team of a call over a middle axis, as csoftmax._runner._threads_strided
+    chooses it."""
+    if d.outer * d.C * d.inner < _small_work:
+        return 1
+    cdef Py_ssize_t threads = requested if requested > 0 else _default_threads()
+    cdef Py_ssize_t units = d.outer * ((d.inner * itemsize + _strided_unit_bytes - 1)
+                                       // _strided_unit_bytes)
+    return <int>max(1, min(threads, units, _max_threads))
+
+
+cdef int _middle_core(int op, cnp.ndarray x, cnp.ndarray r, int typenum, _Middle *d,
+                      int threads) except -1:
+    """op (softmax, log_softmax: r like x; logsumexp: r (outer, inner)) over the
+    middle axis of x as (outer, C, inner), by the strided kernels as the full
+    path runs them (_run_strided: rows of C where inner is 1)."""
+    if typenum == cnp.NPY_FLOAT32:
+        if d.inner == 1:
+            return _rows_core(op, <const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(r),
+                              d.outer, d.C, threads)
+        return _strided_core(op, <const float *>cnp.PyArray_DATA(x),
+                             <float *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner, threads)
+    if d.inner == 1:
+        return _rows_core(op, <const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(r),
+                          d.outer, d.C, threads)
+    return _strided_core(op, <const double *>cnp.PyArray_DATA(x),
+                         <double *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner, threads)
+
+
 cdef Py_ssize_t _rows_of(cnp.ndarray x) noexcept:
     cdef int nd = cnp.PyArray_NDIM(x)
     return cnp.PyArray_SIZE(x) // cnp.PyArray_DIMS(x)[nd - 1]
@@ -122,24 +179,32 @@ cdef object _scalar(double value, int typenum):
 # softmax, log_softmax, logsumexp, the backward functions
 
 def fast_rows(int op, object x, object axis, object out, object num_threads):
-    """softmax (op 0) or log_softmax (op 1) of x over its last axis, into out
-    or a new array; None when declined."""
+    """softmax (op 0) or log_softmax (op 1) of x over one axis, into out or a
+    new array; None when declined."""
     cdef int typenum = _float_array(x)
     if typenum < 0:
         return _fast_half_rows(op, x, axis, out, num_threads)
-    if not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
-        return None
     cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef int ax = _one_axis(axis, nd)
+    if ax < 0:
+        return None
     cdef Py_ssize_t requested = _requested_threads(num_threads)
     if requested < 0 or not _valid_out(out, a, typenum):
         return None
-    cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[cnp.PyArray_NDIM(a) - 1], n_rows = _rows_of(a)
-    cdef int threads = _call_threads(n_rows, n, requested, True)
     cdef cnp.ndarray r
     if out is None:
-        r = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), typenum, 0)
+        r = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
     else:
         r = <cnp.ndarray>out
+    cdef _Middle d
+    if ax != nd - 1:                   # over a middle axis, read in place
+        d = _middle_of(a, ax)
+        _middle_core(op, a, r, typenum, &d, _middle_threads(&d, cnp.PyArray_ITEMSIZE(a),
+                                                            requested))
+        return r
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[nd - 1], n_rows = _rows_of(a)
+    cdef int threads = _call_threads(n_rows, n, requested, True)
     if typenum == cnp.NPY_FLOAT32:
         _rows_core(op, <const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(r),
                    n_rows, n, threads)
@@ -150,18 +215,31 @@ def fast_rows(int op, object x, object axis, object out, object num_threads):
 
 
 def fast_logsumexp(object x, object axis, object num_threads):
-    """logsumexp of x over its last axis (a NumPy scalar for 1-D x); None when
+    """logsumexp of x over one axis (a NumPy scalar for 1-D x); None when
     declined."""
     cdef int typenum = _float_array(x)
     if typenum < 0:
         return _fast_half_logsumexp(x, axis, num_threads)
-    if not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
-        return None
     cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef int ax = _one_axis(axis, nd)
+    if ax < 0:
+        return None
     cdef Py_ssize_t requested = _requested_threads(num_threads)
     if requested < 0:
         return None
-    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef _Middle d
+    cdef cnp.npy_intp kept[cnp.NPY_MAXDIMS]
+    cdef int i
+    if ax != nd - 1:                   # over a middle axis: the other axes kept
+        for i in range(nd - 1):
+            kept[i] = cnp.PyArray_DIMS(a)[i if i < ax else i + 1]
+        d = _middle_of(a, ax)
+        rm = cnp.PyArray_EMPTY(nd - 1, kept, typenum, 0)
+        _middle_core(OP_LOGSUMEXP, a, <cnp.ndarray>rm, typenum, &d,
+                     _middle_threads(&d, cnp.PyArray_ITEMSIZE(a), requested)
+                     if d.inner > 1 else _call_threads(d.outer, d.C, requested, True))
+        return rm
     cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[nd - 1], n_rows = _rows_of(a)
     cdef int threads = _call_threads(n_rows, n, requested, True)
     cdef cnp.ndarray r = cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(a), typenum, 0)

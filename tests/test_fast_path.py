@@ -166,6 +166,42 @@ def test_fast_path_out(variant, dtype):
         assert_same((loss3, grad3), (loss, grad), "cross_entropy_with_grad in place")
 
 
+#: (shape, axis) over an axis that is not the last: the strided kernels, or rows of C where
+#: the axes after it are of size 1; a work large enough for two threads
+MIDDLE = [((3, 5, 7), 1), ((3, 5, 7), 0), ((2, 10, 64), 1), ((4, 1000, 1), 1),
+          ((2, 3, 4, 5), 2), ((1, 33, 300), -2), ((6, 40, 1, 1), 1), ((2, 21, 16, 32), 1)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_middle_axis(variant, dtype):
+    """softmax, log_softmax and logsumexp over an axis that is not the last: the fast path
+    takes them (the strided kernels read x in place) with the full path's bits, out= and in
+    place included."""
+    fast, full = PAIRS[variant]
+    k = fast.kernels
+    rng = make_rng("fast-middle", np.dtype(dtype).name)
+    for shape, axis in MIDDLE:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        x.reshape(-1)[::37] = -np.inf
+        what = f"{variant} {shape} axis {axis}"
+        assert k.fast_rows(0, x, axis, None, None) is not None, what
+        assert k.fast_logsumexp(x, axis, None) is not None, what
+        for name in ("softmax", "log_softmax", "logsumexp"):
+            for threads in (None, 2):
+                assert_same(getattr(fast, name)(x, axis=axis, num_threads=threads),
+                            getattr(full, name)(x, axis=axis, num_threads=threads),
+                            f"{what} {name} num_threads={threads}")
+        for name in ("softmax", "log_softmax"):
+            want = getattr(full, name)(x, axis=axis)
+            out = np.full_like(x, 7.0)
+            assert getattr(fast, name)(x, axis=axis, out=out) is out
+            assert_bitwise_equal(out, want, f"{what} {name} out=")
+            y = x.copy()
+            assert getattr(fast, name)(y, axis=axis, out=y) is y
+            assert_bitwise_equal(y, want, f"{what} {name} in place")
+
+
 def _fast_calls(k, x, labels):
     """The kernels' fast-path functions on the common call: each must accept it."""
     weight = np.ones(x.shape[1], x.dtype)
@@ -210,7 +246,9 @@ def _declined_inputs(rng):
         ("empty", "softmax", (np.zeros((3, 0)),), {}),
         ("subclass", "softmax", (x.view(np.matrix),), {}),
         ("list", "cross_entropy", (x.tolist(), labels), {}),
-        ("axis 0", "softmax", (x,), {"axis": 0}),
+        ("axis (0, 1)", "softmax", (x,), {"axis": (0, 1)}),
+        ("numpy int axis", "log_softmax", (x,), {"axis": np.int64(0)}),
+        ("axis 0, strided", "softmax", (x[:, ::2],), {"axis": 0}),
         ("axis None", "logsumexp", (x,), {"axis": None}),
         ("keepdims", "logsumexp", (x,), {"keepdims": True}),
         ("float32 weight for float64 logits", "cross_entropy", (x, labels),
@@ -321,8 +359,10 @@ def test_bad_input_declined_before_writing(variant):
                                 np.ones(4)) is None
     assert (out == 7.0).all()
     assert k.fast_rows(0, x, 1, np.empty((6, 5), np.float32), None) is None
-    assert k.fast_rows(0, x, 0, None, None) is None
-    assert k.fast_logsumexp(x, -2, None) is None
+    assert k.fast_rows(0, x, 2, None, None) is None
+    assert k.fast_rows(1, x, -3, None, None) is None
+    assert k.fast_logsumexp(x, -3, None) is None
+    assert k.fast_logsumexp(x, True, None) is None
     assert k.fast_backward(0, x, x[:2], -1, None, None) is None
     buf = np.zeros(60)
     partial = buf[5:35].reshape(6, 5)  # overlaps the input without being it
