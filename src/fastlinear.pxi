@@ -128,7 +128,7 @@ def fast_linear_cross_entropy(object input, object linear_weight, object target,
         tp = &one_label
         label_size = 8
     else:
-        label_size = _label_size(target, x)  # (N,) from x's (N, D)
+        label_size = _label_size(target, 1, cnp.PyArray_DIMS(x))  # (N,) from x's (N, D)
         if label_size < 0:
             return None
         tp = cnp.PyArray_DATA(<cnp.ndarray>target)
@@ -140,7 +140,8 @@ def fast_linear_cross_entropy(object input, object linear_weight, object target,
     c.n = v
     c.typenum = typenum
     c.nd = nd
-    c.dims = &dims[0] if nd == 2 else &dims[1]
+    c.dims = &dims[0] if nd == 2 else &dims[1]    # the positions: (N,) or ()
+    c.inner = 1
     # the cross-entropy after the BLAS on one thread, as the Python path runs
     # its chunks (an OpenMP team woken between BLAS calls fights its threads)
     c.threads = 1

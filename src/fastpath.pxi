@@ -294,8 +294,9 @@ cdef struct _FastCall:
     int typenum
     int reduction
     int threads
-    int nd                     # of the logits (classes last)
-    cnp.npy_intp *dims         # of the logits
+    int nd                     # of the logits
+    cnp.npy_intp *dims         # of the positions (the logits' without the class axis)
+    Py_ssize_t inner           # positions after the class axis (1: the classes are rows)
     Py_ssize_t ignore_index
     double label_smoothing
 
@@ -351,7 +352,7 @@ cdef object _fast_cross_entropy_run(
     if c.reduction == REDUCTION_NONE:
         none_result = cnp.PyArray_EMPTY(c.nd - 1, c.dims, cnp.NPY_FLOAT64, 0)
         loss = <double *>cnp.PyArray_DATA(<cnp.ndarray>none_result)
-    elif t != NULL and _short_row(c.n, sizeof(floating)):
+    elif t != NULL and c.inner == 1 and _short_row(c.n, sizeof(floating)):
         loss = NULL  # the tiles' sums alone (no 8 bytes stored per row)
     elif c.n_rows > STACK_ROWS:
         loss = <double *>malloc(c.n_rows * sizeof(double))
@@ -359,7 +360,11 @@ cdef object _fast_cross_entropy_run(
             raise MemoryError()
     cdef double total
     try:
-        if t != NULL:
+        if t != NULL and c.inner > 1:    # the classes over a middle axis (strided.pxi)
+            total = _cross_entropy_index_strided_core(
+                x, t, c.n_rows // c.inner, c.n, c.inner, w, c.ignore_index, c.label_smoothing,
+                scale, loss, grad, c.threads, <const CrossEntropyExtra *>NULL, 0.0)
+        elif t != NULL:
             total = _cross_entropy_index_core(x, t, c.n_rows, c.n, w, c.ignore_index,
                                               c.label_smoothing, scale, loss, grad, c.threads)
         else:
@@ -371,19 +376,19 @@ cdef object _fast_cross_entropy_run(
             free(loss)
 
 
-cdef int _label_size(object v, cnp.ndarray x) noexcept:
-    """The item size of native int32/int64 labels of x's shape without its
-    last axis, C-contiguous and aligned; -1 for anything else."""
+cdef int _label_size(object v, int nd, const cnp.npy_intp *dims) noexcept:
+    """The item size of native int32/int64 labels of shape dims (nd of them),
+    C-contiguous and aligned; -1 for anything else."""
     if type(v) is not cnp.ndarray:
         return -1
     cdef cnp.ndarray a = <cnp.ndarray>v
     cdef int i, size = cnp.PyArray_ITEMSIZE(a)
-    if (cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(x) - 1
+    if (cnp.PyArray_NDIM(a) != nd
             or not cnp.PyArray_ISSIGNED(a) or (size != 4 and size != 8)
             or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
         return -1
-    for i in range(cnp.PyArray_NDIM(a)):
-        if cnp.PyArray_DIMS(a)[i] != cnp.PyArray_DIMS(x)[i]:
+    for i in range(nd):
+        if cnp.PyArray_DIMS(a)[i] != dims[i]:
             return -1
     return size
 
@@ -441,10 +446,12 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
                        object reduction, object label_smoothing, object num_threads,
                        bint with_grad, object out, object weight=None):
     """cross_entropy (with_grad False) or cross_entropy_with_grad, for logits
-    with the classes on the last axis and native int32/int64 labels of the
-    other axes' shape (a Python int for (C,) logits) or probability targets of
-    the logits' shape and dtype, and class weights None or (float32/float64
-    logits) a (C,) array of the logits' dtype; None when declined."""
+    with the classes on axis (a Python int) and native int32/int64 labels of
+    the other axes' shape (a Python int for (C,) logits) or, with the classes
+    last, probability targets of the logits' shape and dtype; class weights
+    None or (float32/float64 logits) a (C,) array of the logits' dtype.  Over
+    a middle axis (float32/float64 logits, labels) the strided kernels read
+    the logits in place.  None when declined."""
     cdef _FastCall c
     cdef int kind = -1  # 16-bit logits: their kind (fasthalf.pxi)
     c.typenum = _float_array(logits)
@@ -453,13 +460,21 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
         if kind < 0:
             return None
         c.typenum = cnp.PyArray_TYPE(<cnp.ndarray>logits)
-    if not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>logits)):
-        return None
     cdef cnp.ndarray x = <cnp.ndarray>logits
     c.nd = cnp.PyArray_NDIM(x)
-    c.dims = cnp.PyArray_DIMS(x)
-    c.n = c.dims[c.nd - 1]
-    c.n_rows = _rows_of(x)
+    cdef int ax = _one_axis(axis, c.nd), i
+    if ax < 0:
+        return None
+    cdef _Middle d = _middle_of(x, ax)
+    if d.inner > 1 and kind >= 0:
+        return None                    # 16-bit logits over a middle axis: the full path
+    cdef cnp.npy_intp positions[cnp.NPY_MAXDIMS]
+    for i in range(c.nd - 1):
+        positions[i] = cnp.PyArray_DIMS(x)[i if i < ax else i + 1]
+    c.dims = positions
+    c.n = d.C
+    c.n_rows = d.outer * d.inner
+    c.inner = d.inner
     if not _loss_options(&c, reduction, ignore_index, label_smoothing):
         return None
     cdef Py_ssize_t requested = _requested_threads(num_threads)
@@ -477,10 +492,11 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
             return None
         label_size = 0
     elif c.nd > 1:
-        label_size = _label_size(target, x)
+        label_size = _label_size(target, c.nd - 1, c.dims)
     if label_size < 0:
         if (not (_half_like(target, x, False) if kind >= 0
-                 else _like(target, x, c.typenum, False)) or c.ignore_index >= 0):
+                 else _like(target, x, c.typenum, False)) or c.ignore_index >= 0
+                or c.inner > 1):
             return None
     # the kernels read the targets while they write the gradient: out must
     # not overlap them, not even as the same array (the full path refuses it)
@@ -489,7 +505,8 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
         return None
     if label_size < 0:
         y = <cnp.ndarray>target
-    c.threads = _call_threads(c.n_rows, c.n, requested, True)
+    c.threads = (_call_threads(c.n_rows, c.n, requested, True) if c.inner == 1
+                 else _middle_threads(&d, cnp.PyArray_ITEMSIZE(x), requested))
     cdef cnp.ndarray grad = None
     if with_grad:
         grad = (cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), c.typenum, 0)

@@ -135,6 +135,39 @@ cdef void _strided_ce_serial(
                                          beta, loss, grad, scale, u, stage, ex, cap, stream)
 
 
+cdef double _cross_entropy_index_strided_core(
+    const floating *x, const label_t *t, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+    const floating *w, Py_ssize_t ignore_index, double label_smoothing, double grad_scale,
+    double *loss, floating *g, int n_threads, const CrossEntropyExtra *ex, double softcap,
+) except? -1.0:
+    """cross_entropy_index_strided on pointers (outer * inner >= 1 positions,
+    C >= 1; w, g, ex may be NULL): the C fast path's call too."""
+    cdef Py_ssize_t u, n_rows = outer * inner
+    cdef double w_total = <double>C if w == NULL else row_sum(w, C)
+    cdef double alpha = 1.0 - label_smoothing
+    cdef double beta = label_smoothing / C
+    cdef int stream = (g != NULL and
+                       n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
+    cdef floating cap = <floating>softcap
+    cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, stream, cap)
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
+    cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
+    if n_threads > 1:
+        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            strided_cross_entropy_index_unit(
+                x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g, grad_scale, u,
+                stage if stage == NULL else stage + threadid() * elems, ex, cap, stream)
+    elif n_rows * C < GIL_WORK:
+        _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g,
+                           grad_scale, n_units, stage, ex, cap, stream)
+    else:
+        with nogil:
+            _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss,
+                               g, grad_scale, n_units, stage, ex, cap, stream)
+    free(stage)
+    return pairwise_sum(loss, n_rows)
+
+
 def cross_entropy_index_strided(const floating[:, :, ::1] logits,
                                 const label_t[:, ::1] target,
                                 const floating[::1] weight,
@@ -159,8 +192,7 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
     for cross_entropy_index_rows (the soft cap: each block capped into its
     staging scratch)."""
     cdef Py_ssize_t outer = logits.shape[0], C = logits.shape[1], inner = logits.shape[2]
-    cdef Py_ssize_t u, n_rows = outer * inner
-    if n_rows == 0:
+    if outer * inner == 0:
         return 0.0
     cdef const floating *w = NULL
     cdef floating *g = NULL
@@ -168,34 +200,11 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
         w = &weight[0]
     if grad is not None:
         g = &grad[0, 0, 0]
-    cdef const floating *x = &logits[0, 0, 0]
     cdef CrossEntropyExtra ex_args
     cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, row_acc)
-    cdef const label_t *t = &target[0, 0]
-    cdef double *loss = &row_loss[0]
-    cdef double w_total = <double>C if w == NULL else row_sum(w, C)
-    cdef double alpha = 1.0 - label_smoothing
-    cdef double beta = label_smoothing / C
-    cdef int stream = (g != NULL and
-                       n_rows * C * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes)
-    cdef floating cap = <floating>softcap
-    cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, stream, cap)
-    n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
-    cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
-    if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
-            strided_cross_entropy_index_unit(
-                x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g, grad_scale, u,
-                stage if stage == NULL else stage + threadid() * elems, ex, cap, stream)
-    elif n_rows * C < GIL_WORK:
-        _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g,
-                           grad_scale, n_units, stage, ex, cap, stream)
-    else:
-        with nogil:
-            _strided_ce_serial(x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss,
-                               g, grad_scale, n_units, stage, ex, cap, stream)
-    free(stage)
-    return pairwise_sum(loss, n_rows)
+    return _cross_entropy_index_strided_core(&logits[0, 0, 0], &target[0, 0], outer, C, inner,
+                                             w, ignore_index, label_smoothing, grad_scale,
+                                             &row_loss[0], g, n_threads, ex, softcap)
 
 
 cdef void _strided_prob_serial(

@@ -202,6 +202,54 @@ def test_fast_path_middle_axis(variant, dtype):
             assert_bitwise_equal(y, want, f"{what} {name} in place")
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_cross_entropy_class_axis(variant, dtype):
+    """Cross-entropy with the classes on an axis that is not the last ((N, C, d1, ...)
+    logits, labels of the other axes' shape): the fast path takes it (the strided kernels,
+    or rows where the axes after it are of size 1) with the full path's bits, every option
+    it takes, out= and two threads; probability targets over such an axis are declined and
+    give the full path's result."""
+    fast, full = PAIRS[variant]
+    k = fast.kernels
+    rng = make_rng("fast-class-axis", np.dtype(dtype).name)
+    for shape, axis in MIDDLE:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        c = shape[axis]
+        positions = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+        labels = rng.integers(0, c, size=positions)
+        labels.reshape(-1)[::5] = -100
+        w = (rng.random(c) + 0.25).astype(dtype)
+        what = f"{variant} {shape} axis {axis}"
+        assert k.fast_cross_entropy(x, labels, axis, -100, "mean", 0.0, None, True,
+                                    None) is not None, what
+        calls = [
+            ("mean", dict()),
+            ("sum, smoothed, int32", dict(reduction="sum", label_smoothing=0.3)),
+            ("none, weighted", dict(reduction="none", weight=w)),
+            ("mean, weighted, two threads", dict(weight=w, num_threads=2)),
+        ]
+        for name, kw in calls:
+            t = labels.astype(np.int32) if "int32" in name else labels
+            assert_same(fast.cross_entropy(x, t, axis=axis, **kw),
+                        full.cross_entropy(x, t, axis=axis, **kw), f"{what} loss {name}")
+            assert_same(fast.cross_entropy_with_grad(x, t, axis=axis, **kw),
+                        full.cross_entropy_with_grad(x, t, axis=axis, **kw),
+                        f"{what} with grad {name}")
+        want = full.cross_entropy_with_grad(x, labels, axis=axis)
+        out = np.full_like(x, 7.0)
+        got = fast.cross_entropy_with_grad(x, labels, axis=axis, out=out)
+        assert got[1] is out
+        assert_same(got, want, f"{what} out=")
+        probs = rng.random(shape).astype(dtype)
+        inner = int(np.prod(shape[axis % len(shape) + 1:]))
+        if inner > 1:
+            assert k.fast_cross_entropy(x, probs, axis, -100, "mean", 0.0, None, False,
+                                        None) is None, what
+        assert_same(fast.cross_entropy(x, probs, axis=axis),
+                    full.cross_entropy(x, probs, axis=axis), f"{what} probabilities")
+
+
 def _fast_calls(k, x, labels):
     """The kernels' fast-path functions on the common call: each must accept it."""
     weight = np.ones(x.shape[1], x.dtype)
@@ -261,6 +309,9 @@ def _declined_inputs(rng):
         ("int16 labels", "cross_entropy", (x, labels.astype(np.int16)), {}),
         ("uint64 labels", "cross_entropy", (x, labels.astype(np.uint64)), {}),
         ("3-D logits", "cross_entropy", (x.reshape(2, 3, 5), labels[:2]), {}),
+        ("class axis 0, labels of the wrong shape", "cross_entropy", (x, labels), {"axis": 0}),
+        ("class axis 0, float16", "cross_entropy_with_grad",
+         (x.reshape(2, 3, 5).astype(np.float16), np.ones((2, 5), np.int64)), {"axis": 1}),
         ("numpy int target", "cross_entropy", (x[0], np.int64(2)), {}),
         ("float32 probs for float64 logits", "cross_entropy",
          (x, np.abs(x).astype(np.float32)), {}),
