@@ -82,6 +82,7 @@ class Frontend(SoftmaxFunctions, CrossEntropyFunctions):
         # path below runs.  fast=False leaves it out (tests compare the two).
         self._fast_rows = self._fast_logsumexp = self._fast_backward = _declined
         self._fast_cross_entropy = self._fast_linear_cross_entropy = _declined
+        self._fast_masked = _declined
         if fast and hasattr(kernels, "fast_rows"):
             kernels.configure(SMALL_WORK, MAX_THREADS, _threads.get_num_threads,
                               STRIDED_MIN_UNIT_BYTES)
@@ -89,6 +90,7 @@ class Frontend(SoftmaxFunctions, CrossEntropyFunctions):
             self._fast_logsumexp = kernels.fast_logsumexp
             self._fast_backward = kernels.fast_backward
             self._fast_cross_entropy = kernels.fast_cross_entropy
+            self._fast_masked = kernels.fast_masked
             self._fast_linear_cross_entropy = kernels.fast_linear_cross_entropy
 
     def _kernel(self, op, *dtypes):

@@ -199,6 +199,9 @@ class SoftmaxFunctions:
                [0. , 0. , 0. ]])
         """
         if where is not None:
+            r = self._fast_masked(_MASKED_SOFTMAX, x, where, axis, out, num_threads)
+            if r is not None:
+                return r
             return self._masked_rowwise(self.kernels.masked_softmax_rows, x, where, axis, out,
                                         num_threads, _MASKED_SOFTMAX)
         r = self._fast_rows(_OP_SOFTMAX, x, axis, out, num_threads)
@@ -223,6 +226,9 @@ class SoftmaxFunctions:
         array([-0.69314718, -0.69314718,        -inf])
         """
         if where is not None:
+            r = self._fast_masked(_MASKED_LOG_SOFTMAX, x, where, axis, out, num_threads)
+            if r is not None:
+                return r
             return self._masked_rowwise(self.kernels.masked_log_softmax_rows, x, where, axis,
                                         out, num_threads, _MASKED_LOG_SOFTMAX)
         r = self._fast_rows(_OP_LOG_SOFTMAX, x, axis, out, num_threads)
@@ -277,6 +283,10 @@ class SoftmaxFunctions:
         array([0.69314718,       -inf])
         """
         if where is not None:
+            if not (keepdims or return_sign) and b is None:
+                r = self._fast_masked(_MASKED_LOGSUMEXP, x, where, axis, None, num_threads)
+                if r is not None:
+                    return r
             return self._logsumexp_masked(x, where, axis, keepdims, b, return_sign,
                                           num_threads)
         if not (keepdims or return_sign) and b is None:

@@ -162,6 +162,67 @@ def masked_log_softmax_backward_rows(const floating[:, ::1] grad_output,
 # ---------------------------------------------------------------------------
 # over the middle axis of (outer, C, inner) arrays (maskedstrided.hpp)
 
+# ---------------------------------------------------------------------------
+# the C fast path of a masked call (see fastpath.pxi): softmax, log_softmax
+# and logsumexp over the last axis with a bool mask of x's shape, or one mask
+# row for every row ((n,) or (1, ..., 1, n)): the MaskRows that
+# csoftmax._validation.MaskRows and _mask_rows make of such a mask, without
+# the Python objects
+
+def fast_masked(int op, object x, object where, object axis, object out, object num_threads):
+    """op (MASKED_SOFTMAX, MASKED_LOG_SOFTMAX: into out or a new array;
+    MASKED_LOGSUMEXP: out None, a NumPy scalar for 1-D x) of float32/float64 x
+    over its last axis, over the entries where keeps (a C-contiguous bool
+    array of x's shape, or of shape (n,) / (1, ..., 1, n)); None when
+    declined."""
+    cdef int typenum = _float_array(x)
+    if typenum < 0 or type(where) is not cnp.ndarray:
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef cnp.ndarray m = <cnp.ndarray>where
+    cdef int i, nd = cnp.PyArray_NDIM(a), md = cnp.PyArray_NDIM(m)
+    if (not _last_axis(axis, nd) or cnp.PyArray_TYPE(m) != cnp.NPY_BOOL
+            or not cnp.PyArray_ISCARRAY_RO(m)):
+        return None
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[nd - 1], n_rows = _rows_of(a)
+    cdef bint full = _same_shape(m, a)
+    if not full:                       # one mask row for every row
+        if md < 1 or md > nd or cnp.PyArray_DIMS(m)[md - 1] != n:
+            return None
+        for i in range(md - 1):
+            if cnp.PyArray_DIMS(m)[i] != 1:
+                return None
+    cdef Py_ssize_t requested = _requested_threads(num_threads)
+    if requested < 0:
+        return None
+    if op != MASKED_LOGSUMEXP and not (_valid_out(out, a, typenum) and
+                                       (out is None or _apart(<cnp.ndarray>out, m))):
+        return None                    # the full path refuses out overlapping where
+    cdef MaskRows mk
+    mk.base = <const uint8_t *>cnp.PyArray_DATA(m)
+    mk.row_stride = n if full and n_rows > 1 else 0    # bytes: bool items
+    mk.col_stride = 1 if n > 1 else 0
+    mk.row_off = NULL
+    mk.col_off = NULL
+    mk.scratch = NULL
+    mk.prefix = kept_prefix(mk.base, n) if mk.row_stride == 0 and mk.col_stride == 1 else -2
+    cdef int threads = _call_threads(n_rows, n, requested, False)
+    cdef cnp.ndarray r
+    if op == MASKED_LOGSUMEXP:
+        r = cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(a), typenum, 0)
+    elif out is None:
+        r = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
+    else:
+        r = <cnp.ndarray>out
+    if typenum == cnp.NPY_FLOAT32:
+        _masked_core(op, <const float *>cnp.PyArray_DATA(a), <const float *>NULL,
+                     <float *>cnp.PyArray_DATA(r), n_rows, n, &mk, threads)
+    else:
+        _masked_core(op, <const double *>cnp.PyArray_DATA(a), <const double *>NULL,
+                     <double *>cnp.PyArray_DATA(r), n_rows, n, &mk, threads)
+    return r[()] if op == MASKED_LOGSUMEXP and nd == 1 else r
+
+
 cdef extern from "maskedstrided.hpp" namespace "csoftmax" nogil:
     ctypedef struct MaskStrides:
         const uint8_t *base

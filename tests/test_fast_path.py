@@ -250,6 +250,76 @@ def test_fast_path_cross_entropy_class_axis(variant, dtype):
                     full.cross_entropy(x, probs, axis=axis), f"{what} probabilities")
 
 
+def _masks(shape, rng):
+    """(what, where) masks the fast path takes: x's shape (random, with rows keeping
+    nothing and rows keeping everything) and one row for every row, as (n,) and with
+    leading ones (a padding mask)."""
+    n = shape[-1]
+    full = rng.random(shape) < 0.7
+    flat = full.reshape(-1, n)
+    flat[0] = False
+    flat[-1] = True
+    row = rng.random(n) < 0.8
+    return [("full", full), ("(n,)", row), ("leading ones", row.reshape((1,) * (len(shape) - 1)
+                                                                        + (n,)))]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_masked(variant, dtype):
+    """softmax, log_softmax and logsumexp with where= over the last axis: the fast path
+    takes a bool mask of x's shape or one row for all rows, with the full path's bits (out=,
+    in place, two threads, 1-D x); other masks are declined and give the full path's result."""
+    fast, full = PAIRS[variant]
+    k = fast.kernels
+    rng = make_rng("fast-masked", np.dtype(dtype).name)
+    for shape in [(1,), (5,), (3, 1), (7, 10), (4, 1000), (2, 3, 40), (300, 70)]:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        for mask_what, m in _masks(shape, rng):
+            what = f"{variant} {shape} {mask_what}"
+            assert k.fast_masked(0, x, m, -1, None, None) is not None, what
+            for name in ("softmax", "log_softmax", "logsumexp"):
+                for threads in (None, 2):
+                    assert_same(getattr(fast, name)(x, where=m, num_threads=threads),
+                                getattr(full, name)(x, where=m, num_threads=threads),
+                                f"{what} {name} num_threads={threads}")
+            for name in ("softmax", "log_softmax"):
+                want = getattr(full, name)(x, where=m)
+                out = np.full_like(x, 7.0)
+                assert getattr(fast, name)(x, where=m, out=out) is out
+                assert_bitwise_equal(out, want, f"{what} {name} out=")
+                y = x.copy()
+                assert getattr(fast, name)(y, where=m, out=y) is y
+                assert_bitwise_equal(y, want, f"{what} {name} in place")
+    x = rng.standard_normal((6, 5)).astype(dtype)
+    m = rng.random((6, 5)) < 0.5
+    declined = [("a column mask (6, 1)", m[:, :1], {}), ("strided mask", m[:, ::-1], {}),
+                ("axis 0", m, {"axis": 0}), ("mask of 3-D ones", m[None], {}),
+                ("uint8 mask", m.view(np.uint8), {}), ("list mask", m.tolist(), {})]
+    for what, mask, kw in declined:
+        assert k.fast_masked(0, x, mask, kw.get("axis", -1), None, None) is None, what
+        outcomes = []
+        for frontend in (fast, full):
+            try:
+                outcomes.append(("ok", frontend.softmax(x, where=mask, **kw)))
+            except Exception as exc:  # noqa: BLE001 - compared below
+                outcomes.append(("error", (type(exc), str(exc))))
+        if outcomes[0][0] == "ok":
+            assert_same(outcomes[0][1], outcomes[1][1], what)
+        else:
+            assert outcomes[0] == outcomes[1], what
+    buf = np.zeros(6 * 5 * np.dtype(dtype).itemsize + 8, np.uint8)
+    out = buf[:6 * 5 * np.dtype(dtype).itemsize].view(dtype).reshape(6, 5)
+    overlapping = buf[:5].view(np.bool_)          # a (5,) mask in out's first bytes
+    beside = buf[-8:-3].view(np.bool_)            # one in the same buffer, past out
+    assert k.fast_masked(0, x, overlapping, -1, out, None) is None
+    for frontend in (fast, full):
+        with pytest.raises(ValueError, match="^out must not overlap where$"):
+            frontend.softmax(x, where=overlapping, out=out)
+    assert k.fast_masked(0, x, beside, -1, out, None) is out
+    assert_same(out, full.softmax(x, where=beside), "mask beside out")
+
+
 def _fast_calls(k, x, labels):
     """The kernels' fast-path functions on the common call: each must accept it."""
     weight = np.ones(x.shape[1], x.dtype)
