@@ -166,6 +166,24 @@ def test_fast_path_out(variant, dtype):
         assert_same((loss3, grad3), (loss, grad), "cross_entropy_with_grad in place")
 
 
+def _same_softmax_calls(fast, full, x, what, **kw):
+    """softmax, log_softmax and logsumexp of x with options kw: the fast path's bits are the
+    full path's, at one and two threads, into out= and in place."""
+    for name in ("softmax", "log_softmax", "logsumexp"):
+        for threads in (None, 2):
+            assert_same(getattr(fast, name)(x, num_threads=threads, **kw),
+                        getattr(full, name)(x, num_threads=threads, **kw),
+                        f"{what} {name} num_threads={threads}")
+    for name in ("softmax", "log_softmax"):
+        want = getattr(full, name)(x, **kw)
+        out = np.full_like(x, 7.0)
+        assert getattr(fast, name)(x, out=out, **kw) is out
+        assert_bitwise_equal(out, want, f"{what} {name} out=")
+        y = x.copy()
+        assert getattr(fast, name)(y, out=y, **kw) is y
+        assert_bitwise_equal(y, want, f"{what} {name} in place")
+
+
 #: (shape, axis) over an axis that is not the last: the strided kernels, or rows of C where
 #: the axes after it are of size 1; a work large enough for two threads
 MIDDLE = [((3, 5, 7), 1), ((3, 5, 7), 0), ((2, 10, 64), 1), ((4, 1000, 1), 1),
@@ -187,19 +205,7 @@ def test_fast_path_middle_axis(variant, dtype):
         what = f"{variant} {shape} axis {axis}"
         assert k.fast_rows(0, x, axis, None, None) is not None, what
         assert k.fast_logsumexp(x, axis, None) is not None, what
-        for name in ("softmax", "log_softmax", "logsumexp"):
-            for threads in (None, 2):
-                assert_same(getattr(fast, name)(x, axis=axis, num_threads=threads),
-                            getattr(full, name)(x, axis=axis, num_threads=threads),
-                            f"{what} {name} num_threads={threads}")
-        for name in ("softmax", "log_softmax"):
-            want = getattr(full, name)(x, axis=axis)
-            out = np.full_like(x, 7.0)
-            assert getattr(fast, name)(x, axis=axis, out=out) is out
-            assert_bitwise_equal(out, want, f"{what} {name} out=")
-            y = x.copy()
-            assert getattr(fast, name)(y, axis=axis, out=y) is y
-            assert_bitwise_equal(y, want, f"{what} {name} in place")
+        _same_softmax_calls(fast, full, x, what, axis=axis)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
@@ -278,19 +284,7 @@ def test_fast_path_masked(variant, dtype):
         for mask_what, m in _masks(shape, rng):
             what = f"{variant} {shape} {mask_what}"
             assert k.fast_masked(0, x, m, -1, None, None) is not None, what
-            for name in ("softmax", "log_softmax", "logsumexp"):
-                for threads in (None, 2):
-                    assert_same(getattr(fast, name)(x, where=m, num_threads=threads),
-                                getattr(full, name)(x, where=m, num_threads=threads),
-                                f"{what} {name} num_threads={threads}")
-            for name in ("softmax", "log_softmax"):
-                want = getattr(full, name)(x, where=m)
-                out = np.full_like(x, 7.0)
-                assert getattr(fast, name)(x, where=m, out=out) is out
-                assert_bitwise_equal(out, want, f"{what} {name} out=")
-                y = x.copy()
-                assert getattr(fast, name)(y, where=m, out=y) is y
-                assert_bitwise_equal(y, want, f"{what} {name} in place")
+            _same_softmax_calls(fast, full, x, what, where=m)
     x = rng.standard_normal((6, 5)).astype(dtype)
     m = rng.random((6, 5)) < 0.5
     declined = [("a column mask (6, 1)", m[:, :1], {}), ("strided mask", m[:, ::-1], {}),
