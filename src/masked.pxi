@@ -93,12 +93,17 @@ cdef object _mask_rows(object mask, Py_ssize_t n, int n_threads, MaskRows *mk):
     if col_off is not None or mk.col_stride not in (0, 1):
         scratch = np.empty(max(n_threads, 1) * n, np.uint8)
         mk.scratch = <uint8_t *>cnp.PyArray_DATA(scratch)
-    # one contiguous mask row for every row (a broadcast (1, C) mask): its
-    # padding prefix found once, not per row
-    mk.prefix = -2
-    if row_off is None and mk.row_stride == 0 and col_off is None and mk.col_stride == 1:
-        mk.prefix = kept_prefix(mk.base, n)
+    _mask_prefix(mk, n)
     return (view, row_off, col_off, scratch)
+
+
+cdef inline void _mask_prefix(MaskRows *mk, Py_ssize_t n) noexcept:
+    """mk.prefix from the rest of mk: for one contiguous mask row for every row
+    (a broadcast (1, C) mask) its padding prefix, found once, not per row;
+    else -2 (per row)."""
+    mk.prefix = -2
+    if mk.row_off == NULL and mk.row_stride == 0 and mk.col_off == NULL and mk.col_stride == 1:
+        mk.prefix = kept_prefix(mk.base, n)
 
 
 def masked_softmax_rows(const floating[:, ::1] x, object mask, floating[:, ::1] out,
@@ -205,7 +210,7 @@ def fast_masked(int op, object x, object where, object axis, object out, object 
     mk.row_off = NULL
     mk.col_off = NULL
     mk.scratch = NULL
-    mk.prefix = kept_prefix(mk.base, n) if mk.row_stride == 0 and mk.col_stride == 1 else -2
+    _mask_prefix(&mk, n)
     cdef int threads = _call_threads(n_rows, n, requested, False)
     cdef cnp.ndarray r
     if op == MASKED_LOGSUMEXP:
