@@ -165,6 +165,30 @@ cdef int _middle_core(int op, cnp.ndarray x, cnp.ndarray r, int typenum, _Middle
                          <double *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner, threads)
 
 
+cdef int _middle_backward_core(int op, cnp.ndarray g, cnp.ndarray a, cnp.ndarray r,
+                               int typenum, _Middle *d, int threads) except -1:
+    """The gradient through op (softmax, log_softmax) over the middle axis of
+    the non-empty (outer, C, inner) arrays g and a into r, as the full path
+    runs it (_run_strided: rows of C where inner is 1)."""
+    if typenum == cnp.NPY_FLOAT32:
+        if d.inner == 1:
+            return _backward_core(op, <const float *>cnp.PyArray_DATA(g),
+                                  <const float *>cnp.PyArray_DATA(a),
+                                  <float *>cnp.PyArray_DATA(r), d.outer, d.C, threads)
+        return _strided_backward_core(op, <const float *>cnp.PyArray_DATA(g),
+                                      <const float *>cnp.PyArray_DATA(a),
+                                      <float *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner,
+                                      threads)
+    if d.inner == 1:
+        return _backward_core(op, <const double *>cnp.PyArray_DATA(g),
+                              <const double *>cnp.PyArray_DATA(a),
+                              <double *>cnp.PyArray_DATA(r), d.outer, d.C, threads)
+    return _strided_backward_core(op, <const double *>cnp.PyArray_DATA(g),
+                                  <const double *>cnp.PyArray_DATA(a),
+                                  <double *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner,
+                                  threads)
+
+
 cdef Py_ssize_t _rows_of(cnp.ndarray x) noexcept:
     cdef int nd = cnp.PyArray_NDIM(x)
     return cnp.PyArray_SIZE(x) // cnp.PyArray_DIMS(x)[nd - 1]
@@ -254,27 +278,36 @@ def fast_logsumexp(object x, object axis, object num_threads):
 
 def fast_backward(int op, object grad_output, object output, object axis, object out,
                   object num_threads):
-    """The gradient through softmax (op 0) or log_softmax (op 1) over the last
-    axis, into out or a new array; None when declined."""
+    """The gradient through softmax (op 0) or log_softmax (op 1) over one axis,
+    into out or a new array; None when declined."""
     cdef int typenum = _float_array(output)
     if typenum < 0:
         return _fast_half_backward(op, grad_output, output, axis, out, num_threads)
-    if not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>output)):
-        return None
     cdef cnp.ndarray a = <cnp.ndarray>output
+    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef int ax = _one_axis(axis, nd)
+    if ax < 0:
+        return None
     if not _like(grad_output, a, typenum, False):
         return None
     cdef cnp.ndarray g = <cnp.ndarray>grad_output
     cdef Py_ssize_t requested = _requested_threads(num_threads)
     if requested < 0 or not (_valid_out(out, a, typenum) and _valid_out(out, g, typenum)):
         return None
-    cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[cnp.PyArray_NDIM(a) - 1], n_rows = _rows_of(a)
-    cdef int threads = _call_threads(n_rows, n, requested, False)
     cdef cnp.ndarray r
     if out is None:
-        r = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), typenum, 0)
+        r = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
     else:
         r = <cnp.ndarray>out
+    cdef _Middle d
+    if ax != nd - 1:                   # over a middle axis, read in place
+        d = _middle_of(a, ax)
+        if cnp.PyArray_SIZE(a):
+            _middle_backward_core(op, g, a, r, typenum, &d,
+                                  _middle_threads(&d, cnp.PyArray_ITEMSIZE(a), requested))
+        return r
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[nd - 1], n_rows = _rows_of(a)
+    cdef int threads = _call_threads(n_rows, n, requested, False)
     if typenum == cnp.NPY_FLOAT32:
         _backward_core(op, <const float *>cnp.PyArray_DATA(g),
                        <const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(r),

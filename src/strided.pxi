@@ -298,19 +298,12 @@ cdef void _strided_backward_serial(
         strided_backward_unit(op, g, a, out, C, inner, u, stage, stream)
 
 
-def backward_strided(int op, const floating[:, :, ::1] grad_output,
-                     const floating[:, :, ::1] output, floating[:, :, ::1] out,
-                     int n_threads):
-    """The gradient through softmax (op OP_SOFTMAX: out = a (g - sum(g a))) or
-    log_softmax (OP_LOG_SOFTMAX: out = g - exp(o) sum(g)) over the middle
-    axis of (outer, C, inner) arrays, each position's sum over its C classes;
-    out may be grad_output or output."""
-    cdef Py_ssize_t outer = output.shape[0], C = output.shape[1], inner = output.shape[2]
-    if outer == 0 or C == 0 or inner == 0:
-        return
-    cdef const floating *g = &grad_output[0, 0, 0]
-    cdef const floating *a = &output[0, 0, 0]
-    cdef floating *o = &out[0, 0, 0]
+cdef int _strided_backward_core(
+    int op, const floating *g, const floating *a, floating *o, Py_ssize_t outer,
+    Py_ssize_t C, Py_ssize_t inner, int n_threads,
+) except -1:
+    """backward_strided over pointers (outer, C, inner all >= 1): the full
+    path's call and the fast path's."""
     cdef int stream = outer * C * inner * <Py_ssize_t>sizeof(floating) >= _strided_stream_bytes
     cdef Py_ssize_t n_units = strided_backward_units(<const floating *>o, C, inner, stream)
     cdef Py_ssize_t u
@@ -333,3 +326,16 @@ def backward_strided(int op, const floating[:, :, ::1] grad_output,
         with nogil:
             _strided_backward_serial(op, g, a, o, C, inner, n_units, stage, stream)
     free(stage)
+    return 0
+
+
+def backward_strided(int op, const floating[:, :, ::1] grad_output,
+                     const floating[:, :, ::1] output, floating[:, :, ::1] out,
+                     int n_threads):
+    """The gradient through softmax (op OP_SOFTMAX: out = a (g - sum(g a))) or
+    log_softmax (OP_LOG_SOFTMAX: out = g - exp(o) sum(g)) over the middle
+    axis of (outer, C, inner) arrays, each position's sum over its C classes;
+    out may be grad_output or output."""
+    if output.shape[0] and output.shape[1] and output.shape[2]:
+        _strided_backward_core(op, &grad_output[0, 0, 0], &output[0, 0, 0], &out[0, 0, 0],
+                               output.shape[0], output.shape[1], output.shape[2], n_threads)

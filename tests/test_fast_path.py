@@ -210,6 +210,37 @@ def test_fast_path_middle_axis(variant, dtype):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_backward_middle_axis(variant, dtype):
+    """softmax_backward and log_softmax_backward over an axis that is not the last: the
+    fast path takes them (the strided kernels, rows of C where the axes after it are of
+    size 1) with the full path's bits, at one and two threads, into out= and in place
+    over either input."""
+    fast, full = PAIRS[variant]
+    k = fast.kernels
+    rng = make_rng("fast-backward-middle", np.dtype(dtype).name)
+    for (shape, axis), op in itertools.product(MIDDLE, ("softmax", "log_softmax")):
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        a = getattr(full, op)(x, axis=axis)
+        g = rng.standard_normal(shape).astype(dtype)
+        name = f"{op}_backward"
+        what = f"{variant} {shape} axis {axis} {name}"
+        assert k.fast_backward(0 if op == "softmax" else 1, g, a, axis, None, None) is not None
+        for threads in (None, 2):
+            assert_same(getattr(fast, name)(g, a, axis, num_threads=threads),
+                        getattr(full, name)(g, a, axis, num_threads=threads),
+                        f"{what} num_threads={threads}")
+        want = getattr(full, name)(g, a, axis)
+        out = np.full_like(x, 7.0)
+        assert getattr(fast, name)(g, a, axis, out=out) is out
+        assert_bitwise_equal(out, want, f"{what} out=")
+        for which in (0, 1):
+            inputs = [g.copy(), a.copy()]
+            assert getattr(fast, name)(*inputs, axis, out=inputs[which]) is inputs[which]
+            assert_bitwise_equal(inputs[which], want, f"{what} in place over input {which}")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_fast_path_cross_entropy_class_axis(variant, dtype):
     """Cross-entropy with the classes on an axis that is not the last ((N, C, d1, ...)
     logits, labels of the other axes' shape): the fast path takes it (the strided kernels,
@@ -361,6 +392,9 @@ def _declined_inputs(rng):
         ("axis (0, 1)", "softmax", (x,), {"axis": (0, 1)}),
         ("numpy int axis", "log_softmax", (x,), {"axis": np.int64(0)}),
         ("axis 0, strided", "softmax", (x[:, ::2],), {"axis": 0}),
+        ("backward axis 0, strided", "softmax_backward", (x[:, ::2], x[:, ::2]), {"axis": 0}),
+        ("backward axis 2 of 2-D", "log_softmax_backward", (x, x), {"axis": 2}),
+        ("backward axis 0, shapes", "softmax_backward", (x, x[:3]), {"axis": 0}),
         ("axis None", "logsumexp", (x,), {"axis": None}),
         ("keepdims", "logsumexp", (x,), {"keepdims": True}),
         ("float32 weight for float64 logits", "cross_entropy", (x, labels),
