@@ -32,6 +32,15 @@ from ._validation import (
  _MASKED_LOG_SOFTMAX_BACKWARD) = range(5)
 
 
+def _with_axis(r, axis):
+    """The fast path's reduction ``r`` over the int ``axis`` (the only axis it
+    takes) with that axis put back with size 1, as ``keepdims=True`` returns it:
+    a view by indexing (``np.expand_dims`` took 1.7 us, the call itself 1)."""
+    if axis < 0:
+        axis += np.ndim(r) + 1
+    return r[(slice(None),) * axis + (None,)]
+
+
 class SoftmaxFunctions:
     """softmax, log_softmax, logsumexp, softmax_backward, log_softmax_backward."""
 
@@ -283,16 +292,16 @@ class SoftmaxFunctions:
         array([0.69314718,       -inf])
         """
         if where is not None:
-            if not (keepdims or return_sign) and b is None:
+            if not return_sign and b is None:
                 r = self._fast_masked(_MASKED_LOGSUMEXP, x, where, axis, None, num_threads)
                 if r is not None:
-                    return r
+                    return _with_axis(r, axis) if keepdims else r
             return self._logsumexp_masked(x, where, axis, keepdims, b, return_sign,
                                           num_threads)
-        if not (keepdims or return_sign) and b is None:
+        if not return_sign and b is None:
             r = self._fast_logsumexp(x, axis, num_threads)
             if r is not None:
-                return r
+                return _with_axis(r, axis) if keepdims else r
         if b is not None:
             return self._logsumexp_scaled(x, b, axis, keepdims, return_sign, num_threads)
         xh, kind = half_array(x, "x")

@@ -208,6 +208,41 @@ def test_fast_path_middle_axis(variant, dtype):
         _same_softmax_calls(fast, full, x, what, axis=axis)
 
 
+@pytest.mark.parametrize("dtype", (*FLOAT_DTYPES, np.float16),
+                         ids=["float32", "float64", "float16"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_logsumexp_keepdims(variant, dtype, monkeypatch):
+    """logsumexp(keepdims=True), masked or not, over the last or a middle axis and of 1-D x:
+    the fast path's result with the axis put back, the full path's shape, type and bits."""
+    fast, full = PAIRS[variant]
+    taken = []
+
+    def spy_on(fn):
+        def spy(*args):
+            r = fn(*args)
+            taken.append(r is not None)
+            return r
+        return spy
+
+    for name in ("_fast_logsumexp", "_fast_masked"):
+        monkeypatch.setattr(fast, name, spy_on(getattr(fast, name)))
+    rng = make_rng("fast-keepdims", np.dtype(dtype).name)
+    cases = [((7,), -1, False), ((4, 9), -1, True), ((4, 9), 0, False), ((4, 9), -2, False),
+             ((3, 5, 7), 1, False), ((3, 5, 7), -1, True), ((2, 3, 4, 5), 2, False)]
+    for shape, axis, masked in cases:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        kw = {"where": rng.random(shape) < 0.7} if masked else {}
+        what = f"{variant} {shape} axis {axis} masked={masked}"
+        taken.clear()
+        got = fast.logsumexp(x, axis, keepdims=True, **kw)
+        # (16-bit calls take it over the last axis, unmasked)
+        last = axis % len(shape) == len(shape) - 1
+        assert taken == [dtype != np.float16 or (last and not masked)], what
+        assert_same(got, full.logsumexp(x, axis, keepdims=True, **kw), what)
+        assert got.shape == tuple(1 if i == axis % len(shape) else d
+                                  for i, d in enumerate(shape)), what
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fast_path_backward_middle_axis(variant, dtype):
@@ -396,7 +431,8 @@ def _declined_inputs(rng):
         ("backward axis 2 of 2-D", "log_softmax_backward", (x, x), {"axis": 2}),
         ("backward axis 0, shapes", "softmax_backward", (x, x[:3]), {"axis": 0}),
         ("axis None", "logsumexp", (x,), {"axis": None}),
-        ("keepdims", "logsumexp", (x,), {"keepdims": True}),
+        ("keepdims, return_sign", "logsumexp", (x,), {"keepdims": True, "return_sign": True}),
+        ("keepdims, axis 2 of 2-D", "logsumexp", (x,), {"keepdims": True, "axis": 2}),
         ("float32 weight for float64 logits", "cross_entropy", (x, labels),
          {"weight": np.ones(5, np.float32)}),
         ("weight list", "cross_entropy_with_grad", (x, labels),
