@@ -19,9 +19,10 @@
  *
  * Blocks are BACKWARD_BLOCK_BYTES of the two inputs at most (pass 2 finds
  * them in L2), at least one cache line of each row.  Where the rows are far
- * apart (STAGE_STRIDE, see strided.hpp) pass 1 copies the block's rows of
- * both inputs into thread-private scratch, which pass 2 reads: rows a large
- * power of two apart share a few cache sets, and pass 2 found them evicted.
+ * apart (STAGE_STRIDE, see strided.hpp) and many (BACKWARD_STAGE_CLASSES)
+ * pass 1 copies the block's rows of both inputs into thread-private scratch,
+ * which pass 2 reads: rows a large power of two apart share a few cache
+ * sets, and pass 2 found them evicted.
  */
 #ifndef CSOFTMAX_STRIDEDBACKWARD_HPP
 #define CSOFTMAX_STRIDEDBACKWARD_HPP
@@ -42,12 +43,24 @@ template <typename T> static inline idx_t strided_backward_width(idx_t C, idx_t 
     return w;
 }
 
+/* Staging needs many classes too: BACKWARD_STAGE_CLASSES or more.  With
+ * fewer the block's rows stay in L2 without it, and the copy is extra work
+ * (pass 2 runs two loads and a store an element): a C++ microbenchmark of
+ * this header, one thread, float32, staged (streamed where the kernels
+ * stream) / in place time, AVX-512 and AVX2: 10 classes 1.09-1.41x, 21
+ * classes 1.07-1.40x, 64-100 classes 1.07-1.39x, 200 classes 0.86-1.26x,
+ * 1000 classes 0.58-0.90x (4096-65536 positions, in L2 and from memory). */
+enum { BACKWARD_STAGE_CLASSES = 128 };
+
 /* scratch elements per thread for staged blocks (both inputs), 0 where the
  * blocks are read in place */
 template <typename T>
 static inline idx_t strided_backward_stage_elems(const T *, idx_t C, idx_t inner) {
     const idx_t w = strided_backward_width<T>(C, inner);
-    return inner * (idx_t)sizeof(T) >= (idx_t)STAGE_STRIDE && inner > w ? 2 * C * w : 0;
+    return inner * (idx_t)sizeof(T) >= (idx_t)STAGE_STRIDE && inner > w &&
+                   C >= (idx_t)BACKWARD_STAGE_CLASSES
+               ? 2 * C * w
+               : 0;
 }
 
 /* The blocks of a call, strided_blocks_of's layout at this width: where
