@@ -147,46 +147,46 @@ cdef int _middle_threads(_Middle *d, Py_ssize_t itemsize, Py_ssize_t requested) 
     return <int>max(1, min(threads, units, _max_threads))
 
 
-cdef int _middle_core(int op, cnp.ndarray x, cnp.ndarray r, int typenum, _Middle *d,
-                      int threads) except -1:
+cdef int _middle_typed(int op, const floating *x, floating *r, _Middle *d,
+                       int threads) except -1:
     """op (softmax, log_softmax: r like x; logsumexp: r (outer, inner)) over the
     middle axis of x as (outer, C, inner), by the strided kernels as the full
     path runs them (_run_strided: rows of C where inner is 1)."""
-    if typenum == cnp.NPY_FLOAT32:
-        if d.inner == 1:
-            return _rows_core(op, <const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(r),
-                              d.outer, d.C, threads)
-        return _strided_core(op, <const float *>cnp.PyArray_DATA(x),
-                             <float *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner, threads)
     if d.inner == 1:
-        return _rows_core(op, <const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(r),
-                          d.outer, d.C, threads)
-    return _strided_core(op, <const double *>cnp.PyArray_DATA(x),
-                         <double *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner, threads)
+        return _rows_core(op, x, r, d.outer, d.C, threads)
+    return _strided_core(op, x, r, d.outer, d.C, d.inner, threads)
+
+
+cdef int _middle_core(int op, cnp.ndarray x, cnp.ndarray r, int typenum, _Middle *d,
+                      int threads) except -1:
+    """_middle_typed on float32 or float64 arrays."""
+    if typenum == cnp.NPY_FLOAT32:
+        return _middle_typed(op, <const float *>cnp.PyArray_DATA(x),
+                             <float *>cnp.PyArray_DATA(r), d, threads)
+    return _middle_typed(op, <const double *>cnp.PyArray_DATA(x),
+                         <double *>cnp.PyArray_DATA(r), d, threads)
+
+
+cdef int _middle_backward_typed(int op, const floating *g, const floating *a, floating *r,
+                                _Middle *d, int threads) except -1:
+    """The gradient through op (softmax, log_softmax) over the middle axis of
+    the non-empty (outer, C, inner) arrays g and a into r, as the full path
+    runs it (_run_strided: rows of C where inner is 1)."""
+    if d.inner == 1:
+        return _backward_core(op, g, a, r, d.outer, d.C, threads)
+    return _strided_backward_core(op, g, a, r, d.outer, d.C, d.inner, threads)
 
 
 cdef int _middle_backward_core(int op, cnp.ndarray g, cnp.ndarray a, cnp.ndarray r,
                                int typenum, _Middle *d, int threads) except -1:
-    """The gradient through op (softmax, log_softmax) over the middle axis of
-    the non-empty (outer, C, inner) arrays g and a into r, as the full path
-    runs it (_run_strided: rows of C where inner is 1)."""
+    """_middle_backward_typed on float32 or float64 arrays."""
     if typenum == cnp.NPY_FLOAT32:
-        if d.inner == 1:
-            return _backward_core(op, <const float *>cnp.PyArray_DATA(g),
-                                  <const float *>cnp.PyArray_DATA(a),
-                                  <float *>cnp.PyArray_DATA(r), d.outer, d.C, threads)
-        return _strided_backward_core(op, <const float *>cnp.PyArray_DATA(g),
+        return _middle_backward_typed(op, <const float *>cnp.PyArray_DATA(g),
                                       <const float *>cnp.PyArray_DATA(a),
-                                      <float *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner,
-                                      threads)
-    if d.inner == 1:
-        return _backward_core(op, <const double *>cnp.PyArray_DATA(g),
-                              <const double *>cnp.PyArray_DATA(a),
-                              <double *>cnp.PyArray_DATA(r), d.outer, d.C, threads)
-    return _strided_backward_core(op, <const double *>cnp.PyArray_DATA(g),
+                                      <float *>cnp.PyArray_DATA(r), d, threads)
+    return _middle_backward_typed(op, <const double *>cnp.PyArray_DATA(g),
                                   <const double *>cnp.PyArray_DATA(a),
-                                  <double *>cnp.PyArray_DATA(r), d.outer, d.C, d.inner,
-                                  threads)
+                                  <double *>cnp.PyArray_DATA(r), d, threads)
 
 
 cdef Py_ssize_t _rows_of(cnp.ndarray x) noexcept:
@@ -302,9 +302,8 @@ def fast_backward(int op, object grad_output, object output, object axis, object
     cdef _Middle d
     if ax != nd - 1:                   # over a middle axis, read in place
         d = _middle_of(a, ax)
-        if cnp.PyArray_SIZE(a):
-            _middle_backward_core(op, g, a, r, typenum, &d,
-                                  _middle_threads(&d, cnp.PyArray_ITEMSIZE(a), requested))
+        _middle_backward_core(op, g, a, r, typenum, &d,
+                              _middle_threads(&d, cnp.PyArray_ITEMSIZE(a), requested))
         return r
     cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[nd - 1], n_rows = _rows_of(a)
     cdef int threads = _call_threads(n_rows, n, requested, False)

@@ -165,9 +165,6 @@ def masked_log_softmax_backward_rows(const floating[:, ::1] grad_output,
 
 
 # ---------------------------------------------------------------------------
-# over the middle axis of (outer, C, inner) arrays (maskedstrided.hpp)
-
-# ---------------------------------------------------------------------------
 # the C fast path of a masked call (see fastpath.pxi): softmax, log_softmax
 # and logsumexp over the last axis with a bool mask of x's shape, or one mask
 # row for every row ((n,) or (1, ..., 1, n)): the MaskRows that
@@ -227,6 +224,9 @@ def fast_masked(int op, object x, object where, object axis, object out, object 
                      <double *>cnp.PyArray_DATA(r), n_rows, n, &mk, threads)
     return r[()] if op == MASKED_LOGSUMEXP and nd == 1 else r
 
+
+# ---------------------------------------------------------------------------
+# over the middle axis of (outer, C, inner) arrays (maskedstrided.hpp)
 
 cdef extern from "maskedstrided.hpp" namespace "csoftmax" nogil:
     ctypedef struct MaskStrides:
