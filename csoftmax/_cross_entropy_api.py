@@ -41,7 +41,8 @@ class CrossEntropyGradResult(NamedTuple):
 
 
 def _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy):
-    """True for the default z_loss, softcap and flags (the C fast path's call)."""
+    """True for the default z_loss, softcap and flags (linear_cross_entropy's
+    C fast path takes only these)."""
     return (softcap is None and return_z_loss is False and return_token_accuracy is False
             and type(z_loss) in (float, int) and z_loss == 0)
 
@@ -263,12 +264,12 @@ class CrossEntropyFunctions:
         >>> float(r.loss.round(4)), float(r.token_accuracy), r.z_loss
         (0.6697, 1.0, None)
         """
-        plain = _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy)
-        if plain:
-            r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
-                                         label_smoothing, num_threads, False, None, weight)
-            if r is not None:
-                return r
+        r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
+                                     label_smoothing, num_threads, False, None, weight,
+                                     z_loss, softcap, return_z_loss, return_token_accuracy)
+        if r is not None:
+            # the flags are True or False here: the fast path declines anything else
+            return CrossEntropyResult(*r) if return_z_loss or return_token_accuracy else r
         args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing,
                                 axis, z_loss, softcap, return_z_loss, return_token_accuracy)
         r = self._cross_entropy(args, None, num_threads)
@@ -319,12 +320,11 @@ class CrossEntropyFunctions:
         >>> float(loss.round(4)), grad
         (0.6931, array([[ 0.5, -0.5]]))
         """
-        plain = _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy)
-        if plain:
-            r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
-                                         label_smoothing, num_threads, True, out, weight)
-            if r is not None:
-                return r
+        r = self._fast_cross_entropy(logits, target, axis, ignore_index, reduction,
+                                     label_smoothing, num_threads, True, out, weight,
+                                     z_loss, softcap, return_z_loss, return_token_accuracy)
+        if r is not None:
+            return CrossEntropyGradResult(*r) if return_z_loss or return_token_accuracy else r
         args = CrossEntropyArgs(logits, target, weight, ignore_index, reduction, label_smoothing,
                                 axis, z_loss, softcap, return_z_loss, return_token_accuracy)
         if out is not None:

@@ -141,10 +141,10 @@ cdef object _half_scalar(double value, int kind, cnp.ndarray like):
 
 
 cdef object _fast_half_cross_entropy(
-    _FastCall *c, int kind, cnp.ndarray x, const label_t *t, cnp.ndarray y, cnp.ndarray grad,
+    _FastCall *c, cnp.ndarray x, const label_t *t, cnp.ndarray y, cnp.ndarray grad,
 ):
     """The loss of a checked 16-bit call (see _fast_cross_entropy_run)."""
-    cdef Py_ssize_t i, kept = c.n_rows
+    cdef Py_ssize_t kept = c.n_rows
     if t != NULL and _labels_count_bad(t, c.n_rows, c.n, c.ignore_index, &kept,
                                        c.threads) != 0:
         return None  # the full path names the first bad label
@@ -152,17 +152,17 @@ cdef object _fast_half_cross_entropy(
     cdef double scale = 1.0
     if c.reduction == REDUCTION_MEAN:
         scale = 1.0 / count if count != 0.0 else NAN
+    row_z = _extra_rows(c, c.z_loss != 0.0)
+    row_acc = _extra_rows(c, c.want_acc)
     cdef double *loss = <double *>malloc(c.n_rows * sizeof(double))
     if loss == NULL:
         raise MemoryError()
     cdef CrossEntropyExtra ex
     cdef _CrossEntropyArgs ce
     cdef _Half h = _half_init(OP_CROSS_ENTROPY_INDEX if y is None else OP_CROSS_ENTROPY_PROB,
-                              kind, x)
+                              c.kind, x)
     cdef double total
-    cdef cnp.ndarray r
-    cdef uint16_t *rp
-    ce.ex = NULL
+    ce.ex = _fast_extras(c, &ex, count, row_z, row_acc)
     ce.ignore_index = c.ignore_index
     ce.alpha = 1.0 - c.label_smoothing
     ce.beta = c.label_smoothing / c.n
@@ -171,6 +171,7 @@ cdef object _fast_half_cross_entropy(
     ce.w_total = <double>c.n
     h.ce = &ce
     h.loss = loss
+    h.cap = <float>c.cap
     h.smoothing = c.label_smoothing
     if y is not None:
         h.y16 = <const uint16_t *>cnp.PyArray_DATA(y)
@@ -178,16 +179,6 @@ cdef object _fast_half_cross_entropy(
         h.out = <uint16_t *>cnp.PyArray_DATA(grad)
     try:
         total = _half_run(&h, t, c.threads)
-        if c.reduction == REDUCTION_MEAN:
-            return _half_scalar(total / count if count != 0.0 else NAN, kind, x)
-        if c.reduction == REDUCTION_SUM:
-            return _half_scalar(total, kind, x)
-        if c.nd == 1:
-            return _half_scalar(loss[0], kind, x)
-        r = _half_empty(c.nd - 1, c.dims, x)
-        rp = <uint16_t *>cnp.PyArray_DATA(r)
-        for i in range(c.n_rows):
-            rp[i] = f64_to_half(kind, loss[i])
-        return r
+        return _loss_result(c, x, loss, total, count, count, None, row_z, row_acc)
     finally:
         free(loss)

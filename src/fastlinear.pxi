@@ -75,7 +75,7 @@ cdef object _fast_linear_run(_FastCall *c, const floating *x, const floating *w,
             for i in range(c.n_rows):
                 for k in range(c.n):
                     logits[i * c.n + k] = logits[i * c.n + k] + b[k]
-        return _fast_cross_entropy_run(c, <const floating *>logits, t,
+        return _fast_cross_entropy_run(c, <cnp.ndarray>None, <const floating *>logits, t,
                                        <const floating *>NULL, <floating *>NULL,
                                        <const floating *>NULL)
     finally:
@@ -116,7 +116,9 @@ def fast_linear_cross_entropy(object input, object linear_weight, object target,
             return None
         bp = cnp.PyArray_DATA(<cnp.ndarray>linear_bias)
     cdef _FastCall c
-    if not _loss_options(&c, reduction, ignore_index, label_smoothing):
+    c.kind = -1
+    if not (_loss_options(&c, reduction, ignore_index, label_smoothing)
+            and _extra_options(&c, 0.0, None, False, False)):
         return None
     # the targets: a Python int for (D,) input, else labels of shape (N,)
     cdef int64_t one_label

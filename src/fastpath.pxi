@@ -323,7 +323,8 @@ def fast_backward(int op, object grad_output, object output, object axis, object
 
 cdef struct _FastCall:
     Py_ssize_t n_rows, n
-    int typenum
+    int typenum                # of the logits (and of the results)
+    int kind                   # 16-bit logits: their kind (fasthalf.pxi); -1 otherwise
     int reduction
     int threads
     int nd                     # of the logits
@@ -331,45 +332,180 @@ cdef struct _FastCall:
     Py_ssize_t inner           # positions after the class axis (1: the classes are rows)
     Py_ssize_t ignore_index
     double label_smoothing
+    double z_loss              # the z-loss coefficient (0: none)
+    double cap                 # the logit soft cap (0: none)
+    bint want_z, want_acc      # return_z_loss, return_token_accuracy
 
 
-cdef object _reduced(_FastCall *c, double *row_loss, double total_loss, double count,
-                     object none_result):
-    """The loss as the full path returns it: the reduction of the row losses
-    (count: what "mean" divides by), or for "none" none_result (float64 row
-    losses) in the logits' dtype."""
-    cdef Py_ssize_t i
-    cdef cnp.ndarray r
-    cdef float *f
-    if c.reduction == REDUCTION_MEAN:
-        return _scalar(total_loss / count if count != 0.0 else NAN, c.typenum)
-    if c.reduction == REDUCTION_SUM:
-        return _scalar(total_loss, c.typenum)
+cdef object _value(_FastCall *c, cnp.ndarray x, double value):
+    """value rounded once to the result dtype (the logits'), a NumPy scalar."""
+    return _half_scalar(value, c.kind, x) if c.kind >= 0 else _scalar(value, c.typenum)
+
+
+cdef object _positions(_FastCall *c, cnp.ndarray x, const double *rows, object rows64):
+    """Per-position float64 values as a "none" result: rounded once to the
+    result dtype, the positions' shape (a scalar for (C,) logits).  rows64, a
+    float64 array of that shape holding rows (or None), is the float64
+    result itself."""
     if c.nd == 1:
-        return _scalar(row_loss[0], c.typenum)
-    if c.typenum == cnp.NPY_FLOAT64:
-        return none_result
-    r = cnp.PyArray_EMPTY(c.nd - 1, c.dims, cnp.NPY_FLOAT32, 0)
-    f = <float *>cnp.PyArray_DATA(r)
-    for i in range(c.n_rows):
-        f[i] = <float>row_loss[i]
+        return _value(c, x, rows[0])
+    if c.typenum == cnp.NPY_FLOAT64 and c.kind < 0 and rows64 is not None:
+        return rows64
+    cdef cnp.ndarray r = cnp.PyArray_EMPTY(c.nd - 1, c.dims, c.typenum, 0)
+    cdef Py_ssize_t i
+    cdef void *p = cnp.PyArray_DATA(r)
+    if c.kind >= 0:
+        for i in range(c.n_rows):
+            (<uint16_t *>p)[i] = f64_to_half(c.kind, rows[i])
+    elif c.typenum == cnp.NPY_FLOAT32:
+        for i in range(c.n_rows):
+            (<float *>p)[i] = <float>rows[i]
+    else:
+        for i in range(c.n_rows):
+            (<double *>p)[i] = rows[i]
     return r
 
 
+cdef bint _finite_number(object v) noexcept:
+    """v is a finite Python float or a Python int (not a bool) of a moderate
+    size: what the full path's option checks take as it is."""
+    if type(v) is float:
+        return isfinite(<double>v)
+    return type(v) is int and -(1 << 62) < v < (1 << 62)
+
+
+cdef bint _extra_options(_FastCall *c, object z_loss, object softcap, object return_z_loss,
+                         object return_token_accuracy) noexcept:
+    """z_loss (finite, >= 0), softcap (None, or finite and > 0) and the two
+    return_* flags (True or False) into c; False for anything else (the full
+    path converts or refuses it)."""
+    if not (_finite_number(z_loss) and z_loss >= 0):
+        return False
+    if softcap is None:
+        c.cap = 0.0
+    elif _finite_number(softcap) and softcap > 0:
+        c.cap = softcap
+    else:
+        return False
+    if ((return_z_loss is not True and return_z_loss is not False)
+            or (return_token_accuracy is not True and return_token_accuracy is not False)):
+        return False
+    c.z_loss = z_loss
+    c.want_z = return_z_loss
+    c.want_acc = return_token_accuracy
+    return True
+
+
+cdef bint _has_extras(_FastCall *c) noexcept:
+    """The call runs the kernels' extras (z-loss rows, accuracy rows), as the
+    full path's _extra_args decides."""
+    return c.z_loss != 0.0 or c.want_acc
+
+
+cdef Py_ssize_t _labels_kept(const label_t *t, Py_ssize_t n_rows,
+                             Py_ssize_t ignore_index) noexcept nogil:
+    """The labels that are not ignore_index (what the z-loss and the accuracy
+    count, whatever the class weights)."""
+    cdef Py_ssize_t i, kept = 0
+    for i in range(n_rows):
+        kept += t[i] != ignore_index
+    return kept
+
+
+cdef double *_rows_data(object rows) noexcept:
+    """The data of a float64 array of _extra_rows, NULL for None."""
+    return <double *>NULL if rows is None else <double *>cnp.PyArray_DATA(<cnp.ndarray>rows)
+
+
+cdef const CrossEntropyExtra *_fast_extras(
+    _FastCall *c, CrossEntropyExtra *ex, double kept, object row_z, object row_acc,
+) noexcept:
+    """ex for the kernels (NULL for a call without extras), as the full path
+    fills it: the z-loss gradient scaled by 1 / kept for "mean"."""
+    if not _has_extras(c):
+        return NULL
+    ex.z = c.z_loss
+    ex.zscale = 1.0
+    if c.reduction == REDUCTION_MEAN:
+        ex.zscale = 1.0 / kept if kept != 0.0 else NAN
+    ex.zrow = _rows_data(row_z)
+    ex.acc = _rows_data(row_acc)
+    return ex
+
+
+cdef object _extra_rows(_FastCall *c, bint wanted):
+    """float64 room for one value per position, in the positions' shape (None
+    when not wanted)."""
+    if not wanted:
+        return None
+    cdef cnp.npy_intp one = 1
+    if c.nd == 1:
+        return cnp.PyArray_EMPTY(1, &one, cnp.NPY_FLOAT64, 0)
+    return cnp.PyArray_EMPTY(c.nd - 1, c.dims, cnp.NPY_FLOAT64, 0)
+
+
+cdef object _loss_result(_FastCall *c, cnp.ndarray x, double *row_loss, double total,
+                         double count, double kept, object none_result, object row_z,
+                         object row_acc):
+    """The loss as the full path returns it: the reduction of the row losses
+    (count: what "mean" divides by; total their sum by the kernels), or for
+    "none" the row losses (none_result: float64 ones, or None); with a
+    return_* flag the tuple (loss, z_loss, token_accuracy), the z-loss rows
+    row_z added as the full path adds them (its pairwise sum for a reduction)
+    and the accuracy rows row_acc over the kept positions."""
+    cdef Py_ssize_t i
+    cdef double *z = _rows_data(row_z)
+    cdef double *acc = _rows_data(row_acc)
+    cdef double z_part = 0.0, correct = 0.0
+    if c.reduction == REDUCTION_NONE:
+        if z != NULL:
+            for i in range(c.n_rows):
+                row_loss[i] += z[i]
+        loss = _positions(c, x, row_loss, none_result)
+        if not (c.want_z or c.want_acc):
+            return loss
+        z_loss = None
+        if c.want_z and z != NULL:
+            z_loss = _positions(c, x, z, row_z)
+        elif c.want_z:
+            z_loss = (_value(c, x, 0.0) if c.nd == 1
+                      else cnp.PyArray_ZEROS(c.nd - 1, c.dims, c.typenum, 0))
+        return loss, z_loss, None if acc == NULL else _positions(c, x, acc, row_acc)
+    if c.reduction == REDUCTION_MEAN:
+        total = total / count if count != 0.0 else NAN
+    if z != NULL:
+        # the full path's np.add.reduce (pairwise): one row is its value
+        z_part = z[0] if c.n_rows == 1 else <double>np.add.reduce(row_z.reshape(-1))
+        if c.reduction == REDUCTION_MEAN:
+            z_part = z_part / kept if kept != 0.0 else NAN
+        total = total + z_part
+    loss = _value(c, x, total)
+    if not (c.want_z or c.want_acc):
+        return loss
+    accuracy = None
+    if acc != NULL:
+        for i in range(c.n_rows):
+            correct += acc[i]          # ones and zeros: exact in any order
+        accuracy = _value(c, x, correct / kept if kept != 0.0 else NAN)
+    return loss, _value(c, x, z_part) if c.want_z else None, accuracy
+
+
 cdef object _fast_cross_entropy_run(
-    _FastCall *c, const floating *x, const label_t *t, const floating *y, floating *grad,
-    const floating *w,
+    _FastCall *c, cnp.ndarray logits, const floating *x, const label_t *t, const floating *y,
+    floating *grad, const floating *w,
 ):
     """The loss of a checked call with labels t (checked here: None when one is
     out of range) or probability targets y, class weights w (or NULL); the
     gradient into grad unless NULL.  A "mean" divides by the rows' number, or
     with labels and weights by their labels' summed weight (label_summary's
-    total)."""
+    total); the z-loss and the accuracy by the kept rows' number."""
     cdef Py_ssize_t kept = c.n_rows
     cdef double count
     if t != NULL and w != NULL:
         if _labels_weight_total(t, c.n_rows, c.n, c.ignore_index, w, &count) >= 0:
             return None  # the full path names the first bad label
+        if _has_extras(c):
+            kept = _labels_kept(t, c.n_rows, c.ignore_index)
     else:
         if t != NULL and _labels_count_bad(t, c.n_rows, c.n, c.ignore_index, &kept,
                                            c.threads) != 0:
@@ -378,13 +514,17 @@ cdef object _fast_cross_entropy_run(
     cdef double scale = 1.0
     if c.reduction == REDUCTION_MEAN:
         scale = 1.0 / count if count != 0.0 else NAN
+    row_z = _extra_rows(c, c.z_loss != 0.0)
+    row_acc = _extra_rows(c, c.want_acc)
+    cdef CrossEntropyExtra ex_args
+    cdef const CrossEntropyExtra *ex = _fast_extras(c, &ex_args, <double>kept, row_z, row_acc)
     cdef double stack_loss[STACK_ROWS]
     cdef double *loss = stack_loss
     cdef object none_result = None
     if c.reduction == REDUCTION_NONE:
         none_result = cnp.PyArray_EMPTY(c.nd - 1, c.dims, cnp.NPY_FLOAT64, 0)
         loss = <double *>cnp.PyArray_DATA(<cnp.ndarray>none_result)
-    elif t != NULL and c.inner == 1 and _short_row(c.n, sizeof(floating)):
+    elif t != NULL and c.inner == 1 and ex == NULL and _short_row(c.n, sizeof(floating)):
         loss = NULL  # the tiles' sums alone (no 8 bytes stored per row)
     elif c.n_rows > STACK_ROWS:
         loss = <double *>malloc(c.n_rows * sizeof(double))
@@ -395,14 +535,16 @@ cdef object _fast_cross_entropy_run(
         if t != NULL and c.inner > 1:    # the classes over a middle axis (strided.pxi)
             total = _cross_entropy_index_strided_core(
                 x, t, c.n_rows // c.inner, c.n, c.inner, w, c.ignore_index, c.label_smoothing,
-                scale, loss, grad, c.threads, <const CrossEntropyExtra *>NULL, 0.0)
+                scale, loss, grad, c.threads, ex, c.cap)
         elif t != NULL:
             total = _cross_entropy_index_core(x, t, c.n_rows, c.n, w, c.ignore_index,
-                                              c.label_smoothing, scale, loss, grad, c.threads)
+                                              c.label_smoothing, scale, loss, grad, c.threads,
+                                              ex, c.cap)
         else:
             total = _cross_entropy_prob_core(x, y, c.n_rows, c.n, w, c.label_smoothing, scale,
-                                             loss, grad, c.threads)
-        return _reduced(c, loss, total, count, none_result)
+                                             loss, grad, c.threads, ex, c.cap)
+        return _loss_result(c, logits, loss, total, count, <double>kept, none_result, row_z,
+                            row_acc)
     finally:
         if loss != stack_loss and none_result is None:
             free(loss)
@@ -476,22 +618,30 @@ cdef bint _valid_weight(object weight, cnp.ndarray x, int typenum, int kind, bin
 
 def fast_cross_entropy(object logits, object target, object axis, object ignore_index,
                        object reduction, object label_smoothing, object num_threads,
-                       bint with_grad, object out, object weight=None):
+                       bint with_grad, object out, object weight=None, object z_loss=0.0,
+                       object softcap=None, object return_z_loss=False,
+                       object return_token_accuracy=False):
     """cross_entropy (with_grad False) or cross_entropy_with_grad, for logits
     with the classes on axis (a Python int) and native int32/int64 labels of
     the other axes' shape (a Python int for (C,) logits) or, with the classes
     last, probability targets of the logits' shape and dtype; class weights
     None or (float32/float64 logits) a (C,) array of the logits' dtype.  Over
     a middle axis (float32/float64 logits, labels) the strided kernels read
-    the logits in place.  None when declined."""
+    the logits in place.  z_loss, softcap and the return_* flags as the public
+    functions take them; with a flag the result is (loss, z_loss,
+    token_accuracy), or (loss, grad, z_loss, token_accuracy).  None when
+    declined."""
     cdef _FastCall c
-    cdef int kind = -1  # 16-bit logits: their kind (fasthalf.pxi)
+    c.kind = -1
     c.typenum = _float_array(logits)
     if c.typenum < 0:
-        kind = _half_kind(logits)
-        if kind < 0:
+        c.kind = _half_kind(logits)
+        if c.kind < 0:
             return None
         c.typenum = cnp.PyArray_TYPE(<cnp.ndarray>logits)
+    cdef int kind = c.kind
+    if not _extra_options(&c, z_loss, softcap, return_z_loss, return_token_accuracy):
+        return None
     cdef cnp.ndarray x = <cnp.ndarray>logits
     c.nd = cnp.PyArray_NDIM(x)
     cdef int ax = _one_axis(axis, c.nd), i
@@ -528,7 +678,7 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     if label_size < 0:
         if (not (_half_like(target, x, False) if kind >= 0
                  else _like(target, x, c.typenum, False)) or c.ignore_index >= 0
-                or c.inner > 1):
+                or c.inner > 1 or c.want_acc):
             return None
     # the kernels read the targets while they write the gradient: out must
     # not overlap them, not even as the same array (the full path refuses it)
@@ -558,24 +708,28 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     cdef void *wp = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
     if kind >= 0:
         if label_size == 4:
-            loss = _fast_half_cross_entropy(&c, kind, x, <const int32_t *>tp, y, grad)
+            loss = _fast_half_cross_entropy(&c, x, <const int32_t *>tp, y, grad)
         else:
-            loss = _fast_half_cross_entropy(&c, kind, x, <const int64_t *>tp, y, grad)
+            loss = _fast_half_cross_entropy(&c, x, <const int64_t *>tp, y, grad)
     elif c.typenum == cnp.NPY_FLOAT32:
         if label_size == 4:
-            loss = _fast_cross_entropy_run(&c, <const float *>xp, <const int32_t *>tp,
+            loss = _fast_cross_entropy_run(&c, x, <const float *>xp, <const int32_t *>tp,
                                            <const float *>NULL, <float *>gp, <const float *>wp)
         else:
-            loss = _fast_cross_entropy_run(&c, <const float *>xp, <const int64_t *>tp,
+            loss = _fast_cross_entropy_run(&c, x, <const float *>xp, <const int64_t *>tp,
                                            <const float *>yp, <float *>gp, <const float *>wp)
     else:
         if label_size == 4:
-            loss = _fast_cross_entropy_run(&c, <const double *>xp, <const int32_t *>tp,
+            loss = _fast_cross_entropy_run(&c, x, <const double *>xp, <const int32_t *>tp,
                                            <const double *>NULL, <double *>gp,
                                            <const double *>wp)
         else:
-            loss = _fast_cross_entropy_run(&c, <const double *>xp, <const int64_t *>tp,
+            loss = _fast_cross_entropy_run(&c, x, <const double *>xp, <const int64_t *>tp,
                                            <const double *>yp, <double *>gp, <const double *>wp)
     if loss is None:
         return None
-    return (loss, grad) if with_grad else loss
+    if not with_grad:
+        return loss
+    if c.want_z or c.want_acc:
+        return loss[0], grad, loss[1], loss[2]
+    return loss, grad

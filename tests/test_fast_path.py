@@ -600,3 +600,114 @@ def test_out_overlapping_target_refused(variant, dtype):
         # the loss alone reads and writes nothing of it: accepted, the same bits
         assert_same(fast.cross_entropy(logits, target), full.cross_entropy(logits, target),
                     what)
+
+
+#: z-loss, soft cap and the return_* flags: the fast path takes every combination
+EXTRAS = [dict(z_loss=1e-3), dict(softcap=3.0), dict(return_token_accuracy=True),
+          dict(return_z_loss=True), dict(z_loss=0.5, return_z_loss=True),
+          dict(z_loss=1e-4, softcap=2.5, return_z_loss=True, return_token_accuracy=True),
+          dict(softcap=1, return_token_accuracy=True), dict(z_loss=2)]
+
+
+def _assert_extras_same(fast, full, name, args, kwargs, what):
+    """The function name gives the full path's result type and bits on the fast path."""
+    a, b = getattr(fast, name)(*args, **kwargs), getattr(full, name)(*args, **kwargs)
+    assert type(a) is type(b), f"{what}: {type(a)} vs {type(b)}"
+    assert_same(a, b, what)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_cross_entropy_extras(variant, dtype):
+    """z_loss, softcap, return_z_loss and return_token_accuracy on the fast path: taken
+    (rows, tiles, rows split over threads, a middle class axis, probability targets where
+    accuracy is not asked), with the full path's named tuples and bits for every
+    reduction, weights (the z-loss and accuracy count positions, not weight), smoothing,
+    ignored rows, out= and two threads."""
+    fast, full = PAIRS[variant]
+    k = fast.kernels
+    rng = make_rng("fast-extras", np.dtype(dtype).name)
+    cases = [((n, c), -1) for n, c in SHAPES] + MIDDLE + [((1000,), 0)]
+    for shape, axis in cases:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        ax = axis % len(shape)
+        c = shape[ax]
+        positions = shape[:ax] + shape[ax + 1:]
+        labels = rng.integers(0, c, size=positions)
+        if labels.ndim:
+            labels.reshape(-1)[::5] = -100
+            x.reshape(-1)[::7] = np.nan if c > 2 else x.reshape(-1)[0]  # rows of NaN loss
+        else:
+            labels = int(labels)
+        w = (rng.random(c) + 0.25).astype(dtype)
+        probs = rng.random(shape).astype(dtype)
+        for i, kw in enumerate(EXTRAS):
+            what = f"{variant} {shape} axis {axis} {kw}"
+            assert k.fast_cross_entropy(x, labels, axis, -100, "mean", 0.0, None, True, None,
+                                        None, kw.get("z_loss", 0.0), kw.get("softcap"),
+                                        kw.get("return_z_loss", False),
+                                        kw.get("return_token_accuracy", False)) is not None, what
+            reduction = ("mean", "sum", "none")[i % 3]
+            more = [dict(reduction=reduction), dict(reduction="mean", weight=w),
+                    dict(reduction="none", weight=w, label_smoothing=0.2, num_threads=2)]
+            t32 = labels.astype(np.int32) if isinstance(labels, np.ndarray) else labels
+            for extra in more:
+                opts = {**kw, **extra}
+                for t, name in itertools.product((labels, t32), ("cross_entropy",
+                                                                  "cross_entropy_with_grad")):
+                    _assert_extras_same(fast, full, name, (x, t), dict(axis=axis, **opts),
+                                        f"{what} {extra} {name}")
+            out = np.full_like(x, 7.0)
+            got = fast.cross_entropy_with_grad(x, labels, axis=axis, out=out, **kw)
+            assert got[1] is out
+            assert_same(got, full.cross_entropy_with_grad(x, labels, axis=axis, **kw),
+                        f"{what} out=")
+            if ax == len(shape) - 1 and not kw.get("return_token_accuracy"):
+                _assert_extras_same(fast, full, "cross_entropy_with_grad", (x, probs),
+                                    dict(reduction=reduction, **kw), f"{what} probabilities")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_extras_declined(variant):
+    """Options the fast path leaves to the full path (NumPy scalars, bad values, accuracy
+    with probability targets) give the full path's result or exception, and the raw fast
+    path declines them."""
+    fast, full = PAIRS[variant]
+    rng = make_rng("fast-extras-declined")
+    x = rng.standard_normal((6, 5))
+    labels = rng.integers(0, 5, size=6)
+    probs = np.abs(x)
+    cases = [
+        (labels, dict(z_loss=np.float64(1e-3))),
+        (labels, dict(softcap=np.float32(2.0))),
+        (labels, dict(return_z_loss=np.True_)),
+        (labels, dict(return_token_accuracy=1)),
+        (labels, dict(z_loss=True)),
+        (labels, dict(z_loss=-1.0)),
+        (labels, dict(z_loss=float("nan"))),
+        (labels, dict(z_loss="0.1")),
+        (labels, dict(softcap=0.0)),
+        (labels, dict(softcap=-2)),
+        (labels, dict(softcap=float("inf"))),
+        (labels, dict(softcap=2 ** 70)),
+        (probs, dict(return_token_accuracy=True)),
+    ]
+    for target, kw in cases:
+        what = f"{variant} {kw}"
+        assert fast.kernels.fast_cross_entropy(
+            x, target, -1, -100, "mean", 0.0, None, False, None, None, kw.get("z_loss", 0.0),
+            kw.get("softcap"), kw.get("return_z_loss", False),
+            kw.get("return_token_accuracy", False)) is None, what
+        outcomes = []
+        for frontend in (fast, full):
+            try:
+                outcomes.append(("ok", frontend.cross_entropy_with_grad(x, target, **kw)))
+            except Exception as exc:  # noqa: BLE001 - compared below
+                outcomes.append(("error", (type(exc), str(exc))))
+        (kind_fast, a), (kind_full, b) = outcomes
+        assert kind_fast == kind_full, f"{what}: {outcomes}"
+        if kind_fast == "error":
+            assert a == b, what
+        else:
+            assert type(a) is type(b)
+            assert_same(a, b, what)

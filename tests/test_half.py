@@ -655,6 +655,46 @@ def test_fast_path(name, dtype):
     assert k.fast_backward(0, x.astype(other), x, -1, None, None) is None
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", COMPILED)
+def test_fast_path_extras(name, dtype):
+    """z_loss, softcap and the return_* flags on 16-bit logits: the fast path takes them
+    (tiles, long rows, rows split over threads, one sample) with the full path's named
+    tuples and bits."""
+    from csoftmax import _api
+
+    fast = KERNEL_FRONTENDS[name]
+    full = _api.Frontend(fast.kernels, f"full-{name}", fast=False)
+    rng = make_rng(f"fast-extras{name}{dtype}")
+    options = [dict(z_loss=1e-3, return_z_loss=True), dict(softcap=3.0),
+               dict(z_loss=1e-4, softcap=2.0, return_token_accuracy=True, return_z_loss=True),
+               dict(return_z_loss=True, label_smoothing=0.1)]
+    for shape in [(1, 10), (33, 40), (300, 70), (2, 40_000), (1000,)]:
+        x = _inputs(shape if len(shape) == 2 else (1,) + shape, dtype, rng, extreme=False)
+        x = x.reshape(shape)
+        labels = rng.integers(0, shape[-1], shape[:-1])
+        if len(shape) == 2:
+            labels[::3] = -100
+        target = labels if len(shape) == 2 else int(labels)
+        for i, kw in enumerate(options):
+            reduction = ("mean", "sum", "none")[i % 3]
+            assert fast.kernels.fast_cross_entropy(
+                x, target, -1, -100, reduction, kw.get("label_smoothing", 0.0), None, True,
+                None, None, kw.get("z_loss", 0.0), kw.get("softcap"),
+                kw.get("return_z_loss", False), kw.get("return_token_accuracy", False)
+            ) is not None
+            for fn in ("cross_entropy", "cross_entropy_with_grad"):
+                a = getattr(fast, fn)(x, target, reduction=reduction, **kw)
+                b = getattr(full, fn)(x, target, reduction=reduction, **kw)
+                assert type(a) is type(b)
+                a, b = (a, b) if isinstance(a, tuple) else ((a,), (b,))
+                for u, v in zip(a, b):
+                    assert (u is None) == (v is None)
+                    if u is not None:
+                        assert type(u) is type(v)
+                        assert_bitwise_equal(u, v, f"{fn} {shape} {kw}")
+
+
 # ---------------------------------------------------------------------------
 # csoftmax.torch on bfloat16 / float16 tensors: PyTorch's results, within its error
 
