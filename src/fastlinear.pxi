@@ -1,12 +1,14 @@
 # The C fast path of linear_cross_entropy (included by calls.pxi after
 # fastpath.pxi): the loss of a call whose logits fit one chunk of the Python
 # layer (csoftmax/_linear.py), computed without its Python steps -- the
-# logits by SciPy's BLAS GEMM into a scratch buffer, then the fast
-# cross-entropy core (_fast_cross_entropy_run) on them.  A one-row call
-# (scoring one token) took 74 us on the Python path, 18 us of it the GEMM.
+# logits by SciPy's BLAS GEMM (a GEMV per row for one or two rows) into a
+# scratch buffer, then the fast cross-entropy core (_fast_cross_entropy_run)
+# on them.  A one-row call (scoring one token) took 74 us on the Python path,
+# 18 us of it the GEMM (SciPy 1.17's OpenBLAS: 108 us, its GEMV 14 us).
 #
-# The GEMM is SciPy's ?gemm from scipy.linalg.cython_blas, its address taken
-# from the module's capsules by set_gemm (no build-time SciPy).  The product,
+# The GEMM is SciPy's ?gemm (and ?gemv) from scipy.linalg.cython_blas, their
+# addresses taken from the module's capsules by set_gemm (no build-time
+# SciPy).  The product,
 # its arguments and the bias added after it are those of the Python path's
 # Gemms.logits (csoftmax/_linear_blas.py) and np.add, so the logits have the
 # same bits; the loss is the fast core's (the "mean" of the double row sums,
@@ -23,16 +25,35 @@ ctypedef void (*_dgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
                           double *alpha, double *a, int *lda, double *b, int *ldb,
                           double *beta, double *c, int *ldc) noexcept nogil
 
+ctypedef void (*_sgemv_t)(char *trans, int *m, int *n, float *alpha, float *a, int *lda,
+                          float *x, int *incx, float *beta, float *y,
+                          int *incy) noexcept nogil
+ctypedef void (*_dgemv_t)(char *trans, int *m, int *n, double *alpha, double *a, int *lda,
+                          double *x, int *incx, double *beta, double *y,
+                          int *incy) noexcept nogil
+
 cdef _sgemm_t _sgemm = NULL
 cdef _dgemm_t _dgemm = NULL
+cdef _sgemv_t _sgemv = NULL
+cdef _dgemv_t _dgemv = NULL
+cdef Py_ssize_t _gemv_rows = 0
 
 
-def set_gemm(object sgemm, object dgemm):
-    """Takes SciPy's sgemm and dgemm (scipy.linalg.cython_blas.__pyx_capi__
-    capsules) for fast_linear_cross_entropy."""
-    global _sgemm, _dgemm
-    _sgemm = <_sgemm_t>PyCapsule_GetPointer(sgemm, PyCapsule_GetName(sgemm))
-    _dgemm = <_dgemm_t>PyCapsule_GetPointer(dgemm, PyCapsule_GetName(dgemm))
+cdef void *_capsule(object c) except NULL:
+    return PyCapsule_GetPointer(c, PyCapsule_GetName(c))
+
+
+def set_gemm(object sgemm, object dgemm, object sgemv, object dgemv, Py_ssize_t gemv_rows):
+    """Takes SciPy's sgemm, dgemm, sgemv and dgemv
+    (scipy.linalg.cython_blas.__pyx_capi__ capsules) for
+    fast_linear_cross_entropy, and the Python path's rule: logits of at most
+    gemv_rows rows by a GEMV per row (csoftmax._linear_blas.GEMV_ROWS)."""
+    global _sgemm, _dgemm, _sgemv, _dgemv, _gemv_rows
+    _sgemm = <_sgemm_t>_capsule(sgemm)
+    _dgemm = <_dgemm_t>_capsule(dgemm)
+    _sgemv = <_sgemv_t>_capsule(sgemv)
+    _dgemv = <_dgemv_t>_capsule(dgemv)
+    _gemv_rows = gemv_rows
 
 
 def has_gemm():
@@ -42,11 +63,23 @@ def has_gemm():
 cdef void _logits_gemm(const floating *x, const floating *w, floating *out,
                        int m, int v, int d) noexcept nogil:
     """out (m, v) = x (m, d) @ w (v, d).T, all C-contiguous: in the BLAS's
-    column-major terms out.T (v, m) = w.T' (v, d) @ x.T (d, m)."""
+    column-major terms out.T (v, m) = w.T' (v, d) @ x.T (d, m); up to
+    _gemv_rows rows a GEMV per row, out[i] (v) = w.T' (v, d) @ x[i] (d), as
+    the Python path's Gemms.logits (d and v are positive here)."""
     cdef char ta = b"T"
     cdef char tb = b"N"
     cdef floating one = 1.0
     cdef floating zero = 0.0
+    cdef int i, inc = 1
+    if m <= _gemv_rows:
+        for i in range(m):
+            if floating is float:
+                _sgemv(&ta, &d, &v, &one, <float *>w, &d, <float *>x + <Py_ssize_t>i * d, &inc,
+                       &zero, out + <Py_ssize_t>i * v, &inc)
+            else:
+                _dgemv(&ta, &d, &v, &one, <double *>w, &d, <double *>x + <Py_ssize_t>i * d,
+                       &inc, &zero, out + <Py_ssize_t>i * v, &inc)
+        return
     if floating is float:
         _sgemm(&ta, &tb, &v, &m, &d, &one, <float *>w, &d, <float *>x, &d, &zero, out, &v)
     else:

@@ -505,6 +505,32 @@ def test_fast_loss_is_the_python_paths(kernel_frontend, rng, dtype, reduction, b
     np.testing.assert_allclose(one, want, rtol=2 * np.finfo(dtype).eps, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_few_rows_same_product_both_paths(kernel_frontend, rng, dtype, n, monkeypatch):
+    """Up to GEMV_ROWS rows the logits are a GEMV per row (SciPy's GEMM of one row was
+    6x slower), on the C fast path and the Python path alike: their per-row losses are
+    bitwise equal on both sides of the threshold (a C rule of 2 rows against a Python
+    one of 1 failed here), and within rounding of the GEMM's."""
+    fast = fast_path(kernel_frontend)
+    x, w, _, t = case(rng, n=n, d=256, v=1000, bias=False, ignore=0.0)
+    x, w = x.astype(dtype), w.astype(dtype)
+    threads = csoftmax.get_num_threads()
+    got = fast(x, w, t, None, -100, "none", 0.0, threads, 1 << 20)
+    want = _linear.call(kernel_frontend, x, w, t, False, reduction="none")
+    np.testing.assert_array_equal(got, want)
+    # gradients: grad_input of few rows by GEMV too, within rounding of the reference
+    ref = reference(x, w, t, with_grad=True)
+    res = csoftmax.linear_cross_entropy_with_grad(x, w, t)
+    scale = np.abs(ref[1]).max()  # float32: sums of 1000 products, with cancellation
+    np.testing.assert_allclose(res[1], ref[1], rtol=0,
+                               atol=(1e-5 if dtype == np.float32 else 1e-12) * scale)
+    if n <= _linear_blas.GEMV_ROWS:  # the Python path by GEMM: within rounding
+        monkeypatch.setattr(_linear_blas, "GEMV_ROWS", 0)
+        other = _linear.call(kernel_frontend, x, w, t, False, reduction="none")
+        np.testing.assert_allclose(other, got, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_fast_loss_declines_all_else(kernel_frontend, rng):
     """Anything but the common call gives None (the Python path then validates,
     raises and computes), bad labels included, before anything is written."""
