@@ -407,6 +407,12 @@ class SoftmaxFunctions:
 
     def _backward(self, kernel, grad_output, output, axis, out, num_threads, where=None,
                   op=None):
+        if where is not None:
+            r = self._fast_masked(_MASKED_SOFTMAX_BACKWARD if op == _OP_SOFTMAX
+                                  else _MASKED_LOG_SOFTMAX_BACKWARD, output, where, axis, out,
+                                  num_threads, grad_output)
+            if r is not None:
+                return r
         gh, g_kind = half_array(grad_output, "grad_output")
         ah, kind = half_array(output, "output")
         if kind is not None and g_kind == kind and where is not None:

@@ -171,9 +171,12 @@ def masked_log_softmax_backward_rows(const floating[:, ::1] grad_output,
 # csoftmax._validation.MaskRows and _mask_rows make of such a mask, without
 # the Python objects
 
-def fast_masked(int op, object x, object where, object axis, object out, object num_threads):
+def fast_masked(int op, object x, object where, object axis, object out, object num_threads,
+                object grad_output=None):
     """op (MASKED_SOFTMAX, MASKED_LOG_SOFTMAX: into out or a new array;
-    MASKED_LOGSUMEXP: out None, a NumPy scalar for 1-D x) of float32/float64 x
+    MASKED_LOGSUMEXP: out None, a NumPy scalar for 1-D x; the backward ops
+    MASKED_SOFTMAX_BACKWARD, MASKED_LOG_SOFTMAX_BACKWARD: x the forward
+    output, grad_output like it, into out or a new array) of float32/float64 x
     over its last axis, over the entries where keeps (a C-contiguous bool
     array of x's shape, or of shape (n,) / (1, ..., 1, n)); None when
     declined."""
@@ -181,6 +184,11 @@ def fast_masked(int op, object x, object where, object axis, object out, object 
     if typenum < 0 or type(where) is not cnp.ndarray:
         return None
     cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef bint backward = op == MASKED_SOFTMAX_BACKWARD or op == MASKED_LOG_SOFTMAX_BACKWARD
+    if backward and not (_like(grad_output, a, typenum, False)
+                         and _valid_out(out, <cnp.ndarray>grad_output, typenum)):
+        return None
+    cdef const void *gp = NULL if not backward else cnp.PyArray_DATA(<cnp.ndarray>grad_output)
     cdef cnp.ndarray m = <cnp.ndarray>where
     cdef int i, nd = cnp.PyArray_NDIM(a), md = cnp.PyArray_NDIM(m)
     if (not _last_axis(axis, nd) or cnp.PyArray_TYPE(m) != cnp.NPY_BOOL
@@ -217,10 +225,10 @@ def fast_masked(int op, object x, object where, object axis, object out, object 
     else:
         r = <cnp.ndarray>out
     if typenum == cnp.NPY_FLOAT32:
-        _masked_core(op, <const float *>cnp.PyArray_DATA(a), <const float *>NULL,
+        _masked_core(op, <const float *>cnp.PyArray_DATA(a), <const float *>gp,
                      <float *>cnp.PyArray_DATA(r), n_rows, n, &mk, threads)
     else:
-        _masked_core(op, <const double *>cnp.PyArray_DATA(a), <const double *>NULL,
+        _masked_core(op, <const double *>cnp.PyArray_DATA(a), <const double *>gp,
                      <double *>cnp.PyArray_DATA(r), n_rows, n, &mk, threads)
     return r[()] if op == MASKED_LOGSUMEXP and nd == 1 else r
 

@@ -322,6 +322,21 @@ def test_fast_path_cross_entropy_class_axis(variant, dtype):
                     full.cross_entropy(x, probs, axis=axis), f"{what} probabilities")
 
 
+def _assert_same_outcome(fast, full, name, args, kwargs, what):
+    """The function name gives the same result, or raises the same exception with the same
+    message, on both frontends."""
+    outcomes = []
+    for frontend in (fast, full):
+        try:
+            outcomes.append(("ok", getattr(frontend, name)(*args, **kwargs)))
+        except Exception as exc:  # noqa: BLE001 - compared below
+            outcomes.append(("error", (type(exc), str(exc))))
+    if outcomes[0][0] == "ok":
+        assert_same(outcomes[0][1], outcomes[1][1], what)
+    else:
+        assert outcomes[0] == outcomes[1], what
+
+
 def _masks(shape, rng):
     """(what, where) masks the fast path takes: x's shape (random, with rows keeping
     nothing and rows keeping everything) and one row for every row, as (n,) and with
@@ -358,16 +373,7 @@ def test_fast_path_masked(variant, dtype):
                 ("uint8 mask", m.view(np.uint8), {}), ("list mask", m.tolist(), {})]
     for what, mask, kw in declined:
         assert k.fast_masked(0, x, mask, kw.get("axis", -1), None, None) is None, what
-        outcomes = []
-        for frontend in (fast, full):
-            try:
-                outcomes.append(("ok", frontend.softmax(x, where=mask, **kw)))
-            except Exception as exc:  # noqa: BLE001 - compared below
-                outcomes.append(("error", (type(exc), str(exc))))
-        if outcomes[0][0] == "ok":
-            assert_same(outcomes[0][1], outcomes[1][1], what)
-        else:
-            assert outcomes[0] == outcomes[1], what
+        _assert_same_outcome(fast, full, "softmax", (x,), dict(where=mask, **kw), what)
     buf = np.zeros(6 * 5 * np.dtype(dtype).itemsize + 8, np.uint8)
     out = buf[:6 * 5 * np.dtype(dtype).itemsize].view(dtype).reshape(6, 5)
     overlapping = buf[:5].view(np.bool_)          # a (5,) mask in out's first bytes
@@ -711,3 +717,56 @@ def test_fast_path_extras_declined(variant):
         else:
             assert type(a) is type(b)
             assert_same(a, b, what)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_masked_backward(variant, dtype):
+    """softmax_backward and log_softmax_backward with where= over the last axis (the
+    backward of csoftmax.torch.softmax(..., mask=m)): the fast path takes the masks the
+    forward takes, with the full path's bits (out=, in place over either input, two
+    threads, 1-D); other masks, mixed dtypes and an out= overlapping the mask are declined
+    and give the full path's result or error."""
+    fast, full = PAIRS[variant]
+    k = fast.kernels
+    rng = make_rng("fast-masked-backward", np.dtype(dtype).name)
+    ops = {"softmax_backward": 3, "log_softmax_backward": 4}
+    for shape in [(1,), (5,), (3, 1), (7, 10), (4, 1000), (2, 3, 40), (300, 70)]:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        for mask_what, m in _masks(shape, rng):
+            for name, op in ops.items():
+                what = f"{variant} {shape} {mask_what} {name}"
+                a = (full.softmax if op == 3 else full.log_softmax)(x, where=m)
+                assert k.fast_masked(op, a, m, -1, None, None, g) is not None, what
+                fn_fast, fn_full = getattr(fast, name), getattr(full, name)
+                want = fn_full(g, a, where=m)
+                assert_same(fn_fast(g, a, where=m), want, what)
+                assert_same(fn_fast(g, a, where=m, num_threads=2),
+                            fn_full(g, a, where=m, num_threads=2), f"{what} two threads")
+                out = np.full_like(a, 7.0)
+                assert fn_fast(g, a, where=m, out=out) is out
+                assert_same(out, want, f"{what} out=")
+                for inplace in ("grad_output", "output"):
+                    gi, ai = g.copy(), a.copy()
+                    target = gi if inplace == "grad_output" else ai
+                    assert fn_fast(gi, ai, where=m, out=target) is target
+                    assert_same(target, want, f"{what} in place over {inplace}")
+    x = rng.standard_normal((6, 5)).astype(dtype)
+    m = rng.random((6, 5)) < 0.5
+    a = fast.softmax(x, where=m)
+    declined = [("a column mask (6, 1)", (x, a, m[:, :1]), {}),
+                ("axis 0", (x, a, m), {"axis": 0}),
+                ("grad_output of another dtype", (x.astype(np.float16), a, m), {}),
+                ("grad_output of another shape", (x[:3], a, m), {})]
+    for what, (gd, ad, md), kw in declined:
+        assert k.fast_masked(3, ad, md, kw.get("axis", -1), None, None, gd) is None, what
+        _assert_same_outcome(fast, full, "softmax_backward", (gd, ad), dict(where=md, **kw),
+                             what)
+    buf = np.zeros(6 * 5 * np.dtype(dtype).itemsize + 8, np.uint8)
+    out = buf[:6 * 5 * np.dtype(dtype).itemsize].view(dtype).reshape(6, 5)
+    overlapping = buf[:5].view(np.bool_)
+    assert k.fast_masked(3, a, overlapping, -1, out, None, x) is None
+    for frontend in (fast, full):
+        with pytest.raises(ValueError, match="^out must not overlap where$"):
+            frontend.log_softmax_backward(x, a, where=overlapping, out=out)
