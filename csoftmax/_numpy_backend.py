@@ -616,3 +616,35 @@ def half_cross_entropy_prob_strided(logits, target, weight, label_smoothing, gra
     return _half_prob(cross_entropy_prob_strided, logits, target,
                       (weight, label_smoothing, grad_scale, row_loss), grad, kind, n_threads,
                       extra)
+
+
+def logsumexp_scaled_rows(x, b, out, sign, n_threads):
+    """out[i] = log|sum_k b[i, k] exp(x[i, k])|, sign[i] the sum's sign: the
+    compiled kernel's formulation (src/scaled.hpp) in NumPy."""
+    if x.shape[0] == 0:
+        return
+    if x.shape[1] == 0:
+        out[:] = -np.inf
+        sign[:] = 0
+        return
+    with np.errstate(all="ignore"):
+        kept = b != 0
+        bad = (np.isnan(b) | (kept & np.isnan(x))
+               | (kept & np.isinf(b) & (x == -np.inf))).any(axis=1)
+        m = np.where(kept, x, -np.inf).max(axis=1)
+        finite = np.isfinite(m)
+        shift = np.where(finite, m, 0.0).astype(x.dtype)[:, None]
+        e = np.exp(x - shift)
+        s = np.where(kept, b.astype(np.float64) * e, 0.0).sum(axis=1)
+        r = np.where(s == 0, -np.inf, m + np.log(np.abs(s)))
+        sg = np.where(s == 0, 0.0, np.sign(s))
+        # +inf terms alone: +inf of their sign, NaN where both signs are there
+        top = kept & (x == np.inf)
+        pos, neg = (top & (b > 0)).any(axis=1), (top & (b < 0)).any(axis=1)
+        r = np.where(m == np.inf, np.where(pos & neg, np.nan, np.inf), r)
+        sg = np.where(m == np.inf, np.where(pos & neg, np.nan, np.where(pos, 1.0, -1.0)), sg)
+        r = np.where(m == -np.inf, -np.inf, r)
+        sg = np.where(m == -np.inf, 0.0, sg)
+        nan = bad | np.isnan(s) & finite
+        out[:] = np.where(nan, np.nan, r)
+        sign[:] = np.where(nan, np.nan, sg)

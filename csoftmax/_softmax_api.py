@@ -41,6 +41,24 @@ def _with_axis(r, axis):
     return r[(slice(None),) * axis + (None,)]
 
 
+def _scaled_rows(x, b, axis):
+    """``(x2, b2, layout)``: x (float32/float64, C-contiguous) and b (broadcast
+    to it, of its dtype) as (rows, n) for the kernel ``logsumexp_scaled_rows``
+    where the reduction is over the last axis and b's rows are contiguous and
+    evenly spaced (one row for all: spaced 0) -- views, no copies; else None."""
+    if x.ndim == 0 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+        return None
+    layout = RowLayout(x.shape, axis)
+    if layout.axes != (x.ndim - 1,) or b.strides[-1] != b.itemsize:
+        return None
+    b2 = b.view()
+    try:
+        b2.shape = (layout.n_rows, layout.n)  # no copy: a view or an error
+    except (AttributeError, ValueError):
+        return None
+    return x.reshape(layout.n_rows, layout.n), b2, layout
+
+
 class SoftmaxFunctions:
     """softmax, log_softmax, logsumexp, softmax_backward, log_softmax_backward."""
 
@@ -381,11 +399,24 @@ class SoftmaxFunctions:
         result = promote(result, b_result)
         work = np.dtype(np.float32) if half_kind(result) is not None else result  # 16-bit: float32
         try:
-            xc, bc = np.broadcast_arrays(xc.astype(work), bc.astype(work))
+            xc, bc = np.broadcast_arrays(xc.astype(work, copy=False), bc.astype(work, copy=False))
         except ValueError:
             raise ValueError(
                 f"b of shape {bc.shape} does not broadcast to x of shape {xc.shape}"
             ) from None
+        rows = _scaled_rows(xc, bc, axis)
+        if rows is not None:  # the kernel, row by row: no array of x's size
+            x2, b2, layout = rows
+            r = np.empty(layout.n_rows, work)
+            sign = np.empty(layout.n_rows, work)
+            self.kernels.logsumexp_scaled_rows(
+                x2, b2, r, sign, _threads_for(layout.n_rows, layout.n, num_threads, False))
+            shape = layout.kept_shape if keepdims else layout.reduced_shape
+            r, sign = r.reshape(shape), sign.reshape(shape)
+            if return_sign:
+                return r.astype(result)[()], sign.astype(result)[()]
+            with np.errstate(invalid="ignore"):
+                return np.where(sign < 0, np.nan, r).astype(result)[()]
         with np.errstate(divide="ignore", invalid="ignore"):
             log_b = np.log(np.abs(bc))
             pos = np.where(bc > 0, xc + log_b, -np.inf)

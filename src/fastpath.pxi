@@ -22,6 +22,11 @@ cdef enum:
     REDUCTION_SUM = 2
     # row losses of a call with a reduction kept on the stack up to this many rows
     STACK_ROWS = 256
+    # labels of other integer dtypes converted to int64 up to this many (256 KiB):
+    # a fresh array of 4 MiB (uint8 labels of 8x256x256) took 13 ms more than
+    # the 4.3 ms call here (its pages faulted in, this VM), so larger label
+    # arrays take the full path, which converts them as it did
+    CONVERTED_LABELS = 1 << 15
 
 
 def configure(Py_ssize_t small_work, Py_ssize_t max_threads, default_threads,
@@ -567,6 +572,26 @@ cdef int _label_size(object v, int nd, const cnp.npy_intp *dims) noexcept:
     return size
 
 
+cdef object _labels_as_int64(object v, int nd, const cnp.npy_intp *dims):
+    """C-contiguous, aligned, native-order labels of shape dims (nd of them)
+    of another integer dtype of up to 4 bytes (uint8 segmentation masks,
+    int16, uint32) as a new int64 array, the full path's conversion
+    (_as_label_array), up to CONVERTED_LABELS of them; None for anything else
+    (uint64 among it: the full path maps its values past int64 apart)."""
+    if type(v) is not cnp.ndarray:
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>v
+    cdef int i
+    if (not cnp.PyArray_ISINTEGER(a) or cnp.PyArray_ITEMSIZE(a) > 4
+            or cnp.PyArray_SIZE(a) > CONVERTED_LABELS
+            or cnp.PyArray_NDIM(a) != nd or not cnp.PyArray_ISCARRAY_RO(a)):
+        return None
+    for i in range(nd):
+        if cnp.PyArray_DIMS(a)[i] != dims[i]:
+            return None
+    return cnp.PyArray_Cast(a, cnp.NPY_INT64)
+
+
 cdef bint _loss_options(_FastCall *c, object reduction, object ignore_index,
                         object label_smoothing) noexcept:
     """The reduction, ignore_index and label_smoothing of a loss call into c
@@ -673,8 +698,13 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
         if not _python_label(target, &one_label):
             return None
         label_size = 0
-    elif c.nd > 1:
+    cdef cnp.ndarray labels = None   # other integer labels as int64 (as the full path)
+    if c.nd > 1:
         label_size = _label_size(target, c.nd - 1, c.dims)
+        if label_size < 0:
+            labels = _labels_as_int64(target, c.nd - 1, c.dims)
+            if labels is not None:
+                label_size = 8
     if label_size < 0:
         if (not (_half_like(target, x, False) if kind >= 0
                  else _like(target, x, c.typenum, False)) or c.ignore_index >= 0
@@ -699,6 +729,8 @@ def fast_cross_entropy(object logits, object target, object axis, object ignore_
     cdef void *xp = cnp.PyArray_DATA(x)
     if label_size == 0:
         tp = &one_label
+    elif labels is not None:
+        tp = cnp.PyArray_DATA(labels)
     elif label_size > 0:
         tp = cnp.PyArray_DATA(<cnp.ndarray>target)
     else:

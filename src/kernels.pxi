@@ -895,6 +895,7 @@ include "calls.pxi"
 
 include "strided.pxi"
 include "masked.pxi"
+include "scaled.pxi"
 include "half.pxi"
 include "halfstrided.pxi"
 include "softcap.pxi"

@@ -770,3 +770,50 @@ def test_fast_path_masked_backward(variant, dtype):
     for frontend in (fast, full):
         with pytest.raises(ValueError, match="^out must not overlap where$"):
             frontend.log_softmax_backward(x, a, where=overlapping, out=out)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_small_integer_labels(variant):
+    """Labels of another integer dtype of up to 4 bytes (uint8 segmentation masks with 255
+    as ignore_index, int8, int16, uint16, uint32) take the fast path, converted to int64 as
+    the full path converts them: the same bits, rows and a class axis 1; a bad label is
+    declined and raises the full path's error; uint64 and byte-swapped labels, and more
+    than 2**15 labels (a fresh int64 copy then cost more than the call), stay on the full
+    path."""
+    fast, full = PAIRS[variant]
+    k = fast.kernels
+    rng = make_rng("fast-small-labels")
+    for shape, axis in [((7, 21), -1), ((2, 21, 8, 8), 1), ((300, 10), -1)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        positions = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+        labels = rng.integers(0, shape[axis], size=positions)
+        labels.reshape(-1)[::4] = 120
+        for dtype in (np.uint8, np.int8, np.int16, np.uint16, np.uint32):
+            t = labels.astype(dtype)
+            what = f"{variant} {shape} {np.dtype(dtype)}"
+            assert k.fast_cross_entropy(x, t, axis, 120, "sum", 0.0, None, True,
+                                        None) is not None, what
+            for kw in (dict(reduction="none"), dict(weight=np.linspace(0.5, 2, shape[axis],
+                                                                       dtype=np.float32)),
+                       dict(z_loss=1e-3, return_token_accuracy=True)):
+                for name in ("cross_entropy", "cross_entropy_with_grad"):
+                    _assert_extras_same(fast, full, name, (x, t),
+                                        dict(axis=axis, ignore_index=120, **kw), f"{what} {kw}")
+        bad = labels.astype(np.uint8)
+        bad.reshape(-1)[1] = 200
+        assert k.fast_cross_entropy(x, bad, axis, 120, "mean", 0.0, None, False, None) is None
+        _assert_same_outcome(fast, full, "cross_entropy", (x, bad),
+                             dict(axis=axis, ignore_index=120), "bad uint8 label")
+        big = np.zeros(shape[:1] + (1 << 15,), np.uint8)  # more labels than the C copy takes
+        xb = np.zeros(shape[:1] + (shape[axis % len(shape)],) + (1 << 15,), np.float32)
+        if axis != -1:
+            assert k.fast_cross_entropy(xb, big, axis, 120, "mean", 0.0, None, False,
+                                        None) is None
+            _assert_same_outcome(fast, full, "cross_entropy", (xb, big), dict(axis=axis),
+                                 "many uint8 labels")
+        for dtype in (np.uint64, ">i4"):
+            t = labels.astype(dtype)
+            assert k.fast_cross_entropy(x, t, axis, 120, "mean", 0.0, None, False,
+                                        None) is None
+            _assert_same_outcome(fast, full, "cross_entropy", (x, t),
+                                 dict(axis=axis, ignore_index=120), f"{np.dtype(dtype)} labels")

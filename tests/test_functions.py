@@ -357,6 +357,68 @@ def test_logsumexp_scaled_edges_like_scipy(frontend, x, b, where):
         np.testing.assert_allclose(g, w, rtol=4 * np.finfo(np.float64).eps, atol=0)
 
 
+def _scaled_cases(rng, dtype):
+    """(what, x, b) of logsumexp with factors over the last axis: one row of factors for
+    all rows (positive; mixed signs with zeros over NaN and +inf logits), factors of x's
+    shape, a (rows, 1) column, 1-D x."""
+    x = (rng.standard_normal((40, 300)) * 4).astype(dtype)
+    x[3, ::7] = -np.inf
+    x[5, 10] = np.nan
+    x[6, 11] = np.inf
+    mixed = rng.standard_normal(300).astype(dtype)
+    mixed[10:12] = 0  # drops row 5's NaN and row 6's +inf
+    return [("positive row", x, (rng.random(300) + 0.1).astype(dtype)),
+            ("mixed row", x, mixed),
+            ("x's shape", x, rng.standard_normal(x.shape).astype(dtype)),
+            ("column", x, rng.standard_normal((40, 1)).astype(dtype)),
+            ("1-D", x[0], mixed)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
+def test_logsumexp_scaled_rows(frontend, dtype):
+    """logsumexp(x, b=b): the signed sum sign * exp(r - M) within rounding of the float64
+    sum of b exp(x - M) (M the row's largest kept logit), measured against the sum of
+    the terms' magnitudes (what cancellation leaves); the sign SciPy's where the sum is not
+    within that rounding of 0; keepdims and return_sign shapes; NaN where a kept logit is
+    NaN."""
+    special = pytest.importorskip("scipy.special")
+    rng = make_rng("scaled-rows", np.dtype(dtype).name)
+    tol = 2e-6 if dtype == np.float32 else 4e-15
+    for what, x, b in _scaled_cases(rng, dtype):
+        r, sign = frontend.logsumexp(x, b=b, return_sign=True)
+        x64, b64 = np.broadcast_arrays(x.astype(np.float64), b.astype(np.float64))
+        with np.errstate(all="ignore"):
+            want_r, want_sign = special.logsumexp(x64, axis=-1, b=b64, return_sign=True)
+            kept = b64 != 0
+            m = np.where(kept, x64, -np.inf).max(axis=-1, keepdims=True)
+            terms = np.where(kept, b64 * np.exp(x64 - m), 0.0)
+            s, size = terms.sum(axis=-1), np.abs(terms).sum(axis=-1)
+            got = sign * np.exp(r.astype(np.float64) - m[..., 0])
+        assert r.dtype == dtype and r.shape == x.shape[:-1], what
+        nan = np.isnan(want_r)
+        np.testing.assert_array_equal(np.isnan(r), nan, what)
+        np.testing.assert_array_less(np.abs(got - s)[~nan], (tol * size + 1e-300)[~nan], what)
+        clear = ~nan & (np.abs(s) > 16 * tol * size)
+        np.testing.assert_array_equal(sign[clear], want_sign[clear], what)
+        kd = frontend.logsumexp(x, b=b, keepdims=True)
+        assert kd.shape == x.shape[:-1] + (1,), what
+        plain = frontend.logsumexp(x, b=b)
+        np.testing.assert_array_equal(np.isnan(plain), nan | (sign < 0), what)
+
+
+def test_logsumexp_scaled_no_temporaries(kernel_frontend):
+    """The compiled kernels compute logsumexp(x, b=row) a row at a time: nothing of x's
+    size is allocated (the NumPy formulation made eight such arrays)."""
+    if kernel_frontend.kernels.__name__.endswith("_numpy_backend"):
+        pytest.skip("the NumPy twin computes with arrays of x's size")
+    rng = make_rng("scaled-memory")
+    x = rng.standard_normal((2000, 1000))
+    b = rng.standard_normal(1000)
+    kernel_frontend.logsumexp(x, b=b)
+    peak = peak_traced_bytes(lambda: kernel_frontend.logsumexp(x, b=b, return_sign=True))
+    assert peak < x.nbytes // 16, f"peak {peak} bytes traced for a {x.nbytes}-byte input"
+
+
 def test_weighted_mean_denominator_exact(frontend):
     """The "mean" divides by the summed class weight of the counted rows, summed to within an
     ulp or two (a plain running sum of the 200000 weights below was about 600 ulp off)."""
