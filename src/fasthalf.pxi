@@ -66,19 +66,41 @@ cdef _Half _half_init(int op, int kind, cnp.ndarray x):
     return h
 
 
+cdef int _half_axis(cnp.ndarray a, object axis, _Middle *d) noexcept:
+    """1 for the last axis, 0 for a middle one that the 16-bit strided kernels
+    read in place (d filled: positions after it, at most HALF_STRIDED_MAX_C
+    classes, as the full path's _half_middle takes it), -1 for anything else
+    (the full path: rows of a moved copy, or an error)."""
+    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef int ax = _one_axis(axis, nd)
+    if ax < 0:
+        return -1
+    if ax == nd - 1:
+        return 1
+    d[0] = _middle_of(a, ax)
+    return 0 if d.inner > 1 and d.C <= HALF_STRIDED_MAX_C else -1
+
+
 cdef object _fast_half_rows(int op, object x, object axis, object out, object num_threads):
     """fast_rows for 16-bit x."""
     cdef int kind = _half_kind(x)
-    if kind < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
+    if kind < 0:
         return None
     cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef _Middle d
+    cdef int last = _half_axis(a, axis, &d)
     cdef Py_ssize_t requested = _requested_threads(num_threads)
-    if requested < 0 or not _half_valid_out(out, a):
+    if last < 0 or requested < 0 or not _half_valid_out(out, a):
         return None
-    cdef _Half h = _half_init(op, kind, a)
-    cdef int threads = _call_threads(h.n_rows, h.n, requested, True)
     cdef cnp.ndarray r = (_half_empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), a)
                           if out is None else <cnp.ndarray>out)
+    if not last:                       # over a middle axis, read in place
+        _half_strided_core(op, kind, NULL, <const uint16_t *>cnp.PyArray_DATA(a),
+                           <uint16_t *>cnp.PyArray_DATA(r), <float *>NULL, d.outer, d.C,
+                           d.inner, _middle_threads(&d, 2, requested))
+        return r
+    cdef _Half h = _half_init(op, kind, a)
+    cdef int threads = _call_threads(h.n_rows, h.n, requested, True)
     h.out = <uint16_t *>cnp.PyArray_DATA(r)
     _half_run(&h, <const int32_t *>NULL, threads)
     return r
@@ -87,23 +109,34 @@ cdef object _fast_half_rows(int op, object x, object axis, object out, object nu
 cdef object _fast_half_logsumexp(object x, object axis, object num_threads):
     """fast_logsumexp for 16-bit x: float32 per row, rounded once to x's dtype."""
     cdef int kind = _half_kind(x)
-    if kind < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>x)):
+    if kind < 0:
         return None
     cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef _Middle d
+    cdef int last = _half_axis(a, axis, &d)
     cdef Py_ssize_t requested = _requested_threads(num_threads)
-    if requested < 0:
+    if last < 0 or requested < 0:
         return None
-    cdef _Half h = _half_init(OP_LOGSUMEXP, kind, a)
-    cdef int threads = _call_threads(h.n_rows, h.n, requested, True)
-    cdef int nd = cnp.PyArray_NDIM(a)
-    cdef cnp.ndarray r = _half_empty(nd - 1, cnp.PyArray_DIMS(a), a)
-    cdef float *f = <float *>malloc(h.n_rows * sizeof(float))
+    cdef int i, nd = cnp.PyArray_NDIM(a), ax = _one_axis(axis, nd)
+    cdef cnp.npy_intp kept[cnp.NPY_MAXDIMS]
+    for i in range(nd - 1):
+        kept[i] = cnp.PyArray_DIMS(a)[i if i < ax else i + 1]
+    cdef cnp.ndarray r = _half_empty(nd - 1, kept, a)
+    cdef Py_ssize_t n_out = cnp.PyArray_SIZE(r)
+    cdef float *f = <float *>malloc(n_out * sizeof(float))
     if f == NULL:
         raise MemoryError()
-    h.out32 = f
+    cdef _Half h
     try:
-        _half_run(&h, <const int32_t *>NULL, threads)
-        half_store(kind, f, <uint16_t *>cnp.PyArray_DATA(r), h.n_rows)
+        if last:
+            h = _half_init(OP_LOGSUMEXP, kind, a)
+            h.out32 = f
+            _half_run(&h, <const int32_t *>NULL, _call_threads(h.n_rows, h.n, requested, True))
+        else:                          # over a middle axis, read in place
+            _half_strided_core(OP_LOGSUMEXP, kind, NULL, <const uint16_t *>cnp.PyArray_DATA(a),
+                               <uint16_t *>NULL, f, d.outer, d.C, d.inner,
+                               _middle_threads(&d, 2, requested))
+        half_store(kind, f, <uint16_t *>cnp.PyArray_DATA(r), n_out)
     finally:
         free(f)
     return r[()] if nd == 1 else r
@@ -113,21 +146,32 @@ cdef object _fast_half_backward(int op, object grad_output, object output, objec
                                 object out, object num_threads):
     """fast_backward for 16-bit arrays of one dtype."""
     cdef int kind = _half_kind(output)
-    if kind < 0 or not _last_axis(axis, cnp.PyArray_NDIM(<cnp.ndarray>output)):
+    if kind < 0:
         return None
     cdef cnp.ndarray a = <cnp.ndarray>output
-    if not _half_like(grad_output, a, False):
+    cdef _Middle d
+    cdef int last = _half_axis(a, axis, &d)
+    if last < 0 or not _half_like(grad_output, a, False):
         return None
     cdef cnp.ndarray g = <cnp.ndarray>grad_output
     cdef Py_ssize_t requested = _requested_threads(num_threads)
     if requested < 0 or not (_half_valid_out(out, a) and _half_valid_out(out, g)):
         return None
+    cdef cnp.ndarray r
+    if not last:                       # over a middle axis, read in place
+        r = (_half_empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), a)
+             if out is None else <cnp.ndarray>out)
+        _half_strided_core(op, kind, <const uint16_t *>cnp.PyArray_DATA(g),
+                           <const uint16_t *>cnp.PyArray_DATA(a),
+                           <uint16_t *>cnp.PyArray_DATA(r), <float *>NULL, d.outer, d.C,
+                           d.inner, _middle_threads(&d, 2, requested))
+        return r
     cdef _Half h = _half_init(OP_SOFTMAX_BACKWARD if op == OP_SOFTMAX
                               else OP_LOG_SOFTMAX_BACKWARD, kind, g)
     h.y16 = <const uint16_t *>cnp.PyArray_DATA(a)
     cdef int threads = _call_threads(h.n_rows, h.n, requested, False)
-    cdef cnp.ndarray r = (_half_empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), a)
-                          if out is None else <cnp.ndarray>out)
+    r = (_half_empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), a)
+         if out is None else <cnp.ndarray>out)
     h.out = <uint16_t *>cnp.PyArray_DATA(r)
     _half_run(&h, <const int32_t *>NULL, threads)
     return r

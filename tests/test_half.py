@@ -695,6 +695,53 @@ def test_fast_path_extras(name, dtype):
                         assert_bitwise_equal(u, v, f"{fn} {shape} {kw}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", COMPILED)
+def test_fast_path_middle_axis(name, dtype):
+    """softmax, log_softmax, logsumexp and the backward functions of 16-bit arrays over an
+    axis that is not the last: the fast path takes them where the 16-bit strided kernels
+    read them in place (positions after the axis, few enough classes), with the full path's
+    bits (out=, in place, two threads, keepdims); other axes are declined."""
+    from csoftmax import _api
+
+    fast = KERNEL_FRONTENDS[name]
+    full = _api.Frontend(fast.kernels, f"full-{name}", fast=False)
+    k = fast.kernels
+    rng = make_rng(f"fast-middle{name}{dtype}")
+    for shape, axis in [((3, 5, 7), 1), ((3, 5, 7), 0), ((2, 10, 64), -2), ((2, 21, 32, 32), 1),
+                        ((40, 3, 600), 0)]:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        what = f"{name} {np.dtype(dtype).name} {shape} axis {axis}"
+        assert k.fast_rows(0, x, axis, None, None) is not None, what
+        assert k.fast_logsumexp(x, axis, None) is not None, what
+        for fn in ("softmax", "log_softmax", "logsumexp"):
+            for kw in ({}, {"num_threads": 2}):
+                a, b = getattr(fast, fn)(x, axis=axis, **kw), getattr(full, fn)(x, axis=axis, **kw)
+                assert type(a) is type(b) and a.dtype == b.dtype, what
+                assert_bitwise_equal(a, b, f"{fn} {what}")
+        assert_bitwise_equal(fast.logsumexp(x, axis=axis, keepdims=True),
+                             full.logsumexp(x, axis=axis, keepdims=True), f"keepdims {what}")
+        out = np.empty_like(x)
+        assert fast.log_softmax(x, axis=axis, out=out) is out
+        assert_bitwise_equal(out, full.log_softmax(x, axis=axis), f"out= {what}")
+        a = full.softmax(x, axis=axis)
+        assert k.fast_backward(0, g, a, axis, None, None) is not None, what
+        for fn in ("softmax_backward", "log_softmax_backward"):
+            want = getattr(full, fn)(g, a, axis=axis)
+            assert_bitwise_equal(getattr(fast, fn)(g, a, axis=axis), want, f"{fn} {what}")
+            gi = g.copy()
+            assert getattr(fast, fn)(gi, a, axis=axis, out=gi) is gi
+            assert_bitwise_equal(gi, want, f"{fn} in place {what}")
+    # declined: positions of size 1 after the axis, too many classes for the 16-bit
+    # strided kernels (the full path's moved copies)
+    for shape, axis in [((4, 50, 1), 1), ((2, 10000, 3), 1)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        assert k.fast_rows(0, x, axis, None, None) is None
+        assert k.fast_logsumexp(x, axis, None) is None
+        assert_bitwise_equal(fast.softmax(x, axis=axis), full.softmax(x, axis=axis), "declined")
+
+
 # ---------------------------------------------------------------------------
 # csoftmax.torch on bfloat16 / float16 tensors: PyTorch's results, within its error
 
