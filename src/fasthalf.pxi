@@ -157,10 +157,9 @@ cdef object _fast_half_backward(int op, object grad_output, object output, objec
     cdef Py_ssize_t requested = _requested_threads(num_threads)
     if requested < 0 or not (_half_valid_out(out, a) and _half_valid_out(out, g)):
         return None
-    cdef cnp.ndarray r
+    cdef cnp.ndarray r = (_half_empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), a)
+                          if out is None else <cnp.ndarray>out)
     if not last:                       # over a middle axis, read in place
-        r = (_half_empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), a)
-             if out is None else <cnp.ndarray>out)
         _half_strided_core(op, kind, <const uint16_t *>cnp.PyArray_DATA(g),
                            <const uint16_t *>cnp.PyArray_DATA(a),
                            <uint16_t *>cnp.PyArray_DATA(r), <float *>NULL, d.outer, d.C,
@@ -170,8 +169,6 @@ cdef object _fast_half_backward(int op, object grad_output, object output, objec
                               else OP_LOG_SOFTMAX_BACKWARD, kind, g)
     h.y16 = <const uint16_t *>cnp.PyArray_DATA(a)
     cdef int threads = _call_threads(h.n_rows, h.n, requested, False)
-    r = (_half_empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), a)
-         if out is None else <cnp.ndarray>out)
     h.out = <uint16_t *>cnp.PyArray_DATA(r)
     _half_run(&h, <const int32_t *>NULL, threads)
     return r
