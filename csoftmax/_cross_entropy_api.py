@@ -57,7 +57,9 @@ class CrossEntropyFunctions:
         returns the reduced loss in the result dtype."""
         n_rows, n_classes = args.n_rows, args.n_classes
         threads = _threads_for(n_rows, n_classes, num_threads)
-        row_loss = np.empty(n_rows, np.float64)
+        # the row losses are the result of "none"; a reduction takes their sum
+        # alone, and the kernels then keep them in scratch memory they reuse
+        row_loss = np.empty(n_rows, np.float64) if args.reduction == "none" else None
         if args.labels is not None:
             w64 = None if args.weight is None else args.weight.astype(np.float64)
             bad, total = self._kernel("label_summary", args.labels.dtype)(

@@ -251,9 +251,17 @@ def _with_extras(run, logits, target, counted, grad, z_loss, z_scale, softcap, r
     return total
 
 
+def _loss_rows(row_loss, n):
+    """row_loss, or where it is None (the caller takes their sum alone) room
+    for the n row losses."""
+    return np.empty(n, np.float64) if row_loss is None else row_loss
+
+
 def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothing,
                              grad_scale, row_loss, grad, n_threads, z_loss=0.0, z_scale=0.0,
                              softcap=0.0, row_z=None, row_acc=None):
+    row_loss = _loss_rows(row_loss, logits.shape[0])
+
     def run(x):
         _cross_entropy_index_blocks(x, target, weight, ignore_index, label_smoothing,
                                     grad_scale, row_loss, grad, n_threads)
@@ -268,6 +276,8 @@ def cross_entropy_index_rows(logits, target, weight, ignore_index, label_smoothi
 def cross_entropy_prob_rows(logits, target, weight, label_smoothing, grad_scale,
                             row_loss, grad, n_threads, z_loss=0.0, z_scale=0.0, softcap=0.0,
                             row_z=None):
+    row_loss = _loss_rows(row_loss, logits.shape[0])
+
     def run(x):
         _cross_entropy_prob_blocks(x, target, weight, label_smoothing, grad_scale,
                                    row_loss, grad, n_threads)
@@ -392,7 +402,7 @@ def half_masked_strided(op, x, grad_output, mask, so, sc, si, out, out32, kind, 
 
 def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoothing,
                                 grad_scale, row_loss, grad, n_threads, **options):
-    if row_loss.size == 0:
+    if logits.shape[0] * logits.shape[2] == 0:
         return 0.0
     r = _moved(logits)
     g = None if grad is None else np.empty_like(r)
@@ -406,7 +416,7 @@ def cross_entropy_index_strided(logits, target, weight, ignore_index, label_smoo
 
 def cross_entropy_prob_strided(logits, target, weight, label_smoothing, grad_scale,
                                row_loss, grad, n_threads, **options):
-    if row_loss.size == 0:
+    if logits.shape[0] * logits.shape[2] == 0:
         return 0.0
     r = _moved(logits)
     g = None if grad is None else np.empty_like(r)

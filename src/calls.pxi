@@ -552,6 +552,23 @@ cdef CrossEntropyExtra *_extra_args(
     return ex
 
 
+cdef extern from "scratch.hpp" namespace "csoftmax" nogil:
+    double *row_scratch(Py_ssize_t n) noexcept
+    void row_scratch_done() noexcept
+
+
+cdef double *_loss_rows(double[::1] row_loss, Py_ssize_t n) except NULL:
+    """row_loss's data, or where it is None (the caller keeps only their sum:
+    a reduction) room for n losses in the calling thread's scratch
+    (scratch.hpp), which the caller hands back by row_scratch_done."""
+    if row_loss is not None:
+        return &row_loss[0]
+    cdef double *p = row_scratch(n)
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
 def cross_entropy_index_rows(const floating[:, ::1] logits,
                              const label_t[::1] target,
                              const floating[::1] weight,
@@ -566,10 +583,11 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
                              double softcap=0.0,
                              double[::1] row_z=None,
                              double[::1] row_acc=None):
-    """Per-row cross-entropy with class indices into row_loss, and returns
-    their sum (see _loss_total); the gradient (times grad_scale) into grad
-    when grad is not None.  Labels must have been checked with label_summary.
-    weight may be None; grad may be logits.
+    """Per-row cross-entropy with class indices into row_loss (None: into
+    scratch, for their sum alone), and returns their sum (see _loss_total);
+    the gradient (times grad_scale) into grad when grad is not None.  Labels
+    must have been checked with label_summary.  weight may be None; grad may
+    be logits.
 
     z_loss: z lse^2 per counted row, its gradient times z_scale, the parts
     into row_z (not into row_loss nor the sum; row_z may be None where
@@ -586,9 +604,12 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
         w = &weight[0]
     if grad is not None:
         g = &grad[0, 0]
-    return _cross_entropy_index_core(&logits[0, 0], &target[0], logits.shape[0],
-                                     logits.shape[1], w, ignore_index, label_smoothing,
-                                     grad_scale, &row_loss[0], g, n_threads, exp, softcap)
+    cdef double total = _cross_entropy_index_core(
+        &logits[0, 0], &target[0], logits.shape[0], logits.shape[1], w, ignore_index,
+        label_smoothing, grad_scale, _loss_rows(row_loss, logits.shape[0]), g, n_threads, exp,
+        softcap)
+    row_scratch_done()
+    return total
 
 
 def cross_entropy_prob_rows(const floating[:, ::1] logits,
@@ -604,9 +625,10 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
                             double softcap=0.0,
                             double[::1] row_z=None):
     """Per-row cross-entropy with probability targets (they need not sum to
-    one) into row_loss, and returns their sum (see _loss_total); the gradient
-    (times grad_scale) into grad when grad is not None.  weight may be None;
-    grad may be logits but not target.  z_loss, z_scale, softcap, row_z: as
+    one) into row_loss (None as for cross_entropy_index_rows), and returns
+    their sum (see _loss_total); the gradient (times grad_scale) into grad
+    when grad is not None.  weight may be None; grad may be logits but not
+    target.  z_loss, z_scale, softcap, row_z: as
     for cross_entropy_index_rows."""
     if logits.shape[0] == 0:
         return 0.0
@@ -618,9 +640,11 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
         w = &weight[0]
     if grad is not None:
         g = &grad[0, 0]
-    return _cross_entropy_prob_core(&logits[0, 0], &target[0, 0], logits.shape[0],
-                                    logits.shape[1], w, label_smoothing, grad_scale,
-                                    &row_loss[0], g, n_threads, exp, softcap)
+    cdef double total = _cross_entropy_prob_core(
+        &logits[0, 0], &target[0, 0], logits.shape[0], logits.shape[1], w, label_smoothing,
+        grad_scale, _loss_rows(row_loss, logits.shape[0]), g, n_threads, exp, softcap)
+    row_scratch_done()
+    return total
 
 
 include "fastpath.pxi"

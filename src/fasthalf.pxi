@@ -195,7 +195,11 @@ cdef object _fast_half_cross_entropy(
         scale = 1.0 / count if count != 0.0 else NAN
     row_z = _extra_rows(c, c.z_loss != 0.0)
     row_acc = _extra_rows(c, c.want_acc)
-    cdef double *loss = <double *>malloc(c.n_rows * sizeof(double))
+    # the row losses: for "none" a buffer of their own (_loss_result reads
+    # them after the kernel), else the thread's scratch (scratch.hpp)
+    cdef bint own = c.reduction == REDUCTION_NONE
+    cdef double *loss = <double *>malloc(c.n_rows * sizeof(double)) if own else _loss_rows(
+        None, c.n_rows)
     if loss == NULL:
         raise MemoryError()
     cdef CrossEntropyExtra ex
@@ -222,4 +226,7 @@ cdef object _fast_half_cross_entropy(
         total = _half_run(&h, t, c.threads)
         return _loss_result(c, x, loss, total, count, count, None, row_z, row_acc)
     finally:
-        free(loss)
+        if own:
+            free(loss)
+        else:
+            row_scratch_done()

@@ -532,9 +532,7 @@ cdef object _fast_cross_entropy_run(
     elif t != NULL and c.inner == 1 and ex == NULL and _short_row(c.n, sizeof(floating)):
         loss = NULL  # the tiles' sums alone (no 8 bytes stored per row)
     elif c.n_rows > STACK_ROWS:
-        loss = <double *>malloc(c.n_rows * sizeof(double))
-        if loss == NULL:
-            raise MemoryError()
+        loss = _loss_rows(None, c.n_rows)   # the thread's scratch (scratch.hpp)
     cdef double total
     try:
         if t != NULL and c.inner > 1:    # the classes over a middle axis (strided.pxi)
@@ -552,7 +550,7 @@ cdef object _fast_cross_entropy_run(
                             row_acc)
     finally:
         if loss != stack_loss and none_result is None:
-            free(loss)
+            row_scratch_done()
 
 
 cdef int _label_size(object v, int nd, const cnp.npy_intp *dims) noexcept:

@@ -632,9 +632,9 @@ cdef double _half_cross_entropy(
     ce.alpha = 1.0 - label_smoothing
     ce.beta = label_smoothing / h.n
     ce.scale = grad_scale
-    ce.loss = &row_loss[0]
+    ce.loss = _loss_rows(row_loss, h.n_rows)
     h.ce = &ce
-    h.loss = &row_loss[0]
+    h.loss = ce.loss
     h.cap = <float>softcap
     h.smoothing = label_smoothing
     if weight is not None:
@@ -642,7 +642,9 @@ cdef double _half_cross_entropy(
     ce.w_total = <double>h.n if h.w == NULL else row_sum(h.w, h.n)
     if grad is not None:
         h.out = &grad[0, 0]
-    return _half_run(h, t, n_threads)
+    cdef double total = _half_run(h, t, n_threads)
+    row_scratch_done()
+    return total
 
 
 def half_cross_entropy_index_rows(const uint16_t[:, ::1] logits,

@@ -144,8 +144,9 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
                                      double[::1] row_acc=None):
     """cross_entropy_index_strided for 16-bit logits (outer, C, inner) of kind
     `kind`, at most HALF_STRIDED_CLASSES classes: the same arguments (weight
-    float32), the gradient rounded once into grad (may be logits, or None);
-    returns the sum of the position losses, added pairwise in their order."""
+    float32; row_loss None: the losses into scratch), the gradient rounded
+    once into grad (may be logits, or None); returns the sum of the position
+    losses, added pairwise in their order."""
     cdef Py_ssize_t outer = logits.shape[0], C = logits.shape[1], inner = logits.shape[2]
     cdef Py_ssize_t u, n_rows = outer * inner
     if n_rows == 0:
@@ -160,7 +161,7 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
     cdef CrossEntropyExtra ex_args
     cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, row_acc)
     cdef const label_t *t = &target[0, 0]
-    cdef double *loss = &row_loss[0]
+    cdef double *loss = _loss_rows(row_loss, n_rows)
     cdef double w_total = <double>C if w == NULL else row_sum(w, C)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
@@ -187,7 +188,9 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
                                     w_total, alpha, beta, loss, g, grad_scale, stage, elems,
                                     ex, cap)
     free(stage)
-    return pairwise_sum(loss, n_rows)
+    cdef double total = pairwise_sum(loss, n_rows)
+    row_scratch_done()
+    return total
 
 
 cdef struct _HalfProb:
@@ -266,7 +269,7 @@ def half_cross_entropy_prob_strided(const uint16_t[:, :, ::1] logits,
     p.alpha = 1.0 - label_smoothing
     p.beta = label_smoothing / C
     p.scale = grad_scale
-    p.loss = &row_loss[0]
+    p.loss = _loss_rows(row_loss, n_rows)
     p.g = NULL
     if grad is not None:
         p.g = &grad[0, 0, 0]
@@ -285,4 +288,6 @@ def half_cross_entropy_prob_strided(const uint16_t[:, :, ::1] logits,
         with nogil:
             _half_prob_serial(&p, n_units, scratch)
     free(scratch)
-    return pairwise_sum(p.loss, n_rows)
+    cdef double total = pairwise_sum(p.loss, n_rows)
+    row_scratch_done()
+    return total

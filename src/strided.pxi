@@ -184,9 +184,10 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
                                 double[::1] row_acc=None):
     """Cross-entropy with class indices over the middle axis of logits
     (outer, C, inner): the loss of position (o, j) into row_loss[o * inner + j]
-    (the row order of the logits moved to (outer, inner, C)) and returns their
-    sum, added pairwise in that order; the gradient (times grad_scale) into
-    grad when grad is not None.  Semantics of cross_entropy_index_rows: labels
+    (the row order of the logits moved to (outer, inner, C); None: into
+    scratch, for their sum alone) and returns their sum, added pairwise in
+    that order; the gradient (times grad_scale) into grad when grad is not
+    None.  Semantics of cross_entropy_index_rows: labels
     (outer, inner) must have been checked with label_summary; weight may be
     None; grad may be logits.  z_loss, z_scale, softcap, row_z, row_acc: as
     for cross_entropy_index_rows (the soft cap: each block capped into its
@@ -202,9 +203,11 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
         g = &grad[0, 0, 0]
     cdef CrossEntropyExtra ex_args
     cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, row_acc)
-    return _cross_entropy_index_strided_core(&logits[0, 0, 0], &target[0, 0], outer, C, inner,
-                                             w, ignore_index, label_smoothing, grad_scale,
-                                             &row_loss[0], g, n_threads, ex, softcap)
+    cdef double total = _cross_entropy_index_strided_core(
+        &logits[0, 0, 0], &target[0, 0], outer, C, inner, w, ignore_index, label_smoothing,
+        grad_scale, _loss_rows(row_loss, outer * inner), g, n_threads, ex, softcap)
+    row_scratch_done()
+    return total
 
 
 cdef void _strided_prob_serial(
@@ -251,7 +254,7 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
     cdef const floating *y = &target[0, 0, 0]
     cdef CrossEntropyExtra ex_args
     cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, None)
-    cdef double *loss = &row_loss[0]
+    cdef double *loss = _loss_rows(row_loss, n_rows)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
     cdef int stream = (g != NULL and
@@ -273,7 +276,9 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
             _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale,
                                  n_units, stage, ex, cap, stream)
     free(stage)
-    return pairwise_sum(loss, n_rows)
+    cdef double total = pairwise_sum(loss, n_rows)
+    row_scratch_done()
+    return total
 
 
 # ---------------------------------------------------------------------------
