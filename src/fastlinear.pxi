@@ -2,7 +2,8 @@
 # fastpath.pxi): the loss of a call whose logits fit one chunk of the Python
 # layer (csoftmax/_linear.py), computed without its Python steps -- the
 # logits by SciPy's BLAS GEMM (a GEMV per row for one or two rows) into a
-# scratch buffer, then the fast cross-entropy core (_fast_cross_entropy_run)
+# scratch buffer (the rows first for a few rows), then the fast cross-entropy
+# core (_fast_cross_entropy_run)
 # on them.  A one-row call (scoring one token) took 74 us on the Python path,
 # 18 us of it the GEMM (SciPy 1.17's OpenBLAS: 108 us, its GEMV 14 us).
 #
@@ -37,53 +38,67 @@ cdef _dgemm_t _dgemm = NULL
 cdef _sgemv_t _sgemv = NULL
 cdef _dgemv_t _dgemv = NULL
 cdef Py_ssize_t _gemv_rows = 0
+cdef Py_ssize_t _few_rows = 0
 
 
 cdef void *_capsule(object c) except NULL:
     return PyCapsule_GetPointer(c, PyCapsule_GetName(c))
 
 
-def set_gemm(object sgemm, object dgemm, object sgemv, object dgemv, Py_ssize_t gemv_rows):
+def set_gemm(object sgemm, object dgemm, object sgemv, object dgemv, Py_ssize_t gemv_rows,
+             Py_ssize_t few_rows):
     """Takes SciPy's sgemm, dgemm, sgemv and dgemv
     (scipy.linalg.cython_blas.__pyx_capi__ capsules) for
-    fast_linear_cross_entropy, and the Python path's rule: logits of at most
-    gemv_rows rows by a GEMV per row (csoftmax._linear_blas.GEMV_ROWS)."""
-    global _sgemm, _dgemm, _sgemv, _dgemv, _gemv_rows
+    fast_linear_cross_entropy, and the Python path's rules: logits of at most
+    gemv_rows rows by a GEMV per row, of at most few_rows rows by the GEMM of
+    the rows first (csoftmax._linear_blas.GEMV_ROWS, FEW_ROWS)."""
+    global _sgemm, _dgemm, _sgemv, _dgemv, _gemv_rows, _few_rows
     _sgemm = <_sgemm_t>_capsule(sgemm)
     _dgemm = <_dgemm_t>_capsule(dgemm)
     _sgemv = <_sgemv_t>_capsule(sgemv)
     _dgemv = <_dgemv_t>_capsule(dgemv)
     _gemv_rows = gemv_rows
+    _few_rows = few_rows
 
 
 def has_gemm():
     return _sgemm != NULL and _dgemm != NULL
 
 
-cdef void _logits_gemm(const floating *x, const floating *w, floating *out,
+cdef void _logits_gemm(const floating *x, const floating *w, floating *out, floating *f,
                        int m, int v, int d) noexcept nogil:
-    """out (m, v) = x (m, d) @ w (v, d).T, all C-contiguous: in the BLAS's
-    column-major terms out.T (v, m) = w.T' (v, d) @ x.T (d, m); up to
-    _gemv_rows rows a GEMV per row, out[i] (v) = w.T' (v, d) @ x[i] (d), as
-    the Python path's Gemms.logits (d and v are positive here)."""
-    cdef char ta = b"T"
-    cdef char tb = b"N"
+    """out (m, v) = x (m, d) @ w (v, d).T, all C-contiguous, as the Python
+    path's Gemms.logits: up to _gemv_rows rows a GEMV per row, out[i] (v) =
+    w.T' (v, d) @ x[i] (d); up to _few_rows rows the GEMM with the rows first,
+    f (m, v) column-major = x.T' (m, d) @ w.T (d, v), then copied into out (f:
+    m * v of scratch); else in the BLAS's column-major terms out.T (v, m) =
+    w.T' (v, d) @ x.T (d, m).  d and v are positive here."""
+    cdef char tt = b"T"
+    cdef char tn = b"N"
     cdef floating one = 1.0
     cdef floating zero = 0.0
     cdef int i, inc = 1
+    cdef Py_ssize_t r, k
     if m <= _gemv_rows:
         for i in range(m):
             if floating is float:
-                _sgemv(&ta, &d, &v, &one, <float *>w, &d, <float *>x + <Py_ssize_t>i * d, &inc,
+                _sgemv(&tt, &d, &v, &one, <float *>w, &d, <float *>x + <Py_ssize_t>i * d, &inc,
                        &zero, out + <Py_ssize_t>i * v, &inc)
             else:
-                _dgemv(&ta, &d, &v, &one, <double *>w, &d, <double *>x + <Py_ssize_t>i * d,
+                _dgemv(&tt, &d, &v, &one, <double *>w, &d, <double *>x + <Py_ssize_t>i * d,
                        &inc, &zero, out + <Py_ssize_t>i * v, &inc)
-        return
-    if floating is float:
-        _sgemm(&ta, &tb, &v, &m, &d, &one, <float *>w, &d, <float *>x, &d, &zero, out, &v)
+    elif m <= _few_rows:
+        if floating is float:
+            _sgemm(&tt, &tn, &m, &v, &d, &one, <float *>x, &d, <float *>w, &d, &zero, f, &m)
+        else:
+            _dgemm(&tt, &tn, &m, &v, &d, &one, <double *>x, &d, <double *>w, &d, &zero, f, &m)
+        for r in range(m):
+            for k in range(v):
+                out[r * v + k] = f[k * m + r]
+    elif floating is float:
+        _sgemm(&tt, &tn, &v, &m, &d, &one, <float *>w, &d, <float *>x, &d, &zero, out, &v)
     else:
-        _dgemm(&ta, &tb, &v, &m, &d, &one, <double *>w, &d, <double *>x, &d, &zero, out, &v)
+        _dgemm(&tt, &tn, &v, &m, &d, &one, <double *>w, &d, <double *>x, &d, &zero, out, &v)
 
 
 cdef object _fast_linear_run(_FastCall *c, const floating *x, const floating *w,
@@ -93,17 +108,20 @@ cdef object _fast_linear_run(_FastCall *c, const floating *x, const floating *w,
     cdef Py_ssize_t kept, i, k
     if _labels_count_bad(t, c.n_rows, c.n, c.ignore_index, &kept, c.threads) != 0:
         return None  # the full path names the first bad label
-    cdef floating *logits = <floating *>malloc(c.n_rows * c.n * sizeof(floating))
+    # the logits, and behind them the column-major product of a few rows
+    cdef Py_ssize_t size = c.n_rows * c.n
+    cdef bint few = _gemv_rows < c.n_rows <= _few_rows
+    cdef floating *logits = <floating *>malloc(size * (2 if few else 1) * sizeof(floating))
     if logits == NULL:
         raise MemoryError()
     try:
         # as the Python path: the GIL released around the product where the
         # BLAS may run threads (it keeps one below 2**18 multiply-adds)
-        if c.n_rows * c.n * <Py_ssize_t>d < GIL_WORK * 16:
-            _logits_gemm(x, w, logits, <int>c.n_rows, <int>c.n, d)
+        if size * <Py_ssize_t>d < GIL_WORK * 16:
+            _logits_gemm(x, w, logits, logits + size, <int>c.n_rows, <int>c.n, d)
         else:
             with nogil:
-                _logits_gemm(x, w, logits, <int>c.n_rows, <int>c.n, d)
+                _logits_gemm(x, w, logits, logits + size, <int>c.n_rows, <int>c.n, d)
         if b != NULL:
             for i in range(c.n_rows):
                 for k in range(c.n):

@@ -506,12 +506,13 @@ def test_fast_loss_is_the_python_paths(kernel_frontend, rng, dtype, reduction, b
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 32, 33])
 def test_few_rows_same_product_both_paths(kernel_frontend, rng, dtype, n, monkeypatch):
     """Up to GEMV_ROWS rows the logits are a GEMV per row (SciPy's GEMM of one row was
-    6x slower), on the C fast path and the Python path alike: their per-row losses are
-    bitwise equal on both sides of the threshold (a C rule of 2 rows against a Python
-    one of 1 failed here), and within rounding of the GEMM's."""
+    6x slower), up to FEW_ROWS the GEMM with the rows first (the other form took 1.5-2x
+    the time), on the C fast path and the Python path alike: their per-row losses are
+    bitwise equal on both sides of each threshold (a C rule of 2 rows against a Python
+    one of 1 failed here), and within rounding of the larger calls' GEMM."""
     fast = fast_path(kernel_frontend)
     x, w, _, t = case(rng, n=n, d=256, v=1000, bias=False, ignore=0.0)
     x, w = x.astype(dtype), w.astype(dtype)
@@ -525,8 +526,9 @@ def test_few_rows_same_product_both_paths(kernel_frontend, rng, dtype, n, monkey
     scale = np.abs(ref[1]).max()  # float32: sums of 1000 products, with cancellation
     np.testing.assert_allclose(res[1], ref[1], rtol=0,
                                atol=(1e-5 if dtype == np.float32 else 1e-12) * scale)
-    if n <= _linear_blas.GEMV_ROWS:  # the Python path by GEMM: within rounding
+    if n <= _linear_blas.FEW_ROWS:  # the Python path by the larger calls' GEMM: within rounding
         monkeypatch.setattr(_linear_blas, "GEMV_ROWS", 0)
+        monkeypatch.setattr(_linear_blas, "FEW_ROWS", 0)
         other = _linear.call(kernel_frontend, x, w, t, False, reduction="none")
         np.testing.assert_allclose(other, got, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
