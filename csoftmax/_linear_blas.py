@@ -146,7 +146,7 @@ class Gemms:
                 self.gemv(1.0, w.T, x[i], beta=0.0, y=out[i], trans=1, overwrite_y=1)
         elif m <= FEW_ROWS:  # f (m, V) column-major = x (m, D) @ w.T (D, V)
             if self.few is None or self.few.size < m * v:
-                self.few = np.empty(max(m, min(self.rows, FEW_ROWS)) * v, out.dtype)
+                self.few = np.empty(m * v, out.dtype)
             f = self.few[: m * v].reshape((m, v), order="F")
             self.gemm(1.0, x.T, w.T, beta=0.0, c=f, trans_a=1, overwrite_c=1)
             np.copyto(out, f)

@@ -604,12 +604,13 @@ def cross_entropy_index_rows(const floating[:, ::1] logits,
         w = &weight[0]
     if grad is not None:
         g = &grad[0, 0]
-    cdef double total = _cross_entropy_index_core(
-        &logits[0, 0], &target[0], logits.shape[0], logits.shape[1], w, ignore_index,
-        label_smoothing, grad_scale, _loss_rows(row_loss, logits.shape[0]), g, n_threads, exp,
-        softcap)
-    row_scratch_done()
-    return total
+    try:
+        return _cross_entropy_index_core(
+            &logits[0, 0], &target[0], logits.shape[0], logits.shape[1], w, ignore_index,
+            label_smoothing, grad_scale, _loss_rows(row_loss, logits.shape[0]), g, n_threads,
+            exp, softcap)
+    finally:
+        row_scratch_done()
 
 
 def cross_entropy_prob_rows(const floating[:, ::1] logits,
@@ -640,11 +641,12 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
         w = &weight[0]
     if grad is not None:
         g = &grad[0, 0]
-    cdef double total = _cross_entropy_prob_core(
-        &logits[0, 0], &target[0, 0], logits.shape[0], logits.shape[1], w, label_smoothing,
-        grad_scale, _loss_rows(row_loss, logits.shape[0]), g, n_threads, exp, softcap)
-    row_scratch_done()
-    return total
+    try:
+        return _cross_entropy_prob_core(
+            &logits[0, 0], &target[0, 0], logits.shape[0], logits.shape[1], w, label_smoothing,
+            grad_scale, _loss_rows(row_loss, logits.shape[0]), g, n_threads, exp, softcap)
+    finally:
+        row_scratch_done()
 
 
 include "fastpath.pxi"

@@ -642,9 +642,10 @@ cdef double _half_cross_entropy(
     ce.w_total = <double>h.n if h.w == NULL else row_sum(h.w, h.n)
     if grad is not None:
         h.out = &grad[0, 0]
-    cdef double total = _half_run(h, t, n_threads)
-    row_scratch_done()
-    return total
+    try:
+        return _half_run(h, t, n_threads)
+    finally:
+        row_scratch_done()
 
 
 def half_cross_entropy_index_rows(const uint16_t[:, ::1] logits,

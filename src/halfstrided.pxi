@@ -161,7 +161,7 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
     cdef CrossEntropyExtra ex_args
     cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, row_acc)
     cdef const label_t *t = &target[0, 0]
-    cdef double *loss = _loss_rows(row_loss, n_rows)
+    cdef double *loss
     cdef double w_total = <double>C if w == NULL else row_sum(w, C)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
@@ -173,24 +173,28 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
     cdef float *stage = <float *>malloc(n_threads * per_thread * sizeof(float))
     if stage == NULL:
         raise MemoryError()
-    if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
-            half_strided_cross_entropy_index_unit(
-                kind, x, t, C, inner, width, u, ignore_index, w, w_total, alpha, beta, loss, g,
-                grad_scale, stage + threadid() * per_thread,
-                stage + threadid() * per_thread + elems if cap != 0 else <float *>NULL, ex, cap)
-    elif n_rows * C < GIL_WORK:
-        _half_strided_ce_serial(kind, x, t, C, inner, width, n_units, ignore_index, w, w_total,
-                                alpha, beta, loss, g, grad_scale, stage, elems, ex, cap)
-    else:
-        with nogil:
+    try:
+        loss = _loss_rows(row_loss, n_rows)
+        if n_threads > 1:
+            for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+                half_strided_cross_entropy_index_unit(
+                    kind, x, t, C, inner, width, u, ignore_index, w, w_total, alpha, beta, loss,
+                    g, grad_scale, stage + threadid() * per_thread,
+                    stage + threadid() * per_thread + elems if cap != 0 else <float *>NULL, ex,
+                    cap)
+        elif n_rows * C < GIL_WORK:
             _half_strided_ce_serial(kind, x, t, C, inner, width, n_units, ignore_index, w,
-                                    w_total, alpha, beta, loss, g, grad_scale, stage, elems,
-                                    ex, cap)
-    free(stage)
-    cdef double total = pairwise_sum(loss, n_rows)
-    row_scratch_done()
-    return total
+                                    w_total, alpha, beta, loss, g, grad_scale, stage, elems, ex,
+                                    cap)
+        else:
+            with nogil:
+                _half_strided_ce_serial(kind, x, t, C, inner, width, n_units, ignore_index, w,
+                                        w_total, alpha, beta, loss, g, grad_scale, stage,
+                                        elems, ex, cap)
+        return pairwise_sum(loss, n_rows)
+    finally:
+        free(stage)
+        row_scratch_done()
 
 
 cdef struct _HalfProb:
@@ -269,7 +273,7 @@ def half_cross_entropy_prob_strided(const uint16_t[:, :, ::1] logits,
     p.alpha = 1.0 - label_smoothing
     p.beta = label_smoothing / C
     p.scale = grad_scale
-    p.loss = _loss_rows(row_loss, n_rows)
+    p.loss = NULL                  # the scratch, taken below
     p.g = NULL
     if grad is not None:
         p.g = &grad[0, 0, 0]
@@ -279,15 +283,17 @@ def half_cross_entropy_prob_strided(const uint16_t[:, :, ::1] logits,
     cdef float *scratch = <float *>malloc(n_threads * p.per_thread * sizeof(float))
     if scratch == NULL:
         raise MemoryError()
-    if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
-            _half_prob_unit(&p, u, scratch + threadid() * p.per_thread)
-    elif n_rows * C < GIL_WORK:
-        _half_prob_serial(&p, n_units, scratch)
-    else:
-        with nogil:
+    try:
+        p.loss = _loss_rows(row_loss, n_rows)
+        if n_threads > 1:
+            for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+                _half_prob_unit(&p, u, scratch + threadid() * p.per_thread)
+        elif n_rows * C < GIL_WORK:
             _half_prob_serial(&p, n_units, scratch)
-    free(scratch)
-    cdef double total = pairwise_sum(p.loss, n_rows)
-    row_scratch_done()
-    return total
+        else:
+            with nogil:
+                _half_prob_serial(&p, n_units, scratch)
+        return pairwise_sum(p.loss, n_rows)
+    finally:
+        free(scratch)
+        row_scratch_done()

@@ -203,11 +203,12 @@ def cross_entropy_index_strided(const floating[:, :, ::1] logits,
         g = &grad[0, 0, 0]
     cdef CrossEntropyExtra ex_args
     cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, row_acc)
-    cdef double total = _cross_entropy_index_strided_core(
-        &logits[0, 0, 0], &target[0, 0], outer, C, inner, w, ignore_index, label_smoothing,
-        grad_scale, _loss_rows(row_loss, outer * inner), g, n_threads, ex, softcap)
-    row_scratch_done()
-    return total
+    try:
+        return _cross_entropy_index_strided_core(
+            &logits[0, 0, 0], &target[0, 0], outer, C, inner, w, ignore_index, label_smoothing,
+            grad_scale, _loss_rows(row_loss, outer * inner), g, n_threads, ex, softcap)
+    finally:
+        row_scratch_done()
 
 
 cdef void _strided_prob_serial(
@@ -254,7 +255,7 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
     cdef const floating *y = &target[0, 0, 0]
     cdef CrossEntropyExtra ex_args
     cdef const CrossEntropyExtra *ex = _extra_args(&ex_args, z_loss, z_scale, row_z, None)
-    cdef double *loss = _loss_rows(row_loss, n_rows)
+    cdef double *loss
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / C
     cdef int stream = (g != NULL and
@@ -263,22 +264,24 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
     cdef Py_ssize_t elems, n_units = outer * strided_units(g, C, inner, stream, cap)
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
-    if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
-            strided_cross_entropy_prob_unit(
-                x, y, C, inner, w, alpha, beta, loss, g, grad_scale, u,
-                stage if stage == NULL else stage + threadid() * elems, ex, cap, stream)
-    elif n_rows * C < GIL_WORK:
-        _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale, n_units,
-                             stage, ex, cap, stream)
-    else:
-        with nogil:
-            _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale,
-                                 n_units, stage, ex, cap, stream)
-    free(stage)
-    cdef double total = pairwise_sum(loss, n_rows)
-    row_scratch_done()
-    return total
+    try:
+        loss = _loss_rows(row_loss, n_rows)
+        if n_threads > 1:
+            for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+                strided_cross_entropy_prob_unit(
+                    x, y, C, inner, w, alpha, beta, loss, g, grad_scale, u,
+                    stage if stage == NULL else stage + threadid() * elems, ex, cap, stream)
+        elif n_rows * C < GIL_WORK:
+            _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale, n_units,
+                                 stage, ex, cap, stream)
+        else:
+            with nogil:
+                _strided_prob_serial(x, y, C, inner, w, alpha, beta, loss, g, grad_scale,
+                                     n_units, stage, ex, cap, stream)
+        return pairwise_sum(loss, n_rows)
+    finally:
+        free(stage)
+        row_scratch_done()
 
 
 # ---------------------------------------------------------------------------
