@@ -40,13 +40,6 @@ class CrossEntropyGradResult(NamedTuple):
     token_accuracy: Any = None
 
 
-def _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy):
-    """True for the default z_loss, softcap and flags (linear_cross_entropy's
-    C fast path takes only these)."""
-    return (softcap is None and return_z_loss is False and return_token_accuracy is False
-            and type(z_loss) in (float, int) and z_loss == 0)
-
-
 class CrossEntropyFunctions:
     """cross_entropy and cross_entropy_with_grad."""
 

@@ -59,8 +59,9 @@ results may differ in the last bits between thread counts (OpenBLAS splits
 the sums by thread); the cross-entropy part does not.
 
 The loss alone of a common call whose logits fit one chunk of
-``WHOLE_BYTES`` (no class weights, z-loss, soft cap or flags; float32 or
-float64 arrays, native integer labels; the BLAS at the call's thread count)
+``WHOLE_BYTES`` (no class weights; z-loss, soft cap and flags as Python
+numbers and ``True``/``False``; float32 or float64 arrays, native integer
+labels; the BLAS at the call's thread count)
 takes the compiled kernels' C fast path (``src/fastlinear.pxi``): SciPy's
 GEMM into a scratch buffer and the fast cross-entropy core, none of the
 steps above in Python.  A one-row call took 74 us on the Python path (18 us
@@ -91,7 +92,7 @@ import sys
 import numpy as np
 
 from . import _linear_blas, _linear_chunks, _threads
-from ._cross_entropy_api import CrossEntropyResult, _plain_options
+from ._cross_entropy_api import CrossEntropyResult
 from ._linear_args import LinearArgs
 from ._linear_chunks import run_chunked, run_materialised
 from ._linear_results import LinearCrossEntropyGradResult
@@ -123,11 +124,13 @@ def run(frontend, args, with_grad, row_scale=None):
 
 
 def _fast_loss(input, linear_weight, target, linear_bias, ignore_index, reduction,
-               label_smoothing, num_threads):
+               label_smoothing, num_threads, z_loss=0.0, softcap=None, return_z_loss=False,
+               return_token_accuracy=False):
     """The loss by the compiled kernels' C fast path (src/fastlinear.pxi) where
     it applies: logits within one default chunk (``WHOLE_BYTES``), SciPy's
-    GEMM, the BLAS at the call's thread count; None otherwise (the caller
-    then takes the Python path, which validates and raises)."""
+    GEMM, the BLAS at the call's thread count, the options as Python numbers
+    and ``True``/``False``; None otherwise (the caller then takes the Python
+    path, which validates and raises)."""
     frontend = _check_frontend(None)
     fast = frontend._fast_linear_cross_entropy
     if num_threads is None:
@@ -141,8 +144,13 @@ def _fast_loss(input, linear_weight, target, linear_bias, ignore_index, reductio
     kernels = frontend.kernels
     if not _linear_blas.gemm_given(kernels) or not _linear_blas.blas_at(n):
         return None
-    return fast(input, linear_weight, target, linear_bias, ignore_index, reduction,
-                label_smoothing, n, _linear_chunks.WHOLE_BYTES)
+    r = fast(input, linear_weight, target, linear_bias, ignore_index, reduction,
+             label_smoothing, n, _linear_chunks.WHOLE_BYTES, z_loss, softcap, return_z_loss,
+             return_token_accuracy)
+    # the flags are True or False here: the fast path declines anything else
+    if r is not None and (return_z_loss or return_token_accuracy):
+        return CrossEntropyResult(*r)
+    return r
 
 
 # -- the public functions ----------------------------------------------------
@@ -203,10 +211,10 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                          ignore_index=-100, reduction="mean", label_smoothing=0.0,
                          z_loss=0.0, softcap=None, return_z_loss=False,
                          return_token_accuracy=False, num_threads=None, chunk_size=None):
-    if (weight is None and chunk_size is None
-            and _plain_options(z_loss, softcap, return_z_loss, return_token_accuracy)):
+    if weight is None and chunk_size is None:
         r = _fast_loss(input, linear_weight, target, linear_bias, ignore_index, reduction,
-                       label_smoothing, num_threads)
+                       label_smoothing, num_threads, z_loss, softcap, return_z_loss,
+                       return_token_accuracy)
         if r is not None:
             return r
     args = LinearArgs(input, linear_weight, target, linear_bias, weight, ignore_index,

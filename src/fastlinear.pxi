@@ -136,12 +136,15 @@ cdef object _fast_linear_run(_FastCall *c, const floating *x, const floating *w,
 def fast_linear_cross_entropy(object input, object linear_weight, object target,
                               object linear_bias, object ignore_index, object reduction,
                               object label_smoothing, Py_ssize_t threads,
-                              Py_ssize_t max_bytes):
-    """linear_cross_entropy without class weights or extras, loss only: input
-    (N, D) or (D,), linear_weight (V, D) and linear_bias (V,) or None of one
-    float dtype, native int32/int64 labels (N,) (a Python int for (D,) input),
+                              Py_ssize_t max_bytes, object z_loss=0.0, object softcap=None,
+                              object return_z_loss=False, object return_token_accuracy=False):
+    """linear_cross_entropy without class weights, loss only: input (N, D) or
+    (D,), linear_weight (V, D) and linear_bias (V,) or None of one float
+    dtype, native int32/int64 labels (N,) (a Python int for (D,) input),
     logits of at most max_bytes; threads: the call's (the BLAS's own count,
-    checked by the caller).  None when declined."""
+    checked by the caller); z_loss, softcap and the return_* flags as
+    fast_cross_entropy takes them (the tuple (loss, z_loss, token_accuracy)
+    with a flag).  None when declined."""
     if _sgemm == NULL or threads < 1:
         return None
     cdef int typenum = _float_array(input)
@@ -169,7 +172,7 @@ def fast_linear_cross_entropy(object input, object linear_weight, object target,
     cdef _FastCall c
     c.kind = -1
     if not (_loss_options(&c, reduction, ignore_index, label_smoothing)
-            and _extra_options(&c, 0.0, None, False, False)):
+            and _extra_options(&c, z_loss, softcap, return_z_loss, return_token_accuracy)):
         return None
     # the targets: a Python int for (D,) input, else labels of shape (N,)
     cdef int64_t one_label

@@ -533,6 +533,44 @@ def test_few_rows_same_product_both_paths(kernel_frontend, rng, dtype, n, monkey
         np.testing.assert_allclose(other, got, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", [
+    dict(z_loss=1e-3),
+    dict(softcap=2.0),
+    dict(return_token_accuracy=True),
+    dict(z_loss=1e-2, softcap=3.0, return_z_loss=True, return_token_accuracy=True),
+    dict(z_loss=0, return_z_loss=True),
+], ids=["z", "cap", "acc", "all", "z0"])
+def test_fast_loss_with_options_is_the_python_paths(kernel_frontend, rng, dtype, reduction,
+                                                    options):
+    """z_loss, softcap and the return_* flags on the fast path: the Python path's result
+    (a CrossEntropyResult with a flag, its fields None alike), the values within its
+    rounding, ignored rows included."""
+    fast_path(kernel_frontend)
+    x, w, b, t = case(rng, n=37, d=9, v=11, bias=True, ignore=0.25)
+    x, w, b = x.astype(dtype), w.astype(dtype), b.astype(dtype)
+    flags = options.get("return_z_loss", False) or options.get("return_token_accuracy", False)
+    got = _linear._fast_loss(x, w, t, b, -100, reduction, 0.1, None, options.get("z_loss", 0.0),
+                             options.get("softcap"), options.get("return_z_loss", False),
+                             options.get("return_token_accuracy", False))
+    if got is None:
+        pytest.skip("the BLAS threads differ from the call's: no fast path")
+    want = _linear.call(kernel_frontend, x, w, t, False, linear_bias=b, reduction=reduction,
+                        label_smoothing=0.1, **options)
+    pairs = zip(got, want) if flags else [(got, want)]
+    if flags:
+        assert type(got) is type(want) is csoftmax.CrossEntropyResult
+    for g, wv in pairs:
+        if wv is None:
+            assert g is None
+            continue
+        g, wv = np.asarray(g), np.asarray(wv)
+        assert g.dtype == wv.dtype and g.shape == wv.shape
+        np.testing.assert_allclose(g, wv, rtol=64 * np.finfo(dtype).eps,
+                                   atol=8 * np.finfo(dtype).eps)
+
+
 def test_fast_loss_declines_all_else(kernel_frontend, rng):
     """Anything but the common call gives None (the Python path then validates,
     raises and computes), bad labels included, before anything is written."""
@@ -573,6 +611,14 @@ def test_fast_loss_declines_all_else(kernel_frontend, rng):
     assert declined(max_bytes=6 * 5 * 8 - 1)  # logits over one chunk
     assert not declined(max_bytes=6 * 5 * 8)
     assert declined(x=x.astype(np.float16), w=w.astype(np.float16), b=None)
+    # options the full path converts or refuses: NumPy numbers, a non-positive cap,
+    # flags that are not True or False
+    extra = [0.0, None, False, False]
+    for i, v in [(0, np.float64(0.1)), (0, -1.0), (1, 0.0), (1, np.inf), (2, 1), (3, None)]:
+        opts = list(extra)
+        opts[i] = v
+        assert fast(*args, *opts) is None, (i, v)
+    assert fast(*args, 0.1, 2.0, True, True) is not None
 
 
 def test_public_loss_takes_the_fast_path(rng, monkeypatch):
