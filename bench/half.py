@@ -12,6 +12,11 @@ is not installed):
 - ``softmax(x16, out=o16)`` at 4096x32000 against the float32 call and ``torch.softmax``
   of the 16-bit tensor.
 
+Each case also times its floors (:func:`bench.parity.floor_calls`): a copy of the 16-bit
+logits on the case's threads and the max and exp-sum of their float32 values. A criterion
+on the 16-bit call's time that fails notes the value it would have at the larger floor,
+and "out of reach" where even that misses.
+
 Each call is first checked against a float64 reference (on the first rows for the
 full-size outputs, to bound the memory; relative error 1e-2 for bfloat16, 2e-3 for
 float16). The cases reuse :mod:`bench.parity`'s cases, criteria and verdicts (rows of
@@ -125,6 +130,7 @@ def _ce_builder(dtype_name, axis=-1):
             outputs["torch"] = _outputs
         calls["copyto"] = lambda: np.copyto(dst, x)
         labels["copyto"] = f"np.copyto(dst, x) ({dtype_name})"
+        parity.floor_calls(calls, labels, x, threads, values=x32)
         if axis == -1:
             return parity.Built(calls, labels, outputs, lambda: _ce_reference(x, t))
         return parity.Built(calls, labels, outputs,
@@ -154,6 +160,7 @@ def _softmax_builder(dtype_name):
             outputs["torch"] = lambda r: _head((r.float(),))
         calls["copyto"] = lambda: np.copyto(dst, x)
         labels["copyto"] = f"np.copyto(dst, x) ({dtype_name})"
+        parity.floor_calls(calls, labels, x, threads, values=x32)
         return parity.Built(calls, labels, outputs, lambda: _softmax_reference(x))
 
     return build
@@ -161,13 +168,17 @@ def _softmax_builder(dtype_name):
 
 def _specs(dtype_name):
     short = "bf16" if dtype_name == "bfloat16" else "f16"
+    # the 16-bit call's floors (parity.floor_calls: a copy of the 16-bit logits, the
+    # exponentials of their float32 values) bound both criteria of its own time
     f32 = parity.Criterion("f32", "csoftmax_f32_out", "csoftmax_out", 1.7, True,
-                           ">= 1.7x faster than csoftmax's float32 call (out=)")
+                           ">= 1.7x faster than csoftmax's float32 call (out=)",
+                           floor_of="csoftmax_out")
     specs = [parity.Spec(
         f"{short}_ce_{shape_label(shape)}", f"{dtype_name}: fused CE loss+grad, out=",
         "cross_entropy_with_grad out=", shape, _ce_builder(dtype_name),
         (parity.Criterion("copyto", "csoftmax_out", "copyto", 1.3, False,
-                          f"<= 1.3x np.copyto of the {dtype_name} logits"),
+                          f"<= 1.3x np.copyto of the {dtype_name} logits",
+                          floor_of="csoftmax_out"),
          f32,
          parity.Criterion("torch", "torch", "csoftmax_out", 5, True,
                           f">= 5x faster than F.cross_entropy fwd+bwd ({dtype_name})")))

@@ -76,6 +76,14 @@ class Criterion:
     alt : str, optional
         A call timed in place of ``den`` (``out=`` variant) whose ratio the
         note gives for context.
+    floor_of : str, optional
+        The csoftmax call (``num`` or ``den``) that the case's floor calls bound
+        (see :func:`floor_calls`): where the criterion fails, its note gives the
+        value it would have if that call took only its floor, and says when
+        even that misses the bound (out of reach).
+    units : float, optional
+        The logits-sized arrays that call must move, in copies of the logits
+        (1: one read and one write; a backward reading two arrays: 1.5).
     """
 
     name: str
@@ -85,6 +93,8 @@ class Criterion:
     at_least: bool
     text: str
     alt: str | None = None
+    floor_of: str | None = None
+    units: float = 1.0
 
     def passed(self, value):
         """Whether ``value`` meets the bound."""
@@ -182,6 +192,60 @@ def _own(result):
     return to_arrays(result)
 
 
+#: The floor calls that :func:`floor_calls` adds, by key.
+FLOOR_CALLS = ("copy_threads", "exp_floor")
+
+
+def floor_calls(calls, labels, x, threads, values=None):
+    """Add the floors of a call on logits ``x`` to a case's ``calls`` (timed, not checked).
+
+    ``copy_threads``: a copy of ``x``'s bytes into an array of their size in
+    ``threads`` parts (``kernels.copy_floor``, the memory floor beside ``np.copyto``,
+    which runs on one thread); ``exp_floor``: csoftmax's own max and exp-sum over
+    ``values`` (default ``x``: the float32 values of 16-bit logits, which the 16-bit
+    kernels compute in) in blocks of 4096 (``kernels.exp_floor``), the least compute
+    of any call that takes every logit's exponential.  Neither exists on the NumPy
+    fallback (``CSOFTMAX_BACKEND=numpy``): nothing is added there.
+    """
+    from csoftmax import _dispatch
+
+    copy = getattr(_dispatch.KERNELS, "copy_floor", None)
+    exp_floor = getattr(_dispatch.KERNELS, "exp_floor", None)
+    # rows of x's bytes as float32: a copy moves bytes, whatever their type
+    raw = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+    if copy is not None and raw.nbytes % 4 == 0 and raw.shape[1] * raw.itemsize % 4 == 0:
+        raw = raw.view(np.float32)
+        dst = np.empty_like(raw)
+        calls["copy_threads"] = lambda: copy(raw, dst, threads)
+        labels["copy_threads"] = f"copy of the logits on {threads} thread(s) (memory floor)"
+    if exp_floor is not None and values is not False:
+        v = np.ascontiguousarray(x if values is None else values)
+        v = v.reshape(v.shape[0], -1)
+        calls["exp_floor"] = lambda: exp_floor(v, threads)
+        labels["exp_floor"] = f"max and exp-sum of the {v.dtype} logits (exp floor)"
+
+
+def floor_bound(c, calls):
+    """The note of a failed criterion ``c`` with a ``floor_of`` call: its value had that
+    call taken only the larger of its floors (the memory floor, ``c.units`` times the
+    faster of ``np.copyto`` and ``copy_threads``; the exp floor), or "" without them."""
+    def time(name):
+        return calls.get(name, {}).get("time")
+
+    floors = []
+    copies = [t for t in (time("copyto"), time("copy_threads")) if t]
+    if copies:
+        floors.append((c.units * min(copies), f"memory floor ({c.units:g}x a copy)"))
+    if time("exp_floor"):
+        floors.append((time("exp_floor"), "exp floor"))
+    num, den = time(c.num), time(c.den)
+    if not floors or not num or not den or c.floor_of not in (c.num, c.den):
+        return ""
+    floor, what = max(floors)
+    best = floor / den if c.floor_of == c.num else num / floor
+    return f"bound: {best:.2f}x at the {what}" + ("" if c.passed(best) else ", out of reach")
+
+
 # ---------------------------------------------------------------- cases
 
 #: The spread of the ``wide_logits`` case: N(0, WIDE_SCALE^2) logits, a fifth of whose
@@ -242,6 +306,7 @@ def _build_ce_axis1(shape, threads, seed, torch):
         outputs["torch"] = to_arrays
     calls["copyto"] = lambda: np.copyto(dst, x)
     labels["copyto"] = "np.copyto(dst, x)"
+    floor_calls(calls, labels, x, threads)
     return Built(calls, labels, outputs, lambda: _ce_reference(x, t, 1))
 
 
@@ -285,6 +350,7 @@ def _softmax_builder(axis):
             outputs["torch"] = to_arrays
         calls["copyto"] = lambda: np.copyto(dst, x)
         labels["copyto"] = "np.copyto(dst, x)"
+        floor_calls(calls, labels, x, threads)
         return Built(calls, labels, outputs, lambda: (_softmax_reference(x, axis),))
 
     return build
@@ -315,6 +381,7 @@ def _softmax_backward_builder(axis):
 
         calls["copyto"] = lambda: np.copyto(dst, x)
         labels["copyto"] = "np.copyto(dst, x)"
+        floor_calls(calls, labels, x, threads, values=False)  # no exponential: a copy
         return Built(calls, labels, outputs, reference)
 
     return build
@@ -444,9 +511,9 @@ def _faster(peer, own, bound, what, alt=None):
     return Criterion(peer, peer, own, bound, True, f">= {bound:g}x faster than {what}", alt)
 
 
-def _floor(own, bound):
+def _floor(own, bound, units=1.0):
     return Criterion("copyto", own, "copyto", bound, False,
-                     f"<= {bound:g}x np.copyto time (out=)")
+                     f"<= {bound:g}x np.copyto time (out=)", floor_of=own, units=units)
 
 
 _SOFTMAX_CRITERIA = (_faster("torch", "csoftmax", 1.5, "torch.softmax", "csoftmax_out"),
@@ -454,7 +521,7 @@ _SOFTMAX_CRITERIA = (_faster("torch", "csoftmax", 1.5, "torch.softmax", "csoftma
 #: The backward reads two arrays of the input's size and writes one: its floor is 1.5x
 #: a copy's traffic, so the softmax criteria's bound on the copy scaled by 1.5.
 _BACKWARD_CRITERIA = (_faster("torch", "csoftmax_out", 1.5, "PyTorch's softmax backward"),
-                      _floor("csoftmax_out", 2.25))
+                      _floor("csoftmax_out", 2.25, 1.5))
 _MASKED_CRITERIA = (
     _faster("torch_masked", "csoftmax", 2, "torch.masked.softmax", "csoftmax_out"),
     _faster("torch_masked_fill", "csoftmax", 2, "masked_fill(-inf).softmax",
@@ -654,6 +721,8 @@ def judge(spec, result):
             row.update(passed=False, note=", ".join(broken))
         elif row["value"] is None:
             row.update(passed=False, note="not timed")
+        elif row["passed"] is False and c.floor_of:
+            row["note"] = floor_bound(c, calls) or row["note"]
     return rows
 
 

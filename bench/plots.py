@@ -456,7 +456,9 @@ def _target_cell(row):
             cells.append("n/a" if m["passed"] is None else "FAIL")
             continue
         verdict = "" if m["passed"] is None else " ok" if m["passed"] else " FAIL"
-        cells.append(f"{m['value']:.2f}x{verdict}")
+        bound = m.get("note", "")  # what bounds a failure (bench.targets, bench.parity)
+        bound = f" ({bound})" if m["passed"] is False and bound.startswith("bound:") else ""
+        cells.append(f"{m['value']:.2f}x{verdict}{bound}")
     return "; ".join(cells)
 
 

@@ -276,6 +276,9 @@ def evaluate(target, index, dtype, threads):
     elif target.kind == "floor":
         value = copy_ratio(result)
         passed = None if value is None else value <= target.bound
+        copy = _time(result, "copyto")
+        if passed is False and copy:
+            note = _floor_note(target, result, copy)
     elif target.kind == "relative":
         value, note = _relative(target, result, index, dtype, threads)
         passed = None if value is None else value <= target.bound
@@ -291,12 +294,11 @@ def evaluate(target, index, dtype, threads):
     return {"value": value, "passed": passed, "note": note}
 
 
-def _bound_note(target, result, other):
-    """What bounds a missed speed-up: the peer's time over the larger of the
-    exp floor (the least compute of a loss) and the memory floor (the faster
-    copy of the logits, np.copyto or :class:`bench.peers.CopyFloor` on the
-    case's threads, times the logits-sized arrays the call moves, see
-    :attr:`bench.ops.Op.memory_units`)."""
+def _floors(target, result):
+    """``(time, what)`` of the larger of the exp floor (the least compute of a loss) and
+    the memory floor (the faster copy of the logits, np.copyto or
+    :class:`bench.peers.CopyFloor` on the case's threads, times the logits-sized arrays
+    the call moves, see :attr:`bench.ops.Op.memory_units`), or None without either."""
     floors = []
     exp_floor = _time(result, "exp_floor")
     if exp_floor:
@@ -306,10 +308,28 @@ def _bound_note(target, result, other):
     copies = [t for t in (_time(result, "copyto"), _time(result, "copy_floor")) if t]
     if units and copies:  # the faster copy: np.copyto, or one on the case's threads
         floors.append((units * min(copies), f"memory floor ({units:g}x a copy)"))
-    if not floors:
+    return max(floors) if floors else None
+
+
+def _bound_note(target, result, other):
+    """What bounds a missed speed-up: the peer's time over the call's floor
+    (:func:`_floors`), and "out of reach" where that misses the target too."""
+    found = _floors(target, result)
+    if found is None:
         return ""
-    floor, what = max(floors)
-    return f"bound: {target.peer} / {what} = {other / floor:.2f}x"
+    floor, what = found
+    reach = "" if other / floor >= target.bound else ", out of reach"
+    return f"bound: {target.peer} / {what} = {other / floor:.2f}x{reach}"
+
+
+def _floor_note(target, result, copy):
+    """What bounds a missed ``floor`` target: the call's floor over np.copyto's time."""
+    found = _floors(target, result)
+    if found is None:
+        return ""
+    floor, what = found
+    reach = "" if floor / copy <= target.bound else ", out of reach"
+    return f"bound: {what} / np.copyto = {floor / copy:.2f}x{reach}"
 
 
 def _relative(target, result, index, dtype, threads):
