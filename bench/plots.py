@@ -54,7 +54,10 @@ PATH_ORDER = ["avx512", "avx2", "baseline", "numpy"]
 
 
 def expand(paths):
-    """Resolve the JSON paths given: a missing ``x.json`` stands for ``x-*.json`` beside it.
+    """Resolve the JSON paths given: a missing ``x.json`` stands for the runs that
+    ``--json x.json --cpu ...`` wrote beside it, ``x-<path>.json`` for each SIMD path of
+    :data:`PATH_ORDER` (not every ``x-*.json``: other runs kept beside them, such as
+    ``x-zen3-avx2.json``, stay out).
 
     Returns
     -------
@@ -65,9 +68,11 @@ def expand(paths):
         if path.is_file():
             found.append(path)
             continue
-        siblings = sorted(path.parent.glob(f"{path.stem}-*.json"))
+        siblings = [path.with_name(f"{path.stem}-{simd}.json") for simd in PATH_ORDER]
+        siblings = [p for p in siblings if p.is_file()]
         if not siblings:
-            raise FileNotFoundError(f"no bench results at {path} (nor {path.stem}-*.json)")
+            raise FileNotFoundError(f"no bench results at {path} (nor "
+                                    f"{path.stem}-<{'|'.join(PATH_ORDER)}>.json)")
         found += siblings
     return found
 

@@ -107,6 +107,16 @@ def test_missing_results(tmp_path):
     assert plots.main([str(tmp_path / "targets.json"), str(tmp_path)]) == 2
 
 
+def test_missing_json_stands_for_its_simd_paths(results):
+    """``targets.json`` that ``--cpu`` split stands for ``targets-<path>.json`` of each SIMD
+    path, not for other runs kept beside them (``targets-zen4-avx2.json``)."""
+    (results / "targets-zen4-avx2.json").write_text(json.dumps(_run("avx2", 3.0)))
+    runs = plots.load([results / "targets.json"])
+    assert [r["_stem"] for r in runs] == ["targets-avx512", "targets-avx2"]
+    assert [r["_stem"] for r in plots.load([results / "targets-zen4-avx2.json"])] == [
+        "targets-zen4-avx2"]
+
+
 def test_simd_figure_needs_both_paths(results, tmp_path):
     (run,) = plots.load([results / "targets-avx512.json"])
     assert "avx2" in plots.simd_figure([run], tmp_path / "simd.png")
