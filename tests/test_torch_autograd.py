@@ -339,6 +339,8 @@ def _no_graph_calls():
         for r in REDUCTIONS:
             calls.append((f"ce {dtype} {r}", lambda r=r, x=x, t=t, w=w: ct.cross_entropy(
                 x, t, w, reduction=r, label_smoothing=0.1)))
+            calls.append((f"ce plain {dtype} {r}", lambda r=r, x=x, t=t: ct.cross_entropy(
+                x, t, reduction=r)))
         calls += [
             (f"ce prob {dtype}", lambda x=xp, t=tp: ct.cross_entropy(x, t)),
             (f"ce N,C,d {dtype}", lambda x=x3, t=t3: ct.cross_entropy(x, t, reduction="none")),
@@ -386,6 +388,51 @@ def test_calls_without_graph_skip_apply(monkeypatch):
     with torch.no_grad():  # requires_grad, but nothing recorded
         ct.cross_entropy(x, torch.tensor([0, 1, 2]))
     assert len(applied) == 2
+
+
+def test_direct_path_same_as_checked(monkeypatch):
+    """The common call (exactly a tensor, on the CPU, contiguous, of a NumPy dtype, not
+    requiring grad; no weight, no mask) crosses to NumPy and back without the checked
+    path's steps (csoftmax.torch._direct_numpy): the same values, dtype and shape as the
+    checked path for every call of _no_graph_calls, and the plain calls take it."""
+    calls = _no_graph_calls()
+    original, direct = ct._direct_numpy, []
+
+    def spy(t, logits=True):
+        found = original(t, logits)
+        direct.append(found is not None)
+        return found
+
+    monkeypatch.setattr(ct, "_direct_numpy", spy)
+    got = []
+    for name, call in calls:
+        direct.clear()
+        got.append(call())
+        plain = name.startswith(("ce plain", "softmax torch", "log_softmax torch", "ce N,C,d",
+                                 "ce (C,)", "ce z, cap", "ce prob"))
+        assert (bool(direct) and all(direct)) == plain, name
+    monkeypatch.setattr(ct, "_direct_numpy", lambda t, logits=True: None)
+    for (name, call), fast in zip(calls, got):
+        want = call()
+        assert fast.dtype == want.dtype and fast.shape == want.shape, name
+        assert torch.equal(fast, want) or (
+            torch.isnan(fast).equal(torch.isnan(want))
+            and torch.equal(fast.nan_to_num(), want.nan_to_num())), name
+
+
+def test_direct_path_declines():
+    """What the direct path leaves to the checked one: a subclass (nn.Parameter), a
+    non-contiguous or bfloat16 tensor, a tensor that requires grad, a bfloat16 target."""
+    x = torch.randn(3, 4)
+    assert ct._direct_numpy(x) is not None
+    assert ct._direct_numpy(torch.nn.Parameter(x, requires_grad=False)) is None
+    assert ct._direct_numpy(x.T) is None
+    assert ct._direct_numpy(x.to(torch.bfloat16)) is None
+    assert ct._direct_numpy(x.clone().requires_grad_(True)) is None
+    assert ct._direct_numpy(torch.tensor([1, 2])) is None  # an integer tensor as logits
+    assert ct._direct_numpy(torch.tensor([1, 2]), logits=False) is not None
+    assert ct._direct_numpy(x.to(torch.bfloat16), logits=False) is None
+    assert ct._direct_numpy([1.0, 2.0]) is None
 
 
 def _bad_call(case, x):
