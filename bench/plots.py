@@ -566,7 +566,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.plots",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="+", type=Path,
-                        help="bench JSON files (x.json also stands for the x-*.json of --cpu)")
+                        help="bench JSON files (x.json also stands for the "
+                             "x-<path>.json that --cpu wrote)")
     parser.add_argument("outdir", type=Path, help="folder of the PNG, CSV and summary.md")
     parser.add_argument("--link-prefix", default="../_static/perf/",
                         help="prefix of the links in summary.md (default: %(default)s, "

@@ -145,7 +145,12 @@ def _direct_numpy(t, logits=True):
             return None
     elif dtype is torch.bfloat16:
         return None
-    return t.numpy() if t.is_contiguous() else None
+    if not t.is_contiguous():
+        return None
+    try:
+        return t.numpy()
+    except (TypeError, RuntimeError):  # a dtype NumPy lacks, a wrapped tensor, a view bit:
+        return None                    # the checked path raises its own error
 
 
 def _scalar_tensor(value):
@@ -354,8 +359,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             [ 0.1667,  0.1667, -0.3333]], dtype=torch.float64)
     """
     if weight is None and type(target) is torch.Tensor:  # the common call, see _direct_numpy
-        x, t = _direct_numpy(input), _direct_numpy(target, logits=False)
-        if x is not None and t is not None and x.ndim:
+        x = _direct_numpy(input)
+        t = _direct_numpy(target, logits=False) if x is not None and x.ndim else None
+        if t is not None:
             loss = _cs.cross_entropy(x, t, axis=1 if x.ndim > 1 else 0,
                                      ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=label_smoothing, z_loss=z_loss,

@@ -435,6 +435,15 @@ def test_direct_path_declines():
     assert ct._direct_numpy([1.0, 2.0]) is None
 
 
+def test_direct_path_errors_are_the_checked_paths():
+    """A tensor the direct path cannot cross (a dtype NumPy lacks) falls to the checked
+    path, whose error names the first bad argument: the logits' before the target's."""
+    target = torch.zeros(3, 4).to(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match="input has dtype torch.int64"):
+        ct.cross_entropy(torch.zeros(3, 4, dtype=torch.long), target)
+    assert ct._direct_numpy(target, logits=False) is None
+
+
 def _bad_call(case, x):
     """A call with one bad argument, over the float tensor x (3, 4)."""
     if case == "0-d input":
@@ -445,11 +454,16 @@ def _bad_call(case, x):
         return ct.softmax(x, 1, mask=torch.ones(4, dtype=torch.int64))
     if case == "(C,) input, (1,) target":
         return ct.cross_entropy(x[0], torch.tensor([1]))
+    if case == "float8 target":  # a dtype NumPy lacks: the direct path leaves it
+        return ct.cross_entropy(x, torch.zeros(3, 4).to(torch.float8_e4m3fn))
+    if case == "int logits, float8 target":  # the logits' error, not the target's
+        return ct.cross_entropy(x.long(), torch.zeros(3, 4).to(torch.float8_e4m3fn))
     return ct.cross_entropy(x, [0, 1, 2])  # a list target
 
 
 @pytest.mark.parametrize("case", ["0-d input", "bool dim", "int mask", "list target",
-                                  "(C,) input, (1,) target"])
+                                  "(C,) input, (1,) target", "float8 target",
+                                  "int logits, float8 target"])
 def test_calls_without_graph_same_errors(case):
     """Bad input raises the same exception with the same message directly (no graph) and
     through apply (an input that requires grad)."""
