@@ -49,7 +49,7 @@ import numpy as np
 
 from .ops import LOGIT_SCALE, shape_label
 from .peers import to_arrays
-from .report import format_time
+from .report import format_time, larger_floor
 from .runner import TOLERANCE, rel_error
 from .timing import interleave
 
@@ -255,16 +255,11 @@ def floor_bound(c, calls):
     def time(name):
         return calls.get(name, {}).get("time")
 
-    floors = []
-    copies = [t for t in (time("copyto"), time("copy_threads")) if t]
-    if copies:
-        floors.append((c.units * min(copies), f"memory floor ({c.units:g}x a copy)"))
-    if time("exp_floor"):
-        floors.append((time("exp_floor"), "exp floor"))
+    found = larger_floor(c.units, (time("copyto"), time("copy_threads")), time("exp_floor"))
     num, den = time(c.num), time(c.den)
-    if not floors or not num or not den or c.floor_of not in (c.num, c.den):
+    if found is None or not num or not den or c.floor_of not in (c.num, c.den):
         return ""
-    floor, what = max(floors)
+    floor, what = found
     best = floor / den if c.floor_of == c.num else num / floor
     return f"bound: {best:.2f}x at the {what}" + ("" if c.passed(best) else ", out of reach")
 

@@ -277,6 +277,21 @@ class Table:
         print("| " + " | ".join(cells) + " |", file=self.stream or sys.stdout, flush=True)
 
 
+def larger_floor(units, copies, exp_floor):
+    """``(time, what)`` of the larger of a call's floors, or None without either: the
+    memory floor, ``units`` logits-sized arrays moved times the fastest of the ``copies``
+    timed (np.copyto, a copy on the case's threads; None where not timed), and the exp
+    floor (its time, or None). The one rule of the bound notes of :mod:`bench.targets`
+    and :mod:`bench.parity`."""
+    floors = []
+    copies = [t for t in copies if t]
+    if units and copies:
+        floors.append((units * min(copies), f"memory floor ({units:g}x a copy)"))
+    if exp_floor:
+        floors.append((exp_floor, "exp floor"))
+    return max(floors) if floors else None
+
+
 def copy_ratio(result):
     """Return csoftmax time (``out=`` variant if timed) over np.copyto time, or None."""
     res = result["results"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from . import half, parity
 from .many_threads import IMPLS, THREADS
 from .ops import OPS, SHAPE_GROUPS
-from .report import copy_ratio
+from .report import copy_ratio, larger_floor
 from .runner import Case
 
 CE = "cross_entropy_with_grad"
@@ -295,20 +295,14 @@ def evaluate(target, index, dtype, threads):
 
 
 def _floors(target, result):
-    """``(time, what)`` of the larger of the exp floor (the least compute of a loss) and
-    the memory floor (the faster copy of the logits, np.copyto or
-    :class:`bench.peers.CopyFloor` on the case's threads, times the logits-sized arrays
-    the call moves, see :attr:`bench.ops.Op.memory_units`), or None without either."""
-    floors = []
-    exp_floor = _time(result, "exp_floor")
-    if exp_floor:
-        floors.append((exp_floor, "exp floor"))
+    """``(time, what)`` of the call's larger floor (:func:`bench.report.larger_floor`): the
+    exp floor, and the faster copy of the logits (np.copyto, or
+    :class:`bench.peers.CopyFloor` on the case's threads) times the logits-sized arrays the
+    call moves (:attr:`bench.ops.Op.memory_units`); None without either."""
     op = OPS.get(target.op)
-    units = op.memory_units if op else None
-    copies = [t for t in (_time(result, "copyto"), _time(result, "copy_floor")) if t]
-    if units and copies:  # the faster copy: np.copyto, or one on the case's threads
-        floors.append((units * min(copies), f"memory floor ({units:g}x a copy)"))
-    return max(floors) if floors else None
+    return larger_floor(op.memory_units if op else None,
+                        (_time(result, "copyto"), _time(result, "copy_floor")),
+                        _time(result, "exp_floor"))
 
 
 def _bound_note(target, result, other):
