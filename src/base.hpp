@@ -10,6 +10,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -110,6 +113,18 @@ static inline int cpu_has_avx512(void) {
     return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+/* The running CPU's L2 cache per core in bytes, 0 where unknown (glibc's
+ * sysconf reads it from cpuid; other systems report nothing here).  For
+ * prefetch distances only: no result may depend on it. */
+static inline long l2_cache_bytes(void) {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? l2 : 0;
 #else
     return 0;
 #endif
