@@ -40,8 +40,8 @@ RESULTS_DIR = Path(__file__).parent / "results"
 PARENT_COMMAND = "CSOFTMAX_BENCH_COMMAND"
 #: The peers that the targets compare with (the NumPy twin and SciPy, slow and
 #: in no criterion, would take most of each case's timing budget).
-TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "csoftmax_loss", "sklearn",
-                "torch", "copyto", "exp_floor", "copy_floor"]
+TARGET_PEERS = ["csoftmax", "csoftmax_out", "csoftmax_plain", "csoftmax_loss",
+                "csoftmax_1thread", "sklearn", "torch", "copyto", "exp_floor", "copy_floor"]
 #: The kernel sets ``--cpu`` may force (``CSOFTMAX_CPU``), slowest first.
 CPU_PATHS = list(report.ATEN_CAPABILITY)
 DTYPES = {"float32": "float32", "f32": "float32", "32": "float32",

@@ -10,8 +10,8 @@ bench`` writes and puts into ``OUTDIR``, for each run (``<stem>`` = the JSON fil
     csoftmax's and PyTorch's time as a multiple of ``np.copyto`` of the same array (the memory
     floor), on arrays of at least a million elements.
 ``<stem>-threads.png``
-    thread scaling (cases timed at 1 and more threads) and the many-threads measurement
-    (N Python threads calling at once vs one), where the run has them.
+    thread scaling (a case's own 1-thread call, or cases at 1 and more threads) and the
+    many-threads measurement (N Python threads calling at once vs one), where the run has them.
 ``<stem>-cases.csv``, ``<stem>-targets.csv``
     every timing (seconds per call) and every target verdict of the run.
 
@@ -308,12 +308,16 @@ def floor_figure(run, path):
 
 
 def scaling(run):
-    """``{(op, shape, threads): time at 1 thread / time at threads}`` of the run."""
+    """``{(op, shape, threads): time at 1 thread / time at threads}`` of the run: the 1-thread
+    call timed in the case itself (``csoftmax_1thread``), else a case at 1 thread."""
+    cases = run.get("cases") or []
     index = {(c["op"], tuple(c["shape"]), c["dtype"], c["threads"]): _time(c, "csoftmax")
-             for c in run.get("cases") or []}
+             for c in cases}
     out = {}
-    for (op, shape, dtype, threads), t in index.items():
-        one = index.get((op, shape, dtype, 1))
+    for c in cases:
+        op, shape, dtype, threads = c["op"], tuple(c["shape"]), c["dtype"], c["threads"]
+        t = index[op, shape, dtype, threads]
+        one = _time(c, "csoftmax_1thread") or index.get((op, shape, dtype, 1))
         if threads > 1 and t and one:
             out[op, shape, threads] = one / t
     return out

@@ -38,7 +38,9 @@ def _run(path, cs_scale):
              _case("cross_entropy_with_grad", (8192, 1000), 2, csoftmax=2e-3 * cs_scale,
                    csoftmax_out=1.5e-3 * cs_scale, torch=8e-3, copyto=2e-3, sklearn=2e-2),
              _case("cross_entropy_with_grad", (8192, 1000), 1, csoftmax=3.6e-3 * cs_scale),
-             _case("cross_entropy", (1, 1000), 2, csoftmax=1e-6 * cs_scale, torch=3e-6)]
+             _case("cross_entropy", (1, 1000), 2, csoftmax=1e-6 * cs_scale, torch=3e-6),
+             _case("softmax", (1, 262144), 2, csoftmax=5e-5 * cs_scale,
+                   csoftmax_1thread=8e-5 * cs_scale)]
     return {"command": ["python", "-m", "bench", "--targets", "--json", f"x-{path}.json"],
             "parent_command": ["python", "-m", "bench", "--targets", "--cpu", "avx512,avx2"],
             "started": "2026-11-30T08:00:00+0000", "settings": {"stat": "min"},
@@ -71,7 +73,8 @@ def test_ratios(results):
          ("cross_entropy", (1, 1000)): 3.0})
     assert plots.speedups(avx2, "torch")[("softmax", (8192, 1000))] == pytest.approx(1.2)
     assert plots.scaling(avx512) == pytest.approx({("cross_entropy_with_grad",
-                                                    (8192, 1000), 2): 1.8})
+                                                    (8192, 1000), 2): 1.8,
+                                                   ("softmax", (1, 262144), 2): 1.6})
     assert plots.command(avx512) == "python -m bench --targets --cpu avx512,avx2"
     assert "Test CPU (2 usable cores); csoftmax AVX-512, PyTorch AVX512" in plots.caption(avx512)
 

@@ -13,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import csoftmax
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,6 +145,48 @@ def test_bench_targets_evaluate_new_kinds():
     unmeasured = next(r for r in rows if r["group"] == "many threads"
                       and r["shape"] == [256, 1000])
     assert unmeasured["verdict"] == "n/a"
+
+
+def test_bench_scaling_targets_read_one_case():
+    """A "scaling" target divides the 1-thread call of its 2-thread case by the case's
+    csoftmax time (the two interleaved); the peer is prepared there alone."""
+    _import_bench()
+    from bench import ops, peers, targets
+
+    def case(op, shape, threads, times):
+        return {"op": op, "shape": list(shape), "dtype": "float32", "threads": threads,
+                "results": {name: {"status": "ok", "time": t} for name, t in times.items()}}
+
+    def scaling_row(rows, op):
+        return next(r for r in rows if r["op"] == op and r["shape"] == [1, 262144]
+                    and r["criterion"].startswith("2 threads"))
+
+    # a 1-thread case (as older runs timed) is not read
+    results = [case("softmax", (1, 262144), 2, {"csoftmax": 2.0, "csoftmax_1thread": 3.6}),
+               case("softmax", (1, 262144), 1, {"csoftmax": 2.0}),
+               case(targets.CE, (1, 262144), 2, {"csoftmax": 2.0, "csoftmax_1thread": 2.8})]
+    rows = targets.evaluate_all(results, ["float32"], 2, [])
+    assert scaling_row(rows, "softmax")["by_dtype"]["float32"]["value"] == 1.8
+    assert scaling_row(rows, "softmax")["verdict"] == "PASS"
+    assert scaling_row(rows, targets.CE)["by_dtype"]["float32"]["value"] == 1.4
+    assert scaling_row(rows, targets.CE)["verdict"] == "FAIL"
+    lone = targets.evaluate_all([case("softmax", (1, 262144), 2, {"csoftmax": 2.0})],
+                                ["float32"], 2, [])
+    assert scaling_row(lone, "softmax")["by_dtype"]["float32"]["note"] == (
+        "csoftmax_1thread not timed")
+    assert scaling_row(targets.evaluate_all([], ["float32"], 2, []), "softmax")[
+        "by_dtype"]["float32"]["note"] == "needs 2 usable cores"
+    plan = {(c.op.name, c.shape, c.threads) for c in targets.plan(["float32"], 2)}
+    assert ("softmax", (1, 262144), 2) in plan and ("softmax", (1, 262144), 1) not in plan
+    # the peer: the scaling cases at 2 threads or more, one thread in its call
+    peer = next(p for p in peers.all_peers() if p.name == "csoftmax_1thread")
+    assert peer.load() is None and not peer.threaded
+    softmax = ops.OPS["softmax"]
+    x = np.random.default_rng(0).standard_normal((1, 262144)).astype(np.float32)
+    assert peer.prepare(softmax, {"x": x}, 1) is None
+    assert peer.prepare(softmax, {"x": x[:, :1000]}, 2) is None
+    prepared = peer.prepare(softmax, {"x": x}, 2)
+    np.testing.assert_array_equal(prepared.call(), csoftmax.softmax(x))
 
 
 
