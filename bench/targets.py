@@ -289,6 +289,9 @@ def evaluate(target, index, dtype, threads):
         value, note = _relative(target, result, index, dtype, threads)
         passed = None if value is None else value <= target.bound
     else:  # scaling: the 2-thread case's own 1-thread call (interleaved)
+        status = _status(result, "csoftmax_1thread")
+        if status not in (None, "ok"):
+            return {"value": None, "passed": False, "note": f"csoftmax_1thread {status}"}
         one = _time(result, "csoftmax_1thread")
         value = one / cs if one else None
         passed = None if value is None else value >= target.bound

@@ -227,9 +227,10 @@ static inline void sblock_capped_max(const T *x, idx_t C, idx_t inner, idx_t w_,
  * (strided_next): pass 1 of a block otherwise waits on memory for its C
  * rows (the segmentation loss 8x21x256x256 spent a quarter of its time
  * there), as a row's max pass did before the row kernels prefetched the next
- * row.  Only where both blocks fit in half the L2 cache beside each other
- * (strided_next_bytes), in spans of NEXT_SPAN elements (4 prefetches per span
- * of floats): a burst of a whole row at once was slower for the row kernels. */
+ * row.  Only for blocks of at most a quarter of the L2 cache
+ * (strided_next_bytes: both blocks then fit in half of it), in spans of
+ * NEXT_SPAN elements (4 prefetches per span of floats): a burst of a whole row
+ * at once was slower for the row kernels. */
 template <typename T> struct StridedNext {
     const T *x;     /* its first element in place, or NULL for none */
     idx_t w, ld;    /* its width; its rows' distance (inner) */
@@ -237,8 +238,9 @@ template <typename T> struct StridedNext {
 enum { NEXT_SPAN = 64 };
 
 /* The largest block (C x width bytes) whose next block is prefetched: a
- * quarter of the L2 cache, at least WIDE_STAGE (both blocks within 256 KiB,
- * the smallest L2 of the CPUs served).  The softmax of 1000x4096 over axis 0
+ * quarter of the L2 cache that sysconf reports for the CPU the process
+ * started on, at least WIDE_STAGE (the limit before the L2 was read, where it
+ * is not known: both blocks within 256 KiB).  The softmax of 1000x4096 over axis 0
  * (blocks of 250 KiB) gains with a 1 MiB L2 (AMD Zen 4: 0.85x the time on
  * the AVX-512 kernels, 0.88x on the AVX2 ones, one thread).  Prefetches
  * only: no result depends on it. */
@@ -437,7 +439,7 @@ static inline StridedBlockAt strided_unit_block(const T *out, idx_t C, idx_t inn
 }
 
 /* the block after the staged block `at` of x, when there is one in the same
- * outer index and the two fit in half the L2 (see StridedNext) */
+ * outer index and `at` is at most strided_next_bytes (see StridedNext) */
 template <typename T>
 static inline StridedNext<T> strided_next(const T *x, idx_t C, idx_t inner, StridedBlockAt at,
                                           const T *stage) {
@@ -498,7 +500,7 @@ static inline void sblock_index_finish(idx_t w, const int32_t *lab, const double
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
 #pragma omp simd
     for (idx_t j = 0; j < w; ++j) {
-        double lse = (double)log_ge1((T)s[j]);    /* the logits' precision, as the tiles */
+        double lse = log_ge1(s[j]);
         double aw = alpha * wt[j];
         double l = aw * (lse - xt[j]);
         if (beta != 0.0) l += beta * (w_total * lse - sm[j]);
@@ -513,8 +515,8 @@ static inline void sblock_index_finish(idx_t w, const int32_t *lab, const double
  * The formulas of _cross_entropy_index_row (kernels.pxi) per position:
  *   y'_k = alpha w_t [k == t] + beta w_k,
  *   loss = sum(y') lse - sum(y'_k (x_k - m)),  grad = e sum(y') / s - y',
- * with cross_entropy_index_loss (rowops.hpp) for the loss (sblock_index_finish
- * without z-loss and accuracy).  Each label is
+ * the loss as cross_entropy_index_loss (rowops.hpp) forms it, in one vector
+ * loop (sblock_index_finish), z-loss and accuracy added after.  Each label is
  * read once; ignore_index gives loss 0 and a zero gradient column whatever
  * the logits, any other label outside [0, C) a NaN loss and column.  x_t and
  * the sums are read before the gradient is written (grad may be x). */
@@ -569,24 +571,24 @@ static inline void sblock_cross_entropy_index(
     }
     const bool store = e != NULL;
     sblock_exp_sum<!Grad, T, W>(xr, C, ld, w, m, s, e, e_ld, next);
-    if (ex == NULL) {
-        sblock_index_finish(w, lab, wt, xt, sm, s, w_total, alpha, beta, scale, loss, c1, ct, fill);
-    } else {
-        for (idx_t j = 0; j < w; ++j) {    /* with z-loss and accuracy, as the row kernels */
-            double y_sum = 0.0;
-            double l = cross_entropy_index_loss(wt[j], w_total, alpha, beta, xt[j], sm[j], s[j],
-                                                &y_sum);
-            loss[j] = lab[j] >= 0 ? l : (lab[j] == -1 ? 0.0 : (double)NAN);
-            double c = y_sum / s[j] * scale;
+    sblock_index_finish(w, lab, wt, xt, sm, s, w_total, alpha, beta, scale, loss, c1, ct, fill);
+    if (ex != NULL) {
+        /* z-loss and accuracy on top of the plain finish, as the row kernels
+         * compute them: the loss and, without z-loss, the gradient keep the
+         * plain call's bits (with its own finish the loss took libm's log, and
+         * return_token_accuracy moved it by an ulp) */
+        const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+        for (idx_t j = 0; j < w; ++j) {
             double skip = lab[j] == -1 ? 0.0 : (double)NAN;
             double zl = 0.0;
-            if (ex->z != 0.0 && lab[j] >= 0)
-                zl = z_loss_terms(ex->z, ex->zscale, y_sum, scale, (double)m[j], s[j], &c);
+            if (ex->z != 0.0 && lab[j] >= 0) {
+                double c = 0.0;
+                zl = z_loss_terms(ex->z, ex->zscale, alpha * wt[j] + y_extra, scale,
+                                  (double)m[j], s[j], &c);
+                c1[j] = (T)c;
+            }
             if (ex->zrow != NULL) ex->zrow[j] = lab[j] >= 0 ? zl : skip;
             if (ex->acc != NULL) ex->acc[j] = lab[j] >= 0 ? token_correct(xt[j], s[j]) : skip;
-            c1[j] = (T)c;
-            ct[j] = (T)(alpha * wt[j] * scale);
-            fill[j] = lab[j] == -1 ? (T)0 : (T)NAN;
         }
     }
     if (!Grad) return;

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -176,17 +177,28 @@ def test_bench_scaling_targets_read_one_case():
         "csoftmax_1thread not timed")
     assert scaling_row(targets.evaluate_all([], ["float32"], 2, []), "softmax")[
         "by_dtype"]["float32"]["note"] == "needs 2 usable cores"
+    wrong = case("softmax", (1, 262144), 2, {"csoftmax": 2.0, "csoftmax_1thread": 3.6})
+    wrong["results"]["csoftmax_1thread"]["status"] = "mismatch"
+    failed = scaling_row(targets.evaluate_all([wrong], ["float32"], 2, []), "softmax")
+    assert failed["verdict"] == "FAIL"
+    assert failed["by_dtype"]["float32"]["note"] == "csoftmax_1thread mismatch"
     plan = {(c.op.name, c.shape, c.threads) for c in targets.plan(["float32"], 2)}
     assert ("softmax", (1, 262144), 2) in plan and ("softmax", (1, 262144), 1) not in plan
-    # the peer: the scaling cases at 2 threads or more, one thread in its call
+    # the peer: the scaling cases at 2 threads, one thread in its call, checked
     peer = next(p for p in peers.all_peers() if p.name == "csoftmax_1thread")
     assert peer.load() is None and not peer.threaded
     softmax = ops.OPS["softmax"]
     x = np.random.default_rng(0).standard_normal((1, 262144)).astype(np.float32)
     assert peer.prepare(softmax, {"x": x}, 1) is None
+    assert peer.prepare(softmax, {"x": x}, 4) is None
     assert peer.prepare(softmax, {"x": x[:, :1000]}, 2) is None
     prepared = peer.prepare(softmax, {"x": x}, 2)
+    assert prepared.verify and prepared.own
     np.testing.assert_array_equal(prepared.call(), csoftmax.softmax(x))
+    calls = []
+    peer._mod = SimpleNamespace(softmax=lambda *args, **kwargs: calls.append(kwargs))
+    peer.prepare(softmax, {"x": x}, 2).call()
+    assert calls == [{"num_threads": 1}]
 
 
 

@@ -222,6 +222,20 @@ def test_defaults_bitwise(kernel_frontend, rng, c):
             assert p[1].tobytes() == q.grad.tobytes()
             assert kernel_frontend.cross_entropy(x, t, z_loss=0.0).tobytes() == \
                 kernel_frontend.cross_entropy(x, t).tobytes()
+        # over a middle class axis (the strided kernels' plain and extras finishes)
+        x3 = rng.standard_normal((3, c, 70)).astype(dtype)
+        t3 = rng.integers(0, c, (3, 70))
+        t3[0, 4] = -100
+        for reduction in REDUCTIONS:
+            p = kernel_frontend.cross_entropy_with_grad(x3, t3, axis=1, reduction=reduction)
+            q = kernel_frontend.cross_entropy_with_grad(x3, t3, axis=1, reduction=reduction,
+                                                        return_token_accuracy=True)
+            assert np.asarray(p[0]).tobytes() == np.asarray(q.loss).tobytes()
+            assert p[1].tobytes() == q.grad.tobytes()
+            assert kernel_frontend.cross_entropy(x3, t3, axis=1, reduction=reduction,
+                                                 return_token_accuracy=True).loss.tobytes() \
+                == np.asarray(kernel_frontend.cross_entropy(x3, t3, axis=1,
+                                                            reduction=reduction)).tobytes()
 
 
 @pytest.mark.parametrize("c", [2, 3, 10, 40, 1000])
