@@ -318,6 +318,31 @@ static inline void half_store(int kind, const float *src, uint16_t *dst, ptrdiff
     }
 }
 
+/* half_store, the whole 64-byte lines of dst with non-temporal stores where
+ * stream is set: the partial lines at its ends (which a neighbouring row
+ * may share) with plain ones, since a line written partly each way is
+ * flushed half full.  The same values as half_store. */
+static inline void half_store_lines(int kind, const float *src, uint16_t *dst, ptrdiff_t n,
+                                    int stream) {
+    ptrdiff_t i = 0;
+#ifdef CS_HALF_SIMD
+    enum { LINE = 32, STEP = 2 * HALF_LANES };   /* 16-bit values a line; a packed pair */
+    if (stream && ((uintptr_t)dst & 1) == 0) {
+        i = (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)dst) & 63) / 2);
+        if (i > n) i = n;
+        half_store(kind, src, dst, i);
+        for (; i + LINE <= n; i += LINE)
+            for (ptrdiff_t j = i; j < i + LINE; j += STEP) {
+                half_vec a = half_vec_load(src + j), b = half_vec_load(src + j + HALF_LANES);
+                packed2_stream(dst + j, kind == HALF_F16 ? f16_pack2(a, b) : bf16_pack2(a, b));
+            }
+    }
+#else
+    (void)stream;
+#endif
+    half_store(kind, src + i, dst + i, n - i);
+}
+
 static inline uint16_t f32_to_half(int kind, float v) {
     return kind == HALF_F16 ? f32_to_f16(v) : f32_to_bf16(v);
 }

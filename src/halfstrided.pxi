@@ -10,16 +10,16 @@ cdef extern from "halfstrided.hpp" namespace "csoftmax" nogil:
     Py_ssize_t half_strided_width(Py_ssize_t C) noexcept
     void half_strided_unit(int op, int kind, const uint16_t *x, uint16_t *out, float *out32,
                            Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u,
-                           float *stage) noexcept
+                           float *stage, int stream) noexcept
     void half_strided_backward_unit(int op, int kind, const uint16_t *g, const uint16_t *a,
                                     uint16_t *out, Py_ssize_t C, Py_ssize_t inner,
                                     Py_ssize_t width, Py_ssize_t u, float *stage,
-                                    float *astage) noexcept
+                                    float *astage, int stream) noexcept
     void half_strided_cross_entropy_index_unit[L](
         int kind, const uint16_t *x, const L *target, Py_ssize_t C, Py_ssize_t inner,
         Py_ssize_t width, Py_ssize_t u, Py_ssize_t ignore_index, const float *w,
         double w_total, double alpha, double beta, double *loss, uint16_t *grad, double scale,
-        float *stage, float *cap_stage, const CrossEntropyExtra *ex, float cap) noexcept
+        float *stage, const CrossEntropyExtra *ex, float cap, int stream) noexcept
     void half_strided_cross_entropy_prob_unit(
         int kind, const uint16_t *x, const uint16_t *y16, const float *y32, Py_ssize_t C,
         Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u, const float *w, double alpha,
@@ -34,24 +34,26 @@ HALF_STRIDED_CLASSES = HALF_STRIDED_MAX_C
 
 cdef inline void _half_strided_unit(
     int op, int kind, const uint16_t *g, const uint16_t *x, uint16_t *out, float *out32,
-    Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u, float *stage,
+    Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t u, float *stage, int stream,
 ) noexcept nogil:
     """g NULL: op of x; else the gradient through op of x (its output), g
-    the upstream gradient (stage: two blocks)."""
+    the upstream gradient (stage: two blocks); stream: the 16-bit output
+    written with non-temporal stores."""
     if g == NULL:
-        half_strided_unit(op, kind, x, out, out32, C, inner, width, u, stage)
+        half_strided_unit(op, kind, x, out, out32, C, inner, width, u, stage, stream)
     else:
         half_strided_backward_unit(op, kind, g, x, out, C, inner, width, u, stage,
-                                   stage + C * width)
+                                   stage + C * width, stream)
 
 
 cdef void _half_strided_serial(
     int op, int kind, const uint16_t *g, const uint16_t *x, uint16_t *out, float *out32,
     Py_ssize_t C, Py_ssize_t inner, Py_ssize_t width, Py_ssize_t n_units, float *stage,
+    int stream,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
-        _half_strided_unit(op, kind, g, x, out, out32, C, inner, width, u, stage)
+        _half_strided_unit(op, kind, g, x, out, out32, C, inner, width, u, stage, stream)
 
 
 cdef int _half_strided_core(
@@ -63,6 +65,8 @@ cdef int _half_strided_core(
     cdef Py_ssize_t u, width = half_strided_width(C)
     cdef Py_ssize_t n_units = outer * ((inner + width - 1) // width)
     cdef Py_ssize_t elems = C * width * (1 if g == NULL else 2)
+    # a 16-bit output larger than the caches is streamed (see _stream_bytes)
+    cdef int stream = out != NULL and outer * C * inner * 2 >= _stream_bytes
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef float *stage = <float *>malloc(n_threads * elems * sizeof(float))
     if stage == NULL:
@@ -70,12 +74,14 @@ cdef int _half_strided_core(
     if n_threads > 1:
         for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
             _half_strided_unit(op, kind, g, x, out, out32, C, inner, width, u,
-                               stage + threadid() * elems)
+                               stage + threadid() * elems, stream)
     elif outer * C * inner < GIL_WORK:
-        _half_strided_serial(op, kind, g, x, out, out32, C, inner, width, n_units, stage)
+        _half_strided_serial(op, kind, g, x, out, out32, C, inner, width, n_units, stage,
+                             stream)
     else:
         with nogil:
-            _half_strided_serial(op, kind, g, x, out, out32, C, inner, width, n_units, stage)
+            _half_strided_serial(op, kind, g, x, out, out32, C, inner, width, n_units, stage,
+                                 stream)
     free(stage)
     return 0
 
@@ -118,13 +124,13 @@ cdef void _half_strided_ce_serial(
     int kind, const uint16_t *x, const label_t *t, Py_ssize_t C, Py_ssize_t inner,
     Py_ssize_t width, Py_ssize_t n_units, Py_ssize_t ignore_index, const float *w,
     double w_total, double alpha, double beta, double *loss, uint16_t *g, double scale,
-    float *stage, Py_ssize_t elems, const CrossEntropyExtra *ex, float cap,
+    float *stage, const CrossEntropyExtra *ex, float cap, int stream,
 ) noexcept nogil:
     cdef Py_ssize_t u
     for u in range(n_units):
         half_strided_cross_entropy_index_unit(
             kind, x, t, C, inner, width, u, ignore_index, w, w_total, alpha, beta, loss, g,
-            scale, stage, stage + elems if cap != 0 else <float *>NULL, ex, cap)
+            scale, stage, ex, cap, stream)
 
 
 def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
@@ -168,7 +174,9 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
     cdef float cap = <float>softcap
     cdef Py_ssize_t width = half_strided_width(C)
     cdef Py_ssize_t n_units = outer * ((inner + width - 1) // width)
-    cdef Py_ssize_t elems = C * width, per_thread = elems * (2 if cap != 0 else 1)
+    cdef Py_ssize_t per_thread = C * width
+    # the gradient streamed where it is larger than the caches (see _stream_bytes)
+    cdef int stream = g != NULL and n_rows * C * 2 >= _stream_bytes
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef float *stage = <float *>malloc(n_threads * per_thread * sizeof(float))
     if stage == NULL:
@@ -179,18 +187,16 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
             for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
                 half_strided_cross_entropy_index_unit(
                     kind, x, t, C, inner, width, u, ignore_index, w, w_total, alpha, beta, loss,
-                    g, grad_scale, stage + threadid() * per_thread,
-                    stage + threadid() * per_thread + elems if cap != 0 else <float *>NULL, ex,
-                    cap)
+                    g, grad_scale, stage + threadid() * per_thread, ex, cap, stream)
         elif n_rows * C < GIL_WORK:
             _half_strided_ce_serial(kind, x, t, C, inner, width, n_units, ignore_index, w,
-                                    w_total, alpha, beta, loss, g, grad_scale, stage, elems, ex,
-                                    cap)
+                                    w_total, alpha, beta, loss, g, grad_scale, stage, ex, cap,
+                                    stream)
         else:
             with nogil:
                 _half_strided_ce_serial(kind, x, t, C, inner, width, n_units, ignore_index, w,
-                                        w_total, alpha, beta, loss, g, grad_scale, stage,
-                                        elems, ex, cap)
+                                        w_total, alpha, beta, loss, g, grad_scale, stage, ex,
+                                        cap, stream)
         return pairwise_sum(loss, n_rows)
     finally:
         free(stage)

@@ -223,6 +223,33 @@ static inline void sblock_capped_max(const T *x, idx_t C, idx_t inner, idx_t w_,
     for (idx_t j = 0; j < w; ++j) m[j] = m[j] + (T)0;
 }
 
+/* ---- how a block's rows come in and go out -----------------------------
+ * A block kernel reads its rows from memory in pass 1 and writes the
+ * result's rows in its last pass; in between it works on the staged block
+ * (or in place).  Rows: its rows stored as T, the kernels' own type;
+ * HalfRows (halfstrided.hpp) reads and writes 16-bit rows, converted to and
+ * from the float32 stage in those two passes, so that a 16-bit block moves
+ * its own bytes only (no float32 copy of its rows beside the stage). */
+template <typename T> struct Rows {
+    typedef T Stored;
+    /* the block's values in place (x itself; HalfRows: none, its blocks are
+     * always staged) */
+    static const T *in_place(const T *x) { return x; }
+    static T *in_place(T *x) { return x; }
+    template <int W> void max(const T *x, idx_t C, idx_t inner, idx_t w, T *m, T *stage) const {
+        sblock_max<T, W>(x, C, inner, w, m, stage);
+    }
+    template <int W>
+    void capped_max(const T *x, idx_t C, idx_t inner, idx_t w, T *m, T *stage, T cap) const {
+        sblock_capped_max<T, W>(x, C, inner, w, m, stage, cap);
+    }
+    template <int W, typename WriteRow>
+    void write(T *out, idx_t C, idx_t inner, idx_t w, const T *stage, int stream,
+               WriteRow write_row) const {
+        sblock_write_rows<T, W>(out, C, inner, w, stage, stream, write_row);
+    }
+};
+
 /* The next block of a staged one, read while this block's pass 2 runs
  * (strided_next): pass 1 of a block otherwise waits on memory for its C
  * rows (the segmentation loss 8x21x256x256 spent a quarter of its time
@@ -257,9 +284,9 @@ static inline idx_t strided_next_bytes(void) {
  * (rows e_ld apart) for pass 3 to rescale (see strided_store_exp); else
  * Summand: the terms of exp_nonpositive_as<true> (the op reads nothing but the sum, as
  * the row kernels' row_exp_sum). */
-template <bool Summand, typename T, int W>
+template <bool Summand, typename T, int W, typename N>
 static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, const T *m,
-                                  double *s, T *e, idx_t e_ld, const StridedNext<T> &next) {
+                                  double *s, T *e, idx_t e_ld, const StridedNext<N> &next) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
     const T lo = exp_lo<T>(), lo_sum = exp_lo<T, Summand>();
     T part[W > 0 ? W : StridedBlock<T>::WIDE];
@@ -269,7 +296,7 @@ static inline void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, co
         for (idx_t j = 0; j < w; ++j) part[j] = 0;
         for (idx_t c = c0; c < c1; ++c) {
             const T *xc = x + c * inner;
-            const T *pc = next.x != NULL ? next.x + c * next.ld : NULL;
+            const N *pc = next.x != NULL ? next.x + c * next.ld : NULL;
             /* spans of the row, each prefetching its share of the next
              * block's row (the spans do not change the arithmetic) */
             for (idx_t k0 = 0; k0 < w; k0 += NEXT_SPAN) {
@@ -318,21 +345,25 @@ template <typename T> static inline int column_has_nan(const T *x, idx_t C, idx_
 enum { STRIDED_SOFTMAX = 0, STRIDED_LOG_SOFTMAX = 1, STRIDED_LOGSUMEXP = 2 };
 
 /* one block of w positions (W > 0: w == W known at compile time).
- * x: the block's first element; out: likewise (logsumexp: its w results). */
-template <int Op, typename T, int W>
-static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_t w_, T *stage,
-                                  int stream, const StridedNext<T> &next) {
+ * x: the block's first element; out: likewise (softmax, log_softmax); lse:
+ * its w results (logsumexp). */
+template <int Op, typename T, int W, typename IO = Rows<T>>
+static inline void sblock_softmax(const typename IO::Stored *x, typename IO::Stored *out,
+                                  T *lse, idx_t C, idx_t inner, idx_t w_, T *stage, int stream,
+                                  const StridedNext<typename IO::Stored> &next,
+                                  const IO &io = IO()) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
     enum { BW = W > 0 ? W : StridedBlock<T>::WIDE };
     T m[BW];
     double s[BW];
     T f[BW];
-    sblock_max<T, W>(x, C, inner, w, m, stage);
-    const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
+    io.template max<W>(x, C, inner, w, m, stage);
+    /* the block as read from here on */
+    const T *xr = stage != NULL ? stage : IO::in_place(x);
     const idx_t ld = stage != NULL ? w : inner;
     /* the exponentials kept for pass 3: in the staged block, else in out */
     const bool store = Op == STRIDED_SOFTMAX && strided_store_exp(C);
-    T *e = store ? (stage != NULL ? stage : out) : (T *)NULL;
+    T *e = store ? (stage != NULL ? stage : IO::in_place(out)) : (T *)NULL;
     const idx_t e_ld = stage != NULL ? w : inner;
     sblock_exp_sum<Op != STRIDED_SOFTMAX, T, W>(xr, C, ld, w, m, s, e, e_ld, next);
     /* The logs by log_ge1 in one vector loop (s is in [1, C] or NaN: the
@@ -344,20 +375,20 @@ static inline void sblock_softmax(const T *x, T *out, idx_t C, idx_t inner, idx_
         int special = 0;
 #pragma omp simd reduction(| : special)
         for (idx_t j = 0; j < w; ++j) {
-            out[j] = (T)((double)m[j] + log_ge1(s[j]));
+            lse[j] = (T)((double)m[j] + log_ge1(s[j]));
             special |= m[j] == (T)INFINITY || m[j] == (T)-INFINITY;
         }
         if (special)
             for (idx_t j = 0; j < w; ++j)
                 if (m[j] == (T)INFINITY || m[j] == (T)-INFINITY)
-                    out[j] = column_has_nan(xr + j, C, ld) ? (T)NAN : m[j];
+                    lse[j] = column_has_nan(xr + j, C, ld) ? (T)NAN : m[j];
         return;
     }
 #pragma omp simd
     for (idx_t j = 0; j < w; ++j)
         f[j] = Op == STRIDED_SOFTMAX ? (T)(1.0 / s[j]) : (T)log_ge1(s[j]);
     const T lo = exp_lo<T>();
-    sblock_write_rows<T, W>(out, C, inner, w, stage, stream, [&](idx_t c, T *oc) {
+    io.template write<W>(out, C, inner, w, stage, stream, [&](idx_t c, T *oc) {
         const T *xc = xr + c * ld;
         if (Op == STRIDED_SOFTMAX && store) {
             const T *ec = e + c * e_ld;
@@ -474,16 +505,17 @@ static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t
     StridedBlockAt at = strided_unit_block(out, C, inner, stream, (T)0, u);
     idx_t w = at.w;
     const T *xb = x + at.el;
-    T *ob = out + (op == STRIDED_LOGSUMEXP ? at.pos : at.el);
+    T *ob = op == STRIDED_LOGSUMEXP ? NULL : out + at.el;
+    T *lb = op == STRIDED_LOGSUMEXP ? out + at.pos : NULL;
     const StridedNext<T> next = strided_next(x, C, inner, at, stage);
     if (w == B) {
-        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, B>(xb, ob, C, inner, w, stage, stream, next);
-        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, B>(xb, ob, C, inner, w, stage, stream, next);
-        else sblock_softmax<STRIDED_LOGSUMEXP, T, B>(xb, ob, C, inner, w, stage, stream, next);
+        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, B>(xb, ob, lb, C, inner, w, stage, stream, next);
+        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, B>(xb, ob, lb, C, inner, w, stage, stream, next);
+        else sblock_softmax<STRIDED_LOGSUMEXP, T, B>(xb, ob, lb, C, inner, w, stage, stream, next);
     } else {
-        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, 0>(xb, ob, C, inner, w, stage, stream, next);
-        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, 0>(xb, ob, C, inner, w, stage, stream, next);
-        else sblock_softmax<STRIDED_LOGSUMEXP, T, 0>(xb, ob, C, inner, w, stage, stream, next);
+        if (op == STRIDED_SOFTMAX) sblock_softmax<STRIDED_SOFTMAX, T, 0>(xb, ob, lb, C, inner, w, stage, stream, next);
+        else if (op == STRIDED_LOG_SOFTMAX) sblock_softmax<STRIDED_LOG_SOFTMAX, T, 0>(xb, ob, lb, C, inner, w, stage, stream, next);
+        else sblock_softmax<STRIDED_LOGSUMEXP, T, 0>(xb, ob, lb, C, inner, w, stage, stream, next);
     }
 }
 
@@ -491,9 +523,12 @@ static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t
  * sblock_index_finish: the losses and gradient coefficients of a block's w
  * positions from their sums, the formulas of cross_entropy_index_loss as one
  * vector loop, the log by log_ge1 (s is in [1, C] or NaN: the largest term
- * is exp(0) = 1), where a libm log per position bounded the kernel. */
+ * is exp(0) = 1), where a libm log per position bounded the kernel.  Always
+ * inlined: with the 16-bit kernels' instances GCC called it out of line, and
+ * the float32 segmentation loss with its gradient took 1.05-1.3x the time
+ * (AVX-512, 2 threads). */
 template <typename T>
-static inline void sblock_index_finish(idx_t w, const int32_t *lab, const double *wt,
+CS_INLINE void sblock_index_finish(idx_t w, const int32_t *lab, const double *wt,
                                        const double *xt, const double *sm, const double *s,
                                        double w_total, double alpha, double beta, double scale,
                                        double *loss, T *c1, T *ct, T *fill) {
@@ -520,22 +555,24 @@ static inline void sblock_index_finish(idx_t w, const int32_t *lab, const double
  * read once; ignore_index gives loss 0 and a zero gradient column whatever
  * the logits, any other label outside [0, C) a NaN loss and column.  x_t and
  * the sums are read before the gradient is written (grad may be x). */
-template <bool Grad, typename T, typename L, int W>
+template <bool Grad, typename T, typename L, int W, typename IO = Rows<T>>
 static inline void sblock_cross_entropy_index(
-        const T *x, const L *target, idx_t C, idx_t inner, idx_t w_, idx_t ignore_index,
-        const T *wt_, double w_total, double alpha, double beta, double *loss, T *grad,
-        double scale, T *stage, const CrossEntropyExtra *ex, T cap, int stream,
-        const StridedNext<T> &next) {
+        const typename IO::Stored *x, const L *target, idx_t C, idx_t inner, idx_t w_,
+        idx_t ignore_index, const T *wt_, double w_total, double alpha, double beta,
+        double *loss, typename IO::Stored *grad, double scale, T *stage,
+        const CrossEntropyExtra *ex, T cap, int stream,
+        const StridedNext<typename IO::Stored> &next, const IO &io = IO()) {
     const idx_t w = W > 0 ? (idx_t)W : w_;
     enum { BW = W > 0 ? W : StridedBlock<T>::WIDE };
     T m[BW], c1[BW], ct[BW], fill[BW];
     double s[BW], sm[BW], xt[BW], wt[BW];
     int32_t lab[BW];                    /* the label, -1 ignored, -2 out of range */
     if (cap != (T)0)                   /* soft-capped: always staged */
-        sblock_capped_max<T, W>(x, C, inner, w, m, stage, cap);
+        io.template capped_max<W>(x, C, inner, w, m, stage, cap);
     else
-        sblock_max<T, W>(x, C, inner, w, m, stage);
-    const T *xr = stage != NULL ? stage : x;     /* the block as read from here on */
+        io.template max<W>(x, C, inner, w, m, stage);
+    /* the block as read from here on */
+    const T *xr = stage != NULL ? stage : IO::in_place(x);
     const idx_t ld = stage != NULL ? w : inner;
     /* the labels classified as the tiles' (tile_labels), then the target's
      * logit and weight in loops of their own */
@@ -565,7 +602,7 @@ static inline void sblock_cross_entropy_index(
     idx_t e_ld = inner;
     if (Grad && strided_store_exp(C)) {
         if (stage == NULL)
-            e = grad;
+            e = IO::in_place(grad);
         else if (cap == (T)0)
             e = stage, e_ld = w;
     }
@@ -595,7 +632,7 @@ static inline void sblock_cross_entropy_index(
     /* each row of the gradient formed whole (its targets' lanes and the soft
      * cap's chain included) before the next, so that it can be streamed */
     const T cb = (T)(beta * scale), lo = exp_lo<T>();
-    sblock_write_rows<T, W>(grad, C, inner, w, stage, stream, [&](idx_t c, T *gc) {
+    io.template write<W>(grad, C, inner, w, stage, stream, [&](idx_t c, T *gc) {
         const T *xc = xr + c * ld;
         T cw = beta != 0.0 ? cb * (wt_ != NULL ? wt_[c] : (T)1) : (T)0;
         const T *ec = store ? e + c * e_ld : xc;
