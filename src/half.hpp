@@ -9,7 +9,8 @@
  *
  * and the fused forms of the long-row kernels: half_load_max (the load and
  * the row maximum in one walk) and half_store_scaled (a scaling, then the
- * store).
+ * store); half_store_lines (the store, whole cache lines streamed) for the
+ * kernels over a middle axis (halfstrided.hpp).
  *
  * kind is HALF_F16 (IEEE binary16) or HALF_BF16 (bfloat16).  float16 uses
  * F16C (vcvtph2ps / vcvtps2ph, the AVX2 and AVX-512 builds) or AVX-512F's

@@ -144,7 +144,9 @@ cdef Py_ssize_t _stream_row_bytes = 8192
 
 def half_stream_bytes(Py_ssize_t n=-1, Py_ssize_t row=-1):
     """The size of output, and of its rows, from which 16-bit outputs are
-    streamed; n >= 0 and row >= 0 set them (tests).  Returns the first."""
+    streamed; n >= 0 and row >= 0 set them (tests).  Returns the first.  The
+    kernels over a middle axis take the size only: their rows stream from
+    STREAM_ROW_BYTES (halfstrided.hpp)."""
     global _stream_bytes, _stream_row_bytes
     if n >= 0:
         _stream_bytes = n

@@ -12,7 +12,8 @@
  * float32 scratch (C x w, contiguous) as it takes the maxima, the next
  * block's rows are prefetched during the exp pass, and the last pass rounds
  * each row of the result, formed in L1, once into the 16-bit output
- * (non-temporal stores where it is larger than the caches).  A block so
+ * (non-temporal stores where it is larger than the caches and the rows 1 KiB
+ * or longer; logsumexp writes w float32 values).  A block so
  * moves its 16-bit bytes once each way.  (Before, the block was converted
  * into the scratch in a pass of its own, the float32 kernel ran on the
  * scratch as an array (1, C, w) and the result was converted back in
@@ -44,6 +45,10 @@ namespace csoftmax {
  * Python layer then moves the axis last instead. */
 enum { HALF_STRIDED_STAGE = 1 << 15, HALF_STRIDED_MIN_W = 64, HALF_STRIDED_MAX_W = 1024,
        HALF_STRIDED_MAX_C = 8192 };
+
+/* a block is computed whole by the float32 block kernels, whose per-position
+ * arrays hold StridedBlock<float>::WIDE */
+static_assert(HALF_STRIDED_MAX_W <= StridedBlock<float>::WIDE, "a 16-bit block fits the kernels");
 
 static inline idx_t half_strided_width(idx_t C) {
     idx_t w = (idx_t)HALF_STRIDED_STAGE / (C > 0 ? C : 1) / HALF_STRIDED_MIN_W * HALF_STRIDED_MIN_W;
@@ -83,61 +88,6 @@ static inline void half_block_load(int kind, const uint16_t *x, idx_t C, idx_t i
 static inline void half_block_store(int kind, const float *stage, idx_t C, idx_t inner,
                                     const HalfStridedBlock &b, uint16_t *out) {
     for (idx_t c = 0; c < C; ++c) half_store(kind, stage + c * b.w, out + b.el + c * inner, b.w);
-}
-
-/* Unit u of the gradient through softmax (op STRIDED_SOFTMAX) or log_softmax
- * (STRIDED_LOG_SOFTMAX) over the middle axis of the 16-bit g (grad_output)
- * and a (the forward's output), the float32 arithmetic of stridedbackward.hpp
- * on their converted rows (stage, astage: C x width floats each): each class
- * row converted and at once summed (in L1), then each row's result formed
- * in L1 and rounded once into out (may be g or a): two passes over the
- * scratch fewer than running strided_backward_unit on it.  bfloat16
- * softmax_backward, AVX2, 2 threads, minimum times of separate runs against
- * that first version: 64x1000x64 over axis 1 2.6 -> 2.3 ms, 1000x4096 over
- * axis 0 8.6 -> 4.2 ms (most of it the prefetch below), 8x21x256x256 over
- * axis 1 8.7 -> 8.4 ms. */
-template <bool Softmax>
-static inline void half_strided_backward_block(int kind, const uint16_t *g, const uint16_t *a,
-                                               uint16_t *out, idx_t C, idx_t inner,
-                                               const HalfStridedBlock &b, float *stage,
-                                               float *astage, int stream) {
-    const idx_t w = b.w;
-    double s[HALF_STRIDED_MAX_W];
-    float f[HALF_STRIDED_MAX_W], row[HALF_STRIDED_MAX_W];
-    for (idx_t j = 0; j < w; ++j) s[j] = 0.0;
-    /* rows apart (in pages of their own from 2 KiB on): the rows PREFETCH_ROWS
-     * ahead are prefetched, for reading and then for writing, as in strided.hpp
-     * (without, 1000x4096 over axis 0 took 1.45x the time) */
-    for (idx_t c = 0; c < C; ++c) {
-        float *gc = stage + c * w, *ac = astage + c * w;
-        const idx_t at = b.el + c * inner;
-        prefetch_ahead(g + at, c, C, inner, w, 0);
-        prefetch_ahead(a + at, c, C, inner, w, 0);
-        half_load(kind, g + at, gc, w);
-        half_load(kind, a + at, ac, w);
-        backward_row_sums<Softmax>(gc, ac, s, w);
-    }
-    for (idx_t j = 0; j < w; ++j) f[j] = (float)s[j];
-    for (idx_t c = 0; c < C; ++c) {
-        const idx_t at = b.el + c * inner;
-        if (!stream) prefetch_ahead(out + at, c, C, inner, w, 1);
-        backward_row_out<Softmax>(stage + c * w, astage + c * w, f, row, w);
-        half_store_lines(kind, row, out + at, w, stream);
-    }
-    if (stream) stream_fence();
-}
-
-static CS_REDUCTION void half_strided_backward_unit(int op, int kind, const uint16_t *g,
-                                                    const uint16_t *a, uint16_t *out, idx_t C,
-                                                    idx_t inner, idx_t width, idx_t u,
-                                                    float *stage, float *astage, int stream) {
-    const HalfStridedBlock b = half_strided_block(C, inner, width, u);
-    stream = half_strided_streams(stream, b);
-    if (op == STRIDED_SOFTMAX)
-        half_strided_backward_block<true>(kind, g, a, out, C, inner, b, stage, astage, stream);
-    else
-        half_strided_backward_block<false>(kind, g, a, out, C, inner, b, stage, astage, stream);
-    vector_upper_clear();
 }
 
 /* A block's 16-bit rows in and out of the float32 kernels of strided.hpp
@@ -188,13 +138,67 @@ struct HalfRows {
     }
 };
 
+/* Unit u of the gradient through softmax (op STRIDED_SOFTMAX) or log_softmax
+ * (STRIDED_LOG_SOFTMAX) over the middle axis of the 16-bit g (grad_output)
+ * and a (the forward's output), the float32 arithmetic of stridedbackward.hpp
+ * on their converted rows (stage, astage: C x width floats each): each class
+ * row converted and at once summed (in L1), then each row's result formed
+ * in L1 and rounded once into out (may be g or a; HalfRows::write, streamed
+ * where `stream` is set): two passes over the scratch fewer than running
+ * strided_backward_unit on it.  bfloat16
+ * softmax_backward, AVX2, 2 threads, minimum times of separate runs against
+ * that first version: 64x1000x64 over axis 1 2.6 -> 2.3 ms, 1000x4096 over
+ * axis 0 8.6 -> 4.2 ms (most of it the prefetch below), 8x21x256x256 over
+ * axis 1 8.7 -> 8.4 ms. */
+template <bool Softmax>
+static inline void half_strided_backward_block(int kind, const uint16_t *g, const uint16_t *a,
+                                               uint16_t *out, idx_t C, idx_t inner,
+                                               const HalfStridedBlock &b, float *stage,
+                                               float *astage, int stream) {
+    const idx_t w = b.w;
+    double s[HALF_STRIDED_MAX_W];
+    float f[HALF_STRIDED_MAX_W];
+    for (idx_t j = 0; j < w; ++j) s[j] = 0.0;
+    /* rows apart (in pages of their own from 2 KiB on): the rows PREFETCH_ROWS
+     * ahead are prefetched, for reading and then for writing, as in strided.hpp
+     * (without, 1000x4096 over axis 0 took 1.45x the time) */
+    for (idx_t c = 0; c < C; ++c) {
+        float *gc = stage + c * w, *ac = astage + c * w;
+        const idx_t at = b.el + c * inner;
+        prefetch_ahead(g + at, c, C, inner, w, 0);
+        prefetch_ahead(a + at, c, C, inner, w, 0);
+        half_load(kind, g + at, gc, w);
+        half_load(kind, a + at, ac, w);
+        backward_row_sums<Softmax>(gc, ac, s, w);
+    }
+    for (idx_t j = 0; j < w; ++j) f[j] = (float)s[j];
+    const HalfRows io = {kind};
+    io.write<0>(out + b.el, C, inner, w, stage, stream, [&](idx_t c, float *row) {
+        backward_row_out<Softmax>(stage + c * w, astage + c * w, f, row, w);
+    });
+}
+
+static CS_REDUCTION void half_strided_backward_unit(int op, int kind, const uint16_t *g,
+                                                    const uint16_t *a, uint16_t *out, idx_t C,
+                                                    idx_t inner, idx_t width, idx_t u,
+                                                    float *stage, float *astage, int stream) {
+    const HalfStridedBlock b = half_strided_block(C, inner, width, u);
+    stream = half_strided_streams(stream, b);
+    if (op == STRIDED_SOFTMAX)
+        half_strided_backward_block<true>(kind, g, a, out, C, inner, b, stage, astage, stream);
+    else
+        half_strided_backward_block<false>(kind, g, a, out, C, inner, b, stage, astage, stream);
+    vector_upper_clear();
+}
+
 /* The block after b in its outer index, prefetched as b's exp pass goes
- * (see StridedNext), or none. */
-static inline StridedNext<uint16_t> half_strided_next(const uint16_t *x, idx_t inner,
+ * (see StridedNext), or none: as strided_next, only where b's stage (C x
+ * b.w floats) is at most strided_next_bytes. */
+static inline StridedNext<uint16_t> half_strided_next(const uint16_t *x, idx_t C, idx_t inner,
                                                       const HalfStridedBlock &b) {
     StridedNext<uint16_t> next = {NULL, 0, inner};
     const idx_t j1 = b.pos % inner + b.w;
-    if (j1 < inner) {
+    if (j1 < inner && C * b.w * (idx_t)sizeof(float) <= strided_next_bytes()) {
         next.x = x + b.el + b.w;
         next.w = inner - j1 < b.w ? inner - j1 : b.w;
     }
@@ -229,7 +233,7 @@ static CS_REDUCTION void half_strided_cross_entropy_index_unit(
     CrossEntropyExtra bex;
     ex = extra_at(ex, b.pos, &bex);
     stream = half_strided_streams(stream, b);
-    const StridedNext<uint16_t> next = half_strided_next(x, inner, b);
+    const StridedNext<uint16_t> next = half_strided_next(x, C, inner, b);
     const HalfRows io = {kind};
     enum { B = StridedBlock<float>::B };
     /* the narrowest blocks (many classes) with their loops' trip count known */
@@ -281,7 +285,7 @@ static CS_REDUCTION void half_strided_unit(int op, int kind, const uint16_t *x, 
     enum { B = StridedBlock<float>::B };
     const HalfStridedBlock b = half_strided_block(C, inner, width, u);
     stream = half_strided_streams(stream, b);
-    const StridedNext<uint16_t> next = half_strided_next(x, inner, b);
+    const StridedNext<uint16_t> next = half_strided_next(x, C, inner, b);
     const HalfRows io = {kind};
     /* the narrowest blocks (many classes) with their loops' trip count known */
     if (b.w == B) half_strided_block_op<B>(op, io, x, out, out32, C, inner, b, stage, stream, next);
@@ -292,8 +296,12 @@ static CS_REDUCTION void half_strided_unit(int op, int kind, const uint16_t *x, 
 /* Unit u of cross-entropy with probability targets over the middle axis of
  * 16-bit logits x: y (x's layout) 16-bit of the logits' kind (y16) or float32
  * (y32), its block into ystage (C x width floats) beside the logits' in
- * stage; the rest as half_strided_cross_entropy_index_unit, with
- * strided_cross_entropy_prob_unit's arguments. */
+ * stage, and cap_stage (as many more where cap != 0, else NULL) for the
+ * float32 kernel to cap the block into; the rest as
+ * half_strided_cross_entropy_index_unit, with strided_cross_entropy_prob_unit's
+ * arguments.  The block is converted into the stage, the float32 unit runs on
+ * it as an array (1, C, w) of its own, and the gradient is rounded back
+ * (half_block_load, half_block_store). */
 static CS_REDUCTION void half_strided_cross_entropy_prob_unit(
         int kind, const uint16_t *x, const uint16_t *y16, const float *y32, idx_t C,
         idx_t inner, idx_t width, idx_t u, const float *w, double alpha, double beta,

@@ -529,9 +529,9 @@ static CS_REDUCTION void strided_unit(int op, const T *x, T *out, idx_t C, idx_t
  * (AVX-512, 2 threads). */
 template <typename T>
 CS_INLINE void sblock_index_finish(idx_t w, const int32_t *lab, const double *wt,
-                                       const double *xt, const double *sm, const double *s,
-                                       double w_total, double alpha, double beta, double scale,
-                                       double *loss, T *c1, T *ct, T *fill) {
+                                   const double *xt, const double *sm, const double *s,
+                                   double w_total, double alpha, double beta, double scale,
+                                   double *loss, T *c1, T *ct, T *fill) {
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
 #pragma omp simd
     for (idx_t j = 0; j < w; ++j) {

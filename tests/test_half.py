@@ -426,19 +426,25 @@ def test_middle_axis_16bit_cross_entropy_prob(kernel_frontend, dtype, outer, cla
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 def test_middle_axis_16bit_streamed(kernel_frontend, dtype):
     """The 16-bit kernels over a middle axis write an output larger than the caches with
-    non-temporal stores, whole cache lines only: forced on every output, into outputs whose
-    first element is 0, 2, 16 and 30 bytes past a cache line (partial lines at each end of a
-    row) or at an odd address (not streamed), softmax, log_softmax, their backward and the
-    cross-entropy gradient (every option) have the bits of the plain stores'."""
+    non-temporal stores, whole cache lines of rows of 1 KiB or more: forced on every
+    output, into outputs whose first element is 0, 2, 16 and 30 bytes past a cache line
+    (partial lines at each end of a row) and in place, softmax, log_softmax, their backward
+    and the cross-entropy gradient (every option) have the bits of the plain stores', with
+    blocks of 1024 and 768 positions and partial last blocks of 676 (streamed) and 36 (not)."""
     fe = kernel_frontend
-    k = fe.kernels
-    if not hasattr(k, "half_stream_bytes"):
+    if not hasattr(fe.kernels, "half_stream_bytes"):
         pytest.skip("the NumPy twin writes no non-temporal stores")
-    rng = make_rng(f"middle16-stream{fe.name}{dtype}")
-    shape = (2, 21, 1500)              # blocks of 1024 and 476 positions
-    x = _inputs((42, 1500), dtype, rng, extreme=True).reshape(shape)
-    g = _inputs((42, 1500), dtype, rng, extreme=False).reshape(shape)
-    labels = rng.integers(0, 21, (2, 1500))
+    for classes, inner in ((21, 1700), (40, 1572)):   # blocks of 1024 and 768 positions
+        _check_middle_axis_16bit_streamed(fe, dtype, classes, inner)
+
+
+def _check_middle_axis_16bit_streamed(fe, dtype, classes, inner):
+    k = fe.kernels
+    rng = make_rng(f"middle16-stream{fe.name}{dtype}{classes}")
+    shape = (2, classes, inner)
+    x = _inputs((2 * classes, inner), dtype, rng, extreme=True).reshape(shape)
+    g = _inputs((2 * classes, inner), dtype, rng, extreme=False).reshape(shape)
+    labels = rng.integers(0, classes, (2, inner))
     labels[:, ::7] = -100
     calls = {
         "softmax": lambda out: fe.softmax(x, axis=1, out=out, num_threads=2),
@@ -448,11 +454,12 @@ def test_middle_axis_16bit_streamed(kernel_frontend, dtype):
         "log_softmax_backward": lambda out: fe.log_softmax_backward(
             g, fe.log_softmax(x, axis=1), axis=1, out=out),
     }
+
     def cross_entropy(opts):
         return lambda out: fe.cross_entropy_with_grad(x, labels, axis=1, out=out,
                                                       num_threads=2, **opts)
 
-    for kw in ({}, {"weight": np.linspace(0.5, 1.5, 21, dtype=np.float32),
+    for kw in ({}, {"weight": np.linspace(0.5, 1.5, classes, dtype=np.float32),
                     "label_smoothing": 0.1}, {"z_loss": 1e-3}, {"softcap": 5.0}):
         calls[f"cross_entropy {kw}"] = cross_entropy(kw)
     plain = {}
@@ -462,7 +469,7 @@ def test_middle_axis_16bit_streamed(kernel_frontend, dtype):
     default = k.half_stream_bytes()
     try:
         k.half_stream_bytes(0, 0)
-        for offset in (0, 2, 16, 30, 1):
+        for offset in (0, 2, 16, 30):
             raw = np.zeros(x.nbytes + 64 + offset, np.uint8)
             start = (-raw.ctypes.data) % 64 + offset
             out = raw[start:start + x.nbytes].view(dtype).reshape(shape)
@@ -470,6 +477,13 @@ def test_middle_axis_16bit_streamed(kernel_frontend, dtype):
                 out[...] = 0
                 call(out)
                 assert_bitwise_equal(out, plain[name], f"{name}, offset {offset}")
+        for name in ("softmax", "log_softmax"):
+            inplace = x.copy()
+            getattr(fe, name)(inplace, axis=1, out=inplace)
+            assert_bitwise_equal(inplace, plain[name], f"{name} in place")
+        inplace = x.copy()
+        fe.cross_entropy_with_grad(inplace, labels, axis=1, out=inplace)
+        assert_bitwise_equal(inplace, plain["cross_entropy {}"], "cross-entropy in place")
     finally:
         k.half_stream_bytes(default, 8192)
 
