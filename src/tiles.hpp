@@ -504,13 +504,27 @@ static inline int tile_labels(const L *target, idx_t rows, idx_t n, idx_t ignore
     return special;
 }
 
-/* The gradient rows that a cross-entropy tile skips: zero where the label is
- * ignore_index, NaN where it is outside [0, n). */
-template <typename T> static inline void tile_skipped_row(T *grad, idx_t n, int ignored) {
-    if (ignored)
-        row_zero(grad, n);
-    else
-        row_fill(grad, n, (T)NAN);
+/* The rows of a tile that its labels skip (lab -1: ignore_index, loss 0 and
+ * a zero gradient row; -2: outside [0, n), NaN), written over what the row
+ * loops computed for them: those loops compute every row alike, with no
+ * per-row select of the loss (its int32 mask widened to two double vectors
+ * and two blends: 9 % of the instructions of the AVX2 binary loss + gradient
+ * of 262144x2).  Each of bl, bz, ba (Extra) and grad may be NULL. */
+template <typename T>
+static inline void tile_skipped_rows(const int32_t *lab, idx_t rows, idx_t n, double *bl,
+                                     double *bz, double *ba, T *grad) {
+    for (idx_t r = 0; r < rows; ++r) {
+        if (lab[r] >= 0) continue;
+        int ignored = lab[r] == -1;
+        double skip = ignored ? 0.0 : (double)NAN;
+        if (bl != NULL) bl[r] = skip;
+        if (bz != NULL) bz[r] = skip, ba[r] = skip;
+        if (grad == NULL) continue;
+        if (ignored)
+            row_zero(grad + r * n, n);
+        else
+            row_fill(grad + r * n, n, (T)NAN);
+    }
 }
 
 /* The row statistics of one block (LANES rows, transposed in c) of
@@ -589,13 +603,13 @@ static inline void block_cross_entropy_grad(T *c, idx_t n, const int32_t *lab, c
  * the loss into bl, with Extra the z term and the accuracy into bz and ba,
  * with Grad the gradient coefficients c1 (of the exponentials) and ct (of
  * the target).  bl may be smooth (each row's sum is read before its loss is
- * written).  lab: the labels (-1 ignored and padding, -2 out of range),
- * wt: their weights (all ones without class weights: never NULL, since GCC
+ * written).  Every row alike: the rows that their labels skip are written
+ * over afterwards (tile_skipped_rows).  wt: the labels' weights (all ones without class weights: never NULL, since GCC
  * if-converts a NULL test into masked loads from the NULL pointer, which on
  * AVX2 take a microcode assist each -- the whole tile ran 1.8x slower). */
 template <bool Grad, bool Extra, typename T>
 static inline void tile_cross_entropy_finish(
-        idx_t rows, const int32_t *lab, const double *wt, const T *m, const T *xv,
+        idx_t rows, const double *wt, const T *m, const T *xv,
         const double *smooth, const double *s, double w_total, double alpha, double beta,
         double scale, const CrossEntropyExtra *ex, double *bl, double *bz, double *ba, T *c1,
         T *ct) {
@@ -609,12 +623,11 @@ static inline void tile_cross_entropy_finish(
         double aw = alpha * wt[r];
         double v = aw * (lse - ((double)xv[r] - (double)m[r]));
         if (beta != 0.0) v += beta * (w_total * lse - smooth[r]);
-        double skip = lab[r] == -1 ? 0.0 : (double)NAN;
-        bl[r] = lab[r] >= 0 ? v : skip;
+        bl[r] = v;                     /* skipped rows: tile_skipped_rows */
         double lt = (double)m[r] + lse;
         if (Extra) {
-            bz[r] = lab[r] >= 0 ? z * lt * lt : skip;
-            ba[r] = lab[r] >= 0 ? (xv[r] == m[r] && s[r] == s[r] ? 1.0 : 0.0) : skip;
+            bz[r] = z * lt * lt;
+            ba[r] = xv[r] == m[r] && s[r] == s[r] ? 1.0 : 0.0;
         }
         if (Grad) {
             c1[r] = Extra && z != 0.0
@@ -647,8 +660,10 @@ static inline double tile_cross_entropy_index_any(
     for (idx_t r = 0; r < rows; r += LANES)
         block_cross_entropy_stats<Grad>(c + r * n, n, lab + r, w, beta, m + r, xv + r, bl + r,
                                         s + r);
-    tile_cross_entropy_finish<Grad, Extra>(padded, lab, wt, m, xv, bl, s, w_total, alpha,
+    tile_cross_entropy_finish<Grad, Extra>(padded, wt, m, xv, bl, s, w_total, alpha,
                                            beta, scale, ex, bl, bz, ba, c1, ct);
+    if (special > 0)
+        tile_skipped_rows<T>(lab, rows, n, bl, Extra ? bz : NULL, Extra ? ba : NULL, NULL);
     if (loss != NULL) memcpy(loss, bl, (size_t)rows * sizeof(double));
     if (Extra && ex->zrow != NULL) memcpy(ex->zrow, bz, (size_t)rows * sizeof(double));
     if (Extra && ex->acc != NULL) memcpy(ex->acc, ba, (size_t)rows * sizeof(double));
@@ -657,9 +672,7 @@ static inline double tile_cross_entropy_index_any(
     for (idx_t r = 0; r < rows; r += LANES)
         block_cross_entropy_grad(c + r * n, n, lab + r, w, beta, scale, c1 + r, ct + r);
     tile_out(c, rows, n, grad);
-    if (special > 0)
-        for (idx_t r = 0; r < rows; ++r)
-            if (lab[r] < 0) tile_skipped_row(grad + r * n, n, lab[r] == -1);
+    if (special > 0) tile_skipped_rows<T>(lab, rows, n, NULL, NULL, NULL, grad);
     return total;
 }
 
@@ -763,13 +776,18 @@ static inline double tile_cross_entropy_binary(
     const T cb0 = (T)(beta * scale) * (w != NULL ? w[0] : (T)1);
     const T cb1 = (T)(beta * scale) * (w != NULL ? w[1] : (T)1);
     const double y_extra = beta != 0.0 ? beta * w_total : 0.0;
+    /* the target's gradient coefficient alpha w_t scale of either class,
+     * rounded to T as the other short-row and row paths round it: formed in
+     * the loop, its product was contracted into the subtraction g - ct by
+     * GCC in some builds of a variant and not in others (float64 with
+     * smoothing, 1 ulp) */
+    const T ct0 = (T)(alpha * w0 * scale), ct1 = (T)(alpha * w1 * scale);
     double bl[TILE / 2];
     int32_t lab[TILE / 2];
     int special = tile_labels(target, rows, 2, ignore_index, lab);
 #pragma omp simd simdlen(VECTOR_BYTES / sizeof(T))
     for (idx_t r = 0; r < rows; ++r) {
-        int32_t t = lab[r];
-        int ignored = t == -1, valid = t >= 0, is1 = t == 1;
+        int is1 = lab[r] == 1;
         T x0 = x[2 * r], x1 = x[2 * r + 1];
         T m = x0 > (T)-INFINITY ? x0 : (T)-INFINITY;
         m = x1 > m ? x1 : m;
@@ -778,7 +796,7 @@ static inline double tile_cross_entropy_binary(
         T d0 = x0 - m, d1 = x1 - m;
         T e_other = exp_nonpositive_as<!Grad>((T)(d0 + d1), exp_clamp<T, !Grad>());
         T e0 = d0 == (T)0 ? (T)1 : e_other, e1 = d1 == (T)0 ? (T)1 : e_other;
-        double s = (double)e0 + (double)e1;
+        double s = 1.0 + (double)e_other;  /* (double)e0 + (double)e1: one of them is 1 */
         double lse = (double)log_ge1((T)s);
         double aw = alpha * (double)(is1 ? wk1 : wk0);  /* a select of T: its mask is not widened */
         double l = aw * (lse - ((double)(is1 ? x1 : x0) - (double)m));
@@ -786,18 +804,17 @@ static inline double tile_cross_entropy_binary(
             double sm = mul_add(w0, (double)x0 - (double)m, w1 * ((double)x1 - (double)m));
             l = mul_add(beta, mul_sub(w_total, lse, sm), l);
         }
-        bl[r] = valid ? l : (ignored ? 0.0 : (double)NAN);
+        bl[r] = l;                     /* skipped rows: tile_skipped_rows */
         double lt = 0.0;
         if (Extra) {
-            double skip = ignored ? 0.0 : (double)NAN;
             lt = (double)m + lse;
-            bz[r] = valid ? z * lt * lt : skip;
-            ba[r] = valid ? ((is1 ? x1 : x0) == m && s == s ? 1.0 : 0.0) : skip;
+            bz[r] = z * lt * lt;
+            ba[r] = (is1 ? x1 : x0) == m && s == s ? 1.0 : 0.0;
         }
         if (Grad) {
             T c1 = Extra && z != 0.0 ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / s)
                                      : (T)((aw + y_extra) / s * scale);
-            T ct = (T)(aw * scale);
+            T ct = is1 ? ct1 : ct0;
             /* e c1 [- cb] - [at the target] ct, the product fused with the
              * first subtraction (explicitly: see mul_add) */
             T g0 = Smooth ? mul_sub(e0, c1, cb0) : e0 * c1;
@@ -808,12 +825,12 @@ static inline double tile_cross_entropy_binary(
             grad[2 * r + 1] = is1 ? t1 : g1;
         }
     }
+    if (special > 0)                   /* the labels as classified above */
+        tile_skipped_rows<T>(lab, rows, 2, bl, Extra ? bz : NULL, Extra ? ba : NULL,
+                             Grad ? grad : NULL);
     if (loss != NULL) memcpy(loss, bl, (size_t)rows * sizeof(double));
     if (Extra && ex->zrow != NULL) memcpy(ex->zrow, bz, (size_t)rows * sizeof(double));
     if (Extra && ex->acc != NULL) memcpy(ex->acc, ba, (size_t)rows * sizeof(double));
-    if (Grad && special > 0)           /* the labels as classified above */
-        for (idx_t r = 0; r < rows; ++r)
-            if (lab[r] < 0) tile_skipped_row(grad + 2 * r, 2, lab[r] == -1);
     return row_sum(bl, rows);
 }
 

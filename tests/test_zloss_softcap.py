@@ -213,13 +213,16 @@ def test_defaults_bitwise(kernel_frontend, rng, c):
                                                         softcap=None, return_z_loss=False)
             assert type(b) is tuple
             assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
-            # the full path (weight given) with the flags' kernels
-            w = np.ones(c, dtype)
-            p = kernel_frontend.cross_entropy_with_grad(x, t, reduction=reduction, weight=w)
-            q = kernel_frontend.cross_entropy_with_grad(x, t, reduction=reduction, weight=w,
-                                                        return_token_accuracy=True)
-            assert np.asarray(p[0]).tobytes() == np.asarray(q.loss).tobytes()
-            assert p[1].tobytes() == q.grad.tobytes()
+            # the extras' kernels, on the full path (weight given) and the fast one, with
+            # and without smoothing (float64 binary rows with smoothing once differed in the
+            # target's gradient, by 1 ulp: an FMA contracted in one variant only)
+            for opts in (dict(weight=np.ones(c, dtype)), dict(label_smoothing=0.2),
+                         dict(weight=np.ones(c, dtype), label_smoothing=0.1)):
+                p = kernel_frontend.cross_entropy_with_grad(x, t, reduction=reduction, **opts)
+                q = kernel_frontend.cross_entropy_with_grad(x, t, reduction=reduction, **opts,
+                                                            return_token_accuracy=True)
+                assert np.asarray(p[0]).tobytes() == np.asarray(q.loss).tobytes()
+                assert p[1].tobytes() == q.grad.tobytes()
             assert kernel_frontend.cross_entropy(x, t, z_loss=0.0).tobytes() == \
                 kernel_frontend.cross_entropy(x, t).tobytes()
         # over a middle class axis (the strided kernels' plain and extras finishes)
