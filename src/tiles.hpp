@@ -798,18 +798,27 @@ static inline double tile_cross_entropy_binary(
     double bl[TILE / 2];
     int32_t lab[TILE / 2];
     int special = tile_labels(target, rows, 2, ignore_index, lab);
+    /* Three loops over the tile, each row's exponential, then its log and loss,
+     * then its gradient: one loop's iteration was a chain of dependent
+     * operations (the exp, the widening, the log, the division) longer than
+     * the out-of-order window could overlap with the next iteration's. */
+    T mr[TILE / 2], eo[TILE / 2], c1r[Grad ? TILE / 2 : 1];
 #pragma omp simd simdlen(VECTOR_BYTES / sizeof(T))
     for (idx_t r = 0; r < rows; ++r) {
-        int is1 = lab[r] == 1;
         T x0 = x[2 * r], x1 = x[2 * r + 1];
         T m = x0 > (T)-INFINITY ? x0 : (T)-INFINITY;
         m = x1 > m ? x1 : m;
         /* one of d0, d1 is 0 (exp = 1 exactly) unless NaN is about: one exp of
          * their sum gives the other, and NaN still reaches both sums */
         T d0 = x0 - m, d1 = x1 - m;
-        T e_other = exp_nonpositive_as<!Grad>((T)(d0 + d1), exp_clamp<T, !Grad>());
-        T e0 = d0 == (T)0 ? (T)1 : e_other, e1 = d1 == (T)0 ? (T)1 : e_other;
-        double s = 1.0 + (double)e_other;  /* (double)e0 + (double)e1: one of them is 1 */
+        mr[r] = m;
+        eo[r] = exp_nonpositive_as<!Grad>((T)(d0 + d1), exp_clamp<T, !Grad>());
+    }
+#pragma omp simd simdlen(VECTOR_BYTES / sizeof(T))
+    for (idx_t r = 0; r < rows; ++r) {
+        int is1 = lab[r] == 1;
+        T x0 = x[2 * r], x1 = x[2 * r + 1], m = mr[r];
+        double s = 1.0 + (double)eo[r];  /* (double)e0 + (double)e1: one of them is 1 */
         double lse = (double)log_ge1((T)s);
         double aw = alpha * (double)(is1 ? wk1 : wk0);  /* a select of T: its mask is not widened */
         double l = aw * (lse - ((double)(is1 ? x1 : x0) - (double)m));
@@ -824,10 +833,18 @@ static inline double tile_cross_entropy_binary(
             bz[r] = z * lt * lt;
             ba[r] = (is1 ? x1 : x0) == m && s == s ? 1.0 : 0.0;
         }
-        if (Grad) {
-            T c1 = Extra && z != 0.0 ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / s)
-                                     : (T)((aw + y_extra) / s * scale);
-            T ct = is1 ? ct1 : ct0;
+        if (Grad)
+            c1r[r] = Extra && z != 0.0 ? (T)(((aw + y_extra) * scale + 2.0 * z * zs * lt) / s)
+                                       : (T)((aw + y_extra) / s * scale);
+    }
+    if (Grad) {
+#pragma omp simd simdlen(VECTOR_BYTES / sizeof(T))
+        for (idx_t r = 0; r < rows; ++r) {
+            int is1 = lab[r] == 1;
+            T x0 = x[2 * r], x1 = x[2 * r + 1], m = mr[r];
+            T d0 = x0 - m, d1 = x1 - m;    /* grad may be x: the row is read first */
+            T e0 = d0 == (T)0 ? (T)1 : eo[r], e1 = d1 == (T)0 ? (T)1 : eo[r];
+            T c1 = c1r[r], ct = is1 ? ct1 : ct0;
             /* e c1 [- cb] - [at the target] ct, the product fused with the
              * first subtraction (explicitly: see mul_add) */
             T g0 = Smooth ? mul_sub(e0, c1, cb0) : e0 * c1;
