@@ -208,8 +208,7 @@ cdef object _fast_half_cross_entropy(
                               c.kind, x)
     cdef double total
     ce.ex = _fast_extras(c, &ex, count, row_z, row_acc)
-    # every label a class (none ignored): the kernels skip its tests (tile_labels)
-    ce.ignore_index = LABELS_CHECKED if t != NULL and kept == c.n_rows else c.ignore_index
+    ce.ignore_index = c.ignore_index
     ce.alpha = 1.0 - c.label_smoothing
     ce.beta = c.label_smoothing / c.n
     ce.scale = scale

@@ -505,7 +505,6 @@ cdef object _fast_cross_entropy_run(
     with labels and weights by their labels' summed weight (label_summary's
     total); the z-loss and the accuracy by the kept rows' number."""
     cdef Py_ssize_t kept = c.n_rows
-    cdef Py_ssize_t ignore_index = c.ignore_index
     cdef double count
     if t != NULL and w != NULL:
         if _labels_weight_total(t, c.n_rows, c.n, c.ignore_index, w, &count) >= 0:
@@ -516,8 +515,6 @@ cdef object _fast_cross_entropy_run(
         if t != NULL and _labels_count_bad(t, c.n_rows, c.n, c.ignore_index, &kept,
                                            c.threads) != 0:
             return None
-        if kept == c.n_rows:
-            ignore_index = LABELS_CHECKED  # every label a class: the kernels skip its tests
         count = <double>kept
     cdef double scale = 1.0
     if c.reduction == REDUCTION_MEAN:
@@ -540,10 +537,10 @@ cdef object _fast_cross_entropy_run(
     try:
         if t != NULL and c.inner > 1:    # the classes over a middle axis (strided.pxi)
             total = _cross_entropy_index_strided_core(
-                x, t, c.n_rows // c.inner, c.n, c.inner, w, ignore_index, c.label_smoothing,
+                x, t, c.n_rows // c.inner, c.n, c.inner, w, c.ignore_index, c.label_smoothing,
                 scale, loss, grad, c.threads, ex, c.cap)
         elif t != NULL:
-            total = _cross_entropy_index_core(x, t, c.n_rows, c.n, w, ignore_index,
+            total = _cross_entropy_index_core(x, t, c.n_rows, c.n, w, c.ignore_index,
                                               c.label_smoothing, scale, loss, grad, c.threads,
                                               ex, c.cap)
         else:

@@ -125,8 +125,6 @@ cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
         const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
         const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
         double scale, const CrossEntropyExtra *ex) noexcept
-    # the ignore_index that says every label was checked: a class index, none ignored
-    const Py_ssize_t LABELS_CHECKED
     # elements of a tile of short rows (its scratch lives on each thread's stack)
     enum: TILE
     # rows of fewer bytes are computed a tile of rows at a time (_short_row)

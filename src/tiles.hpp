@@ -474,14 +474,6 @@ CS_INLINE float log_ge1(float x) {
  * loss 0 and a zero gradient row, any other label outside [0, n) a NaN loss
  * and row. */
 
-/* The ignore_index of a call whose caller has checked every label against the
- * real one (labels_count_bad: none out of range, none ignored): the tiles
- * copy the labels without their tests (2 of the 25 instructions a row of the
- * AVX2 loss + gradient of 262144x2, which had tested them twice).  No label
- * equals it (the fast path takes ignore_index in (-2^62, 2^62)), so a kernel
- * that compares each label with ignore_index computes the same. */
-static const idx_t LABELS_CHECKED = PTRDIFF_MIN;
-
 /* lab[r] = the class index of row r as int32, -1 where it is ignore_index, -2
  * where it is outside [0, n); returns the number of rows of the latter two.
  * First the common case, all labels class indices: a copy and one OR of
@@ -493,17 +485,25 @@ static const idx_t LABELS_CHECKED = PTRDIFF_MIN;
  * compared in 64 bits: it need not fit in L). */
 template <typename L>
 static inline int tile_labels(const L *target, idx_t rows, idx_t n, idx_t ignore_index, int32_t *lab) {
-    if (ignore_index == LABELS_CHECKED) {
-#pragma omp simd
-        for (idx_t r = 0; r < rows; ++r) lab[r] = (int32_t)target[r];
-        return 0;
-    }
     idx_t other = 0;
+    if ((uint64_t)ignore_index >= (uint64_t)n) {
+        /* ignore_index outside [0, n) (the default -100): a label equal to it
+         * is outside [0, n) too, so the range test alone finds every label
+         * that is not a class (one compare a label fewer: 1 of the 9
+         * instructions a row of the AVX2 loss of 262144x2) */
 #pragma omp simd reduction(| : other)
-    for (idx_t r = 0; r < rows; ++r) {
-        idx_t t = (idx_t)target[r];
-        lab[r] = (int32_t)t;
-        other |= (idx_t)((uint64_t)t >= (uint64_t)n) | (idx_t)(t == ignore_index);
+        for (idx_t r = 0; r < rows; ++r) {
+            idx_t t = (idx_t)target[r];
+            lab[r] = (int32_t)t;
+            other |= (idx_t)((uint64_t)t >= (uint64_t)n);
+        }
+    } else {
+#pragma omp simd reduction(| : other)
+        for (idx_t r = 0; r < rows; ++r) {
+            idx_t t = (idx_t)target[r];
+            lab[r] = (int32_t)t;
+            other |= (idx_t)((uint64_t)t >= (uint64_t)n) | (idx_t)(t == ignore_index);
+        }
     }
     if (other == 0) return 0;
     int special = 0;
@@ -617,9 +617,10 @@ static inline void block_cross_entropy_grad(T *c, idx_t n, const int32_t *lab, c
  * with Grad the gradient coefficients c1 (of the exponentials) and ct (of
  * the target).  bl may be smooth (each row's sum is read before its loss is
  * written).  Every row alike: the rows that their labels skip are written
- * over afterwards (tile_skipped_rows).  wt: the labels' weights (all ones without class weights: never NULL, since GCC
- * if-converts a NULL test into masked loads from the NULL pointer, which on
- * AVX2 take a microcode assist each -- the whole tile ran 1.8x slower). */
+ * over afterwards (tile_skipped_rows).  wt: the labels' weights (all ones
+ * without class weights: never NULL, since GCC if-converts a NULL test into
+ * masked loads from the NULL pointer, which on AVX2 take a microcode assist
+ * each -- the whole tile ran 1.8x slower). */
 template <bool Grad, bool Extra, typename T>
 static inline void tile_cross_entropy_finish(
         idx_t rows, const double *wt, const T *m, const T *xv,
@@ -770,9 +771,9 @@ template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out
         }
 }
 
-/* tile_cross_entropy_index for rows of two classes (rows <= TILE / 2): one
- * vector loop over the rows does everything, with the same formulas and
- * order of operations.  Smooth: beta != 0 (a template argument: GCC
+/* tile_cross_entropy_index for rows of two classes (rows <= TILE / 2): vector
+ * loops over the rows (see below), with the same formulas and order of
+ * operations.  Smooth: beta != 0 (a template argument: GCC
  * computed the smoothing term of every row and dropped it by a blend, 9 % of
  * the AVX2 loss and gradient at 262144x2).  The loop's lanes are a full
  * vector of T: GCC would take the double's lane count, and do the float half

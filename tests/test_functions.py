@@ -1036,6 +1036,39 @@ def test_cross_entropy_ignore_index_beyond_label_dtype(kernel_frontend, c, ignor
     check_array(grad, exp_grad, np.float64, what="grad")
 
 
+@pytest.mark.parametrize("c", [2, 3, 10, 40, 300])
+@pytest.mark.parametrize("ignore_index", [-(2**63), 2**63 - 1, -1])
+def test_cross_entropy_extreme_ignore_index_taken(kernel_frontend, c, ignore_index):
+    """An ignore_index outside [0, c) that int64 labels do take, -2**63 among them (the
+    tiles find such labels by their range test alone): exactly those rows are dropped,
+    in the 2-D rows, the short-row tiles and over a middle class axis."""
+    rng = make_rng("ce-ignore-extreme", c, ignore_index)
+    logits = normal((60, c), rng)
+    target = rng.integers(0, c, 60)
+    target[::7] = ignore_index
+    kept = target != ignore_index
+    exp_loss, exp_grad = ref.cross_entropy_with_grad(logits[kept], target[kept],
+                                                     reduction="none")
+    for reduction in ("none", "mean"):
+        loss, grad = kernel_frontend.cross_entropy_with_grad(
+            logits, target, ignore_index=ignore_index, reduction=reduction)
+        assert np.all(grad[~kept] == 0.0)
+        check_array(grad[kept] * (kept.sum() if reduction == "mean" else 1), exp_grad,
+                    np.float64, what="grad")
+        if reduction == "none":
+            assert np.all(loss[~kept] == 0.0)
+            check_array(loss[kept], exp_loss, np.float64, what="loss")
+        else:
+            check_loss(loss, exp_loss.mean(), np.float64, "mean")
+    # the classes over axis 1 of (3, c, 20): the strided kernels classify as the tiles
+    x3 = np.ascontiguousarray(logits.reshape(3, 20, c).transpose(0, 2, 1))
+    t3 = target.reshape(3, 20)
+    loss3 = kernel_frontend.cross_entropy(x3, t3, axis=1, ignore_index=ignore_index,
+                                          reduction="none")
+    assert np.all(loss3.reshape(-1)[~kept] == 0.0)
+    check_array(loss3.reshape(-1)[kept], exp_loss, np.float64, what="loss over axis 1")
+
+
 @pytest.mark.parametrize("c", [2, 3, 10, 31])
 @pytest.mark.parametrize("where", ["first", "last", "none"])
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
