@@ -35,6 +35,7 @@
 #include "half.hpp"
 #include "strided.hpp"
 #include "stridedbackward.hpp"
+#include "stridedce.hpp"
 
 namespace csoftmax {
 

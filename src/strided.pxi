@@ -2,10 +2,11 @@
 # (outer, C, inner) (included at the end of kernels.pxi): softmax, log_softmax,
 # logsumexp and cross-entropy with class indices over a class axis that is
 # not the last, without a transposed copy.  The arithmetic of a block of
-# positions lives in strided.hpp (positions as the vector lanes, classes as
-# the loop); here the units (outer index, block of positions) are spread over
-# threads with a static prange.  A unit's arithmetic is the same on every
-# path, so results are bitwise identical at every thread count.
+# positions lives in strided.hpp and stridedce.hpp (positions as the vector
+# lanes, classes as the loop); here the units (outer index, block of
+# positions) are spread over threads with a static prange.  A unit's
+# arithmetic is the same on every path, so results are bitwise identical at
+# every thread count.
 
 
 cdef extern from "strided.hpp" namespace "csoftmax" nogil:
@@ -14,6 +15,13 @@ cdef extern from "strided.hpp" namespace "csoftmax" nogil:
     void strided_unit[T](
         int op, const T *x, T *out, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t u,
         T *stage, int stream) noexcept
+    Py_ssize_t strided_stage_elems[T](const T *x, Py_ssize_t C, Py_ssize_t inner) noexcept
+    Py_ssize_t strided_block_bytes(Py_ssize_t C, Py_ssize_t inner_bytes) noexcept
+    Py_ssize_t strided_units[T](const T *out, Py_ssize_t C, Py_ssize_t inner, int stream,
+                                T cap) noexcept
+
+
+cdef extern from "stridedce.hpp" namespace "csoftmax" nogil:
     void strided_cross_entropy_index_unit[T, L](
         const T *x, const L *target, Py_ssize_t C, Py_ssize_t inner,
         Py_ssize_t ignore_index, const T *w, double w_total, double alpha, double beta,
@@ -23,10 +31,6 @@ cdef extern from "strided.hpp" namespace "csoftmax" nogil:
         const T *x, const T *y, Py_ssize_t C, Py_ssize_t inner, const T *w, double alpha,
         double beta, double *loss, T *grad, double scale, Py_ssize_t u, T *stage,
         const CrossEntropyExtra *ex, T cap, int stream) noexcept
-    Py_ssize_t strided_stage_elems[T](const T *x, Py_ssize_t C, Py_ssize_t inner) noexcept
-    Py_ssize_t strided_block_bytes(Py_ssize_t C, Py_ssize_t inner_bytes) noexcept
-    Py_ssize_t strided_units[T](const T *out, Py_ssize_t C, Py_ssize_t inner, int stream,
-                                T cap) noexcept
 
 
 # Outputs of at least this many bytes are written with non-temporal stores
