@@ -1,0 +1,71 @@
+"""tools/ab_builds.py: builds' kernel modules side by side in one process.
+
+No timing is asserted: that each build's Frontend computes what the public
+functions compute, and that the report has a line per case with every build.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import csoftmax
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("ab_builds", ROOT / "tools" / "ab_builds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build_dir():
+    """The directory whose csoftmax/ holds the compiled modules in use, or skip."""
+    if csoftmax.BACKEND != "cython":
+        pytest.skip("no compiled kernels in use")
+    from csoftmax import _dispatch
+    return str(Path(_dispatch.KERNELS.__file__).resolve().parents[1])
+
+
+def test_frontend_of_a_build_matches_the_public_functions():
+    tool = _tool()
+    build = _build_dir()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 33)).astype(np.float32)
+    t = rng.integers(0, 33, 7)
+    for path in csoftmax.config()["cpu_paths_available"]:
+        fr = tool.load_frontend(build, path)
+        np.testing.assert_array_equal(fr.softmax(x), csoftmax.softmax(x))
+        assert fr.cross_entropy(x, t) == pytest.approx(csoftmax.cross_entropy(x, t), rel=1e-6)
+
+
+def test_missing_build_names_the_directory(tmp_path):
+    with pytest.raises(SystemExit, match=str(tmp_path)):
+        _tool().load_frontend(str(tmp_path), "baseline")
+
+
+def test_report_has_every_case_and_build(tmp_path, capsys):
+    build = _build_dir()
+    cases = tmp_path / "cases.py"
+    cases.write_text(
+        "x = rng.standard_normal((16, 10), dtype=np.float32)\n"
+        "cases['tiny_softmax'] = lambda fr: fr.softmax(x, num_threads=nt)\n"
+        "cases['tiny_lse'] = lambda fr: fr.logsumexp(x, num_threads=nt)\n")
+    path = csoftmax.config()["cpu_paths_available"][0]
+    _tool().main([build, build, "--cpu", path, "--threads", "1", "--reps", "3",
+                  "--cases", str(cases)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"SIMD path {path}, 1 thread(s), 3 rounds")
+    rows = {line.split()[0]: line for line in out[1:]}
+    assert set(rows) == {"tiny_softmax", "tiny_lse"}
+    for line in rows.values():
+        assert line.count(": min ") == 2 and f"{build}#0: min" in line and f"{build}#1: min" in line
+        assert "ratio 1.000" in line  # the first build's own ratio
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
