@@ -1,12 +1,12 @@
 /*
  * strided.hpp -- softmax, log_softmax, logsumexp (and, in stridedce.hpp on
  * these blocks, cross-entropy) over the middle axis of a C-contiguous array
- * viewed as (outer, C, inner): the class
- * (reduced) axis has stride `inner` elements, and the `inner` positions of one
- * outer index are contiguous.  No transposed copy is made: the kernels work on
- * a block of consecutive positions at a time (STRIDED_BYTES of them, up to
- * WIDE_BYTES for few classes), the positions as the vector lanes and the
- * classes as the loop, so every load and store is a contiguous vector.
+ * viewed as (outer, C, inner): the class (reduced) axis has stride `inner`
+ * elements, and the `inner` positions of one outer index are contiguous.  No
+ * transposed copy is made: the kernels work on a block of consecutive
+ * positions at a time (STRIDED_BYTES of them, up to WIDE_BYTES for few
+ * classes), the positions as the vector lanes and the classes as the loop, so
+ * every load and store is a contiguous vector.
  *
  * Passes over a block (each reads the block's C rows; a block of C = 1000
  * classes is 256 KiB, so passes 2 and 3 mostly hit L2; a staged block's
@@ -333,7 +333,8 @@ CS_INLINE void rows_exp_add(const T *x, idx_t ld, idx_t k0, idx_t k1, const T *m
 #pragma omp simd
         for (idx_t j = k0; j < k1; ++j) {
             T p = part[j];
-            for (int r = 0; r < R; ++r) p += exp_nonpositive_as<Summand>((T)(x[r * ld + j] - m[j]), lo);
+            for (int r = 0; r < R; ++r)
+                p += exp_nonpositive_as<Summand>((T)(x[r * ld + j] - m[j]), lo);
             part[j] = p;
         }
     }
@@ -362,7 +363,7 @@ CS_INLINE void rows_exp_sum_spans(const T *x, idx_t c, idx_t ld, idx_t w, const 
  * the row kernels' row_exp_sum).  strided_rows_per_step rows at a time. */
 template <bool Summand, typename T, int W, typename N>
 CS_INLINE void sblock_exp_sum(const T *x, idx_t C, idx_t inner, idx_t w_, const T *m,
-                          double *s, T *e, idx_t e_ld, const StridedNext<N> &next) {
+                             double *s, T *e, idx_t e_ld, const StridedNext<N> &next) {
     static_assert(SUM_CLASSES % STRIDED_ROWS == 0, "a group of classes is whole row groups");
     const idx_t w = W > 0 ? (idx_t)W : w_;
     const T lo = e != NULL ? exp_lo<T>() : exp_lo<T, Summand>();

@@ -250,17 +250,21 @@ static CS_REDUCTION void strided_cross_entropy_index_unit(
     if (n == B) {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, b.loss, b.grad, scale, stage, b.ex, cap, stream, b.next);
+                                                      w_total, alpha, beta, b.loss, b.grad,
+                                                      scale, stage, b.ex, cap, stream, b.next);
         else
             sblock_cross_entropy_index<false, T, L, B>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, b.loss, b.grad, scale, stage, b.ex, cap, stream, b.next);
+                                                       w_total, alpha, beta, b.loss, b.grad,
+                                                       scale, stage, b.ex, cap, stream, b.next);
     } else {
         if (grad != NULL)
             sblock_cross_entropy_index<true, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                      w_total, alpha, beta, b.loss, b.grad, scale, stage, b.ex, cap, stream, b.next);
+                                                      w_total, alpha, beta, b.loss, b.grad,
+                                                      scale, stage, b.ex, cap, stream, b.next);
         else
             sblock_cross_entropy_index<false, T, L, 0>(xb, tb, C, inner, n, ignore_index, w,
-                                                       w_total, alpha, beta, b.loss, b.grad, scale, stage, b.ex, cap, stream, b.next);
+                                                       w_total, alpha, beta, b.loss, b.grad,
+                                                       scale, stage, b.ex, cap, stream, b.next);
     }
 }
 
