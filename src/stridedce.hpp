@@ -66,11 +66,15 @@ static inline idx_t gather_target_logits(const float *x, idx_t ld, idx_t w, cons
 static inline idx_t gather_target_logits(const double *x, idx_t ld, idx_t w, const int32_t *lab,
                                          const double *m, double *xt) {
     const __m128i rows = _mm_set1_epi32((int32_t)ld), zero = _mm_setzero_si128();
+    const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
     __m128i pos = _mm_setr_epi32(0, 1, 2, 3);
     idx_t j = 0;
     for (; j + 4 <= w; j += 4, pos = _mm_add_epi32(pos, _mm_set1_epi32(4))) {
         __m128i t = _mm_max_epi32(_mm_loadu_si128((const __m128i *)(lab + j)), zero);
-        __m256d v = _mm256_i32gather_pd(x, _mm_add_epi32(_mm_mullo_epi32(t, rows), pos), 8);
+        /* the masked form with every lane on: GCC 12's _mm256_i32gather_pd
+         * passes an undefined source that -Wmaybe-uninitialized flags */
+        __m128i at = _mm_add_epi32(_mm_mullo_epi32(t, rows), pos);
+        __m256d v = _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, at, all, 8);
         _mm256_storeu_pd(xt + j, _mm256_sub_pd(v, _mm256_loadu_pd(m + j)));
     }
     return j;

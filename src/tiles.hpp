@@ -7,7 +7,7 @@
 #ifndef CSOFTMAX_TILES_HPP
 #define CSOFTMAX_TILES_HPP
 
-#include "rowops.hpp"
+#include "tileblocks.hpp"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -66,298 +66,6 @@ static CS_REDUCTION void tile_exp_shifted(const T *x, T *e, idx_t rows, idx_t n,
     }
 }
 
-/* ---- blocks: LANES rows of a tile, transposed ----------------------------
- * With rows as the vector lanes every step of a short row is a vertical
- * vector operation (no horizontal reductions, no per-row loop set-up, each
- * row's sums added in column order in its lane), but read in place the
- * lanes of a column are strided: GCC builds such a vector an element at a
- * time (or does not vectorise at all for a group size that is not a power
- * of two).  So a block of LANES rows is first copied, transposed, into a
- * scratch block c[k * LANES + l] = x[l * n + k] in L1, where the columns are
- * contiguous vectors; results are copied back the same way.  The copies are
- * scalar loads and stores: they run on the load and store ports, which the
- * vector arithmetic (the exp) leaves idle.  A block's padding lanes (a
- * tile's last block) hold 0 and their results are dropped. */
-enum { TILE = 1024, LANES = 16 };
-/* Rows of fewer than SHORT_ROW_BYTES bytes (float32: up to 63 columns,
- * float64: 31; 16-bit rows are computed in float32) are computed a tile of
- * rows at a time; the choice depends on the width and the dtype only, so every
- * row of a given width always takes the same arithmetic path.  There the
- * blocks beat the row loops, whose horizontal reductions and per-row log form
- * a chain of dependent operations that a short row cannot hide.  Measured on
- * AVX2 (AMD Zen 3, 2^21 logits, against the row loops, one and two threads):
- * float32 rows of 32-63 columns take 0.26-0.60x the time for the loss,
- * 0.41-0.97x for the loss + gradient, 0.39-1.03x for softmax (33 columns:
- * 0.26x, 0.41x, 0.39x); bfloat16 0.30-0.70x, 0.36-0.84x, 0.48-0.78x.  Rows of
- * 256 bytes and more lose the gradient's and softmax's lead: float32 rows of
- * 64 columns 1.03-1.19x and 1.06-1.36x the time in tiles, float64 rows of 48
- * 1.49x for the loss + gradient, so they run by rows.  On the baseline build
- * float32 rows of 33-63 columns: loss 0.53-0.86x, loss + gradient
- * 0.65-1.00x, softmax 0.70-1.21x. */
-enum { SHORT_ROW_BYTES = 256 };
-/* the widest short row in columns (float, the narrowest type computed) */
-enum { SHORT_ROW_MAX = SHORT_ROW_BYTES / sizeof(float) - 1 };
-static_assert(TILE / SHORT_ROW_MAX >= LANES, "a tile holds a block of the widest short rows");
-/* a tile's blocks: rows padded to a multiple of LANES */
-enum { TILE_BLOCKS = TILE + (LANES - 1) * SHORT_ROW_MAX };
-
-/* 4 columns of G consecutive rows (row stride n) to and from 4 columns of a
- * transposed block (lanes l .. l + G - 1 at c, column stride LANES): GCC
- * does not vectorise a strided copy well (4 or 5 instructions an element
- * for the scalar loop), so on AVX2 it is a 4x4 transpose in registers. */
-#if defined(__AVX2__)
-enum { HAVE_TRANSPOSE4 = 1 };
-template <typename T> struct Transpose4;
-template <> struct Transpose4<float> {
-    enum { G = 8 };  /* rows l and l + 4 share a vector: a 4x4 transpose in each 128-bit half */
-    static inline void shuffle(__m256 &a, __m256 &b, __m256 &c, __m256 &d) {
-        __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
-        __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
-        a = _mm256_shuffle_ps(t0, t2, 0x44);
-        b = _mm256_shuffle_ps(t0, t2, 0xee);
-        c = _mm256_shuffle_ps(t1, t3, 0x44);
-        d = _mm256_shuffle_ps(t1, t3, 0xee);
-    }
-    static inline __m256 rows2(const float *x, idx_t n) {
-        return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(x)), _mm_loadu_ps(x + 4 * n), 1);
-    }
-    static inline void in(const float *x, idx_t n, float *c) {
-        __m256 a = rows2(x, n), b = rows2(x + n, n), cc = rows2(x + 2 * n, n), d = rows2(x + 3 * n, n);
-        shuffle(a, b, cc, d);
-        _mm256_storeu_ps(c, a);
-        _mm256_storeu_ps(c + LANES, b);
-        _mm256_storeu_ps(c + 2 * LANES, cc);
-        _mm256_storeu_ps(c + 3 * LANES, d);
-    }
-    static inline void out(const float *c, idx_t n, float *x) {
-        __m256 v[4] = {_mm256_loadu_ps(c), _mm256_loadu_ps(c + LANES), _mm256_loadu_ps(c + 2 * LANES),
-                       _mm256_loadu_ps(c + 3 * LANES)};
-        shuffle(v[0], v[1], v[2], v[3]);
-        for (int i = 0; i < 4; ++i) {
-            _mm_storeu_ps(x + i * n, _mm256_castps256_ps128(v[i]));
-            _mm_storeu_ps(x + (i + 4) * n, _mm256_extractf128_ps(v[i], 1));
-        }
-    }
-};
-template <> struct Transpose4<double> {
-    enum { G = 4 };
-    static inline void shuffle(__m256d &a, __m256d &b, __m256d &c, __m256d &d) {
-        __m256d t0 = _mm256_unpacklo_pd(a, b), t1 = _mm256_unpackhi_pd(a, b);
-        __m256d t2 = _mm256_unpacklo_pd(c, d), t3 = _mm256_unpackhi_pd(c, d);
-        a = _mm256_permute2f128_pd(t0, t2, 0x20);
-        b = _mm256_permute2f128_pd(t1, t3, 0x20);
-        c = _mm256_permute2f128_pd(t0, t2, 0x31);
-        d = _mm256_permute2f128_pd(t1, t3, 0x31);
-    }
-    static inline void in(const double *x, idx_t n, double *c) {
-        __m256d a = _mm256_loadu_pd(x), b = _mm256_loadu_pd(x + n);
-        __m256d cc = _mm256_loadu_pd(x + 2 * n), d = _mm256_loadu_pd(x + 3 * n);
-        shuffle(a, b, cc, d);
-        _mm256_storeu_pd(c, a);
-        _mm256_storeu_pd(c + LANES, b);
-        _mm256_storeu_pd(c + 2 * LANES, cc);
-        _mm256_storeu_pd(c + 3 * LANES, d);
-    }
-    static inline void out(const double *c, idx_t n, double *x) {
-        __m256d a = _mm256_loadu_pd(c), b = _mm256_loadu_pd(c + LANES);
-        __m256d cc = _mm256_loadu_pd(c + 2 * LANES), d = _mm256_loadu_pd(c + 3 * LANES);
-        shuffle(a, b, cc, d);
-        _mm256_storeu_pd(x, a);
-        _mm256_storeu_pd(x + n, b);
-        _mm256_storeu_pd(x + 2 * n, cc);
-        _mm256_storeu_pd(x + 3 * n, d);
-    }
-};
-
-/* Rows of 2 and 3 columns, which Transpose4 cannot take: G consecutive rows
- * are N whole vectors, in and out of N columns of the block.  Element by
- * element, n = 3 was the slowest short row (softmax of 655360 float32
- * logits: 2x the time of n = 4; AVX2, Zen 3), n = 2 the next.  (The loss of
- * n = 2 has its own kernel, tile_cross_entropy_binary, without a block.)
- *
- * Two columns: one shuffle a column picks the even or the odd elements of two
- * vectors, lane by lane; a permute of 64-bit pairs puts them in row order. */
-template <typename T> struct Transpose2;
-template <> struct Transpose2<float> {
-    enum { G = 8, N = 2 };
-    static inline __m256 pairs(__m256 v) {    /* 64-bit pairs 0 2 1 3: its own inverse */
-        return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xd8));
-    }
-    static inline void in(const float *x, float *c) {
-        __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
-        _mm256_storeu_ps(c, pairs(_mm256_shuffle_ps(a, b, 0x88)));          /* 0 2 of each 4 */
-        _mm256_storeu_ps(c + LANES, pairs(_mm256_shuffle_ps(a, b, 0xdd)));  /* 1 3 */
-    }
-    static inline void out(const float *c, float *x) {
-        __m256 k0 = pairs(_mm256_loadu_ps(c)), k1 = pairs(_mm256_loadu_ps(c + LANES));
-        _mm256_storeu_ps(x, _mm256_unpacklo_ps(k0, k1));
-        _mm256_storeu_ps(x + 8, _mm256_unpackhi_ps(k0, k1));
-    }
-};
-template <> struct Transpose2<double> {
-    enum { G = 4, N = 2 };
-    static inline void in(const double *x, double *c) {
-        __m256d a = _mm256_loadu_pd(x), b = _mm256_loadu_pd(x + 4);
-        _mm256_storeu_pd(c, _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xd8));
-        _mm256_storeu_pd(c + LANES, _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xd8));
-    }
-    static inline void out(const double *c, double *x) {
-        __m256d k0 = _mm256_permute4x64_pd(_mm256_loadu_pd(c), 0xd8);
-        __m256d k1 = _mm256_permute4x64_pd(_mm256_loadu_pd(c + LANES), 0xd8);
-        _mm256_storeu_pd(x, _mm256_unpacklo_pd(k0, k1));
-        _mm256_storeu_pd(x + 4, _mm256_unpackhi_pd(k0, k1));
-    }
-};
-
-/* Three columns (three-class problems): G rows are 3 vectors, a, b, cc; each column's
- * elements sit at positions that differ between the three vectors (column 0
- * of 8 float rows: a at 0, 3, 6, b at 1, 4, 7, cc at 2, 5), so two blends
- * gather a column into one vector and one permute puts it in row order.
- */
-template <typename T> struct Transpose3;
-template <> struct Transpose3<float> {
-    enum { G = 8, N = 3 };
-    static inline __m256i order(int i0, int i1, int i2, int i3, int i4, int i5, int i6, int i7) {
-        return _mm256_setr_epi32(i0, i1, i2, i3, i4, i5, i6, i7);
-    }
-    static inline void in(const float *x, float *c) {
-        __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8), cc = _mm256_loadu_ps(x + 16);
-        __m256 k0 = _mm256_blend_ps(_mm256_blend_ps(a, b, 0x92), cc, 0x24);  /* a0 b1 c2 a3 b4 c5 a6 b7 */
-        __m256 k1 = _mm256_blend_ps(_mm256_blend_ps(a, b, 0x24), cc, 0x49);  /* c0 a1 b2 c3 a4 b5 c6 a7 */
-        __m256 k2 = _mm256_blend_ps(_mm256_blend_ps(a, b, 0x49), cc, 0x92);  /* b0 c1 a2 b3 c4 a5 b6 c7 */
-        _mm256_storeu_ps(c, _mm256_permutevar8x32_ps(k0, order(0, 3, 6, 1, 4, 7, 2, 5)));
-        _mm256_storeu_ps(c + LANES, _mm256_permutevar8x32_ps(k1, order(1, 4, 7, 2, 5, 0, 3, 6)));
-        _mm256_storeu_ps(c + 2 * LANES, _mm256_permutevar8x32_ps(k2, order(2, 5, 0, 3, 6, 1, 4, 7)));
-    }
-    static inline void out(const float *c, float *x) {
-        /* the inverse permutes back to the blended layouts above */
-        __m256 k0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(c), order(0, 3, 6, 1, 4, 7, 2, 5));
-        __m256 k1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(c + LANES), order(5, 0, 3, 6, 1, 4, 7, 2));
-        __m256 k2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(c + 2 * LANES), order(2, 5, 0, 3, 6, 1, 4, 7));
-        _mm256_storeu_ps(x, _mm256_blend_ps(_mm256_blend_ps(k0, k1, 0x92), k2, 0x24));
-        _mm256_storeu_ps(x + 8, _mm256_blend_ps(_mm256_blend_ps(k0, k1, 0x24), k2, 0x49));
-        _mm256_storeu_ps(x + 16, _mm256_blend_ps(_mm256_blend_ps(k0, k1, 0x49), k2, 0x92));
-    }
-};
-template <> struct Transpose3<double> {
-    enum { G = 4, N = 3 };
-    static inline void in(const double *x, double *c) {
-        __m256d a = _mm256_loadu_pd(x), b = _mm256_loadu_pd(x + 4), cc = _mm256_loadu_pd(x + 8);
-        __m256d k0 = _mm256_blend_pd(_mm256_blend_pd(a, b, 0x4), cc, 0x2);  /* a0 c1 b2 a3 */
-        __m256d k1 = _mm256_blend_pd(_mm256_blend_pd(a, b, 0x9), cc, 0x4);  /* b0 a1 c2 b3 */
-        __m256d k2 = _mm256_blend_pd(_mm256_blend_pd(a, b, 0x2), cc, 0x9);  /* c0 b1 a2 c3 */
-        _mm256_storeu_pd(c, _mm256_permute4x64_pd(k0, 0x6c));               /* 0 3 2 1 */
-        _mm256_storeu_pd(c + LANES, _mm256_permute_pd(k1, 0x5));            /* 1 0 3 2 */
-        _mm256_storeu_pd(c + 2 * LANES, _mm256_permute4x64_pd(k2, 0xc6));   /* 2 1 0 3 */
-    }
-    static inline void out(const double *c, double *x) {
-        /* each permute above is its own inverse */
-        __m256d k0 = _mm256_permute4x64_pd(_mm256_loadu_pd(c), 0x6c);
-        __m256d k1 = _mm256_permute_pd(_mm256_loadu_pd(c + LANES), 0x5);
-        __m256d k2 = _mm256_permute4x64_pd(_mm256_loadu_pd(c + 2 * LANES), 0xc6);
-        _mm256_storeu_pd(x, _mm256_blend_pd(_mm256_blend_pd(k0, k1, 0x2), k2, 0x4));
-        _mm256_storeu_pd(x + 4, _mm256_blend_pd(_mm256_blend_pd(k0, k1, 0x9), k2, 0x2));
-        _mm256_storeu_pd(x + 8, _mm256_blend_pd(_mm256_blend_pd(k0, k1, 0x4), k2, 0x9));
-    }
-};
-#else
-enum { HAVE_TRANSPOSE4 = 0 };
-template <typename T> struct Transpose4 {
-    enum { G = 1 };
-    static inline void in(const T *, idx_t, T *) {}
-    static inline void out(const T *, idx_t, T *) {}
-};
-template <typename T> struct Transpose2 {
-    enum { G = 1, N = 2 };
-    static inline void in(const T *, T *) {}
-    static inline void out(const T *, T *) {}
-};
-template <typename T> struct Transpose3 {
-    enum { G = 1, N = 3 };
-    static inline void in(const T *, T *) {}
-    static inline void out(const T *, T *) {}
-};
-#endif
-
-/* The first rows of a tile of TR::N columns into (Out: out of) its blocks,
- * TR::G at a time; returns the rows done. */
-template <typename TR, bool Out, typename T>
-static inline idx_t tile_narrow(const T *from, idx_t rows, T *to) {
-    idx_t r0 = 0;
-    for (; r0 + TR::G <= rows; r0 += TR::G) {
-        if (Out) TR::out(from + tile_at(r0, 0, TR::N), to + r0 * TR::N);
-        else TR::in(from + r0 * TR::N, to + tile_at(r0, 0, TR::N));
-    }
-    return r0;
-}
-
-/* Rows per tile for short rows of n columns: a multiple of LANES, so that only
- * an array's last tile has a block with padding lanes. */
-static inline idx_t tile_rows(idx_t n) { return TILE / n / LANES * LANES; }
-
-/* The element of row r, column k of a tile in its transposed blocks: block
- * b (rows [b LANES, (b + 1) LANES)) is at c + b n LANES. */
-static inline idx_t tile_at(idx_t r, idx_t k, idx_t n) {
-    size_t u = (size_t)r;              /* r >= 0: a shift and a mask, no signed division */
-    return (idx_t)(u / LANES) * n * LANES + k * LANES + (idx_t)(u % LANES);
-}
-
-/* A tile's rows into its transposed blocks, padding lanes 0.  G rows at a
- * time, 4 columns at a time (the last 4 overlap the previous ones for n not
- * a multiple of 4: the same values again), where Transpose4 is available and
- * n >= 4; the rest element by element.  The whole tile is copied before any
- * block is read: a vector load of what scalar stores wrote a moment before
- * waits for them to reach the cache (no store forwarding). */
-template <typename T> static inline void tile_in(const T *x, idx_t rows, idx_t n, T *c) {
-    typedef Transpose4<T> TR;
-    idx_t r0 = 0;
-    if (HAVE_TRANSPOSE4 && n == 2) r0 = tile_narrow<Transpose2<T>, false>(x, rows, c);
-    if (HAVE_TRANSPOSE4 && n == 3) r0 = tile_narrow<Transpose3<T>, false>(x, rows, c);
-    if (HAVE_TRANSPOSE4 && n >= 4) {
-        /* column k of the G rows at r0 goes to cr + k LANES (tile_at) */
-        for (; r0 + TR::G <= rows; r0 += TR::G) {
-            const T *xr = x + r0 * n;
-            T *cr = c + tile_at(r0, 0, n);
-            idx_t k = 0;
-            for (; k + 4 <= n; k += 4) TR::in(xr + k, n, cr + k * LANES);
-            if (k < n) TR::in(xr + (n - 4), n, cr + (n - 4) * LANES);
-        }
-    }
-    for (idx_t r = r0; r < rows; ++r)
-        for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = x[r * n + k];
-    for (idx_t r = rows; r % LANES != 0; ++r)
-        for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = (T)0;
-}
-
-template <typename T> static inline void tile_out(const T *c, idx_t rows, idx_t n, T *out) {
-    typedef Transpose4<T> TR;
-    idx_t r0 = 0;
-    if (HAVE_TRANSPOSE4 && n == 2) r0 = tile_narrow<Transpose2<T>, true>(c, rows, out);
-    if (HAVE_TRANSPOSE4 && n == 3) r0 = tile_narrow<Transpose3<T>, true>(c, rows, out);
-    if (HAVE_TRANSPOSE4 && n >= 4) {
-        for (; r0 + TR::G <= rows; r0 += TR::G) {
-            T *xr = out + r0 * n;
-            const T *cr = c + tile_at(r0, 0, n);
-            idx_t k = 0;
-            for (; k + 4 <= n; k += 4) TR::out(cr + k * LANES, n, xr + k);
-            if (k < n) TR::out(cr + (n - 4) * LANES, n, xr + (n - 4));
-        }
-    }
-    for (idx_t r = r0; r < rows; ++r)
-        for (idx_t k = 0; k < n; ++k) out[r * n + k] = c[tile_at(r, k, n)];
-}
-
-/* m[l] = max of lane l's row (-inf for n == 0; NaN is skipped here and
- * caught by x - m later, as in row_max) */
-template <typename T> static inline void block_max(const T *c, idx_t n, T *m) {
-#pragma omp simd
-    for (idx_t l = 0; l < LANES; ++l) m[l] = (T)-INFINITY;
-    for (idx_t k = 0; k < n; ++k) {
-#pragma omp simd
-        for (idx_t l = 0; l < LANES; ++l) m[l] = c[k * LANES + l] > m[l] ? c[k * LANES + l] : m[l];
-    }
-}
-
 /* s[l] = sum_k exp(c_kl - m[l]) in double, in column order (at most 63
  * terms, each <= 1: the largest is exp(0) = 1, so s is in [1, 63] or NaN);
  * Store: the exponentials replace c.  A float sum lost up to n ulp, which
@@ -380,6 +88,34 @@ enum { EXP_SUM_SPLIT = 0 };
 enum { EXP_SUM_SPLIT = 1 };
 #endif
 
+/* acc_l += e_kl widened to double, k = 0 .. n - 1 in column order */
+template <typename T> static inline void block_widen_sum(const T *e, idx_t n, double *acc) {
+    for (idx_t k = 0; k < n; ++k) {
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) acc[l] += (double)e[k * LANES + l];
+    }
+}
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* GCC's loop widened each float vector's upper half by an extract and a
+ * conversion; a conversion from memory takes four floats in one
+ * instruction.  The same additions in the same order. */
+template <> inline void block_widen_sum<float>(const float *e, idx_t n, double *acc) {
+    static_assert(LANES == 16, "four double vectors a column");
+    __m256d a0 = _mm256_loadu_pd(acc), a1 = _mm256_loadu_pd(acc + 4);
+    __m256d a2 = _mm256_loadu_pd(acc + 8), a3 = _mm256_loadu_pd(acc + 12);
+    for (idx_t k = 0; k < n; ++k) {
+        const float *ek = e + k * LANES;
+        a0 = _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(ek)), a0);
+        a1 = _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(ek + 4)), a1);
+        a2 = _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(ek + 8)), a2);
+        a3 = _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(ek + 12)), a3);
+    }
+    _mm256_storeu_pd(acc, a0), _mm256_storeu_pd(acc + 4, a1);
+    _mm256_storeu_pd(acc + 8, a2), _mm256_storeu_pd(acc + 12, a3);
+}
+#endif
+
 template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n, const T *m, double *s) {
     double acc[LANES];                 /* local: no aliasing with c, so kept in registers */
     T mk[LANES];
@@ -396,11 +132,7 @@ template <bool Store, typename T> static inline void block_exp_sum(T *c, idx_t n
             if (!EXP_SUM_SPLIT) acc[l] += (double)v;
         }
     }
-    if (EXP_SUM_SPLIT)
-        for (idx_t k = 0; k < n; ++k) {
-#pragma omp simd
-            for (idx_t l = 0; l < LANES; ++l) acc[l] += (double)e[k * LANES + l];
-        }
+    if (EXP_SUM_SPLIT) block_widen_sum(e, n, acc);
 #pragma omp simd
     for (idx_t l = 0; l < LANES; ++l) s[l] = acc[l];
 }
@@ -543,26 +275,15 @@ static inline void tile_skipped_rows(const int32_t *lab, idx_t rows, idx_t n, do
 }
 
 /* The row statistics of one block (LANES rows, transposed in c) of
- * tile_cross_entropy_index_any: the max m, the target's logit xv (a select
- * per column: no gather; lab -1 or -2 selects nothing), with smoothing the
- * weighted sum of x - m, and the exp-sum s (Grad: the exponentials replace
- * c).  The finish (log, loss, gradient coefficients) is left to one loop over
- * the whole tile: per block its log was a chain of dependent operations that
- * the next block's loops could not hide (17 % of the AVX2 loss at 65536x10). */
+ * tile_cross_entropy_index_any after its max m (tile_in_stats): with
+ * smoothing the weighted sum of x - m, and the exp-sum s (Grad: the
+ * exponentials replace c).  The finish (log, loss, gradient coefficients) is
+ * left to one loop over the whole tile: per block its log was a chain of
+ * dependent operations that the next block's loops could not hide (17 % of
+ * the AVX2 loss at 65536x10). */
 template <bool Grad, typename T>
-static inline void block_cross_entropy_stats(T *c, idx_t n, const int32_t *lab, const T *w,
-                                             double beta, T *m, T *xv, double *smooth, double *s) {
-#pragma omp simd
-    for (idx_t l = 0; l < LANES; ++l) m[l] = (T)-INFINITY, xv[l] = (T)0;
-    for (idx_t k = 0; k < n; ++k) {
-        const T *ck = c + k * LANES;
-#pragma omp simd
-        for (idx_t l = 0; l < LANES; ++l) {
-            T v = ck[l];
-            m[l] = v > m[l] ? v : m[l];
-            xv[l] = lab[l] == (int32_t)k ? v : xv[l];
-        }
-    }
+static inline void block_cross_entropy_stats(T *c, idx_t n, const T *w, double beta, const T *m,
+                                             double *smooth, double *s) {
     if (beta != 0.0) {
         double sm[LANES];
 #pragma omp simd
@@ -612,6 +333,22 @@ static inline void block_cross_entropy_grad(T *c, idx_t n, const int32_t *lab, c
             ck[l] = lb[l] == (int32_t)k ? v - ctb[l] : v;
         }
     }
+}
+
+/* The gradient of a tile from the exponentials in its blocks c, into grad
+ * (row-major): without smoothing and with Transpose4 (n >= 4) on the way
+ * out of the blocks (tile_out_map); otherwise a pass over each block
+ * (block_cross_entropy_grad), then tile_out.  The same arithmetic. */
+template <typename T>
+static inline void tile_out_grad(T *c, idx_t rows, idx_t n, const int32_t *lab, const T *w,
+                                 double beta, double scale, const T *c1, const T *ct, T *grad) {
+    if (HAVE_TRANSPOSE4 && n >= 4 && beta == 0.0) {
+        tile_out_map<ROWS_GRAD>(c, rows, n, lab, c1, ct, grad);
+        return;
+    }
+    for (idx_t r = 0; r < rows; r += LANES)
+        block_cross_entropy_grad(c + r * n, n, lab + r, w, beta, scale, c1 + r, ct + r);
+    tile_out(c, rows, n, grad);
 }
 
 /* The finish of `rows` rows (a multiple of LANES) from their statistics:
@@ -672,10 +409,11 @@ static inline double tile_cross_entropy_index_any(
         for (idx_t r = 0; r < padded; ++r) wt[r] = lab[r] >= 0 ? (double)w[lab[r]] : 1.0;
     else
         for (idx_t r = 0; r < padded; ++r) wt[r] = 1.0;
-    tile_in(x, rows, n, c);            /* x is not read again: grad may overwrite it */
+    /* x is not read again: grad may overwrite it.  The target's logit: a
+     * select per column, no gather */
+    tile_in_stats<true>(x, rows, n, c, lab, m, xv);
     for (idx_t r = 0; r < rows; r += LANES)
-        block_cross_entropy_stats<Grad>(c + r * n, n, lab + r, w, beta, m + r, xv + r, bl + r,
-                                        s + r);
+        block_cross_entropy_stats<Grad>(c + r * n, n, w, beta, m + r, bl + r, s + r);
     tile_cross_entropy_finish<Grad, Extra>(padded, wt, m, xv, bl, s, w_total, alpha,
                                            beta, scale, ex, bl, bz, ba, c1, ct);
     if (special > 0)
@@ -685,9 +423,7 @@ static inline double tile_cross_entropy_index_any(
     if (Extra && ex->acc != NULL) memcpy(ex->acc, ba, (size_t)rows * sizeof(double));
     double total = row_sum(bl, rows);
     if (!Grad) return total;
-    for (idx_t r = 0; r < rows; r += LANES)
-        block_cross_entropy_grad(c + r * n, n, lab + r, w, beta, scale, c1 + r, ct + r);
-    tile_out(c, rows, n, grad);
+    tile_out_grad(c, rows, n, lab, w, beta, scale, c1, ct, grad);
     if (special > 0) tile_skipped_rows<T>(lab, rows, n, NULL, NULL, NULL, grad);
     return total;
 }
@@ -696,27 +432,29 @@ static inline double tile_cross_entropy_index_any(
  * On the transposed blocks (see tile_in), like the cross-entropy above; the
  * sum of exponentials in double, the log by log_ge1 (s is in [1, 63] or NaN). */
 
-/* The max m and the exp-sum s of every row of a tile in its transposed
- * blocks c (Store: the exponentials replace c).  The per-row finish (a
- * division, a log) is then one loop over the whole tile: done per block it
- * was a chain of dependent operations that the next block could not hide. */
+/* A tile's rows into its transposed blocks c, and the max m and the
+ * exp-sum s of every row (Store: the exponentials replace c).  The per-row
+ * finish (a division, a log) is then one loop over the whole tile: done per
+ * block it was a chain of dependent operations that the next block could
+ * not hide. */
 template <bool Store, typename T>
-static inline void tile_blocks_max_exp_sum(T *c, idx_t rows, idx_t n, T *m, double *s) {
-    for (idx_t r = 0; r < rows; r += LANES) {
-        block_max(c + r * n, n, m + r);
-        block_exp_sum<Store>(c + r * n, n, m + r, s + r);
-    }
+static inline void tile_in_max_exp_sum(const T *x, T *c, idx_t rows, idx_t n, T *m, double *s) {
+    tile_in_stats<false>(x, rows, n, c, (const int32_t *)NULL, m, (T *)NULL);
+    for (idx_t r = 0; r < rows; r += LANES) block_exp_sum<Store>(c + r * n, n, m + r, s + r);
 }
 
-/* out = softmax of each row (out may be x); its 1 / s per block (deferred
- * to a loop over the tile, as the logs below, it measured 3 % slower) */
-template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, idx_t rows, idx_t n) {
+/* tile_softmax of rows that Transpose4 does not take (2 and 3 columns, or
+ * the baseline build): a block at a time, each block's max, exponentials,
+ * 1 / s and products together, the products in place.  Through
+ * tile_out_map's own pass instead, float64 softmax of 100000x3 took 1.26x
+ * the time on AVX-512 (1.22x on AVX2), float32 of 200000x3 1.11x. */
+template <typename T> static CS_REDUCTION void tile_softmax_blocks(const T *x, T *out, idx_t rows, idx_t n) {
     T c[TILE_BLOCKS], m[LANES], inv[LANES];
     double s[LANES];
     tile_in(x, rows, n, c);
     for (idx_t r = 0; r < rows; r += LANES) {
         T *cb = c + r * n;
-        block_max(cb, n, m);
+        block_max_select<false>(cb, n, (const int32_t *)NULL, m, (T *)NULL);
         block_exp_sum<true>(cb, n, m, s);
 #pragma omp simd
         for (idx_t l = 0; l < LANES; ++l) inv[l] = (T)(1.0 / s[l]);
@@ -728,24 +466,34 @@ template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, 
     tile_out(c, rows, n, out);
 }
 
+/* out = softmax of each row (out may be x): 1 / s per block (deferred to a
+ * loop over the tile, as the logs below, it measured 3 % slower), the
+ * products on the way out (tile_out_map) */
+template <typename T> static CS_REDUCTION void tile_softmax(const T *x, T *out, idx_t rows, idx_t n) {
+    if (!HAVE_TRANSPOSE4 || n < 4) {
+        tile_softmax_blocks(x, out, rows, n);
+        return;
+    }
+    T c[TILE_BLOCKS], m[TILE + LANES], inv[TILE + LANES];
+    double s[LANES];
+    tile_in_stats<false>(x, rows, n, c, (const int32_t *)NULL, m, (T *)NULL);
+    for (idx_t r = 0; r < rows; r += LANES) {
+        block_exp_sum<true>(c + r * n, n, m + r, s);
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) inv[r + l] = (T)(1.0 / s[l]);
+    }
+    tile_out_map<ROWS_SCALE>(c, rows, n, (const int32_t *)NULL, inv, (const T *)NULL, out);
+}
+
 /* out = log_softmax of each row, (x - m) - lse (out may be x) */
 template <typename T> static CS_REDUCTION void tile_log_softmax(const T *x, T *out, idx_t rows, idx_t n) {
     T c[TILE_BLOCKS], m[TILE + LANES], lse[TILE + LANES];
     double s[TILE + LANES];
     idx_t padded = (rows + LANES - 1) / LANES * LANES;
-    tile_in(x, rows, n, c);
-    tile_blocks_max_exp_sum<false>(c, rows, n, m, s);
+    tile_in_max_exp_sum<false>(x, c, rows, n, m, s);
 #pragma omp simd
     for (idx_t r = 0; r < padded; ++r) lse[r] = (T)log_ge1(s[r]);
-    for (idx_t r = 0; r < rows; r += LANES) {
-        T *cb = c + r * n;
-        for (idx_t k = 0; k < n; ++k) {
-#pragma omp simd
-            for (idx_t l = 0; l < LANES; ++l)
-                cb[k * LANES + l] = (cb[k * LANES + l] - m[r + l]) - lse[r + l];
-        }
-    }
-    tile_out(c, rows, n, out);
+    tile_out_map<ROWS_SHIFT>(c, rows, n, (const int32_t *)NULL, m, lse, out);
 }
 
 /* out[r] = log(sum(exp(x_r))); rows whose max is +-inf: +-inf, or NaN if
@@ -755,8 +503,7 @@ template <typename T> static CS_REDUCTION void tile_logsumexp(const T *x, T *out
     double s[TILE + LANES];
     int inf_max = 0;
     idx_t padded = (rows + LANES - 1) / LANES * LANES;
-    tile_in(x, rows, n, c);
-    tile_blocks_max_exp_sum<false>(c, rows, n, m, s);
+    tile_in_max_exp_sum<false>(x, c, rows, n, m, s);
 #pragma omp simd reduction(+ : inf_max)
     for (idx_t r = 0; r < padded; ++r) {
         o[r] = (T)((double)m[r] + log_ge1(s[r]));
