@@ -57,8 +57,9 @@ enum { TILE_BLOCKS = TILE + (LANES - 1) * SHORT_ROW_MAX };
  *   ROWS_SCALE   v a_r                        (softmax: a = 1 / s)
  *   ROWS_SHIFT   (v - a_r) - b_r              (log_softmax: a = m, b = lse)
  *   ROWS_GRAD    v a_r, less b_r at k == t_r  (cross-entropy: a = c1, b = ct)
- * each product rounded before the subtraction, as the block loops compute
- * them (the product of ROWS_GRAD has two uses: not fused into an FMA). */
+ * each product rounded before the subtraction, on every path alike (the
+ * product of ROWS_GRAD has two uses, the select one of them: GCC does not
+ * fuse it into an FMA). */
 enum { ROWS_SCALE = 0, ROWS_SHIFT = 1, ROWS_GRAD = 2 };
 
 template <int Op, typename T> static inline T row_value(T v, T a, T b, int target) {

@@ -300,49 +300,36 @@ static inline void block_cross_entropy_stats(T *c, idx_t n, const T *w, double b
     block_exp_sum<Grad>(c, n, m, s);
 }
 
-/* The gradient of one block from its exponentials in c:
- * e c1 [- beta scale w_k] [- ct at the target]. */
+/* The gradient of one block from its exponentials in c, with smoothing
+ * (beta != 0): e c1 - beta scale w_k [- ct at the target].  Without it,
+ * tile_out_map's ROWS_GRAD. */
 template <typename T>
 static inline void block_cross_entropy_grad(T *c, idx_t n, const int32_t *lab, const T *w,
                                             double beta, double scale, const T *c1, const T *ct) {
     const T cb = (T)(beta * scale);
-    /* one pass a column: the product, then the target's subtraction of the
-     * rounded product (the product has a second use, the select, so it is not
-     * fused into an FMA: the bits of two passes) */
     T c1b[LANES], ctb[LANES];
     int32_t lb[LANES];
 #pragma omp simd
     for (idx_t l = 0; l < LANES; ++l) c1b[l] = c1[l], ctb[l] = ct[l], lb[l] = lab[l];
-    if (beta != 0.0) {
-        for (idx_t k = 0; k < n; ++k) {
-            T *ck = c + k * LANES;
-            T cw = cb * (w != NULL ? w[k] : (T)1);
-#pragma omp simd
-            for (idx_t l = 0; l < LANES; ++l) {
-                T v = ck[l] * c1b[l] - cw;
-                ck[l] = lb[l] == (int32_t)k ? v - ctb[l] : v;
-            }
-        }
-        return;
-    }
     for (idx_t k = 0; k < n; ++k) {
         T *ck = c + k * LANES;
+        T cw = cb * (w != NULL ? w[k] : (T)1);
 #pragma omp simd
         for (idx_t l = 0; l < LANES; ++l) {
-            T v = ck[l] * c1b[l];
+            T v = ck[l] * c1b[l] - cw;
             ck[l] = lb[l] == (int32_t)k ? v - ctb[l] : v;
         }
     }
 }
 
 /* The gradient of a tile from the exponentials in its blocks c, into grad
- * (row-major): without smoothing and with Transpose4 (n >= 4) on the way
- * out of the blocks (tile_out_map); otherwise a pass over each block
- * (block_cross_entropy_grad), then tile_out.  The same arithmetic. */
+ * (row-major): without smoothing tile_out_map (on the way out of the blocks
+ * where Transpose4 takes the rows); with it a pass over each block
+ * (block_cross_entropy_grad), then tile_out. */
 template <typename T>
 static inline void tile_out_grad(T *c, idx_t rows, idx_t n, const int32_t *lab, const T *w,
                                  double beta, double scale, const T *c1, const T *ct, T *grad) {
-    if (HAVE_TRANSPOSE4 && n >= 4 && beta == 0.0) {
+    if (beta == 0.0) {
         tile_out_map<ROWS_GRAD>(c, rows, n, lab, c1, ct, grad);
         return;
     }
