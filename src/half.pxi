@@ -28,6 +28,8 @@ cdef extern from "half.hpp" namespace "csoftmax" nogil:
     void half_store(int kind, const float *src, uint16_t *dst, Py_ssize_t n) noexcept
     void half_store_scaled(int kind, const float *src, float c, uint16_t *dst, Py_ssize_t n,
                            Py_ssize_t t, float ct, int stream) noexcept
+    int half_bf16_native_set(int on) noexcept
+    int c_half_bf16_native "csoftmax::half_bf16_native"() noexcept
 
 cdef enum:
     # float32 elements of a block of rows (128 KiB: with a second input and a
@@ -153,6 +155,19 @@ def half_stream_bytes(Py_ssize_t n=-1, Py_ssize_t row=-1):
     if row >= 0:
         _stream_row_bytes = row
     return _stream_bytes
+
+
+def half_bf16_native(int on=-1):
+    """Whether bfloat16 values are rounded by AVX512_BF16's vcvtne2ps2bf16
+    (half.hpp: the AVX-512 kernels on a CPU that has it; the same bits as the
+    software rounding); on = 0 or 1 switches it (tests), where the CPU has
+    it.  Returns the state before."""
+    if on >= 0:
+        return bool(half_bf16_native_set(on))
+    return bool(c_half_bf16_native())
+
+
+c_half_bf16_native()  # the CPU asked once, at import (half.hpp)
 
 
 cdef inline int _half_streams(const _Half *h) noexcept nogil:

@@ -49,7 +49,7 @@ enum { HALF_STRIDED_STAGE = 1 << 15, HALF_STRIDED_MIN_W = 64, HALF_STRIDED_MAX_W
 
 /* a block is computed whole by the float32 block kernels, whose per-position
  * arrays hold StridedBlock<float>::WIDE */
-static_assert(HALF_STRIDED_MAX_W <= StridedBlock<float>::WIDE, "a 16-bit block fits the kernels");
+static_assert((int)HALF_STRIDED_MAX_W <= (int)StridedBlock<float>::WIDE, "a 16-bit block fits the kernels");
 
 static inline idx_t half_strided_width(idx_t C) {
     idx_t w = (idx_t)HALF_STRIDED_STAGE / (C > 0 ? C : 1) / HALF_STRIDED_MIN_W * HALF_STRIDED_MIN_W;

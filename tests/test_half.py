@@ -310,6 +310,66 @@ def test_streamed_outputs_same_bits(name, dtype):
     assert k.half_stream_bytes() == default
 
 
+@pytest.mark.parametrize("name", COMPILED)
+def test_bf16_native_rounding_same_bits(name):
+    """Where a variant rounds bfloat16 by AVX512_BF16's vcvtne2ps2bf16 (the AVX-512
+    kernels on a CPU that has it), which flushes float32 subnormals (such pairs of vectors
+    are rounded in software), the bits are those of the software rounding, switched off:
+    the rounding boundaries and random bit patterns, softmax and the cross-entropy gradient
+    of rows whose probabilities fall below float32's normal range (N(0, 40^2) logits),
+    streamed and not, and over a middle axis."""
+    k = _kernels(name)
+    if not hasattr(k, "half_bf16_native") or not k.half_bf16_native():
+        pytest.skip("this variant rounds bfloat16 in software on this CPU")
+    rng = make_rng(f"bf16-native{name}")
+    shape = (7, 3000)
+    x = (rng.standard_normal(shape) * 40).astype(np.float32)
+    x[1, ::5] = -np.inf
+    x[2, 3] = np.nan
+    x16 = _round(x, BF16)
+    labels = rng.integers(0, shape[1], shape[0])
+    labels[4] = -100
+    x3 = x16.view(BF16).reshape(7, 30, 100)
+    t3 = rng.integers(0, 30, (7, 100))
+
+    def results():
+        got = [np.empty(FLOATS.size, np.uint16)]
+        k.half_store_array(FLOATS, got[0], KIND[BF16], 2)
+        default = k.half_stream_bytes()
+        try:
+            for stream in (default, 0):
+                k.half_stream_bytes(stream, 0 if stream == 0 else 8192)
+                ce = np.empty(shape, np.uint16)
+                _ce_call(k.half_cross_entropy_index_rows, x16, labels, {}, ce, 2,
+                         (KIND[BF16],))
+                sm = np.empty(shape, np.uint16)
+                k.half_rows(0, x16, sm, KIND[BF16], 2)
+                got += [ce, sm]
+        finally:
+            k.half_stream_bytes(default, 8192)
+        fe = KERNEL_FRONTENDS[name]
+        got.append(fe.cross_entropy_with_grad(x3, t3, axis=1, num_threads=2)[1].view(np.uint16))
+        got.append(fe.softmax(x3, axis=1).view(np.uint16))
+        return got
+
+    native = results()
+    assert np.any((_half.load_numpy(native[1], _half.BF16) != 0)
+                  & (np.abs(_half.load_numpy(native[1], _half.BF16)) < 1.2e-38))
+    try:
+        assert k.half_bf16_native(0)
+        assert not k.half_bf16_native()
+        software = results()
+    finally:
+        k.half_bf16_native(1)
+    assert k.half_bf16_native()
+    for i, (a, b) in enumerate(zip(native, software)):
+        assert_bitwise_equal(a, b, f"result {i}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = FLOATS.astype(BF16).view(np.uint16)
+    nan = np.isnan(FLOATS)
+    np.testing.assert_array_equal(native[0][~nan], want[~nan])
+
+
 # ---------------------------------------------------------------------------
 # the public functions
 
