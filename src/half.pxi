@@ -28,6 +28,8 @@ cdef extern from "half.hpp" namespace "csoftmax" nogil:
     void half_store(int kind, const float *src, uint16_t *dst, Py_ssize_t n) noexcept
     void half_store_scaled(int kind, const float *src, float c, uint16_t *dst, Py_ssize_t n,
                            Py_ssize_t t, float ct, int stream) noexcept
+    void half_store_row(int kind, const float *src, uint16_t *dst, Py_ssize_t n,
+                        int stream) noexcept
     int half_bf16_native_set(int on) noexcept
     int c_half_bf16_native "csoftmax::half_bf16_native"() noexcept
 
@@ -306,8 +308,8 @@ cdef inline void _half_ce_prob_long(
             y = h.y32 + (r0 + i) * n
         h.loss[r0 + i] = _cross_entropy_prob_from_max(
             <const float *>xs, y, n, h.w, ce.alpha, ce.beta, grad, ce.scale, exp, i, m)
-        if h.out != NULL:  # rounded (times 1: the same values), streamed when large
-            half_store_scaled(h.kind, xs, 1.0, h.out + (r0 + i) * n, n, -1, 0.0, stream)
+        if h.out != NULL:  # rounded, streamed when large
+            half_store_row(h.kind, xs, h.out + (r0 + i) * n, n, stream)
 
 
 cdef void _half_block(
