@@ -273,7 +273,7 @@ static inline void bf16_store_v(const float *s, uint16_t *d) { packed_store(d, b
  * thread), a vector at a time 0.91-0.98x. */
 #if defined(CS_HALF_SIMD) && defined(__AVX512F__) && defined(__x86_64__) && \
     ((defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__)) || \
-     (defined(__clang__) && __clang_major__ >= 12))
+     (defined(__clang__) && __clang_major__ >= 14))
 #define CS_BF16_NATIVE 1
 #define CS_TARGET_BF16 __attribute__((target("avx512bf16"), noinline))
 
