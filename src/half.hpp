@@ -270,7 +270,7 @@ static inline void bf16_store_v(const float *s, uint16_t *d) { packed_store(d, b
  * a middle axis 0.95-0.98x.  Plain (not streamed) stores go a vector at a
  * time, as bf16_store_v's: one 512-bit store a pair made the conversion of
  * 64 MiB into memory 1.05-1.2x slower than the software rounding (one
- * thread), a vector at a time 0.91-0.98x. */
+ * thread), a vector at a time 0.87-0.98x. */
 #if defined(CS_HALF_SIMD) && defined(__AVX512F__) && defined(__x86_64__) && \
     ((defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__)) || \
      (defined(__clang__) && __clang_major__ >= 14))
