@@ -139,23 +139,23 @@ static inline half_packed f16_pack(__m512 v) { return _mm512_cvtps_ph(v, _MM_FRO
 
 static inline void bf16_load_v(const uint16_t *s, float *d) { _mm512_storeu_ps(d, bf16_vec(s)); }
 
-static inline half_packed bf16_pack(__m512 v) {
+/* the bfloat16 bits of v in 32-bit lanes, for v not NaN: round to nearest even */
+static inline __m512i bf16_round_nonan(__m512 v) {
     __m512i u = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
-    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+}
+
+static inline half_packed bf16_pack(__m512 v) {
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);   /* NaN: its top bits, quieted */
+    __m512i r = _mm512_mask_or_epi32(bf16_round_nonan(v), nan,
+                                     _mm512_srli_epi32(_mm512_castps_si512(v), 16),
+                                     _mm512_set1_epi32(0x40));
     return _mm512_cvtepi32_epi16(r);
 }
 
 /* bf16_pack of values that are not NaN: the rounding alone */
-static inline half_packed bf16_pack_nonan(__m512 v) {
-    __m512i u = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16));
-}
+static inline half_packed bf16_pack_nonan(__m512 v) { return _mm512_cvtepi32_epi16(bf16_round_nonan(v)); }
 
 /* two vectors' worth (2 HALF_LANES values), stored at once */
 typedef __m512i half_packed2;
@@ -196,23 +196,18 @@ static inline half_packed f16_pack(__m256 v) { return _mm256_cvtps_ph(v, _MM_FRO
 
 static inline void bf16_load_v(const uint16_t *s, float *d) { _mm256_storeu_ps(d, bf16_vec(s)); }
 
-/* the bfloat16 bits of v in 32-bit lanes */
-static inline __m256i bf16_round(__m256 v) {
-    __m256i u = _mm256_castps_si256(v);
-    __m256i hi = _mm256_srli_epi32(u, 16);
-    __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(
-        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
-    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    __m256i q = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
-    return _mm256_blendv_epi8(r, q, nan);
-}
-
-/* bf16_round of values that are not NaN: the rounding alone */
+/* the bfloat16 bits of v in 32-bit lanes, for v not NaN: round to nearest even */
 static inline __m256i bf16_round_nonan(__m256 v) {
     __m256i u = _mm256_castps_si256(v);
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+}
+
+/* the bfloat16 bits of v in 32-bit lanes (NaN: its top bits, quieted) */
+static inline __m256i bf16_round(__m256 v) {
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    __m256i q = _mm256_or_si256(_mm256_srli_epi32(_mm256_castps_si256(v), 16), _mm256_set1_epi32(0x40));
+    return _mm256_blendv_epi8(bf16_round_nonan(v), q, nan);
 }
 
 static inline half_packed bf16_pack(__m256 v) {
@@ -467,6 +462,32 @@ static inline uint16_t f32_to_half(int kind, float v) {
     return kind == HALF_F16 ? f32_to_f16(v) : f32_to_bf16(v);
 }
 
+#ifdef CS_HALF_SIMD
+/* half_store_scaled's bfloat16 pairs of vectors from i (Stream: streamed;
+ * dst + i aligned for it); returns where they stopped.  Where c is finite,
+ * src (exponentials, in [0, 1], or NaN only where their sum and so c is NaN)
+ * times c is never NaN, and the rounding skips its NaN test and select
+ * (three of the eight instructions a vector on AVX2). */
+template <bool Stream>
+static inline ptrdiff_t bf16_scaled_pairs(const float *src, float c, uint16_t *dst, ptrdiff_t i,
+                                          ptrdiff_t n) {
+#ifdef CS_BF16_NATIVE
+    if (half_bf16_native()) return bf16_pairs_native<true, Stream>(src, c, dst, i, n);
+#endif
+    const bool no_nan = c - c == 0.0f;
+    for (; i + 2 * HALF_LANES <= n; i += 2 * HALF_LANES) {
+        half_vec a = half_vec_mul(half_vec_load(src + i), c);
+        half_vec b = half_vec_mul(half_vec_load(src + i + HALF_LANES), c);
+        half_packed2 p = no_nan ? bf16_pack2_nonan(a, b) : bf16_pack2(a, b);
+        if (Stream)
+            packed2_stream(dst + i, p);
+        else
+            packed2_store(dst + i, p);
+    }
+    return i;
+}
+#endif
+
 /* dst = src * c rounded to 16 bits, element t (if 0 <= t < n) then
  * src[t] * c - ct: the gradient of a cross-entropy row from its
  * exponentials (row_scale, then the target's term), or softmax's
@@ -480,11 +501,6 @@ static inline void half_store_scaled(int kind, const float *src, float c, uint16
                                      ptrdiff_t n, ptrdiff_t t, float ct, int stream) {
     ptrdiff_t i = 0;
 #ifdef CS_HALF_SIMD
-    /* Where c is finite, src (exponentials, in [0, 1], or NaN only where
-     * their sum and so c is NaN) times c is never NaN, and bfloat16's
-     * rounding skips its NaN test and select (three of the eight
-     * instructions a vector on AVX2) */
-    const bool no_nan = c - c == 0.0f;
     /* two vectors a step (then one), each scaled as row_scale scales */
 #define CS_SCALED(j) half_vec_mul(half_vec_load(src + (j)), c)
     if (stream && ((uintptr_t)dst & 1) == 0) {
@@ -493,29 +509,14 @@ static inline void half_store_scaled(int kind, const float *src, float c, uint16
         if (kind == HALF_F16)
             for (; i + 2 * HALF_LANES <= n; i += 2 * HALF_LANES)
                 packed2_stream(dst + i, f16_pack2(CS_SCALED(i), CS_SCALED(i + HALF_LANES)));
-        else {
-#ifdef CS_BF16_NATIVE
-            if (half_bf16_native()) i = bf16_pairs_native<true, true>(src, c, dst, i, n);
-#endif
-            if (no_nan)
-                for (; i + 2 * HALF_LANES <= n; i += 2 * HALF_LANES)
-                    packed2_stream(dst + i, bf16_pack2_nonan(CS_SCALED(i), CS_SCALED(i + HALF_LANES)));
-            for (; i + 2 * HALF_LANES <= n; i += 2 * HALF_LANES)
-                packed2_stream(dst + i, bf16_pack2(CS_SCALED(i), CS_SCALED(i + HALF_LANES)));
-        }
+        else
+            i = bf16_scaled_pairs<true>(src, c, dst, i, n);
         _mm_sfence();   /* the streamed lines before the plain stores below */
     } else if (kind == HALF_F16) {
         for (; i + 2 * HALF_LANES <= n; i += 2 * HALF_LANES)
             packed2_store(dst + i, f16_pack2(CS_SCALED(i), CS_SCALED(i + HALF_LANES)));
     } else {
-#ifdef CS_BF16_NATIVE
-        if (half_bf16_native()) i = bf16_pairs_native<true, false>(src, c, dst, i, n);
-#endif
-        if (no_nan)
-            for (; i + 2 * HALF_LANES <= n; i += 2 * HALF_LANES)
-                packed2_store(dst + i, bf16_pack2_nonan(CS_SCALED(i), CS_SCALED(i + HALF_LANES)));
-        for (; i + 2 * HALF_LANES <= n; i += 2 * HALF_LANES)
-            packed2_store(dst + i, bf16_pack2(CS_SCALED(i), CS_SCALED(i + HALF_LANES)));
+        i = bf16_scaled_pairs<false>(src, c, dst, i, n);
     }
     if (i + HALF_LANES <= n) {
         if (kind == HALF_F16)
