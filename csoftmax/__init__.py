@@ -33,6 +33,15 @@ softmax_backward = _active.softmax_backward
 log_softmax_backward = _active.log_softmax_backward
 cross_entropy = _active.cross_entropy
 cross_entropy_with_grad = _active.cross_entropy_with_grad
+if BACKEND == "cython" and hasattr(_dispatch.KERNELS, "bind_public"):
+    # the compiled kernels' C-level twins of these methods (src/public.pxi):
+    # the same signatures, the fast path tried without a Python frame, every
+    # other call handed to the method; documented and pickled as csoftmax's
+    for _name, _function in _dispatch.KERNELS.bind_public(_active).items():
+        _function.__doc__ = getattr(type(_active), _name).__doc__
+        _function.__module__ = __name__
+        globals()[_name] = _function
+    del _name, _function
 
 
 def config():

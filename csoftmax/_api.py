@@ -58,9 +58,10 @@ class Frontend(SoftmaxFunctions, CrossEntropyFunctions):
     """The public API over one kernel module (see the module docstring)."""
 
     def __reduce__(self):
-        # the public functions are bound methods: pickling them (multiprocessing,
-        # dask.distributed, joblib) pickles the frontend by name, restored by the
-        # function that csoftmax._dispatch gave its frontends
+        # the methods (the NumPy twin's public functions; the compiled backend's
+        # are C-level functions pickled by name, see src/public.pxi): pickling them
+        # (multiprocessing, dask.distributed, joblib) pickles the frontend by name,
+        # restored by the function that csoftmax._dispatch gave its frontends
         if self._restore is None:
             raise TypeError(f"the frontend {self.name!r} was not made by csoftmax._dispatch "
                             "and cannot be pickled")

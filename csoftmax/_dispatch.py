@@ -78,7 +78,7 @@ if BACKEND == "cython":
     _half._compiled_store = KERNELS.half_store_array
 
 def restore_frontend(name):
-    """Unpickle a frontend (and so the public functions, its bound methods)."""
+    """Unpickle a frontend (and so its bound methods: the NumPy twin's public functions)."""
     if name in FRONTENDS:
         return FRONTENDS[name]
     return cpu_frontends()[name.split("-", 1)[1]]

@@ -109,9 +109,9 @@ def _result_dtype(fn, dtype, ndim, axis, num_threads):
     return np.asarray(fn(np.zeros((1,) * ndim, dtype), axis=axis, num_threads=num_threads)).dtype
 
 
-# The tasks call csoftmax's functions through module-level functions: the public
-# functions are bound methods of an object holding the kernel module, which
-# pickle cannot send to dask.distributed workers.
+# The tasks call csoftmax's functions through module-level functions of this
+# module, pickled by reference: a dask.distributed worker calls its own
+# csoftmax's functions, on the kernels chosen for its CPU.
 
 def _softmax_block(b, *, axis, num_threads):
     return _cs.softmax(b, axis=axis, num_threads=num_threads)

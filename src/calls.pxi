@@ -652,3 +652,4 @@ def cross_entropy_prob_rows(const floating[:, ::1] logits,
 include "fastpath.pxi"
 include "fastlinear.pxi"
 include "vocabsplit.pxi"
+include "public.pxi"
