@@ -405,8 +405,17 @@ static inline idx_t tile_in_groups(const T *x, idx_t rows, idx_t n, T *c, const 
 template <typename T> static inline void tile_in_rest(const T *x, idx_t r0, idx_t rows, idx_t n, T *c) {
     for (idx_t r = r0; r < rows; ++r)
         for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = x[r * n + k];
-    for (idx_t r = rows; r % LANES != 0; ++r)
-        for (idx_t k = 0; k < n; ++k) c[tile_at(r, k, n)] = (T)0;
+    /* the padding, lanes l0 .. LANES - 1 of the last block: a select over
+     * each column's lanes, which vectorises (element by element, a one-row
+     * tile's 15 padding lanes were most of the way in of a 1x10 softmax) */
+    const idx_t l0 = rows % LANES;
+    if (l0 == 0) return;
+    T *block = c + tile_at(rows - l0, 0, n);
+    for (idx_t k = 0; k < n; ++k) {
+        T *ck = block + k * LANES;
+#pragma omp simd
+        for (idx_t l = 0; l < LANES; ++l) ck[l] = l < l0 ? ck[l] : (T)0;
+    }
 }
 
 /* A tile's rows into its transposed blocks, padding lanes 0.  G rows at a
@@ -547,15 +556,19 @@ static inline void tile_in_stats(const T *x, idx_t rows, idx_t n, T *c, const in
     }
     idx_t r0 = tile_in_groups<ColumnStats<T, Select> >(x, rows, n, c, lab, m, xv);
     tile_in_rest(x, r0, rows, n, c);
-    for (idx_t r = r0; r % LANES != 0 || r < rows; ++r) {
+    for (idx_t r = r0; r < rows; ++r) {
         T mr = (T)-INFINITY, xr = (T)0;
         for (idx_t k = 0; k < n; ++k) {
-            T v = r < rows ? x[r * n + k] : (T)0;
+            T v = x[r * n + k];
             mr = v > mr ? v : mr;
             if (Select && lab[r] == (int32_t)k) xr = v;
         }
         m[r] = mr;
         if (Select) xv[r] = xr;
+    }
+    for (idx_t r = rows; r % LANES != 0; ++r) {   /* padding rows of zeros, label -1 */
+        m[r] = (T)0;
+        if (Select) xv[r] = (T)0;
     }
 }
 
