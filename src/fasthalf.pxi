@@ -175,10 +175,10 @@ cdef object _fast_half_backward(int op, object grad_output, object output, objec
 
 
 cdef object _half_scalar(double value, int kind, cnp.ndarray like):
-    """value rounded once to like's 16-bit dtype, as a NumPy scalar."""
-    cdef cnp.ndarray r = cnp.PyArray_EMPTY(0, NULL, cnp.PyArray_TYPE(like), 0)
-    (<uint16_t *>cnp.PyArray_DATA(r))[0] = f64_to_half(kind, value)
-    return r[()]
+    """value rounded once to like's 16-bit dtype, as a NumPy scalar (of
+    ml_dtypes' bfloat16 too: PyArray_Scalar, see _scalar)."""
+    cdef uint16_t bits = f64_to_half(kind, value)
+    return PyArray_Scalar(&bits, like.dtype, None)
 
 
 cdef object _fast_half_cross_entropy(
