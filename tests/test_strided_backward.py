@@ -137,15 +137,17 @@ def test_numpy_twin_agrees(name, forward, op, dtype):
 @pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=FLOAT_IDS)
 def test_streamed_rows_same_bits(name, dtype):
-    """Staged blocks of an output of 8 MiB or more stream their rows (threshold 0 here):
-    the plain stores' bits, at every offset of the output from a cache line (rows of whole
-    lines off the lines: a short first block puts the others on them)."""
+    """Outputs of 8 MiB or more are streamed (threshold 0 here): the rows of staged blocks
+    (inner 1030 and 1024) and the contiguous span of a block that holds all of an outer
+    index's positions (inner 64 and less, written in place too).  The plain stores' bits,
+    at every offset of the output from a cache line (rows of whole lines off the lines: a
+    short first block puts the others on them; a span's lines carried across its rows)."""
     k = KERNEL_FRONTENDS[name].kernels
     rng = make_rng("strided-backward-stream", name, dtype)
     default = k.strided_stream_bytes()
     try:
-        for shape, op, offset in itertools.product([(2, 30, 1030), (2, 30, 1024)], (0, 1),
-                                                   (0, 1, 4)):
+        shapes = [(2, 30, 1030), (2, 30, 1024), (3, 40, 64), (2, 50, 7), (3, 9, 16)]
+        for shape, op, offset in itertools.product(shapes, (0, 1), (0, 1, 4)):
             g = rng.standard_normal(shape).astype(dtype)
             a = rng.random(shape).astype(dtype)
             buf = np.empty(a.size + 16, dtype)
@@ -157,6 +159,10 @@ def test_streamed_rows_same_bits(name, dtype):
             k.strided_stream_bytes(0)
             k.backward_strided(op, g, a, out, 2)
             assert_bitwise_equal(out, plain, f"{shape}, op {op}, offset {offset}")
+            for which, inp in enumerate((g, a)):
+                inp = inp.copy()
+                k.backward_strided(op, *((inp, a) if which == 0 else (g, inp)), inp, 2)
+                assert_bitwise_equal(inp, plain, f"{shape}, op {op}, into input {which}")
     finally:
         k.strided_stream_bytes(default)
 
