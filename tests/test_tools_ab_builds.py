@@ -41,9 +41,13 @@ def test_frontend_of_a_build_matches_the_public_functions():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 33)).astype(np.float32)
     t = rng.integers(0, 33, 7)
+    active = csoftmax.config()["simd"]
     for path in csoftmax.config()["cpu_paths_available"]:
         fr = tool.load_frontend(build, path)
-        np.testing.assert_array_equal(fr.softmax(x), csoftmax.softmax(x))
+        if path == active:             # the very kernels of the public functions
+            np.testing.assert_array_equal(fr.softmax(x), csoftmax.softmax(x))
+        else:                          # with FMA or without: an ulp apart at most
+            np.testing.assert_allclose(fr.softmax(x), csoftmax.softmax(x), rtol=2.4e-7, atol=0)
         assert fr.cross_entropy(x, t) == pytest.approx(csoftmax.cross_entropy(x, t), rel=1e-6)
 
 
