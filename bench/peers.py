@@ -136,6 +136,27 @@ class Peer:
         raise NotImplementedError
 
 
+def direct_call(func, args, kwargs):
+    """``lambda: func(*args, **kwargs)`` written out where the call is a common one (one
+    to three positional arguments with ``out`` and ``num_threads``): the unpacking took
+    0.15-0.2 us a call (a quarter of a 1x10 loss's time), which a user's call does not
+    pay and the loss-only peer, calling directly, did not either (the AVX2 loss +
+    gradient of 1x10 read 1.67x the loss that way, 1.41x with both called directly)."""
+    keys = set(kwargs)
+    if "num_threads" not in keys or not keys <= {"out", "num_threads"} or not 1 <= len(args) <= 3:
+        return lambda: func(*args, **kwargs)
+    nt = kwargs.get("num_threads")
+    a, b, c = (*args, None, None)[:3]
+    if "out" in keys:
+        out = kwargs["out"]
+        return {1: lambda: func(a, out=out, num_threads=nt),
+                2: lambda: func(a, b, out=out, num_threads=nt),
+                3: lambda: func(a, b, c, out=out, num_threads=nt)}[len(args)]
+    return {1: lambda: func(a, num_threads=nt),
+            2: lambda: func(a, b, num_threads=nt),
+            3: lambda: func(a, b, c, num_threads=nt)}[len(args)]
+
+
 @dataclass
 class Csoftmax(Peer):
     """csoftmax, or its NumPy twin; optionally writing into a preallocated ``out``."""
@@ -150,7 +171,7 @@ class Csoftmax(Peer):
         kwargs["num_threads"] = threads
         if self.out and not op.linear:
             kwargs["out"] = np.empty_like(args[0])
-        return Prepared(lambda: func(*args, **kwargs), own=True)
+        return Prepared(direct_call(func, args, kwargs), own=True)
 
 
 @dataclass

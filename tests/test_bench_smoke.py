@@ -508,3 +508,19 @@ def test_bench_half_cli_tiny(tmp_path, capsys, monkeypatch):
                                 rows=targets.parity_rows(tiny["bfloat16"]))
     assert all(r["by_dtype"]["bfloat16"]["passed"] is not None for r in rows)
     assert all(r["by_dtype"]["float16"]["note"] == "bfloat16 only" for r in rows)
+
+
+def test_bench_direct_call_passes_the_same_arguments():
+    """The csoftmax peer's call written out (no unpacking) for the common argument lists
+    gives the function exactly what func(*args, **kwargs) gives it; others are unpacked."""
+    _import_bench()
+    from bench import peers
+
+    def record(*args, **kwargs):
+        return args, kwargs
+
+    out = object()
+    for args in [(1,), (1, 2), (1, 2, 3), (1, 2, 3, 4)]:
+        for kwargs in [{"num_threads": 2}, {"num_threads": None, "out": out},
+                       {"num_threads": 2, "weight": 5}, {"out": out}, {}]:
+            assert peers.direct_call(record, args, kwargs)() == (args, kwargs)
