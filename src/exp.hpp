@@ -43,7 +43,9 @@ static inline uint64_t double_bits(double d) { uint64_t u; memcpy(&u, &d, sizeof
  * 4 is one FMA fewer of the 12 an exp takes on the two FMA pipes that bound
  * the AVX2 kernels: over every float in [-105.3, 0] (1.1e9, against exp in
  * double) the largest error 1.0205 ulp, 0.812 % of the results not
- * correctly rounded (0.804 % before), 0.16 % of them changed by an ulp; the
+ * correctly rounded (0.804 % before), 0.16 % of them changed by an ulp (the
+ * floats crowd near 0, where exp rounds easily: of arguments drawn uniformly
+ * from [-20, 0], 9.65 % against 9.56 %, tests/test_exp_accuracy.py); the
  * AVX2 softmax of 8192x1000 took 0.91x the time, its loss 0.95x, the loss
  * of 65536x10 0.94x, the segmentation loss + gradient 0.97x (one thread;
  * 0.96x, 0.95x, 1.00x, 0.97x on two).
