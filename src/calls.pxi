@@ -357,12 +357,14 @@ cdef inline void _cross_entropy_index_group_unit(
     const floating *x, const label_t *target, Py_ssize_t n_rows, Py_ssize_t n,
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
     double *loss, floating *grad, double scale, const CrossEntropyExtra *ex, Py_ssize_t u,
+    Py_ssize_t *kept,
 ) noexcept nogil:
     """The loss, and unless grad is NULL the gradient, of rows u ROW_GROUP ..
     of long rows (_row_grouped, no soft cap), by _cross_entropy_index_row's
     arithmetic and bits, one step of every row of the group before the next
     (maxima, sums, finish, gradient).  grad may be x: a row's statistics are
-    read before its exponentials overwrite it."""
+    read before its exponentials overwrite it.  kept (or NULL): as
+    _cross_entropy_index_unit's."""
     cdef Py_ssize_t i0 = u * ROW_GROUP
     cdef Py_ssize_t rows = min(<Py_ssize_t>ROW_GROUP, n_rows - i0)
     cdef Py_ssize_t k, t
@@ -377,6 +379,13 @@ cdef inline void _cross_entropy_index_group_unit(
         t = target[i0 + k]
         # each label read once (see _skipped_row): -1 ignored, -2 out of range
         lab[k] = t if t != ignore_index and 0 <= t < n else (-1 if t == ignore_index else -2)
+    if kept != NULL:
+        kept[0] = 0
+        for k in range(rows):
+            if lab[k] == -2:
+                kept[0] = -1
+                break
+            kept[0] += lab[k] >= 0
     for k in range(rows):
         if lab[k] >= 0:
             m[k] = row_max(x + (i0 + k) * n, n)
@@ -411,11 +420,19 @@ cdef void _cross_entropy_index_serial(
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
     double *loss, double *tile_loss, floating *grad, double scale,
     const CrossEntropyExtra *ex, floating *capped, floating cap, bint grouped,
+    Py_ssize_t *kept,
 ) noexcept nogil:
-    cdef Py_ssize_t i
+    """The units of _cross_entropy_index_core in order on this thread; kept
+    (or NULL): as there."""
+    cdef Py_ssize_t i, unit_kept = 0, n_kept = 0
     for i in range(_group_units(n_rows, n, sizeof(floating), grouped)):
         _cross_entropy_index_any_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
-                                      loss, tile_loss, grad, scale, ex, capped, cap, grouped, i)
+                                      loss, tile_loss, grad, scale, ex, capped, cap, grouped, i,
+                                      &unit_kept if kept != NULL else NULL)
+        if kept != NULL and n_kept >= 0:
+            n_kept = -1 if unit_kept < 0 else n_kept + unit_kept
+    if kept != NULL:
+        kept[0] = n_kept
 
 
 cdef inline void _cross_entropy_index_any_unit(
@@ -423,22 +440,23 @@ cdef inline void _cross_entropy_index_any_unit(
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha, double beta,
     double *loss, double *tile_loss, floating *grad, double scale,
     const CrossEntropyExtra *ex, floating *capped, floating cap, bint grouped, Py_ssize_t i,
+    Py_ssize_t *kept=NULL,
 ) noexcept nogil:
     """Unit i of _cross_entropy_index_core: a group of rows (grouped), else a
-    row or a tile."""
+    row or a tile; kept (or NULL): its labels counted (_cross_entropy_index_unit)."""
     if grouped:
         _cross_entropy_index_group_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha,
-                                        beta, loss, grad, scale, ex, i)
+                                        beta, loss, grad, scale, ex, i, kept)
     else:
         _cross_entropy_index_unit(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
-                                  loss, tile_loss, grad, scale, ex, capped, cap, i)
+                                  loss, tile_loss, grad, scale, ex, capped, cap, i, kept)
 
 
 cdef double _cross_entropy_index_core(
     const floating *x, const label_t *t, Py_ssize_t n_rows, Py_ssize_t n,
     const floating *w, Py_ssize_t ignore_index, double label_smoothing, double scale,
     double *loss, floating *grad, int n_threads,
-    const CrossEntropyExtra *ex=NULL, double cap=0.0,
+    const CrossEntropyExtra *ex=NULL, double cap=0.0, Py_ssize_t *kept=NULL,
 ) except? -1:
     """Row losses with class indices (checked) into loss, the gradient times
     scale into grad unless NULL (grad may be x); returns the sum of the row
@@ -447,8 +465,13 @@ cdef double _cross_entropy_index_core(
     extras (NULL: none);
     cap > 0: the logits soft-capped at cap (see softcap.pxi: a long row in a
     thread's scratch row, a tile on the stack, a split row by chunks).
-    n_rows >= 1."""
-    cdef Py_ssize_t i
+    kept (or NULL; the loss alone, grad NULL: nothing but the row losses is
+    written before the check): the labels are checked here, as each unit
+    reads them (_cross_entropy_index_unit), and *kept gets the number of those that are not
+    ignore_index, or -1 where one is out of range (the losses are then
+    meaningless).  n_rows >= 1."""
+    cdef Py_ssize_t i, unit_kept, n_kept = 0
+    cdef int any_bad = 0
     cdef double w_total = <double>n if w == NULL else row_sum(w, n)
     cdef double alpha = 1.0 - label_smoothing
     cdef double beta = label_smoothing / n
@@ -456,6 +479,9 @@ cdef double _cross_entropy_index_core(
                                                   loss, ex)
     cdef double total
     if _split_rows(n_rows, n, n_threads):
+        if kept != NULL and labels_count_bad(t, n_rows, n, ignore_index, kept) != 0:
+            kept[0] = -1  # a few long rows: their labels checked first
+            return 0.0
         _split_columns(OP_CROSS_ENTROPY_INDEX, x, <const floating *>NULL, t, w, grad, &ce,
                        n_rows, n, n_threads, <floating>cap)
         return _loss_total(loss, NULL, n_rows, n)
@@ -465,18 +491,24 @@ cdef double _cross_entropy_index_core(
     if n_threads > 1:
         for i in prange(_group_units(n_rows, n, sizeof(floating), grouped), nogil=True,
                         schedule="static", num_threads=n_threads):
+            unit_kept = 0
             _cross_entropy_index_any_unit(
                 x, t, n_rows, n, ignore_index, w, w_total, alpha, beta, loss, tl, grad, scale,
                 ex, capped if capped == NULL else capped + threadid() * n, <floating>cap,
-                grouped, i)
+                grouped, i, &unit_kept if kept != NULL else NULL)
+            any_bad |= unit_kept < 0
+            n_kept += unit_kept
+        if kept != NULL:
+            kept[0] = -1 if any_bad else n_kept
     elif n_rows * n < GIL_WORK:
         _cross_entropy_index_serial(x, t, n_rows, n, ignore_index, w, w_total, alpha, beta,
-                                    loss, tl, grad, scale, ex, capped, <floating>cap, grouped)
+                                    loss, tl, grad, scale, ex, capped, <floating>cap, grouped,
+                                    kept)
     else:
         with nogil:
             _cross_entropy_index_serial(x, t, n_rows, n, ignore_index, w, w_total, alpha,
                                         beta, loss, tl, grad, scale, ex, capped,
-                                        <floating>cap, grouped)
+                                        <floating>cap, grouped, kept)
     total = _loss_total(loss, tl, n_rows, n)
     free(tl)
     free(capped)

@@ -124,7 +124,7 @@ cdef extern from "tiles.hpp" namespace "csoftmax" nogil:
     double tile_cross_entropy_index[T, L](
         const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
         const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
-        double scale, const CrossEntropyExtra *ex) noexcept
+        double scale, const CrossEntropyExtra *ex, Py_ssize_t *kept) noexcept
     # elements of a tile of short rows (its scratch lives on each thread's stack)
     enum: TILE
     # rows of fewer bytes are computed a tile of rows at a time (_short_row)
@@ -585,7 +585,11 @@ cdef inline void _cross_entropy_index_unit(
     Py_ssize_t ignore_index, const floating *w, double w_total, double alpha,
     double beta, double *loss, double *tile_loss, floating *grad, double scale,
     const CrossEntropyExtra *ex, floating *capped, floating cap, Py_ssize_t i,
+    Py_ssize_t *kept=NULL,
 ) noexcept nogil:
+    """Unit i (a tile of short rows or a row) of _cross_entropy_index_core;
+    kept (or NULL): the unit's labels that are not ignore_index, counted, or
+    -1 where one is out of range (the tile's from its classified labels)."""
     cdef Py_ssize_t r0 = i * _tile_rows(n)
     cdef Py_ssize_t rows = min(_tile_rows(n), n_rows - r0)
     cdef Py_ssize_t t
@@ -603,13 +607,17 @@ cdef inline void _cross_entropy_index_unit(
                 x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
                 loss if loss == NULL else loss + r0, grad if grad == NULL else grad + r0 * n,
                 scale, <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex, cap)
+            if kept != NULL and labels_count_bad(target + r0, rows, n, ignore_index, kept):
+                kept[0] = -1
         else:
             tile_loss[i] = tile_cross_entropy_index(
                 x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
                 loss if loss == NULL else loss + r0, grad if grad == NULL else grad + r0 * n,
-                scale, <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex)
+                scale, <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex, kept)
         return
     t = target[i]
+    if kept != NULL:
+        kept[0] = 0 if t == ignore_index else (1 if 0 <= t < n else -1)
     if t == ignore_index or not 0 <= t < n:
         row_prefetch(x + i * n, n)
         loss[i] = _skipped_row(grad if grad == NULL else grad + i * n, n,

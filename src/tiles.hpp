@@ -251,6 +251,20 @@ static inline int tile_labels(const L *target, idx_t rows, idx_t n, idx_t ignore
     return special;
 }
 
+/* The rows of a tile whose labels tile_labels classified (lab, special its
+ * count of rows that are not classes) that are not ignore_index, or -1 where
+ * one is outside [0, n): the loss alone checks its labels so (see
+ * _cross_entropy_index_core in calls.pxi), with no pass of their own. */
+static inline idx_t tile_labels_kept(const int32_t *lab, idx_t rows, int special) {
+    if (special == 0) return rows;
+    idx_t n_kept = 0;
+    for (idx_t r = 0; r < rows; ++r) {
+        if (lab[r] == -2) return -1;
+        n_kept += lab[r] >= 0;
+    }
+    return n_kept;
+}
+
 /* The rows of a tile that its labels skip (lab -1: ignore_index, loss 0 and
  * a zero gradient row; -2: outside [0, n), NaN), written over what the row
  * loops computed for them: those loops compute every row alike, with no
@@ -382,7 +396,7 @@ template <bool Grad, bool Extra, typename T, typename L>
 static inline double tile_cross_entropy_index_any(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        const CrossEntropyExtra *ex) {
+        const CrossEntropyExtra *ex, idx_t *kept = NULL) {
     enum { R = TILE + LANES };
     T c[TILE_BLOCKS];
     int32_t lab[R];
@@ -390,6 +404,7 @@ static inline double tile_cross_entropy_index_any(
     T m[R], xv[R], c1[Grad ? R : 1], ct[Grad ? R : 1];
     double bz[Extra ? R : 1], ba[Extra ? R : 1];
     int special = tile_labels(target, rows, n, ignore_index, lab);
+    if (kept != NULL) *kept = tile_labels_kept(lab, rows, special);
     idx_t padded = (rows + LANES - 1) / LANES * LANES;
     for (idx_t r = rows; r < padded; ++r) lab[r] = -1;
     if (w != NULL)                     /* loads at a data-dependent index */
@@ -518,7 +533,7 @@ template <bool Grad, bool Extra, bool Smooth, typename T, typename L>
 static inline double tile_cross_entropy_binary(
         const T *x, const L *target, idx_t rows, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        const CrossEntropyExtra *ex) {
+        const CrossEntropyExtra *ex, idx_t *kept = NULL) {
     double bz[Extra ? TILE / 2 : 1], ba[Extra ? TILE / 2 : 1];
     const double z = Extra ? ex->z : 0.0, zs = Extra ? ex->zscale : 0.0;
     const T wk0 = w != NULL ? w[0] : (T)1, wk1 = w != NULL ? w[1] : (T)1;
@@ -535,6 +550,7 @@ static inline double tile_cross_entropy_binary(
     double bl[TILE / 2];
     int32_t lab[TILE / 2];
     int special = tile_labels(target, rows, 2, ignore_index, lab);
+    if (kept != NULL) *kept = tile_labels_kept(lab, rows, special);
     /* Three loops over the tile, each row's exponential, then its log and loss,
      * then its gradient: one loop's iteration was a chain of dependent
      * operations (the exp, the widening, the log, the division) longer than
@@ -605,38 +621,39 @@ template <bool Extra, typename T, typename L>
 static inline double tile_cross_entropy_binary_with(
         const T *x, const L *target, idx_t rows, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        const CrossEntropyExtra *ex) {
+        const CrossEntropyExtra *ex, idx_t *kept = NULL) {
     if (grad != NULL && beta != 0.0)
         return tile_cross_entropy_binary<true, Extra, true>(x, target, rows, ignore_index, w,
                                                             w_total, alpha, beta, loss, grad,
-                                                            scale, ex);
+                                                            scale, ex, kept);
     if (grad != NULL)
         return tile_cross_entropy_binary<true, Extra, false>(x, target, rows, ignore_index, w,
                                                              w_total, alpha, beta, loss, grad,
-                                                             scale, ex);
+                                                             scale, ex, kept);
     if (beta != 0.0)
         return tile_cross_entropy_binary<false, Extra, true>(x, target, rows, ignore_index, w,
                                                              w_total, alpha, beta, loss, grad,
-                                                             scale, ex);
+                                                             scale, ex, kept);
     return tile_cross_entropy_binary<false, Extra, false>(x, target, rows, ignore_index, w,
                                                           w_total, alpha, beta, loss, grad,
-                                                          scale, ex);
+                                                          scale, ex, kept);
 }
 
 template <bool Extra, typename T, typename L>
 static inline double tile_cross_entropy_index_with(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        const CrossEntropyExtra *ex) {
+        const CrossEntropyExtra *ex, idx_t *kept = NULL) {
     if (n == 2)  /* binary classification: the common short row */
         return tile_cross_entropy_binary_with<Extra>(x, target, rows, ignore_index, w, w_total,
-                                                     alpha, beta, loss, grad, scale, ex);
+                                                     alpha, beta, loss, grad, scale, ex, kept);
     if (grad != NULL)
         return tile_cross_entropy_index_any<true, Extra>(x, target, rows, n, ignore_index, w,
                                                          w_total, alpha, beta, loss, grad, scale,
-                                                         ex);
+                                                         ex, kept);
     return tile_cross_entropy_index_any<false, Extra>(x, target, rows, n, ignore_index, w,
-                                                      w_total, alpha, beta, loss, grad, scale, ex);
+                                                      w_total, alpha, beta, loss, grad, scale, ex,
+                                                      kept);
 }
 
 /* ex: z-loss and per-row extras (CrossEntropyExtra, its arrays from the
@@ -648,12 +665,12 @@ template <typename T, typename L>
 static CS_REDUCTION double tile_cross_entropy_index(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        const CrossEntropyExtra *ex) {
+        const CrossEntropyExtra *ex, idx_t *kept = NULL) {
     if (ex != NULL)
         return tile_cross_entropy_index_with<true>(x, target, rows, n, ignore_index, w, w_total,
-                                                   alpha, beta, loss, grad, scale, ex);
+                                                   alpha, beta, loss, grad, scale, ex, kept);
     return tile_cross_entropy_index_with<false>(x, target, rows, n, ignore_index, w, w_total,
-                                                alpha, beta, loss, grad, scale, ex);
+                                                alpha, beta, loss, grad, scale, ex, kept);
 }
 
 }  // namespace csoftmax

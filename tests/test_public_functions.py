@@ -173,3 +173,44 @@ def test_public_functions_answer_the_common_call_in_c():
     finally:
         _dispatch.KERNELS.bind_public(csoftmax._active)
     _same(csoftmax.softmax(x, where=x > 0), _full().softmax(x, where=x > 0), "rebound")
+
+
+# The loss alone checks its labels in the kernel, as each unit reads them
+# (src/calls.pxi, _cross_entropy_index_core's kept): every kind of unit, on one
+# thread and on several, must count the kept rows as the full path does and
+# leave a bad label to the full path's error.
+LABEL_ROUTES = [
+    ("tiles", (5000, 10), {}),
+    ("binary tiles", (20000, 2), {}),
+    ("capped tiles", (3000, 7), {"softcap": 5.0}),
+    ("grouped rows", (300, 100), {}),
+    ("long rows", (40, 3000), {}),
+    ("capped rows", (40, 3000), {"softcap": 5.0}),
+    ("split rows", (2, 150000), {}),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("what,shape,kwargs", LABEL_ROUTES, ids=[r[0] for r in LABEL_ROUTES])
+def test_loss_alone_checks_its_labels_as_the_full_path(what, shape, kwargs, dtype):
+    rng = make_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    n_rows, n = shape
+    labels = rng.integers(0, n, n_rows)
+    labels[1::5] = -100                      # ignored rows among the kept ones
+    full = _full()
+    for threads in (1, 2, 3):
+        for reduction in ("mean", "sum", "none"):
+            for t in (labels, labels.astype(np.int32), np.full(n_rows, -100)):
+                args = dict(reduction=reduction, num_threads=threads, **kwargs)
+                _same(csoftmax.cross_entropy(x, t, **args), full.cross_entropy(x, t, **args),
+                      f"{what} {threads} {reduction} {t.dtype}")
+        for row in (0, n_rows // 2, n_rows - 1):
+            for bad in (n, -1, 2**40):
+                t = labels.copy()
+                t[row] = bad
+                with pytest.raises(ValueError) as want:
+                    full.cross_entropy(x, t, num_threads=threads, **kwargs)
+                with pytest.raises(ValueError) as got:
+                    csoftmax.cross_entropy(x, t, num_threads=threads, **kwargs)
+                assert str(got.value) == str(want.value), (what, threads, row, bad)
