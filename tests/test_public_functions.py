@@ -181,9 +181,11 @@ def test_public_functions_answer_the_common_call_in_c():
 # leave a bad label to the full path's error.
 LABEL_ROUTES = [
     ("tiles", (5000, 10), {}),
+    ("smoothed tiles", (5000, 10), {"label_smoothing": 0.1, "ignore_index": 3}),
     ("binary tiles", (20000, 2), {}),
     ("capped tiles", (3000, 7), {"softcap": 5.0}),
     ("grouped rows", (300, 100), {}),
+    ("smoothed rows", (40, 3000), {"label_smoothing": 0.1}),
     ("long rows", (40, 3000), {}),
     ("capped rows", (40, 3000), {"softcap": 5.0}),
     ("split rows", (2, 150000), {}),
@@ -197,11 +199,12 @@ def test_loss_alone_checks_its_labels_as_the_full_path(what, shape, kwargs, dtyp
     x = rng.standard_normal(shape).astype(dtype)
     n_rows, n = shape
     labels = rng.integers(0, n, n_rows)
-    labels[1::5] = -100                      # ignored rows among the kept ones
+    labels[1::5] = kwargs.get("ignore_index", -100)   # ignored rows among the kept ones
     full = _full()
     for threads in (1, 2, 3):
         for reduction in ("mean", "sum", "none"):
-            for t in (labels, labels.astype(np.int32), np.full(n_rows, -100)):
+            for t in (labels, labels.astype(np.int32),
+                      np.full(n_rows, kwargs.get("ignore_index", -100))):
                 args = dict(reduction=reduction, num_threads=threads, **kwargs)
                 _same(csoftmax.cross_entropy(x, t, **args), full.cross_entropy(x, t, **args),
                       f"{what} {threads} {reduction} {t.dtype}")
