@@ -51,12 +51,34 @@ def test_frontend_of_a_build_matches_the_public_functions():
         assert fr.cross_entropy(x, t) == pytest.approx(csoftmax.cross_entropy(x, t), rel=1e-6)
 
 
+def test_public_functions_of_a_build_are_csoftmaxs():
+    tool = _tool()
+    build = _build_dir()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 10)).astype(np.float32)
+    t = rng.integers(0, 10, 300)
+    want = csoftmax.cross_entropy(x, t), csoftmax.cross_entropy(x, t, return_token_accuracy=True)
+    # the build in use is the module csoftmax imported (an extension module loads once per
+    # file): binding its public functions binds csoftmax's, restored below
+    module = tool.load_public(build, csoftmax.config()["simd"])
+    try:
+        np.testing.assert_array_equal(module.cross_entropy(x, t), want[0])
+        # a call the fast path declines reaches the bound Frontend's method
+        got = module.cross_entropy(x, t, return_token_accuracy=True)
+        np.testing.assert_array_equal(got.token_accuracy, want[1].token_accuracy)
+        with pytest.raises(ValueError, match="is not a class index"):
+            module.cross_entropy(x, np.full(300, 10))
+    finally:
+        csoftmax._dispatch.KERNELS.bind_public(csoftmax._active)
+
+
 def test_missing_build_names_the_directory(tmp_path):
     with pytest.raises(SystemExit, match=str(tmp_path)):
         _tool().load_frontend(str(tmp_path), "baseline")
 
 
-def test_report_has_every_case_and_build(tmp_path, capsys):
+@pytest.mark.parametrize("public", [False, True])
+def test_report_has_every_case_and_build(tmp_path, capsys, public):
     build = _build_dir()
     cases = tmp_path / "cases.py"
     cases.write_text(
@@ -64,10 +86,14 @@ def test_report_has_every_case_and_build(tmp_path, capsys):
         "cases['tiny_softmax'] = lambda fr: fr.softmax(x, num_threads=nt)\n"
         "cases['tiny_lse'] = lambda fr: fr.logsumexp(x, num_threads=nt)\n")
     path = csoftmax.config()["cpu_paths_available"][0]
-    _tool().main([build, build, "--cpu", path, "--threads", "1", "--reps", "3",
-                  "--cases", str(cases)])
+    try:
+        _tool().main([build, build, "--cpu", path, "--threads", "1", "--reps", "3",
+                      "--cases", str(cases)] + (["--public"] if public else []))
+    finally:
+        csoftmax._dispatch.KERNELS.bind_public(csoftmax._active)
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"SIMD path {path}, 1 thread(s), 3 rounds")
+    assert out[0].startswith(f"SIMD path {path}, 1 thread(s), 3 rounds"
+                             + (", public functions;" if public else ";"))
     rows = {line.split()[0]: line for line in out[1:]}
     assert set(rows) == {"tiny_softmax", "tiny_lse"}
     for line in rows.values():

@@ -16,9 +16,14 @@ working tree's ``csoftmax/`` after ``python setup.py build_ext --inplace``::
     python tools/ab_builds.py /tmp/before . --cpu avx2 --threads 2 --reps 20
 
 The Python layer is the one imported (this working tree's); only the kernel modules
-differ.  ``--cases FILE`` runs the cases that FILE defines: it is executed with ``np``,
-``rng`` (a seeded Generator), ``nt`` (the thread count) and an empty dict ``cases`` in
-scope, and adds ``name: lambda fr: fr.<function>(...)`` entries to it.
+differ.  The calls go through each build's ``Frontend`` methods, the full path; with
+``--public`` through the build's public functions instead (``fr`` is then the kernel
+module, whose ``fr.cross_entropy`` ... try the C fast path first, as
+``csoftmax.cross_entropy`` does): a change to the fast path shows only there.
+
+``--cases FILE`` runs the cases that FILE defines: it is executed with ``np``, ``rng``
+(a seeded Generator), ``nt`` (the thread count) and an empty dict ``cases`` in scope, and
+adds ``name: lambda fr: fr.<function>(...)`` entries to it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,20 @@ def load_frontend(build, cpu):
     from csoftmax import _dispatch
     from csoftmax._api import Frontend
 
+    return Frontend(_load_module(build, cpu), f"cython-{cpu}-{build}",
+                    restore=_dispatch.restore_frontend)
+
+
+def load_public(build, cpu):
+    """The kernel module of ``cpu`` in ``build`` with its public functions
+    (``module.cross_entropy`` ...: the C fast path, else the method) bound to a
+    Frontend over that same module: what ``csoftmax.cross_entropy`` runs."""
+    frontend = load_frontend(build, cpu)
+    frontend.kernels.bind_public(frontend)
+    return frontend.kernels
+
+
+def _load_module(build, cpu):
     name = f"_kernels{SUFFIX[cpu]}"
     found = glob.glob(os.path.join(build, "csoftmax", f"{name}.*.so"))
     found += glob.glob(os.path.join(build, "csoftmax", f"{name}.*.pyd"))
@@ -61,7 +80,7 @@ def load_frontend(build, cpu):
     spec = importlib.util.spec_from_file_location(f"csoftmax.{name}", found[0])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return Frontend(module, f"cython-{cpu}-{build}", restore=_dispatch.restore_frontend)
+    return module
 
 
 def main(argv=None):
@@ -71,10 +90,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--cases", help="a Python file that fills `cases` (see above)")
+    parser.add_argument("--public", action="store_true",
+                        help="time the builds' public functions (their C fast path where it "
+                             "answers): each case's `fr` is then the kernel module")
     args = parser.parse_args(argv)
     # a build given twice (a control: the noise of the measure) is timed twice
     labels = [b if args.builds.count(b) == 1 else f"{b}#{i}" for i, b in enumerate(args.builds)]
-    fronts = {label: load_frontend(b, args.cpu) for label, b in zip(labels, args.builds)}
+    load = load_public if args.public else load_frontend
+    fronts = {label: load(b, args.cpu) for label, b in zip(labels, args.builds)}
     cases = {}
     scope = {"np": np, "rng": np.random.default_rng(0), "nt": args.threads, "cases": cases}
     source = DEFAULT_CASES if args.cases is None else open(args.cases).read()
@@ -88,7 +111,8 @@ def main(argv=None):
                 call(fr)
                 times[(c, b)].append(time.perf_counter() - t0)
     first = labels[0]
-    print(f"SIMD path {args.cpu}, {args.threads} thread(s), {args.reps} rounds; "
+    print(f"SIMD path {args.cpu}, {args.threads} thread(s), {args.reps} rounds"
+          f"{', public functions' if args.public else ''}; "
           f"times in ms, ratio: median of the per-round time over {first}'s")
     for c in cases:
         cells = []
