@@ -467,9 +467,9 @@ cdef double _cross_entropy_index_core(
     thread's scratch row, a tile on the stack, a split row by chunks).
     kept (or NULL; the loss alone, grad NULL: nothing but the row losses is
     written before the check): the labels are checked here, as each unit
-    reads them (_cross_entropy_index_unit), and *kept gets the number of those that are not
-    ignore_index, or -1 where one is out of range (the losses are then
-    meaningless).  n_rows >= 1."""
+    reads them (_cross_entropy_index_unit), and *kept gets the number of
+    those that are not ignore_index, or -1 where one is out of range (the
+    losses are then meaningless).  n_rows >= 1."""
     cdef Py_ssize_t i, unit_kept, n_kept = 0
     cdef int any_bad = 0
     cdef double w_total = <double>n if w == NULL else row_sum(w, n)

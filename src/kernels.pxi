@@ -606,9 +606,7 @@ cdef inline void _cross_entropy_index_unit(
             tile_loss[i] = tile_cross_entropy_index_capped(
                 x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,
                 loss if loss == NULL else loss + r0, grad if grad == NULL else grad + r0 * n,
-                scale, <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex, cap)
-            if kept != NULL and labels_count_bad(target + r0, rows, n, ignore_index, kept):
-                kept[0] = -1
+                scale, <const CrossEntropyExtra *>NULL if ex == NULL else &tile_ex, cap, kept)
         else:
             tile_loss[i] = tile_cross_entropy_index(
                 x + r0 * n, target + r0, rows, n, ignore_index, w, w_total, alpha, beta,

@@ -68,16 +68,16 @@ static CS_REDUCTION void row_grad_softcap(T *g, const T *c, const T *w, idx_t n,
 
 /* tile_cross_entropy_index on the soft-capped rows of a tile (rows * n <=
  * TILE): the capped tile in c (grad may be x), the gradient times the chain
- * factor. */
+ * factor; kept (or NULL) as there. */
 template <typename T, typename L>
 static CS_REDUCTION double tile_cross_entropy_index_capped(
         const T *x, const L *target, idx_t rows, idx_t n, idx_t ignore_index, const T *w,
         double w_total, double alpha, double beta, double *loss, T *grad, double scale,
-        const CrossEntropyExtra *ex, T cap) {
+        const CrossEntropyExtra *ex, T cap, idx_t *kept) {
     T c[TILE];
     row_softcap(x, c, rows * n, cap);
     double total = tile_cross_entropy_index(c, target, rows, n, ignore_index, w, w_total,
-                                            alpha, beta, loss, grad, scale, ex);
+                                            alpha, beta, loss, grad, scale, ex, kept);
     if (grad != NULL) row_softcap_grad(grad, c, rows * n, cap);
     return total;
 }

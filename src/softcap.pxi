@@ -20,7 +20,7 @@ cdef extern from "softcap.hpp" namespace "csoftmax" nogil:
     double tile_cross_entropy_index_capped[T, L](
         const T *x, const L *target, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ignore_index,
         const T *w, double w_total, double alpha, double beta, double *loss, T *grad,
-        double scale, const CrossEntropyExtra *ex, T cap) noexcept
+        double scale, const CrossEntropyExtra *ex, T cap, Py_ssize_t *kept) noexcept
     void row_grad_softcap[T](T *g, const T *c, const T *w, Py_ssize_t n, T c1, T c2,
                              Py_ssize_t t, T ct, T cap) noexcept
 
