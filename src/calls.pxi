@@ -128,7 +128,7 @@ cdef int _rows_core(
     cdef bint grouped = _row_grouped(n, sizeof(floating), op != OP_LOGSUMEXP)
     if n_threads > 1:
         for i in prange(_group_units(n_rows, n, sizeof(floating), grouped), nogil=True,
-                        schedule="static", num_threads=n_threads):
+                        schedule="guided", num_threads=n_threads):
             _rows_any_unit(op, x, out, n_rows, n, grouped, i)
     elif n_rows * n < GIL_WORK:
         _rows_serial(op, x, out, n_rows, n, grouped)
@@ -227,7 +227,7 @@ cdef int _backward_core(
     cdef Py_ssize_t i
     if n_threads > 1:
         for i in prange(_backward_units(op, n_rows, n, sizeof(floating)),
-                        nogil=True, schedule="static", num_threads=n_threads):
+                        nogil=True, schedule="guided", num_threads=n_threads):
             _backward_unit(op, g, a, out, n_rows, n, i)
     elif n_rows * n < GIL_WORK:
         _backward_serial(op, g, a, out, n_rows, n)
@@ -286,7 +286,7 @@ cdef Py_ssize_t _labels_count_bad(
     cdef Py_ssize_t *chunk_kept = <Py_ssize_t *>malloc(n_chunks * sizeof(Py_ssize_t))
     if chunk_kept == NULL:
         raise MemoryError()
-    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+    for c in prange(n_chunks, nogil=True, schedule="guided", num_threads=n_threads):
         bad += _labels_chunk_bad(t, n_rows, n_classes, ignore_index, c, chunk_kept)
     kept[0] = 0
     for c in range(n_chunks):
@@ -490,7 +490,7 @@ cdef double _cross_entropy_index_core(
     cdef bint grouped = cap == 0.0 and _row_grouped(n, sizeof(floating), grad != NULL)
     if n_threads > 1:
         for i in prange(_group_units(n_rows, n, sizeof(floating), grouped), nogil=True,
-                        schedule="static", num_threads=n_threads):
+                        schedule="guided", num_threads=n_threads):
             unit_kept = 0
             _cross_entropy_index_any_unit(
                 x, t, n_rows, n, ignore_index, w, w_total, alpha, beta, loss, tl, grad, scale,
@@ -546,7 +546,7 @@ cdef double _cross_entropy_prob_core(
     cdef floating *capped = _row_cap_scratch(x, n, cap, n_threads)  # n columns per thread
     cdef double *tl = _tile_loss_alloc(n_rows, n, sizeof(floating))
     if n_threads > 1:
-        for i in prange(_n_units(n_rows, n, sizeof(floating)), nogil=True, schedule="static",
+        for i in prange(_n_units(n_rows, n, sizeof(floating)), nogil=True, schedule="guided",
                         num_threads=n_threads):
             _cross_entropy_prob_unit(x, y, n_rows, n, w, alpha, beta, loss, tl, grad,
                                      scale, ex,

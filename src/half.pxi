@@ -390,7 +390,7 @@ cdef int _half_staged(_Half *h, const label_t *t, int n_threads) except -1:
     if scratch == NULL:
         raise MemoryError()
     if n_threads > 1:
-        for b in prange(n_blocks, nogil=True, schedule="static", num_threads=n_threads):
+        for b in prange(n_blocks, nogil=True, schedule="guided", num_threads=n_threads):
             _half_block(h, t, scratch + threadid() * per_thread, b)
     elif h.n_rows * h.n < GIL_WORK:
         _half_serial(h, t, scratch, n_blocks)
@@ -420,7 +420,7 @@ cdef int _convert(int kind, bint to_half, const void *src, void *dst, Py_ssize_t
     cdef Py_ssize_t u, nu = (size + CONVERT_BLOCK - 1) // CONVERT_BLOCK
     n_threads = <int>min(<Py_ssize_t>n_threads, nu)
     if n_threads > 1:
-        for u in prange(nu, nogil=True, schedule="static", num_threads=n_threads):
+        for u in prange(nu, nogil=True, schedule="guided", num_threads=n_threads):
             _convert_unit(kind, to_half, src, dst, size, u)
     elif size < GIL_WORK:
         for u in range(nu):
@@ -610,7 +610,7 @@ def half_masked_rows(int op, const uint16_t[:, ::1] x, object grad_output, objec
         raise MemoryError()
     try:
         if n_threads > 1:
-            for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+            for i in prange(n_rows, nogil=True, schedule="guided", num_threads=n_threads):
                 _half_masked_unit(op, kind, xp, gp, op16, op32, n, &mk, i,
                                   scratch + threadid() * per_thread)
         elif n_rows * n < GIL_WORK:

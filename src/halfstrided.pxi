@@ -72,7 +72,7 @@ cdef int _half_strided_core(
     if stage == NULL:
         raise MemoryError()
     if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+        for u in prange(n_units, nogil=True, schedule="guided", num_threads=n_threads):
             _half_strided_unit(op, kind, g, x, out, out32, C, inner, width, u,
                                stage + threadid() * elems, stream)
     elif outer * C * inner < GIL_WORK:
@@ -184,7 +184,7 @@ def half_cross_entropy_index_strided(const uint16_t[:, :, ::1] logits,
     try:
         loss = _loss_rows(row_loss, n_rows)
         if n_threads > 1:
-            for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            for u in prange(n_units, nogil=True, schedule="guided", num_threads=n_threads):
                 half_strided_cross_entropy_index_unit(
                     kind, x, t, C, inner, width, u, ignore_index, w, w_total, alpha, beta, loss,
                     g, grad_scale, stage + threadid() * per_thread, ex, cap, stream)
@@ -292,7 +292,7 @@ def half_cross_entropy_prob_strided(const uint16_t[:, :, ::1] logits,
     try:
         p.loss = _loss_rows(row_loss, n_rows)
         if n_threads > 1:
-            for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            for u in prange(n_units, nogil=True, schedule="guided", num_threads=n_threads):
                 _half_prob_unit(&p, u, scratch + threadid() * p.per_thread)
         elif n_rows * C < GIL_WORK:
             _half_prob_serial(&p, n_units, scratch)

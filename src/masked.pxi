@@ -63,7 +63,7 @@ cdef int _masked_core(
     """op over n_rows >= 1 rows of n >= 1 columns (see masked.hpp)."""
     cdef Py_ssize_t i
     if n_threads > 1:
-        for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+        for i in prange(n_rows, nogil=True, schedule="guided", num_threads=n_threads):
             masked_unit(op, x, g, out, n, mk, i, _masked_next(op, x, n_rows, n, i))
     elif n_rows * n < GIL_WORK:
         _masked_serial(op, x, g, out, n_rows, n, mk)
@@ -288,7 +288,7 @@ cdef int _masked_strided_core(
     if stage == NULL:
         raise MemoryError()
     if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+        for u in prange(n_units, nogil=True, schedule="guided", num_threads=n_threads):
             masked_strided_unit_of(op, kind, x, g, out, lse, &mk, C, inner, width, u,
                                    stage + threadid() * stage_bytes)
     elif outer * C * inner < GIL_WORK:

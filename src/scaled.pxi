@@ -34,7 +34,7 @@ def logsumexp_scaled_rows(const floating[:, ::1] x, const floating[:, :] b,
     cdef const char *bp = <const char *>&b[0, 0]
     cdef Py_ssize_t b_row = b.strides[0]
     if n_threads > 1 and n_rows > 1:
-        for i in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+        for i in prange(n_rows, nogil=True, schedule="guided", num_threads=n_threads):
             _logsumexp_scaled_row(&x[0, 0], bp, b_row, n, &out[0], &sign[0], i)
     elif n_rows * n < GIL_WORK:
         for i in range(n_rows):

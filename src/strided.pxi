@@ -90,7 +90,7 @@ cdef int _strided_core(
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems)
     if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+        for u in prange(n_units, nogil=True, schedule="guided", num_threads=n_threads):
             strided_unit(op, x, out, C, inner, u,
                          stage if stage == NULL else stage + threadid() * elems, stream)
     elif outer * C * inner < GIL_WORK:
@@ -157,7 +157,7 @@ cdef double _cross_entropy_index_strided_core(
     n_threads = <int>min(<Py_ssize_t>n_threads, n_units)
     cdef floating *stage = _stage_alloc(x, C, inner, n_threads, &elems, softcap != 0.0)
     if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+        for u in prange(n_units, nogil=True, schedule="guided", num_threads=n_threads):
             strided_cross_entropy_index_unit(
                 x, t, C, inner, ignore_index, w, w_total, alpha, beta, loss, g, grad_scale, u,
                 stage if stage == NULL else stage + threadid() * elems, ex, cap, stream)
@@ -271,7 +271,7 @@ def cross_entropy_prob_strided(const floating[:, :, ::1] logits,
     try:
         loss = _loss_rows(row_loss, n_rows)
         if n_threads > 1:
-            for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+            for u in prange(n_units, nogil=True, schedule="guided", num_threads=n_threads):
                 strided_cross_entropy_prob_unit(
                     x, y, C, inner, w, alpha, beta, loss, g, grad_scale, u,
                     stage if stage == NULL else stage + threadid() * elems, ex, cap, stream)
@@ -328,7 +328,7 @@ cdef int _strided_backward_core(
         if stage == NULL:
             raise MemoryError()
     if n_threads > 1:
-        for u in prange(n_units, nogil=True, schedule="static", num_threads=n_threads):
+        for u in prange(n_units, nogil=True, schedule="guided", num_threads=n_threads):
             strided_backward_unit(op, g, a, o, C, inner, u,
                                   stage if stage == NULL else stage + threadid() * elems,
                                   stream)

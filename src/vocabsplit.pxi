@@ -93,6 +93,6 @@ def logsumexp_slice_fold(floating[:, ::1] logits, const floating[::1] bias,
                 _fold_slice_row(x + i * k, b, k, t[i] - class0, cap, w, &row_max_[i],
                                 &row_sum_[i], &target_logit[i], _entry(sm, i))
         else:
-            for i in prange(n_rows, num_threads=n_threads, schedule="static"):
+            for i in prange(n_rows, num_threads=n_threads, schedule="guided"):
                 _fold_slice_row(x + i * k, b, k, t[i] - class0, cap, w, &row_max_[i],
                                 &row_sum_[i], &target_logit[i], _entry(sm, i))

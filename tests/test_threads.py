@@ -239,6 +239,62 @@ def test_concurrent_calls_from_python_threads():
             assert_same_results(result, expected[job], f"{job} from a Python thread")
 
 
+#: One call of each family of thread loops, float32 (the schedule is shared by the dtypes):
+#: rows, tiles, backward, both cross-entropies, a class axis in the middle (strided), 16-bit
+#: storage, a mask, a few long rows split into column chunks.
+LATE_CALLS = {
+    "softmax rows": lambda fe, p, t: fe.softmax(p["x"], num_threads=t),
+    "logsumexp tiles": lambda fe, p, t: fe.logsumexp(p["short"], num_threads=t),
+    "softmax_backward": lambda fe, p, t: fe.softmax_backward(p["g"], p["soft"], num_threads=t),
+    "ce_grad labels": lambda fe, p, t: fe.cross_entropy_with_grad(
+        p["short"], p["short_labels"], num_threads=t),
+    "ce_grad probs": lambda fe, p, t: fe.cross_entropy_with_grad(
+        p["x"], p["probs"], num_threads=t),
+    "ce_grad axis 1": lambda fe, p, t: fe.cross_entropy_with_grad(
+        p["x3"], p["x3_labels"], axis=1, num_threads=t),
+    "softmax float16": lambda fe, p, t: fe.softmax(p["x16"], num_threads=t),
+    "softmax where": lambda fe, p, t: fe.softmax(p["x"], where=p["where"], num_threads=t),
+    "logsumexp split rows": lambda fe, p, t: fe.logsumexp(p["wide"], num_threads=t),
+}
+
+
+@needs_cython
+def test_late_threads_change_no_bit():
+    """The loops are scheduled "guided": a thread that starts late takes fewer units, so which
+    thread computes a unit changes from call to call.  With a pure-Python thread holding one
+    core busy, 4 OpenMP threads on the machine's cores start late in varied orders; every
+    call must still give the bits of the one-thread call."""
+    import threading
+
+    fe, p = FRONTENDS["cython"], problem("tall", np.float32)
+    rng = make_rng("late threads")
+    short = problem("short", np.float32)
+    inputs = dict(
+        p, short=short["x"], short_labels=short["labels"],
+        x3=rng.standard_normal((6, 21, 700)).astype(np.float32),
+        x3_labels=rng.integers(0, 21, (6, 700)),
+        x16=p["x"].astype(np.float16), where=rng.random(p["x"].shape[1]) < 0.9,
+        wide=problem("wide", np.float32)["x"],
+    )
+    expected = {name: call(fe, inputs, 1) for name, call in LATE_CALLS.items()}
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+
+    noise = threading.Thread(target=spin, daemon=True)
+    noise.start()
+    try:
+        for repeat in range(4):
+            for name, call in LATE_CALLS.items():
+                assert_same_results(call(fe, inputs, 4), expected[name],
+                                    f"{name}, 4 threads, repeat {repeat}")
+    finally:
+        stop.set()
+        noise.join()
+
+
 # ---------------------------------------------------------------------------------------------
 # The thread setting
 

@@ -101,5 +101,26 @@ def test_report_has_every_case_and_build(tmp_path, capsys, public):
         assert "ratio 1.000" in line  # the first build's own ratio
 
 
+def test_gap_sleeps_before_each_timed_call(tmp_path, capsys, monkeypatch):
+    """--gap: one sleep of the given length before each timed call (2 builds x 2 cases x
+    3 rounds), named in the report's first line."""
+    build = _build_dir()
+    cases = tmp_path / "cases.py"
+    cases.write_text(
+        "x = rng.standard_normal((4, 10), dtype=np.float32)\n"
+        "cases['a'] = lambda fr: fr.softmax(x, num_threads=nt)\n"
+        "cases['b'] = lambda fr: fr.logsumexp(x, num_threads=nt)\n")
+    tool = _tool()
+    slept = []
+    monkeypatch.setattr(tool.time, "sleep", slept.append)
+    path = csoftmax.config()["cpu_paths_available"][0]
+    tool.main([build, build, "--cpu", path, "--threads", "1", "--reps", "3",
+               "--cases", str(cases), "--gap", "0.002"])
+    out = capsys.readouterr().out.splitlines()
+    assert slept == [0.002] * 12
+    assert out[0].startswith(f"SIMD path {path}, 1 thread(s), 3 rounds, 2 ms asleep before "
+                             "each call;")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))

@@ -21,6 +21,10 @@ differ.  The calls go through each build's ``Frontend`` methods, the full path; 
 module, whose ``fr.cross_entropy`` ... try the C fast path first, as
 ``csoftmax.cross_entropy`` does): a change to the fast path shows only there.
 
+``--gap SECONDS`` sleeps before each timed call: OpenMP's idle team threads spin for a
+few milliseconds after a call, then sleep, and a call that finds them asleep waits for
+them to wake (see docs/guide/threads.md); back to back (the default) they are awake.
+
 ``--cases FILE`` runs the cases that FILE defines: it is executed with ``np``, ``rng``
 (a seeded Generator), ``nt`` (the thread count) and an empty dict ``cases`` in scope, and
 adds ``name: lambda fr: fr.<function>(...)`` entries to it.
@@ -93,6 +97,10 @@ def main(argv=None):
     parser.add_argument("--public", action="store_true",
                         help="time the builds' public functions (their C fast path where it "
                              "answers): each case's `fr` is then the kernel module")
+    parser.add_argument("--gap", type=float, default=0.0, metavar="SECONDS",
+                        help="sleep this long before each timed call, so that the OpenMP "
+                             "team's idle threads have gone to sleep as between a program's "
+                             "calls (0: back to back, the team awake)")
     args = parser.parse_args(argv)
     # a build given twice (a control: the noise of the measure) is timed twice
     labels = [b if args.builds.count(b) == 1 else f"{b}#{i}" for i, b in enumerate(args.builds)]
@@ -107,12 +115,15 @@ def main(argv=None):
     for r in range(args.reps):
         for c, call in cases.items():
             for b, fr in (order if r % 2 == 0 else order[::-1]):
+                if args.gap > 0:
+                    time.sleep(args.gap)
                 t0 = time.perf_counter()
                 call(fr)
                 times[(c, b)].append(time.perf_counter() - t0)
     first = labels[0]
     print(f"SIMD path {args.cpu}, {args.threads} thread(s), {args.reps} rounds"
-          f"{', public functions' if args.public else ''}; "
+          f"{', public functions' if args.public else ''}"
+          f"{f', {args.gap * 1e3:g} ms asleep before each call' if args.gap > 0 else ''}; "
           f"times in ms, ratio: median of the per-round time over {first}'s")
     for c in cases:
         cells = []
