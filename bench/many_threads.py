@@ -12,6 +12,11 @@ divided by the calls per second of one thread doing the same alone. One-thread
 and ``n``-thread runs alternate, a few rounds each, so that a drift of the
 machine hits both; the ratio is that of the best rates (``stat="min"``, the
 least disturbed by other processes) or of the median rates.
+
+A pure-Python call of about the same length (``python sum(range(100))``, nothing
+of csoftmax) is measured the same way beside them: the ratio that the
+interpreter itself reaches on the machine when its threads take turns at the
+GIL, the bound for a small call that holds the GIL for most of its time.
 """
 
 from __future__ import annotations
@@ -54,10 +59,16 @@ class Impl:
     name: str
     op: str
     module: str
+    #: A pure-Python call of about a small call's length in place of the function (its
+    #: inputs unused, nothing checked): the interpreter's own many-threads ratio on this
+    #: machine, the bound that a call holding the GIL for most of its time can reach.
+    control: bool = False
 
     def prepare(self, inputs):
         """Return ``(call, context)``: the call on ``inputs`` with one thread,
         and a context-manager factory entered once around a thread's loop."""
+        if self.control:
+            return (lambda: sum(range(CONTROL_TERMS))), contextlib.nullcontext
         mod = importlib.import_module(self.module)
         args = (inputs["x"], inputs["target"]) if "target" in inputs else (inputs["x"],)
         if self.module == "torch":
@@ -68,10 +79,15 @@ class Impl:
         return (lambda: func(*args, num_threads=1)), contextlib.nullcontext
 
 
+#: Terms of the pure-Python control's sum: about a microsecond, a 1x1000 loss's length.
+CONTROL_TERMS = 100
+
 #: The judged function first; the others give context.
 IMPLS = [Impl("csoftmax.cross_entropy", "cross_entropy", "csoftmax"),
          Impl("torch.cross_entropy", "cross_entropy", "torch"),
-         Impl("csoftmax.softmax", "softmax", "csoftmax")]
+         Impl("csoftmax.softmax", "softmax", "csoftmax"),
+         Impl(f"python sum(range({CONTROL_TERMS}))", "cross_entropy", "builtins",
+              control=True)]
 
 
 def calls_per_second(calls, duration):
@@ -170,7 +186,7 @@ def measure(impl, shape, dtype, n_threads=THREADS, duration=0.5, rounds=ROUNDS,
         inputs = [make_inputs(OPS[impl.op], shape, np.dtype(dtype), seed + i)
                   for i in range(n_threads)]
         calls = [impl.prepare(inp) for inp in inputs]
-        err = _check(impl, inputs[0], *calls[0])
+        err = 0.0 if impl.control else _check(impl, inputs[0], *calls[0])
     except Exception as exc:  # noqa: BLE001 - reported in the row
         return {**result, "status": "error", "message": f"{type(exc).__name__}: {exc}"}
     if not err <= TOLERANCE[dtype]:

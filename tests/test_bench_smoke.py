@@ -116,6 +116,8 @@ def test_bench_many_threads_cli(tmp_path, capsys):
     assert rows["csoftmax.cross_entropy"]["status"] == "ok"
     assert rows["csoftmax.cross_entropy"]["ratio"] > 0
     assert rows["csoftmax.softmax"]["n_threads"] == 2
+    control = rows["python sum(range(100))"]  # the interpreter's own ratio, nothing to check
+    assert control["status"] == "ok" and control["ratio"] > 0
     if "torch.cross_entropy" not in data["skipped"]:
         assert rows["torch.cross_entropy"]["status"] == "ok"
 
