@@ -15,8 +15,8 @@
 # 0.3 ms) takes less, where "static" made the call wait for its fixed half.
 # AVX2, 2 threads, paired medians against "static" over six calls (losses,
 # gradients and softmax of 256x1000 to 8192x1000): after 5 ms asleep or busy
-# 0.91-1.02x the time, after a PyTorch loss + gradient 0.85-1.08x, back to
-# back (threads awake) 0.95-1.03x.
+# 0.91-1.03x the time, after a PyTorch loss + gradient 0.85-1.08x, back to
+# back (threads awake) 0.92-1.03x.
 # A unit's values do not depend on the thread that computes it (per-thread
 # scratch only within a unit), so the schedule changes no bit.  "static"
 # stays where the units are few: a few long rows' column chunks (rowsplit.pxi:
